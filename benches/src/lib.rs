@@ -1,0 +1,1 @@
+//! Benchmarks for overlayd: criterion micro-benchmarks and the netns rig.

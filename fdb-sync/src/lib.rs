@@ -1,0 +1,17 @@
+//! Node sources and the node model of overlayd.
+//!
+//! This crate owns the translation from Kubernetes `Node` objects (read from the API server or
+//! from a NodeList file) to the desired forwarding state of one node: its own podCIDR and VtepMAC,
+//! and the set of peers it must reach. It never touches the network: the daemon programs what
+//! this crate computes.
+#![forbid(unsafe_code)]
+
+pub mod model;
+pub mod nodes_file;
+pub mod subnet_env;
+
+pub use model::{
+    derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, Skipped,
+};
+pub use nodes_file::{parse_node_list, NodesFileError};
+pub use subnet_env::SubnetEnv;

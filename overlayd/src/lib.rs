@@ -1,0 +1,12 @@
+//! overlayd: a user-space VXLAN overlay daemon, drop-in for Flannel's vxlan backend.
+//!
+//! Layers: `wire` (byte views), `fdb` (forwarding snapshot), `path` (per-packet decisions,
+//! I/O-free), `sys` (the only unsafe code: TAP, UDP, netlink), `worker` (one thread per TAP
+//! queue), `control` (config, node source, reconcile, signals).
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod fdb;
+pub mod path;
+pub mod stats;
+pub mod wire;

@@ -1,0 +1,253 @@
+//! Per-packet decisions, free of I/O: `encap` turns a frame read from the TAP device into a
+//! destination (or a drop reason); `decap` checks a received VXLAN datagram and says how to
+//! hand its inner frame to the TAP device (or why to drop it).
+//!
+//! Nothing here touches a socket or a file descriptor, allocates, or logs: callers count the
+//! returned `DropReason`s.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::fdb::Fdb;
+use crate::wire::{checksum, ethernet, ip, vnet, vxlan};
+
+/// Why a packet was dropped. The discriminant indexes the counters in `stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum DropReason {
+    /// Egress: a frame shorter than an Ethernet header.
+    TxShort,
+    /// Egress: broadcast or multicast destination (Flannel's vxlan runs without flooding).
+    TxNoFlood,
+    /// Egress: no FDB entry for the destination MAC (a peer not, or no longer, known).
+    TxUnknownDst,
+    /// Egress: a GSO frame of a type this path cannot segment.
+    TxGsoUnsupported,
+    /// Egress: a malformed virtio-net header or checksum request from the TAP device.
+    TxBadOffload,
+    /// Egress: the UDP send failed (e.g. no route to the peer, EMSGSIZE).
+    TxSendError,
+    /// Ingress: shorter than a VXLAN header plus an Ethernet header.
+    RxShort,
+    /// Ingress: the I flag is clear (Linux drops these too).
+    RxNoIFlag,
+    /// Ingress: a VNI other than ours.
+    RxWrongVni,
+    /// Ingress: the outer source address is not a known VTEP.
+    RxUnknownSender,
+    /// Ingress: the inner destination MAC is not this node's VtepMAC.
+    RxNotForUs,
+    /// Ingress: a VLAN-tagged inner frame (the pod network is untagged).
+    RxInnerVlan,
+    /// Ingress: the TAP write failed (device down, queue full).
+    RxTapError,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 13;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        Self::TxShort,
+        Self::TxNoFlood,
+        Self::TxUnknownDst,
+        Self::TxGsoUnsupported,
+        Self::TxBadOffload,
+        Self::TxSendError,
+        Self::RxShort,
+        Self::RxNoIFlag,
+        Self::RxWrongVni,
+        Self::RxUnknownSender,
+        Self::RxNotForUs,
+        Self::RxInnerVlan,
+        Self::RxTapError,
+    ];
+
+    /// Direction label for metrics: `tx` (pod to network) or `rx`.
+    #[must_use]
+    pub fn direction(self) -> &'static str {
+        if (self as usize) < Self::RxShort as usize {
+            "tx"
+        } else {
+            "rx"
+        }
+    }
+
+    /// Stable snake_case name for metrics and logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TxShort => "short",
+            Self::TxNoFlood => "no_flood",
+            Self::TxUnknownDst => "unknown_dst",
+            Self::TxGsoUnsupported => "gso_unsupported",
+            Self::TxBadOffload => "bad_offload",
+            Self::TxSendError => "send_error",
+            Self::RxShort => "short",
+            Self::RxNoIFlag => "no_i_flag",
+            Self::RxWrongVni => "wrong_vni",
+            Self::RxUnknownSender => "unknown_sender",
+            Self::RxNotForUs => "not_for_us",
+            Self::RxInnerVlan => "inner_vlan",
+            Self::RxTapError => "tap_error",
+        }
+    }
+}
+
+/// Settings of the decap path, fixed for the life of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct DecapConfig {
+    pub vni: u32,
+    pub own_mac: [u8; 6],
+    /// MTU of the TAP device: inner IP packets above it arrive as one GSO datagram from a
+    /// kernel-vxlan peer and must be handed to the TAP as a GSO super-frame.
+    pub inner_mtu: u16,
+    /// Accept VXLAN from any sender (debugging only).
+    pub allow_any_sender: bool,
+}
+
+/// What to do with a frame read from the TAP device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    pub dst: SocketAddrV4,
+    /// Inner flow hash, used to pick the outer UDP source port.
+    pub flow_hash: u32,
+}
+
+/// Decides where a frame from the TAP goes. Completes a checksum the kernel left for us
+/// (`NEEDS_CSUM`), so peers always get a finished inner checksum.
+pub fn encap(frame: &mut [u8], hdr: &vnet::Header, fdb: &Fdb) -> Result<Transmit, DropReason> {
+    let eth = ethernet::Frame::new_checked(frame).ok_or(DropReason::TxShort)?;
+    if eth.dst_is_group() {
+        return Err(DropReason::TxNoFlood);
+    }
+    let entry = fdb.lookup(&eth.dst()).ok_or(DropReason::TxUnknownDst)?;
+    let dst = entry.vtep;
+    if hdr.gso_type != vnet::GSO_NONE {
+        return Err(DropReason::TxGsoUnsupported);
+    }
+    if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
+        complete_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
+    }
+    Ok(Transmit {
+        dst,
+        flow_hash: ip::flow_hash(frame),
+    })
+}
+
+/// Finishes a partial checksum: the field at `start + offset` holds the pseudo-header seed;
+/// sum from `start` to the end and store the complement.
+pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Result<(), DropReason> {
+    let field = start + offset;
+    if field + 2 > frame.len() {
+        return Err(DropReason::TxBadOffload);
+    }
+    let sum = checksum::sum(&frame[start..], 0);
+    let mut c = checksum::finish(sum);
+    if c == 0 && offset == 6 {
+        // UDP: a computed zero is sent as all ones (RFC 768).
+        c = 0xffff;
+    }
+    frame[field..field + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Checks a received VXLAN payload (header + inner frame) from `from` and returns the
+/// virtio-net header to write in front of the inner frame (`&payload[8..]`).
+pub fn decap(payload: &[u8], from: Ipv4Addr, fdb: &Fdb, cfg: &DecapConfig) -> Result<vnet::Header, DropReason> {
+    let vx = vxlan::Packet::new_checked(payload).ok_or(DropReason::RxShort)?;
+    let frame = ethernet::Frame::new_checked(vx.inner()).ok_or(DropReason::RxShort)?;
+    // Reserved bits are ignored, as RFC 7348 section 5 says ("MUST be ignored on receipt"):
+    // Flannel peers never set them, and an extension bit some sender sets (GBP) must not cut
+    // a pod off. Only the I flag matters.
+    if !vx.has_vni() {
+        return Err(DropReason::RxNoIFlag);
+    }
+    if vx.vni() != cfg.vni {
+        return Err(DropReason::RxWrongVni);
+    }
+    if !cfg.allow_any_sender && !fdb.is_known_vtep(from) {
+        return Err(DropReason::RxUnknownSender);
+    }
+    if frame.dst() != cfg.own_mac {
+        return Err(DropReason::RxNotForUs);
+    }
+    if matches!(frame.ethertype(), ethernet::ETHERTYPE_VLAN | ethernet::ETHERTYPE_QINQ) {
+        return Err(DropReason::RxInnerVlan);
+    }
+    Ok(ingress_offload(vx.inner(), cfg.inner_mtu))
+}
+
+/// The virtio-net header for an inner frame written to the TAP device.
+///
+/// Kernel-vxlan peers on a veth underlay deliver TCP/UDP with the checksum field still holding
+/// only the pseudo-header seed (never finalised), and may deliver a whole TSO burst as one
+/// datagram. Both must be injected with `NEEDS_CSUM` (and GSO for the burst), or the receiving
+/// stack drops them. Frames with any other checksum value go in plain and the kernel verifies.
+#[must_use]
+pub fn ingress_offload(frame: &[u8], inner_mtu: u16) -> vnet::Header {
+    let plain = vnet::Header::default();
+    let Some(eth) = ethernet::Frame::new_checked(frame) else {
+        return plain;
+    };
+    let is_v6 = match eth.ethertype() {
+        ethernet::ETHERTYPE_IPV4 => false,
+        ethernet::ETHERTYPE_IPV6 => true,
+        _ => return plain,
+    };
+    let ipb = eth.payload();
+    let Some(l4) = ip::L4Info::parse(ipb) else {
+        return plain;
+    };
+    let Some(csum_off) = l4.csum_offset() else {
+        return plain;
+    };
+    if l4.fragment {
+        return plain;
+    }
+    let field = l4.l4_offset + csum_off;
+    let Some(cur) = ipb.get(field..field + 2) else {
+        return plain;
+    };
+    let cur = u16::from_be_bytes([cur[0], cur[1]]);
+    let seed = checksum::fold(l4.pseudo_sum());
+    let ip_len = l4.l4_offset + l4.l4_len;
+    let oversize = ip_len > usize::from(inner_mtu);
+    let partial = cur == seed;
+    if !partial && !oversize {
+        return plain;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let mut h = vnet::Header {
+        flags: vnet::F_NEEDS_CSUM,
+        gso_type: vnet::GSO_NONE,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: (ethernet::HEADER_LEN + l4.l4_offset) as u16,
+        csum_offset: csum_off as u16,
+    };
+    if oversize && l4.proto == ip::PROTO_TCP {
+        let Some(&doff) = ipb.get(l4.l4_offset + 12) else {
+            return plain;
+        };
+        let thl = usize::from(doff >> 4) * 4;
+        let headers = l4.l4_offset + thl;
+        if thl < 20 || headers >= usize::from(inner_mtu) || headers > ip_len {
+            return plain;
+        }
+        if !partial {
+            // A complete checksum over the whole burst is meaningless per segment; GSO needs the
+            // seed in the field. Without it the frame cannot be injected correctly.
+            return plain;
+        }
+        h.gso_type = if is_v6 { vnet::GSO_TCPV6 } else { vnet::GSO_TCPV4 };
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            h.gso_size = (usize::from(inner_mtu) - headers) as u16;
+            h.hdr_len = (ethernet::HEADER_LEN + headers) as u16;
+        }
+    } else if !partial {
+        return plain;
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,10 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod fdb;
 pub mod path;
 pub mod stats;
+pub mod sys;
 pub mod wire;
+pub mod worker;

@@ -1,1 +1,93 @@
-fn main(){}
+//! The overlayd binary: command line (Flannel's flag names where it has one) and logging.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "overlayd", version, about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend")]
+struct Cli {
+    /// This node's name in the node source.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Read Node objects from the Kubernetes API server.
+    #[arg(long, conflicts_with = "nodes_file")]
+    kube_subnet_mgr: bool,
+    /// kubeconfig for --kube-subnet-mgr (in-cluster config when absent).
+    #[arg(long, requires = "kube_subnet_mgr")]
+    kubeconfig_file: Option<PathBuf>,
+    /// A v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change.
+    #[arg(long, required_unless_present = "kube_subnet_mgr")]
+    nodes_file: Option<PathBuf>,
+    /// Underlay interface (default: the interface of the default route).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Underlay IPv4 address VXLAN is sent from (default: the first address of --iface).
+    #[arg(long)]
+    public_ip: Option<Ipv4Addr>,
+    #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
+    net_config_path: PathBuf,
+    #[arg(long, default_value = "/run/flannel/subnet.env")]
+    subnet_file: PathBuf,
+    /// TAP device name.
+    #[arg(long, default_value = "ovl.1")]
+    device: String,
+    /// Number of TAP queues and worker threads (default: CPU count).
+    #[arg(long)]
+    queues: Option<usize>,
+    /// Address for /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "127.0.0.1:9102")]
+    http_addr: SocketAddr,
+    /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
+    #[arg(long)]
+    allow_any_sender: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("overlayd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.kube_subnet_mgr {
+        bail!("--kube-subnet-mgr is not supported yet: pass --nodes-file with a NodeList");
+    }
+    let Some(nodes_file) = cli.nodes_file else {
+        bail!("pass --nodes-file PATH (or --kube-subnet-mgr)");
+    };
+    let queues = cli
+        .queues
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    if queues == 0 || queues > 256 {
+        bail!("--queues {queues} is out of range 1..=256");
+    }
+    let _ = cli.http_addr;
+    let opts = overlayd::control::Options {
+        node_name: cli.node_name,
+        nodes_file,
+        iface: cli.iface,
+        public_ip: cli.public_ip,
+        net_config_path: cli.net_config_path,
+        subnet_file: cli.subnet_file,
+        device: cli.device,
+        queues,
+        allow_any_sender: cli.allow_any_sender,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(overlayd::control::run(opts))
+}

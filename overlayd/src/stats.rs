@@ -17,7 +17,7 @@ pub struct WorkerStats {
 
 impl WorkerStats {
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
     #[inline]

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Builds (and removes) a local cluster of "nodes" in network namespaces: an underlay switch,
+# N nodes with eth0 on it, and pods behind a cni0 bridge on every node. It only builds the
+# topology and writes the NodeList; the caller starts overlayd (or programs kernel vxlan with
+# `kernel-node`). Every name starts with PREFIX so parallel clusters never collide.
+#
+#   cluster.sh up PREFIX DIR NODES PODS_PER_NODE   topology + DIR/nodes.yaml + DIR/net-conf.json
+#   cluster.sh kernel-node PREFIX I NODES         program node I as flanneld does for kernel vxlan
+#   cluster.sh down PREFIX                         delete every namespace of PREFIX
+#
+# Addresses: node i has underlay 198.18.0.i/24 and podCIDR 10.244.i.0/24; pod j of node i is
+# 10.244.i.(j+1) in namespace PREFIXp<i>-<j>. Pods are wired with the overlayd-cni plugin when
+# CNI_PLUGIN points at it, else with plain veth + bridge commands.
+set -euo pipefail
+
+UMTU=${UMTU:-1500}
+MTU=$((UMTU - 50))
+
+ns_node() { echo "${1}n$2"; }
+ns_pod() { echo "${1}p$2-$3"; }
+
+up() {
+  local P=$1 DIR=$2 N=$3 PODS=$4
+  mkdir -p "$DIR"
+  local sw; sw="${P}sw"
+  ip netns add "$sw"
+  ip -n "$sw" link set lo up
+  ip -n "$sw" link add br0 type bridge
+  ip -n "$sw" link set br0 up
+  {
+    echo "apiVersion: v1"
+    echo "kind: NodeList"
+    echo "items:"
+  } > "$DIR/nodes.yaml"
+  for i in $(seq 1 "$N"); do
+    local n; n=$(ns_node "$P" "$i")
+    ip netns add "$n"
+    ip -n "$n" link set lo up
+    ip netns exec "$n" sysctl -qw net.ipv4.ip_forward=1
+    ip link add "${P}u$i" netns "$n" type veth peer name "u$i" netns "$sw"
+    ip -n "$sw" link set "u$i" master br0 mtu "$UMTU" up
+    ip -n "$n" link set "${P}u$i" name eth0
+    ip -n "$n" link set eth0 mtu "$UMTU" up
+    ip -n "$n" addr add "198.18.0.$i/24" dev eth0
+    # A default route makes the underlay discoverable without --iface, as on a real host.
+    ip -n "$n" route add default via "198.18.0.254" dev eth0 onlink
+    cat >> "$DIR/nodes.yaml" <<YAML
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node$i
+  spec:
+    podCIDR: 10.244.$i.0/24
+  status:
+    addresses:
+    - type: InternalIP
+      address: 198.18.0.$i
+YAML
+    for j in $(seq 1 "$PODS"); do pod "$P" "$i" "$j"; done
+  done
+  echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
+}
+
+# Wires pod j of node i. The bridge cni0 holds the gateway 10.244.i.1/24.
+pod() {
+  local P=$1 i=$2 j=$3
+  local n p; n=$(ns_node "$P" "$i"); p=$(ns_pod "$P" "$i" "$j")
+  ip netns add "$p"
+  ip -n "$p" link set lo up
+  if [ -n "${CNI_PLUGIN:-}" ]; then
+    return 0  # the caller runs the CNI plugin once overlayd has written subnet.env
+  fi
+  if ! ip -n "$n" link show cni0 >/dev/null 2>&1; then
+    ip -n "$n" link add cni0 type bridge
+    ip -n "$n" addr add "10.244.$i.1/24" dev cni0
+    ip -n "$n" link set cni0 mtu "$MTU" up
+  fi
+  ip link add "v$j" netns "$n" type veth peer name eth0 netns "$p"
+  ip -n "$n" link set "v$j" master cni0 mtu "$MTU" up
+  ip -n "$p" link set eth0 mtu "$MTU" up
+  ip -n "$p" addr add "10.244.$i.$((j + 1))/24" dev eth0
+  ip -n "$p" route add default via "10.244.$i.1"
+}
+
+# Node i runs Flannel's kernel vxlan backend as flanneld programs it (see
+# shared/reference/kernel-vxlan-baseline.sh): flannel.1 with a MAC published in backend-data,
+# and for every other node a route, a permanent neighbour and an FDB entry. Peers' MACs are
+# the ones overlayd derives (0a:58 + podCIDR), as their NodeList has no annotations.
+kernel_node() {
+  local P=$1 i=$2 N=$3
+  local n; n=$(ns_node "$P" "$i")
+  ip -n "$n" link add flannel.1 type vxlan id 1 dstport 8472 local "198.18.0.$i" dev eth0 nolearning
+  ip -n "$n" link set flannel.1 address "02:00:00:00:00:0$i" mtu "$MTU" up
+  ip -n "$n" addr add "10.244.$i.0/32" dev flannel.1
+  for o in $(seq 1 "$N"); do
+    [ "$o" = "$i" ] && continue
+    local mac; mac=$(printf '0a:58:0a:f4:%02x:00' "$o")
+    ip -n "$n" neigh add "10.244.$o.0" lladdr "$mac" dev flannel.1 nud permanent
+    ip -n "$n" route add "10.244.$o.0/24" via "10.244.$o.0" dev flannel.1 onlink
+    bridge -n "$n" fdb append "$mac" dev flannel.1 dst "198.18.0.$o" self permanent
+  done
+}
+
+# Adds the kernel node's annotations to the NodeList, as a Flannel node publishes them.
+annotate_kernel_node() {
+  local DIR=$1 i=$2
+  python3 - "$DIR/nodes.yaml" "$i" <<'PY'
+import sys
+path, i = sys.argv[1], sys.argv[2]
+text = open(path).read()
+ann = (f"    name: node{i}\n    annotations:\n"
+       f"      flannel.alpha.coreos.com/backend-type: vxlan\n"
+       f"      flannel.alpha.coreos.com/backend-data: '{{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:00:0{i}\"}}'\n"
+       f"      flannel.alpha.coreos.com/public-ip: 198.18.0.{i}\n")
+text = text.replace(f"    name: node{i}\n", ann, 1)
+open(path, "w").write(text)
+PY
+}
+
+down() {
+  local P=$1
+  for ns in $(ip netns list | awk '{print $1}' | grep "^${P}" || true); do
+    # Stop anything still running inside (overlayd, iperf3) before deleting the namespace.
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
+  done
+  sleep 0.2
+  for ns in $(ip netns list | awk '{print $1}' | grep "^${P}" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  up) up "$@" ;;
+  kernel-node) kernel_node "$1" "$2" "$3"; [ -n "${4:-}" ] && annotate_kernel_node "$4" "$2" ;;
+  down) down "$@" ;;
+  *) echo "usage: $0 up PREFIX DIR NODES PODS | kernel-node PREFIX I NODES [DIR] | down PREFIX" >&2; exit 2 ;;
+esac

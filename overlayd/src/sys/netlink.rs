@@ -1,0 +1,326 @@
+//! Kernel state overlayd owns, programmed over rtnetlink: the TAP link's MAC, MTU, address and
+//! state, and per peer a permanent neighbour and an onlink route, exactly as flanneld programs
+//! them for kernel vxlan. Routes carry our own protocol number so we can tell them apart.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use fdb_sync::MacAddr;
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+/// Route protocol number marking overlayd's routes (`ip route show proto 77`).
+pub const ROUTE_PROTO: u8 = 77;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink {op}: {err}")]
+    Request { op: String, err: rtnetlink::Error },
+}
+
+fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let op = op.into();
+    move |err| NetlinkError::Request { op, err }
+}
+
+/// The errno of a netlink NACK, if that is what `e` is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// What we need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+    /// `IFLA_INFO_KIND` (e.g. "tun", "veth"), when the kernel reports one.
+    pub kind: Option<String>,
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Self {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mtu: 0,
+            mac: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+            kind: None,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name.clone_from(n),
+                LinkAttribute::Mtu(v) => l.mtu = *v,
+                LinkAttribute::Address(b) if b.len() == 6 => {
+                    l.mac = Some(MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]));
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// A route on the TAP device to a peer's pod CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerRoute {
+    pub dst: Ipv4Network,
+    pub gateway: Ipv4Addr,
+}
+
+/// A neighbour entry on the TAP device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerNeighbour {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub permanent: bool,
+}
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection, driven by a task on the current tokio runtime.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(req(format!("get link {name}"))(e)),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(req(format!("get link #{index}"))(e)),
+        }
+    }
+
+    /// Sets MAC and MTU, adds `addr/32` and brings the link up (idempotent).
+    pub async fn configure_link(&self, index: u32, mac: MacAddr, mtu: u32, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).address(mac.0.to_vec()).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(req(format!("set mac {mac} mtu {mtu} on link #{index}")))?;
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr), 32)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {addr}/32 to link #{index}")))?;
+        self.set_up(index).await
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("set link #{index} up")))
+    }
+
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            for a in &m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    if !out.contains(ip) {
+                        out.push(*ip);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The link that holds `ip`, if any.
+    pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+        let mut s = self.handle.address().get().execute();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            if m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if *x == ip))
+            {
+                return Ok(Some(m.header.index));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The output interface of the IPv4 default route in the main table.
+    pub async fn default_route_link(&self) -> Result<Option<u32>, NetlinkError> {
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
+            if m.header.destination_prefix_length == 0 && m.header.table == 254 {
+                for a in &m.attributes {
+                    if let RouteAttribute::Oif(i) = a {
+                        return Ok(Some(*i));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn neighbour_message(index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = index;
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m
+    }
+
+    fn route_message(index: u32, r: PeerRoute) -> RouteMessage {
+        let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix())
+            .gateway(r.gateway)
+            .output_interface(index)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO))
+            .onlink()
+            .build();
+        m.header.scope = RouteScope::Universe;
+        m
+    }
+
+    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
+    pub async fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("replace neighbour {ip} lladdr {mac}")))
+    }
+
+    /// Removes a neighbour; absent is fine.
+    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        match self.handle.neighbours().del(Self::neighbour_message(index, ip)).execute().await {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => Ok(()),
+            r => r.map_err(req(format!("delete neighbour {ip}"))),
+        }
+    }
+
+    /// `ip route replace <dst> via <gateway> dev <index> onlink proto 77`.
+    pub async fn replace_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::route_message(index, r))
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("replace route {} via {}", r.dst, r.gateway)))
+    }
+
+    /// Removes a route; absent is fine.
+    pub async fn delete_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
+        match self.handle.route().del(Self::route_message(index, r)).execute().await {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => Ok(()),
+            r2 => r2.map_err(req(format!("delete route {} via {}", r.dst, r.gateway))),
+        }
+    }
+
+    /// Our routes (protocol 77) on link `index`.
+    pub async fn routes(&self, index: u32) -> Result<Vec<PeerRoute>, NetlinkError> {
+        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
+            if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
+                continue;
+            }
+            let (mut dst, mut gw, mut oif) = (None, None, None);
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(g), Some(o)) = (dst, gw, oif) {
+                if o == index {
+                    if let Ok(net) = Ipv4Network::new(d, m.header.destination_prefix_length) {
+                        out.push(PeerRoute { dst: net, gateway: g });
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// IPv4 neighbours on link `index`.
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<PeerNeighbour>, NetlinkError> {
+        let mut s = self.handle.neighbours().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump neighbours"))? {
+            if m.header.ifindex != index || m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let (mut ip, mut mac) = (None, None);
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                        mac = Some(MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]));
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push(PeerNeighbour {
+                    ip,
+                    mac,
+                    permanent: m.header.state == NeighbourState::Permanent,
+                });
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if matches!(errno(&e), Some(libc::ENODEV | libc::ENOENT)) => Ok(()),
+            r => r.map_err(req(format!("delete link #{index}"))),
+        }
+    }
+}

@@ -158,7 +158,11 @@ impl NodeView {
                 return Err(ModelError::BadPodCidr {
                     node: name.clone(),
                     value: c.to_string(),
-                    reason: format!("host bits set; did you mean {}/{}?", net.network(), net.prefix()),
+                    reason: format!(
+                        "host bits set; did you mean {}/{}?",
+                        net.network(),
+                        net.prefix()
+                    ),
                 });
             }
             match net {
@@ -181,12 +185,15 @@ impl NodeView {
         let parse_ip = |key: &'static str| -> Result<Option<IpAddr>, ModelError> {
             match ann.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
                 None => Ok(None),
-                Some(v) => v.parse::<IpAddr>().map(Some).map_err(|e| ModelError::BadAnnotation {
-                    node: name.clone(),
-                    key,
-                    value: v.to_string(),
-                    reason: e.to_string(),
-                }),
+                Some(v) => v
+                    .parse::<IpAddr>()
+                    .map(Some)
+                    .map_err(|e| ModelError::BadAnnotation {
+                        node: name.clone(),
+                        key,
+                        value: v.to_string(),
+                        reason: e.to_string(),
+                    }),
             }
         };
         let mut public_ip = None;
@@ -226,7 +233,10 @@ impl NodeView {
                 reason,
             };
             let data: BackendData = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
-            let mac: MacAddr = data.vtep_mac.parse().map_err(|e: ModelError| bad(e.to_string()))?;
+            let mac: MacAddr = data
+                .vtep_mac
+                .parse()
+                .map_err(|e: ModelError| bad(e.to_string()))?;
             if !mac.is_valid_vtep() {
                 return Err(bad("VtepMAC must be a unicast, non-zero address".into()));
             }
@@ -287,7 +297,11 @@ pub struct ClusterState {
 impl ClusterState {
     /// Builds the desired state from every Node known. A broken peer is skipped (and listed in
     /// `skipped`); only a missing or unusable own node is an error.
-    pub fn from_nodes(nodes: &[Node], own_name: &str, filter: PeerFilter) -> Result<Self, ModelError> {
+    pub fn from_nodes(
+        nodes: &[Node],
+        own_name: &str,
+        filter: PeerFilter,
+    ) -> Result<Self, ModelError> {
         let mut own = None;
         let mut views = Vec::new();
         let mut skipped = Vec::new();
@@ -329,7 +343,9 @@ impl ClusterState {
                     continue;
                 }
                 (PeerFilter::RequireVxlanAnnotation, None) => {
-                    skipped.push(skip("no backend-type annotation yet (Flannel not running there)".into()));
+                    skipped.push(skip(
+                        "no backend-type annotation yet (Flannel not running there)".into(),
+                    ));
                     continue;
                 }
             }
@@ -338,19 +354,31 @@ impl ClusterState {
                 continue;
             };
             let Some(vtep_ip) = v.public_ip else {
-                skipped.push(skip(ModelError::NoPublicIp { node: v.name.clone() }.to_string()));
+                skipped.push(skip(
+                    ModelError::NoPublicIp {
+                        node: v.name.clone(),
+                    }
+                    .to_string(),
+                ));
                 continue;
             };
             if pod_cidr.overlaps(own_cidr) {
-                skipped.push(skip(format!("podCIDR {pod_cidr} overlaps this node's {own_cidr}")));
+                skipped.push(skip(format!(
+                    "podCIDR {pod_cidr} overlaps this node's {own_cidr}"
+                )));
                 continue;
             }
             if let Some(p) = peers.iter().find(|p| p.pod_cidr.overlaps(pod_cidr)) {
-                skipped.push(skip(format!("podCIDR {pod_cidr} overlaps node {}'s {}", p.name, p.pod_cidr)));
+                skipped.push(skip(format!(
+                    "podCIDR {pod_cidr} overlaps node {}'s {}",
+                    p.name, p.pod_cidr
+                )));
                 continue;
             }
             if let Some(other) = by_mac.get(&vtep_mac) {
-                skipped.push(skip(format!("VtepMAC {vtep_mac} is already used by node {other}")));
+                skipped.push(skip(format!(
+                    "VtepMAC {vtep_mac} is already used by node {other}"
+                )));
                 continue;
             }
             by_mac.insert(vtep_mac, v.name.clone());
@@ -361,13 +389,19 @@ impl ClusterState {
                 vtep_mac,
             });
         }
-        Ok(ClusterState { own, peers, skipped })
+        Ok(ClusterState {
+            own,
+            peers,
+            skipped,
+        })
     }
 
     /// This node's IPv4 pod CIDR (validated present by `from_nodes`).
     #[must_use]
     pub fn own_pod_cidr(&self) -> Ipv4Network {
-        self.own.pod_cidr.expect("from_nodes checks the own podCIDR")
+        self.own
+            .pod_cidr
+            .expect("from_nodes checks the own podCIDR")
     }
 
     /// This node's VtepMAC (always known once the podCIDR is).
@@ -389,7 +423,11 @@ mod tests {
         Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                annotations: Some(ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+                annotations: Some(
+                    ann.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             spec: Some(NodeSpec {
@@ -417,7 +455,13 @@ mod tests {
     fn mac_parse_roundtrip_and_rejects() {
         let m: MacAddr = "AA:bb:0c:0d:0e:0f".parse().unwrap();
         assert_eq!(m.to_string(), "aa:bb:0c:0d:0e:0f");
-        for bad in ["", "aa:bb", "aa:bb:cc:dd:ee:ff:00", "zz:bb:cc:dd:ee:ff", "a:bb:cc:dd:ee:fff"] {
+        for bad in [
+            "",
+            "aa:bb",
+            "aa:bb:cc:dd:ee:ff:00",
+            "zz:bb:cc:dd:ee:ff",
+            "a:bb:cc:dd:ee:fff",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
@@ -429,7 +473,10 @@ mod tests {
             Some("10.244.2.0/24"),
             "192.168.0.2",
             &[
-                (ANN_BACKEND_DATA, r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#),
+                (
+                    ANN_BACKEND_DATA,
+                    r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#,
+                ),
                 (ANN_PUBLIC_IP, "192.168.9.2"),
                 (ANN_PUBLIC_IP_OVERWRITE, "203.0.113.2"),
             ],
@@ -439,8 +486,16 @@ mod tests {
         assert!(v.vtep_mac_annotated);
         assert_eq!(v.public_ip, Some("203.0.113.2".parse().unwrap()));
 
-        let n = node("c", Some("10.244.3.0/24"), "192.168.0.3", &[(ANN_PUBLIC_IP, "192.168.9.3")]);
-        assert_eq!(NodeView::from_node(&n).unwrap().public_ip, Some("192.168.9.3".parse().unwrap()));
+        let n = node(
+            "c",
+            Some("10.244.3.0/24"),
+            "192.168.0.3",
+            &[(ANN_PUBLIC_IP, "192.168.9.3")],
+        );
+        assert_eq!(
+            NodeView::from_node(&n).unwrap().public_ip,
+            Some("192.168.9.3".parse().unwrap())
+        );
         let n = node("d", Some("10.244.4.0/24"), "192.168.0.4", &[]);
         let v = NodeView::from_node(&n).unwrap();
         assert_eq!(v.public_ip, Some("192.168.0.4".parse().unwrap()));
@@ -451,12 +506,28 @@ mod tests {
     fn bad_values_name_node_field_and_value() {
         let n = node("x", Some("10.244.1.5/24"), "192.168.0.2", &[]);
         let e = NodeView::from_node(&n).unwrap_err().to_string();
-        assert!(e.contains("node x") && e.contains("10.244.1.5/24") && e.contains("10.244.1.0/24"), "{e}");
-        let n = node("y", Some("10.244.1.0/24"), "1.1.1.1", &[(ANN_BACKEND_DATA, r#"{"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#)]);
+        assert!(
+            e.contains("node x") && e.contains("10.244.1.5/24") && e.contains("10.244.1.0/24"),
+            "{e}"
+        );
+        let n = node(
+            "y",
+            Some("10.244.1.0/24"),
+            "1.1.1.1",
+            &[(ANN_BACKEND_DATA, r#"{"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#)],
+        );
         let e = NodeView::from_node(&n).unwrap_err().to_string();
         assert!(e.contains("backend-data") && e.contains("unicast"), "{e}");
-        let n = node("z", Some("10.244.1.0/24"), "1.1.1.1", &[(ANN_PUBLIC_IP, "not-an-ip")]);
-        assert!(NodeView::from_node(&n).unwrap_err().to_string().contains("not-an-ip"));
+        let n = node(
+            "z",
+            Some("10.244.1.0/24"),
+            "1.1.1.1",
+            &[(ANN_PUBLIC_IP, "not-an-ip")],
+        );
+        assert!(NodeView::from_node(&n)
+            .unwrap_err()
+            .to_string()
+            .contains("not-an-ip"));
     }
 
     #[test]
@@ -466,10 +537,25 @@ mod tests {
             node("b", Some("10.244.2.0/24"), "198.18.0.2", &[]),
             node("c", None, "198.18.0.3", &[]),
             node("d", Some("10.244.2.0/25"), "198.18.0.4", &[]),
-            node("e", Some("10.244.5.0/24"), "198.18.0.5", &[(ANN_BACKEND_TYPE, "host-gw")]),
+            node(
+                "e",
+                Some("10.244.5.0/24"),
+                "198.18.0.5",
+                &[(ANN_BACKEND_TYPE, "host-gw")],
+            ),
             node("f", Some("10.244.6.0/24"), "bogus", &[]),
-            node("g", Some("10.244.7.0/24"), "198.18.0.7", &[(ANN_BACKEND_TYPE, "vxlan")]),
-            node("h", Some("10.244.8.0/24"), "198.18.0.8", &[(ANN_PUBLIC_IP, "x")]),
+            node(
+                "g",
+                Some("10.244.7.0/24"),
+                "198.18.0.7",
+                &[(ANN_BACKEND_TYPE, "vxlan")],
+            ),
+            node(
+                "h",
+                Some("10.244.8.0/24"),
+                "198.18.0.8",
+                &[(ANN_PUBLIC_IP, "x")],
+            ),
         ];
         let s = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
         let names: Vec<_> = s.peers.iter().map(|p| p.name.as_str()).collect();

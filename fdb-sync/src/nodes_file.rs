@@ -29,7 +29,8 @@ struct RawList {
 /// Parses the text of a nodes file. Every item must be a named Node; any error rejects the
 /// whole file so the caller keeps its last good state.
 pub fn parse_node_list(text: &str) -> Result<Vec<Node>, NodesFileError> {
-    let raw: RawList = serde_yaml::from_str(text).map_err(|e| NodesFileError::Syntax(e.to_string()))?;
+    let raw: RawList =
+        serde_yaml::from_str(text).map_err(|e| NodesFileError::Syntax(e.to_string()))?;
     match raw.kind.as_deref() {
         None | Some("NodeList" | "List") => {}
         Some(k) => return Err(NodesFileError::WrongKind(k.to_string())),
@@ -130,10 +131,19 @@ items:
         let cases = [
             ("items: [", "not a valid NodeList"),
             ("kind: Pod\nitems: []", "kind is \"Pod\""),
-            ("items:\n- kind: Service\n  metadata: {name: a}", "items[0] has kind \"Service\""),
+            (
+                "items:\n- kind: Service\n  metadata: {name: a}",
+                "items[0] has kind \"Service\"",
+            ),
             ("items:\n- metadata: {}", "items[0] has no metadata.name"),
-            ("items:\n- metadata: {name: a}\n- metadata: {name: a}", "node \"a\" appears more than once"),
-            ("items:\n- metadata: {name: a}\n  spec: {podCIDR: 5}", "items[0]"),
+            (
+                "items:\n- metadata: {name: a}\n- metadata: {name: a}",
+                "node \"a\" appears more than once",
+            ),
+            (
+                "items:\n- metadata: {name: a}\n  spec: {podCIDR: 5}",
+                "items[0]",
+            ),
         ];
         for (text, want) in cases {
             let err = parse_node_list(text).unwrap_err().to_string();
@@ -143,6 +153,10 @@ items:
 
     #[test]
     fn empty_list_is_valid() {
-        assert!(parse_node_list("apiVersion: v1\nkind: NodeList\nitems: []\n").unwrap().is_empty());
+        assert!(
+            parse_node_list("apiVersion: v1\nkind: NodeList\nitems: []\n")
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -95,6 +95,11 @@ mod tests {
             ipv6_subnet: Some("fd00:10:244:1::/64".parse().unwrap()),
         };
         let r = env.render();
-        assert!(r.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"), "{r}");
+        assert!(
+            r.contains(
+                "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"
+            ),
+            "{r}"
+        );
     }
 }

@@ -64,13 +64,20 @@ pub struct NetConf {
 impl NetConf {
     /// Parses and validates the text of a net-conf.json.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawNetConf = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let raw: RawNetConf =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         if raw.enable_ipv4 == Some(false) {
-            return Err(field("EnableIPv4", "IPv6-only networks are not supported yet; set it to true"));
+            return Err(field(
+                "EnableIPv4",
+                "IPv6-only networks are not supported yet; set it to true",
+            ));
         }
-        let network = raw
-            .network
-            .ok_or_else(|| field("Network", "missing; set it to the cluster pod CIDR, e.g. \"10.244.0.0/16\""))?;
+        let network = raw.network.ok_or_else(|| {
+            field(
+                "Network",
+                "missing; set it to the cluster pod CIDR, e.g. \"10.244.0.0/16\"",
+            )
+        })?;
         let network: Ipv4Network = network
             .parse()
             .map_err(|e| field("Network", format!("{network:?} is not an IPv4 CIDR: {e}")))?;
@@ -92,11 +99,17 @@ impl NetConf {
         match b.type_.as_deref() {
             None | Some("vxlan") => {}
             Some(t) => {
-                return Err(field("Backend.Type", format!("{t:?} is not supported: overlayd implements \"vxlan\"")))
+                return Err(field(
+                    "Backend.Type",
+                    format!("{t:?} is not supported: overlayd implements \"vxlan\""),
+                ))
             }
         }
         if b.direct_routing {
-            return Err(field("Backend.DirectRouting", "not supported yet; set it to false"));
+            return Err(field(
+                "Backend.DirectRouting",
+                "not supported yet; set it to false",
+            ));
         }
         let vni = match b.vni {
             None | Some(0) => DEFAULT_VNI,
@@ -113,7 +126,12 @@ impl NetConf {
         let mtu = match b.mtu {
             None | Some(0) => None,
             Some(m) if (576..=65_000).contains(&m) => Some(u32::try_from(m).unwrap_or(1450)),
-            Some(m) => return Err(field("Backend.MTU", format!("{m} is out of range 576..=65000 (0 = derive)"))),
+            Some(m) => {
+                return Err(field(
+                    "Backend.MTU",
+                    format!("{m} is out of range 576..=65000 (0 = derive)"),
+                ))
+            }
         };
         Ok(NetConf {
             network,
@@ -138,7 +156,10 @@ mod tests {
 
     #[test]
     fn flannel_default_file() {
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#).unwrap();
+        let c = NetConf::parse(
+            r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
         assert_eq!((c.vni, c.port, c.mtu), (1, 8472, None));
         assert_eq!(c.network.to_string(), "10.244.0.0/16");
         assert_eq!(c.inner_mtu(1500), 1450);
@@ -162,13 +183,34 @@ mod tests {
             ("{", "not valid JSON"),
             (r#"{"Backend":{"Type":"vxlan"}}"#, "field Network: missing"),
             (r#"{"Network":"10.244.0.0/33"}"#, "field Network"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#, "Backend.Type: \"host-gw\""),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"VNI":16777216}}"#, "Backend.VNI: 16777216"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"VNI":-1}}"#, "Backend.VNI"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Port":70000}}"#, "Backend.Port: 70000"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"MTU":100}}"#, "Backend.MTU: 100"),
-            (r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#, "IPv6Network: missing"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"VNI":"1"}}"#, "not valid JSON"),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+                "Backend.Type: \"host-gw\"",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"VNI":16777216}}"#,
+                "Backend.VNI: 16777216",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"VNI":-1}}"#,
+                "Backend.VNI",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Port":70000}}"#,
+                "Backend.Port: 70000",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"MTU":100}}"#,
+                "Backend.MTU: 100",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
+                "IPv6Network: missing",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"VNI":"1"}}"#,
+                "not valid JSON",
+            ),
         ];
         for (text, want) in cases {
             let e = NetConf::parse(text).unwrap_err().to_string();

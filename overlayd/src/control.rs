@@ -68,11 +68,12 @@ async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
         .with_context(|| format!("underlay interface #{index} vanished"))?;
     let ip = match opts.public_ip {
         Some(ip) => ip,
-        None => *nl
-            .ipv4_addresses(index)
-            .await?
-            .first()
-            .with_context(|| format!("interface {} has no IPv4 address: pass --public-ip", link.name))?,
+        None => *nl.ipv4_addresses(index).await?.first().with_context(|| {
+            format!(
+                "interface {} has no IPv4 address: pass --public-ip",
+                link.name
+            )
+        })?,
     };
     Ok(Underlay {
         iface: link.name,
@@ -154,7 +155,10 @@ async fn reconcile_kernel(nl: &Netlink, index: u32, state: &ClusterState) -> Res
         nl.delete_route(index, *r).await?;
         changed += 1;
     }
-    for n in have_neigh.iter().filter(|n| !want_neigh.iter().any(|w| w.ip == n.ip)) {
+    for n in have_neigh
+        .iter()
+        .filter(|n| !want_neigh.iter().any(|w| w.ip == n.ip))
+    {
         nl.delete_neighbour(index, n.ip).await?;
         changed += 1;
     }
@@ -173,7 +177,11 @@ fn log_peer_set(state: &ClusterState) {
 }
 
 /// Waits for the own node to appear with a podCIDR, reporting what is missing once per change.
-async fn wait_for_own_node(file: &mut NodesFile, opts: &Options, stop: &mut tokio::sync::watch::Receiver<bool>) -> Result<Option<ClusterState>> {
+async fn wait_for_own_node(
+    file: &mut NodesFile,
+    opts: &Options,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<ClusterState>> {
     let mut last_err = String::new();
     loop {
         match file.load(&opts.node_name) {
@@ -201,7 +209,8 @@ pub async fn run(opts: Options) -> Result<()> {
             opts.net_config_path.display()
         )
     })?;
-    let netconf = NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
+    let netconf =
+        NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -219,7 +228,10 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let own_cidr = state.own_pod_cidr();
     if !netconf.network.contains(own_cidr.network()) {
-        bail!("own podCIDR {own_cidr} is outside net-conf Network {}: fix one of them", netconf.network);
+        bail!(
+            "own podCIDR {own_cidr} is outside net-conf Network {}: fix one of them",
+            netconf.network
+        );
     }
     let own_mac = state.own_vtep_mac();
 
@@ -243,10 +255,17 @@ pub async fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("TAP device {} vanished after creation", opts.device))?;
     // IPv6 link-local traffic (RS, MLD) would only be dropped as floods; Flannel's IPv4 overlay
     // has no use for it. Best effort: the sysctl may be absent.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.device), "1");
-    nl.configure_link(link.index, own_mac, mtu, own_cidr.network()).await?;
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.device),
+        "1",
+    );
+    nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
+        .await?;
 
-    let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(&state.peers, netconf.port)));
+    let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
+        &state.peers,
+        netconf.port,
+    )));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let mut stats = Vec::new();
@@ -265,7 +284,9 @@ pub async fn run(opts: Options) -> Result<()> {
             )
         })?;
         #[allow(clippy::cast_possible_truncation)]
-        let seed = u32::from(underlay.ip).wrapping_mul(2_654_435_761).wrapping_add(id as u32 * 4099);
+        let seed = u32::from(underlay.ip)
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(id as u32 * 4099);
         let tx_pool = udp::bind_source_pool(underlay.ip, 16, seed)
             .with_context(|| format!("cannot bind source ports on {}", underlay.ip))?;
         let s = Arc::new(WorkerStats::default());
@@ -321,7 +342,9 @@ pub async fn run(opts: Options) -> Result<()> {
         let mut force = false;
         if let Some(result) = nodes.poll(&opts.node_name) {
             match result {
-                Ok(new) if new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac => {
+                Ok(new)
+                    if new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac =>
+                {
                     let msg = format!(
                         "own node changed (podCIDR {:?} -> {:?}, VtepMAC {} -> {}): restart overlayd to apply; keeping the running state",
                         state.own.pod_cidr, new.own.pod_cidr, own_mac, new.own_vtep_mac()
@@ -354,7 +377,10 @@ pub async fn run(opts: Options) -> Result<()> {
             since_reconcile = 0;
             match reconcile_kernel(&nl, link.index, &state).await {
                 Ok(0) => {}
-                Ok(n) if !force => warn!(changes = n, "restored routes/neighbours changed behind our back"),
+                Ok(n) if !force => warn!(
+                    changes = n,
+                    "restored routes/neighbours changed behind our back"
+                ),
                 Ok(_) => {}
                 Err(e) => warn!(error = %format!("{e:#}"), "reconcile failed; will retry"),
             }
@@ -368,8 +394,10 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let totals = Totals::sum(stats.iter().map(AsRef::as_ref));
     info!(
-        tx_packets = totals.tx_packets, rx_packets = totals.rx_packets,
-        drops = totals.drops.iter().sum::<u64>(), "final counters"
+        tx_packets = totals.tx_packets,
+        rx_packets = totals.rx_packets,
+        drops = totals.drops.iter().sum::<u64>(),
+        "final counters"
     );
     let empty = ClusterState {
         peers: Vec::new(),
@@ -388,7 +416,10 @@ pub async fn run(opts: Options) -> Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

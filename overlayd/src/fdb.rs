@@ -67,7 +67,11 @@ impl Fdb {
     /// Entries sorted by node name, for inspection.
     #[must_use]
     pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
-        let mut v: Vec<_> = self.by_mac.iter().map(|(m, e)| (MacAddr(*m), e.clone())).collect();
+        let mut v: Vec<_> = self
+            .by_mac
+            .iter()
+            .map(|(m, e)| (MacAddr(*m), e.clone()))
+            .collect();
         v.sort_by(|a, b| a.1.node.cmp(&b.1.node));
         v
     }

@@ -7,7 +7,11 @@ use anyhow::{bail, Result};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "overlayd", version, about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend")]
+#[command(
+    name = "overlayd",
+    version,
+    about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend"
+)]
 struct Cli {
     /// This node's name in the node source.
     #[arg(long, env = "NODE_NAME")]

@@ -95,9 +95,10 @@ impl Worker {
                 Ok(h) => {
                     buf[..vnet::LEN].copy_from_slice(&h.to_bytes());
                     match self.tap.file().write(&buf[..end]) {
-                        Ok(_) => self.stats.rx(end - vnet::LEN),
+                        // A TAP write takes the whole frame or fails; anything else is an error.
+                        Ok(w) if w == end => self.stats.rx(end - vnet::LEN),
                         // EIO while the device is down (teardown, flap): counted, not logged.
-                        Err(_) => self.stats.count_drop(DropReason::RxTapError),
+                        Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
                     }
                 }
                 Err(reason) => self.stats.count_drop(reason),

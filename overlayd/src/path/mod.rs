@@ -151,7 +151,12 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
 
 /// Checks a received VXLAN payload (header + inner frame) from `from` and returns the
 /// virtio-net header to write in front of the inner frame (`&payload[8..]`).
-pub fn decap(payload: &[u8], from: Ipv4Addr, fdb: &Fdb, cfg: &DecapConfig) -> Result<vnet::Header, DropReason> {
+pub fn decap(
+    payload: &[u8],
+    from: Ipv4Addr,
+    fdb: &Fdb,
+    cfg: &DecapConfig,
+) -> Result<vnet::Header, DropReason> {
     let vx = vxlan::Packet::new_checked(payload).ok_or(DropReason::RxShort)?;
     let frame = ethernet::Frame::new_checked(vx.inner()).ok_or(DropReason::RxShort)?;
     // Reserved bits are ignored, as RFC 7348 section 5 says ("MUST be ignored on receipt"):
@@ -169,7 +174,10 @@ pub fn decap(payload: &[u8], from: Ipv4Addr, fdb: &Fdb, cfg: &DecapConfig) -> Re
     if frame.dst() != cfg.own_mac {
         return Err(DropReason::RxNotForUs);
     }
-    if matches!(frame.ethertype(), ethernet::ETHERTYPE_VLAN | ethernet::ETHERTYPE_QINQ) {
+    if matches!(
+        frame.ethertype(),
+        ethernet::ETHERTYPE_VLAN | ethernet::ETHERTYPE_QINQ
+    ) {
         return Err(DropReason::RxInnerVlan);
     }
     Ok(ingress_offload(vx.inner(), cfg.inner_mtu))
@@ -237,7 +245,11 @@ pub fn ingress_offload(frame: &[u8], inner_mtu: u16) -> vnet::Header {
             // seed in the field. Without it the frame cannot be injected correctly.
             return plain;
         }
-        h.gso_type = if is_v6 { vnet::GSO_TCPV6 } else { vnet::GSO_TCPV4 };
+        h.gso_type = if is_v6 {
+            vnet::GSO_TCPV6
+        } else {
+            vnet::GSO_TCPV4
+        };
         #[allow(clippy::cast_possible_truncation)]
         {
             h.gso_size = (usize::from(inner_mtu) - headers) as u16;

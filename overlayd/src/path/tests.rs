@@ -60,7 +60,9 @@ fn make_partial(frame: &mut [u8]) -> usize {
 fn checksum_ok(frame: &[u8]) -> bool {
     let p = SlicedPacket::from_ethernet(frame).unwrap();
     let Some(etherparse::NetSlice::Ipv4(ipv4)) = &p.net else {
-        if let (Some(etherparse::NetSlice::Ipv6(ipv6)), Some(TransportSlice::Udp(u))) = (&p.net, &p.transport) {
+        if let (Some(etherparse::NetSlice::Ipv6(ipv6)), Some(TransportSlice::Udp(u))) =
+            (&p.net, &p.transport)
+        {
             let want = u
                 .to_header()
                 .calc_checksum_ipv6(&ipv6.header().to_header(), u.payload())
@@ -90,7 +92,10 @@ fn vx(frame: &[u8], vni: u32) -> Vec<u8> {
 #[test]
 fn vxlan_header_bytes() {
     assert_eq!(vxlan::header(1), [0x08, 0, 0, 0, 0, 0, 1, 0]);
-    assert_eq!(vxlan::header(0x00ab_cdef), [0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0]);
+    assert_eq!(
+        vxlan::header(0x00ab_cdef),
+        [0x08, 0, 0, 0, 0xab, 0xcd, 0xef, 0]
+    );
     let h = vxlan::header(42);
     let p = vxlan::Packet::new_checked(&h).unwrap();
     assert!(p.has_vni() && p.vni() == 42 && !p.reserved_bits_set());
@@ -102,9 +107,19 @@ fn encap_known_peer() {
     let t = encap(&mut f, &vnet::Header::default(), &fdb()).unwrap();
     assert_eq!(t.dst, SocketAddrV4::new(PEER_IP, 8472));
     let mut g = tcp_frame(PEER, 100, 40000);
-    assert_eq!(encap(&mut g, &vnet::Header::default(), &fdb()).unwrap().flow_hash, t.flow_hash);
+    assert_eq!(
+        encap(&mut g, &vnet::Header::default(), &fdb())
+            .unwrap()
+            .flow_hash,
+        t.flow_hash
+    );
     let mut h = tcp_frame(PEER, 100, 40001);
-    assert_ne!(encap(&mut h, &vnet::Header::default(), &fdb()).unwrap().flow_hash, t.flow_hash);
+    assert_ne!(
+        encap(&mut h, &vnet::Header::default(), &fdb())
+            .unwrap()
+            .flow_hash,
+        t.flow_hash
+    );
 }
 
 #[test]
@@ -112,21 +127,36 @@ fn encap_drops_by_reason() {
     let f = fdb();
     let none = vnet::Header::default();
     assert_eq!(encap(&mut [0u8; 13], &none, &f), Err(DropReason::TxShort));
-    assert_eq!(encap(&mut tcp_frame([0xff; 6], 10, 1), &none, &f), Err(DropReason::TxNoFlood));
-    assert_eq!(encap(&mut tcp_frame([0x33, 0x33, 0, 0, 0, 1], 10, 1), &none, &f), Err(DropReason::TxNoFlood));
-    assert_eq!(encap(&mut tcp_frame([2, 1, 1, 1, 1, 1], 10, 1), &none, &f), Err(DropReason::TxUnknownDst));
+    assert_eq!(
+        encap(&mut tcp_frame([0xff; 6], 10, 1), &none, &f),
+        Err(DropReason::TxNoFlood)
+    );
+    assert_eq!(
+        encap(&mut tcp_frame([0x33, 0x33, 0, 0, 0, 1], 10, 1), &none, &f),
+        Err(DropReason::TxNoFlood)
+    );
+    assert_eq!(
+        encap(&mut tcp_frame([2, 1, 1, 1, 1, 1], 10, 1), &none, &f),
+        Err(DropReason::TxUnknownDst)
+    );
     let gso = vnet::Header {
         gso_type: vnet::GSO_TCPV4,
         ..none
     };
-    assert_eq!(encap(&mut tcp_frame(PEER, 10, 1), &gso, &f), Err(DropReason::TxGsoUnsupported));
+    assert_eq!(
+        encap(&mut tcp_frame(PEER, 10, 1), &gso, &f),
+        Err(DropReason::TxGsoUnsupported)
+    );
     let bad = vnet::Header {
         flags: vnet::F_NEEDS_CSUM,
         csum_start: 2000,
         csum_offset: 16,
         ..none
     };
-    assert_eq!(encap(&mut tcp_frame(PEER, 10, 1), &bad, &f), Err(DropReason::TxBadOffload));
+    assert_eq!(
+        encap(&mut tcp_frame(PEER, 10, 1), &bad, &f),
+        Err(DropReason::TxBadOffload)
+    );
 }
 
 #[test]
@@ -157,7 +187,10 @@ fn decap_marks_partial_checksum_needs_csum() {
     make_partial(&mut f);
     let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap();
     assert_eq!(h.flags, vnet::F_NEEDS_CSUM);
-    assert_eq!((h.csum_start, h.csum_offset, h.gso_type), (34, 16, vnet::GSO_NONE));
+    assert_eq!(
+        (h.csum_start, h.csum_offset, h.gso_type),
+        (34, 16, vnet::GSO_NONE)
+    );
     // What the kernel does with NEEDS_CSUM gives a valid checksum.
     complete_checksum(&mut f, h.csum_start.into(), h.csum_offset.into()).unwrap();
     assert!(checksum_ok(&f));
@@ -165,7 +198,10 @@ fn decap_marks_partial_checksum_needs_csum() {
     let mut u = udp_frame(OWN, 20);
     make_partial(&mut u);
     let h = decap(&vx(&u, 1), PEER_IP, &fdb(), &cfg()).unwrap();
-    assert_eq!((h.flags, h.csum_start, h.csum_offset), (vnet::F_NEEDS_CSUM, 54, 6));
+    assert_eq!(
+        (h.flags, h.csum_start, h.csum_offset),
+        (vnet::F_NEEDS_CSUM, 54, 6)
+    );
     complete_checksum(&mut u, h.csum_start.into(), h.csum_offset.into()).unwrap();
     assert!(checksum_ok(&u));
 }
@@ -186,23 +222,41 @@ fn decap_drops_by_reason() {
     let f = fdb();
     let c = cfg();
     let good = tcp_frame(OWN, 10, 1);
-    assert_eq!(decap(&[8, 0, 0, 0], PEER_IP, &f, &c), Err(DropReason::RxShort));
-    assert_eq!(decap(&vx(&good[..13], 1), PEER_IP, &f, &c), Err(DropReason::RxShort));
+    assert_eq!(
+        decap(&[8, 0, 0, 0], PEER_IP, &f, &c),
+        Err(DropReason::RxShort)
+    );
+    assert_eq!(
+        decap(&vx(&good[..13], 1), PEER_IP, &f, &c),
+        Err(DropReason::RxShort)
+    );
     let mut no_i = vx(&good, 1);
     no_i[0] = 0;
     assert_eq!(decap(&no_i, PEER_IP, &f, &c), Err(DropReason::RxNoIFlag));
-    assert_eq!(decap(&vx(&good, 2), PEER_IP, &f, &c), Err(DropReason::RxWrongVni));
+    assert_eq!(
+        decap(&vx(&good, 2), PEER_IP, &f, &c),
+        Err(DropReason::RxWrongVni)
+    );
     let stranger = Ipv4Addr::new(198, 18, 0, 99);
-    assert_eq!(decap(&vx(&good, 1), stranger, &f, &c), Err(DropReason::RxUnknownSender));
+    assert_eq!(
+        decap(&vx(&good, 1), stranger, &f, &c),
+        Err(DropReason::RxUnknownSender)
+    );
     let any = DecapConfig {
         allow_any_sender: true,
         ..c
     };
     assert!(decap(&vx(&good, 1), stranger, &f, &any).is_ok());
-    assert_eq!(decap(&vx(&tcp_frame(PEER, 10, 1), 1), PEER_IP, &f, &c), Err(DropReason::RxNotForUs));
+    assert_eq!(
+        decap(&vx(&tcp_frame(PEER, 10, 1), 1), PEER_IP, &f, &c),
+        Err(DropReason::RxNotForUs)
+    );
     let mut vlan = good.clone();
     vlan[12..14].copy_from_slice(&[0x81, 0]);
-    assert_eq!(decap(&vx(&vlan, 1), PEER_IP, &f, &c), Err(DropReason::RxInnerVlan));
+    assert_eq!(
+        decap(&vx(&vlan, 1), PEER_IP, &f, &c),
+        Err(DropReason::RxInnerVlan)
+    );
 }
 
 #[test]

@@ -9,8 +9,12 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -110,7 +114,12 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(m) => Ok(m.as_ref().map(Link::from_message)),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
@@ -128,10 +137,21 @@ impl Netlink {
     }
 
     /// Sets MAC and MTU, adds `addr/32` and brings the link up (idempotent).
-    pub async fn configure_link(&self, index: u32, mac: MacAddr, mtu: u32, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub async fn configure_link(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        mtu: u32,
+        addr: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).address(mac.0.to_vec()).mtu(mtu).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.0.to_vec())
+                    .mtu(mtu)
+                    .build(),
+            )
             .execute()
             .await
             .map_err(req(format!("set mac {mac} mtu {mtu} on link #{index}")))?;
@@ -155,11 +175,18 @@ impl Netlink {
     }
 
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<Ipv4Addr>, NetlinkError> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
             for a in &m.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                if let AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                {
                     if !out.contains(ip) {
                         out.push(*ip);
                     }
@@ -185,7 +212,11 @@ impl Netlink {
 
     /// The output interface of the IPv4 default route in the main table.
     pub async fn default_route_link(&self) -> Result<Option<u32>, NetlinkError> {
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
             if m.header.destination_prefix_length == 0 && m.header.table == 254 {
                 for a in &m.attributes {
@@ -202,7 +233,8 @@ impl Netlink {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Inet;
         m.header.ifindex = index;
-        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         m
     }
 
@@ -219,7 +251,12 @@ impl Netlink {
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
-    pub async fn replace_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetlinkError> {
+    pub async fn replace_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(ip))
@@ -233,8 +270,16 @@ impl Netlink {
 
     /// Removes a neighbour; absent is fine.
     pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
-        match self.handle.neighbours().del(Self::neighbour_message(index, ip)).execute().await {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => Ok(()),
+        match self
+            .handle
+            .neighbours()
+            .del(Self::neighbour_message(index, ip))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
+                Ok(())
+            }
             r => r.map_err(req(format!("delete neighbour {ip}"))),
         }
     }
@@ -252,15 +297,27 @@ impl Netlink {
 
     /// Removes a route; absent is fine.
     pub async fn delete_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
-        match self.handle.route().del(Self::route_message(index, r)).execute().await {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => Ok(()),
+        match self
+            .handle
+            .route()
+            .del(Self::route_message(index, r))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
+                Ok(())
+            }
             r2 => r2.map_err(req(format!("delete route {} via {}", r.dst, r.gateway))),
         }
     }
 
     /// Our routes (protocol 77) on link `index`.
     pub async fn routes(&self, index: u32) -> Result<Vec<PeerRoute>, NetlinkError> {
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
             if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
@@ -278,7 +335,10 @@ impl Netlink {
             if let (Some(d), Some(g), Some(o)) = (dst, gw, oif) {
                 if o == index {
                     if let Ok(net) = Ipv4Network::new(d, m.header.destination_prefix_length) {
-                        out.push(PeerRoute { dst: net, gateway: g });
+                        out.push(PeerRoute {
+                            dst: net,
+                            gateway: g,
+                        });
                     }
                 }
             }

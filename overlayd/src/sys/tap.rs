@@ -7,14 +7,24 @@ use std::os::unix::fs::OpenOptionsExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("cannot open /dev/net/tun: {0} (is the tun module loaded and are we root / CAP_NET_ADMIN?)")]
+    #[error(
+        "cannot open /dev/net/tun: {0} (is the tun module loaded and are we root / CAP_NET_ADMIN?)"
+    )]
     Open(io::Error),
     #[error("device name {0:?} is not valid: 1 to 15 bytes, no '/' or whitespace")]
     BadName(String),
     #[error("cannot attach queue {queue} of TAP device {name}: {err}")]
-    Attach { name: String, queue: usize, err: io::Error },
+    Attach {
+        name: String,
+        queue: usize,
+        err: io::Error,
+    },
     #[error("TAP device {name}: {what} failed: {err}")]
-    Ioctl { name: String, what: &'static str, err: io::Error },
+    Ioctl {
+        name: String,
+        what: &'static str,
+        err: io::Error,
+    },
 }
 
 /// One queue of the TAP device: reads give `vnet header + frame`, writes take the same.
@@ -38,7 +48,11 @@ struct IfReqFlags {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() < libc::IFNAMSIZ && !name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0)
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0)
 }
 
 /// Creates (or attaches to) TAP device `name` with `queues` queues, each a non-blocking fd.
@@ -58,7 +72,8 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapEr
         let mut req = IfReqFlags {
             name: [0; libc::IFNAMSIZ],
             #[allow(clippy::cast_possible_truncation)]
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as libc::c_short,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE)
+                as libc::c_short,
             _pad: [0; 22],
         };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
@@ -66,7 +81,13 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapEr
         }
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `IfReqFlags` has the same layout
         // for the name and flags members and is padded to the full 40-byte size of ifreq.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, std::ptr::from_mut(&mut req)) };
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETIFF,
+                std::ptr::from_mut(&mut req),
+            )
+        };
         if rc < 0 {
             return Err(TapError::Attach {
                 name: name.to_string(),
@@ -83,7 +104,13 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapEr
 /// the kernel hands us TCP super-frames with partial checksums.
 pub fn set_offload(q: &TapQueue, name: &str, flags: libc::c_uint) -> Result<(), TapError> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long of flag bits).
-    let rc = unsafe { libc::ioctl(q.file.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    let rc = unsafe {
+        libc::ioctl(
+            q.file.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    };
     if rc < 0 {
         return Err(TapError::Ioctl {
             name: name.to_string(),

@@ -18,7 +18,12 @@ fn base_socket() -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
     s.set_nonblocking(true)?;
     // Never fragment the outer packet: DF on every datagram.
-    setsockopt_int(s.as_fd(), libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)?;
+    setsockopt_int(
+        s.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )?;
     // Large buffers absorb bursts; FORCE needs CAP_NET_ADMIN, which we have, else fall back.
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
     let size = SOCKET_BUFFER as libc::c_int;
@@ -61,7 +66,9 @@ pub fn bind_source_pool(bind: Ipv4Addr, count: usize, seed: u32) -> io::Result<V
         }
     }
     if out.is_empty() {
-        return Err(last_err.unwrap_or_else(|| io::Error::other("no free source port in 49152..65535")));
+        return Err(
+            last_err.unwrap_or_else(|| io::Error::other("no free source port in 49152..65535"))
+        );
     }
     Ok(out)
 }

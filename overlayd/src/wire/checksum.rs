@@ -46,7 +46,11 @@ pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: u32) -> u64 {
 /// IPv6 pseudo-header sum.
 #[must_use]
 pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, len: u32) -> u64 {
-    sum(&src.octets(), 0) + sum(&dst.octets(), 0) + u64::from(proto) + u64::from(len >> 16) + u64::from(len & 0xffff)
+    sum(&src.octets(), 0)
+        + sum(&dst.octets(), 0)
+        + u64::from(proto)
+        + u64::from(len >> 16)
+        + u64::from(len & 0xffff)
 }
 
 #[cfg(test)]
@@ -58,7 +62,10 @@ mod tests {
         // RFC 1071 section 3 example bytes: 00 01 f2 03 f4 f5 f6 f7 -> sum 0xddf2.
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(&data, 0)), 0xddf2);
-        assert_eq!(fold(sum(&data[..5], 0)), fold(sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0x00], 0)));
+        assert_eq!(
+            fold(sum(&data[..5], 0)),
+            fold(sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0x00], 0))
+        );
     }
 
     #[test]

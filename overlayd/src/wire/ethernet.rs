@@ -19,11 +19,15 @@ impl<'a> Frame<'a> {
     }
     #[must_use]
     pub fn dst(&self) -> [u8; 6] {
-        [self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5]]
+        [
+            self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5],
+        ]
     }
     #[must_use]
     pub fn src(&self) -> [u8; 6] {
-        [self.0[6], self.0[7], self.0[8], self.0[9], self.0[10], self.0[11]]
+        [
+            self.0[6], self.0[7], self.0[8], self.0[9], self.0[10], self.0[11],
+        ]
     }
     #[must_use]
     pub fn ethertype(&self) -> u16 {

@@ -1,0 +1,303 @@
+//! Test lab: a cluster of network-namespace nodes built by deploy/local/cluster.sh, with
+//! overlayd daemons the test starts and stops. Needs root: `Lab::new` returns `None` (skip)
+//! without it, and panics instead when `CI` is set, so CI proves the tests ran.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/cluster.sh");
+pub const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// True when the test may run; prints why not otherwise. Fails under CI.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY-free check: euid via the `id` command keeps the tests free of unsafe code.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if root {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root (network namespaces), and CI is set"
+    );
+    eprintln!("SKIP {test}: needs root for network namespaces");
+    false
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+pub fn sh_ok(args: &[&str]) -> String {
+    let out = run(Command::new(args[0]).args(&args[1..]));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub nodes: usize,
+    daemons: Vec<Option<Child>>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    /// Builds `nodes` nodes with `pods` pods each, or `None` when the test must be skipped.
+    pub fn new(test: &str, nodes: usize, pods: usize) -> Option<Lab> {
+        if !privileged(test) {
+            return None;
+        }
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prefix = format!(
+            "o{}{}",
+            std::process::id() % 1000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("overlayd-test-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let lab = Lab {
+            prefix,
+            dir,
+            nodes,
+            daemons: (0..=nodes).map(|_| None).collect(),
+            _serial: serial,
+        };
+        sh_ok(&[
+            "bash",
+            SCRIPT,
+            "up",
+            &lab.prefix,
+            lab.dir.to_str().unwrap(),
+            &nodes.to_string(),
+            &pods.to_string(),
+        ]);
+        Some(lab)
+    }
+
+    pub fn node(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+
+    pub fn pod(&self, i: usize, j: usize) -> String {
+        format!("{}p{i}-{j}", self.prefix)
+    }
+
+    pub fn pod_ip(i: usize, j: usize) -> String {
+        format!("10.244.{i}.{}", j + 1)
+    }
+
+    pub fn nodes_file(&self) -> PathBuf {
+        self.dir.join("nodes.yaml")
+    }
+
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("subnet{i}.env"))
+    }
+
+    pub fn log_file(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("overlayd{i}.log"))
+    }
+
+    /// Programs node `i` as a kernel-vxlan Flannel node and annotates it in the NodeList.
+    pub fn make_kernel_node(&self, i: usize) {
+        sh_ok(&[
+            "bash",
+            SCRIPT,
+            "kernel-node",
+            &self.prefix,
+            &i.to_string(),
+            &self.nodes.to_string(),
+            self.dir.to_str().unwrap(),
+        ]);
+    }
+
+    /// Starts overlayd on node `i` and waits until its device is up.
+    pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    pub fn start_with(&mut self, i: usize, extra: &[&str]) {
+        assert!(
+            self.daemons[i].is_none(),
+            "overlayd already running on node {i}"
+        );
+        let log = std::fs::File::create(self.log_file(i)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node(i), OVERLAYD])
+            .args(["--node-name", &format!("node{i}")])
+            .arg("--nodes-file")
+            .arg(self.nodes_file())
+            .arg("--net-config-path")
+            .arg(self.dir.join("net-conf.json"))
+            .arg("--subnet-file")
+            .arg(self.subnet_file(i))
+            .args(["--queues", "2"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn overlayd");
+        self.daemons[i] = Some(child);
+        let ns = self.node(i);
+        let up = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(self.log_file(i)).is_ok_and(|l| l.contains("overlayd ready"))
+        });
+        assert!(
+            up,
+            "overlayd on {ns} did not become ready:\n{}",
+            self.log(i)
+        );
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_file(i)).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM to overlayd on node `i`, waits for it and returns whether it exited 0.
+    pub fn stop(&mut self, i: usize) -> bool {
+        let Some(mut child) = self.daemons[i].take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self, i: usize) -> bool {
+        self.daemons[i]
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+    }
+
+    /// One ping from pod namespace `from` to `ip`, 1 s timeout.
+    pub fn ping(&self, from: &str, ip: &str) -> bool {
+        self.exec(from, &["ping", "-c", "1", "-W", "1", ip])
+            .status
+            .success()
+    }
+
+    /// Pings until one answer arrives or `timeout` passes.
+    pub fn ping_within(&self, from: &str, ip: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.exec(from, &["ping", "-c", "1", "-W", "0.3", ip])
+                .status
+                .success()
+        })
+    }
+
+    /// Runs iperf3 TCP from `client` to a server started in `server`; returns received bits/s.
+    pub fn iperf(
+        &self,
+        client: &str,
+        server: &str,
+        server_ip: &str,
+        secs: u32,
+        extra: &[&str],
+    ) -> f64 {
+        let out = self.exec(server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
+        assert!(
+            out.status.success(),
+            "iperf3 server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let t = secs.to_string();
+        let mut args = vec![
+            "timeout", "30", "iperf3", "-c", server_ip, "-p", "5201", "-t", &t, "-J",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.exec(client, &args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "iperf3 output not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .or_else(|| v["end"]["sum"]["bits_per_second"].as_f64());
+        bps.unwrap_or_else(|| panic!("iperf3 failed: {}", v["error"]))
+    }
+
+    pub fn routes(&self, i: usize) -> String {
+        sh_ok(&["ip", "-n", &self.node(i), "route", "show", "proto", "77"])
+    }
+
+    pub fn neighbours(&self, i: usize, dev: &str) -> String {
+        sh_ok(&["ip", "-n", &self.node(i), "neigh", "show", "dev", dev])
+    }
+
+    pub fn write_nodes_file(&self, text: &str) {
+        let tmp = self.dir.join("nodes.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.nodes_file()).unwrap();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.daemons.len() {
+            if let Some(mut c) = self.daemons[i].take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = Command::new("bash")
+            .args([SCRIPT, "down", &self.prefix])
+            .status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

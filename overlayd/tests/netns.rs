@@ -1,0 +1,325 @@
+//! Integration tests: overlayd nodes in network namespaces, real devices, real peers (kernel
+//! vxlan, iperf3, ping, tcpdump). Root only; see tests/common.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{sh_ok, wait_until, Lab};
+
+/// Two overlayd nodes with a NodeList that has no annotations at all (names, podCIDRs and
+/// InternalIPs only): pods ping both ways and iperf3 TCP moves data.
+#[test]
+fn two_overlayd_nodes_unannotated_nodelist() {
+    let Some(mut lab) = Lab::new("two_overlayd_nodes_unannotated_nodelist", 2, 1) else {
+        return;
+    };
+    assert!(!common::read(&lab.nodes_file()).contains("annotations"));
+    lab.start(1);
+    lab.start(2);
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(3)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    let bps = lab.iperf(&p1, &p2, &Lab::pod_ip(2, 1), 2, &[]);
+    assert!(bps > 1e6, "iperf3 moved only {bps} bit/s");
+    // subnet.env as Flannel writes it.
+    assert_eq!(
+        common::read(&lab.subnet_file(1)),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+    );
+    // TAP device: derived MAC, MTU underlay-50, podCIDR network /32, multi-queue.
+    let link = sh_ok(&["ip", "-n", &lab.node(1), "-d", "addr", "show", "ovl.1"]);
+    assert!(link.contains("link/ether 0a:58:0a:f4:01:00"), "{link}");
+    assert!(
+        link.contains("mtu 1450") && link.contains("inet 10.244.1.0/32"),
+        "{link}"
+    );
+    assert!(link.contains("multi_queue numqueues 2"), "{link}");
+    assert!(
+        lab.routes(1)
+            .contains("10.244.2.0/24 via 10.244.2.0 dev ovl.1"),
+        "{}",
+        lab.routes(1)
+    );
+    assert!(lab
+        .neighbours(1, "ovl.1")
+        .contains("10.244.2.0 lladdr 0a:58:0a:f4:02:00 PERMANENT"));
+}
+
+/// overlayd on node 1, Flannel's kernel vxlan on node 2: ping and iperf3 both directions.
+#[test]
+fn interop_with_kernel_vxlan_flannel_node() {
+    let Some(mut lab) = Lab::new("interop_with_kernel_vxlan_flannel_node", 2, 1) else {
+        return;
+    };
+    lab.make_kernel_node(2);
+    lab.start(1);
+    // The kernel node published its random VtepMAC in backend-data; overlayd must use it.
+    assert!(lab
+        .neighbours(1, "ovl.1")
+        .contains("10.244.2.0 lladdr 02:00:00:00:00:02 PERMANENT"));
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(3)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    let to_kernel = lab.iperf(&p1, &p2, &Lab::pod_ip(2, 1), 2, &[]);
+    let from_kernel = lab.iperf(&p2, &p1, &Lab::pod_ip(1, 1), 2, &[]);
+    assert!(
+        to_kernel > 1e6 && from_kernel > 1e6,
+        "to {to_kernel} from {from_kernel}"
+    );
+    eprintln!(
+        "overlayd->kernel {:.2} Gbit/s, kernel->overlayd {:.2} Gbit/s",
+        to_kernel / 1e9,
+        from_kernel / 1e9
+    );
+}
+
+/// A capture on the underlay shows VXLAN exactly as the design says: UDP to 8472 from a
+/// source port in 49152..65535, DF set, flags 0x08, VNI 1, inner frame to the peer's VtepMAC.
+#[test]
+fn capture_shows_vxlan_on_the_wire() {
+    let Some(mut lab) = Lab::new("capture_shows_vxlan_on_the_wire", 2, 1) else {
+        return;
+    };
+    lab.start(1);
+    lab.start(2);
+    let pcap = lab.dir.join("cap.pcap");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node(1),
+            "timeout",
+            "10",
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-c",
+            "4",
+            "-U",
+            "-w",
+        ])
+        .arg(&pcap)
+        .args(["udp", "port", "8472"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(700));
+    let p1 = lab.pod(1, 1);
+    assert!(lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(3)));
+    lab.exec(&p1, &["ping", "-c", "2", "-i", "0.2", &Lab::pod_ip(2, 1)]);
+    assert!(
+        dump.wait().unwrap().success(),
+        "tcpdump did not capture 4 packets"
+    );
+    let bytes = std::fs::read(&pcap).unwrap();
+    let packets = pcap_records(&bytes);
+    assert!(packets.len() >= 4);
+    let mut outbound = 0;
+    for p in &packets {
+        let sliced = etherparse::SlicedPacket::from_ethernet(p).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+            panic!("not IPv4")
+        };
+        let Some(etherparse::TransportSlice::Udp(udp)) = &sliced.transport else {
+            panic!("not UDP")
+        };
+        assert!(ip.header().dont_fragment(), "outer DF must be set");
+        let vx = udp.payload();
+        assert_eq!(vx[0], 0x08, "VXLAN flags");
+        assert_eq!(&vx[1..4], &[0, 0, 0]);
+        assert_eq!(u32::from_be_bytes([0, vx[4], vx[5], vx[6]]), 1, "VNI");
+        if ip.header().source() == [198, 18, 0, 1] {
+            outbound += 1;
+            assert_eq!(udp.destination_port(), 8472);
+            assert!(
+                udp.source_port() >= 49152,
+                "source port {}",
+                udp.source_port()
+            );
+            assert_eq!(
+                &vx[8..14],
+                &[0x0a, 0x58, 10, 244, 2, 0],
+                "inner dst = peer VtepMAC"
+            );
+        }
+    }
+    assert!(outbound >= 2);
+    // A real dissector agrees, when tshark is installed.
+    if let Ok(out) = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args([
+            "-d",
+            "udp.port==8472,vxlan",
+            "-T",
+            "fields",
+            "-e",
+            "vxlan.flags.i",
+            "-e",
+            "vxlan.vni",
+        ])
+        .output()
+    {
+        if out.status.success() {
+            let text = String::from_utf8_lossy(&out.stdout);
+            for line in text.lines() {
+                let f: Vec<_> = line.split('\t').collect();
+                assert!(
+                    matches!(f[0], "1" | "True" | "true"),
+                    "tshark I flag: {line}"
+                );
+                assert_eq!(f[1], "1", "tshark VNI: {line}");
+            }
+        }
+    }
+}
+
+fn pcap_records(b: &[u8]) -> Vec<&[u8]> {
+    assert!(b.len() >= 24, "pcap too short");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let incl = u32::from_le_bytes([b[at + 8], b[at + 9], b[at + 10], b[at + 11]]) as usize;
+        at += 16;
+        out.push(&b[at..at + incl]);
+        at += incl;
+    }
+    out
+}
+
+/// Removing a peer from the nodes file removes its route and neighbour within 2 s; adding it
+/// back restores reachability. A broken file keeps the last good state.
+#[test]
+fn peer_leaves_and_returns_via_nodes_file() {
+    let Some(mut lab) = Lab::new("peer_leaves_and_returns_via_nodes_file", 3, 1) else {
+        return;
+    };
+    for i in 1..=3 {
+        lab.start(i);
+    }
+    let p1 = lab.pod(1, 1);
+    assert!(lab.ping_within(&p1, &Lab::pod_ip(3, 1), Duration::from_secs(3)));
+    let full = common::read(&lab.nodes_file());
+    // Drop node3 (the last item).
+    let cut = full
+        .find("- apiVersion: v1\n  kind: Node\n  metadata:\n    name: node3")
+        .unwrap();
+    lab.write_nodes_file(&full[..cut]);
+    let gone = wait_until(Duration::from_secs(2), || {
+        !lab.routes(1).contains("10.244.3.0/24")
+            && !lab.neighbours(1, "ovl.1").contains("10.244.3.0 ")
+    });
+    assert!(
+        gone,
+        "route/neighbour of node3 still there:\n{}\n{}",
+        lab.routes(1),
+        lab.log(1)
+    );
+    assert!(!lab.ping(&p1, &Lab::pod_ip(3, 1)));
+    assert!(
+        lab.ping(&p1, &Lab::pod_ip(2, 1)),
+        "node2 must stay reachable"
+    );
+
+    // A broken file is rejected and the last good state stays.
+    lab.write_nodes_file("items: [ {metadata: {name: node1}\n");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(lab.log(1).contains("nodes file rejected"), "{}", lab.log(1));
+    assert!(lab.is_running(1));
+    assert!(lab.routes(1).contains("10.244.2.0/24"));
+    assert!(lab.ping(&p1, &Lab::pod_ip(2, 1)));
+
+    lab.write_nodes_file(&full);
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(3, 1), Duration::from_secs(3)),
+        "{}",
+        lab.log(1)
+    );
+}
+
+/// SIGTERM removes the device, routes and neighbours and exits 0; a restart comes back with
+/// the same VtepMAC and traffic resumes.
+#[test]
+fn restart_keeps_vtep_mac_and_traffic_resumes() {
+    let Some(mut lab) = Lab::new("restart_keeps_vtep_mac_and_traffic_resumes", 2, 1) else {
+        return;
+    };
+    lab.start(1);
+    lab.start(2);
+    let p1 = lab.pod(1, 1);
+    assert!(lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(3)));
+    let mac_before = sh_ok(&["ip", "-n", &lab.node(2), "link", "show", "ovl.1"]);
+    assert!(
+        lab.stop(2),
+        "overlayd must exit 0 on SIGTERM:\n{}",
+        lab.log(2)
+    );
+    let dev = lab.exec(&lab.node(2), &["ip", "link", "show", "ovl.1"]);
+    assert!(!dev.status.success(), "device must be removed on SIGTERM");
+    assert!(lab.routes(2).is_empty());
+    assert!(!lab.ping(&p1, &Lab::pod_ip(2, 1)));
+    lab.start(2);
+    let mac_after = sh_ok(&["ip", "-n", &lab.node(2), "link", "show", "ovl.1"]);
+    let mac = |s: &str| {
+        s.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(String::from)
+    };
+    assert_eq!(mac(&mac_before), mac(&mac_after));
+    assert_eq!(mac(&mac_after).as_deref(), Some("0a:58:0a:f4:02:00"));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(2)),
+        "{}",
+        lab.log(2)
+    );
+}
+
+/// Startup errors a person can act on: a device of that name already exists.
+#[test]
+fn refuses_existing_device_with_clear_error() {
+    let Some(lab) = Lab::new("refuses_existing_device_with_clear_error", 1, 0) else {
+        return;
+    };
+    sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "link",
+        "add",
+        "ovl.1",
+        "type",
+        "bridge",
+    ]);
+    let out = lab.exec(
+        &lab.node(1),
+        &[
+            common::OVERLAYD,
+            "--node-name",
+            "node1",
+            "--nodes-file",
+            lab.nodes_file().to_str().unwrap(),
+            "--net-config-path",
+            lab.dir.join("net-conf.json").to_str().unwrap(),
+            "--subnet-file",
+            lab.subnet_file(1).to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("device ovl.1 already exists") && err.contains("--device"),
+        "{err}"
+    );
+}

@@ -1,0 +1,321 @@
+//! The commands, wiring config, IPAM, netlink and namespaces together. This is the only
+//! module that decides what to change on the system; `net` and `netns` only carry it out.
+
+use std::io::ErrorKind;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnetwork::Ipv4Network;
+use serde_json::Value;
+
+use crate::config::{CniEnv, NetConf};
+use crate::error::{code, CniError};
+use crate::ipam::{IpamError, Pool, Store};
+use crate::net::{NetError, Netlink, VethSpec};
+use crate::netns::{NetNs, NetNsError};
+use crate::plan::{host_veth_mac, host_veth_name, pod_routes};
+use crate::result::{format_mac, mac_for_ip, CniResult, Interface, IpConfig};
+use crate::subnet_env::SubnetEnv;
+
+impl From<IpamError> for CniError {
+    fn from(e: IpamError) -> Self {
+        let c = match &e {
+            IpamError::Exhausted { .. } | IpamError::LockTimeout(..) | IpamError::RequestedInUse { .. } => {
+                code::TRY_AGAIN_LATER
+            }
+            IpamError::RequestedOutOfRange { .. } => code::INVALID_CONFIG,
+            IpamError::Io { .. } => code::IO_FAILURE,
+        };
+        CniError::new(c, e.to_string())
+    }
+}
+
+impl From<NetNsError> for CniError {
+    fn from(e: NetNsError) -> Self {
+        let c = match &e {
+            NetNsError::NotFound(_) | NetNsError::NotANetns(_) => code::INVALID_ENV,
+            NetNsError::Io { .. } => code::IO_FAILURE,
+            NetNsError::Restore(_) => code::INTERNAL,
+        };
+        CniError::new(c, format!("CNI_NETNS: {e}"))
+    }
+}
+
+impl From<NetError> for CniError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::NetNs(n) => n.into(),
+            other => CniError::internal(other.to_string()),
+        }
+    }
+}
+
+/// Reads subnet.env; None when the file does not exist yet.
+fn read_subnet_env(path: &Path) -> Result<Option<SubnetEnv>, CniError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => SubnetEnv::parse(&text)
+            .map(Some)
+            .map_err(|e| CniError::internal(format!("{} is malformed: {e}", path.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CniError::new(code::IO_FAILURE, format!("reading {}: {e}", path.display()))),
+    }
+}
+
+fn require_subnet_env(path: &Path) -> Result<SubnetEnv, CniError> {
+    read_subnet_env(path)?.ok_or_else(|| {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("{} does not exist yet: overlayd has not started on this node or has not got its pod subnet", path.display()),
+        )
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| CniError::internal(format!("starting the I/O runtime: {e}")))
+}
+
+fn enable_ip_forward() -> Result<(), CniError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    match std::fs::read(PATH) {
+        Ok(v) if v.first() == Some(&b'1') => Ok(()),
+        _ => std::fs::write(PATH, b"1").map_err(|e| CniError::internal(format!("enabling {PATH}: {e}"))),
+    }
+}
+
+pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let senv = require_subnet_env(&conf.subnet_file)?;
+    let mtu = conf.mtu.or(senv.mtu).ok_or_else(|| {
+        CniError::invalid_config(format!("no MTU: {} has no FLANNEL_MTU and the config no \"mtu\"", conf.subnet_file.display()))
+    })?;
+    let pool = Pool::new(senv.subnet, senv.gateway);
+    let requested = env.requested_ip.or(conf.requested_ips.first().copied());
+    let ns = NetNs::open(&env.netns)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let pod_nl = Netlink::connect_in(&ns)?;
+        let host_nl = Netlink::connect()?;
+        let store = Store::new(conf.ipam_dir());
+        let ip = {
+            let locked = store.lock(true)?.ok_or_else(|| CniError::internal("IPAM directory vanished"))?;
+            locked.allocate(&pool, &env.container_id, &env.ifname, requested)?
+        };
+        let host_name = host_veth_name(&env.container_id, &env.ifname);
+        let mut created = false;
+        let wired = wire(env, conf, &senv, mtu, ip, &ns, &host_name, &host_nl, &pod_nl, &mut created).await;
+        match wired {
+            Ok(result) => Ok(result.to_json(conf.version)),
+            Err(e) => {
+                // Undo what this ADD did; the runtime may retry.
+                if created {
+                    let _ = host_nl.delete_link(&host_name).await;
+                }
+                if let Ok(Some(l)) = store.lock(false) {
+                    let _ = l.free(ip);
+                }
+                Err(e)
+            }
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn wire(
+    env: &CniEnv,
+    conf: &NetConf,
+    senv: &SubnetEnv,
+    mtu: u32,
+    ip: Ipv4Addr,
+    ns: &NetNs,
+    host_name: &str,
+    host_nl: &Netlink,
+    pod_nl: &Netlink,
+    created: &mut bool,
+) -> Result<CniResult, CniError> {
+    let bridge = host_nl.ensure_bridge(&conf.bridge, mac_for_ip(senv.gateway), mtu, senv.gateway_cidr()).await?;
+    enable_ip_forward()?;
+    let host_mac = host_veth_mac(&env.container_id, &env.ifname);
+    let pod_mac = mac_for_ip(ip);
+    let spec = VethSpec {
+        host_name,
+        host_mac,
+        bridge_index: bridge.index,
+        mtu,
+        peer_name: &env.ifname,
+        peer_mac: pod_mac,
+        peer_ns: ns,
+    };
+    if let Err(e) = host_nl.create_veth(&spec).await {
+        if e.is(libc::EEXIST) {
+            let msg = if host_nl.link(host_name).await?.is_some() {
+                format!(
+                    "host interface {host_name} for container {} ifname {} already exists: the attachment was added before and not deleted",
+                    env.container_id, env.ifname
+                )
+            } else {
+                format!("interface {} already exists in {}", env.ifname, env.netns)
+            };
+            return Err(CniError::internal(msg));
+        }
+        return Err(e.into());
+    }
+    *created = true;
+    if conf.hairpin_mode {
+        host_nl.set_hairpin(host_name, true).await?;
+    }
+    let pod_link = pod_nl
+        .link(&env.ifname)
+        .await?
+        .ok_or_else(|| CniError::internal(format!("{} did not appear in {}", env.ifname, env.netns)))?;
+    let address = Ipv4Network::new(ip, senv.subnet.prefix()).map_err(|e| CniError::internal(e.to_string()))?;
+    pod_nl.add_address(pod_link.index, address).await?;
+    let routes = pod_routes(conf, senv);
+    for r in &routes {
+        pod_nl.add_route(pod_link.index, r.dst, r.gw).await?;
+    }
+    Ok(CniResult {
+        interfaces: vec![
+            Interface { name: conf.bridge.clone(), mac: format_mac(&bridge.mac), sandbox: None, mtu: bridge.mtu },
+            Interface { name: host_name.to_string(), mac: format_mac(&host_mac), sandbox: None, mtu: Some(mtu) },
+            Interface {
+                name: env.ifname.clone(),
+                mac: format_mac(&pod_mac),
+                sandbox: Some(env.netns.clone()),
+                mtu: Some(mtu),
+            },
+        ],
+        ips: vec![IpConfig { address, gateway: Some(senv.gateway), interface: Some(2) }],
+        routes,
+        dns: conf.dns.clone(),
+    })
+}
+
+/// Idempotent: a missing netns, interface or allocation is success.
+pub fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let host_nl = Netlink::connect()?;
+        let host_name = host_veth_name(&env.container_id, &env.ifname);
+        // Deleting either end deletes the pair; the host end needs no namespace switch.
+        let existed = host_nl.delete_link(&host_name).await?;
+        if !existed && !env.netns.is_empty() {
+            if let Ok(ns) = NetNs::open(&env.netns) {
+                if let Ok(pod_nl) = Netlink::connect_in(&ns) {
+                    pod_nl.delete_link(&env.ifname).await?;
+                }
+            }
+        }
+        Ok::<(), CniError>(())
+    })?;
+    if let Some(l) = Store::new(conf.ipam_dir()).lock(false)? {
+        l.release(&env.container_id, &env.ifname)?;
+    }
+    Ok(())
+}
+
+pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult in the network config"))?;
+    let prev = CniResult::from_json(prev)?;
+    let senv = require_subnet_env(&conf.subnet_file)?;
+    let idx = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && i.sandbox.is_some())
+        .ok_or_else(|| CniError::check_failed(format!("prevResult has no interface {} inside a sandbox", env.ifname)))?;
+    let pod_if = &prev.interfaces[idx];
+    let ips: Vec<&IpConfig> = prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == idx)).collect();
+    if ips.is_empty() {
+        return Err(CniError::check_failed(format!("prevResult has no address for {}", env.ifname)));
+    }
+    let ns = NetNs::open(&env.netns)?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let pod_nl = Netlink::connect_in(&ns)?;
+        let host_nl = Netlink::connect()?;
+        let fail = |m: String| Err(CniError::check_failed(m));
+
+        let Some(link) = pod_nl.link(&env.ifname).await? else {
+            return fail(format!("interface {} not found in {}", env.ifname, env.netns));
+        };
+        if !link.up {
+            return fail(format!("interface {} in {} is down", env.ifname, env.netns));
+        }
+        if !pod_if.mac.is_empty() && !pod_if.mac.eq_ignore_ascii_case(&format_mac(&link.mac)) {
+            return fail(format!("interface {} has MAC {}, prevResult says {}", env.ifname, format_mac(&link.mac), pod_if.mac));
+        }
+        let have = pod_nl.addresses(link.index).await?;
+        for ip in &ips {
+            if !have.contains(&ip.address) {
+                return fail(format!("interface {} lacks address {}", env.ifname, ip.address));
+            }
+        }
+        let routes = pod_nl.routes().await?;
+        for r in &prev.routes {
+            let found = routes.iter().any(|k| k.dst == r.dst && (r.gw.is_none() || k.gw == r.gw));
+            if !found {
+                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+                return fail(format!("route {}{via} missing in {}", r.dst, env.netns));
+            }
+        }
+        let Some(bridge) = host_nl.link(&conf.bridge).await? else {
+            return fail(format!("bridge {} does not exist", conf.bridge));
+        };
+        let Some(host) = host_nl.link(&host_name).await? else {
+            return fail(format!("host interface {host_name} does not exist"));
+        };
+        if host.master != Some(bridge.index) {
+            return fail(format!("host interface {host_name} is not attached to bridge {}", conf.bridge));
+        }
+        if !host.up {
+            return fail(format!("host interface {host_name} is down"));
+        }
+        Ok(())
+    })?;
+    let pool = Pool::new(senv.subnet, senv.gateway);
+    let store = Store::new(conf.ipam_dir());
+    let locked = store.lock(false)?;
+    for ip in &ips {
+        let a = ip.address.ip();
+        if !pool.is_usable(a) {
+            return Err(CniError::check_failed(format!("address {a} is not in this node's subnet {}", senv.subnet)));
+        }
+        let owner = locked.as_ref().and_then(|l| l.owner(a));
+        if owner.as_ref().is_none_or(|(id, n)| id != &env.container_id || n != &env.ifname) {
+            return Err(CniError::check_failed(format!(
+                "address {a} is not reserved for container {} ifname {} in {}",
+                env.container_id,
+                env.ifname,
+                conf.ipam_dir().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn status(conf: &NetConf) -> Result<(), CniError> {
+    match read_subnet_env(&conf.subnet_file) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(CniError::new(
+            code::PLUGIN_NOT_AVAILABLE,
+            format!("not ready: {} does not exist (overlayd has not written it yet)", conf.subnet_file.display()),
+        )),
+        Err(e) => Err(CniError::new(code::PLUGIN_NOT_AVAILABLE, format!("not ready: {}", e.msg))),
+    }
+}
+
+pub fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| CniError::invalid_config("GC needs \"cni.dev/valid-attachments\" in the network config"))?;
+    if let Some(l) = Store::new(conf.ipam_dir()).lock(false)? {
+        l.gc(valid)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages overlayd's demo, tests and benchmarks use (Debian/Ubuntu, root).
+set -euo pipefail
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v bridge >/dev/null || need+=(iproute2)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v tshark >/dev/null || need+=(tshark)
+command -v python3 >/dev/null || need+=(python3)
+[ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -73,10 +73,19 @@ pub fn validate_ifname(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} is empty"));
     }
     if name.len() > MAX_IFNAME_LEN {
-        return Err(format!("{what} {name:?} is {} bytes; Linux allows at most {MAX_IFNAME_LEN}", name.len()));
+        return Err(format!(
+            "{what} {name:?} is {} bytes; Linux allows at most {MAX_IFNAME_LEN}",
+            name.len()
+        ));
     }
-    if name == "." || name == ".." || name.contains(['/', ':']) || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{what} {name:?} contains a character Linux does not allow in interface names"));
+    if name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{what} {name:?} contains a character Linux does not allow in interface names"
+        ));
     }
     Ok(())
 }
@@ -105,24 +114,35 @@ impl CniEnv {
             }
         }
         let (args, requested_ip) = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
-        Ok(Self { command, container_id, netns, ifname, args, requested_ip })
+        Ok(Self {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+            requested_ip,
+        })
     }
 }
 
+/// `CNI_ARGS` split into pairs, and the `IP` the runtime asked for, if any.
+pub type CniArgs = (Vec<(String, String)>, Option<Ipv4Addr>);
+
 /// `CNI_ARGS`: `K=V;K=V`. Only `IP` means anything to this plugin; the rest (K8S_POD_NAME,
 /// IgnoreUnknown, ...) is accepted and ignored.
-pub fn parse_cni_args(s: &str) -> Result<(Vec<(String, String)>, Option<Ipv4Addr>), CniError> {
+pub fn parse_cni_args(s: &str) -> Result<CniArgs, CniError> {
     let mut out = Vec::new();
     let mut ip = None;
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
-            return Err(CniError::invalid_env(format!("CNI_ARGS item {pair:?} is not KEY=VALUE")));
+            return Err(CniError::invalid_env(format!(
+                "CNI_ARGS item {pair:?} is not KEY=VALUE"
+            )));
         };
         if k == "IP" {
-            ip = Some(
-                v.parse::<Ipv4Addr>()
-                    .map_err(|_| CniError::invalid_env(format!("CNI_ARGS IP={v:?} is not an IPv4 address")))?,
-            );
+            ip = Some(v.parse::<Ipv4Addr>().map_err(|_| {
+                CniError::invalid_env(format!("CNI_ARGS IP={v:?} is not an IPv4 address"))
+            })?);
         }
         out.push((k.to_string(), v.to_string()));
     }
@@ -219,20 +239,32 @@ pub fn peek_version(stdin: &[u8]) -> Option<String> {
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
         let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(code::DECODE_FAILURE, "network config on stdin is not valid JSON").with_details(e.to_string())
+            CniError::new(
+                code::DECODE_FAILURE,
+                "network config on stdin is not valid JSON",
+            )
+            .with_details(e.to_string())
         })?;
         if !value.is_object() {
-            return Err(CniError::new(code::DECODE_FAILURE, "network config on stdin is not a JSON object"));
+            return Err(CniError::new(
+                code::DECODE_FAILURE,
+                "network config on stdin is not a JSON object",
+            ));
         }
         let version = match value.get("cniVersion") {
             None => Version::parse("")?,
             Some(Value::String(s)) => Version::parse(s)?,
             Some(other) => {
-                return Err(CniError::new(code::DECODE_FAILURE, format!("cniVersion {other} is not a string")))
+                return Err(CniError::new(
+                    code::DECODE_FAILURE,
+                    format!("cniVersion {other} is not a string"),
+                ))
             }
         };
-        let raw: RawConf = serde_json::from_value(value)
-            .map_err(|e| CniError::invalid_config("network config has a field of the wrong type").with_details(e.to_string()))?;
+        let raw: RawConf = serde_json::from_value(value).map_err(|e| {
+            CniError::invalid_config("network config has a field of the wrong type")
+                .with_details(e.to_string())
+        })?;
 
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
@@ -247,7 +279,9 @@ impl NetConf {
         validate_ifname("bridge", &bridge).map_err(CniError::invalid_config)?;
         if let Some(m) = raw.mtu {
             if !(68..=65535).contains(&m) {
-                return Err(CniError::invalid_config(format!("mtu {m} is outside 68..=65535")));
+                return Err(CniError::invalid_config(format!(
+                    "mtu {m} is outside 68..=65535"
+                )));
             }
         }
         let routes = raw
@@ -274,9 +308,19 @@ impl NetConf {
             .as_ref()
             .and_then(|a| a.pointer("/cni/ips"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect::<Vec<_>>())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
-        for s in raw.runtime_config.unwrap_or_default().ips.into_iter().chain(from_args) {
+        for s in raw
+            .runtime_config
+            .unwrap_or_default()
+            .ips
+            .into_iter()
+            .chain(from_args)
+        {
             let addr = s.split('/').next().unwrap_or_default();
             requested_ips.push(addr.parse::<Ipv4Addr>().map_err(|_| {
                 CniError::invalid_config(format!("requested IP {s:?} is not an IPv4 address"))
@@ -286,7 +330,11 @@ impl NetConf {
         let dns = match raw.dns {
             None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
             Some(v @ Value::Object(_)) => v,
-            Some(other) => return Err(CniError::invalid_config(format!("dns must be an object, not {other}"))),
+            Some(other) => {
+                return Err(CniError::invalid_config(format!(
+                    "dns must be an object, not {other}"
+                )))
+            }
         };
 
         Ok(Self {
@@ -294,7 +342,10 @@ impl NetConf {
             name,
             plugin_type: raw.plugin_type,
             bridge,
-            subnet_file: PathBuf::from(raw.subnet_file.unwrap_or_else(|| DEFAULT_SUBNET_FILE.to_string())),
+            subnet_file: PathBuf::from(
+                raw.subnet_file
+                    .unwrap_or_else(|| DEFAULT_SUBNET_FILE.to_string()),
+            ),
             data_dir: PathBuf::from(raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.to_string())),
             routes,
             mtu: raw.mtu,
@@ -319,14 +370,25 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CniEnv, CniError> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         CniEnv::from_lookup(|k| m.get(k).cloned())
     }
 
-    const ADD: &[(&str, &str)] =
-        &[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc123"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")];
+    const ADD: &[(&str, &str)] = &[
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "abc123"),
+        ("CNI_NETNS", "/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+    ];
 
-    fn with(base: &[(&'static str, &'static str)], k: &'static str, v: &'static str) -> Vec<(&'static str, &'static str)> {
+    fn with(
+        base: &[(&'static str, &'static str)],
+        k: &'static str,
+        v: &'static str,
+    ) -> Vec<(&'static str, &'static str)> {
         let mut out: Vec<_> = base.iter().filter(|(bk, _)| *bk != k).copied().collect();
         out.push((k, v));
         out
@@ -334,7 +396,12 @@ mod tests {
 
     #[test]
     fn good_env_parses() {
-        let e = env(&with(ADD, "CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.244.1.9")).unwrap();
+        let e = env(&with(
+            ADD,
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.244.1.9",
+        ))
+        .unwrap();
         assert_eq!(e.command, Command::Add);
         assert_eq!(e.requested_ip, Some(Ipv4Addr::new(10, 244, 1, 9)));
         assert_eq!(e.args.len(), 3);
@@ -378,7 +445,8 @@ mod tests {
 
     #[test]
     fn config_defaults() {
-        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"overlay","type":"overlayd-cni"}"#).unwrap();
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"overlay","type":"overlayd-cni"}"#)
+            .unwrap();
         assert_eq!(c.version, Version::V1_0_0);
         assert_eq!(c.bridge, "cni0");
         assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
@@ -414,11 +482,20 @@ mod tests {
             (br#"{"cniVersion":"9.9.9","name":"n"}"#, 1),
             (br#"{"cniVersion":"1.0.0"}"#, 7),
             (br#"{"cniVersion":"1.0.0","name":"../x"}"#, 7),
-            (br#"{"cniVersion":"1.0.0","name":"n","bridge":"abcdefghijklmnopq"}"#, 7),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","bridge":"abcdefghijklmnopq"}"#,
+                7,
+            ),
             (br#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, 7),
             (br#"{"cniVersion":"1.0.0","name":"n","mtu":"big"}"#, 7),
-            (br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"nope"}]}"#, 7),
-            (br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"fd00::/8"}]}"#, 7),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"nope"}]}"#,
+                7,
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"fd00::/8"}]}"#,
+                7,
+            ),
             (br#"{"cniVersion":"1.0.0","name":"n","dns":[]}"#, 7),
         ];
         for (input, want) in cases {

@@ -36,16 +36,22 @@ impl Pool {
         if self.subnet.prefix() > 30 {
             return None;
         }
-        Some((u32::from(self.subnet.network()) + 1, u32::from(self.subnet.broadcast()) - 1))
+        Some((
+            u32::from(self.subnet.network()) + 1,
+            u32::from(self.subnet.broadcast()) - 1,
+        ))
     }
 
     /// How many addresses pods can get.
     pub fn usable(&self) -> u32 {
-        self.host_range().map_or(0, |(a, b)| b - a + 1 - u32::from(self.is_host(self.gateway)))
+        self.host_range().map_or(0, |(a, b)| {
+            b - a + 1 - u32::from(self.is_host(self.gateway))
+        })
     }
 
     fn is_host(&self, ip: Ipv4Addr) -> bool {
-        self.host_range().is_some_and(|(a, b)| (a..=b).contains(&u32::from(ip)))
+        self.host_range()
+            .is_some_and(|(a, b)| (a..=b).contains(&u32::from(ip)))
     }
 
     /// May a pod get `ip`?
@@ -62,14 +68,22 @@ impl Pool {
             Some(l) if self.is_host(l) => u32::from(l) - first + 1,
             _ => 0,
         };
-        (0..size).map(move |k| Ipv4Addr::from(first + (start + k) % size)).filter(move |ip| *ip != self.gateway)
+        (0..size)
+            .map(move |k| Ipv4Addr::from(first + (start + k) % size))
+            .filter(move |ip| *ip != self.gateway)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
-    #[error("no free address in {subnet}: all {usable} usable addresses are allocated (see {dir})")]
-    Exhausted { subnet: Ipv4Network, usable: u32, dir: PathBuf },
+    #[error(
+        "no free address in {subnet}: all {usable} usable addresses are allocated (see {dir})"
+    )]
+    Exhausted {
+        subnet: Ipv4Network,
+        usable: u32,
+        dir: PathBuf,
+    },
     #[error("requested address {ip} is not a usable address of {subnet}")]
     RequestedOutOfRange { ip: Ipv4Addr, subnet: Ipv4Network },
     #[error("requested address {ip} is already allocated to container {owner}")]
@@ -77,7 +91,11 @@ pub enum IpamError {
     #[error("timed out after {0:?} waiting for the IPAM lock {1}")]
     LockTimeout(Duration, PathBuf),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IpamError {
@@ -100,7 +118,10 @@ pub struct Locked<'a> {
 
 impl Store {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, lock_timeout: Duration::from_secs(30) }
+        Self {
+            dir,
+            lock_timeout: Duration::from_secs(30),
+        }
     }
 
     pub fn with_lock_timeout(mut self, t: Duration) -> Self {
@@ -119,7 +140,13 @@ impl Store {
             fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
         }
         let path = self.dir.join(LOCK_FILE);
-        let file = match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path) {
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if !create && e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("open", &path)(e)),
@@ -141,7 +168,10 @@ impl Store {
             }
             Err((_, e)) => return Err(io("flock", &path)(e.into())),
         };
-        Ok(Some(Locked { store: self, _lock: flock }))
+        Ok(Some(Locked {
+            store: self,
+            _lock: flock,
+        }))
     }
 }
 
@@ -164,7 +194,13 @@ impl Locked<'_> {
         let mut out = Vec::new();
         for entry in fs::read_dir(dir).map_err(io("read", dir))? {
             let entry = entry.map_err(io("read", dir))?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
             match fs::read_to_string(entry.path()) {
                 Ok(c) => {
                     let (id, ifname) = parse_owner(&c);
@@ -178,11 +214,17 @@ impl Locked<'_> {
     }
 
     pub fn owner(&self, ip: Ipv4Addr) -> Option<(String, String)> {
-        fs::read_to_string(self.path(ip)).ok().map(|c| parse_owner(&c))
+        fs::read_to_string(self.path(ip))
+            .ok()
+            .map(|c| parse_owner(&c))
     }
 
     fn last_reserved(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.store.dir.join(LAST_RESERVED_FILE)).ok()?.trim().parse().ok()
+        fs::read_to_string(self.store.dir.join(LAST_RESERVED_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Writes the allocation file; false when the address is taken.
@@ -202,13 +244,25 @@ impl Locked<'_> {
 
     /// Allocates an address for (id, ifname): `requested` when given, else the next free one
     /// after `last_reserved_ip.0`.
-    pub fn allocate(&self, pool: &Pool, id: &str, ifname: &str, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(
+        &self,
+        pool: &Pool,
+        id: &str,
+        ifname: &str,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, IpamError> {
         if let Some(ip) = requested {
             if !pool.is_usable(ip) {
-                return Err(IpamError::RequestedOutOfRange { ip, subnet: pool.subnet });
+                return Err(IpamError::RequestedOutOfRange {
+                    ip,
+                    subnet: pool.subnet,
+                });
             }
             if !self.reserve(ip, id, ifname)? {
-                let owner = self.owner(ip).map(|(i, n)| format!("{i} ({n})")).unwrap_or_default();
+                let owner = self
+                    .owner(ip)
+                    .map(|(i, n)| format!("{i} ({n})"))
+                    .unwrap_or_default();
                 return Err(IpamError::RequestedInUse { ip, owner });
             }
             return Ok(ip);
@@ -220,12 +274,21 @@ impl Locked<'_> {
                 return Ok(ip);
             }
         }
-        Err(IpamError::Exhausted { subnet: pool.subnet, usable: pool.usable(), dir: self.store.dir.clone() })
+        Err(IpamError::Exhausted {
+            subnet: pool.subnet,
+            usable: pool.usable(),
+            dir: self.store.dir.clone(),
+        })
     }
 
     /// Addresses held by (id, ifname).
     pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
-        Ok(self.allocations()?.into_iter().filter(|(_, i, n)| i == id && n == ifname).map(|(ip, _, _)| ip).collect())
+        Ok(self
+            .allocations()?
+            .into_iter()
+            .filter(|(_, i, n)| i == id && n == ifname)
+            .map(|(ip, _, _)| ip)
+            .collect())
     }
 
     /// Frees one address.
@@ -250,7 +313,10 @@ impl Locked<'_> {
     pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<Ipv4Addr>, IpamError> {
         let mut freed = Vec::new();
         for (ip, id, ifname) in self.allocations()? {
-            if !valid.iter().any(|a| a.container_id == id && a.ifname == ifname) {
+            if !valid
+                .iter()
+                .any(|a| a.container_id == id && a.ifname == ifname)
+            {
                 self.free(ip)?;
                 freed.push(ip);
             }
@@ -277,7 +343,12 @@ mod tests {
     fn pool_skips_network_broadcast_and_gateway() {
         let p = pool("10.0.0.0/29", [10, 0, 0, 1]);
         let all: Vec<_> = p.candidates(None).collect();
-        assert_eq!(all, (2..=6).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect::<Vec<_>>());
+        assert_eq!(
+            all,
+            (2..=6)
+                .map(|i| Ipv4Addr::new(10, 0, 0, i))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(p.usable(), 5);
         assert!(!p.is_usable(Ipv4Addr::new(10, 0, 0, 0)));
         assert!(!p.is_usable(Ipv4Addr::new(10, 0, 0, 7)));
@@ -291,12 +362,18 @@ mod tests {
         let after5: Vec<_> = p.candidates(Some(Ipv4Addr::new(10, 0, 0, 5))).collect();
         assert_eq!(after5, [6, 2, 3, 4, 5].map(|i| Ipv4Addr::new(10, 0, 0, i)));
         // A last_reserved outside the pool (subnet changed) restarts at the beginning.
-        assert_eq!(p.candidates(Some(Ipv4Addr::new(9, 9, 9, 9))).next(), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(
+            p.candidates(Some(Ipv4Addr::new(9, 9, 9, 9))).next(),
+            Some(Ipv4Addr::new(10, 0, 0, 2))
+        );
     }
 
     #[test]
     fn tiny_subnets_have_no_addresses() {
-        assert_eq!(pool("10.0.0.0/31", [10, 0, 0, 0]).candidates(None).count(), 0);
+        assert_eq!(
+            pool("10.0.0.0/31", [10, 0, 0, 0]).candidates(None).count(),
+            0
+        );
         assert_eq!(pool("10.0.0.0/32", [10, 0, 0, 0]).usable(), 0);
         assert_eq!(pool("10.0.0.0/30", [10, 0, 0, 1]).usable(), 1);
     }
@@ -309,15 +386,33 @@ mod tests {
         let l = store.lock(true).unwrap().unwrap();
         let a = l.allocate(&p, "c1", "eth0", None).unwrap();
         let b = l.allocate(&p, "c2", "eth0", None).unwrap();
-        assert_eq!((a, b), (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)));
-        assert_eq!(fs::read_to_string(dir.join("10.0.0.2")).unwrap(), "c1\r\neth0");
-        assert_eq!(fs::read_to_string(dir.join(LAST_RESERVED_FILE)).unwrap(), "10.0.0.3");
+        assert_eq!(
+            (a, b),
+            (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3))
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("10.0.0.2")).unwrap(),
+            "c1\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(LAST_RESERVED_FILE)).unwrap(),
+            "10.0.0.3"
+        );
         assert_eq!(l.find("c2", "eth0").unwrap(), vec![b]);
         assert_eq!(l.release("c1", "eth0").unwrap(), vec![a]);
-        assert!(l.release("c1", "eth0").unwrap().is_empty(), "second release is a no-op");
+        assert!(
+            l.release("c1", "eth0").unwrap().is_empty(),
+            "second release is a no-op"
+        );
         // Round robin: the freed .2 is not handed out again right away.
-        assert_eq!(l.allocate(&p, "c3", "eth0", None).unwrap(), Ipv4Addr::new(10, 0, 0, 4));
-        let valid = vec![Attachment { container_id: "c3".into(), ifname: "eth0".into() }];
+        assert_eq!(
+            l.allocate(&p, "c3", "eth0", None).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 4)
+        );
+        let valid = vec![Attachment {
+            container_id: "c3".into(),
+            ifname: "eth0".into(),
+        }];
         assert_eq!(l.gc(&valid).unwrap(), vec![b]);
         assert_eq!(l.allocations().unwrap().len(), 1);
         drop(l);
@@ -330,9 +425,15 @@ mod tests {
         let store = Store::new(dir.clone());
         let p = pool("10.0.0.0/30", [10, 0, 0, 1]);
         let l = store.lock(true).unwrap().unwrap();
-        assert_eq!(l.allocate(&p, "c1", "eth0", None).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(
+            l.allocate(&p, "c1", "eth0", None).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 2)
+        );
         let e = l.allocate(&p, "c2", "eth0", None).unwrap_err();
-        assert!(e.to_string().contains("no free address in 10.0.0.0/30"), "{e}");
+        assert!(
+            e.to_string().contains("no free address in 10.0.0.0/30"),
+            "{e}"
+        );
         assert!(matches!(
             l.allocate(&p, "c2", "eth0", Some(Ipv4Addr::new(10, 0, 0, 2))),
             Err(IpamError::RequestedInUse { .. })

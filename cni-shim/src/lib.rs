@@ -41,16 +41,30 @@ pub fn execute(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
                 .map(|s| (*s).to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Err(CniError::internal(format!("internal error (a bug): {what}")))
+            Err(CniError::internal(format!(
+                "internal error (a bug): {what}"
+            )))
         });
     match result {
-        Ok(Some(v)) => Outcome { stdout: format!("{v}\n"), exit_code: 0 },
-        Ok(None) => Outcome { stdout: String::new(), exit_code: 0 },
-        Err(e) => Outcome { stdout: format!("{}\n", e.to_json(&version_for_errors)), exit_code: 1 },
+        Ok(Some(v)) => Outcome {
+            stdout: format!("{v}\n"),
+            exit_code: 0,
+        },
+        Ok(None) => Outcome {
+            stdout: String::new(),
+            exit_code: 0,
+        },
+        Err(e) => Outcome {
+            stdout: format!("{}\n", e.to_json(&version_for_errors)),
+            exit_code: 1,
+        },
     }
 }
 
-fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
+fn dispatch(
+    get: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Option<serde_json::Value>, CniError> {
     let env = CniEnv::from_lookup(get)?;
     if env.command == Command::Version {
         return Ok(Some(version::version_info()));
@@ -60,7 +74,10 @@ fn dispatch(get: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option
     let refuse = |cmd: &str, since: &str| {
         Err(CniError::new(
             error::code::INCOMPATIBLE_VERSION,
-            format!("{cmd} is not part of cniVersion {} (it exists from {since} on)", v.as_str()),
+            format!(
+                "{cmd} is not part of cniVersion {} (it exists from {since} on)",
+                v.as_str()
+            ),
         ))
     };
     match env.command {
@@ -81,8 +98,10 @@ mod tests {
     use super::*;
 
     fn run(pairs: &[(&str, &str)], stdin: &str) -> Outcome {
-        let m: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         execute(|k| m.get(k).cloned(), stdin.as_bytes())
     }
 
@@ -92,13 +111,19 @@ mod tests {
         assert_eq!(o.exit_code, 0);
         let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
-        assert_eq!(v["supportedVersions"], serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            serde_json::json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         assert_eq!(run(&[("CNI_COMMAND", "VERSION")], "").exit_code, 0);
     }
 
     #[test]
     fn errors_are_json_with_the_requested_version() {
-        let o = run(&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"0.4.0","name":"n"}"#);
+        let o = run(
+            &[("CNI_COMMAND", "ADD")],
+            r#"{"cniVersion":"0.4.0","name":"n"}"#,
+        );
         assert_eq!(o.exit_code, 1);
         let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(v["code"], 4);
@@ -107,12 +132,23 @@ mod tests {
 
     #[test]
     fn commands_gated_by_version() {
-        let env = [("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "c"), ("CNI_NETNS", "/x"), ("CNI_IFNAME", "eth0")];
+        let env = [
+            ("CNI_COMMAND", "CHECK"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_NETNS", "/x"),
+            ("CNI_IFNAME", "eth0"),
+        ];
         let o = run(&env, r#"{"cniVersion":"0.3.1","name":"n"}"#);
         assert!(o.stdout.contains("\"code\":1"), "{}", o.stdout);
-        let o = run(&[("CNI_COMMAND", "STATUS")], r#"{"cniVersion":"1.0.0","name":"n"}"#);
+        let o = run(
+            &[("CNI_COMMAND", "STATUS")],
+            r#"{"cniVersion":"1.0.0","name":"n"}"#,
+        );
         assert!(o.stdout.contains("\"code\":1"), "{}", o.stdout);
-        let o = run(&[("CNI_COMMAND", "GC")], r#"{"cniVersion":"1.0.0","name":"n"}"#);
+        let o = run(
+            &[("CNI_COMMAND", "GC")],
+            r#"{"cniVersion":"1.0.0","name":"n"}"#,
+        );
         assert!(o.stdout.contains("\"code\":1"), "{}", o.stdout);
     }
 

@@ -9,11 +9,14 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 use crate::netns::{NetNs, NetNsError};
 
@@ -132,7 +135,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>, NetError> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match req.try_next().await {
             Ok(Some(m)) => Ok(Some(Link::from_msg(&m))),
             Ok(None) => Ok(None),
@@ -149,17 +157,36 @@ impl Netlink {
 
     /// Finds or creates the bridge, brings it up, and makes sure it holds `gateway`.
     /// Concurrent ADDs race here; EEXIST from either step means another ADD won.
-    pub async fn ensure_bridge(&self, name: &str, mac: [u8; 6], mtu: u32, gateway: Ipv4Network) -> Result<Link, NetError> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        gateway: Ipv4Network,
+    ) -> Result<Link, NetError> {
         let link = match self.link(name).await? {
             Some(l) => l,
             None => {
-                let msg = LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).up().build();
-                match self.handle.link().add(msg).execute().await.map_err(nl(format!("create bridge {name}"))) {
+                let msg = LinkBridge::new(name)
+                    .mtu(mtu)
+                    .address(mac.to_vec())
+                    .up()
+                    .build();
+                match self
+                    .handle
+                    .link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("create bridge {name}")))
+                {
                     Ok(()) => {}
                     Err(e) if e.is(libc::EEXIST) => {}
                     Err(e) => return Err(e),
                 }
-                self.link(name).await?.ok_or_else(|| NetError::Unexpected(format!("bridge {name} vanished after creation")))?
+                self.link(name).await?.ok_or_else(|| {
+                    NetError::Unexpected(format!("bridge {name} vanished after creation"))
+                })?
             }
         };
         if link.kind.as_deref() != Some("bridge") {
@@ -170,7 +197,12 @@ impl Netlink {
         }
         if !link.up {
             let msg = LinkUnspec::new_with_index(link.index).up().build();
-            self.handle.link().set(msg).execute().await.map_err(nl(format!("set {name} up")))?;
+            self.handle
+                .link()
+                .set(msg)
+                .execute()
+                .await
+                .map_err(nl(format!("set {name} up")))?;
         }
         match self
             .handle
@@ -188,14 +220,15 @@ impl Netlink {
     }
 
     /// One RTM_NEWLINK: host end enslaved to the bridge and up, peer created directly inside
-    /// the pod namespace with its final name, MAC and MTU, and up.
+    /// the pod namespace with its final name, MAC and MTU. The peer is left down: asking for
+    /// IFF_UP on a peer created in another namespace fails with ENOTCONN on recent kernels;
+    /// `set_up` from inside the namespace does it.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetError> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.peer_name)
             .mtu(spec.mtu)
             .address(spec.peer_mac.to_vec())
             .setns_by_fd(spec.peer_ns.fd().as_raw_fd())
-            .up()
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(spec.host_name)
@@ -210,22 +243,51 @@ impl Netlink {
             .add(msg)
             .execute()
             .await
-            .map_err(nl(format!("create veth {} <-> {} (in {})", spec.host_name, spec.peer_name, spec.peer_ns.path())))
+            .map_err(nl(format!(
+                "create veth {} <-> {} (in {})",
+                spec.host_name,
+                spec.peer_name,
+                spec.peer_ns.path()
+            )))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("set link {index} up")))
     }
 
     pub async fn set_hairpin(&self, port: &str, on: bool) -> Result<(), NetError> {
         let msg = LinkMessageBuilder::<LinkBridgePort>::default()
             .name(port)
             .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)]))
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )]))
             .build();
-        self.handle.link().set_port(msg).execute().await.map_err(nl(format!("set hairpin on {port}")))
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("set hairpin on {port}")))
     }
 
     /// Deletes a link by name; Ok(false) when there was none.
     pub async fn delete_link(&self, name: &str) -> Result<bool, NetError> {
         let msg = LinkUnspec::new_with_name(name).build();
-        match self.handle.link().del_with_message(msg).execute().await.map_err(nl(format!("delete {name}"))) {
+        match self
+            .handle
+            .link()
+            .del_with_message(msg)
+            .execute()
+            .await
+            .map_err(nl(format!("delete {name}")))
+        {
             Ok(()) => Ok(true),
             Err(e) if e.is(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
@@ -241,8 +303,15 @@ impl Netlink {
             .map_err(nl(format!("add address {addr}")))
     }
 
-    pub async fn add_route(&self, index: u32, dst: Ipv4Network, gw: Option<Ipv4Addr>) -> Result<(), NetError> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix()).output_interface(index);
+    pub async fn add_route(
+        &self,
+        index: u32,
+        dst: Ipv4Network,
+        gw: Option<Ipv4Addr>,
+    ) -> Result<(), NetError> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .output_interface(index);
         if let Some(gw) = gw {
             b = b.gateway(gw);
         }
@@ -250,12 +319,22 @@ impl Netlink {
             Some(gw) => format!("add route {dst} via {gw}"),
             None => format!("add route {dst}"),
         };
-        self.handle.route().add(b.build()).execute().await.map_err(nl(what))
+        self.handle
+            .route()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(nl(what))
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, NetError> {
         let mut out = Vec::new();
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         while let Some(m) = s.try_next().await.map_err(nl("list addresses"))? {
             for a in &m.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
@@ -271,7 +350,11 @@ impl Netlink {
     /// IPv4 routes of the main table.
     pub async fn routes(&self) -> Result<Vec<RouteEntry>, NetError> {
         let mut out = Vec::new();
-        let mut s = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
         while let Some(m) = s.try_next().await.map_err(nl("list routes"))? {
             out.extend(route_entry(&m));
         }
@@ -296,5 +379,9 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
     if table != 254 {
         return None;
     }
-    Some(RouteEntry { dst: Ipv4Network::new(dst, m.header.destination_prefix_length).ok()?, gw, oif })
+    Some(RouteEntry {
+        dst: Ipv4Network::new(dst, m.header.destination_prefix_length).ok()?,
+        gw,
+        oif,
+    })
 }

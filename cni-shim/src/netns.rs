@@ -18,7 +18,10 @@ pub enum NetNsError {
     #[error("{0} is not a network namespace")]
     NotANetns(String),
     #[error("opening network namespace {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("switching back to the plugin's own network namespace failed: {0}")]
     Restore(Errno),
 }
@@ -36,14 +39,23 @@ impl NetNs {
     pub fn open(path: &str) -> Result<Self, NetNsError> {
         let file = File::open(Path::new(path)).map_err(|e| match e.kind() {
             ErrorKind::NotFound => NetNsError::NotFound(path.to_string()),
-            _ => NetNsError::Io { path: path.to_string(), source: e },
+            _ => NetNsError::Io {
+                path: path.to_string(),
+                source: e,
+            },
         })?;
-        let fs = fstatfs(&file).map_err(|e| NetNsError::Io { path: path.to_string(), source: e.into() })?;
+        let fs = fstatfs(&file).map_err(|e| NetNsError::Io {
+            path: path.to_string(),
+            source: e.into(),
+        })?;
         let t = fs.filesystem_type();
         if t != NSFS_MAGIC && t != PROC_SUPER_MAGIC {
             return Err(NetNsError::NotANetns(path.to_string()));
         }
-        Ok(Self { file, path: path.to_string() })
+        Ok(Self {
+            file,
+            path: path.to_string(),
+        })
     }
 
     /// The calling thread's current network namespace.
@@ -61,7 +73,10 @@ impl NetNs {
         setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| match e {
             // setns(CLONE_NEWNET) on a mount/uts/... namespace file.
             Errno::EINVAL => NetNsError::NotANetns(self.path.clone()),
-            e => NetNsError::Io { path: self.path.clone(), source: e.into() },
+            e => NetNsError::Io {
+                path: self.path.clone(),
+                source: e.into(),
+            },
         })?;
         let out = f();
         setns(&home.file, CloneFlags::CLONE_NEWNET).map_err(NetNsError::Restore)?;

@@ -54,7 +54,10 @@ pub fn pod_routes(conf: &NetConf, env: &SubnetEnv) -> Vec<Route> {
     };
     push(env.network, gw);
     if conf.is_default_gateway {
-        push(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or(env.network), gw);
+        push(
+            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or(env.network),
+            gw,
+        );
     }
     for r in &conf.routes {
         push(r.dst, r.gw.or(gw));
@@ -76,7 +79,9 @@ mod tests {
         assert_ne!(a, host_veth_name("abd", "eth0"));
         // The separator keeps ("ab","ceth0") apart from ("abc","eth0").
         assert_ne!(host_veth_name("ab", "ceth0"), a);
-        let names: std::collections::HashSet<_> = (0..10_000).map(|i| host_veth_name(&format!("c{i}"), "eth0")).collect();
+        let names: std::collections::HashSet<_> = (0..10_000)
+            .map(|i| host_veth_name(&format!("c{i}"), "eth0"))
+            .collect();
         assert_eq!(names.len(), 10_000);
     }
 
@@ -88,7 +93,10 @@ mod tests {
 
     #[test]
     fn routes_follow_flannel_and_config() {
-        let env = SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450").unwrap();
+        let env = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450",
+        )
+        .unwrap();
         let mut conf = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"10.244.0.0/16"},{"dst":"10.244.1.0/24"},{"dst":"192.168.0.0/16","gw":"10.244.1.254"}]}"#,
         )
@@ -101,7 +109,10 @@ mod tests {
             vec![
                 ("10.244.0.0/16".to_string(), gw),
                 ("0.0.0.0/0".to_string(), gw),
-                ("192.168.0.0/16".to_string(), Some(Ipv4Addr::new(10, 244, 1, 254))),
+                (
+                    "192.168.0.0/16".to_string(),
+                    Some(Ipv4Addr::new(10, 244, 1, 254))
+                ),
             ]
         );
         conf.is_default_gateway = false;

@@ -20,9 +20,9 @@ use crate::subnet_env::SubnetEnv;
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         let c = match &e {
-            IpamError::Exhausted { .. } | IpamError::LockTimeout(..) | IpamError::RequestedInUse { .. } => {
-                code::TRY_AGAIN_LATER
-            }
+            IpamError::Exhausted { .. }
+            | IpamError::LockTimeout(..)
+            | IpamError::RequestedInUse { .. } => code::TRY_AGAIN_LATER,
             IpamError::RequestedOutOfRange { .. } => code::INVALID_CONFIG,
             IpamError::Io { .. } => code::IO_FAILURE,
         };
@@ -57,7 +57,10 @@ fn read_subnet_env(path: &Path) -> Result<Option<SubnetEnv>, CniError> {
             .map(Some)
             .map_err(|e| CniError::internal(format!("{} is malformed: {e}", path.display()))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CniError::new(code::IO_FAILURE, format!("reading {}: {e}", path.display()))),
+        Err(e) => Err(CniError::new(
+            code::IO_FAILURE,
+            format!("reading {}: {e}", path.display()),
+        )),
     }
 }
 
@@ -81,14 +84,18 @@ fn enable_ip_forward() -> Result<(), CniError> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
     match std::fs::read(PATH) {
         Ok(v) if v.first() == Some(&b'1') => Ok(()),
-        _ => std::fs::write(PATH, b"1").map_err(|e| CniError::internal(format!("enabling {PATH}: {e}"))),
+        _ => std::fs::write(PATH, b"1")
+            .map_err(|e| CniError::internal(format!("enabling {PATH}: {e}"))),
     }
 }
 
 pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let senv = require_subnet_env(&conf.subnet_file)?;
     let mtu = conf.mtu.or(senv.mtu).ok_or_else(|| {
-        CniError::invalid_config(format!("no MTU: {} has no FLANNEL_MTU and the config no \"mtu\"", conf.subnet_file.display()))
+        CniError::invalid_config(format!(
+            "no MTU: {} has no FLANNEL_MTU and the config no \"mtu\"",
+            conf.subnet_file.display()
+        ))
     })?;
     let pool = Pool::new(senv.subnet, senv.gateway);
     let requested = env.requested_ip.or(conf.requested_ips.first().copied());
@@ -99,12 +106,26 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         let host_nl = Netlink::connect()?;
         let store = Store::new(conf.ipam_dir());
         let ip = {
-            let locked = store.lock(true)?.ok_or_else(|| CniError::internal("IPAM directory vanished"))?;
+            let locked = store
+                .lock(true)?
+                .ok_or_else(|| CniError::internal("IPAM directory vanished"))?;
             locked.allocate(&pool, &env.container_id, &env.ifname, requested)?
         };
         let host_name = host_veth_name(&env.container_id, &env.ifname);
         let mut created = false;
-        let wired = wire(env, conf, &senv, mtu, ip, &ns, &host_name, &host_nl, &pod_nl, &mut created).await;
+        let wired = wire(
+            env,
+            conf,
+            &senv,
+            mtu,
+            ip,
+            &ns,
+            &host_name,
+            &host_nl,
+            &pod_nl,
+            &mut created,
+        )
+        .await;
         match wired {
             Ok(result) => Ok(result.to_json(conf.version)),
             Err(e) => {
@@ -134,7 +155,14 @@ async fn wire(
     pod_nl: &Netlink,
     created: &mut bool,
 ) -> Result<CniResult, CniError> {
-    let bridge = host_nl.ensure_bridge(&conf.bridge, mac_for_ip(senv.gateway), mtu, senv.gateway_cidr()).await?;
+    let bridge = host_nl
+        .ensure_bridge(
+            &conf.bridge,
+            mac_for_ip(senv.gateway),
+            mtu,
+            senv.gateway_cidr(),
+        )
+        .await?;
     enable_ip_forward()?;
     let host_mac = host_veth_mac(&env.container_id, &env.ifname);
     let pod_mac = mac_for_ip(ip);
@@ -165,11 +193,12 @@ async fn wire(
     if conf.hairpin_mode {
         host_nl.set_hairpin(host_name, true).await?;
     }
-    let pod_link = pod_nl
-        .link(&env.ifname)
-        .await?
-        .ok_or_else(|| CniError::internal(format!("{} did not appear in {}", env.ifname, env.netns)))?;
-    let address = Ipv4Network::new(ip, senv.subnet.prefix()).map_err(|e| CniError::internal(e.to_string()))?;
+    let pod_link = pod_nl.link(&env.ifname).await?.ok_or_else(|| {
+        CniError::internal(format!("{} did not appear in {}", env.ifname, env.netns))
+    })?;
+    pod_nl.set_up(pod_link.index).await?;
+    let address = Ipv4Network::new(ip, senv.subnet.prefix())
+        .map_err(|e| CniError::internal(e.to_string()))?;
     pod_nl.add_address(pod_link.index, address).await?;
     let routes = pod_routes(conf, senv);
     for r in &routes {
@@ -177,8 +206,18 @@ async fn wire(
     }
     Ok(CniResult {
         interfaces: vec![
-            Interface { name: conf.bridge.clone(), mac: format_mac(&bridge.mac), sandbox: None, mtu: bridge.mtu },
-            Interface { name: host_name.to_string(), mac: format_mac(&host_mac), sandbox: None, mtu: Some(mtu) },
+            Interface {
+                name: conf.bridge.clone(),
+                mac: format_mac(&bridge.mac),
+                sandbox: None,
+                mtu: bridge.mtu,
+            },
+            Interface {
+                name: host_name.to_string(),
+                mac: format_mac(&host_mac),
+                sandbox: None,
+                mtu: Some(mtu),
+            },
             Interface {
                 name: env.ifname.clone(),
                 mac: format_mac(&pod_mac),
@@ -186,7 +225,11 @@ async fn wire(
                 mtu: Some(mtu),
             },
         ],
-        ips: vec![IpConfig { address, gateway: Some(senv.gateway), interface: Some(2) }],
+        ips: vec![IpConfig {
+            address,
+            gateway: Some(senv.gateway),
+            interface: Some(2),
+        }],
         routes,
         dns: conf.dns.clone(),
     })
@@ -226,11 +269,23 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .interfaces
         .iter()
         .position(|i| i.name == env.ifname && i.sandbox.is_some())
-        .ok_or_else(|| CniError::check_failed(format!("prevResult has no interface {} inside a sandbox", env.ifname)))?;
+        .ok_or_else(|| {
+            CniError::check_failed(format!(
+                "prevResult has no interface {} inside a sandbox",
+                env.ifname
+            ))
+        })?;
     let pod_if = &prev.interfaces[idx];
-    let ips: Vec<&IpConfig> = prev.ips.iter().filter(|i| i.interface.is_none_or(|x| x == idx)).collect();
+    let ips: Vec<&IpConfig> = prev
+        .ips
+        .iter()
+        .filter(|i| i.interface.is_none_or(|x| x == idx))
+        .collect();
     if ips.is_empty() {
-        return Err(CniError::check_failed(format!("prevResult has no address for {}", env.ifname)));
+        return Err(CniError::check_failed(format!(
+            "prevResult has no address for {}",
+            env.ifname
+        )));
     }
     let ns = NetNs::open(&env.netns)?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
@@ -241,23 +296,36 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         let fail = |m: String| Err(CniError::check_failed(m));
 
         let Some(link) = pod_nl.link(&env.ifname).await? else {
-            return fail(format!("interface {} not found in {}", env.ifname, env.netns));
+            return fail(format!(
+                "interface {} not found in {}",
+                env.ifname, env.netns
+            ));
         };
         if !link.up {
             return fail(format!("interface {} in {} is down", env.ifname, env.netns));
         }
         if !pod_if.mac.is_empty() && !pod_if.mac.eq_ignore_ascii_case(&format_mac(&link.mac)) {
-            return fail(format!("interface {} has MAC {}, prevResult says {}", env.ifname, format_mac(&link.mac), pod_if.mac));
+            return fail(format!(
+                "interface {} has MAC {}, prevResult says {}",
+                env.ifname,
+                format_mac(&link.mac),
+                pod_if.mac
+            ));
         }
         let have = pod_nl.addresses(link.index).await?;
         for ip in &ips {
             if !have.contains(&ip.address) {
-                return fail(format!("interface {} lacks address {}", env.ifname, ip.address));
+                return fail(format!(
+                    "interface {} lacks address {}",
+                    env.ifname, ip.address
+                ));
             }
         }
         let routes = pod_nl.routes().await?;
         for r in &prev.routes {
-            let found = routes.iter().any(|k| k.dst == r.dst && (r.gw.is_none() || k.gw == r.gw));
+            let found = routes
+                .iter()
+                .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gw == r.gw));
             if !found {
                 let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
                 return fail(format!("route {}{via} missing in {}", r.dst, env.netns));
@@ -270,7 +338,10 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             return fail(format!("host interface {host_name} does not exist"));
         };
         if host.master != Some(bridge.index) {
-            return fail(format!("host interface {host_name} is not attached to bridge {}", conf.bridge));
+            return fail(format!(
+                "host interface {host_name} is not attached to bridge {}",
+                conf.bridge
+            ));
         }
         if !host.up {
             return fail(format!("host interface {host_name} is down"));
@@ -283,10 +354,16 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     for ip in &ips {
         let a = ip.address.ip();
         if !pool.is_usable(a) {
-            return Err(CniError::check_failed(format!("address {a} is not in this node's subnet {}", senv.subnet)));
+            return Err(CniError::check_failed(format!(
+                "address {a} is not in this node's subnet {}",
+                senv.subnet
+            )));
         }
         let owner = locked.as_ref().and_then(|l| l.owner(a));
-        if owner.as_ref().is_none_or(|(id, n)| id != &env.container_id || n != &env.ifname) {
+        if owner
+            .as_ref()
+            .is_none_or(|(id, n)| id != &env.container_id || n != &env.ifname)
+        {
             return Err(CniError::check_failed(format!(
                 "address {a} is not reserved for container {} ifname {} in {}",
                 env.container_id,
@@ -303,17 +380,22 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(CniError::new(
             code::PLUGIN_NOT_AVAILABLE,
-            format!("not ready: {} does not exist (overlayd has not written it yet)", conf.subnet_file.display()),
+            format!(
+                "not ready: {} does not exist (overlayd has not written it yet)",
+                conf.subnet_file.display()
+            ),
         )),
-        Err(e) => Err(CniError::new(code::PLUGIN_NOT_AVAILABLE, format!("not ready: {}", e.msg))),
+        Err(e) => Err(CniError::new(
+            code::PLUGIN_NOT_AVAILABLE,
+            format!("not ready: {}", e.msg),
+        )),
     }
 }
 
 pub fn gc(conf: &NetConf) -> Result<(), CniError> {
-    let valid = conf
-        .valid_attachments
-        .as_ref()
-        .ok_or_else(|| CniError::invalid_config("GC needs \"cni.dev/valid-attachments\" in the network config"))?;
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::invalid_config("GC needs \"cni.dev/valid-attachments\" in the network config")
+    })?;
     if let Some(l) = Store::new(conf.ipam_dir()).lock(false)? {
         l.gc(valid)?;
     }

@@ -102,44 +102,88 @@ impl CniResult {
     /// Reads a `prevResult` of any supported version. IPv6 entries are skipped.
     pub fn from_json(v: &Value) -> Result<Self, CniError> {
         let bad = |what: String| CniError::invalid_config(format!("prevResult: {what}"));
-        let arr = |key: &str| v.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+        let arr = |key: &str| {
+            v.get(key)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
         let mut interfaces = Vec::new();
         for i in arr("interfaces") {
             interfaces.push(Interface {
-                name: i.get("name").and_then(Value::as_str).ok_or_else(|| bad("interface without name".into()))?.to_string(),
-                mac: i.get("mac").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: i
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("interface without name".into()))?
+                    .to_string(),
+                mac: i
+                    .get("mac")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 sandbox: i.get("sandbox").and_then(Value::as_str).map(str::to_string),
-                mtu: i.get("mtu").and_then(Value::as_u64).and_then(|m| u32::try_from(m).ok()),
+                mtu: i
+                    .get("mtu")
+                    .and_then(Value::as_u64)
+                    .and_then(|m| u32::try_from(m).ok()),
             });
         }
         let mut ips = Vec::new();
         for ip in arr("ips") {
-            let addr = ip.get("address").and_then(Value::as_str).ok_or_else(|| bad("ip without address".into()))?;
+            let addr = ip
+                .get("address")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("ip without address".into()))?;
             if addr.contains(':') {
                 continue;
             }
-            let address = addr.parse::<Ipv4Network>().map_err(|_| bad(format!("address {addr:?}")))?;
+            let address = addr
+                .parse::<Ipv4Network>()
+                .map_err(|_| bad(format!("address {addr:?}")))?;
             let gateway = match ip.get("gateway").and_then(Value::as_str) {
-                Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| bad(format!("gateway {g:?}")))?),
+                Some(g) => Some(
+                    g.parse::<Ipv4Addr>()
+                        .map_err(|_| bad(format!("gateway {g:?}")))?,
+                ),
                 None => None,
             };
-            let interface = ip.get("interface").and_then(Value::as_u64).and_then(|i| usize::try_from(i).ok());
-            ips.push(IpConfig { address, gateway, interface });
+            let interface = ip
+                .get("interface")
+                .and_then(Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok());
+            ips.push(IpConfig {
+                address,
+                gateway,
+                interface,
+            });
         }
         let mut routes = Vec::new();
         for r in arr("routes") {
-            let dst = r.get("dst").and_then(Value::as_str).ok_or_else(|| bad("route without dst".into()))?;
+            let dst = r
+                .get("dst")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad("route without dst".into()))?;
             if dst.contains(':') {
                 continue;
             }
-            let dst = dst.parse::<Ipv4Network>().map_err(|_| bad(format!("route dst {dst:?}")))?;
+            let dst = dst
+                .parse::<Ipv4Network>()
+                .map_err(|_| bad(format!("route dst {dst:?}")))?;
             let gw = match r.get("gw").and_then(Value::as_str) {
-                Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| bad(format!("route gw {g:?}")))?),
+                Some(g) => Some(
+                    g.parse::<Ipv4Addr>()
+                        .map_err(|_| bad(format!("route gw {g:?}")))?,
+                ),
                 None => None,
             };
             routes.push(Route { dst, gw });
         }
-        Ok(Self { interfaces, ips, routes, dns: v.get("dns").cloned().unwrap_or_else(|| json!({})) })
+        Ok(Self {
+            interfaces,
+            ips,
+            routes,
+            dns: v.get("dns").cloned().unwrap_or_else(|| json!({})),
+        })
     }
 }
 
@@ -152,7 +196,10 @@ pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
 }
 
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
@@ -162,16 +209,34 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "cni0".into(), mac: "0a:58:0a:f4:01:01".into(), sandbox: None, mtu: Some(1450) },
-                Interface { name: "veth1234abcd".into(), mac: "02:00:00:00:00:01".into(), sandbox: None, mtu: Some(1450) },
-                Interface { name: "eth0".into(), mac: "0a:58:0a:f4:01:05".into(), sandbox: Some("/run/netns/p".into()), mtu: Some(1450) },
+                Interface {
+                    name: "cni0".into(),
+                    mac: "0a:58:0a:f4:01:01".into(),
+                    sandbox: None,
+                    mtu: Some(1450),
+                },
+                Interface {
+                    name: "veth1234abcd".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    sandbox: None,
+                    mtu: Some(1450),
+                },
+                Interface {
+                    name: "eth0".into(),
+                    mac: "0a:58:0a:f4:01:05".into(),
+                    sandbox: Some("/run/netns/p".into()),
+                    mtu: Some(1450),
+                },
             ],
             ips: vec![IpConfig {
                 address: "10.244.1.5/24".parse().unwrap(),
                 gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
                 interface: Some(2),
             }],
-            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: Some(Ipv4Addr::new(10, 244, 1, 1)) }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
+            }],
             dns: json!({}),
         }
     }
@@ -200,7 +265,12 @@ mod tests {
     #[test]
     fn round_trips_through_prev_result() {
         let r = sample();
-        for v in [Version::V0_3_0, Version::V0_4_0, Version::V1_0_0, Version::V1_1_0] {
+        for v in [
+            Version::V0_3_0,
+            Version::V0_4_0,
+            Version::V1_0_0,
+            Version::V1_1_0,
+        ] {
             let mut back = CniResult::from_json(&r.to_json(v)).unwrap();
             if !v.interface_has_mtu() {
                 for i in &mut back.interfaces {
@@ -213,6 +283,9 @@ mod tests {
 
     #[test]
     fn mac_from_ip() {
-        assert_eq!(format_mac(&mac_for_ip(Ipv4Addr::new(10, 244, 1, 0))), "0a:58:0a:f4:01:00");
+        assert_eq!(
+            format_mac(&mac_for_ip(Ipv4Addr::new(10, 244, 1, 0))),
+            "0a:58:0a:f4:01:00"
+        );
     }
 }

@@ -24,11 +24,19 @@ pub struct SubnetEnv {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubnetEnvError {
     #[error("line {line}: {key} is {value:?}, which is not {expected}")]
-    BadValue { line: usize, key: &'static str, value: String, expected: &'static str },
+    BadValue {
+        line: usize,
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{0} is missing")]
     Missing(&'static str),
     #[error("FLANNEL_SUBNET {subnet} is not inside FLANNEL_NETWORK {network}")]
-    SubnetOutsideNetwork { subnet: Ipv4Network, network: Ipv4Network },
+    SubnetOutsideNetwork {
+        subnet: Ipv4Network,
+        network: Ipv4Network,
+    },
     #[error("FLANNEL_SUBNET {0} names its network or broadcast address; it must name the gateway (first host), e.g. 10.244.1.1/24")]
     GatewayNotAHost(Ipv4Network),
 }
@@ -44,7 +52,9 @@ impl SubnetEnv {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((key, value)) = line.split_once('=') else { continue };
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
             let key = key.trim().trim_start_matches("export ").trim();
             let value = value.trim().trim_matches('"').trim_matches('\'');
             let bad = |key: &'static str, expected: &'static str| SubnetEnvError::BadValue {
@@ -56,16 +66,22 @@ impl SubnetEnv {
             match key {
                 "FLANNEL_NETWORK" => {
                     network = Some(
-                        value.parse::<Ipv4Network>().map_err(|_| bad("FLANNEL_NETWORK", "an IPv4 CIDR"))?,
+                        value
+                            .parse::<Ipv4Network>()
+                            .map_err(|_| bad("FLANNEL_NETWORK", "an IPv4 CIDR"))?,
                     );
                 }
                 "FLANNEL_SUBNET" => {
                     subnet = Some(
-                        value.parse::<Ipv4Network>().map_err(|_| bad("FLANNEL_SUBNET", "an IPv4 address/prefix"))?,
+                        value
+                            .parse::<Ipv4Network>()
+                            .map_err(|_| bad("FLANNEL_SUBNET", "an IPv4 address/prefix"))?,
                     );
                 }
                 "FLANNEL_MTU" => {
-                    let m = value.parse::<u32>().map_err(|_| bad("FLANNEL_MTU", "a number between 68 and 65535"))?;
+                    let m = value
+                        .parse::<u32>()
+                        .map_err(|_| bad("FLANNEL_MTU", "a number between 68 and 65535"))?;
                     if !(68..=65535).contains(&m) {
                         return Err(bad("FLANNEL_MTU", "a number between 68 and 65535"));
                     }
@@ -94,7 +110,13 @@ impl SubnetEnv {
         if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
             return Err(SubnetEnvError::SubnetOutsideNetwork { subnet, network });
         }
-        Ok(Self { network, subnet, gateway, mtu, ipmasq })
+        Ok(Self {
+            network,
+            subnet,
+            gateway,
+            mtu,
+            ipmasq,
+        })
     }
 
     /// The gateway with the node subnet's prefix, e.g. 10.244.1.1/24 (the bridge address).
@@ -123,20 +145,34 @@ mod tests {
 
     #[test]
     fn tolerates_comments_quotes_and_export() {
-        let env = SubnetEnv::parse("# written by overlayd\nexport FLANNEL_SUBNET=\"10.1.2.1/24\"\n\n").unwrap();
+        let env =
+            SubnetEnv::parse("# written by overlayd\nexport FLANNEL_SUBNET=\"10.1.2.1/24\"\n\n")
+                .unwrap();
         assert_eq!(env.network, env.subnet);
         assert_eq!(env.mtu, None);
     }
 
     #[test]
     fn rejects_bad_files() {
-        assert_eq!(SubnetEnv::parse("FLANNEL_MTU=1450").unwrap_err(), SubnetEnvError::Missing("FLANNEL_SUBNET"));
-        assert!(matches!(SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.300/24"), Err(SubnetEnvError::BadValue { .. })));
-        assert!(matches!(SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.0/24"), Err(SubnetEnvError::GatewayNotAHost(_))));
+        assert_eq!(
+            SubnetEnv::parse("FLANNEL_MTU=1450").unwrap_err(),
+            SubnetEnvError::Missing("FLANNEL_SUBNET")
+        );
+        assert!(matches!(
+            SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.300/24"),
+            Err(SubnetEnvError::BadValue { .. })
+        ));
+        assert!(matches!(
+            SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.0/24"),
+            Err(SubnetEnvError::GatewayNotAHost(_))
+        ));
         assert!(matches!(
             SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.2.1/24"),
             Err(SubnetEnvError::SubnetOutsideNetwork { .. })
         ));
-        assert!(matches!(SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=abc"), Err(SubnetEnvError::BadValue { .. })));
+        assert!(matches!(
+            SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=abc"),
+            Err(SubnetEnvError::BadValue { .. })
+        ));
     }
 }

@@ -2,42 +2,98 @@
 //! that ingress accepts. A `Fdb` is immutable; the control plane builds a new one and swaps it
 //! in whole (`FdbHandle`), so workers read it without locks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use fdb_sync::{MacAddr, Peer};
 use ipnetwork::Ipv4Network;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Traffic counters of one peer. They outlive FDB snapshots: the control plane hands the same
+/// `Arc` to every snapshot while the peer stays, so counts survive changes to other peers.
+/// Workers add per batch, not per packet, to keep shared cache lines cold.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    /// Unix seconds of the last packet received from this peer (0: never).
+    pub last_rx_unix: AtomicU64,
+}
+
+impl PeerCounters {
+    #[inline]
+    pub fn add_tx(&self, packets: u64, bytes: u64) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add_rx(&self, packets: u64, bytes: u64) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Records "seen now"; called once per batch.
+    pub fn touch(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_rx_unix.store(now, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct FdbEntry {
     pub node: Arc<str>,
     pub pod_cidr: Ipv4Network,
     /// Where to send: the peer's public IP and the VXLAN port.
     pub vtep: SocketAddrV4,
+    pub counters: Arc<PeerCounters>,
 }
 
 #[derive(Debug, Default)]
 pub struct Fdb {
     by_mac: HashMap<[u8; 6], FdbEntry>,
-    vteps: HashSet<Ipv4Addr>,
+    /// Known VTEP addresses (ingress filter) and their peer's counters.
+    vteps: HashMap<Ipv4Addr, Arc<PeerCounters>>,
 }
 
 impl Fdb {
+    /// A snapshot with fresh counters.
     #[must_use]
     pub fn from_peers(peers: &[Peer], port: u16) -> Self {
+        Self::from_peers_keeping(peers, port, None)
+    }
+
+    /// A snapshot that reuses the counters of peers (by name) already in `previous`.
+    #[must_use]
+    pub fn from_peers_keeping(peers: &[Peer], port: u16, previous: Option<&Fdb>) -> Self {
+        let mut old: HashMap<&str, &Arc<PeerCounters>> = HashMap::new();
+        if let Some(prev) = previous {
+            for e in prev.by_mac.values() {
+                old.insert(&e.node, &e.counters);
+            }
+        }
         let mut fdb = Fdb::default();
         for p in peers {
+            let counters = old
+                .get(p.name.as_str())
+                .map_or_else(Arc::default, |c| Arc::clone(c));
+            fdb.vteps.insert(p.vtep_ip, counters.clone());
             fdb.by_mac.insert(
                 p.vtep_mac.0,
                 FdbEntry {
                     node: Arc::from(p.name.as_str()),
                     pod_cidr: p.pod_cidr,
                     vtep: SocketAddrV4::new(p.vtep_ip, port),
+                    counters,
                 },
             );
-            fdb.vteps.insert(p.vtep_ip);
         }
         fdb
     }
@@ -51,7 +107,14 @@ impl Fdb {
     #[inline]
     #[must_use]
     pub fn is_known_vtep(&self, ip: Ipv4Addr) -> bool {
-        self.vteps.contains(&ip)
+        self.vteps.contains_key(&ip)
+    }
+
+    /// The counters of the peer whose VTEP address is `ip`.
+    #[inline]
+    #[must_use]
+    pub fn vtep_counters(&self, ip: Ipv4Addr) -> Option<&Arc<PeerCounters>> {
+        self.vteps.get(&ip)
     }
 
     #[must_use]
@@ -99,5 +162,26 @@ mod tests {
         assert!(!fdb.is_known_vtep("198.18.0.3".parse().unwrap()));
         assert!(fdb.lookup(&[0; 6]).is_none());
         assert_eq!(fdb.len(), 1);
+    }
+
+    #[test]
+    fn counters_survive_snapshots_by_peer_name() {
+        let peer = |name: &str, n: u8| Peer {
+            name: name.into(),
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+            vtep_mac: fdb_sync::MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+        };
+        let first = Fdb::from_peers(&[peer("b", 2)], 8472);
+        first
+            .lookup(&[0x0a, 0x58, 10, 244, 2, 0])
+            .unwrap()
+            .counters
+            .add_tx(3, 300);
+        let second = Fdb::from_peers_keeping(&[peer("b", 2), peer("c", 3)], 8472, Some(&first));
+        let b = second.vtep_counters(Ipv4Addr::new(198, 18, 0, 2)).unwrap();
+        assert_eq!(b.tx_packets.load(Ordering::Relaxed), 3);
+        let c = second.vtep_counters(Ipv4Addr::new(198, 18, 0, 3)).unwrap();
+        assert_eq!(c.tx_packets.load(Ordering::Relaxed), 0);
     }
 }

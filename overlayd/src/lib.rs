@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod fdb;
+pub mod http;
 pub mod path;
 pub mod stats;
 pub mod sys;

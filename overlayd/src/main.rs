@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use overlayd::control::SourceKind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,10 +79,8 @@ fn run(cli: Cli) -> Result<()> {
     if queues == 0 || queues > 256 {
         bail!("--queues {queues} is out of range 1..=256");
     }
-    let _ = cli.http_addr;
     let opts = overlayd::control::Options {
         node_name: cli.node_name,
-        nodes_file,
         iface: cli.iface,
         public_ip: cli.public_ip,
         net_config_path: cli.net_config_path,
@@ -93,5 +92,9 @@ fn run(cli: Cli) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(overlayd::control::run(opts))
+        .block_on(overlayd::control::run(
+            opts,
+            SourceKind::NodesFile(nodes_file),
+            cli.http_addr,
+        ))
 }

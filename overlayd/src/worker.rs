@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::fdb::FdbHandle;
+use crate::fdb::{FdbHandle, PeerCounters};
 use crate::path::{self, DecapConfig, DropReason};
 use crate::stats::WorkerStats;
 use crate::sys::{self, tap::TapQueue};
@@ -22,6 +22,40 @@ const BUF_LEN: usize = 65_536 + 64;
 /// The VXLAN header (8 bytes) ends where the virtio-net header (10 bytes) ends, so a frame is
 /// re-framed in place: `[vnet 10][frame]` <-> `[2 spare][vxlan 8][frame]`.
 const VX_AT: usize = vnet::LEN - vxlan::HEADER_LEN;
+
+/// Sums packets per peer across a batch, so a shared peer counter is touched once per run of
+/// packets to the same peer instead of once per packet.
+#[derive(Default)]
+struct PeerTally<'a> {
+    peer: Option<&'a PeerCounters>,
+    packets: u64,
+    bytes: u64,
+}
+
+impl<'a> PeerTally<'a> {
+    #[inline]
+    fn add(&mut self, peer: &'a PeerCounters, bytes: usize, rx: bool) {
+        if !self.peer.is_some_and(|p| std::ptr::eq(p, peer)) {
+            self.flush(rx);
+            self.peer = Some(peer);
+        }
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+
+    fn flush(&mut self, rx: bool) {
+        if let Some(p) = self.peer.take() {
+            if rx {
+                p.add_rx(self.packets, self.bytes);
+                p.touch();
+            } else {
+                p.add_tx(self.packets, self.bytes);
+            }
+        }
+        self.packets = 0;
+        self.bytes = 0;
+    }
+}
 
 pub struct Worker {
     pub id: usize,
@@ -54,11 +88,11 @@ impl Worker {
 
     fn egress_batch(&self, buf: &mut [u8], vx_header: &[u8; vxlan::HEADER_LEN]) {
         let fdb = self.fdb.load();
+        let mut tally = PeerTally::default();
         for _ in 0..BATCH {
             let n = match self.tap.file().read(buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
+                Err(_) => break,
             };
             let Some(hdr) = vnet::Header::parse(&buf[..n]) else {
                 self.stats.count_drop(DropReason::TxShort);
@@ -69,22 +103,25 @@ impl Worker {
                     buf[VX_AT..vnet::LEN].copy_from_slice(vx_header);
                     let sock = &self.tx_pool[t.flow_hash as usize % self.tx_pool.len()];
                     match sock.send_to(&buf[VX_AT..n], SocketAddr::V4(t.dst)) {
-                        Ok(_) => self.stats.tx(n - vnet::LEN),
+                        Ok(_) => {
+                            self.stats.tx(n - vnet::LEN);
+                            tally.add(&t.peer.counters, n - vnet::LEN, false);
+                        }
                         Err(_) => self.stats.count_drop(DropReason::TxSendError),
                     }
                 }
                 Err(reason) => self.stats.count_drop(reason),
             }
         }
+        tally.flush(false);
     }
 
     fn ingress_batch(&self, buf: &mut [u8]) {
         let fdb = self.fdb.load();
+        let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let (n, from) = match self.rx.recv_from(&mut buf[VX_AT..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
+            let Ok((n, from)) = self.rx.recv_from(&mut buf[VX_AT..]) else {
+                break;
             };
             let SocketAddr::V4(from) = from else {
                 self.stats.count_drop(DropReason::RxUnknownSender);
@@ -92,11 +129,16 @@ impl Worker {
             };
             let end = VX_AT + n;
             match path::decap(&buf[VX_AT..end], *from.ip(), &fdb, &self.decap) {
-                Ok(h) => {
-                    buf[..vnet::LEN].copy_from_slice(&h.to_bytes());
+                Ok(d) => {
+                    buf[..vnet::LEN].copy_from_slice(&d.vnet.to_bytes());
                     match self.tap.file().write(&buf[..end]) {
                         // A TAP write takes the whole frame or fails; anything else is an error.
-                        Ok(w) if w == end => self.stats.rx(end - vnet::LEN),
+                        Ok(w) if w == end => {
+                            self.stats.rx(end - vnet::LEN);
+                            if let Some(p) = d.peer {
+                                tally.add(p, end - vnet::LEN, true);
+                            }
+                        }
                         // EIO while the device is down (teardown, flap): counted, not logged.
                         Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
                     }
@@ -104,5 +146,6 @@ impl Worker {
                 Err(reason) => self.stats.count_drop(reason),
             }
         }
+        tally.flush(true);
     }
 }

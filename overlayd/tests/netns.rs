@@ -235,7 +235,12 @@ fn peer_leaves_and_returns_via_nodes_file() {
     // A broken file is rejected and the last good state stays.
     lab.write_nodes_file("items: [ {metadata: {name: node1}\n");
     std::thread::sleep(Duration::from_millis(800));
-    assert!(lab.log(1).contains("nodes file rejected"), "{}", lab.log(1));
+    assert!(
+        lab.log(1)
+            .contains("input rejected; keeping the last good state"),
+        "{}",
+        lab.log(1)
+    );
     assert!(lab.is_running(1));
     assert!(lab.routes(1).contains("10.244.2.0/24"));
     assert!(lab.ping(&p1, &Lab::pod_ip(2, 1)));

@@ -7,7 +7,9 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::fdb::Fdb;
+use std::sync::Arc;
+
+use crate::fdb::{Fdb, FdbEntry, PeerCounters};
 use crate::wire::{checksum, ethernet, ip, vnet, vxlan};
 
 /// Why a packet was dropped. The discriminant indexes the counters in `stats`.
@@ -91,6 +93,17 @@ impl DropReason {
     }
 }
 
+impl PartialEq for Deliver<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.vnet == other.vnet
+            && match (self.peer, other.peer) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
 /// Settings of the decap path, fixed for the life of a worker.
 #[derive(Debug, Clone, Copy)]
 pub struct DecapConfig {
@@ -104,22 +117,43 @@ pub struct DecapConfig {
 }
 
 /// What to do with a frame read from the TAP device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
+#[derive(Debug, Clone, Copy)]
+pub struct Transmit<'a> {
     pub dst: SocketAddrV4,
     /// Inner flow hash, used to pick the outer UDP source port.
     pub flow_hash: u32,
+    pub peer: &'a FdbEntry,
+}
+
+impl PartialEq for Transmit<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.dst == other.dst
+            && self.flow_hash == other.flow_hash
+            && self.peer.node == other.peer.node
+    }
+}
+
+/// What to do with a received datagram's inner frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Deliver<'a> {
+    /// The virtio-net header to write in front of the inner frame.
+    pub vnet: vnet::Header,
+    /// The sending peer's counters (`None` only with `allow_any_sender` and an unknown sender).
+    pub peer: Option<&'a Arc<PeerCounters>>,
 }
 
 /// Decides where a frame from the TAP goes. Completes a checksum the kernel left for us
 /// (`NEEDS_CSUM`), so peers always get a finished inner checksum.
-pub fn encap(frame: &mut [u8], hdr: &vnet::Header, fdb: &Fdb) -> Result<Transmit, DropReason> {
+pub fn encap<'a>(
+    frame: &mut [u8],
+    hdr: &vnet::Header,
+    fdb: &'a Fdb,
+) -> Result<Transmit<'a>, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).ok_or(DropReason::TxShort)?;
     if eth.dst_is_group() {
         return Err(DropReason::TxNoFlood);
     }
-    let entry = fdb.lookup(&eth.dst()).ok_or(DropReason::TxUnknownDst)?;
-    let dst = entry.vtep;
+    let peer = fdb.lookup(&eth.dst()).ok_or(DropReason::TxUnknownDst)?;
     if hdr.gso_type != vnet::GSO_NONE {
         return Err(DropReason::TxGsoUnsupported);
     }
@@ -127,8 +161,9 @@ pub fn encap(frame: &mut [u8], hdr: &vnet::Header, fdb: &Fdb) -> Result<Transmit
         complete_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
     }
     Ok(Transmit {
-        dst,
+        dst: peer.vtep,
         flow_hash: ip::flow_hash(frame),
+        peer,
     })
 }
 
@@ -149,14 +184,14 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
     Ok(())
 }
 
-/// Checks a received VXLAN payload (header + inner frame) from `from` and returns the
-/// virtio-net header to write in front of the inner frame (`&payload[8..]`).
-pub fn decap(
+/// Checks a received VXLAN payload (header + inner frame) from `from` and says how to write
+/// the inner frame (`&payload[8..]`) to the TAP device.
+pub fn decap<'a>(
     payload: &[u8],
     from: Ipv4Addr,
-    fdb: &Fdb,
+    fdb: &'a Fdb,
     cfg: &DecapConfig,
-) -> Result<vnet::Header, DropReason> {
+) -> Result<Deliver<'a>, DropReason> {
     let vx = vxlan::Packet::new_checked(payload).ok_or(DropReason::RxShort)?;
     let frame = ethernet::Frame::new_checked(vx.inner()).ok_or(DropReason::RxShort)?;
     // Reserved bits are ignored, as RFC 7348 section 5 says ("MUST be ignored on receipt"):
@@ -168,7 +203,8 @@ pub fn decap(
     if vx.vni() != cfg.vni {
         return Err(DropReason::RxWrongVni);
     }
-    if !cfg.allow_any_sender && !fdb.is_known_vtep(from) {
+    let peer = fdb.vtep_counters(from);
+    if peer.is_none() && !cfg.allow_any_sender {
         return Err(DropReason::RxUnknownSender);
     }
     if frame.dst() != cfg.own_mac {
@@ -180,7 +216,10 @@ pub fn decap(
     ) {
         return Err(DropReason::RxInnerVlan);
     }
-    Ok(ingress_offload(vx.inner(), cfg.inner_mtu))
+    Ok(Deliver {
+        vnet: ingress_offload(vx.inner(), cfg.inner_mtu),
+        peer,
+    })
 }
 
 /// The virtio-net header for an inner frame written to the TAP device.

@@ -103,19 +103,21 @@ fn vxlan_header_bytes() {
 
 #[test]
 fn encap_known_peer() {
+    let fdb = fdb();
     let mut f = tcp_frame(PEER, 100, 40000);
-    let t = encap(&mut f, &vnet::Header::default(), &fdb()).unwrap();
+    let t = encap(&mut f, &vnet::Header::default(), &fdb).unwrap();
+    assert_eq!(&*t.peer.node, "n2");
     assert_eq!(t.dst, SocketAddrV4::new(PEER_IP, 8472));
     let mut g = tcp_frame(PEER, 100, 40000);
     assert_eq!(
-        encap(&mut g, &vnet::Header::default(), &fdb())
+        encap(&mut g, &vnet::Header::default(), &fdb)
             .unwrap()
             .flow_hash,
         t.flow_hash
     );
     let mut h = tcp_frame(PEER, 100, 40001);
     assert_ne!(
-        encap(&mut h, &vnet::Header::default(), &fdb())
+        encap(&mut h, &vnet::Header::default(), &fdb)
             .unwrap()
             .flow_hash,
         t.flow_hash
@@ -177,7 +179,7 @@ fn encap_completes_partial_checksum() {
 #[test]
 fn decap_accepts_and_plain_for_complete_checksum() {
     let f = tcp_frame(OWN, 100, 1);
-    let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap();
+    let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap().vnet;
     assert_eq!(h, vnet::Header::default());
 }
 
@@ -185,7 +187,7 @@ fn decap_accepts_and_plain_for_complete_checksum() {
 fn decap_marks_partial_checksum_needs_csum() {
     let mut f = tcp_frame(OWN, 100, 1);
     make_partial(&mut f);
-    let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap();
+    let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap().vnet;
     assert_eq!(h.flags, vnet::F_NEEDS_CSUM);
     assert_eq!(
         (h.csum_start, h.csum_offset, h.gso_type),
@@ -197,7 +199,7 @@ fn decap_marks_partial_checksum_needs_csum() {
 
     let mut u = udp_frame(OWN, 20);
     make_partial(&mut u);
-    let h = decap(&vx(&u, 1), PEER_IP, &fdb(), &cfg()).unwrap();
+    let h = decap(&vx(&u, 1), PEER_IP, &fdb(), &cfg()).unwrap().vnet;
     assert_eq!(
         (h.flags, h.csum_start, h.csum_offset),
         (vnet::F_NEEDS_CSUM, 54, 6)
@@ -210,7 +212,7 @@ fn decap_marks_partial_checksum_needs_csum() {
 fn decap_turns_oversized_tcp_burst_into_gso() {
     let mut f = tcp_frame(OWN, 20000, 1);
     make_partial(&mut f);
-    let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap();
+    let h = decap(&vx(&f, 1), PEER_IP, &fdb(), &cfg()).unwrap().vnet;
     assert_eq!(h.gso_type, vnet::GSO_TCPV4);
     assert_eq!(h.gso_size, 1450 - 40);
     assert_eq!(h.hdr_len, 54);

@@ -4,30 +4,36 @@
 //!
 //! It never blocks the packet path: workers only ever see whole FDB snapshots.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+mod reconcile;
+pub mod source;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use fdb_sync::{ClusterState, PeerFilter, SubnetEnv};
+use fdb_sync::{ClusterState, SubnetEnv};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::NetConf;
 use crate::fdb::{Fdb, FdbHandle};
+use crate::http::{self, Health};
 use crate::path::DecapConfig;
 use crate::stats::{Totals, WorkerStats};
-use crate::sys::netlink::{Netlink, PeerNeighbour, PeerRoute};
+use crate::sys::netlink::Netlink;
 use crate::sys::{tap, udp};
 use crate::worker::Worker;
+use reconcile::reconcile_kernel;
+use source::SourceUpdate;
 
 /// Everything the command line decides.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub node_name: String,
-    pub nodes_file: PathBuf,
     pub iface: Option<String>,
     pub public_ip: Option<Ipv4Addr>,
     pub net_config_path: PathBuf,
@@ -82,89 +88,6 @@ async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
     })
 }
 
-/// The nodes file: its text is re-read when its metadata changes.
-struct NodesFile {
-    path: PathBuf,
-    stamp: Option<(SystemTime, u64, u64)>,
-}
-
-impl NodesFile {
-    fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some((m.modified().ok()?, m.len(), m.ino()))
-    }
-
-    /// `Some(result)` when the file changed since the last call (or on the first call).
-    fn poll(&mut self, own: &str) -> Option<Result<ClusterState>> {
-        let stamp = Self::stamp(&self.path);
-        if stamp.is_some() && stamp == self.stamp {
-            return None;
-        }
-        self.stamp = stamp;
-        Some(self.load(own))
-    }
-
-    fn load(&self, own: &str) -> Result<ClusterState> {
-        let text = std::fs::read_to_string(&self.path)
-            .with_context(|| format!("cannot read nodes file {}", self.path.display()))?;
-        let nodes = fdb_sync::parse_node_list(&text)
-            .with_context(|| format!("nodes file {}", self.path.display()))?;
-        ClusterState::from_nodes(&nodes, own, PeerFilter::AllowUnannotated)
-            .with_context(|| format!("nodes file {}", self.path.display()))
-    }
-}
-
-/// Makes the kernel's routes and neighbours on the TAP equal to `peers`. Returns how many
-/// entries it had to change.
-async fn reconcile_kernel(nl: &Netlink, index: u32, state: &ClusterState) -> Result<usize> {
-    let want_routes: Vec<PeerRoute> = state
-        .peers
-        .iter()
-        .map(|p| PeerRoute {
-            dst: p.pod_cidr,
-            gateway: p.pod_cidr.network(),
-        })
-        .collect();
-    let want_neigh: Vec<PeerNeighbour> = state
-        .peers
-        .iter()
-        .map(|p| PeerNeighbour {
-            ip: p.pod_cidr.network(),
-            mac: p.vtep_mac,
-            permanent: true,
-        })
-        .collect();
-    let have_routes = nl.routes(index).await?;
-    let have_neigh = nl.neighbours(index).await?;
-    let mut changed = 0;
-    // Neighbours first, so a new route never resolves to nothing.
-    for n in &want_neigh {
-        if !have_neigh.contains(n) {
-            nl.replace_neighbour(index, n.ip, n.mac).await?;
-            changed += 1;
-        }
-    }
-    for r in &want_routes {
-        if !have_routes.contains(r) {
-            nl.replace_route(index, *r).await?;
-            changed += 1;
-        }
-    }
-    for r in have_routes.iter().filter(|r| !want_routes.contains(r)) {
-        nl.delete_route(index, *r).await?;
-        changed += 1;
-    }
-    for n in have_neigh
-        .iter()
-        .filter(|n| !want_neigh.iter().any(|w| w.ip == n.ip))
-    {
-        nl.delete_neighbour(index, n.ip).await?;
-        changed += 1;
-    }
-    Ok(changed)
-}
-
 fn log_peer_set(state: &ClusterState) {
     for s in &state.skipped {
         warn!(node = %s.node, reason = %s.reason, "node skipped");
@@ -176,70 +99,71 @@ fn log_peer_set(state: &ClusterState) {
     );
 }
 
-/// Waits for the own node to appear with a podCIDR, reporting what is missing once per change.
+/// Waits for the first usable state (own node with a podCIDR), reporting what is missing
+/// once per change. `None` when asked to stop first.
 async fn wait_for_own_node(
-    file: &mut NodesFile,
-    opts: &Options,
+    updates: &mut mpsc::Receiver<SourceUpdate>,
+    node_name: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<ClusterState>> {
     let mut last_err = String::new();
     loop {
-        match file.load(&opts.node_name) {
-            Ok(s) => return Ok(Some(s)),
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if msg != last_err {
-                    warn!(error = %msg, "waiting for node {} with a podCIDR in the nodes file", opts.node_name);
-                    last_err = msg;
-                }
-            }
-        }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            u = updates.recv() => match u {
+                Some(Ok(s)) => return Ok(Some(s)),
+                Some(Err(msg)) => {
+                    if msg != last_err {
+                        warn!(error = %msg, "waiting for node {node_name} with a podCIDR");
+                        last_err = msg;
+                    }
+                }
+                None => bail!("node source ended before node {node_name} appeared"),
+            },
             _ = stop.changed() => return Ok(None),
         }
     }
 }
 
-/// Runs the daemon until a signal arrives.
-pub async fn run(opts: Options) -> Result<()> {
-    let text = std::fs::read_to_string(&opts.net_config_path).with_context(|| {
-        format!(
-            "cannot read net-conf {}: pass --net-config-path",
-            opts.net_config_path.display()
-        )
-    })?;
-    let netconf =
-        NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
+/// Where Node objects come from.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    NodesFile(PathBuf),
+}
 
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        let _ = stop_tx.send(true);
-    });
-
-    let mut nodes = NodesFile {
-        path: opts.nodes_file.clone(),
-        stamp: None,
-    };
-    nodes.stamp = NodesFile::stamp(&nodes.path);
-    let Some(mut state) = wait_for_own_node(&mut nodes, &opts, &mut stop_rx).await? else {
-        return Ok(());
-    };
-    let own_cidr = state.own_pod_cidr();
-    if !netconf.network.contains(own_cidr.network()) {
-        bail!(
-            "own podCIDR {own_cidr} is outside net-conf Network {}: fix one of them",
-            netconf.network
-        );
+fn spawn_source(kind: &SourceKind, node_name: &str) -> mpsc::Receiver<SourceUpdate> {
+    let (tx, rx) = mpsc::channel(4);
+    match kind {
+        SourceKind::NodesFile(path) => {
+            tokio::spawn(source::watch_nodes_file(
+                path.clone(),
+                node_name.to_string(),
+                tx,
+            ));
+        }
     }
+    rx
+}
+
+/// The running dataplane: device, workers, FDB.
+struct Dataplane {
+    link_index: u32,
+    fdb: FdbHandle,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stats: Vec<Arc<WorkerStats>>,
+}
+
+/// Creates the TAP device and its workers for `state`.
+async fn start_dataplane(
+    nl: &Netlink,
+    opts: &Options,
+    netconf: &NetConf,
+    underlay: &Underlay,
+    state: &ClusterState,
+) -> Result<Dataplane> {
+    let own_cidr = state.own_pod_cidr();
     let own_mac = state.own_vtep_mac();
-
-    let nl = Netlink::connect()?;
-    let underlay = find_underlay(&nl, &opts).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
-    info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
-
     if let Some(l) = nl.link_by_name(&opts.device).await? {
         bail!(
             "device {} already exists (kind {}): another overlayd may be running; delete it (ip link del {}) or pass --device",
@@ -312,8 +236,55 @@ pub async fn run(opts: Options) -> Result<()> {
                 })?,
         );
     }
+    Ok(Dataplane {
+        link_index: link.index,
+        fdb,
+        stop,
+        threads,
+        stats,
+    })
+}
 
-    reconcile_kernel(&nl, link.index, &state).await?;
+/// Runs the daemon until a signal arrives.
+pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Result<()> {
+    let text = std::fs::read_to_string(&opts.net_config_path).with_context(|| {
+        format!(
+            "cannot read net-conf {}: pass --net-config-path",
+            opts.net_config_path.display()
+        )
+    })?;
+    let netconf =
+        NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let health = Arc::new(Health::default());
+    let _http = http::serve(http_addr, http::router(health.clone())).await?;
+
+    let mut updates = spawn_source(&source, &opts.node_name);
+    let Some(mut state) = wait_for_own_node(&mut updates, &opts.node_name, &mut stop_rx).await?
+    else {
+        return Ok(());
+    };
+    health.own_node_known.store(true, Ordering::Relaxed);
+    let own_cidr = state.own_pod_cidr();
+    let own_mac = state.own_vtep_mac();
+    if !netconf.network.contains(own_cidr.network()) {
+        bail!(
+            "own podCIDR {own_cidr} is outside net-conf Network {}: fix one of them",
+            netconf.network
+        );
+    }
+
+    let nl = Netlink::connect()?;
+    let underlay = find_underlay(&nl, &opts).await?;
+    let mtu = netconf.inner_mtu(underlay.mtu);
+    info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
+    let dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state).await?;
+    reconcile_kernel(&nl, dp.link_index, &state.peers).await?;
     log_peer_set(&state);
     let env = SubnetEnv {
         network: netconf.network,
@@ -325,26 +296,34 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
+    health.synced.store(true, Ordering::Relaxed);
+    health.device_up.store(true, Ordering::Relaxed);
     info!(
         node = %opts.node_name, pod_cidr = %own_cidr, vtep_mac = %own_mac, device = %opts.device,
-        queues = threads.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
+        queues = dp.threads.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
     );
 
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Periodic backstop: restores routes or neighbours someone else removed.
+    let mut backstop = tokio::time::interval(Duration::from_secs(2));
     let mut last_error = String::new();
-    let mut since_reconcile = 0u32;
     loop {
+        let mut changed = false;
+        let mut check = false;
         tokio::select! {
             _ = stop_rx.changed() => break,
-            _ = tick.tick() => {}
-        }
-        since_reconcile += 1;
-        let mut force = false;
-        if let Some(result) = nodes.poll(&opts.node_name) {
-            match result {
-                Ok(new)
-                    if new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac =>
-                {
+            _ = backstop.tick() => check = true,
+            u = updates.recv() => match u {
+                None => {
+                    error!("node source ended; keeping the last state until stopped");
+                    updates = mpsc::channel(1).1;
+                }
+                Some(Err(msg)) => {
+                    if msg != last_error {
+                        error!(error = %msg, "node source input rejected; keeping the last good state");
+                        last_error = msg;
+                    }
+                }
+                Some(Ok(new)) if new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac => {
                     let msg = format!(
                         "own node changed (podCIDR {:?} -> {:?}, VtepMAC {} -> {}): restart overlayd to apply; keeping the running state",
                         state.own.pod_cidr, new.own.pod_cidr, own_mac, new.own_vtep_mac()
@@ -354,62 +333,49 @@ pub async fn run(opts: Options) -> Result<()> {
                         last_error = msg;
                     }
                 }
-                Ok(new) => {
+                Some(Ok(new)) => {
                     last_error.clear();
                     if new.peers != state.peers {
-                        fdb.store(Arc::new(Fdb::from_peers(&new.peers, netconf.port)));
+                        let next = Fdb::from_peers_keeping(&new.peers, netconf.port, Some(&dp.fdb.load()));
+                        dp.fdb.store(Arc::new(next));
                         state = new;
                         log_peer_set(&state);
-                        force = true;
+                        changed = true;
                     }
                 }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    if msg != last_error {
-                        error!(error = %msg, "nodes file rejected; keeping the last good state");
-                        last_error = msg;
-                    }
-                }
-            }
+            },
         }
-        // Periodic backstop: restores routes or neighbours someone else removed.
-        if force || since_reconcile >= 8 {
-            since_reconcile = 0;
-            match reconcile_kernel(&nl, link.index, &state).await {
-                Ok(0) => {}
-                Ok(n) if !force => warn!(
-                    changes = n,
-                    "restored routes/neighbours changed behind our back"
-                ),
-                Ok(_) => {}
-                Err(e) => warn!(error = %format!("{e:#}"), "reconcile failed; will retry"),
-            }
+        if !changed && !check {
+            continue;
+        }
+        match reconcile_kernel(&nl, dp.link_index, &state.peers).await {
+            Ok(n) if n > 0 && !changed => warn!(
+                changes = n,
+                "restored routes/neighbours changed behind our back"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "reconcile failed; will retry"),
         }
     }
 
     info!("shutting down");
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
+    dp.stop.store(true, Ordering::Relaxed);
+    for t in dp.threads {
         let _ = t.join();
     }
-    let totals = Totals::sum(stats.iter().map(AsRef::as_ref));
+    let totals = Totals::sum(dp.stats.iter().map(AsRef::as_ref));
     info!(
         tx_packets = totals.tx_packets,
         rx_packets = totals.rx_packets,
         drops = totals.drops.iter().sum::<u64>(),
         "final counters"
     );
-    let empty = ClusterState {
-        peers: Vec::new(),
-        ..state
-    };
-    if let Err(e) = reconcile_kernel(&nl, link.index, &empty).await {
+    if let Err(e) = reconcile_kernel(&nl, dp.link_index, &[]).await {
         warn!(error = %format!("{e:#}"), "removing routes on shutdown");
     }
     // Closing the last queue removes the TAP device (it is not persistent); delete explicitly
     // too in case another process holds a queue open.
-    drop(fdb);
-    nl.delete_link(link.index).await?;
+    nl.delete_link(dp.link_index).await?;
     info!("stopped; device {} removed", opts.device);
     Ok(())
 }

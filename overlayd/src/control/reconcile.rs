@@ -1,0 +1,55 @@
+//! Makes the kernel's routes and neighbours on the TAP device equal to the desired peer set,
+//! comparing with what the kernel actually holds (not what we believe we wrote), so the same
+//! pass applies changes and repairs entries someone else removed.
+
+use anyhow::Result;
+use fdb_sync::Peer;
+
+use crate::sys::netlink::{Netlink, PeerNeighbour, PeerRoute};
+
+/// Returns the number of entries added, replaced or removed.
+pub async fn reconcile_kernel(nl: &Netlink, index: u32, peers: &[Peer]) -> Result<usize> {
+    let want_routes: Vec<PeerRoute> = peers
+        .iter()
+        .map(|p| PeerRoute {
+            dst: p.pod_cidr,
+            gateway: p.pod_cidr.network(),
+        })
+        .collect();
+    let want_neigh: Vec<PeerNeighbour> = peers
+        .iter()
+        .map(|p| PeerNeighbour {
+            ip: p.pod_cidr.network(),
+            mac: p.vtep_mac,
+            permanent: true,
+        })
+        .collect();
+    let have_routes = nl.routes(index).await?;
+    let have_neigh = nl.neighbours(index).await?;
+    let mut changed = 0;
+    // Neighbours first, so a new route never resolves to nothing.
+    for n in &want_neigh {
+        if !have_neigh.contains(n) {
+            nl.replace_neighbour(index, n.ip, n.mac).await?;
+            changed += 1;
+        }
+    }
+    for r in &want_routes {
+        if !have_routes.contains(r) {
+            nl.replace_route(index, *r).await?;
+            changed += 1;
+        }
+    }
+    for r in have_routes.iter().filter(|r| !want_routes.contains(r)) {
+        nl.delete_route(index, *r).await?;
+        changed += 1;
+    }
+    for n in have_neigh
+        .iter()
+        .filter(|n| !want_neigh.iter().any(|w| w.ip == n.ip))
+    {
+        nl.delete_neighbour(index, n.ip).await?;
+        changed += 1;
+    }
+    Ok(changed)
+}

@@ -1,0 +1,81 @@
+//! The HTTP endpoint on `--http-addr`: `/healthz` (the process is alive) and `/readyz` (own
+//! podCIDR known, first peer set applied, device up). Bound to loopback by default.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+/// Readiness facts, set by the control loop.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub own_node_known: AtomicBool,
+    pub synced: AtomicBool,
+    pub device_up: AtomicBool,
+}
+
+impl Health {
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        self.own_node_known.load(Ordering::Relaxed)
+            && self.synced.load(Ordering::Relaxed)
+            && self.device_up.load(Ordering::Relaxed)
+    }
+
+    /// What is missing, for the /readyz body.
+    #[must_use]
+    pub fn missing(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if !self.own_node_known.load(Ordering::Relaxed) {
+            m.push("own node podCIDR not known yet");
+        }
+        if !self.synced.load(Ordering::Relaxed) {
+            m.push("first peer set not applied yet");
+        }
+        if !self.device_up.load(Ordering::Relaxed) {
+            m.push("device not up");
+        }
+        m
+    }
+}
+
+/// Routes shared by the daemon; later layers (metrics, status) add their own.
+pub fn router(health: Arc<Health>) -> Router {
+    let h = health.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = h.clone();
+                async move {
+                    if h.ready() {
+                        (StatusCode::OK, "ready\n".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}\n", h.missing().join("; ")),
+                        )
+                    }
+                }
+            }),
+        )
+}
+
+/// Binds `addr` (errors name it) and serves `router` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on --http-addr {addr}: {e}; pick another address or port")
+    })?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    }))
+}

@@ -1,13 +1,44 @@
 //! Per-worker packet counters. Each worker owns one `WorkerStats` and is its only writer
 //! (relaxed atomics, no sharing of cache lines between workers); readers sum over workers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::path::DropReason;
+
+/// Which I/O path a queue runs; exported so operators see a fallback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OffloadMode {
+    /// One frame per syscall, no offloads.
+    Plain = 0,
+    /// TSO super-frames from the TAP, UDP_SEGMENT on send, UDP_GRO on receive.
+    Offload = 1,
+}
+
+impl OffloadMode {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Offload => "offload",
+        }
+    }
+
+    #[must_use]
+    pub fn from_u8(v: u8) -> Self {
+        if v == 1 {
+            Self::Offload
+        } else {
+            Self::Plain
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct WorkerStats {
+    /// `OffloadMode` as u8, set by the worker at start and on fallback.
+    pub mode: AtomicU8,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     pub rx_packets: AtomicU64,
@@ -20,6 +51,15 @@ impl WorkerStats {
     pub fn count_drop(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
+    pub fn set_mode(&self, mode: OffloadMode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn mode(&self) -> OffloadMode {
+        OffloadMode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+
     #[inline]
     pub fn tx(&self, bytes: usize) {
         self.tx_packets.fetch_add(1, Ordering::Relaxed);

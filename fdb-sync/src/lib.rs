@@ -6,6 +6,9 @@
 //! this crate computes.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "fake-apiserver")]
+pub mod fake_apiserver;
+pub mod kube;
 pub mod model;
 pub mod nodes_file;
 pub mod subnet_env;

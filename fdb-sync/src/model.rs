@@ -260,6 +260,12 @@ impl NodeView {
     }
 }
 
+/// First and last address of `net`, as integers.
+fn cidr_bounds(net: Ipv4Network) -> (u32, u32) {
+    let start = u32::from(net.network());
+    (start, start | !u32::from(net.mask()))
+}
+
 /// A remote node this node forwards to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Peer {
@@ -302,6 +308,16 @@ impl ClusterState {
         own_name: &str,
         filter: PeerFilter,
     ) -> Result<Self, ModelError> {
+        Self::from_node_iter(nodes, own_name, filter)
+    }
+
+    /// [`ClusterState::from_nodes`] over any collection of Nodes (the Kubernetes source keeps
+    /// them in a map and must not copy thousands of Nodes per event).
+    pub fn from_node_iter<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        own_name: &str,
+        filter: PeerFilter,
+    ) -> Result<Self, ModelError> {
         let mut own = None;
         let mut views = Vec::new();
         let mut skipped = Vec::new();
@@ -327,6 +343,9 @@ impl ClusterState {
 
         views.sort_by(|a, b| a.name.cmp(&b.name));
         let mut peers: Vec<Peer> = Vec::new();
+        // Accepted peer CIDRs by network address (they never overlap each other), so the
+        // overlap check is O(log n) and 5000 nodes stay cheap.
+        let mut by_start: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
         let mut by_mac: HashMap<MacAddr, String> = HashMap::new();
         if let Some(m) = own.vtep_mac {
             by_mac.insert(m, own.name.clone());
@@ -368,7 +387,14 @@ impl ClusterState {
                 )));
                 continue;
             }
-            if let Some(p) = peers.iter().find(|p| p.pod_cidr.overlaps(pod_cidr)) {
+            let (start, end) = cidr_bounds(pod_cidr);
+            let contained = by_start.range(start..=end).next();
+            let containing = by_start
+                .range(..start)
+                .next_back()
+                .filter(|(_, (e, _))| *e >= start);
+            if let Some((_, (_, i))) = contained.or(containing) {
+                let p = &peers[*i];
                 skipped.push(skip(format!(
                     "podCIDR {pod_cidr} overlaps node {}'s {}",
                     p.name, p.pod_cidr
@@ -382,6 +408,7 @@ impl ClusterState {
                 continue;
             }
             by_mac.insert(vtep_mac, v.name.clone());
+            by_start.insert(start, (end, peers.len()));
             peers.push(Peer {
                 name: v.name,
                 pod_cidr,

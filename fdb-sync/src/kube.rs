@@ -1,0 +1,341 @@
+//! The Kubernetes node source: watches Node objects with kube-rs and sends the full desired
+//! [`ClusterState`] after every change, and publishes this node's Flannel annotations.
+//!
+//! It owns the connection to the API server and nothing else: it never touches the network
+//! devices and never waits on the dataplane. When the API server is unreachable it simply sends
+//! nothing, so the daemon keeps forwarding with the last good state. Every (re)list replaces the
+//! whole node set, so a delete missed while disconnected cannot leave a stale peer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::model::{
+    BackendData, ClusterState, MacAddr, PeerFilter, ANN_BACKEND_DATA, ANN_BACKEND_TYPE,
+    ANN_KUBE_SUBNET_MANAGER, ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE,
+};
+
+/// What the source sends: a full state, or why there is none yet.
+pub type Update = Result<ClusterState, String>;
+
+/// One Kubernetes API call this code makes: `(resource, verb)`. The RBAC manifest in
+/// deploy/kubernetes must grant exactly these (a test checks it).
+pub const API_CALLS: &[(&str, &str)] = &[
+    ("nodes", "list"),
+    ("nodes", "watch"),
+    ("nodes", "get"),
+    ("nodes/status", "patch"),
+];
+
+/// Most events handled before the state is recomputed: a burst of MODIFIED events costs one
+/// recomputation, not one per event.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error(
+        "cannot read kubeconfig {path}: {source}; pass a readable file with --kubeconfig-file"
+    )]
+    ReadKubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "kubeconfig {path} is not usable: {source}; check its current-context, cluster and user"
+    )]
+    LoadKubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no in-cluster configuration ({0}): run overlayd in a pod with a ServiceAccount, or pass --kubeconfig-file")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// A client from `kubeconfig`, or from the pod's service account when `None`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                KubeError::ReadKubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::LoadKubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+    };
+    Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// What this node publishes about itself once its dataplane is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    pub vtep_mac: MacAddr,
+    pub public_ip: Ipv4Addr,
+    pub vni: u32,
+}
+
+/// The annotations Flannel's vxlan backend writes for `a` on `node`. Like flanneld, an operator's
+/// `public-ip-overwrite` becomes the published `public-ip`.
+#[must_use]
+pub fn desired_annotations(node: &Node, a: &Announcement) -> BTreeMap<String, String> {
+    let public_ip = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|m| m.get(ANN_PUBLIC_IP_OVERWRITE))
+        .and_then(|v| v.trim().parse::<Ipv4Addr>().ok())
+        .unwrap_or(a.public_ip);
+    // Field order and format exactly as Go's json.Marshal of flannel's vxlanLeaseAttrs.
+    let data = serde_json::to_string(&BackendData {
+        vni: a.vni,
+        vtep_mac: a.vtep_mac.to_string(),
+    })
+    .expect("BackendData serializes");
+    BTreeMap::from([
+        (ANN_BACKEND_TYPE.to_string(), "vxlan".to_string()),
+        (ANN_BACKEND_DATA.to_string(), data),
+        (ANN_PUBLIC_IP.to_string(), public_ip.to_string()),
+        (ANN_KUBE_SUBNET_MANAGER.to_string(), "true".to_string()),
+    ])
+}
+
+/// The JSON merge patch that makes `node`'s annotations match `a`, or `None` when they already
+/// do. Only differing keys are sent.
+#[must_use]
+pub fn annotation_patch(node: &Node, a: &Announcement) -> Option<serde_json::Value> {
+    let have = node.metadata.annotations.clone().unwrap_or_default();
+    let diff: serde_json::Map<String, serde_json::Value> = desired_annotations(node, a)
+        .into_iter()
+        .filter(|(k, v)| have.get(k) != Some(v))
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    if diff.is_empty() {
+        return None;
+    }
+    Some(serde_json::json!({ "metadata": { "annotations": diff } }))
+}
+
+/// Connection state, logged once per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Conn {
+    Starting,
+    Synced,
+    Relisting,
+    Failing(String),
+}
+
+/// A coarse error class, so a retry loop failing the same way logs once.
+fn classify(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::WatchError(s) => format!("watch error {}", s.code),
+        watcher::Error::InitialListFailed(e) => format!("list failed: {}", short(e)),
+        watcher::Error::WatchStartFailed(e) => format!("watch failed: {}", short(e)),
+        watcher::Error::WatchFailed(e) => format!("watch stream failed: {}", short(e)),
+        watcher::Error::NoResourceVersion => "no resourceVersion in list".into(),
+    }
+}
+
+fn short(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("HTTP {} {}", s.code, s.reason),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "API server unreachable".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Watches Nodes and sends the full state after every change (and, while this node or its
+/// podCIDR is missing, why not). Publishes this node's annotations once `announce` holds a
+/// value. Returns when the receiver of `tx` is gone.
+pub async fn run(
+    client: Client,
+    node_name: String,
+    tx: mpsc::Sender<Update>,
+    announce: watch::Receiver<Option<Announcement>>,
+) {
+    let api: Api<Node> = Api::all(client);
+    let (own_tx, own_rx) = watch::channel::<Option<Node>>(None);
+    let annotator = tokio::spawn(annotate(api.clone(), node_name.clone(), own_rx, announce));
+    watch_nodes(api, &node_name, &tx, &own_tx).await;
+    annotator.abort();
+}
+
+async fn watch_nodes(
+    api: Api<Node>,
+    node_name: &str,
+    tx: &mpsc::Sender<Update>,
+    own_tx: &watch::Sender<Option<Node>>,
+) {
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut nodes: HashMap<String, Node> = HashMap::new();
+    // Objects of a (re)list in progress; they replace `nodes` whole at InitDone.
+    let mut relist: Option<HashMap<String, Node>> = None;
+    let mut conn = Conn::Starting;
+    let mut last_sent: Option<Update> = None;
+    info!(node = node_name, "watching Nodes on the API server");
+    loop {
+        let Some(first) = stream.next().await else {
+            warn!("Node watch ended; no further updates");
+            return;
+        };
+        let mut changed = false;
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(ev) = next.take() {
+            match ev {
+                Ok(Event::Init) => relist = Some(HashMap::new()),
+                Ok(Event::InitApply(node)) => {
+                    if let (Some(buf), Some(name)) = (relist.as_mut(), node.metadata.name.clone()) {
+                        buf.insert(name, node);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    nodes = relist.take().unwrap_or_default();
+                    changed = true;
+                    if conn != Conn::Synced {
+                        info!(nodes = nodes.len(), "Node list synced from the API server");
+                        conn = Conn::Synced;
+                    }
+                }
+                Ok(Event::Apply(node)) => {
+                    if let Some(name) = node.metadata.name.clone() {
+                        nodes.insert(name, node);
+                        changed = true;
+                    }
+                }
+                Ok(Event::Delete(node)) => {
+                    if let Some(name) = &node.metadata.name {
+                        changed |= nodes.remove(name).is_some();
+                    }
+                }
+                Err(e) => {
+                    let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                    let next_conn = if gone {
+                        Conn::Relisting
+                    } else {
+                        Conn::Failing(classify(&e))
+                    };
+                    if next_conn != conn {
+                        if gone {
+                            info!("watch resourceVersion expired (410 Gone): re-listing all Nodes");
+                        } else {
+                            warn!(error = %e, "Kubernetes API server: {}; keeping the last good state and retrying with backoff", classify(&e));
+                        }
+                        conn = next_conn;
+                    } else {
+                        debug!(error = %e, "Node watch error (unchanged)");
+                    }
+                }
+            }
+            n += 1;
+            if n < MAX_BATCH {
+                next = stream.next().now_or_never().flatten();
+            }
+        }
+        if !changed {
+            continue;
+        }
+        let own = nodes.get(node_name).cloned();
+        if own.as_ref() != own_tx.borrow().as_ref() {
+            own_tx.send_replace(own);
+        }
+        let update = ClusterState::from_node_iter(
+            nodes.values(),
+            node_name,
+            PeerFilter::RequireVxlanAnnotation,
+        )
+        .map_err(|e| format!("waiting for node {node_name} and its spec.podCIDR: {e}"));
+        if last_sent.as_ref() == Some(&update) {
+            continue;
+        }
+        last_sent = Some(update.clone());
+        if tx.send(update).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps this node's Flannel annotations equal to the announcement: whenever the announcement
+/// or the watched own Node changes and differs, GETs the Node fresh and merge-patches only the
+/// differing keys into `nodes/<name>/status`. Retries with backoff, logging once per outcome.
+async fn annotate(
+    api: Api<Node>,
+    node_name: String,
+    mut own: watch::Receiver<Option<Node>>,
+    mut announce: watch::Receiver<Option<Announcement>>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut last_error = String::new();
+    loop {
+        let a = *announce.borrow_and_update();
+        let watched = own.borrow_and_update().clone();
+        let needed = match (a, &watched) {
+            (Some(a), Some(node)) => annotation_patch(node, &a).is_some(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if let (true, Some(a)) = (needed, a) {
+            match patch_own(&api, &node_name, &a).await {
+                Ok(Some(patch)) => {
+                    info!(node = %node_name, patch = %patch, "published Flannel annotations");
+                    last_error.clear();
+                    backoff = Duration::from_millis(500);
+                }
+                Ok(None) => {
+                    last_error.clear();
+                    backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    if e != last_error {
+                        warn!(node = %node_name, error = %e, "cannot publish annotations; retrying with backoff");
+                        last_error = e;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            r = own.changed() => if r.is_err() { return },
+            r = announce.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn patch_own(
+    api: &Api<Node>,
+    name: &str,
+    a: &Announcement,
+) -> Result<Option<serde_json::Value>, String> {
+    let node = api
+        .get(name)
+        .await
+        .map_err(|e| format!("GET node {name}: {e}"))?;
+    let Some(patch) = annotation_patch(&node, a) else {
+        return Ok(None);
+    };
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| format!("PATCH nodes/{name}/status: {e}"))?;
+    Ok(Some(patch))
+}

@@ -1,0 +1,391 @@
+//! The Kubernetes source against the fake API server on loopback: list, watch events, 410 Gone
+//! re-lists, API server restarts, and the annotation patch in Flannel's format. No root needed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fdb_sync::fake_apiserver::FakeApiServer;
+use fdb_sync::kube::{self as ks, Announcement, Update};
+use fdb_sync::model::{
+    ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_KUBE_SUBNET_MANAGER, ANN_PUBLIC_IP,
+    ANN_PUBLIC_IP_OVERWRITE,
+};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tokio::sync::{mpsc, watch};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn node(name: &str, cidr: Option<&str>, ip: &str, ann: &[(&str, &str)]) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: Some(
+                ann.iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: cidr.map(Into::into),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip.into(),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A node that runs Flannel's vxlan backend (annotated), numbered i.
+fn vx(i: u8) -> Node {
+    node(
+        &format!("n{i}"),
+        Some(&format!("10.244.{i}.0/24")),
+        &format!("198.18.0.{i}"),
+        &[(ANN_BACKEND_TYPE, "vxlan")],
+    )
+}
+
+struct Running {
+    rx: mpsc::Receiver<Update>,
+    announce: watch::Sender<Option<Announcement>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start(server: &FakeApiServer, own: &str) -> Running {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fdb-sync-kube-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = server.write_kubeconfig(&dir).unwrap();
+    let client = ks::client(Some(&kc)).await.expect("client from kubeconfig");
+    let (tx, rx) = mpsc::channel(4);
+    let (announce, announce_rx) = watch::channel(None);
+    let task = tokio::spawn(ks::run(client, own.to_string(), tx, announce_rx));
+    Running {
+        rx,
+        announce,
+        task,
+        _dir: TempDir(dir),
+    }
+}
+
+fn peer_names(u: &Update) -> Vec<String> {
+    u.as_ref()
+        .map(|s| s.peers.iter().map(|p| p.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Receives updates until `pred` holds; panics with the last update after LIMIT.
+async fn until(r: &mut Running, what: &str, pred: impl Fn(&Update) -> bool) -> Update {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut last = None;
+    loop {
+        match tokio::time::timeout_at(deadline, r.rx.recv()).await {
+            Ok(Some(u)) => {
+                if pred(&u) {
+                    return u;
+                }
+                last = Some(u);
+            }
+            Ok(None) => panic!("source ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}; last update: {last:?}"),
+        }
+    }
+}
+
+async fn until_peers(r: &mut Running, want: &[&str]) -> fdb_sync::ClusterState {
+    until(r, &format!("peers {want:?}"), |u| peer_names(u) == want)
+        .await
+        .expect("peers match only on Ok")
+}
+
+#[tokio::test]
+async fn list_then_add_modify_delete() {
+    let server = FakeApiServer::start_local().unwrap();
+    server.apply(&vx(1));
+    server.apply(&vx(2));
+    // No backend-type: Flannel is not running there yet; skipped, not a peer.
+    server.apply(&node("n3", Some("10.244.3.0/24"), "198.18.0.3", &[]));
+    let mut r = start(&server, "n1").await;
+    let s = until_peers(&mut r, &["n2"]).await;
+    assert_eq!(s.own.name, "n1");
+    assert_eq!(s.peers[0].vtep_ip.to_string(), "198.18.0.2");
+    assert_eq!(s.peers[0].vtep_mac.to_string(), "0a:58:0a:f4:02:00");
+    assert!(
+        s.skipped
+            .iter()
+            .any(|k| k.node == "n3" && k.reason.contains("backend-type")),
+        "{:?}",
+        s.skipped
+    );
+
+    server.apply(&vx(4));
+    until_peers(&mut r, &["n2", "n4"]).await;
+
+    // MODIFIED: new public IP and a new VtepMAC from backend-data.
+    let mut n2 = vx(2);
+    n2.metadata.annotations.as_mut().unwrap().extend([
+        (ANN_PUBLIC_IP.to_string(), "198.18.0.42".to_string()),
+        (
+            ANN_BACKEND_DATA.to_string(),
+            r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:42"}"#.to_string(),
+        ),
+    ]);
+    server.apply(&n2);
+    let u = until(&mut r, "n2 modified", |u| {
+        u.as_ref().is_ok_and(|s| {
+            s.peers
+                .iter()
+                .any(|p| p.name == "n2" && p.vtep_ip.to_string() == "198.18.0.42")
+        })
+    })
+    .await;
+    let p = u
+        .unwrap()
+        .peers
+        .into_iter()
+        .find(|p| p.name == "n2")
+        .unwrap();
+    assert_eq!(p.vtep_mac.to_string(), "02:00:00:00:00:42");
+
+    // Flannel starts on n3: it becomes a peer.
+    server.apply(&node(
+        "n3",
+        Some("10.244.3.0/24"),
+        "198.18.0.3",
+        &[(ANN_BACKEND_TYPE, "vxlan")],
+    ));
+    until_peers(&mut r, &["n2", "n3", "n4"]).await;
+
+    assert!(server.delete("n4"));
+    until_peers(&mut r, &["n2", "n3"]).await;
+    // One list, then watches only.
+    let lists = server
+        .requests()
+        .iter()
+        .filter(|q| q.starts_with("GET /api/v1/nodes?") && !q.contains("watch="))
+        .count();
+    assert_eq!(lists, 1, "{:?}", server.requests());
+}
+
+#[tokio::test]
+async fn waits_for_own_node_and_its_pod_cidr() {
+    let server = FakeApiServer::start_local().unwrap();
+    server.apply(&vx(2));
+    let mut r = start(&server, "n1").await;
+    let u = until(&mut r, "an error", Result::is_err).await;
+    let e = u.unwrap_err();
+    assert!(
+        e.contains("waiting for node n1") && e.contains("not in the node list"),
+        "{e}"
+    );
+    server.apply(&node("n1", None, "198.18.0.1", &[]));
+    let u = until(&mut r, "podCIDR error", |u| {
+        u.as_ref().is_err_and(|e| e.contains("podCIDR"))
+    })
+    .await;
+    assert!(u.unwrap_err().contains("no IPv4 podCIDR"));
+    server.apply(&vx(1));
+    until_peers(&mut r, &["n2"]).await;
+}
+
+/// A delete that happened while the client's resourceVersion expired must disappear: the 410
+/// forces a re-list, and the re-list replaces the whole set.
+#[tokio::test]
+async fn gone_410_relists_and_replaces_the_set() {
+    let server = FakeApiServer::start_local().unwrap();
+    for i in 1..=4 {
+        server.apply(&vx(i));
+    }
+    let mut r = start(&server, "n1").await;
+    until_peers(&mut r, &["n2", "n3", "n4"]).await;
+    assert!(server.delete_unseen("n3"));
+    server.disconnect_watches();
+    until_peers(&mut r, &["n2", "n4"]).await;
+    let reqs = server.requests();
+    let lists = reqs
+        .iter()
+        .filter(|q| q.starts_with("GET /api/v1/nodes?") && !q.contains("watch="))
+        .count();
+    assert_eq!(lists, 2, "expected a re-list after 410: {reqs:?}");
+    // And the watch continues after the re-list.
+    server.apply(&vx(5));
+    until_peers(&mut r, &["n2", "n4", "n5"]).await;
+}
+
+/// The API server goes away: the source sends nothing (the daemon keeps its last state), then
+/// recovers by itself, including a delete it missed (410 on resume → re-list).
+#[tokio::test]
+async fn api_server_restart_keeps_state_and_recovers() {
+    let mut server = FakeApiServer::start_local().unwrap();
+    for i in 1..=3 {
+        server.apply(&vx(i));
+    }
+    let mut r = start(&server, "n1").await;
+    until_peers(&mut r, &["n2", "n3"]).await;
+    server.stop();
+    // Nothing is sent while it is down: no empty peer set, no error replacing the state.
+    let quiet = tokio::time::timeout(Duration::from_secs(2), r.rx.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "source sent {quiet:?} while the API server was down"
+    );
+    // Changes made while it was away, history compacted.
+    assert!(server.delete_unseen("n2"));
+    server.restart().unwrap();
+    until_peers(&mut r, &["n3"]).await;
+    server.apply(&vx(6));
+    until_peers(&mut r, &["n3", "n6"]).await;
+
+    // Restart without compaction: the watch resumes from its resourceVersion, no re-list.
+    let lists_before = server
+        .requests()
+        .iter()
+        .filter(|q| !q.contains("watch=") && q.starts_with("GET /api/v1/nodes?"))
+        .count();
+    server.stop();
+    server.restart().unwrap();
+    server.apply(&vx(7));
+    until_peers(&mut r, &["n3", "n6", "n7"]).await;
+    let lists_after = server
+        .requests()
+        .iter()
+        .filter(|q| !q.contains("watch=") && q.starts_with("GET /api/v1/nodes?"))
+        .count();
+    assert_eq!(lists_before, lists_after, "{:?}", server.requests());
+}
+
+fn announcement() -> Announcement {
+    Announcement {
+        vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
+        public_ip: "198.18.0.1".parse().unwrap(),
+        vni: 1,
+    }
+}
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn publishes_flannel_annotations_once_and_exactly() {
+    let server = FakeApiServer::start_local().unwrap();
+    server.apply(&node("n1", Some("10.244.1.0/24"), "198.18.0.1", &[]));
+    server.apply(&vx(2));
+    let mut r = start(&server, "n1").await;
+    until_peers(&mut r, &["n2"]).await;
+    assert!(
+        server.patches().is_empty(),
+        "patched before the announcement"
+    );
+    r.announce.send_replace(Some(announcement()));
+    let p = wait_for("a patch", || server.patches().into_iter().next()).await;
+    assert_eq!(p.node, "n1");
+    assert_eq!(p.content_type, "application/merge-patch+json");
+    let body = p.body.as_object().unwrap();
+    assert_eq!(body.len(), 1, "{body:?}");
+    let ann = p.body["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(p.body["metadata"].as_object().unwrap().len(), 1);
+    assert_eq!(ann.len(), 4, "{ann:?}");
+    assert_eq!(ann[ANN_BACKEND_TYPE], "vxlan");
+    // Byte for byte what Go's json.Marshal of flannel's vxlanLeaseAttrs gives.
+    assert_eq!(
+        ann[ANN_BACKEND_DATA],
+        r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}"#
+    );
+    assert_eq!(ann[ANN_PUBLIC_IP], "198.18.0.1");
+    assert_eq!(ann[ANN_KUBE_SUBNET_MANAGER], "true");
+    let stored = server.node("n1").unwrap();
+    let have = stored.metadata.annotations.unwrap();
+    assert_eq!(have[ANN_BACKEND_TYPE], "vxlan");
+    // The MODIFIED event of our own patch causes no second patch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.patches().len(), 1, "{:?}", server.patches());
+
+    // Someone removes one annotation: only that key is patched back.
+    let mut n1 = server.node("n1").unwrap();
+    n1.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(ANN_PUBLIC_IP);
+    server.apply(&n1);
+    let p = wait_for("a second patch", || server.patches().get(1).cloned()).await;
+    let ann = p.body["metadata"]["annotations"].as_object().unwrap();
+    assert_eq!(ann.keys().collect::<Vec<_>>(), [ANN_PUBLIC_IP], "{ann:?}");
+}
+
+#[tokio::test]
+async fn restart_with_annotations_in_place_patches_nothing() {
+    let server = FakeApiServer::start_local().unwrap();
+    let ann = ks::desired_annotations(&vx(1), &announcement());
+    let pairs: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    server.apply(&node("n1", Some("10.244.1.0/24"), "198.18.0.1", &pairs));
+    let mut r = start(&server, "n1").await;
+    let u = until(&mut r, "state", Result::is_ok).await;
+    assert!(u.unwrap().own.vtep_mac_annotated);
+    r.announce.send_replace(Some(announcement()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(server.patches().is_empty(), "{:?}", server.patches());
+}
+
+#[test]
+fn annotation_patch_only_sends_differences_and_honours_overwrite() {
+    let a = announcement();
+    let n = node(
+        "n1",
+        Some("10.244.1.0/24"),
+        "198.18.0.1",
+        &[
+            (ANN_BACKEND_TYPE, "vxlan"),
+            (ANN_PUBLIC_IP_OVERWRITE, "203.0.113.7"),
+        ],
+    );
+    let p = ks::annotation_patch(&n, &a).unwrap();
+    let ann: BTreeMap<String, String> =
+        serde_json::from_value(p["metadata"]["annotations"].clone()).unwrap();
+    assert!(!ann.contains_key(ANN_BACKEND_TYPE));
+    assert_eq!(ann[ANN_PUBLIC_IP], "203.0.113.7");
+    assert_eq!(ann.len(), 3);
+    let done = node(
+        "n1",
+        Some("10.244.1.0/24"),
+        "198.18.0.1",
+        &ks::desired_annotations(&n, &a)
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([(ANN_PUBLIC_IP_OVERWRITE, "203.0.113.7")])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(ks::annotation_patch(&done, &a), None);
+}

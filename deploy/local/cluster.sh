@@ -27,6 +27,8 @@ up() {
   ip -n "$sw" link set lo up
   ip -n "$sw" link add br0 type bridge
   ip -n "$sw" link set br0 up
+  # The nodes' default gateway; tests bind a fake Kubernetes API server here.
+  ip -n "$sw" addr add 198.18.0.254/24 dev br0
   {
     echo "apiVersion: v1"
     echo "kind: NodeList"

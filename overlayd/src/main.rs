@@ -67,11 +67,12 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if cli.kube_subnet_mgr {
-        bail!("--kube-subnet-mgr is not supported yet: pass --nodes-file with a NodeList");
-    }
-    let Some(nodes_file) = cli.nodes_file else {
-        bail!("pass --nodes-file PATH (or --kube-subnet-mgr)");
+    let source = match (cli.kube_subnet_mgr, cli.nodes_file) {
+        (true, _) => SourceKind::Kube {
+            kubeconfig: cli.kubeconfig_file,
+        },
+        (false, Some(path)) => SourceKind::NodesFile(path),
+        (false, None) => bail!("pass --nodes-file PATH or --kube-subnet-mgr"),
     };
     let queues = cli
         .queues
@@ -92,9 +93,5 @@ fn run(cli: Cli) -> Result<()> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(overlayd::control::run(
-            opts,
-            SourceKind::NodesFile(nodes_file),
-            cli.http_addr,
-        ))
+        .block_on(overlayd::control::run(opts, source, cli.http_addr))
 }

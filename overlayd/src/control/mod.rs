@@ -7,6 +7,7 @@
 mod reconcile;
 pub mod source;
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
+use fdb_sync::kube::Announcement;
 use fdb_sync::{ClusterState, SubnetEnv};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -88,15 +90,37 @@ async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
     })
 }
 
-fn log_peer_set(state: &ClusterState) {
-    for s in &state.skipped {
-        warn!(node = %s.node, reason = %s.reason, "node skipped");
+/// Logs the peer set; a skipped node is reported once per reason, not on every change
+/// (`reported` remembers what was said).
+fn log_peer_set(state: &ClusterState, reported: &mut HashMap<String, String>) {
+    log_skips(state, reported);
+    // Thousands of names would make one unreadable line; name a few.
+    let mut names: Vec<&str> = state
+        .peers
+        .iter()
+        .take(16)
+        .map(|p| p.name.as_str())
+        .collect();
+    if state.peers.len() > names.len() {
+        names.push("...");
     }
     info!(
         peers = state.peers.len(),
-        names = %state.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+        names = %names.join(","),
         "peer set applied"
     );
+}
+
+fn log_skips(state: &ClusterState, reported: &mut HashMap<String, String>) {
+    let now: std::collections::HashSet<&str> =
+        state.skipped.iter().map(|s| s.node.as_str()).collect();
+    reported.retain(|node, _| now.contains(node.as_str()));
+    for s in &state.skipped {
+        if reported.get(&s.node) != Some(&s.reason) {
+            warn!(node = %s.node, reason = %s.reason, "node skipped");
+            reported.insert(s.node.clone(), s.reason.clone());
+        }
+    }
 }
 
 /// Waits for the first usable state (own node with a podCIDR), reporting what is missing
@@ -128,9 +152,19 @@ async fn wait_for_own_node(
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     NodesFile(PathBuf),
+    /// The Kubernetes API server (`--kube-subnet-mgr`); in-cluster config when no kubeconfig.
+    Kube {
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
-fn spawn_source(kind: &SourceKind, node_name: &str) -> mpsc::Receiver<SourceUpdate> {
+/// Starts the node source. `announce` carries what this node publishes about itself once its
+/// dataplane is up (sources without a place to publish ignore it).
+async fn spawn_source(
+    kind: &SourceKind,
+    node_name: &str,
+    announce: tokio::sync::watch::Receiver<Option<Announcement>>,
+) -> Result<mpsc::Receiver<SourceUpdate>> {
     let (tx, rx) = mpsc::channel(4);
     match kind {
         SourceKind::NodesFile(path) => {
@@ -140,8 +174,17 @@ fn spawn_source(kind: &SourceKind, node_name: &str) -> mpsc::Receiver<SourceUpda
                 tx,
             ));
         }
+        SourceKind::Kube { kubeconfig } => {
+            let client = fdb_sync::kube::client(kubeconfig.as_deref()).await?;
+            tokio::spawn(fdb_sync::kube::run(
+                client,
+                node_name.to_string(),
+                tx,
+                announce,
+            ));
+        }
     }
-    rx
+    Ok(rx)
 }
 
 /// The running dataplane: device, workers, FDB.
@@ -264,7 +307,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let health = Arc::new(Health::default());
     let _http = http::serve(http_addr, http::router(health.clone())).await?;
 
-    let mut updates = spawn_source(&source, &opts.node_name);
+    let (announce, announce_rx) = tokio::sync::watch::channel(None);
+    let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
     let Some(mut state) = wait_for_own_node(&mut updates, &opts.node_name, &mut stop_rx).await?
     else {
         return Ok(());
@@ -285,7 +329,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
     let dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state).await?;
     reconcile_kernel(&nl, dp.link_index, &state.peers).await?;
-    log_peer_set(&state);
+    let mut reported_skips = HashMap::new();
+    log_peer_set(&state, &mut reported_skips);
     let env = SubnetEnv {
         network: netconf.network,
         subnet: own_cidr,
@@ -298,6 +343,11 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
     health.device_up.store(true, Ordering::Relaxed);
+    announce.send_replace(Some(Announcement {
+        vtep_mac: own_mac,
+        public_ip: underlay.ip,
+        vni: netconf.vni,
+    }));
     info!(
         node = %opts.node_name, pod_cidr = %own_cidr, vtep_mac = %own_mac, device = %opts.device,
         queues = dp.threads.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
@@ -339,8 +389,11 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         let next = Fdb::from_peers_keeping(&new.peers, netconf.port, Some(&dp.fdb.load()));
                         dp.fdb.store(Arc::new(next));
                         state = new;
-                        log_peer_set(&state);
+                        log_peer_set(&state, &mut reported_skips);
                         changed = true;
+                    } else {
+                        state.skipped = new.skipped;
+                        log_skips(&state, &mut reported_skips);
                     }
                 }
             },

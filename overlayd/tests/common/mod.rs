@@ -148,6 +148,31 @@ impl Lab {
     }
 
     pub fn start_with(&mut self, i: usize, extra: &[&str]) {
+        let nodes_file = self.nodes_file();
+        let source = ["--nodes-file".as_ref(), nodes_file.as_os_str()];
+        self.spawn(i, &source, extra);
+        self.wait_ready(i);
+    }
+
+    /// Starts overlayd on node `i` with `--kube-subnet-mgr --kubeconfig-file KUBECONFIG` and
+    /// waits until its device is up.
+    pub fn start_kube(&mut self, i: usize, kubeconfig: &Path, extra: &[&str]) {
+        self.spawn_kube(i, kubeconfig, extra);
+        self.wait_ready(i);
+    }
+
+    /// As [`Lab::start_kube`] without waiting (the own Node may not exist yet).
+    pub fn spawn_kube(&mut self, i: usize, kubeconfig: &Path, extra: &[&str]) {
+        let source = [
+            "--kube-subnet-mgr".as_ref(),
+            "--kubeconfig-file".as_ref(),
+            kubeconfig.as_os_str(),
+        ];
+        self.spawn(i, &source, extra);
+    }
+
+    /// Starts overlayd on node `i` with the node source given by `source`; does not wait.
+    pub fn spawn(&mut self, i: usize, source: &[&std::ffi::OsStr], extra: &[&str]) {
         assert!(
             self.daemons[i].is_none(),
             "overlayd already running on node {i}"
@@ -156,8 +181,7 @@ impl Lab {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.node(i), OVERLAYD])
             .args(["--node-name", &format!("node{i}")])
-            .arg("--nodes-file")
-            .arg(self.nodes_file())
+            .args(source)
             .arg("--net-config-path")
             .arg(self.dir.join("net-conf.json"))
             .arg("--subnet-file")
@@ -169,6 +193,10 @@ impl Lab {
             .spawn()
             .expect("spawn overlayd");
         self.daemons[i] = Some(child);
+    }
+
+    /// Waits until overlayd on node `i` logged that it is ready.
+    pub fn wait_ready(&mut self, i: usize) {
         let ns = self.node(i);
         let up = wait_until(Duration::from_secs(10), || {
             std::fs::read_to_string(self.log_file(i)).is_ok_and(|l| l.contains("overlayd ready"))
@@ -178,6 +206,28 @@ impl Lab {
             "overlayd on {ns} did not become ready:\n{}",
             self.log(i)
         );
+    }
+
+    /// HTTP status of `GET http://127.0.0.1:9102{path}` from inside node `i` (0: no answer).
+    pub fn http_status(&self, i: usize, path: &str) -> u16 {
+        let out = self.exec(
+            &self.node(i),
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:9102{path}"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     pub fn log(&self, i: usize) -> String {

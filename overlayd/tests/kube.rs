@@ -1,0 +1,258 @@
+//! overlayd with `--kube-subnet-mgr` in the netns lab, driven by the fake API server bound on
+//! the switch namespace's 198.18.0.254 (every node's gateway). Root only; see tests/common.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{sh_ok, wait_until, Lab};
+use fdb_sync::fake_apiserver::FakeApiServer;
+use fdb_sync::model::{ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_PUBLIC_IP};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// A Node as the lab's cluster.sh lays it out, before any network plugin annotated it.
+fn lab_node(i: usize) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(format!("node{i}")),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: Some(format!("10.244.{i}.0/24")),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: format!("198.18.0.{i}"),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The fake API server listening on 198.18.0.254:6443 inside the lab's switch namespace. The
+/// socket is created by a short-lived thread that entered that namespace; the test process
+/// itself never leaves its own.
+fn fake_server_in_switch(lab: &Lab) -> (FakeApiServer, PathBuf) {
+    let ns = PathBuf::from(format!("/run/netns/{}sw", lab.prefix));
+    let binder = move || -> std::io::Result<TcpListener> {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            TcpListener::bind("198.18.0.254:6443")
+        })
+        .join()
+        .expect("bind thread")
+    };
+    let server = FakeApiServer::start(Box::new(binder)).expect("fake API server in the switch ns");
+    let kc = server.write_kubeconfig(&lab.dir).unwrap();
+    (server, kc)
+}
+
+fn annotated(server: &FakeApiServer, i: usize) -> bool {
+    server
+        .node(&format!("node{i}"))
+        .and_then(|n| n.metadata.annotations)
+        .is_some_and(|a| a.get(ANN_BACKEND_TYPE).is_some_and(|v| v == "vxlan"))
+}
+
+fn has_peer(lab: &Lab, on: usize, peer: usize) -> bool {
+    lab.routes(on)
+        .contains(&format!("10.244.{peer}.0/24 via 10.244.{peer}.0 dev ovl.1"))
+        && lab
+            .neighbours(on, "ovl.1")
+            .contains(&format!("10.244.{peer}.0 lladdr"))
+}
+
+fn lacks_peer(lab: &Lab, on: usize, peer: usize) -> bool {
+    !lab.routes(on).contains(&format!("10.244.{peer}.0/24"))
+        && !lab
+            .neighbours(on, "ovl.1")
+            .contains(&format!("10.244.{peer}.0 "))
+}
+
+/// Nodes join by publishing their annotations; a new node's pods become reachable, a deleted
+/// node's route and neighbour vanish, a node that moves to a new IP is followed.
+#[test]
+fn kube_nodes_join_leave_and_move() {
+    let Some(mut lab) = Lab::new("kube_nodes_join_leave_and_move", 3, 1) else {
+        return;
+    };
+    let (server, kc) = fake_server_in_switch(&lab);
+    server.apply(&lab_node(1));
+    server.apply(&lab_node(2));
+    lab.start_kube(1, &kc, &[]);
+    lab.start_kube(2, &kc, &[]);
+    // Each publishes Flannel's annotations; only then is it the other's peer.
+    assert!(
+        wait_until(Duration::from_secs(10), || annotated(&server, 1)
+            && annotated(&server, 2)),
+        "{}",
+        lab.log(1)
+    );
+    let ann = server.node("node1").unwrap().metadata.annotations.unwrap();
+    assert_eq!(
+        ann[ANN_BACKEND_DATA],
+        r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}"#
+    );
+    assert_eq!(ann[ANN_PUBLIC_IP], "198.18.0.1");
+    let (p1, p2, p3) = (lab.pod(1, 1), lab.pod(2, 1), lab.pod(3, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
+        "{}\n{}",
+        lab.log(1),
+        lab.log(2)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+
+    // Add node 3.
+    server.apply(&lab_node(3));
+    lab.start_kube(3, &kc, &[]);
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(3, 1), Duration::from_secs(10)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping_within(&p3, &Lab::pod_ip(2, 1), Duration::from_secs(5)));
+
+    // Delete node 3: its route and neighbour vanish on 1 and 2.
+    assert!(server.delete("node3"));
+    assert!(
+        wait_until(Duration::from_secs(5), || lacks_peer(&lab, 1, 3)
+            && lacks_peer(&lab, 2, 3)),
+        "{}\n{}",
+        lab.routes(1),
+        lab.neighbours(1, "ovl.1")
+    );
+    assert!(has_peer(&lab, 1, 2));
+
+    // Node 2 moves to a new underlay address: restarted there, it publishes the new public-ip,
+    // and node 1 follows (the old address is gone, so only the new one can carry traffic).
+    assert!(lab.stop(2));
+    let n2 = lab.node(2);
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n2,
+        "addr",
+        "del",
+        "198.18.0.2/24",
+        "dev",
+        "eth0",
+    ]);
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n2,
+        "addr",
+        "add",
+        "198.18.0.102/24",
+        "dev",
+        "eth0",
+    ]);
+    // Deleting the last address took the default route with it.
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n2,
+        "route",
+        "replace",
+        "default",
+        "via",
+        "198.18.0.254",
+        "dev",
+        "eth0",
+        "onlink",
+    ]);
+    lab.start_kube(2, &kc, &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || server
+            .node("node2")
+            .and_then(|n| n.metadata.annotations)
+            .is_some_and(|a| a[ANN_PUBLIC_IP] == "198.18.0.102")),
+        "{}",
+        lab.log(2)
+    );
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
+        "{}\n{}",
+        lab.log(1),
+        lab.log(2)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    // Skipped-node and peer logs are not repeated per event.
+    assert!(lab.stop(1) && lab.stop(2) && lab.stop(3));
+}
+
+/// /readyz is 503 until the own Node with its podCIDR appears and the first sync is applied;
+/// an API server restart keeps the state and traffic, and updates resume afterwards.
+#[test]
+fn kube_readiness_and_api_server_restart() {
+    let Some(mut lab) = Lab::new("kube_readiness_and_api_server_restart", 3, 1) else {
+        return;
+    };
+    let (mut server, kc) = fake_server_in_switch(&lab);
+    server.apply(&lab_node(2));
+    lab.start_kube(2, &kc, &[]);
+    // Node 1 starts before its Node object exists: alive, not ready, says what it waits for.
+    lab.spawn_kube(1, &kc, &[]);
+    assert!(wait_until(Duration::from_secs(10), || lab
+        .http_status(1, "/healthz")
+        == 200));
+    assert_eq!(lab.http_status(1, "/readyz"), 503);
+    assert!(
+        wait_until(Duration::from_secs(5), || lab
+            .log(1)
+            .contains("waiting for node node1")),
+        "{}",
+        lab.log(1)
+    );
+    assert_eq!(
+        lab.log(1)
+            .lines()
+            .filter(|l| l.contains("WARN waiting for node node1"))
+            .count(),
+        1,
+        "logged more than once:\n{}",
+        lab.log(1)
+    );
+    server.apply(&lab_node(1));
+    lab.wait_ready(1);
+    assert!(wait_until(Duration::from_secs(5), || lab
+        .http_status(1, "/readyz")
+        == 200));
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
+        "{}",
+        lab.log(1)
+    );
+
+    // API server down: forwarding continues with the last good state.
+    server.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lab.ping(&p1, &Lab::pod_ip(2, 1)), "{}", lab.log(1));
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    assert!(has_peer(&lab, 1, 2) && has_peer(&lab, 2, 1));
+    assert_eq!(lab.http_status(1, "/readyz"), 200);
+    let log = lab.log(1);
+    assert!(log.contains("keeping the last good state"), "{log}");
+
+    // Back up: updates flow again (node 3 joins and becomes reachable).
+    server.restart().unwrap();
+    server.apply(&lab_node(3));
+    lab.start_kube(3, &kc, &[]);
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(3, 1), Duration::from_secs(20)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    assert!(lab.stop(1) && lab.stop(2) && lab.stop(3));
+}

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# End-to-end test on a real Kubernetes cluster in kind (needs docker, kind and kubectl; it
+# cannot run on machines without a docker engine):
+#   1. creates a 3-node kind cluster without its default CNI (deploy/kind/kind-config.yaml),
+#   2. builds the overlayd image (deploy/Dockerfile) and loads it into the nodes,
+#   3. applies deploy/kubernetes/overlayd.yaml and waits for the DaemonSet and all nodes,
+#   4. checks every node published Flannel's annotations,
+#   5. runs ping and iperf3 between pods on different nodes and prints the results,
+#   6. deletes the cluster (KEEP=1 keeps it for inspection).
+#
+#   deploy/kind/e2e.sh            # or: CLUSTER=name IMAGE=overlayd:dev KEEP=1 deploy/kind/e2e.sh
+set -euo pipefail
+
+CLUSTER=${CLUSTER:-overlayd-e2e}
+IMAGE=${IMAGE:-overlayd:dev}
+# Test pods need ping and iperf3; netshoot has both.
+TOOLS_IMAGE=${TOOLS_IMAGE:-nicolaka/netshoot:v0.13}
+KEEP=${KEEP:-0}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+KUBECTL=(kubectl --context "kind-$CLUSTER")
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || {
+    echo "e2e: '$1' not found: install it (docker: https://docs.docker.com/engine/install/, kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation, kubectl: https://kubernetes.io/docs/tasks/tools/)" >&2
+    exit 1
+  }
+}
+need docker
+need kind
+need kubectl
+docker info >/dev/null 2>&1 || { echo "e2e: cannot talk to the docker engine: start it or check permissions" >&2; exit 1; }
+
+log() { printf '\n== %s\n' "$*"; }
+
+cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ]; then
+    log "FAILED (exit $rc); state for diagnosis:"
+    "${KUBECTL[@]}" get nodes -o wide || true
+    "${KUBECTL[@]}" get pods -A -o wide || true
+    "${KUBECTL[@]}" -n kube-overlayd logs -l k8s-app=overlayd --tail=50 --prefix || true
+  fi
+  if [ "$KEEP" = 1 ]; then
+    echo "KEEP=1: cluster $CLUSTER kept; delete with: kind delete cluster --name $CLUSTER"
+  else
+    kind delete cluster --name "$CLUSTER" || true
+  fi
+  exit "$rc"
+}
+
+if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  echo "e2e: a kind cluster named $CLUSTER exists already: delete it (kind delete cluster --name $CLUSTER) or set CLUSTER" >&2
+  exit 1
+fi
+
+log "creating kind cluster $CLUSTER (no default CNI, podSubnet 10.244.0.0/16, 3 nodes)"
+kind create cluster --name "$CLUSTER" --config "$ROOT/deploy/kind/kind-config.yaml"
+trap cleanup EXIT
+
+log "building $IMAGE"
+docker build -f "$ROOT/deploy/Dockerfile" -t "$IMAGE" "$ROOT"
+kind load docker-image "$IMAGE" --name "$CLUSTER"
+docker pull -q "$TOOLS_IMAGE" >/dev/null
+kind load docker-image "$TOOLS_IMAGE" --name "$CLUSTER"
+
+log "applying deploy/kubernetes/overlayd.yaml"
+sed "s#image: overlayd:dev#image: $IMAGE#" "$ROOT/deploy/kubernetes/overlayd.yaml" \
+  | "${KUBECTL[@]}" apply -f -
+"${KUBECTL[@]}" -n kube-overlayd rollout status daemonset/overlayd --timeout=300s
+"${KUBECTL[@]}" wait --for=condition=Ready nodes --all --timeout=300s
+"${KUBECTL[@]}" get nodes -o wide
+
+log "Flannel annotations"
+for n in $("${KUBECTL[@]}" get nodes -o name); do
+  bt=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-type}')
+  bd=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-data}')
+  ip=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.metadata.annotations.flannel\.alpha\.coreos\.com/public-ip}')
+  cidr=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.spec.podCIDR}')
+  echo "$n podCIDR=$cidr backend-type=$bt public-ip=$ip backend-data=$bd"
+  [ "$bt" = vxlan ] || { echo "e2e: $n has no backend-type=vxlan annotation" >&2; exit 1; }
+done
+
+log "routes programmed by overlayd on $CLUSTER-worker"
+docker exec "$CLUSTER-worker" ip route show dev ovl.1
+
+# One pod per node: a server on worker, clients on worker2 and the control plane.
+pod() {
+  local name=$1 node=$2; shift 2
+  "${KUBECTL[@]}" apply -f - <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $name
+  labels: {app: overlayd-e2e}
+spec:
+  nodeName: $node
+  tolerations: [{operator: Exists}]
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: tools
+    image: $TOOLS_IMAGE
+    imagePullPolicy: IfNotPresent
+    command: ["$1"]
+    args: [$(printf '"%s",' "${@:2}" | sed 's/,$//')]
+YAML
+}
+log "starting test pods"
+pod e2e-server "$CLUSTER-worker" iperf3 -s
+pod e2e-client "$CLUSTER-worker2" sleep infinity
+pod e2e-client-cp "$CLUSTER-control-plane" sleep infinity
+"${KUBECTL[@]}" wait --for=condition=Ready pod -l app=overlayd-e2e --timeout=180s
+"${KUBECTL[@]}" get pods -l app=overlayd-e2e -o wide
+SERVER_IP=$("${KUBECTL[@]}" get pod e2e-server -o jsonpath='{.status.podIP}')
+CLIENT_IP=$("${KUBECTL[@]}" get pod e2e-client -o jsonpath='{.status.podIP}')
+
+log "ping worker2 -> worker ($SERVER_IP)"
+"${KUBECTL[@]}" exec e2e-client -- ping -c 5 -W 2 "$SERVER_IP"
+log "ping control-plane -> worker2 ($CLIENT_IP)"
+"${KUBECTL[@]}" exec e2e-client-cp -- ping -c 5 -W 2 "$CLIENT_IP"
+
+log "iperf3 TCP worker2 -> worker, 10 s"
+"${KUBECTL[@]}" exec e2e-client -- iperf3 -c "$SERVER_IP" -t 10
+log "iperf3 TCP worker -> worker2 (reverse), 10 s"
+"${KUBECTL[@]}" exec e2e-client -- iperf3 -c "$SERVER_IP" -t 10 -R
+
+log "PASS: pods on different nodes reach each other over overlayd"

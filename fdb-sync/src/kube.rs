@@ -134,6 +134,38 @@ pub fn annotation_patch(node: &Node, a: &Announcement) -> Option<serde_json::Val
     Some(serde_json::json!({ "metadata": { "annotations": diff } }))
 }
 
+/// Keeps only what the model and the annotator read (name, Flannel annotations, podCIDR(s),
+/// addresses); without resourceVersion, so a status heartbeat compares equal and costs no
+/// recomputation. Real Nodes carry managedFields, images and conditions
+/// worth tens of KiB each; holding 5000 of them whole would cost hundreds of MiB.
+#[must_use]
+pub fn trim(node: Node) -> Node {
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let m = node.metadata;
+    let annotations = m.annotations.map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| k.starts_with(crate::model::ANNOTATION_PREFIX))
+            .collect()
+    });
+    Node {
+        metadata: ObjectMeta {
+            name: m.name,
+            annotations,
+            ..ObjectMeta::default()
+        },
+        spec: node.spec.map(|s| NodeSpec {
+            pod_cidr: s.pod_cidr,
+            pod_cidrs: s.pod_cidrs,
+            ..NodeSpec::default()
+        }),
+        status: node.status.map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..NodeStatus::default()
+        }),
+    }
+}
+
 /// Connection state, logged once per change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Conn {
@@ -205,7 +237,7 @@ async fn watch_nodes(
                 Ok(Event::Init) => relist = Some(HashMap::new()),
                 Ok(Event::InitApply(node)) => {
                     if let (Some(buf), Some(name)) = (relist.as_mut(), node.metadata.name.clone()) {
-                        buf.insert(name, node);
+                        buf.insert(name, trim(node));
                     }
                 }
                 Ok(Event::InitDone) => {
@@ -218,8 +250,11 @@ async fn watch_nodes(
                 }
                 Ok(Event::Apply(node)) => {
                     if let Some(name) = node.metadata.name.clone() {
-                        nodes.insert(name, node);
-                        changed = true;
+                        let node = trim(node);
+                        if nodes.get(&name) != Some(&node) {
+                            nodes.insert(name, node);
+                            changed = true;
+                        }
                     }
                 }
                 Ok(Event::Delete(node)) => {
@@ -254,9 +289,9 @@ async fn watch_nodes(
         if !changed {
             continue;
         }
-        let own = nodes.get(node_name).cloned();
-        if own.as_ref() != own_tx.borrow().as_ref() {
-            own_tx.send_replace(own);
+        let own = nodes.get(node_name);
+        if own != own_tx.borrow().as_ref() {
+            own_tx.send_replace(own.cloned());
         }
         let update = ClusterState::from_node_iter(
             nodes.values(),

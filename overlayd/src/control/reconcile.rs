@@ -2,6 +2,8 @@
 //! comparing with what the kernel actually holds (not what we believe we wrote), so the same
 //! pass applies changes and repairs entries someone else removed.
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use fdb_sync::Peer;
 
@@ -24,8 +26,11 @@ pub async fn reconcile_kernel(nl: &Netlink, index: u32, peers: &[Peer]) -> Resul
             permanent: true,
         })
         .collect();
-    let have_routes = nl.routes(index).await?;
-    let have_neigh = nl.neighbours(index).await?;
+    // Sets, not lists: with thousands of peers a linear `contains` per entry is quadratic.
+    let have_routes: HashSet<PeerRoute> = nl.routes(index).await?.into_iter().collect();
+    let have_neigh: HashSet<PeerNeighbour> = nl.neighbours(index).await?.into_iter().collect();
+    let want_route_set: HashSet<PeerRoute> = want_routes.iter().copied().collect();
+    let want_neigh_ips: HashSet<std::net::Ipv4Addr> = want_neigh.iter().map(|n| n.ip).collect();
     let mut changed = 0;
     // Neighbours first, so a new route never resolves to nothing.
     for n in &want_neigh {
@@ -40,13 +45,13 @@ pub async fn reconcile_kernel(nl: &Netlink, index: u32, peers: &[Peer]) -> Resul
             changed += 1;
         }
     }
-    for r in have_routes.iter().filter(|r| !want_routes.contains(r)) {
+    for r in have_routes.iter().filter(|r| !want_route_set.contains(r)) {
         nl.delete_route(index, *r).await?;
         changed += 1;
     }
     for n in have_neigh
         .iter()
-        .filter(|n| !want_neigh.iter().any(|w| w.ip == n.ip))
+        .filter(|n| !want_neigh_ips.contains(&n.ip))
     {
         nl.delete_neighbour(index, n.ip).await?;
         changed += 1;

@@ -7,6 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -175,6 +176,9 @@ impl Store {
     }
 }
 
+/// (address, containerID, ifname).
+pub type Allocation = (Ipv4Addr, String, String);
+
 /// Parses an allocation file's content into (containerID, ifname).
 pub fn parse_owner(content: &str) -> (String, String) {
     let mut lines = content.lines().map(str::trim);
@@ -230,7 +234,12 @@ impl Locked<'_> {
     /// Writes the allocation file; false when the address is taken.
     fn reserve(&self, ip: Ipv4Addr, id: &str, ifname: &str) -> Result<bool, IpamError> {
         let path = self.path(ip);
-        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(io("create", &path)(e)),
@@ -309,8 +318,9 @@ impl Locked<'_> {
         Ok(ips)
     }
 
-    /// Frees every allocation whose (containerID, ifname) is not in `valid`.
-    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<Ipv4Addr>, IpamError> {
+    /// Frees every allocation whose (containerID, ifname) is not in `valid`; returns what
+    /// was freed and whose it was.
+    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<Allocation>, IpamError> {
         let mut freed = Vec::new();
         for (ip, id, ifname) in self.allocations()? {
             if !valid
@@ -318,7 +328,7 @@ impl Locked<'_> {
                 .any(|a| a.container_id == id && a.ifname == ifname)
             {
                 self.free(ip)?;
-                freed.push(ip);
+                freed.push((ip, id, ifname));
             }
         }
         Ok(freed)
@@ -413,7 +423,10 @@ mod tests {
             container_id: "c3".into(),
             ifname: "eth0".into(),
         }];
-        assert_eq!(l.gc(&valid).unwrap(), vec![b]);
+        assert_eq!(
+            l.gc(&valid).unwrap(),
+            vec![(b, "c2".to_string(), "eth0".to_string())]
+        );
         assert_eq!(l.allocations().unwrap().len(), 1);
         drop(l);
         fs::remove_dir_all(dir).unwrap();

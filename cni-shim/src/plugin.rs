@@ -396,8 +396,23 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::invalid_config("GC needs \"cni.dev/valid-attachments\" in the network config")
     })?;
-    if let Some(l) = Store::new(conf.ipam_dir()).lock(false)? {
-        l.gc(valid)?;
+    let store = Store::new(conf.ipam_dir());
+    let freed = match store.lock(false)? {
+        Some(l) => l.gc(valid)?,
+        None => return Ok(()),
+    };
+    if freed.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // A stale attachment whose pod namespace still exists keeps its veth pair: remove it by
+    // its derived name (the name says exactly whose it was, so no other port is touched).
+    runtime()?.block_on(async {
+        let host_nl = Netlink::connect()?;
+        for (_, id, ifname) in &freed {
+            if crate::config::is_safe_id(id) {
+                host_nl.delete_link(&host_veth_name(id, ifname)).await?;
+            }
+        }
+        Ok::<(), CniError>(())
+    })
 }

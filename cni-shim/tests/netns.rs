@@ -575,6 +575,9 @@ fn status_gc_and_version() {
     assert!(o.ok, "{}", o.stdout);
     let files = node.ip_files();
     assert_eq!(files.len(), 1);
+    // The stale pod's namespace still exists: GC removed its veth pair too.
+    assert_eq!(node.veths().len(), 1, "{:?}", node.veths());
+    assert_eq!(b.links(), vec!["lo".to_string()]);
     let owner = std::fs::read_to_string(node.ipam_dir().join(&files[0])).unwrap();
     assert!(owner.starts_with("keep"), "{owner}");
     for (id, ns) in [("keep", &a), ("stale", &b)] {

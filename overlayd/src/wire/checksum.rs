@@ -29,7 +29,11 @@ pub fn sum(data: &[u8], acc: u64) -> u64 {
     native += u64::from(u32::from_ne_bytes(tail));
     // Fold to 16 bits in native order, then convert to big-endian word order.
     let folded = fold(native);
-    let be = if cfg!(target_endian = "little") { folded.swap_bytes() } else { folded };
+    let be = if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    };
     acc + u64::from(be)
 }
 

@@ -1,10 +1,10 @@
 //! Everything the runtime hands the plugin: the `CNI_*` environment and the network config
 //! JSON on stdin. Parsing and validation only; nothing here touches the system.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -56,8 +56,8 @@ pub struct CniEnv {
     pub netns: String,
     pub ifname: String,
     pub args: Vec<(String, String)>,
-    /// An address the runtime asked for with `CNI_ARGS=IP=a.b.c.d`.
-    pub requested_ip: Option<Ipv4Addr>,
+    /// Addresses the runtime asked for with `CNI_ARGS=IP=a.b.c.d[,fd00::5]`.
+    pub requested_ips: Vec<IpAddr>,
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9_.-]*`: safe as a file name component and in a veth hash.
@@ -113,26 +113,26 @@ impl CniEnv {
                 return Err(CniError::invalid_env("CNI_NETNS is not set"));
             }
         }
-        let (args, requested_ip) = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
+        let (args, requested_ips) = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
         Ok(Self {
             command,
             container_id,
             netns,
             ifname,
             args,
-            requested_ip,
+            requested_ips,
         })
     }
 }
 
 /// `CNI_ARGS` split into pairs, and the `IP` the runtime asked for, if any.
-pub type CniArgs = (Vec<(String, String)>, Option<Ipv4Addr>);
+pub type CniArgs = (Vec<(String, String)>, Vec<IpAddr>);
 
 /// `CNI_ARGS`: `K=V;K=V`. Only `IP` means anything to this plugin; the rest (K8S_POD_NAME,
 /// IgnoreUnknown, ...) is accepted and ignored.
 pub fn parse_cni_args(s: &str) -> Result<CniArgs, CniError> {
     let mut out = Vec::new();
-    let mut ip = None;
+    let mut ips = Vec::new();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
             return Err(CniError::invalid_env(format!(
@@ -140,20 +140,24 @@ pub fn parse_cni_args(s: &str) -> Result<CniArgs, CniError> {
             )));
         };
         if k == "IP" {
-            ip = Some(v.parse::<Ipv4Addr>().map_err(|_| {
-                CniError::invalid_env(format!("CNI_ARGS IP={v:?} is not an IPv4 address"))
-            })?);
+            for one in v.split(',') {
+                ips.push(one.parse::<IpAddr>().map_err(|_| {
+                    CniError::invalid_env(format!(
+                        "CNI_ARGS IP={v:?} is not a list of IP addresses"
+                    ))
+                })?);
+            }
         }
         out.push((k.to_string(), v.to_string()));
     }
-    Ok((out, ip))
+    Ok((out, ips))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConf {
-    pub dst: Ipv4Network,
-    /// None: via the node gateway.
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    /// None: via the node gateway of the same family.
+    pub gw: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -179,7 +183,7 @@ pub struct NetConf {
     pub dns: Value,
     pub prev_result: Option<Value>,
     /// From `runtimeConfig.ips` (capability "ips") or `args.cni.ips`.
-    pub requested_ips: Vec<Ipv4Addr>,
+    pub requested_ips: Vec<IpAddr>,
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
@@ -288,15 +292,20 @@ impl NetConf {
             .routes
             .into_iter()
             .map(|r| {
-                let dst = r.dst.parse::<Ipv4Network>().map_err(|_| {
-                    CniError::invalid_config(format!("route dst {:?} is not an IPv4 CIDR", r.dst))
+                let dst = r.dst.parse::<IpNetwork>().map_err(|_| {
+                    CniError::invalid_config(format!("route dst {:?} is not a CIDR", r.dst))
                 })?;
-                let dst = Ipv4Network::new(dst.network(), dst.prefix()).unwrap_or(dst);
+                let dst = IpNetwork::new(dst.network(), dst.prefix()).unwrap_or(dst);
                 let gw = match r.gw.as_deref() {
                     None | Some("") => None,
-                    Some(g) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
-                        CniError::invalid_config(format!("route gw {g:?} is not an IPv4 address"))
-                    })?),
+                    Some(g) => match g.parse::<IpAddr>() {
+                        Ok(gw) if gw.is_ipv4() == dst.is_ipv4() => Some(gw),
+                        _ => {
+                            return Err(CniError::invalid_config(format!(
+                                "route gw {g:?} is not an address of the same family as dst {dst}"
+                            )))
+                        }
+                    },
                 };
                 Ok(RouteConf { dst, gw })
             })
@@ -322,8 +331,8 @@ impl NetConf {
             .chain(from_args)
         {
             let addr = s.split('/').next().unwrap_or_default();
-            requested_ips.push(addr.parse::<Ipv4Addr>().map_err(|_| {
-                CniError::invalid_config(format!("requested IP {s:?} is not an IPv4 address"))
+            requested_ips.push(addr.parse::<IpAddr>().map_err(|_| {
+                CniError::invalid_config(format!("requested IP {s:?} is not an IP address"))
             })?);
         }
 
@@ -403,7 +412,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(e.command, Command::Add);
-        assert_eq!(e.requested_ip, Some(Ipv4Addr::new(10, 244, 1, 9)));
+        assert_eq!(
+            e.requested_ips,
+            vec!["10.244.1.9".parse::<IpAddr>().unwrap()]
+        );
         assert_eq!(e.args.len(), 3);
     }
 
@@ -459,14 +471,15 @@ mod tests {
     fn config_full() {
         let c = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","type":"overlayd-cni","bridge":"br9","mtu":1400,
-                "hairpinMode":false,"isDefaultGateway":false,"routes":[{"dst":"192.168.7.9/16"},{"dst":"172.16.0.0/12","gw":"10.1.1.254"}],
+                "hairpinMode":false,"isDefaultGateway":false,"routes":[{"dst":"192.168.7.9/16"},{"dst":"172.16.0.0/12","gw":"10.1.1.254"},{"dst":"fd00::/8"}],
                 "dns":{"nameservers":["10.96.0.10"]},"runtimeConfig":{"ips":["10.1.1.7/24"]},
                 "cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}],"ipam":{"type":"ignored"}}"#,
         )
         .unwrap();
         assert_eq!(c.routes[0].dst.to_string(), "192.168.0.0/16");
-        assert_eq!(c.routes[1].gw, Some(Ipv4Addr::new(10, 1, 1, 254)));
-        assert_eq!(c.requested_ips, vec![Ipv4Addr::new(10, 1, 1, 7)]);
+        assert_eq!(c.routes[1].gw, Some("10.1.1.254".parse().unwrap()));
+        assert_eq!(c.routes[2].dst.to_string(), "fd00::/8");
+        assert_eq!(c.requested_ips, vec!["10.1.1.7".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.valid_attachments.unwrap().len(), 1);
         assert_eq!(c.mtu, Some(1400));
     }
@@ -493,7 +506,7 @@ mod tests {
                 7,
             ),
             (
-                br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"fd00::/8"}]}"#,
+                br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"fd00::/8","gw":"10.0.0.1"}]}"#,
                 7,
             ),
             (br#"{"cniVersion":"1.0.0","name":"n","dns":[]}"#, 7),

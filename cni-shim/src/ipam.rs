@@ -6,70 +6,95 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Attachment;
 
+/// host-local's name for range set 0 (IPv4 here); IPv6 uses `last_reserved_ip.1`.
 pub const LAST_RESERVED_FILE: &str = "last_reserved_ip.0";
 pub const LOCK_FILE: &str = "lock";
 const LINE_BREAK: &str = "\r\n";
 
-/// The usable addresses of a node subnet: every host address except the gateway.
+/// The usable addresses of a node subnet: every address but the first (network), the last
+/// (broadcast; for IPv6 the all-ones host, as host-local leaves it out too) and the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
-    pub subnet: Ipv4Network,
-    pub gateway: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub gateway: IpAddr,
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v) => u128::from(u32::from(v)),
+        IpAddr::V6(v) => u128::from(v),
+    }
 }
 
 impl Pool {
-    pub fn new(subnet: Ipv4Network, gateway: Ipv4Addr) -> Self {
+    pub fn new(subnet: IpNetwork, gateway: IpAddr) -> Self {
         Self { subnet, gateway }
     }
 
-    /// First and last host address (network and broadcast excluded); None for /31 and /32.
-    fn host_range(&self) -> Option<(u32, u32)> {
-        if self.subnet.prefix() > 30 {
-            return None;
+    fn addr_at(&self, v: u128) -> IpAddr {
+        match self.subnet {
+            IpNetwork::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(v).unwrap_or(0))),
+            IpNetwork::V6(_) => IpAddr::V6(Ipv6Addr::from(v)),
         }
-        Some((
-            u32::from(self.subnet.network()) + 1,
-            u32::from(self.subnet.broadcast()) - 1,
-        ))
     }
 
-    /// How many addresses pods can get.
-    pub fn usable(&self) -> u32 {
+    /// First and last usable host as numbers; None when the prefix leaves fewer than 3.
+    fn host_range(&self) -> Option<(u128, u128)> {
+        let bits: u32 = if self.subnet.is_ipv4() { 32 } else { 128 };
+        let host_bits = bits - u32::from(self.subnet.prefix());
+        if host_bits < 2 {
+            return None;
+        }
+        let first = to_u128(self.subnet.network());
+        let mask = if host_bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        Some((first + 1, (first | mask) - 1))
+    }
+
+    /// How many addresses pods can get (saturating for huge IPv6 subnets).
+    pub fn usable(&self) -> u128 {
         self.host_range().map_or(0, |(a, b)| {
-            b - a + 1 - u32::from(self.is_host(self.gateway))
+            (b - a).saturating_add(1) - u128::from(self.is_host(self.gateway))
         })
     }
 
-    fn is_host(&self, ip: Ipv4Addr) -> bool {
-        self.host_range()
-            .is_some_and(|(a, b)| (a..=b).contains(&u32::from(ip)))
+    fn is_host(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.subnet.is_ipv4()
+            && self
+                .host_range()
+                .is_some_and(|(a, b)| (a..=b).contains(&to_u128(ip)))
     }
 
     /// May a pod get `ip`?
-    pub fn is_usable(&self, ip: Ipv4Addr) -> bool {
+    pub fn is_usable(&self, ip: IpAddr) -> bool {
         self.is_host(ip) && ip != self.gateway
     }
 
     /// Every usable address once, starting right after `last` (round robin, as host-local
-    /// does, so a freed address is not reused at once) or at the first host.
-    pub fn candidates(&self, last: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    /// does, so a freed address is not reused at once) or at the first host. Lazy, so an
+    /// IPv6 /64 costs nothing until used.
+    pub fn candidates(&self, last: Option<IpAddr>) -> impl Iterator<Item = IpAddr> + '_ {
         let (first, end) = self.host_range().unwrap_or((1, 0));
         let size = if end >= first { end - first + 1 } else { 0 };
         let start = match last {
-            Some(l) if self.is_host(l) => u32::from(l) - first + 1,
+            Some(l) if self.is_host(l) => to_u128(l) - first + 1,
             _ => 0,
         };
         (0..size)
-            .map(move |k| Ipv4Addr::from(first + (start + k) % size))
+            .map(move |k| self.addr_at(first + (start + k) % size))
             .filter(move |ip| *ip != self.gateway)
     }
 }
@@ -80,14 +105,14 @@ pub enum IpamError {
         "no free address in {subnet}: all {usable} usable addresses are allocated (see {dir})"
     )]
     Exhausted {
-        subnet: Ipv4Network,
-        usable: u32,
+        subnet: IpNetwork,
+        usable: u128,
         dir: PathBuf,
     },
     #[error("requested address {ip} is not a usable address of {subnet}")]
-    RequestedOutOfRange { ip: Ipv4Addr, subnet: Ipv4Network },
+    RequestedOutOfRange { ip: IpAddr, subnet: IpNetwork },
     #[error("requested address {ip} is already allocated to container {owner}")]
-    RequestedInUse { ip: Ipv4Addr, owner: String },
+    RequestedInUse { ip: IpAddr, owner: String },
     #[error("timed out after {0:?} waiting for the IPAM lock {1}")]
     LockTimeout(Duration, PathBuf),
     #[error("{op} {path}: {source}")]
@@ -175,6 +200,15 @@ impl Store {
     }
 }
 
+/// `last_reserved_ip.<range>`: host-local numbers its range sets; the first subnet in
+/// subnet.env is range 0, the second (IPv6 in a dual-stack node) range 1.
+pub fn last_reserved_file(range_id: usize) -> String {
+    format!("last_reserved_ip.{range_id}")
+}
+
+/// (address, containerID, ifname).
+pub type Allocation = (IpAddr, String, String);
+
 /// Parses an allocation file's content into (containerID, ifname).
 pub fn parse_owner(content: &str) -> (String, String) {
     let mut lines = content.lines().map(str::trim);
@@ -184,12 +218,12 @@ pub fn parse_owner(content: &str) -> (String, String) {
 }
 
 impl Locked<'_> {
-    fn path(&self, ip: Ipv4Addr) -> PathBuf {
+    fn path(&self, ip: IpAddr) -> PathBuf {
         self.store.dir.join(ip.to_string())
     }
 
     /// Every allocation: (ip, containerID, ifname).
-    pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, String, String)>, IpamError> {
+    pub fn allocations(&self) -> Result<Vec<Allocation>, IpamError> {
         let dir = &self.store.dir;
         let mut out = Vec::new();
         for entry in fs::read_dir(dir).map_err(io("read", dir))? {
@@ -197,7 +231,7 @@ impl Locked<'_> {
             let Some(ip) = entry
                 .file_name()
                 .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+                .and_then(|n| n.parse::<IpAddr>().ok())
             else {
                 continue;
             };
@@ -213,14 +247,14 @@ impl Locked<'_> {
         Ok(out)
     }
 
-    pub fn owner(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+    pub fn owner(&self, ip: IpAddr) -> Option<(String, String)> {
         fs::read_to_string(self.path(ip))
             .ok()
             .map(|c| parse_owner(&c))
     }
 
-    fn last_reserved(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.store.dir.join(LAST_RESERVED_FILE))
+    fn last_reserved(&self, range_id: usize) -> Option<IpAddr> {
+        fs::read_to_string(self.store.dir.join(last_reserved_file(range_id)))
             .ok()?
             .trim()
             .parse()
@@ -228,9 +262,14 @@ impl Locked<'_> {
     }
 
     /// Writes the allocation file; false when the address is taken.
-    fn reserve(&self, ip: Ipv4Addr, id: &str, ifname: &str) -> Result<bool, IpamError> {
+    fn reserve(&self, ip: IpAddr, id: &str, ifname: &str) -> Result<bool, IpamError> {
         let path = self.path(ip);
-        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        let mut f = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(io("create", &path)(e)),
@@ -249,8 +288,9 @@ impl Locked<'_> {
         pool: &Pool,
         id: &str,
         ifname: &str,
-        requested: Option<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, IpamError> {
+        requested: Option<IpAddr>,
+        range_id: usize,
+    ) -> Result<IpAddr, IpamError> {
         if let Some(ip) = requested {
             if !pool.is_usable(ip) {
                 return Err(IpamError::RequestedOutOfRange {
@@ -267,9 +307,9 @@ impl Locked<'_> {
             }
             return Ok(ip);
         }
-        for ip in pool.candidates(self.last_reserved()) {
+        for ip in pool.candidates(self.last_reserved(range_id)) {
             if self.reserve(ip, id, ifname)? {
-                let last = self.store.dir.join(LAST_RESERVED_FILE);
+                let last = self.store.dir.join(last_reserved_file(range_id));
                 fs::write(&last, ip.to_string()).map_err(io("write", &last))?;
                 return Ok(ip);
             }
@@ -282,7 +322,7 @@ impl Locked<'_> {
     }
 
     /// Addresses held by (id, ifname).
-    pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
+    pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         Ok(self
             .allocations()?
             .into_iter()
@@ -292,7 +332,7 @@ impl Locked<'_> {
     }
 
     /// Frees one address.
-    pub fn free(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+    pub fn free(&self, ip: IpAddr) -> Result<(), IpamError> {
         let path = self.path(ip);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io("remove", &path)(e)),
@@ -301,7 +341,7 @@ impl Locked<'_> {
     }
 
     /// Frees whatever (id, ifname) holds; returns what was freed (empty when nothing).
-    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
+    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
         let ips = self.find(id, ifname)?;
         for ip in &ips {
             self.free(*ip)?;
@@ -309,8 +349,9 @@ impl Locked<'_> {
         Ok(ips)
     }
 
-    /// Frees every allocation whose (containerID, ifname) is not in `valid`.
-    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<Ipv4Addr>, IpamError> {
+    /// Frees every allocation whose (containerID, ifname) is not in `valid`; returns what
+    /// was freed and whose it was.
+    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<Allocation>, IpamError> {
         let mut freed = Vec::new();
         for (ip, id, ifname) in self.allocations()? {
             if !valid
@@ -318,7 +359,7 @@ impl Locked<'_> {
                 .any(|a| a.container_id == id && a.ifname == ifname)
             {
                 self.free(ip)?;
-                freed.push(ip);
+                freed.push((ip, id, ifname));
             }
         }
         Ok(freed)
@@ -329,8 +370,12 @@ impl Locked<'_> {
 mod tests {
     use super::*;
 
-    fn pool(s: &str, gw: [u8; 4]) -> Pool {
-        Pool::new(s.parse().unwrap(), Ipv4Addr::from(gw))
+    fn pool(s: &str, gw: &str) -> Pool {
+        Pool::new(s.parse().unwrap(), gw.parse().unwrap())
+    }
+
+    fn v4(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     fn tempdir(tag: &str) -> PathBuf {
@@ -341,55 +386,70 @@ mod tests {
 
     #[test]
     fn pool_skips_network_broadcast_and_gateway() {
-        let p = pool("10.0.0.0/29", [10, 0, 0, 1]);
+        let p = pool("10.0.0.0/29", "10.0.0.1");
         let all: Vec<_> = p.candidates(None).collect();
         assert_eq!(
             all,
             (2..=6)
-                .map(|i| Ipv4Addr::new(10, 0, 0, i))
+                .map(|i| v4(&format!("10.0.0.{i}")))
                 .collect::<Vec<_>>()
         );
         assert_eq!(p.usable(), 5);
-        assert!(!p.is_usable(Ipv4Addr::new(10, 0, 0, 0)));
-        assert!(!p.is_usable(Ipv4Addr::new(10, 0, 0, 7)));
-        assert!(!p.is_usable(Ipv4Addr::new(10, 0, 0, 1)));
-        assert!(!p.is_usable(Ipv4Addr::new(10, 0, 1, 3)));
+        for bad in ["10.0.0.0", "10.0.0.7", "10.0.0.1", "10.0.1.3", "fd00::2"] {
+            assert!(!p.is_usable(v4(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ipv6_pool_is_lazy_and_skips_the_ends() {
+        let p = pool("fd00:1::/64", "fd00:1::1");
+        let first: Vec<_> = p.candidates(None).take(2).collect();
+        assert_eq!(first, vec![v4("fd00:1::2"), v4("fd00:1::3")]);
+        assert_eq!(p.usable(), (1u128 << 64) - 3);
+        assert!(!p.is_usable(v4("fd00:1::")));
+        assert!(!p.is_usable(v4("fd00:1::ffff:ffff:ffff:ffff")));
+        assert!(p.is_usable(v4("fd00:1::ffff:ffff:ffff:fffe")));
+        assert_eq!(
+            p.candidates(Some(v4("fd00:1::9"))).next(),
+            Some(v4("fd00:1::a"))
+        );
+        let tiny = pool("fd00:1::/126", "fd00:1::1");
+        assert_eq!(
+            tiny.candidates(None).collect::<Vec<_>>(),
+            vec![v4("fd00:1::2")]
+        );
     }
 
     #[test]
     fn candidates_wrap_after_last_reserved() {
-        let p = pool("10.0.0.0/29", [10, 0, 0, 1]);
-        let after5: Vec<_> = p.candidates(Some(Ipv4Addr::new(10, 0, 0, 5))).collect();
-        assert_eq!(after5, [6, 2, 3, 4, 5].map(|i| Ipv4Addr::new(10, 0, 0, i)));
+        let p = pool("10.0.0.0/29", "10.0.0.1");
+        let after5: Vec<_> = p.candidates(Some(v4("10.0.0.5"))).collect();
+        assert_eq!(after5, [6, 2, 3, 4, 5].map(|i| v4(&format!("10.0.0.{i}"))));
         // A last_reserved outside the pool (subnet changed) restarts at the beginning.
         assert_eq!(
-            p.candidates(Some(Ipv4Addr::new(9, 9, 9, 9))).next(),
-            Some(Ipv4Addr::new(10, 0, 0, 2))
+            p.candidates(Some(v4("9.9.9.9"))).next(),
+            Some(v4("10.0.0.2"))
         );
     }
 
     #[test]
     fn tiny_subnets_have_no_addresses() {
-        assert_eq!(
-            pool("10.0.0.0/31", [10, 0, 0, 0]).candidates(None).count(),
-            0
-        );
-        assert_eq!(pool("10.0.0.0/32", [10, 0, 0, 0]).usable(), 0);
-        assert_eq!(pool("10.0.0.0/30", [10, 0, 0, 1]).usable(), 1);
+        assert_eq!(pool("10.0.0.0/31", "10.0.0.0").candidates(None).count(), 0);
+        assert_eq!(pool("10.0.0.0/32", "10.0.0.0").usable(), 0);
+        assert_eq!(pool("10.0.0.0/30", "10.0.0.1").usable(), 1);
     }
 
     #[test]
     fn store_allocates_releases_and_gcs() {
         let dir = tempdir("store");
         let store = Store::new(dir.clone());
-        let p = pool("10.0.0.0/29", [10, 0, 0, 1]);
+        let p = pool("10.0.0.0/29", "10.0.0.1");
+        let p6 = pool("fd00::/64", "fd00::1");
         let l = store.lock(true).unwrap().unwrap();
-        let a = l.allocate(&p, "c1", "eth0", None).unwrap();
-        let b = l.allocate(&p, "c2", "eth0", None).unwrap();
-        assert_eq!(
-            (a, b),
-            (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3))
-        );
+        let a = l.allocate(&p, "c1", "eth0", None, 0).unwrap();
+        let a6 = l.allocate(&p6, "c1", "eth0", None, 1).unwrap();
+        let b = l.allocate(&p, "c2", "eth0", None, 0).unwrap();
+        assert_eq!((a, a6, b), (v4("10.0.0.2"), v4("fd00::2"), v4("10.0.0.3")));
         assert_eq!(
             fs::read_to_string(dir.join("10.0.0.2")).unwrap(),
             "c1\r\neth0"
@@ -398,22 +458,31 @@ mod tests {
             fs::read_to_string(dir.join(LAST_RESERVED_FILE)).unwrap(),
             "10.0.0.3"
         );
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(),
+            "fd00::2"
+        );
         assert_eq!(l.find("c2", "eth0").unwrap(), vec![b]);
-        assert_eq!(l.release("c1", "eth0").unwrap(), vec![a]);
+        let mut released = l.release("c1", "eth0").unwrap();
+        released.sort();
+        assert_eq!(released, vec![a, a6]);
         assert!(
             l.release("c1", "eth0").unwrap().is_empty(),
             "second release is a no-op"
         );
         // Round robin: the freed .2 is not handed out again right away.
         assert_eq!(
-            l.allocate(&p, "c3", "eth0", None).unwrap(),
-            Ipv4Addr::new(10, 0, 0, 4)
+            l.allocate(&p, "c3", "eth0", None, 0).unwrap(),
+            v4("10.0.0.4")
         );
         let valid = vec![Attachment {
             container_id: "c3".into(),
             ifname: "eth0".into(),
         }];
-        assert_eq!(l.gc(&valid).unwrap(), vec![b]);
+        assert_eq!(
+            l.gc(&valid).unwrap(),
+            vec![(b, "c2".to_string(), "eth0".to_string())]
+        );
         assert_eq!(l.allocations().unwrap().len(), 1);
         drop(l);
         fs::remove_dir_all(dir).unwrap();
@@ -423,23 +492,23 @@ mod tests {
     fn store_reports_exhaustion_and_requested_conflicts() {
         let dir = tempdir("exhaust");
         let store = Store::new(dir.clone());
-        let p = pool("10.0.0.0/30", [10, 0, 0, 1]);
+        let p = pool("10.0.0.0/30", "10.0.0.1");
         let l = store.lock(true).unwrap().unwrap();
         assert_eq!(
-            l.allocate(&p, "c1", "eth0", None).unwrap(),
-            Ipv4Addr::new(10, 0, 0, 2)
+            l.allocate(&p, "c1", "eth0", None, 0).unwrap(),
+            v4("10.0.0.2")
         );
-        let e = l.allocate(&p, "c2", "eth0", None).unwrap_err();
+        let e = l.allocate(&p, "c2", "eth0", None, 0).unwrap_err();
         assert!(
             e.to_string().contains("no free address in 10.0.0.0/30"),
             "{e}"
         );
         assert!(matches!(
-            l.allocate(&p, "c2", "eth0", Some(Ipv4Addr::new(10, 0, 0, 2))),
+            l.allocate(&p, "c2", "eth0", Some(v4("10.0.0.2")), 0),
             Err(IpamError::RequestedInUse { .. })
         ));
         assert!(matches!(
-            l.allocate(&p, "c2", "eth0", Some(Ipv4Addr::new(10, 0, 0, 1))),
+            l.allocate(&p, "c2", "eth0", Some(v4("10.0.0.1")), 0),
             Err(IpamError::RequestedOutOfRange { .. })
         ));
         drop(l);

@@ -2,12 +2,12 @@
 //! its socket was created in (`Netlink::connect_in` creates one inside a pod's namespace).
 //! Nothing here decides *what* to configure; `plugin` does.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
-use netlink_packet_route::address::AddressAttribute;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -102,8 +102,8 @@ impl Link {
 /// A route as CHECK compares them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
-    pub dst: Ipv4Network,
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
 }
 
@@ -155,14 +155,14 @@ impl Netlink {
         }
     }
 
-    /// Finds or creates the bridge, brings it up, and makes sure it holds `gateway`.
+    /// Finds or creates the bridge, brings it up, and makes sure it holds every gateway.
     /// Concurrent ADDs race here; EEXIST from either step means another ADD won.
     pub async fn ensure_bridge(
         &self,
         name: &str,
         mac: [u8; 6],
         mtu: u32,
-        gateway: Ipv4Network,
+        gateways: &[IpNetwork],
     ) -> Result<Link, NetError> {
         let link = match self.link(name).await? {
             Some(l) => l,
@@ -204,17 +204,12 @@ impl Netlink {
                 .await
                 .map_err(nl(format!("set {name} up")))?;
         }
-        match self
-            .handle
-            .address()
-            .add(link.index, IpAddr::V4(gateway.ip()), gateway.prefix())
-            .execute()
-            .await
-            .map_err(nl(format!("add {gateway} to {name}")))
-        {
-            Ok(()) => {}
-            Err(e) if e.is(libc::EEXIST) => {}
-            Err(e) => return Err(e),
+        for gateway in gateways {
+            match self.add_address(link.index, *gateway).await {
+                Ok(()) => {}
+                Err(e) if e.is(libc::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(link)
     }
@@ -294,11 +289,17 @@ impl Netlink {
         }
     }
 
-    pub async fn add_address(&self, index: u32, addr: Ipv4Network) -> Result<(), NetError> {
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr.ip()), addr.prefix())
-            .execute()
+    /// Adds an address; IPv6 ones without duplicate address detection (the address is
+    /// unique by allocation), so they are usable at once instead of "tentative" for ~1 s.
+    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<(), NetError> {
+        let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
+        if addr.is_ipv6() {
+            let m = req.message_mut();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
             .await
             .map_err(nl(format!("add address {addr}")))
     }
@@ -306,14 +307,16 @@ impl Netlink {
     pub async fn add_route(
         &self,
         index: u32,
-        dst: Ipv4Network,
-        gw: Option<Ipv4Addr>,
+        dst: IpNetwork,
+        gw: Option<IpAddr>,
     ) -> Result<(), NetError> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        let invalid = |e| NetError::Unexpected(format!("route {dst}: {e}"));
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix())
+            .map_err(invalid)?
             .output_interface(index);
         if let Some(gw) = gw {
-            b = b.gateway(gw);
+            b = b.gateway(gw).map_err(invalid)?;
         }
         let what = match gw {
             Some(gw) => format!("add route {dst} via {gw}"),
@@ -327,7 +330,7 @@ impl Netlink {
             .map_err(nl(what))
     }
 
-    pub async fn addresses(&self, index: u32) -> Result<Vec<Ipv4Network>, NetError> {
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, NetError> {
         let mut out = Vec::new();
         let mut s = self
             .handle
@@ -337,8 +340,8 @@ impl Netlink {
             .execute();
         while let Some(m) = s.try_next().await.map_err(nl("list addresses"))? {
             for a in &m.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
-                    if let Ok(n) = Ipv4Network::new(*ip, m.header.prefix_len) {
+                if let AddressAttribute::Address(ip) = a {
+                    if let Ok(n) = IpNetwork::new(*ip, m.header.prefix_len) {
                         out.push(n);
                     }
                 }
@@ -347,30 +350,38 @@ impl Netlink {
         Ok(out)
     }
 
-    /// IPv4 routes of the main table.
+    /// Routes of the main table, IPv4 and IPv6.
     pub async fn routes(&self) -> Result<Vec<RouteEntry>, NetError> {
         let mut out = Vec::new();
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(m) = s.try_next().await.map_err(nl("list routes"))? {
-            out.extend(route_entry(&m));
+        for filter in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut s = self.handle.route().get(filter).execute();
+            while let Some(m) = s.try_next().await.map_err(nl("list routes"))? {
+                out.extend(route_entry(&m));
+            }
         }
         Ok(out)
     }
 }
 
 fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let v6 = u8::from(m.header.address_family) == 10;
+    let mut dst = if v6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    };
     let mut gw = None;
     let mut oif = None;
     let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = IpAddr::V4(*d),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = IpAddr::V6(*d),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(IpAddr::V6(*g)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Table(t) => table = *t,
             _ => {}
@@ -380,7 +391,7 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
         return None;
     }
     Some(RouteEntry {
-        dst: Ipv4Network::new(dst, m.header.destination_prefix_length).ok()?,
+        dst: IpNetwork::new(dst, m.header.destination_prefix_length).ok()?,
         gw,
         oif,
     })

@@ -1,11 +1,12 @@
 //! Decisions ADD makes before touching the system, as pure functions: the host-side veth
 //! name and MAC for an attachment, and the routes a pod gets.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::config::NetConf;
+use crate::error::CniError;
 use crate::result::Route;
 use crate::subnet_env::SubnetEnv;
 
@@ -38,31 +39,49 @@ pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     [(h[0] & 0xfe) | 0x02, h[1], h[2], h[3], h[4], h[5]]
 }
 
-/// The pod's routes, in the order they are installed: the cluster network via the gateway
-/// (what Flannel's CNI config gives pods), the default route when `isDefaultGateway`, then the
-/// config's routes (gateway defaults to the node gateway). Duplicates and the connected
-/// subnet are dropped, since the kernel would refuse them with EEXIST.
-pub fn pod_routes(conf: &NetConf, env: &SubnetEnv) -> Vec<Route> {
-    let gw = Some(env.gateway);
+/// The pod's routes, in the order they are installed, per address family of the node: the
+/// cluster network via the gateway (what Flannel's CNI config gives pods), the default route
+/// when `isDefaultGateway`, then the config's routes of that family (gateway defaults to the
+/// node gateway). Duplicates and the connected subnet are dropped, since the kernel would
+/// refuse them with EEXIST. A config route of a family the node has no subnet for is an error.
+pub fn pod_routes(conf: &NetConf, env: &SubnetEnv) -> Result<Vec<Route>, CniError> {
     let mut out: Vec<Route> = Vec::new();
-    let mut push = |dst: Ipv4Network, gw: Option<Ipv4Addr>| {
-        let dst = Ipv4Network::new(dst.network(), dst.prefix()).unwrap_or(dst);
-        if dst == env.subnet || out.iter().any(|r| r.dst == dst) {
-            return;
-        }
-        out.push(Route { dst, gw });
-    };
-    push(env.network, gw);
-    if conf.is_default_gateway {
-        push(
-            Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or(env.network),
-            gw,
-        );
-    }
     for r in &conf.routes {
-        push(r.dst, r.gw.or(gw));
+        if !env.subnets.iter().any(|s| s.is_ipv4() == r.dst.is_ipv4()) {
+            return Err(CniError::invalid_config(format!(
+                "route {} needs an {} subnet, and subnet.env has none",
+                r.dst,
+                if r.dst.is_ipv4() { "IPv4" } else { "IPv6" }
+            )));
+        }
     }
-    out
+    for s in &env.subnets {
+        let gw = Some(s.gateway);
+        let mut push = |dst: IpNetwork, gw: Option<IpAddr>| {
+            let dst = IpNetwork::new(dst.network(), dst.prefix()).unwrap_or(dst);
+            if dst == s.subnet || out.iter().any(|r| r.dst == dst) {
+                return;
+            }
+            out.push(Route { dst, gw });
+        };
+        push(s.network, gw);
+        if conf.is_default_gateway {
+            let any = if s.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+            };
+            push(IpNetwork::new(any, 0).unwrap_or(s.network), gw);
+        }
+        for r in conf
+            .routes
+            .iter()
+            .filter(|r| r.dst.is_ipv4() == s.is_ipv4())
+        {
+            push(r.dst, r.gw.or(gw));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -101,22 +120,50 @@ mod tests {
             br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"10.244.0.0/16"},{"dst":"10.244.1.0/24"},{"dst":"192.168.0.0/16","gw":"10.244.1.254"}]}"#,
         )
         .unwrap();
-        let gw = Some(Ipv4Addr::new(10, 244, 1, 1));
-        let r = pod_routes(&conf, &env);
-        let shown: Vec<_> = r.iter().map(|r| (r.dst.to_string(), r.gw)).collect();
+        let shown = |conf: &NetConf, env: &SubnetEnv| -> Vec<String> {
+            pod_routes(conf, env)
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} via {}",
+                        r.dst,
+                        r.gw.map(|g| g.to_string()).unwrap_or_default()
+                    )
+                })
+                .collect()
+        };
         assert_eq!(
-            shown,
+            shown(&conf, &env),
             vec![
-                ("10.244.0.0/16".to_string(), gw),
-                ("0.0.0.0/0".to_string(), gw),
-                (
-                    "192.168.0.0/16".to_string(),
-                    Some(Ipv4Addr::new(10, 244, 1, 254))
-                ),
+                "10.244.0.0/16 via 10.244.1.1",
+                "0.0.0.0/0 via 10.244.1.1",
+                "192.168.0.0/16 via 10.244.1.254"
+            ]
+        );
+        // An IPv6 route needs an IPv6 subnet.
+        let mut v6conf = conf.clone();
+        v6conf.routes =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","routes":[{"dst":"fd99::/16"}]}"#)
+                .unwrap()
+                .routes;
+        assert_eq!(pod_routes(&v6conf, &env).unwrap_err().code, 7);
+        let dual = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64",
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&v6conf, &dual),
+            vec![
+                "10.244.0.0/16 via 10.244.1.1",
+                "0.0.0.0/0 via 10.244.1.1",
+                "fd00:10:244::/56 via fd00:10:244:1::1",
+                "::/0 via fd00:10:244:1::1",
+                "fd99::/16 via fd00:10:244:1::1",
             ]
         );
         conf.is_default_gateway = false;
         conf.routes.clear();
-        assert_eq!(pod_routes(&conf, &env).len(), 1);
+        assert_eq!(pod_routes(&conf, &env).unwrap().len(), 1);
     }
 }

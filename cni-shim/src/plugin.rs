@@ -2,10 +2,10 @@
 //! module that decides what to change on the system; `net` and `netns` only carry it out.
 
 use std::io::ErrorKind;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 use crate::config::{CniEnv, NetConf};
@@ -14,7 +14,7 @@ use crate::ipam::{IpamError, Pool, Store};
 use crate::net::{NetError, Netlink, VethSpec};
 use crate::netns::{NetNs, NetNsError};
 use crate::plan::{host_veth_mac, host_veth_name, pod_routes};
-use crate::result::{format_mac, mac_for_ip, CniResult, Interface, IpConfig};
+use crate::result::{format_mac, mac_for_ip, CniResult, Interface, IpConfig, Route};
 use crate::subnet_env::SubnetEnv;
 
 impl From<IpamError> for CniError {
@@ -80,13 +80,60 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
         .map_err(|e| CniError::internal(format!("starting the I/O runtime: {e}")))
 }
 
-fn enable_ip_forward() -> Result<(), CniError> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    match std::fs::read(PATH) {
+fn enable_forwarding(path: &str) -> Result<(), CniError> {
+    match std::fs::read(path) {
         Ok(v) if v.first() == Some(&b'1') => Ok(()),
-        _ => std::fs::write(PATH, b"1")
-            .map_err(|e| CniError::internal(format!("enabling {PATH}: {e}"))),
+        _ => std::fs::write(path, b"1")
+            .map_err(|e| CniError::internal(format!("enabling {path}: {e}"))),
     }
+}
+
+/// Allocates one address per node subnet (range ids in subnet.env order, as host-local
+/// numbers range sets); on failure frees what it took.
+fn allocate_all(
+    env: &CniEnv,
+    conf: &NetConf,
+    senv: &SubnetEnv,
+    store: &Store,
+) -> Result<Vec<IpNetwork>, CniError> {
+    let requested: Vec<IpAddr> = env
+        .requested_ips
+        .iter()
+        .chain(&conf.requested_ips)
+        .copied()
+        .collect();
+    if let Some(r) = requested
+        .iter()
+        .find(|r| !senv.subnets.iter().any(|s| s.is_ipv4() == r.is_ipv4()))
+    {
+        return Err(CniError::invalid_config(format!(
+            "requested IP {r}: subnet.env has no subnet of its family"
+        )));
+    }
+    let locked = store
+        .lock(true)?
+        .ok_or_else(|| CniError::internal("IPAM directory vanished"))?;
+    let mut got: Vec<IpNetwork> = Vec::new();
+    for (range_id, s) in senv.subnets.iter().enumerate() {
+        let pool = Pool::new(s.subnet, s.gateway);
+        let want = requested
+            .iter()
+            .find(|r| r.is_ipv4() == s.is_ipv4())
+            .copied();
+        match locked.allocate(&pool, &env.container_id, &env.ifname, want, range_id) {
+            Ok(ip) => got.push(
+                IpNetwork::new(ip, s.subnet.prefix())
+                    .map_err(|e| CniError::internal(e.to_string()))?,
+            ),
+            Err(e) => {
+                for ip in &got {
+                    let _ = locked.free(ip.ip());
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(got)
 }
 
 pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
@@ -97,36 +144,27 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             conf.subnet_file.display()
         ))
     })?;
-    let pool = Pool::new(senv.subnet, senv.gateway);
-    let requested = env.requested_ip.or(conf.requested_ips.first().copied());
+    let routes = pod_routes(conf, &senv)?;
     let ns = NetNs::open(&env.netns)?;
     let rt = runtime()?;
     rt.block_on(async {
         let pod_nl = Netlink::connect_in(&ns)?;
         let host_nl = Netlink::connect()?;
         let store = Store::new(conf.ipam_dir());
-        let ip = {
-            let locked = store
-                .lock(true)?
-                .ok_or_else(|| CniError::internal("IPAM directory vanished"))?;
-            locked.allocate(&pool, &env.container_id, &env.ifname, requested)?
-        };
+        let ips = allocate_all(env, conf, &senv, &store)?;
         let host_name = host_veth_name(&env.container_id, &env.ifname);
         let mut created = false;
-        let wired = wire(
+        let plan = Wiring {
             env,
             conf,
-            &senv,
+            senv: &senv,
             mtu,
-            ip,
-            &ns,
-            &host_name,
-            &host_nl,
-            &pod_nl,
-            &mut created,
-        )
-        .await;
-        match wired {
+            ips: &ips,
+            routes,
+            ns: &ns,
+            host_name: &host_name,
+        };
+        match plan.wire(&host_nl, &pod_nl, &mut created).await {
             Ok(result) => Ok(result.to_json(conf.version)),
             Err(e) => {
                 // Undo what this ADD did; the runtime may retry.
@@ -134,7 +172,9 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
                     let _ = host_nl.delete_link(&host_name).await;
                 }
                 if let Ok(Some(l)) = store.lock(false) {
-                    let _ = l.free(ip);
+                    for ip in &ips {
+                        let _ = l.free(ip.ip());
+                    }
                 }
                 Err(e)
             }
@@ -142,97 +182,115 @@ pub fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn wire(
-    env: &CniEnv,
-    conf: &NetConf,
-    senv: &SubnetEnv,
+/// Everything ADD decided before touching netlink.
+struct Wiring<'a> {
+    env: &'a CniEnv,
+    conf: &'a NetConf,
+    senv: &'a SubnetEnv,
     mtu: u32,
-    ip: Ipv4Addr,
-    ns: &NetNs,
-    host_name: &str,
-    host_nl: &Netlink,
-    pod_nl: &Netlink,
-    created: &mut bool,
-) -> Result<CniResult, CniError> {
-    let bridge = host_nl
-        .ensure_bridge(
-            &conf.bridge,
-            mac_for_ip(senv.gateway),
-            mtu,
-            senv.gateway_cidr(),
-        )
-        .await?;
-    enable_ip_forward()?;
-    let host_mac = host_veth_mac(&env.container_id, &env.ifname);
-    let pod_mac = mac_for_ip(ip);
-    let spec = VethSpec {
-        host_name,
-        host_mac,
-        bridge_index: bridge.index,
-        mtu,
-        peer_name: &env.ifname,
-        peer_mac: pod_mac,
-        peer_ns: ns,
-    };
-    if let Err(e) = host_nl.create_veth(&spec).await {
-        if e.is(libc::EEXIST) {
-            let msg = if host_nl.link(host_name).await?.is_some() {
-                format!(
-                    "host interface {host_name} for container {} ifname {} already exists: the attachment was added before and not deleted",
-                    env.container_id, env.ifname
-                )
-            } else {
-                format!("interface {} already exists in {}", env.ifname, env.netns)
-            };
-            return Err(CniError::internal(msg));
+    ips: &'a [IpNetwork],
+    routes: Vec<Route>,
+    ns: &'a NetNs,
+    host_name: &'a str,
+}
+
+impl Wiring<'_> {
+    async fn wire(
+        self,
+        host_nl: &Netlink,
+        pod_nl: &Netlink,
+        created: &mut bool,
+    ) -> Result<CniResult, CniError> {
+        let (env, conf, senv) = (self.env, self.conf, self.senv);
+        let first_gw = senv.subnets[0].gateway;
+        let gateways: Vec<IpNetwork> = senv.subnets.iter().map(|s| s.gateway_cidr()).collect();
+        let bridge = host_nl
+            .ensure_bridge(&conf.bridge, mac_for_ip(first_gw), self.mtu, &gateways)
+            .await?;
+        if senv.v4().is_some() {
+            enable_forwarding("/proc/sys/net/ipv4/ip_forward")?;
         }
-        return Err(e.into());
+        if senv.v6().is_some() {
+            enable_forwarding("/proc/sys/net/ipv6/conf/all/forwarding")?;
+        }
+        let host_mac = host_veth_mac(&env.container_id, &env.ifname);
+        let pod_mac = mac_for_ip(self.ips[0].ip());
+        let spec = VethSpec {
+            host_name: self.host_name,
+            host_mac,
+            bridge_index: bridge.index,
+            mtu: self.mtu,
+            peer_name: &env.ifname,
+            peer_mac: pod_mac,
+            peer_ns: self.ns,
+        };
+        if let Err(e) = host_nl.create_veth(&spec).await {
+            if e.is(libc::EEXIST) {
+                let msg = if host_nl.link(self.host_name).await?.is_some() {
+                    format!(
+                        "host interface {} for container {} ifname {} already exists: the attachment was added before and not deleted",
+                        self.host_name, env.container_id, env.ifname
+                    )
+                } else {
+                    format!("interface {} already exists in {}", env.ifname, env.netns)
+                };
+                return Err(CniError::internal(msg));
+            }
+            return Err(e.into());
+        }
+        *created = true;
+        if conf.hairpin_mode {
+            host_nl.set_hairpin(self.host_name, true).await?;
+        }
+        let pod_link = pod_nl.link(&env.ifname).await?.ok_or_else(|| {
+            CniError::internal(format!("{} did not appear in {}", env.ifname, env.netns))
+        })?;
+        pod_nl.set_up(pod_link.index).await?;
+        for ip in self.ips {
+            pod_nl.add_address(pod_link.index, *ip).await?;
+        }
+        for r in &self.routes {
+            pod_nl.add_route(pod_link.index, r.dst, r.gw).await?;
+        }
+        let ips = self
+            .ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: *ip,
+                gateway: senv
+                    .subnets
+                    .iter()
+                    .find(|s| s.subnet.contains(ip.ip()))
+                    .map(|s| s.gateway),
+                interface: Some(2),
+            })
+            .collect();
+        Ok(CniResult {
+            interfaces: vec![
+                Interface {
+                    name: conf.bridge.clone(),
+                    mac: format_mac(&bridge.mac),
+                    sandbox: None,
+                    mtu: bridge.mtu,
+                },
+                Interface {
+                    name: self.host_name.to_string(),
+                    mac: format_mac(&host_mac),
+                    sandbox: None,
+                    mtu: Some(self.mtu),
+                },
+                Interface {
+                    name: env.ifname.clone(),
+                    mac: format_mac(&pod_mac),
+                    sandbox: Some(env.netns.clone()),
+                    mtu: Some(self.mtu),
+                },
+            ],
+            ips,
+            routes: self.routes,
+            dns: conf.dns.clone(),
+        })
     }
-    *created = true;
-    if conf.hairpin_mode {
-        host_nl.set_hairpin(host_name, true).await?;
-    }
-    let pod_link = pod_nl.link(&env.ifname).await?.ok_or_else(|| {
-        CniError::internal(format!("{} did not appear in {}", env.ifname, env.netns))
-    })?;
-    pod_nl.set_up(pod_link.index).await?;
-    let address = Ipv4Network::new(ip, senv.subnet.prefix())
-        .map_err(|e| CniError::internal(e.to_string()))?;
-    pod_nl.add_address(pod_link.index, address).await?;
-    let routes = pod_routes(conf, senv);
-    for r in &routes {
-        pod_nl.add_route(pod_link.index, r.dst, r.gw).await?;
-    }
-    Ok(CniResult {
-        interfaces: vec![
-            Interface {
-                name: conf.bridge.clone(),
-                mac: format_mac(&bridge.mac),
-                sandbox: None,
-                mtu: bridge.mtu,
-            },
-            Interface {
-                name: host_name.to_string(),
-                mac: format_mac(&host_mac),
-                sandbox: None,
-                mtu: Some(mtu),
-            },
-            Interface {
-                name: env.ifname.clone(),
-                mac: format_mac(&pod_mac),
-                sandbox: Some(env.netns.clone()),
-                mtu: Some(mtu),
-            },
-        ],
-        ips: vec![IpConfig {
-            address,
-            gateway: Some(senv.gateway),
-            interface: Some(2),
-        }],
-        routes,
-        dns: conf.dns.clone(),
-    })
 }
 
 /// Idempotent: a missing netns, interface or allocation is success.
@@ -348,15 +406,19 @@ pub fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         }
         Ok(())
     })?;
-    let pool = Pool::new(senv.subnet, senv.gateway);
     let store = Store::new(conf.ipam_dir());
     let locked = store.lock(false)?;
     for ip in &ips {
         let a = ip.address.ip();
-        if !pool.is_usable(a) {
+        let usable = senv
+            .subnets
+            .iter()
+            .any(|s| Pool::new(s.subnet, s.gateway).is_usable(a));
+        if !usable {
+            let subnets: Vec<String> = senv.subnets.iter().map(|s| s.subnet.to_string()).collect();
             return Err(CniError::check_failed(format!(
-                "address {a} is not in this node's subnet {}",
-                senv.subnet
+                "address {a} is not in this node's subnets {}",
+                subnets.join(", ")
             )));
         }
         let owner = locked.as_ref().and_then(|l| l.owner(a));
@@ -396,8 +458,23 @@ pub fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
         CniError::invalid_config("GC needs \"cni.dev/valid-attachments\" in the network config")
     })?;
-    if let Some(l) = Store::new(conf.ipam_dir()).lock(false)? {
-        l.gc(valid)?;
+    let store = Store::new(conf.ipam_dir());
+    let freed = match store.lock(false)? {
+        Some(l) => l.gc(valid)?,
+        None => return Ok(()),
+    };
+    if freed.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // A stale attachment whose pod namespace still exists keeps its veth pair: remove it by
+    // its derived name (the name says exactly whose it was, so no other port is touched).
+    runtime()?.block_on(async {
+        let host_nl = Netlink::connect()?;
+        for (_, id, ifname) in &freed {
+            if crate::config::is_safe_id(id) {
+                host_nl.delete_link(&host_veth_name(id, ifname)).await?;
+            }
+        }
+        Ok::<(), CniError>(())
+    })
 }

@@ -1,9 +1,9 @@
 //! The ADD result and its shape per spec version; also reads a `prevResult` back (CHECK).
 //! Pure data: no I/O.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
 
 use crate::error::CniError;
@@ -21,16 +21,16 @@ pub struct Interface {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
     /// Address with the subnet's prefix, e.g. 10.244.1.5/24.
-    pub address: Ipv4Network,
-    pub gateway: Option<Ipv4Addr>,
+    pub address: IpNetwork,
+    pub gateway: Option<IpAddr>,
     /// Index into `interfaces`.
     pub interface: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Network,
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +66,8 @@ impl CniResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if version.ip_has_version_field() {
-                    o.insert("version".into(), json!("4"));
+                    let family = if ip.address.is_ipv4() { "4" } else { "6" };
+                    o.insert("version".into(), json!(family));
                 }
                 if let Some(idx) = ip.interface {
                     o.insert("interface".into(), json!(idx));
@@ -134,15 +135,12 @@ impl CniResult {
                 .get("address")
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("ip without address".into()))?;
-            if addr.contains(':') {
-                continue;
-            }
             let address = addr
-                .parse::<Ipv4Network>()
+                .parse::<IpNetwork>()
                 .map_err(|_| bad(format!("address {addr:?}")))?;
             let gateway = match ip.get("gateway").and_then(Value::as_str) {
                 Some(g) => Some(
-                    g.parse::<Ipv4Addr>()
+                    g.parse::<IpAddr>()
                         .map_err(|_| bad(format!("gateway {g:?}")))?,
                 ),
                 None => None,
@@ -163,15 +161,12 @@ impl CniResult {
                 .get("dst")
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("route without dst".into()))?;
-            if dst.contains(':') {
-                continue;
-            }
             let dst = dst
-                .parse::<Ipv4Network>()
+                .parse::<IpNetwork>()
                 .map_err(|_| bad(format!("route dst {dst:?}")))?;
             let gw = match r.get("gw").and_then(Value::as_str) {
                 Some(g) => Some(
-                    g.parse::<Ipv4Addr>()
+                    g.parse::<IpAddr>()
                         .map_err(|_| bad(format!("route gw {g:?}")))?,
                 ),
                 None => None,
@@ -190,8 +185,15 @@ impl CniResult {
 /// A locally administered MAC for a container interface, derived from its IPv4 address the
 /// way Kubernetes and OVN-Kubernetes do (`0a:58:` + the four address bytes): stable for an
 /// address, unique within the subnet, and known before the link exists (no read-back).
-pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
+/// IPv6-only pods use the last four bytes of their address.
+pub fn mac_for_ip(ip: IpAddr) -> [u8; 6] {
+    let o = match ip {
+        IpAddr::V4(v) => v.octets(),
+        IpAddr::V6(v) => {
+            let b = v.octets();
+            [b[12], b[13], b[14], b[15]]
+        }
+    };
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
@@ -205,6 +207,7 @@ pub fn format_mac(mac: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn sample() -> CniResult {
         CniResult {
@@ -230,12 +233,12 @@ mod tests {
             ],
             ips: vec![IpConfig {
                 address: "10.244.1.5/24".parse().unwrap(),
-                gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1))),
                 interface: Some(2),
             }],
             routes: vec![Route {
                 dst: "0.0.0.0/0".parse().unwrap(),
-                gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                gw: Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1))),
             }],
             dns: json!({}),
         }
@@ -284,7 +287,7 @@ mod tests {
     #[test]
     fn mac_from_ip() {
         assert_eq!(
-            format_mac(&mac_for_ip(Ipv4Addr::new(10, 244, 1, 0))),
+            format_mac(&mac_for_ip(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 0)))),
             "0a:58:0a:f4:01:00"
         );
     }

@@ -1,20 +1,40 @@
-//! The node's subnet.env, as overlayd (or flanneld) writes it: which pod subnet this node owns,
-//! its gateway (first host), the cluster network, and the pod MTU. Parsing only, no I/O.
+//! The node's subnet.env, as overlayd (or flanneld) writes it: which pod subnets this node
+//! owns (IPv4, IPv6 or both), their gateways (first host), the cluster networks, and the pod
+//! MTU. Parsing only, no I/O.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
+
+/// One address family's share of the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSubnet {
+    /// `FLANNEL_NETWORK` / `FLANNEL_IPV6_NETWORK`: the whole cluster pod network.
+    pub network: IpNetwork,
+    /// `FLANNEL_SUBNET` / `FLANNEL_IPV6_SUBNET` normalised to its network address,
+    /// e.g. 10.244.1.0/24.
+    pub subnet: IpNetwork,
+    /// The address part of the `*_SUBNET` value, e.g. 10.244.1.1: the bridge's address and
+    /// the pods' gateway.
+    pub gateway: IpAddr,
+}
+
+impl NodeSubnet {
+    /// The gateway with the node subnet's prefix, e.g. 10.244.1.1/24 (the bridge address).
+    pub fn gateway_cidr(&self) -> IpNetwork {
+        IpNetwork::new(self.gateway, self.subnet.prefix()).unwrap_or(self.subnet)
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.subnet.is_ipv4()
+    }
+}
 
 /// What the plugin needs from subnet.env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK`: the whole cluster pod network, e.g. 10.244.0.0/16.
-    pub network: Ipv4Network,
-    /// `FLANNEL_SUBNET` normalised to its network address, e.g. 10.244.1.0/24.
-    pub subnet: Ipv4Network,
-    /// The address part of `FLANNEL_SUBNET`, e.g. 10.244.1.1: the bridge's address and the
-    /// pods' gateway.
-    pub gateway: Ipv4Addr,
+    /// IPv4 first when present, then IPv6; never empty.
+    pub subnets: Vec<NodeSubnet>,
     /// `FLANNEL_MTU`, when present.
     pub mtu: Option<u32>,
     /// `FLANNEL_IPMASQ`: informational; overlayd masquerades, not the plugin.
@@ -30,21 +50,68 @@ pub enum SubnetEnvError {
         value: String,
         expected: &'static str,
     },
-    #[error("{0} is missing")]
-    Missing(&'static str),
-    #[error("FLANNEL_SUBNET {subnet} is not inside FLANNEL_NETWORK {network}")]
+    #[error("neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET is set")]
+    Missing,
+    #[error("{key} {subnet} is not inside {network}")]
     SubnetOutsideNetwork {
-        subnet: Ipv4Network,
-        network: Ipv4Network,
+        key: &'static str,
+        subnet: IpNetwork,
+        network: IpNetwork,
     },
-    #[error("FLANNEL_SUBNET {0} names its network or broadcast address; it must name the gateway (first host), e.g. 10.244.1.1/24")]
-    GatewayNotAHost(Ipv4Network),
+    #[error("{key} {0} names its network or last address; it must name the gateway (first host), e.g. 10.244.1.1/24", key = .1)]
+    GatewayNotAHost(IpNetwork, &'static str),
+}
+
+fn normalise(n: IpNetwork) -> IpNetwork {
+    IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)
+}
+
+fn last_addr(n: IpNetwork) -> IpAddr {
+    match n {
+        IpNetwork::V4(v) => IpAddr::V4(v.broadcast()),
+        IpNetwork::V6(v) => {
+            let host_bits = 128 - u32::from(v.prefix());
+            let mask = if host_bits == 128 {
+                u128::MAX
+            } else {
+                (1u128 << host_bits) - 1
+            };
+            IpAddr::V6((u128::from(v.network()) | mask).into())
+        }
+    }
+}
+
+fn node_subnet(
+    with_gw: IpNetwork,
+    network: Option<IpNetwork>,
+    key: &'static str,
+) -> Result<NodeSubnet, SubnetEnvError> {
+    let gateway = with_gw.ip();
+    let subnet = normalise(with_gw);
+    let max = if subnet.is_ipv4() { 32 } else { 128 };
+    if subnet.prefix() + 1 < max && (gateway == subnet.network() || gateway == last_addr(subnet)) {
+        return Err(SubnetEnvError::GatewayNotAHost(with_gw, key));
+    }
+    // Flannel always writes the *_NETWORK key; tolerate its absence by treating the node
+    // subnet as the network (routes then cover only this node's pods).
+    let network = network.map(normalise).unwrap_or(subnet);
+    if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
+        return Err(SubnetEnvError::SubnetOutsideNetwork {
+            key,
+            subnet,
+            network,
+        });
+    }
+    Ok(NodeSubnet {
+        network,
+        subnet,
+        gateway,
+    })
 }
 
 impl SubnetEnv {
     pub fn parse(text: &str) -> Result<Self, SubnetEnvError> {
-        let mut network = None;
-        let mut subnet = None;
+        let (mut net4, mut sub4, mut net6, mut sub6) = (None, None, None, None);
         let mut mtu = None;
         let mut ipmasq = false;
         for (i, raw) in text.lines().enumerate() {
@@ -63,27 +130,29 @@ impl SubnetEnv {
                 value: value.to_string(),
                 expected,
             };
+            let cidr = |key: &'static str, v4: bool| -> Result<IpNetwork, SubnetEnvError> {
+                let expected = if v4 {
+                    "an IPv4 address/prefix"
+                } else {
+                    "an IPv6 address/prefix"
+                };
+                match value.parse::<IpNetwork>() {
+                    Ok(n) if n.is_ipv4() == v4 => Ok(n),
+                    _ => Err(bad(key, expected)),
+                }
+            };
             match key {
-                "FLANNEL_NETWORK" => {
-                    network = Some(
-                        value
-                            .parse::<Ipv4Network>()
-                            .map_err(|_| bad("FLANNEL_NETWORK", "an IPv4 CIDR"))?,
-                    );
-                }
-                "FLANNEL_SUBNET" => {
-                    subnet = Some(
-                        value
-                            .parse::<Ipv4Network>()
-                            .map_err(|_| bad("FLANNEL_SUBNET", "an IPv4 address/prefix"))?,
-                    );
-                }
+                "FLANNEL_NETWORK" => net4 = Some(cidr("FLANNEL_NETWORK", true)?),
+                "FLANNEL_SUBNET" => sub4 = Some(cidr("FLANNEL_SUBNET", true)?),
+                "FLANNEL_IPV6_NETWORK" => net6 = Some(cidr("FLANNEL_IPV6_NETWORK", false)?),
+                "FLANNEL_IPV6_SUBNET" => sub6 = Some(cidr("FLANNEL_IPV6_SUBNET", false)?),
                 "FLANNEL_MTU" => {
+                    let range = "a number between 68 and 65535";
                     let m = value
                         .parse::<u32>()
-                        .map_err(|_| bad("FLANNEL_MTU", "a number between 68 and 65535"))?;
+                        .map_err(|_| bad("FLANNEL_MTU", range))?;
                     if !(68..=65535).contains(&m) {
-                        return Err(bad("FLANNEL_MTU", "a number between 68 and 65535"));
+                        return Err(bad("FLANNEL_MTU", range));
                     }
                     mtu = Some(m);
                 }
@@ -97,31 +166,29 @@ impl SubnetEnv {
                 _ => {}
             }
         }
-        let with_gw = subnet.ok_or(SubnetEnvError::Missing("FLANNEL_SUBNET"))?;
-        let gateway = with_gw.ip();
-        let subnet = Ipv4Network::new(with_gw.network(), with_gw.prefix())
-            .map_err(|_| SubnetEnvError::GatewayNotAHost(with_gw))?;
-        if with_gw.prefix() < 31 && (gateway == subnet.network() || gateway == subnet.broadcast()) {
-            return Err(SubnetEnvError::GatewayNotAHost(with_gw));
+        let mut subnets = Vec::new();
+        if let Some(s) = sub4 {
+            subnets.push(node_subnet(s, net4, "FLANNEL_SUBNET")?);
         }
-        // Flannel always writes FLANNEL_NETWORK; tolerate its absence by treating the node
-        // subnet as the network (routes then cover only this node's pods).
-        let network = network.unwrap_or(subnet);
-        if !network.contains(subnet.network()) || network.prefix() > subnet.prefix() {
-            return Err(SubnetEnvError::SubnetOutsideNetwork { subnet, network });
+        if let Some(s) = sub6 {
+            subnets.push(node_subnet(s, net6, "FLANNEL_IPV6_SUBNET")?);
+        }
+        if subnets.is_empty() {
+            return Err(SubnetEnvError::Missing);
         }
         Ok(Self {
-            network,
-            subnet,
-            gateway,
+            subnets,
             mtu,
             ipmasq,
         })
     }
 
-    /// The gateway with the node subnet's prefix, e.g. 10.244.1.1/24 (the bridge address).
-    pub fn gateway_cidr(&self) -> Ipv4Network {
-        Ipv4Network::new(self.gateway, self.subnet.prefix()).unwrap_or(self.subnet)
+    pub fn v4(&self) -> Option<&NodeSubnet> {
+        self.subnets.iter().find(|s| s.is_ipv4())
+    }
+
+    pub fn v6(&self) -> Option<&NodeSubnet> {
+        self.subnets.iter().find(|s| !s.is_ipv4())
     }
 }
 
@@ -135,12 +202,29 @@ mod tests {
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap();
-        assert_eq!(env.network.to_string(), "10.244.0.0/16");
-        assert_eq!(env.subnet.to_string(), "10.244.1.0/24");
-        assert_eq!(env.gateway, Ipv4Addr::new(10, 244, 1, 1));
-        assert_eq!(env.gateway_cidr().to_string(), "10.244.1.1/24");
+        let v4 = env.v4().unwrap();
+        assert_eq!(v4.network.to_string(), "10.244.0.0/16");
+        assert_eq!(v4.subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(v4.gateway.to_string(), "10.244.1.1");
+        assert_eq!(v4.gateway_cidr().to_string(), "10.244.1.1/24");
         assert_eq!(env.mtu, Some(1450));
         assert!(env.ipmasq);
+        assert!(env.v6().is_none());
+    }
+
+    #[test]
+    fn parses_dual_stack_and_ipv6_only() {
+        let env = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1430\n",
+        )
+        .unwrap();
+        assert_eq!(env.subnets.len(), 2);
+        let v6 = env.v6().unwrap();
+        assert_eq!(v6.subnet.to_string(), "fd00:10:244:1::/64");
+        assert_eq!(v6.gateway.to_string(), "fd00:10:244:1::1");
+        assert_eq!(v6.network.to_string(), "fd00:10:244::/56");
+        let only6 = SubnetEnv::parse("FLANNEL_IPV6_SUBNET=fd00:1::1/64").unwrap();
+        assert!(only6.v4().is_none());
     }
 
     #[test]
@@ -148,7 +232,8 @@ mod tests {
         let env =
             SubnetEnv::parse("# written by overlayd\nexport FLANNEL_SUBNET=\"10.1.2.1/24\"\n\n")
                 .unwrap();
-        assert_eq!(env.network, env.subnet);
+        let v4 = env.v4().unwrap();
+        assert_eq!(v4.network, v4.subnet);
         assert_eq!(env.mtu, None);
     }
 
@@ -156,23 +241,36 @@ mod tests {
     fn rejects_bad_files() {
         assert_eq!(
             SubnetEnv::parse("FLANNEL_MTU=1450").unwrap_err(),
-            SubnetEnvError::Missing("FLANNEL_SUBNET")
+            SubnetEnvError::Missing
         );
+        let bad = |s| SubnetEnv::parse(s).unwrap_err();
         assert!(matches!(
-            SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.300/24"),
-            Err(SubnetEnvError::BadValue { .. })
+            bad("FLANNEL_SUBNET=10.1.2.300/24"),
+            SubnetEnvError::BadValue { .. }
         ));
         assert!(matches!(
-            SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.0/24"),
-            Err(SubnetEnvError::GatewayNotAHost(_))
+            bad("FLANNEL_SUBNET=fd00::1/64"),
+            SubnetEnvError::BadValue { .. }
         ));
         assert!(matches!(
-            SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.2.1/24"),
-            Err(SubnetEnvError::SubnetOutsideNetwork { .. })
+            bad("FLANNEL_IPV6_SUBNET=10.0.0.1/24"),
+            SubnetEnvError::BadValue { .. }
         ));
         assert!(matches!(
-            SubnetEnv::parse("FLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=abc"),
-            Err(SubnetEnvError::BadValue { .. })
+            bad("FLANNEL_SUBNET=10.1.2.0/24"),
+            SubnetEnvError::GatewayNotAHost(..)
+        ));
+        assert!(matches!(
+            bad("FLANNEL_IPV6_SUBNET=fd00:1::/64"),
+            SubnetEnvError::GatewayNotAHost(..)
+        ));
+        assert!(matches!(
+            bad("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.2.1/24"),
+            SubnetEnvError::SubnetOutsideNetwork { .. }
+        ));
+        assert!(matches!(
+            bad("FLANNEL_SUBNET=10.1.2.1/24\nFLANNEL_MTU=abc"),
+            SubnetEnvError::BadValue { .. }
         ));
     }
 }

@@ -575,6 +575,9 @@ fn status_gc_and_version() {
     assert!(o.ok, "{}", o.stdout);
     let files = node.ip_files();
     assert_eq!(files.len(), 1);
+    // The stale pod's namespace still exists: GC removed its veth pair too.
+    assert_eq!(node.veths().len(), 1, "{:?}", node.veths());
+    assert_eq!(b.links(), vec!["lo".to_string()]);
     let owner = std::fs::read_to_string(node.ipam_dir().join(&files[0])).unwrap();
     assert!(owner.starts_with("keep"), "{owner}");
     for (id, ns) in [("keep", &a), ("stale", &b)] {
@@ -684,4 +687,116 @@ fn chains_with_reference_portmap_and_bandwidth() {
         "{:?}",
         node.ns.links()
     );
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_nodes() {
+    if !root_or_skip("dual_stack_and_ipv6_only_nodes") {
+        return;
+    }
+    let dual = Node::with_subnet_env(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.8.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\n\
+         FLANNEL_IPV6_SUBNET=fd00:10:244:8::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+    );
+    for v in ["0.4.0", "1.0.0"] {
+        let pod = Netns::new("ds");
+        let id = format!("dual-{}", v.replace('.', ""));
+        let conf = dual.conf(v, json!({}));
+        let add = call(
+            &dual.ns.name,
+            &Call::new("ADD", &id, &pod.path(), "eth0"),
+            &conf,
+        );
+        assert!(add.ok, "{v} ADD: {}", add.stdout);
+        let r = add.json();
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{r}");
+        assert!(ips[0]["address"].as_str().unwrap().starts_with("10.244.8."));
+        assert!(ips[1]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("fd00:10:244:8::"));
+        assert_eq!(ips[1]["gateway"], "fd00:10:244:8::1");
+        if v == "0.4.0" {
+            assert_eq!(ips[1]["version"], "6");
+        }
+        assert!(r["routes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"dst": "::/0", "gw": "fd00:10:244:8::1"})));
+        let shown = pod.exec(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+        let global = shown
+            .lines()
+            .find(|l| l.contains("fd00:10:244:8::"))
+            .unwrap_or_default();
+        assert!(
+            !global.is_empty() && !global.contains("tentative"),
+            "usable at once, no DAD wait: {shown}"
+        );
+        assert!(pod
+            .exec(&["ip", "-6", "route"])
+            .contains("default via fd00:10:244:8::1 dev eth0"));
+        assert!(
+            pod.try_exec(&["ping", "-6", "-c1", "-W2", "fd00:10:244:8::1"]),
+            "pod cannot reach its IPv6 gateway"
+        );
+        assert!(pod.try_exec(&["ping", "-c1", "-W2", "10.244.8.1"]));
+        let check = call(
+            &dual.ns.name,
+            &Call::new("CHECK", &id, &pod.path(), "eth0"),
+            &with_prev(conf.clone(), &r),
+        );
+        assert!(check.ok, "{v} CHECK: {}", check.stdout);
+        assert_eq!(dual.ip_files().len(), 2);
+        assert!(
+            call(
+                &dual.ns.name,
+                &Call::new("DEL", &id, &pod.path(), "eth0"),
+                &conf
+            )
+            .ok
+        );
+        assert!(dual.ip_files().is_empty(), "{:?}", dual.ip_files());
+    }
+
+    let only6 = Node::with_subnet_env("FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:3::1/64\nFLANNEL_MTU=1430\n");
+    let pod = Netns::new("v6");
+    let conf = only6.conf(
+        "1.1.0",
+        json!({"runtimeConfig": {"ips": ["fd00:20:0:3::99/64"]}}),
+    );
+    let add = call(
+        &only6.ns.name,
+        &Call::new("ADD", "v6only", &pod.path(), "eth0"),
+        &conf,
+    );
+    assert!(add.ok, "ADD: {}", add.stdout);
+    let r = add.json();
+    assert_eq!(r["ips"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        r["ips"][0]["address"], "fd00:20:0:3::99/64",
+        "requested address honoured: {r}"
+    );
+    assert!(pod.try_exec(&["ping", "-6", "-c1", "-W2", "fd00:20:0:3::1"]));
+    // An IPv4 request on an IPv6-only node is a config error.
+    let pod2 = Netns::new("v6");
+    let bad = only6.conf("1.1.0", json!({"runtimeConfig": {"ips": ["10.1.1.1/24"]}}));
+    assert_eq!(
+        call(
+            &only6.ns.name,
+            &Call::new("ADD", "v6bad", &pod2.path(), "eth0"),
+            &bad
+        )
+        .code(),
+        7
+    );
+    assert!(
+        call(
+            &only6.ns.name,
+            &Call::new("DEL", "v6only", &pod.path(), "eth0"),
+            &conf
+        )
+        .ok
+    );
+    assert!(only6.ip_files().is_empty());
 }

@@ -84,8 +84,9 @@ pod() {
 
 # Node i runs Flannel's kernel vxlan backend as flanneld programs it (see
 # shared/reference/kernel-vxlan-baseline.sh): flannel.1 with a MAC published in backend-data,
-# and for every other node a route, a permanent neighbour and an FDB entry. Peers' MACs are
-# the ones overlayd derives (0a:58 + podCIDR), as their NodeList has no annotations.
+# and for every other node a route, a permanent neighbour and an FDB entry. A peer's MAC is
+# 02:00:00:00:00:0<o> when it is listed in KERNEL_NODES (another kernel node), else the one
+# overlayd derives (0a:58 + podCIDR), as an unannotated NodeList implies.
 kernel_node() {
   local P=$1 i=$2 N=$3
   local n; n=$(ns_node "$P" "$i")
@@ -95,6 +96,7 @@ kernel_node() {
   for o in $(seq 1 "$N"); do
     [ "$o" = "$i" ] && continue
     local mac; mac=$(printf '0a:58:0a:f4:%02x:00' "$o")
+    case " ${KERNEL_NODES:-} " in *" $o "*) mac="02:00:00:00:00:0$o" ;; esac
     ip -n "$n" neigh add "10.244.$o.0" lladdr "$mac" dev flannel.1 nud permanent
     ip -n "$n" route add "10.244.$o.0/24" via "10.244.$o.0" dev flannel.1 onlink
     bridge -n "$n" fdb append "$mac" dev flannel.1 dst "198.18.0.$o" self permanent
@@ -133,7 +135,7 @@ down() {
 cmd=${1:-}; shift || true
 case "$cmd" in
   up) up "$@" ;;
-  kernel-node) kernel_node "$1" "$2" "$3"; [ -n "${4:-}" ] && annotate_kernel_node "$4" "$2" ;;
+  kernel-node) kernel_node "$1" "$2" "$3"; if [ -n "${4:-}" ]; then annotate_kernel_node "$4" "$2"; fi ;;
   down) down "$@" ;;
   *) echo "usage: $0 up PREFIX DIR NODES PODS | kernel-node PREFIX I NODES [DIR] | down PREFIX" >&2; exit 2 ;;
 esac

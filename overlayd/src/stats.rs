@@ -60,14 +60,16 @@ impl WorkerStats {
         OffloadMode::from_u8(self.mode.load(Ordering::Relaxed))
     }
 
+    /// `packets` inner packets totalling `bytes` sent toward peers.
     #[inline]
-    pub fn tx(&self, bytes: usize) {
-        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+    pub fn tx_many(&self, packets: u64, bytes: usize) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+    /// `packets` inner packets totalling `bytes` delivered to the TAP device.
     #[inline]
-    pub fn rx(&self, bytes: usize) {
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+    pub fn rx_many(&self, packets: u64, bytes: usize) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }

@@ -1,27 +1,37 @@
 //! One worker thread per TAP queue: reads frames from its queue and sends them as VXLAN over
 //! its own UDP sockets; receives VXLAN on its own SO_REUSEPORT socket and writes inner frames
 //! to its queue. The hot loop takes no lock and allocates nothing: the FDB is a snapshot loaded
-//! once per batch, counters are this worker's own.
+//! once per batch, buffers and scratch space are this worker's own, and so are its counters.
+//!
+//! With offloads (the normal mode) a TSO super-frame from the TAP is split into MSS segments
+//! and sent with one `sendmsg` + UDP_SEGMENT; a UDP_GRO run of received segments is coalesced
+//! back into super-frames and written with one `writev`. When the kernel refuses UDP_SEGMENT
+//! (EINVAL/EIO), the worker falls back to one datagram per segment, says so once in the log and
+//! exports the mode.
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::fdb::{FdbHandle, PeerCounters};
+use crate::path::gro::{Coalescer, InnerFrame};
+use crate::path::tso::{Segmenter, MAX_SEGMENTS};
 use crate::path::{self, DecapConfig, DropReason};
-use crate::stats::WorkerStats;
-use crate::sys::{self, tap::TapQueue};
+use crate::stats::{OffloadMode, WorkerStats};
+use crate::sys::{self, tap::TapQueue, udp};
 use crate::wire::{vnet, vxlan};
 
 /// Frames handled per readiness event before polling again (keeps both directions fair).
 const BATCH: usize = 64;
-/// Big enough for a 64 KiB GSO datagram plus headroom for the header swap.
-const BUF_LEN: usize = 65_536 + 64;
-/// The VXLAN header (8 bytes) ends where the virtio-net header (10 bytes) ends, so a frame is
-/// re-framed in place: `[vnet 10][frame]` <-> `[2 spare][vxlan 8][frame]`.
+/// A 64 KiB super-frame or GRO run plus headroom for the header swap.
+const BUF_LEN: usize = 65_536 + 256;
+/// The VXLAN header (8 bytes) ends where the virtio-net header (10 bytes) ends, so a plain
+/// frame is re-framed in place: `[vnet 10][frame]` <-> `[2 spare][vxlan 8][frame]`.
 const VX_AT: usize = vnet::LEN - vxlan::HEADER_LEN;
+/// Largest UDP payload one send may carry (65535 - 8 UDP - 20 IPv4).
+const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Sums packets per peer across a batch, so a shared peer counter is touched once per run of
 /// packets to the same peer instead of once per packet.
@@ -34,12 +44,12 @@ struct PeerTally<'a> {
 
 impl<'a> PeerTally<'a> {
     #[inline]
-    fn add(&mut self, peer: &'a PeerCounters, bytes: usize, rx: bool) {
+    fn add(&mut self, peer: &'a PeerCounters, packets: u64, bytes: usize, rx: bool) {
         if !self.peer.is_some_and(|p| std::ptr::eq(p, peer)) {
             self.flush(rx);
             self.peer = Some(peer);
         }
-        self.packets += 1;
+        self.packets += packets;
         self.bytes += bytes as u64;
     }
 
@@ -57,6 +67,15 @@ impl<'a> PeerTally<'a> {
     }
 }
 
+/// Which offloads this worker may use; decided by probing at start.
+#[derive(Debug, Clone, Copy)]
+pub struct Offloads {
+    /// TUNSETOFFLOAD took CSUM|TSO4|TSO6: the TAP hands us super-frames.
+    pub tso: bool,
+    /// UDP_GRO is on for the receive socket.
+    pub gro: bool,
+}
+
 pub struct Worker {
     pub id: usize,
     pub tap: TapQueue,
@@ -65,87 +84,194 @@ pub struct Worker {
     pub tx_pool: Vec<UdpSocket>,
     pub fdb: FdbHandle,
     pub decap: DecapConfig,
+    pub offloads: Offloads,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+}
+
+/// Per-worker scratch space, allocated once.
+struct Scratch {
+    buf: Vec<u8>,
+    segmenter: Segmenter,
+    coalescer: Coalescer,
+    frames: Vec<InnerFrame>,
+    /// False once the kernel refused UDP_SEGMENT.
+    gso_send: bool,
 }
 
 impl Worker {
     /// Runs until `stop` is set. Returns only on a fatal poll error.
     pub fn run(self) -> io::Result<()> {
-        let mut buf = vec![0u8; BUF_LEN];
+        let mut s = Scratch {
+            buf: vec![0u8; BUF_LEN],
+            segmenter: Segmenter::default(),
+            coalescer: Coalescer::with_capacity(MAX_SEGMENTS),
+            frames: Vec::with_capacity(MAX_SEGMENTS),
+            gso_send: true,
+        };
+        self.stats
+            .set_mode(if self.offloads.tso && self.offloads.gro {
+                OffloadMode::Offload
+            } else {
+                OffloadMode::Plain
+            });
         let vx_header = vxlan::header(self.decap.vni);
         while !self.stop.load(Ordering::Relaxed) {
             let ready = sys::poll_readable(&[self.tap.file().as_fd(), self.rx.as_fd()], 100)?;
             if ready[0] {
-                self.egress_batch(&mut buf, &vx_header);
+                self.egress_batch(&mut s, &vx_header);
             }
             if ready[1] {
-                self.ingress_batch(&mut buf);
+                self.ingress_batch(&mut s);
             }
         }
         Ok(())
     }
 
-    fn egress_batch(&self, buf: &mut [u8], vx_header: &[u8; vxlan::HEADER_LEN]) {
+    fn egress_batch(&self, s: &mut Scratch, vx_header: &[u8; vxlan::HEADER_LEN]) {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let n = match self.tap.file().read(buf) {
-                Ok(n) => n,
-                Err(_) => break,
+            let Ok(n) = self.tap.file().read(&mut s.buf) else {
+                break;
             };
-            let Some(hdr) = vnet::Header::parse(&buf[..n]) else {
+            let Some(hdr) = vnet::Header::parse(&s.buf[..n]) else {
                 self.stats.count_drop(DropReason::TxShort);
                 continue;
             };
-            match path::encap(&mut buf[vnet::LEN..n], &hdr, &fdb) {
-                Ok(t) => {
-                    buf[VX_AT..vnet::LEN].copy_from_slice(vx_header);
-                    let sock = &self.tx_pool[t.flow_hash as usize % self.tx_pool.len()];
-                    match sock.send_to(&buf[VX_AT..n], SocketAddr::V4(t.dst)) {
-                        Ok(_) => {
-                            self.stats.tx(n - vnet::LEN);
-                            tally.add(&t.peer.counters, n - vnet::LEN, false);
-                        }
-                        Err(_) => self.stats.count_drop(DropReason::TxSendError),
-                    }
+            let t = match path::encap(&mut s.buf[vnet::LEN..n], &hdr, &fdb) {
+                Ok(t) => t,
+                Err(reason) => {
+                    self.stats.count_drop(reason);
+                    continue;
                 }
-                Err(reason) => self.stats.count_drop(reason),
+            };
+            let sock = &self.tx_pool[t.flow_hash as usize % self.tx_pool.len()];
+            let sent = if hdr.gso_type == vnet::GSO_NONE {
+                s.buf[VX_AT..vnet::LEN].copy_from_slice(vx_header);
+                sock.send_to(&s.buf[VX_AT..n], SocketAddr::V4(t.dst))
+                    .map(|_| 1)
+            } else {
+                self.send_super_frame(s, n, &hdr, vx_header, sock, t.dst)
+            };
+            match sent {
+                Ok(packets) => {
+                    self.stats.tx_many(packets, n - vnet::LEN);
+                    tally.add(&t.peer.counters, packets, n - vnet::LEN, false);
+                }
+                Err(_) => self.stats.count_drop(DropReason::TxSendError),
             }
         }
         tally.flush(false);
     }
 
-    fn ingress_batch(&self, buf: &mut [u8]) {
+    /// Splits a TSO super-frame and sends its segments: as few UDP_SEGMENT sends as the 64 KiB
+    /// datagram limit allows, or one datagram per segment after a fallback. Returns the number
+    /// of segments sent.
+    fn send_super_frame(
+        &self,
+        s: &mut Scratch,
+        n: usize,
+        hdr: &vnet::Header,
+        vx_header: &[u8; vxlan::HEADER_LEN],
+        sock: &UdpSocket,
+        dst: SocketAddrV4,
+    ) -> io::Result<u64> {
+        let frame = &s.buf[vnet::LEN..n];
+        if let Err(reason) = s.segmenter.split_in_place(frame, hdr, vx_header) {
+            self.stats.count_drop(reason);
+            return Ok(0);
+        }
+        let segs = s.segmenter.segments();
+        let seg_size = segs[0].headers.len() + segs[0].payload.len();
+        let per_send = if s.gso_send {
+            (MAX_UDP_PAYLOAD / seg_size).clamp(1, 64)
+        } else {
+            1
+        };
+        let mut iov = [IoSlice::new(&[]); 2 * 64];
+        for chunk in segs.chunks(per_send) {
+            for (k, seg) in chunk.iter().enumerate() {
+                iov[2 * k] = IoSlice::new(s.segmenter.headers(seg));
+                iov[2 * k + 1] = IoSlice::new(&frame[seg.payload.clone()]);
+            }
+            let iov = &iov[..2 * chunk.len()];
+            #[allow(clippy::cast_possible_truncation)]
+            let segment = if chunk.len() > 1 { seg_size as u16 } else { 0 };
+            match udp::send_gathered(sock, dst, iov, segment) {
+                Ok(_) => {}
+                Err(e)
+                    if segment > 0
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) =>
+                {
+                    tracing::warn!(queue = self.id, error = %e, "UDP_SEGMENT refused by the kernel; sending one datagram per segment from now on");
+                    s.gso_send = false;
+                    self.stats.set_mode(OffloadMode::Plain);
+                    for pair in iov.chunks(2) {
+                        udp::send_gathered(sock, dst, pair, 0)?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(segs.len() as u64)
+    }
+
+    fn ingress_batch(&self, s: &mut Scratch) {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let Ok((n, from)) = self.rx.recv_from(&mut buf[VX_AT..]) else {
+            let Ok((n, from, gso)) = udp::recv_gro(&self.rx, &mut s.buf) else {
                 break;
             };
-            let SocketAddr::V4(from) = from else {
-                self.stats.count_drop(DropReason::RxUnknownSender);
-                continue;
-            };
-            let end = VX_AT + n;
-            match path::decap(&buf[VX_AT..end], *from.ip(), &fdb, &self.decap) {
-                Ok(d) => {
-                    buf[..vnet::LEN].copy_from_slice(&d.vnet.to_bytes());
-                    match self.tap.file().write(&buf[..end]) {
-                        // A TAP write takes the whole frame or fails; anything else is an error.
-                        Ok(w) if w == end => {
-                            self.stats.rx(end - vnet::LEN);
-                            if let Some(p) = d.peer {
-                                tally.add(p, end - vnet::LEN, true);
-                            }
+            let seg = gso.map_or(n, usize::from).max(1);
+            s.frames.clear();
+            let mut at = 0;
+            while at < n {
+                let end = (at + seg).min(n);
+                match path::decap(&s.buf[at..end], *from.ip(), &fdb, &self.decap) {
+                    Ok(d) => {
+                        if let Some(p) = d.peer {
+                            tally.add(p, 1, end - at - vxlan::HEADER_LEN, true);
                         }
-                        // EIO while the device is down (teardown, flap): counted, not logged.
-                        Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
+                        s.frames.push(InnerFrame {
+                            range: at + vxlan::HEADER_LEN..end,
+                            vnet: d.vnet,
+                        });
                     }
+                    Err(reason) => self.stats.count_drop(reason),
                 }
-                Err(reason) => self.stats.count_drop(reason),
+                at = end;
             }
+            self.write_runs(s);
         }
         tally.flush(true);
+    }
+
+    /// Coalesces the decapsulated frames in `s.frames` and writes each run to the TAP.
+    fn write_runs(&self, s: &mut Scratch) {
+        let runs = s.coalescer.plan(&mut s.buf, &s.frames);
+        for run in runs {
+            let vnet_bytes = run.vnet.to_bytes();
+            let mut iov = [IoSlice::new(&[]); 2 + MAX_SEGMENTS];
+            let first = &s.frames[run.first];
+            iov[0] = IoSlice::new(&vnet_bytes);
+            iov[1] = IoSlice::new(&s.buf[first.range.clone()]);
+            let mut len = first.range.len();
+            for (k, f) in s.frames[run.first + 1..run.first + run.count]
+                .iter()
+                .enumerate()
+            {
+                let payload = &s.buf[f.range.start + run.payload_offset..f.range.end];
+                len += payload.len();
+                iov[2 + k] = IoSlice::new(payload);
+            }
+            match self.tap.file().write_vectored(&iov[..1 + run.count]) {
+                // A TAP write takes the whole frame or fails; anything else is an error.
+                Ok(w) if w == vnet::LEN + len => self.stats.rx_many(run.count as u64, len),
+                // EIO while the device is down (teardown, flap): counted, not logged.
+                Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
+            }
+        }
     }
 }

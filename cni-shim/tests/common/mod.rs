@@ -134,13 +134,15 @@ pub struct Node {
 impl Node {
     /// `subnet` is FLANNEL_SUBNET, e.g. "10.244.1.1/24".
     pub fn new(subnet: &str) -> Self {
+        Self::with_subnet_env(&format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        ))
+    }
+
+    pub fn with_subnet_env(text: &str) -> Self {
         let ns = Netns::new("node");
         let dir = TempDir::new("node");
-        std::fs::write(
-            dir.0.join("subnet.env"),
-            format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"),
-        )
-        .unwrap();
+        std::fs::write(dir.0.join("subnet.env"), text).unwrap();
         Self {
             ns,
             dir,
@@ -176,7 +178,7 @@ impl Node {
         match std::fs::read_dir(self.ipam_dir()) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
                 .collect(),
             Err(_) => Vec::new(),
         }

@@ -32,7 +32,7 @@ use crate::path::DecapConfig;
 use crate::stats::{Totals, WorkerStats};
 use crate::sys::netlink::{self as nlink, KernelEvent, Netlink};
 use crate::sys::{tap, udp};
-use crate::worker::Worker;
+use crate::worker::{Offloads, Worker};
 use reconcile::reconcile_kernel;
 use source::SourceUpdate;
 
@@ -209,13 +209,30 @@ async fn start_dataplane(
         inner_mtu: mtu.min(65_000) as u16,
         allow_any_sender: opts.allow_any_sender,
     };
+    let mut modes = Vec::new();
     for (id, tapq) in queues.into_iter().enumerate() {
+        // Probe the offloads per queue and socket; a refusal means the plain path, said once.
+        let tso = match tap::set_offload(&tapq, &opts.device, tap::OFFLOAD_TCP) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(queue = id, error = %e, "TAP offloads unavailable; this queue runs the plain path");
+                false
+            }
+        };
         let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, netconf.port).map_err(|e| {
             anyhow::anyhow!(
                 "cannot bind UDP port {}: {e}; is a kernel vxlan device (flannel.1) or another overlayd using it? Remove it or set Backend.Port",
                 netconf.port
             )
         })?;
+        let gro = match udp::enable_gro(&rx) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(queue = id, error = %e, "UDP_GRO unavailable; receiving one datagram per read");
+                false
+            }
+        };
+        modes.push(if tso && gro { "offload" } else { "plain" });
         #[allow(clippy::cast_possible_truncation)]
         let seed = u32::from(underlay.ip)
             .wrapping_mul(2_654_435_761)
@@ -231,6 +248,7 @@ async fn start_dataplane(
             tx_pool,
             fdb: fdb.clone(),
             decap,
+            offloads: Offloads { tso, gro },
             stats: s,
             stop: stop.clone(),
         };
@@ -245,6 +263,7 @@ async fn start_dataplane(
                 })?,
         );
     }
+    info!(modes = %modes.join(","), "queue offload modes");
     Ok(Dataplane {
         link_index: link.index,
         fdb,

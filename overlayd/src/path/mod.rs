@@ -5,6 +5,9 @@
 //! Nothing here touches a socket or a file descriptor, allocates, or logs: callers count the
 //! returned `DropReason`s.
 
+pub mod gro;
+pub mod tso;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use std::sync::Arc;
@@ -22,7 +25,7 @@ pub enum DropReason {
     TxNoFlood,
     /// Egress: no FDB entry for the destination MAC (a peer not, or no longer, known).
     TxUnknownDst,
-    /// Egress: a GSO frame of a type this path cannot segment.
+    /// Egress: a GSO frame of a type this path cannot segment (only TCP is enabled).
     TxGsoUnsupported,
     /// Egress: a malformed virtio-net header or checksum request from the TAP device.
     TxBadOffload,
@@ -154,11 +157,16 @@ pub fn encap<'a>(
         return Err(DropReason::TxNoFlood);
     }
     let peer = fdb.lookup(&eth.dst()).ok_or(DropReason::TxUnknownDst)?;
-    if hdr.gso_type != vnet::GSO_NONE {
-        return Err(DropReason::TxGsoUnsupported);
-    }
-    if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
-        complete_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
+    match hdr.gso_type & !vnet::GSO_ECN {
+        vnet::GSO_NONE => {
+            if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
+                complete_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
+            }
+        }
+        // A TSO super-frame: the caller splits it (`tso::Segmenter`), which computes every
+        // segment's checksums.
+        vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {}
+        _ => return Err(DropReason::TxGsoUnsupported),
     }
     Ok(Transmit {
         dst: peer.vtep,
@@ -300,5 +308,7 @@ pub fn ingress_offload(frame: &[u8], inner_mtu: u16) -> vnet::Header {
     h
 }
 
+#[cfg(test)]
+mod offload_tests;
 #[cfg(test)]
 mod tests;

@@ -142,7 +142,7 @@ fn encap_drops_by_reason() {
         Err(DropReason::TxUnknownDst)
     );
     let gso = vnet::Header {
-        gso_type: vnet::GSO_TCPV4,
+        gso_type: vnet::GSO_UDP,
         ..none
     };
     assert_eq!(

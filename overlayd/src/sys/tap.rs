@@ -100,6 +100,9 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapEr
     Ok(out)
 }
 
+/// Checksum offload plus TCP segmentation offload for IPv4 and IPv6 (TSO needs CSUM).
+pub const OFFLOAD_TCP: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+
 /// Enables TAP offloads (`TUN_F_*` bits) on a queue: with `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`
 /// the kernel hands us TCP super-frames with partial checksums.
 pub fn set_offload(q: &TapQueue, name: &str, flags: libc::c_uint) -> Result<(), TapError> {

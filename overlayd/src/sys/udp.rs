@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -71,4 +71,114 @@ pub fn bind_source_pool(bind: Ipv4Addr, count: usize, seed: u32) -> io::Result<V
         );
     }
     Ok(out)
+}
+
+/// Turns on UDP_GRO: the kernel hands us runs of same-flow datagrams as one buffer plus the
+/// segment size in a control message.
+pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
+    setsockopt_int(sock.as_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+fn sockaddr_v4(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Control-message space for one `u16` (UDP_SEGMENT) or one `int` (UDP_GRO), 8-aligned.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 32]);
+
+/// Sends the gathered `iov` to `dst` in one `sendmsg`. With `segment > 0` the kernel cuts it
+/// into datagrams of `segment` bytes (UDP_SEGMENT; the last may be shorter).
+pub fn send_gathered(
+    sock: &UdpSocket,
+    dst: SocketAddrV4,
+    iov: &[io::IoSlice<'_>],
+    segment: u16,
+) -> io::Result<usize> {
+    let mut addr = sockaddr_v4(dst);
+    let mut cmsg = CmsgBuf([0; 32]);
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths); fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = std::ptr::from_mut(&mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix.
+    msg.msg_iov = iov.as_ptr().cast_mut().cast();
+    msg.msg_iovlen = iov.len();
+    if segment > 0 {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `cmsg`, which is 8-aligned and at least `space` bytes,
+        // so CMSG_FIRSTHDR returns a valid, writable header inside it and CMSG_DATA points at
+        // room for the u16 payload.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+        }
+    }
+    // SAFETY: msg points at live buffers for the duration of the call: the address, the iovec
+    // array borrowed from `iov` (whose slices outlive the call) and the control buffer.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
+
+/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf`. Returns its length,
+/// the sender, and the segment size when the kernel coalesced several datagrams.
+pub fn recv_gro(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddrV4, Option<u16>)> {
+    // SAFETY: all-zero is a valid sockaddr_in and msghdr.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut cmsg = CmsgBuf([0; 32]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = std::ptr::from_mut(&mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.0.len();
+    // SAFETY: every pointer in msg refers to a live local or to `buf`, with its true length.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut gso = None;
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR walk only
+    // within that length, and CMSG_DATA of a UDP_GRO message holds an int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                gso = u16::try_from(v).ok().filter(|s| *s > 0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    );
+    Ok((n.unsigned_abs(), from, gso))
 }

@@ -1,0 +1,250 @@
+//! Split then coalesce gives back the original stream; every segment is valid TCP (checked by
+//! etherparse); runs break where Linux GRO would break them.
+use super::gro::{Coalescer, InnerFrame};
+use super::tso::Segmenter;
+use super::DropReason;
+use crate::wire::{checksum, vnet, vxlan};
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+use proptest::prelude::*;
+
+fn tso_frame(payload_len: usize, v6: bool, seq: u32, psh: bool) -> Vec<u8> {
+    let payload: Vec<u8> = (0..payload_len).map(|i| (i * 31 % 251) as u8).collect();
+    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [0x0a, 0x58, 10, 244, 2, 0]);
+    let mut b = if v6 {
+        eth.ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(40000, 5201, seq, 512)
+    } else {
+        eth.ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
+            .tcp(40000, 5201, seq, 512)
+    };
+    b = b
+        .ack(77)
+        .options(&[etherparse::TcpOptionElement::Timestamp(1, 2)])
+        .unwrap();
+    if psh {
+        b = b.psh();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &payload).unwrap();
+    out
+}
+
+fn gso_header(frame: &[u8], mss: u16, v6: bool) -> vnet::Header {
+    let ip_len = if v6 { 40 } else { 20 };
+    vnet::Header {
+        flags: vnet::F_NEEDS_CSUM,
+        gso_type: if v6 { vnet::GSO_TCPV6 } else { vnet::GSO_TCPV4 },
+        hdr_len: (14 + ip_len + 32) as u16,
+        gso_size: mss,
+        csum_start: (14 + ip_len) as u16,
+        csum_offset: 16,
+    }
+    .tap_check(frame)
+}
+
+trait TapCheck {
+    fn tap_check(self, frame: &[u8]) -> Self;
+}
+impl TapCheck for vnet::Header {
+    fn tap_check(self, frame: &[u8]) -> Self {
+        assert!(frame.len() > usize::from(self.hdr_len));
+        self
+    }
+}
+
+/// Split `frame` and return each segment as an inner frame (VXLAN header stripped).
+fn split(frame: &[u8], mss: u16, v6: bool) -> Vec<Vec<u8>> {
+    let mut s = Segmenter::default();
+    let vx = vxlan::header(1);
+    let segs = s
+        .split(frame, &gso_header(frame, mss, v6), &vx)
+        .unwrap()
+        .to_vec();
+    segs.iter()
+        .map(|seg| {
+            let h = s.headers(seg);
+            assert_eq!(&h[..8], &vx);
+            let mut v = h[8..].to_vec();
+            v.extend_from_slice(&frame[seg.payload.clone()]);
+            v
+        })
+        .collect()
+}
+
+fn tcp_valid(frame: &[u8]) -> (u32, u8, usize) {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("not tcp")
+    };
+    let want = match &p.net {
+        Some(etherparse::NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap()
+        }
+        Some(etherparse::NetSlice::Ipv6(ip)) => t
+            .to_header()
+            .calc_checksum_ipv6(&ip.header().to_header(), t.payload())
+            .unwrap(),
+        _ => panic!("not ip"),
+    };
+    assert_eq!(t.checksum(), want, "TCP checksum");
+    (
+        t.sequence_number(),
+        frame[14 + if frame[12] == 0x86 { 40 } else { 20 } + 13],
+        t.payload().len(),
+    )
+}
+
+/// Puts inner frames one after another in a buffer, as a GRO receive would (minus VXLAN).
+fn coalesce(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut inner = Vec::new();
+    for f in frames {
+        inner.push(InnerFrame {
+            range: buf.len()..buf.len() + f.len(),
+            vnet: vnet::Header::default(),
+        });
+        buf.extend_from_slice(f);
+    }
+    let mut c = Coalescer::default();
+    let runs = c.plan(&mut buf, &inner).to_vec();
+    runs.iter()
+        .map(|r| {
+            let mut out = buf[inner[r.first].range.clone()].to_vec();
+            for f in &inner[r.first + 1..r.first + r.count] {
+                out.extend_from_slice(&buf[f.range.start + r.payload_offset..f.range.end]);
+            }
+            if r.count > 1 {
+                assert_eq!(r.vnet.flags, vnet::F_NEEDS_CSUM);
+                assert_eq!(usize::from(r.vnet.hdr_len), r.payload_offset);
+                // Let the "kernel" finish the checksum, as NEEDS_CSUM asks.
+                let start = usize::from(r.vnet.csum_start);
+                let sum = checksum::sum(&out[start..], 0);
+                let c = checksum::finish(sum);
+                out[start + 16..start + 18].copy_from_slice(&c.to_be_bytes());
+            }
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn split_64k_into_valid_segments() {
+    for v6 in [false, true] {
+        let frame = tso_frame(64_000 - 100, v6, 1000, true);
+        let segs = split(&frame, 1398, v6);
+        assert_eq!(segs.len(), (64_000 - 100usize).div_ceil(1398));
+        let mut seq = 1000u32;
+        for (i, s) in segs.iter().enumerate() {
+            let (sq, flags, len) = tcp_valid(s);
+            assert_eq!(sq, seq);
+            seq += len as u32;
+            let last = i + 1 == segs.len();
+            assert_eq!(flags & 0x08 != 0, last, "PSH only on the last segment");
+            assert!(len == 1398 || last);
+        }
+    }
+}
+
+#[test]
+fn split_then_coalesce_gives_back_the_frame() {
+    for v6 in [false, true] {
+        let frame = tso_frame(20_000, v6, 5, true);
+        let segs = split(&frame, 1398, v6);
+        let back = coalesce(&segs);
+        assert_eq!(back.len(), 1, "one run");
+        assert_eq!(back[0], frame);
+    }
+}
+
+#[test]
+fn runs_break_on_gap_flow_change_and_psh() {
+    let a = split(&tso_frame(1398 * 3, false, 0, false), 1398, false);
+    let b = split(&tso_frame(1398 * 2, false, 1398 * 4, false), 1398, false); // gap of one MSS
+    let all: Vec<_> = a.iter().chain(b.iter()).cloned().collect();
+    assert_eq!(coalesce(&all).len(), 2);
+    // A segment with PSH ends the run even when the next one follows in sequence.
+    let mut p = split(&tso_frame(1398 * 2, false, 0, true), 1398, false);
+    p.extend(split(&tso_frame(1398, false, 1398 * 2, false), 1398, false));
+    assert_eq!(coalesce(&p).len(), 2);
+    // A corrupted checksum is never merged (the kernel must see and drop it).
+    let mut c = split(&tso_frame(1398 * 3, false, 0, false), 1398, false);
+    let last = c[1].len() - 1;
+    c[1][last] ^= 0xff;
+    assert_eq!(coalesce(&c).len(), 3);
+}
+
+#[test]
+fn partial_seed_segments_from_kernel_peers_coalesce() {
+    let mut segs = split(&tso_frame(1398 * 4, false, 9, false), 1398, false);
+    for s in &mut segs {
+        let l4 = crate::wire::ip::L4Info::parse(&s[14..]).unwrap();
+        let seed = checksum::fold(l4.pseudo_sum());
+        let at = 14 + l4.l4_offset + 16;
+        s[at..at + 2].copy_from_slice(&seed.to_be_bytes());
+    }
+    let back = coalesce(&segs);
+    assert_eq!(back.len(), 1);
+    tcp_valid(&back[0]);
+}
+
+#[test]
+fn split_rejects_bad_offload_requests() {
+    let frame = tso_frame(5000, false, 0, false);
+    let mut s = Segmenter::default();
+    let vx = vxlan::header(1);
+    let mut h = gso_header(&frame, 1398, false);
+    h.gso_size = 0;
+    assert_eq!(
+        s.split(&frame, &h, &vx).unwrap_err(),
+        DropReason::TxBadOffload
+    );
+    let h6 = gso_header(&frame, 1398, true);
+    assert_eq!(
+        s.split(&frame, &h6, &vx).unwrap_err(),
+        DropReason::TxBadOffload
+    );
+    let mut h = gso_header(&frame, 1398, false);
+    h.gso_size = 10; // 500 segments
+    assert_eq!(
+        s.split(&frame, &h, &vx).unwrap_err(),
+        DropReason::TxBadOffload
+    );
+    assert!(s
+        .split(&frame[..40], &gso_header(&frame, 1398, false), &vx)
+        .is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn prop_split_coalesce_roundtrip(len in 1usize..30_000, mss in 536u16..1460, v6 in any::<bool>(), seq in any::<u32>()) {
+        let frame = tso_frame(len, v6, seq, true);
+        let segs = split(&frame, mss, v6);
+        prop_assert_eq!(segs.len(), len.div_ceil(usize::from(mss)));
+        for s in &segs {
+            tcp_valid(s);
+        }
+        let back = coalesce(&segs);
+        prop_assert_eq!(back.len(), 1);
+        prop_assert_eq!(&back[0], &frame);
+    }
+
+    #[test]
+    fn prop_coalesce_never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..400), cuts in proptest::collection::vec(0usize..400, 0..6)) {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        let mut sorted = cuts.clone();
+        sorted.sort_unstable();
+        for c in sorted {
+            let c = c.min(data.len());
+            if c > at { frames.push(data[at..c].to_vec()); at = c; }
+        }
+        let _ = coalesce(&frames);
+    }
+}

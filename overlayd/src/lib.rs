@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod fdb;
+pub mod fuzz_targets;
 pub mod http;
 pub mod metrics;
 pub mod observe;

@@ -248,7 +248,7 @@ mod tests {
         let w = Arc::new(WorkerStats::default());
         w.set_mode(OffloadMode::Offload);
         w.count_drop(DropReason::RxWrongVni);
-        w.tx(1000);
+        w.tx_many(1, 1000);
         obs.attach(fdb.clone(), vec![w, Arc::new(WorkerStats::default())]);
         fdb.load()
             .lookup(&[0x0a, 0x58, 10, 244, 2, 0])

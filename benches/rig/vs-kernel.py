@@ -64,7 +64,7 @@ class Cluster:
         if kind == "kernel":
             for i in (1, 2):
                 os.environ["KERNEL_NODES"] = "1 2"
-                sh("bash", CLUSTER, "kernel-node", prefix, str(i), "2")
+                sh("bash", CLUSTER, "kernel-node", prefix, str(i), "2", self.dir)
         else:
             for i in (1, 2):
                 log = open(os.path.join(self.dir, f"overlayd{i}.log"), "w")
@@ -82,6 +82,8 @@ class Cluster:
                     time.sleep(0.1)
                 else:
                     raise RuntimeError(f"overlayd {i} not ready:\n" + open(path).read())
+        for i in (1, 2):
+            sh("bash", CLUSTER, "wire", prefix, self.dir, str(i), "1")
         self.src, self.dst, self.dst_ip = f"{prefix}p1-1", f"{prefix}p2-1", "10.244.2.2"
         for _ in range(30):
             if subprocess.run(["ip", "netns", "exec", self.src, "ping", "-c1", "-W1", self.dst_ip],
@@ -158,8 +160,10 @@ def main():
     for tool in ("iperf3", "ping", "ip", "bridge"):
         if not shutil.which(tool):
             sys.exit(f"vs-kernel.py: {tool} is missing: run deploy/local/install-deps.sh")
-    if not os.access(a.overlayd, os.X_OK):
-        sys.exit(f"vs-kernel.py: {a.overlayd} not built: cargo build --release -p overlayd")
+    cni = os.path.join(os.path.dirname(a.overlayd), "overlayd-cni")
+    if not os.access(a.overlayd, os.X_OK) or not os.access(cni, os.X_OK):
+        sys.exit(f"vs-kernel.py: {a.overlayd} or {cni} not built: cargo build --release -p overlayd -p cni-shim")
+    os.environ["OVERLAYD_CNI"] = cni
     os.makedirs(a.out, exist_ok=True)
     work = f"/tmp/overlayd-rig-{os.getpid()}"
     tag = f"r{os.getpid() % 1000}"

@@ -5,15 +5,19 @@
 # `kernel-node`). Every name starts with PREFIX so parallel clusters never collide.
 #
 #   cluster.sh up PREFIX DIR NODES PODS_PER_NODE   topology + DIR/nodes.yaml + DIR/net-conf.json
-#   cluster.sh kernel-node PREFIX I NODES         program node I as flanneld does for kernel vxlan
-#   cluster.sh stranger PREFIX IP                 a host PREFIXx on the underlay that is no node
+#   cluster.sh wire PREFIX DIR I PODS_PER_NODE     wire node I's pods with overlayd-cni (after
+#                                                  DIR/subnet<I>.env exists)
+#   cluster.sh kernel-node PREFIX I NODES DIR      program node I as flanneld does for kernel
+#                                                  vxlan, write its subnet.env and annotations
+#   cluster.sh stranger PREFIX IP                  a host PREFIXx on the underlay that is no node
 #   cluster.sh down PREFIX                         delete every namespace of PREFIX
 #
 # Addresses: node i has underlay 198.18.0.i/24 and podCIDR 10.244.i.0/24; pod j of node i is
-# 10.244.i.(j+1) in namespace PREFIXp<i>-<j>. Pods are wired with the overlayd-cni plugin when
-# CNI_PLUGIN points at it, else with plain veth + bridge commands.
+# 10.244.i.(j+1) in namespace PREFIXp<i>-<j>, wired by the overlayd-cni plugin
+# (cni-shim/scripts/wire-pod.sh; set OVERLAYD_CNI to pick the binary).
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 UMTU=${UMTU:-1500}
 MTU=$((UMTU - 50))
 
@@ -62,25 +66,24 @@ YAML
   echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
 }
 
-# Wires pod j of node i. The bridge cni0 holds the gateway 10.244.i.1/24.
+# Creates pod j of node i: an empty network namespace, wired later by `wire`.
 pod() {
   local P=$1 i=$2 j=$3
-  local n p; n=$(ns_node "$P" "$i"); p=$(ns_pod "$P" "$i" "$j")
+  local p; p=$(ns_pod "$P" "$i" "$j")
   ip netns add "$p"
   ip -n "$p" link set lo up
-  if [ -n "${CNI_PLUGIN:-}" ]; then
-    return 0  # the caller runs the CNI plugin once overlayd has written subnet.env
-  fi
-  if ! ip -n "$n" link show cni0 >/dev/null 2>&1; then
-    ip -n "$n" link add cni0 type bridge
-    ip -n "$n" addr add "10.244.$i.1/24" dev cni0
-    ip -n "$n" link set cni0 mtu "$MTU" up
-  fi
-  ip link add "v$j" netns "$n" type veth peer name eth0 netns "$p"
-  ip -n "$n" link set "v$j" master cni0 mtu "$MTU" up
-  ip -n "$p" link set eth0 mtu "$MTU" up
-  ip -n "$p" addr add "10.244.$i.$((j + 1))/24" dev eth0
-  ip -n "$p" route add default via "10.244.$i.1"
+}
+
+# Wires every pod of node i with the overlayd-cni plugin, as a container runtime would, from
+# the node's subnet.env (written by overlayd, or by kernel-node for a Flannel node). With the
+# plugin's sequential IPAM, pod j gets 10.244.i.(j+1).
+wire() {
+  local P=$1 DIR=$2 i=$3 PODS=$4
+  local n; n=$(ns_node "$P" "$i")
+  for j in $(seq 1 "$PODS"); do
+    bash "$ROOT/cni-shim/scripts/wire-pod.sh" "$n" "$(ns_pod "$P" "$i" "$j")" eth0 "pod$i-$j" \
+      "$DIR/subnet$i.env" "$DIR/ipam$i" >/dev/null
+  done
 }
 
 # Node i runs Flannel's kernel vxlan backend as flanneld programs it (see
@@ -89,8 +92,10 @@ pod() {
 # 02:00:00:00:00:0<o> when it is listed in KERNEL_NODES (another kernel node), else the one
 # overlayd derives (0a:58 + podCIDR), as an unannotated NodeList implies.
 kernel_node() {
-  local P=$1 i=$2 N=$3
+  local P=$1 i=$2 N=$3 DIR=$4
   local n; n=$(ns_node "$P" "$i")
+  printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.%s.1/24\nFLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n' \
+    "$i" "$MTU" > "$DIR/subnet$i.env"
   ip -n "$n" link add flannel.1 type vxlan id 1 dstport 8472 local "198.18.0.$i" dev eth0 nolearning
   ip -n "$n" link set flannel.1 address "02:00:00:00:00:0$i" mtu "$MTU" up
   ip -n "$n" addr add "10.244.$i.0/32" dev flannel.1
@@ -149,8 +154,9 @@ down() {
 cmd=${1:-}; shift || true
 case "$cmd" in
   up) up "$@" ;;
-  kernel-node) kernel_node "$1" "$2" "$3"; if [ -n "${4:-}" ]; then annotate_kernel_node "$4" "$2"; fi ;;
+  kernel-node) kernel_node "$1" "$2" "$3" "$4"; annotate_kernel_node "$4" "$2" ;;
+  wire) wire "$@" ;;
   stranger) stranger "$@" ;;
   down) down "$@" ;;
-  *) echo "usage: $0 up PREFIX DIR NODES PODS | kernel-node PREFIX I NODES [DIR] | stranger PREFIX IP | down PREFIX" >&2; exit 2 ;;
+  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR | stranger PREFIX IP | down PREFIX" >&2; exit 2 ;;
 esac

@@ -30,6 +30,8 @@ done
 for i in $(seq 1 $NODES); do
   for _ in $(seq 1 100); do grep -q "overlayd ready" "$DIR/overlayd$i.log" 2>/dev/null && break; sleep 0.1; done
   grep -q "overlayd ready" "$DIR/overlayd$i.log" || { cat "$DIR/overlayd$i.log"; exit 1; }
+  # Pods are wired by the overlayd-cni plugin from the subnet.env overlayd just wrote.
+  OVERLAYD_CNI=$BIN/overlayd-cni bash deploy/local/cluster.sh wire "$P" "$DIR" "$i" "$PODS"
 done
 echo "3 nodes up: $(for i in $(seq 1 $NODES); do printf 'node%s=10.244.%s.0/24 ' "$i" "$i"; done)"
 echo

@@ -9,6 +9,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v tshark >/dev/null || need+=(tshark)
 command -v python3 >/dev/null || need+=(python3)
+command -v iptables >/dev/null || need+=(iptables)
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -10,7 +10,7 @@
 //! exports the mode.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +27,8 @@ use crate::wire::{vnet, vxlan};
 const BATCH: usize = 64;
 /// A 64 KiB super-frame or GRO run plus headroom for the header swap.
 const BUF_LEN: usize = 65_536 + 256;
+/// Egress arena: at least one maximal frame plus many small ones.
+const TXBUF_LEN: usize = 4 * BUF_LEN;
 /// The VXLAN header (8 bytes) ends where the virtio-net header (10 bytes) ends, so a plain
 /// frame is re-framed in place: `[vnet 10][frame]` <-> `[2 spare][vxlan 8][frame]`.
 const VX_AT: usize = vnet::LEN - vxlan::HEADER_LEN;
@@ -89,9 +91,20 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
 }
 
+/// A plain datagram waiting in `txbuf` for the next sendmmsg.
+struct Pending {
+    range: std::ops::Range<usize>,
+    dst: SocketAddrV4,
+    sock: usize,
+}
+
 /// Per-worker scratch space, allocated once.
 struct Scratch {
+    /// Receive buffer: one datagram or one UDP_GRO run.
     buf: Vec<u8>,
+    /// Egress arena: room for several frames read from the TAP before one send.
+    txbuf: Vec<u8>,
+    pending: Vec<Pending>,
     segmenter: Segmenter,
     coalescer: Coalescer,
     frames: Vec<InnerFrame>,
@@ -104,6 +117,8 @@ impl Worker {
     pub fn run(self) -> io::Result<()> {
         let mut s = Scratch {
             buf: vec![0u8; BUF_LEN],
+            txbuf: vec![0u8; TXBUF_LEN],
+            pending: Vec::with_capacity(BATCH),
             segmenter: Segmenter::default(),
             coalescer: Coalescer::with_capacity(MAX_SEGMENTS),
             frames: Vec::with_capacity(MAX_SEGMENTS),
@@ -131,30 +146,46 @@ impl Worker {
     fn egress_batch(&self, s: &mut Scratch, vx_header: &[u8; vxlan::HEADER_LEN]) {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
+        // Plain frames accumulate in `txbuf` and leave with one sendmmsg per socket; a
+        // super-frame flushes them first (per-flow order) and goes out on its own.
+        let mut off = 0;
+        s.pending.clear();
         for _ in 0..BATCH {
-            let Ok(n) = self.tap.file().read(&mut s.buf) else {
+            if s.txbuf.len() - off < BUF_LEN {
+                self.flush_pending(s);
+                off = 0;
+            }
+            let Ok(n) = self.tap.file().read(&mut s.txbuf[off..off + BUF_LEN]) else {
                 break;
             };
-            let Some(hdr) = vnet::Header::parse(&s.buf[..n]) else {
+            let slot = &mut s.txbuf[off..off + n];
+            let Some(hdr) = vnet::Header::parse(slot) else {
                 self.stats.count_drop(DropReason::TxShort);
                 continue;
             };
-            let t = match path::encap(&mut s.buf[vnet::LEN..n], &hdr, &fdb) {
+            let t = match path::encap(&mut slot[vnet::LEN..], &hdr, &fdb) {
                 Ok(t) => t,
                 Err(reason) => {
                     self.stats.count_drop(reason);
                     continue;
                 }
             };
-            let sock = &self.tx_pool[t.flow_hash as usize % self.tx_pool.len()];
-            let sent = if hdr.gso_type == vnet::GSO_NONE {
-                s.buf[VX_AT..vnet::LEN].copy_from_slice(vx_header);
-                sock.send_to(&s.buf[VX_AT..n], SocketAddr::V4(t.dst))
-                    .map(|_| 1)
-            } else {
-                self.send_super_frame(s, n, &hdr, vx_header, sock, t.dst)
-            };
-            match sent {
+            let sock = t.flow_hash as usize % self.tx_pool.len();
+            if hdr.gso_type == vnet::GSO_NONE {
+                slot[VX_AT..vnet::LEN].copy_from_slice(vx_header);
+                s.pending.push(Pending {
+                    range: off + VX_AT..off + n,
+                    dst: t.dst,
+                    sock,
+                });
+                self.stats.tx_many(1, n - vnet::LEN);
+                tally.add(&t.peer.counters, 1, n - vnet::LEN, false);
+                // Keep slots 8-aligned so headers stay aligned.
+                off = (off + n + 7) & !7;
+                continue;
+            }
+            self.flush_pending(s);
+            match self.send_super_frame(s, off, n, &hdr, vx_header, &self.tx_pool[sock], t.dst) {
                 Ok(packets) => {
                     self.stats.tx_many(packets, n - vnet::LEN);
                     tally.add(&t.peer.counters, packets, n - vnet::LEN, false);
@@ -162,22 +193,54 @@ impl Worker {
                 Err(_) => self.stats.count_drop(DropReason::TxSendError),
             }
         }
+        self.flush_pending(s);
         tally.flush(false);
+    }
+
+    /// Sends the queued plain datagrams: one sendmmsg per run of the same socket. A datagram
+    /// the kernel refuses is counted and skipped.
+    fn flush_pending(&self, s: &mut Scratch) {
+        let mut i = 0;
+        while i < s.pending.len() {
+            let sock = s.pending[i].sock;
+            let mut msgs: [(SocketAddrV4, &[u8]); udp::MAX_BATCH] =
+                [(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0), &[]); udp::MAX_BATCH];
+            let mut k = 0;
+            while i + k < s.pending.len() && k < udp::MAX_BATCH && s.pending[i + k].sock == sock {
+                let p = &s.pending[i + k];
+                msgs[k] = (p.dst, &s.txbuf[p.range.clone()]);
+                k += 1;
+            }
+            let mut done = 0;
+            while done < k {
+                match udp::send_batch(&self.tx_pool[sock], &msgs[done..k]) {
+                    Ok(sent) if sent > 0 => done += sent,
+                    _ => {
+                        self.stats.count_drop(DropReason::TxSendError);
+                        done += 1;
+                    }
+                }
+            }
+            i += k;
+        }
+        s.pending.clear();
     }
 
     /// Splits a TSO super-frame and sends its segments: as few UDP_SEGMENT sends as the 64 KiB
     /// datagram limit allows, or one datagram per segment after a fallback. Returns the number
     /// of segments sent.
+    #[allow(clippy::too_many_arguments)]
     fn send_super_frame(
         &self,
         s: &mut Scratch,
+        off: usize,
         n: usize,
         hdr: &vnet::Header,
         vx_header: &[u8; vxlan::HEADER_LEN],
         sock: &UdpSocket,
         dst: SocketAddrV4,
     ) -> io::Result<u64> {
-        let frame = &s.buf[vnet::LEN..n];
+        let frame = &s.txbuf[off + vnet::LEN..off + n];
         if let Err(reason) = s.segmenter.split_in_place(frame, hdr, vx_header) {
             self.stats.count_drop(reason);
             return Ok(0);

@@ -328,3 +328,89 @@ fn refuses_existing_device_with_clear_error() {
         "{err}"
     );
 }
+
+/// With offloads on, what leaves a node under TCP load is valid: outer packets never
+/// fragmented (DF, no MF, offset 0), and every inner segment of every UDP GSO burst a valid
+/// IPv4 + TCP packet within the inner MTU.
+#[test]
+fn offloaded_segments_on_the_wire_are_valid() {
+    let Some(mut lab) = Lab::new("offloaded_segments_on_the_wire_are_valid", 2, 1) else {
+        return;
+    };
+    lab.start(1);
+    lab.start(2);
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(3)));
+    let pcap = lab.dir.join("tcp.pcap");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node(1),
+            "timeout",
+            "15",
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-c",
+            "60",
+            "-U",
+            "-w",
+        ])
+        .arg(&pcap)
+        .args(["udp dst port 8472 and src host 198.18.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(700));
+    let bps = lab.iperf(&p1, &p2, &Lab::pod_ip(2, 1), 2, &[]);
+    assert!(bps > 1e6);
+    let _ = dump.wait();
+    let bytes = std::fs::read(&pcap).unwrap();
+    let mut segments = 0;
+    let mut bursts = 0;
+    for p in pcap_records(&bytes) {
+        let ip = &p[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let frag = u16::from_be_bytes([ip[6], ip[7]]);
+        assert_eq!(frag & 0x4000, 0x4000, "DF must be set");
+        assert_eq!(frag & 0x3fff, 0, "no outer fragments");
+        let vx_all = &ip[ihl + 8..];
+        // Each segment: VXLAN 8 + Ethernet 14 + the inner IP packet.
+        let inner_len = usize::from(u16::from_be_bytes([vx_all[8 + 14 + 2], vx_all[8 + 14 + 3]]));
+        let seg = 8 + 14 + inner_len;
+        assert!(
+            inner_len <= 1450,
+            "inner packet {inner_len} above the inner MTU"
+        );
+        let n = vx_all.len().div_ceil(seg);
+        if n > 1 {
+            bursts += 1;
+        }
+        for chunk in vx_all.chunks(seg) {
+            assert_eq!(chunk[0], 0x08);
+            let inner =
+                etherparse::SlicedPacket::from_ethernet(&chunk[8..]).expect("inner frame parses");
+            let Some(etherparse::NetSlice::Ipv4(ip4)) = &inner.net else {
+                panic!("inner not IPv4")
+            };
+            let h = ip4.header().to_header();
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "inner IPv4 checksum"
+            );
+            if let Some(etherparse::TransportSlice::Tcp(t)) = &inner.transport {
+                let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap();
+                assert_eq!(t.checksum(), want, "inner TCP checksum");
+            }
+            segments += 1;
+        }
+    }
+    assert!(segments >= 60, "checked only {segments} segments");
+    assert!(
+        bursts > 0,
+        "no UDP GSO burst seen: the offload path is not in use"
+    );
+}

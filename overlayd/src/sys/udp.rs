@@ -182,3 +182,40 @@ pub fn recv_gro(
     );
     Ok((n.unsigned_abs(), from, gso))
 }
+
+/// Most datagrams one `send_batch` call takes.
+pub const MAX_BATCH: usize = 64;
+
+/// Sends each `(destination, bytes)` as its own datagram with one `sendmmsg`. Returns how many
+/// were sent (the kernel stops at the first failure; the caller decides about the rest).
+pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8])]) -> io::Result<usize> {
+    let n = msgs.len().min(MAX_BATCH);
+    let mut addrs = [sockaddr_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); MAX_BATCH];
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_BATCH];
+    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, (dst, bytes)) in msgs[..n].iter().enumerate() {
+        addrs[i] = sockaddr_v4(*dst);
+        iovs[i] = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        hdrs[i].msg_hdr.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
+        hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first `n` headers point at live address and iovec entries on this stack
+    // frame, whose buffers are borrowed from `msgs` for the duration of the call; the kernel
+    // only reads them (and writes msg_len).
+    #[allow(clippy::cast_possible_truncation)]
+    let sent = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent.unsigned_abs() as usize)
+    }
+}

@@ -13,6 +13,30 @@ pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/c
 pub const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
 
 static SERIAL: Mutex<()> = Mutex::new(());
+static CNI_BUILT: std::sync::Once = std::sync::Once::new();
+
+/// The overlayd-cni binary next to overlayd, built on first use when `cargo test -p overlayd`
+/// did not build it (a workspace test run does).
+pub fn cni_plugin() -> PathBuf {
+    let path = Path::new(OVERLAYD).with_file_name("overlayd-cni");
+    CNI_BUILT.call_once(|| {
+        if !path.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let profile = if OVERLAYD.contains("/release/") {
+                vec!["--release"]
+            } else {
+                vec![]
+            };
+            let ok = Command::new(cargo)
+                .args(["build", "-p", "cni-shim"])
+                .args(profile)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cannot build overlayd-cni for the pods");
+        }
+    });
+    path
+}
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// True when the test may run; prints why not otherwise. Fails under CI.
@@ -66,7 +90,9 @@ pub struct Lab {
     pub prefix: String,
     pub dir: PathBuf,
     pub nodes: usize,
+    pub pods: usize,
     daemons: Vec<Option<Child>>,
+    wired: Vec<bool>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -90,7 +116,9 @@ impl Lab {
             prefix,
             dir,
             nodes,
+            pods,
             daemons: (0..=nodes).map(|_| None).collect(),
+            wired: vec![false; nodes + 1],
             _serial: serial,
         };
         sh_ok(&[
@@ -129,8 +157,9 @@ impl Lab {
         self.dir.join(format!("overlayd{i}.log"))
     }
 
-    /// Programs node `i` as a kernel-vxlan Flannel node and annotates it in the NodeList.
-    pub fn make_kernel_node(&self, i: usize) {
+    /// Programs node `i` as a kernel-vxlan Flannel node, annotates it in the NodeList and
+    /// wires its pods.
+    pub fn make_kernel_node(&mut self, i: usize) {
         sh_ok(&[
             "bash",
             SCRIPT,
@@ -140,6 +169,31 @@ impl Lab {
             &self.nodes.to_string(),
             self.dir.to_str().unwrap(),
         ]);
+        self.wire(i);
+    }
+
+    /// Wires node `i`'s pods with the overlayd-cni plugin once its subnet.env exists.
+    pub fn wire(&mut self, i: usize) {
+        if self.wired[i] || self.pods == 0 {
+            return;
+        }
+        let out = run(Command::new("bash")
+            .args([
+                SCRIPT,
+                "wire",
+                &self.prefix,
+                self.dir.to_str().unwrap(),
+                &i.to_string(),
+                &self.pods.to_string(),
+            ])
+            .env("OVERLAYD_CNI", cni_plugin()));
+        assert!(
+            out.status.success(),
+            "wiring pods of node {i}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wired[i] = true;
     }
 
     /// Starts overlayd on node `i` and waits until its device is up.
@@ -178,6 +232,7 @@ impl Lab {
             "overlayd on {ns} did not become ready:\n{}",
             self.log(i)
         );
+        self.wire(i);
     }
 
     pub fn log(&self, i: usize) -> String {
@@ -288,6 +343,13 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("OVERLAYD_KEEP_LAB").is_some() {
+            eprintln!(
+                "OVERLAYD_KEEP_LAB: leaving {} up (cluster.sh down {})",
+                self.prefix, self.prefix
+            );
+            return;
+        }
         for i in 0..self.daemons.len() {
             if let Some(mut c) = self.daemons[i].take() {
                 let _ = c.kill();

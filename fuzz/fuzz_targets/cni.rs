@@ -10,8 +10,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     let env = String::from_utf8_lossy(env);
     let lookup = |k: &str| {
-        env.lines()
-            .find_map(|l| l.split_once('=').filter(|(kk, _)| *kk == k).map(|(_, v)| v.to_string()))
+        env.lines().find_map(|l| {
+            l.split_once('=')
+                .filter(|(kk, _)| *kk == k)
+                .map(|(_, v)| v.to_string())
+        })
     };
     let _ = cni_shim::config::CniEnv::from_lookup(lookup);
     let _ = cni_shim::config::parse_cni_args(&lookup("CNI_ARGS").unwrap_or_default());

@@ -9,6 +9,7 @@
 #                                                  DIR/subnet<I>.env exists)
 #   cluster.sh kernel-node PREFIX I NODES DIR      program node I as flanneld does for kernel
 #                                                  vxlan, write its subnet.env and annotations
+#   cluster.sh stranger PREFIX IP                  a host PREFIXx on the underlay that is no node
 #   cluster.sh down PREFIX                         delete every namespace of PREFIX
 #
 # Addresses: node i has underlay 198.18.0.i/24 and podCIDR 10.244.i.0/24; pod j of node i is
@@ -126,6 +127,19 @@ open(path, "w").write(text)
 PY
 }
 
+# A host on the underlay switch that is not in the NodeList (for spoofed-sender tests).
+stranger() {
+  local P=$1 IP=$2
+  local x="${P}x"
+  ip netns add "$x"
+  ip -n "$x" link set lo up
+  ip link add "${P}ux" netns "$x" type veth peer name ux netns "${P}sw"
+  ip -n "${P}sw" link set ux master br0 mtu "$UMTU" up
+  ip -n "$x" link set "${P}ux" name eth0
+  ip -n "$x" link set eth0 mtu "$UMTU" up
+  ip -n "$x" addr add "$IP/24" dev eth0
+}
+
 down() {
   local P=$1
   for ns in $(ip netns list | awk '{print $1}' | grep "^${P}" || true); do
@@ -144,6 +158,7 @@ case "$cmd" in
   up) up "$@" ;;
   kernel-node) kernel_node "$1" "$2" "$3" "$4"; annotate_kernel_node "$4" "$2" ;;
   wire) wire "$@" ;;
+  stranger) stranger "$@" ;;
   down) down "$@" ;;
-  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR | down PREFIX" >&2; exit 2 ;;
+  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR | stranger PREFIX IP | down PREFIX" >&2; exit 2 ;;
 esac

@@ -1,11 +1,12 @@
-//! The HTTP endpoint on `--http-addr`: `/healthz` (the process is alive) and `/readyz` (own
-//! podCIDR known, first peer set applied, device up). Bound to loopback by default.
+//! The HTTP endpoint on `--http-addr`: `/healthz` (the process is alive), `/readyz` (own
+//! podCIDR known, first peer set applied, device up), `/metrics` (Prometheus text) and
+//! `/status` (JSON for `overlayd status`). Bound to loopback by default.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 
@@ -42,10 +43,35 @@ impl Health {
     }
 }
 
-/// Routes shared by the daemon; later layers (metrics, status) add their own.
-pub fn router(health: Arc<Health>) -> Router {
-    let h = health.clone();
+/// The daemon's routes; every handler reads `observed` at request time.
+pub fn router(observed: Arc<crate::observe::Observed>) -> Router {
+    let h = observed.health.clone();
+    let registry = Arc::new(crate::metrics::registry(observed.clone()));
     Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let r = registry.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                        crate::metrics::encode(&r),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let o = observed.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        serde_json::to_string_pretty(&o.status()).unwrap_or_default() + "\n",
+                    )
+                }
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",

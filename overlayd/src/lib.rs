@@ -8,9 +8,14 @@
 pub mod config;
 pub mod control;
 pub mod fdb;
+pub mod fuzz_targets;
 pub mod http;
+pub mod metrics;
+pub mod observe;
 pub mod path;
+pub mod privs;
 pub mod stats;
+pub mod status;
 pub mod sys;
 pub mod wire;
 pub mod worker;

@@ -12,7 +12,8 @@ use overlayd::control::SourceKind;
 #[command(
     name = "overlayd",
     version,
-    about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend"
+    about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend",
+    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)"
 )]
 struct Cli {
     /// This node's name in the node source.
@@ -51,6 +52,23 @@ struct Cli {
     allow_any_sender: bool,
 }
 
+/// `overlayd status`: the running daemon's FDB, counters, queues and drops.
+#[derive(Debug, Parser)]
+#[command(
+    name = "overlayd status",
+    bin_name = "overlayd status",
+    version,
+    about = "Print the running overlayd's FDB (peers, VTEPs, counters, last seen), queue modes and drops"
+)]
+struct StatusCli {
+    /// Print the daemon's /status JSON as it is, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's --http-addr.
+    #[arg(long, default_value = "127.0.0.1:9102")]
+    http_addr: SocketAddr,
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -60,10 +78,40 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // `overlayd status ...` is a client; anything else is the daemon with Flannel's flags.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "status") {
+        let cli = StatusCli::parse_from(std::env::args_os().skip(1));
+        if let Err(e) = overlayd::status::run(cli.http_addr, cli.json) {
+            eprintln!("overlayd status: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
+    drop_privileges();
     if let Err(e) = run(cli) {
         eprintln!("overlayd: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Keeps CAP_NET_ADMIN only, before any thread exists (see `overlayd::privs`).
+fn drop_privileges() {
+    use overlayd::privs::{drop_to_minimum, Outcome};
+    match drop_to_minimum() {
+        Ok(Outcome::Kept {
+            dropped,
+            bounding_cleared,
+        }) => tracing::info!(
+            kept = "CAP_NET_ADMIN",
+            dropped,
+            bounding_cleared,
+            "capabilities dropped; keeping CAP_NET_ADMIN only"
+        ),
+        Ok(Outcome::Missing) => tracing::warn!(
+            "running without CAP_NET_ADMIN: creating the device and programming routes will fail; run as root or grant CAP_NET_ADMIN"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities; continuing with the ones this process has"),
     }
 }
 

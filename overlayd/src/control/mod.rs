@@ -3,6 +3,11 @@
 //! the desired peer set, and tears everything down on SIGTERM/SIGINT.
 //!
 //! It never blocks the packet path: workers only ever see whole FDB snapshots.
+//!
+//! Self-healing: rtnetlink notifications (link, IPv4 route, neighbour) trigger a check at
+//! once, and a 2 s reconcile is the backstop for anything a notification missed. A device
+//! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
+//! device, sockets and workers created again, peers' counters kept).
 
 mod reconcile;
 pub mod source;
@@ -24,9 +29,10 @@ use tracing::{error, info, warn};
 use crate::config::NetConf;
 use crate::fdb::{Fdb, FdbHandle};
 use crate::http::{self, Health};
+use crate::observe::{Observed, OwnNode};
 use crate::path::DecapConfig;
 use crate::stats::{Totals, WorkerStats};
-use crate::sys::netlink::Netlink;
+use crate::sys::netlink::{self as nlink, KernelEvent, Netlink};
 use crate::sys::{tap, udp};
 use crate::worker::{Offloads, Worker};
 use reconcile::reconcile_kernel;
@@ -196,13 +202,15 @@ struct Dataplane {
     stats: Vec<Arc<WorkerStats>>,
 }
 
-/// Creates the TAP device and its workers for `state`.
+/// Creates the TAP device and its workers for `state`; peers' counters carry over from
+/// `previous` (a rebuild).
 async fn start_dataplane(
     nl: &Netlink,
     opts: &Options,
     netconf: &NetConf,
     underlay: &Underlay,
     state: &ClusterState,
+    previous: Option<&Fdb>,
 ) -> Result<Dataplane> {
     let own_cidr = state.own_pod_cidr();
     let own_mac = state.own_vtep_mac();
@@ -229,9 +237,10 @@ async fn start_dataplane(
     nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
         .await?;
 
-    let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
+    let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
         &state.peers,
         netconf.port,
+        previous,
     )));
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
@@ -324,7 +333,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         let _ = stop_tx.send(true);
     });
     let health = Arc::new(Health::default());
-    let _http = http::serve(http_addr, http::router(health.clone())).await?;
+    let observed = Arc::new(Observed::new(health.clone()));
+    let _http = http::serve(http_addr, http::router(observed.clone())).await?;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
@@ -346,7 +356,10 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let underlay = find_underlay(&nl, &opts).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
-    let dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state).await?;
+    let mut dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state, None).await?;
+    observed.attach(dp.fdb.clone(), dp.stats.clone());
+    // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
+    let mut events = subscribe_events();
     reconcile_kernel(&nl, dp.link_index, &state.peers).await?;
     let mut reported_skips = HashMap::new();
     log_peer_set(&state, &mut reported_skips);
@@ -367,20 +380,56 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         public_ip: underlay.ip,
         vni: netconf.vni,
     }));
+    observed.set_own(OwnNode {
+        node: opts.node_name.clone(),
+        pod_cidr: own_cidr,
+        vtep_ip: underlay.ip,
+        vtep_mac: own_mac,
+        device: opts.device.clone(),
+        vni: netconf.vni,
+        port: netconf.port,
+        mtu,
+    });
+    observed.synced();
     info!(
         node = %opts.node_name, pod_cidr = %own_cidr, vtep_mac = %own_mac, device = %opts.device,
         queues = dp.threads.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
     );
 
-    // Periodic backstop: restores routes or neighbours someone else removed.
+    // Periodic backstop: restores routes or neighbours someone else removed, and the device.
     let mut backstop = tokio::time::interval(Duration::from_secs(2));
     let mut last_error = String::new();
+    // A burst of notifications (a flap, our own reconcile) becomes one check.
+    let mut heal_at: Option<tokio::time::Instant> = None;
     loop {
         let mut changed = false;
         let mut check = false;
+        let mut synced = false;
         tokio::select! {
             _ = stop_rx.changed() => break,
-            _ = backstop.tick() => check = true,
+            _ = backstop.tick() => {
+                check = true;
+                if events.is_none() {
+                    events = subscribe_events();
+                }
+            }
+            () = sleep_until_opt(heal_at) => {
+                heal_at = None;
+                check = true;
+            }
+            ev = recv_event(&mut events) => match ev {
+                Some(ev) => {
+                    if concerns_us(ev, dp.link_index) && heal_at.is_none() {
+                        heal_at = Some(tokio::time::Instant::now() + HEAL_DEBOUNCE);
+                    }
+                }
+                None => {
+                    // Lost notifications (e.g. ENOBUFS): check now, resubscribe on the next tick.
+                    warn!("netlink notifications stopped; resubscribing, the 2 s reconcile covers the gap");
+                    events = None;
+                    check = true;
+                }
+            },
             u = updates.recv() => match u {
                 None => {
                     error!("node source ended; keeping the last state until stopped");
@@ -389,6 +438,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 Some(Err(msg)) => {
                     if msg != last_error {
                         error!(error = %msg, "node source input rejected; keeping the last good state");
+                        observed.sync_failed();
                         last_error = msg;
                     }
                 }
@@ -399,11 +449,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     );
                     if msg != last_error {
                         error!("{msg}");
+                        observed.sync_failed();
                         last_error = msg;
                     }
                 }
                 Some(Ok(new)) => {
                     last_error.clear();
+                    synced = true;
                     if new.peers != state.peers {
                         let next = Fdb::from_peers_keeping(&new.peers, netconf.port, Some(&dp.fdb.load()));
                         dp.fdb.store(Arc::new(next));
@@ -417,16 +469,34 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 }
             },
         }
+        if check {
+            heal_device(&nl, &opts, &netconf, &underlay, &state, &mut dp, &observed).await;
+        }
         if !changed && !check {
+            if synced {
+                observed.synced();
+            }
             continue;
         }
         match reconcile_kernel(&nl, dp.link_index, &state.peers).await {
-            Ok(n) if n > 0 && !changed => warn!(
-                changes = n,
-                "restored routes/neighbours changed behind our back"
-            ),
-            Ok(_) => {}
-            Err(e) => warn!(error = %format!("{e:#}"), "reconcile failed; will retry"),
+            Ok(n) => {
+                if n > 0 && !changed {
+                    warn!(
+                        changes = n,
+                        "restored routes/neighbours changed behind our back"
+                    );
+                    observed
+                        .kernel_repairs
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if synced {
+                    observed.synced();
+                }
+            }
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "reconcile failed; will retry");
+                observed.sync_failed();
+            }
         }
     }
 
@@ -450,6 +520,101 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     nl.delete_link(dp.link_index).await?;
     info!("stopped; device {} removed", opts.device);
     Ok(())
+}
+
+/// How long notifications are collected before one check runs.
+const HEAL_DEBOUNCE: Duration = Duration::from_millis(20);
+
+fn subscribe_events() -> Option<mpsc::UnboundedReceiver<KernelEvent>> {
+    match nlink::subscribe() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            warn!(error = %e, "cannot subscribe to netlink notifications; relying on the 2 s reconcile");
+            None
+        }
+    }
+}
+
+async fn recv_event(
+    events: &mut Option<mpsc::UnboundedReceiver<KernelEvent>>,
+) -> Option<KernelEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a notification may mean someone changed what we own: our device, one of our routes
+/// (protocol 77), or a neighbour on our device.
+fn concerns_us(ev: KernelEvent, link_index: u32) -> bool {
+    match ev {
+        KernelEvent::Link { index, .. } | KernelEvent::Neighbour { index, .. } => {
+            index == link_index
+        }
+        KernelEvent::Route { ours, deleted, oif } => ours && (deleted || oif != Some(link_index)),
+    }
+}
+
+/// Makes sure the device exists and is up: sets it up when someone set it down, and rebuilds
+/// the dataplane (workers, device, sockets) when it was deleted. Failures are logged and
+/// retried on the next check.
+async fn heal_device(
+    nl: &Netlink,
+    opts: &Options,
+    netconf: &NetConf,
+    underlay: &Underlay,
+    state: &ClusterState,
+    dp: &mut Dataplane,
+    observed: &Observed,
+) {
+    let health = &observed.health;
+    match nl.link_by_index(dp.link_index).await {
+        Ok(Some(link)) if link.name == opts.device => {
+            if link.up {
+                return;
+            }
+            warn!(device = %opts.device, "device was set down by someone else; setting it up");
+            health.device_up.store(false, Ordering::Relaxed);
+            match nl.set_up(dp.link_index).await {
+                Ok(()) => {
+                    observed.device_set_up.fetch_add(1, Ordering::Relaxed);
+                    health.device_up.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    warn!(device = %opts.device, error = %e, "cannot set the device up; will retry")
+                }
+            }
+        }
+        Ok(_) => {
+            warn!(device = %opts.device, index = dp.link_index, "device was deleted by someone else; rebuilding the dataplane");
+            health.device_up.store(false, Ordering::Relaxed);
+            dp.stop.store(true, Ordering::Relaxed);
+            for t in dp.threads.drain(..) {
+                let _ = t.join();
+            }
+            let previous = dp.fdb.load_full();
+            match start_dataplane(nl, opts, netconf, underlay, state, Some(&previous)).await {
+                Ok(new) => {
+                    observed.attach(new.fdb.clone(), new.stats.clone());
+                    *dp = new;
+                    observed.device_rebuilds.fetch_add(1, Ordering::Relaxed);
+                    health.device_up.store(true, Ordering::Relaxed);
+                    info!(device = %opts.device, index = dp.link_index, queues = dp.threads.len(), "dataplane rebuilt");
+                }
+                Err(e) => {
+                    warn!(device = %opts.device, error = %format!("{e:#}"), "cannot rebuild the dataplane; will retry")
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the device state; will retry"),
+    }
 }
 
 async fn wait_for_signal() {

@@ -384,3 +384,86 @@ impl Netlink {
         }
     }
 }
+
+/// A change the kernel announced on the rtnetlink multicast groups overlayd listens to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A link was created, changed (e.g. set down) or deleted.
+    Link { index: u32, up: bool, deleted: bool },
+    /// An IPv4 route was added or removed; `ours` when it carries protocol 77.
+    Route {
+        oif: Option<u32>,
+        ours: bool,
+        deleted: bool,
+    },
+    /// An IPv4 neighbour was added, changed or removed.
+    Neighbour { index: u32, deleted: bool },
+}
+
+impl KernelEvent {
+    fn from_message(m: &netlink_packet_route::RouteNetlinkMessage) -> Option<Self> {
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        let route = |r: &RouteMessage, deleted| KernelEvent::Route {
+            oif: r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(o) => Some(*o),
+                _ => None,
+            }),
+            ours: r.header.protocol == RouteProtocol::Other(ROUTE_PROTO),
+            deleted,
+        };
+        Some(match m {
+            M::NewLink(l) => KernelEvent::Link {
+                index: l.header.index,
+                up: l.header.flags.contains(LinkFlags::Up),
+                deleted: false,
+            },
+            M::DelLink(l) => KernelEvent::Link {
+                index: l.header.index,
+                up: false,
+                deleted: true,
+            },
+            M::NewRoute(r) => route(r, false),
+            M::DelRoute(r) => route(r, true),
+            M::NewNeighbour(n) => KernelEvent::Neighbour {
+                index: n.header.ifindex,
+                deleted: false,
+            },
+            M::DelNeighbour(n) => KernelEvent::Neighbour {
+                index: n.header.ifindex,
+                deleted: true,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Subscribes to link, IPv4 route and neighbour notifications (RTNLGRP_LINK,
+/// RTNLGRP_IPV4_ROUTE, RTNLGRP_NEIGH). The returned receiver ends when the socket fails (for
+/// example ENOBUFS after a burst); the caller subscribes again and reconciles, since events
+/// may have been lost.
+pub fn subscribe() -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, NetlinkError> {
+    use futures::StreamExt;
+    use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
+    conn.socket_mut().socket_mut().bind(&SocketAddr::new(
+        0,
+        RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH,
+    ))?;
+    // A larger buffer rides out bursts (our own reconcile of many peers) without ENOBUFS.
+    let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(4 << 20);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(conn);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            if let rtnetlink::packet_core::NetlinkPayload::InnerMessage(m) = msg.payload {
+                if let Some(ev) = KernelEvent::from_message(&m) {
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
+}

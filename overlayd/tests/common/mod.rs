@@ -311,6 +311,11 @@ impl Lab {
         }
     }
 
+    /// The process id of overlayd on node `i` (`ip netns exec` execs it, so it is the child).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.daemons[i].as_ref().map(Child::id)
+    }
+
     pub fn is_running(&mut self, i: usize) -> bool {
         self.daemons[i]
             .as_mut()

@@ -1,0 +1,222 @@
+//! The bodies of the cargo-fuzz targets in `fuzz/`, kept in the library so the corpus replay
+//! test (`tests/fuzz_corpus.rs`) runs exactly what the fuzzer runs, on stable, in CI.
+//!
+//! Each takes arbitrary bytes, must never panic, and asserts the invariants its callers rely
+//! on (ranges inside the buffer, decisions consistent with the input). Not part of the API.
+#![doc(hidden)]
+
+use std::net::Ipv4Addr;
+use std::sync::OnceLock;
+
+use fdb_sync::{MacAddr, Peer};
+
+use crate::fdb::Fdb;
+use crate::path::{self, gro, tso, DecapConfig};
+use crate::wire::{ethernet, vnet, vxlan};
+
+const OWN_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
+
+/// Two peers: node2 (198.18.0.2, 0a:58:0a:f4:02:00) and node3.
+fn fdb() -> &'static Fdb {
+    static FDB: OnceLock<Fdb> = OnceLock::new();
+    FDB.get_or_init(|| {
+        let peer = |n: u8| Peer {
+            name: format!("node{n}"),
+            pod_cidr: format!("10.244.{n}.0/24").parse().expect("cidr"),
+            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+        };
+        Fdb::from_peers(&[peer(2), peer(3)], 8472)
+    })
+}
+
+/// Input: `[selector][VXLAN payload...]`. The selector's low bits pick the sender (known or
+/// not) and `allow_any_sender`; the rest is a datagram as the UDP socket returns it.
+pub fn decap(data: &[u8]) {
+    let Some((&sel, payload)) = data.split_first() else {
+        return;
+    };
+    let from = if sel & 1 == 0 {
+        Ipv4Addr::new(198, 18, 0, 2)
+    } else {
+        Ipv4Addr::new(198, 18, 0, 99)
+    };
+    let cfg = DecapConfig {
+        vni: 1,
+        own_mac: OWN_MAC,
+        inner_mtu: if sel & 4 == 0 { 1450 } else { 9000 },
+        allow_any_sender: sel & 2 != 0,
+    };
+    if let Ok(d) = path::decap(payload, from, fdb(), &cfg) {
+        // Only what the checks promise is delivered.
+        let vx = vxlan::Packet::new_checked(payload).expect("delivered => has a VXLAN header");
+        assert!(vx.has_vni() && vx.vni() == 1);
+        let eth = ethernet::Frame::new_checked(vx.inner()).expect("delivered => has Ethernet");
+        assert_eq!(eth.dst(), OWN_MAC);
+        assert!(d.peer.is_some() || cfg.allow_any_sender);
+        check_vnet(&d.vnet, vx.inner().len());
+    }
+}
+
+/// A virtio-net header we hand to the TAP must point inside the frame it goes with.
+fn check_vnet(h: &vnet::Header, frame_len: usize) {
+    if h.flags & vnet::F_NEEDS_CSUM != 0 {
+        assert!(
+            usize::from(h.csum_start) + usize::from(h.csum_offset) + 2 <= frame_len,
+            "checksum field outside the frame: {h:?} len {frame_len}"
+        );
+    }
+    if h.gso_type != vnet::GSO_NONE {
+        assert!(
+            h.gso_size > 0 && usize::from(h.hdr_len) <= frame_len,
+            "{h:?} len {frame_len}"
+        );
+    }
+}
+
+/// Input: `[vnet header 10][frame...]`, as a TAP read returns it.
+pub fn encap(data: &[u8]) {
+    let Some(hdr) = vnet::Header::parse(data) else {
+        return;
+    };
+    let mut frame = data[vnet::LEN..].to_vec();
+    let dst = ethernet::Frame::new_checked(&frame[..]).map(|e| e.dst());
+    if let Ok(t) = path::encap(&mut frame, &hdr, fdb()) {
+        let dst = dst.expect("sent => has Ethernet");
+        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.dst));
+        // Known finding (fuzz/findings/README.md): a NEEDS_CSUM request whose csum_start lies
+        // in the Ethernet header makes encap write the checksum over the destination MAC after
+        // the lookup. Not asserted here so fuzzing goes on past it; see the findings file.
+    }
+}
+
+/// Input: `[mtu hi][mtu lo][inner frame...]`.
+pub fn ingress_offload(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let mtu = u16::from_be_bytes([data[0], data[1]]);
+    let frame = &data[2..];
+    let h = path::ingress_offload(frame, mtu);
+    check_vnet(&h, frame.len());
+}
+
+/// Input: `[vnet header 10][frame...]` where the header usually asks for TSO: the segmenter
+/// must reject or split, with every segment inside its buffers and at most `gso_size` long.
+pub fn tso_split(data: &[u8]) {
+    let Some(hdr) = vnet::Header::parse(data) else {
+        return;
+    };
+    let frame = &data[vnet::LEN..];
+    thread_local! {
+        static SEG: std::cell::RefCell<tso::Segmenter> = std::cell::RefCell::new(tso::Segmenter::default());
+    }
+    SEG.with(|s| {
+        let mut s = s.borrow_mut();
+        let vx = vxlan::header(1);
+        let Ok(segs) = s.split(frame, &hdr, &vx) else {
+            return;
+        };
+        let segs = segs.to_vec();
+        assert!(!segs.is_empty() && segs.len() <= tso::MAX_SEGMENTS);
+        for seg in &segs {
+            assert!(seg.payload.start <= seg.payload.end && seg.payload.end <= frame.len());
+            assert!(seg.payload.len() <= usize::from(hdr.gso_size.max(1)) || segs.len() == 1);
+            let h = s.headers(seg);
+            assert!(h.len() <= tso::MAX_HEADERS && h.starts_with(&vx));
+        }
+    });
+}
+
+/// Input: frames separated by length prefixes (`[len hi][len lo][frame...]`...), each with an
+/// own header that is plain or NEEDS_CSUM; the coalescer's runs must cover every frame once,
+/// in order, and describe super-frames that fit the buffer.
+pub fn gro_coalesce(data: &[u8]) {
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 3 && frames.len() < 64 {
+        let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]) & 0x3fff).min(rest.len() - 3);
+        let flags = if rest[2] & 1 == 0 {
+            0
+        } else {
+            vnet::F_NEEDS_CSUM
+        };
+        let body = &rest[3..3 + len];
+        let start = buf.len();
+        buf.extend_from_slice(body);
+        frames.push(gro::InnerFrame {
+            range: start..buf.len(),
+            vnet: vnet::Header {
+                flags,
+                ..vnet::Header::default()
+            },
+        });
+        rest = &rest[3 + len..];
+    }
+    let mut c = gro::Coalescer::default();
+    let runs = c.plan(&mut buf, &frames).to_vec();
+    let mut next = 0;
+    for r in &runs {
+        assert_eq!(r.first, next, "runs must be contiguous");
+        assert!(r.count >= 1 && r.first + r.count <= frames.len());
+        if r.count > 1 {
+            let head = &frames[r.first];
+            assert!(r.payload_offset <= head.range.len());
+            let total: usize = head.range.len()
+                + frames[r.first + 1..r.first + r.count]
+                    .iter()
+                    .map(|f| f.range.len() - r.payload_offset.min(f.range.len()))
+                    .sum::<usize>();
+            check_vnet(&r.vnet, total);
+        }
+        next += r.count;
+    }
+    assert_eq!(next, frames.len());
+}
+
+/// Input: a nodes file (any bytes; invalid UTF-8 is what `read_to_string` would reject).
+pub fn nodes_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(nodes) = fdb_sync::parse_node_list(text) {
+        for filter in [
+            fdb_sync::PeerFilter::AllowUnannotated,
+            fdb_sync::PeerFilter::RequireVxlanAnnotation,
+        ] {
+            if let Ok(state) = fdb_sync::ClusterState::from_nodes(&nodes, "node1", filter) {
+                // The own node never appears among its peers, and the FDB builds from them.
+                assert!(state.peers.iter().all(|p| p.name != "node1"));
+                let _ = Fdb::from_peers(&state.peers, 8472);
+                let _ = state.own_pod_cidr();
+                let _ = state.own_vtep_mac();
+            }
+        }
+    }
+}
+
+/// Input: a net-conf.json (any bytes).
+pub fn net_conf(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(c) = crate::config::NetConf::parse(text) {
+        assert!(c.vni >= 1 && c.vni <= vxlan::MAX_VNI && c.port >= 1);
+        let _ = c.inner_mtu(1500);
+    }
+}
+
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
+/// Every target by name, for the corpus replay test.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("decap", decap),
+    ("encap", encap),
+    ("ingress_offload", ingress_offload),
+    ("tso_split", tso_split),
+    ("gro_coalesce", gro_coalesce),
+    ("nodes_file", nodes_file),
+    ("net_conf", net_conf),
+];

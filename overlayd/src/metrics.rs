@@ -1,0 +1,290 @@
+//! `/metrics` in the Prometheus text format (0.0.4), built at scrape time from `Observed`:
+//! a prometheus-client `Collector` reads the workers' and peers' atomics when asked, so the
+//! packet path pays nothing for metrics.
+//!
+//! Node totals and per-peer counts are separate families (`overlayd_tx_packets_total` and
+//! `overlayd_peer_tx_packets_total{peer}`), so `sum()` over either never double counts.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::observe::Observed;
+use crate::stats::OffloadMode;
+
+/// `Content-Type` of what `encode` returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Debug)]
+struct OverlaydCollector(Arc<Observed>);
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge<T>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: T,
+) -> Result<(), std::fmt::Error>
+where
+    T: prometheus_client::encoding::EncodeGaugeValue + Send + Sync + std::fmt::Debug + 'static,
+{
+    let g = ConstGauge::new(value);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for OverlaydCollector {
+    #[allow(clippy::cast_precision_loss)]
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.status();
+
+        let mut m = enc.encode_descriptor(
+            "overlayd_build_info",
+            "Build information; the value is always 1.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(m.encode_family(&[("version", s.version.as_str())])?)?;
+
+        gauge(
+            &mut enc,
+            "overlayd_ready",
+            "1 when the own node is known, the first peer set is applied and the device is up.",
+            i64::from(s.ready),
+        )?;
+
+        let totals = [
+            (
+                "overlayd_tx_packets",
+                "VXLAN packets sent to peers (all peers).",
+                s.totals.tx_packets,
+            ),
+            (
+                "overlayd_tx_bytes",
+                "Bytes of inner frames sent to peers (all peers).",
+                s.totals.tx_bytes,
+            ),
+            (
+                "overlayd_rx_packets",
+                "VXLAN packets received and delivered to the device (all peers).",
+                s.totals.rx_packets,
+            ),
+            (
+                "overlayd_rx_bytes",
+                "Bytes of inner frames delivered to the device (all peers).",
+                s.totals.rx_bytes,
+            ),
+        ];
+        for (name, help, v) in totals {
+            counter(&mut enc, name, help, v)?;
+        }
+
+        type PeerField = fn(&crate::observe::PeerStatus) -> u64;
+        let per_peer: [(&str, &str, PeerField); 4] = [
+            (
+                "overlayd_peer_tx_packets",
+                "VXLAN packets sent to one peer.",
+                |p| p.tx_packets,
+            ),
+            (
+                "overlayd_peer_tx_bytes",
+                "Bytes of inner frames sent to one peer.",
+                |p| p.tx_bytes,
+            ),
+            (
+                "overlayd_peer_rx_packets",
+                "VXLAN packets received from one peer and delivered.",
+                |p| p.rx_packets,
+            ),
+            (
+                "overlayd_peer_rx_bytes",
+                "Bytes of inner frames received from one peer and delivered.",
+                |p| p.rx_bytes,
+            ),
+        ];
+        for (name, help, field) in per_peer {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &s.peers {
+                ConstCounter::new(field(p))
+                    .encode(m.encode_family(&[("peer", p.node.as_str())])?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "overlayd_peer_last_rx_timestamp_seconds",
+            "Unix time of the last packet received from a peer (0: never).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &s.peers {
+            #[allow(clippy::cast_possible_wrap)]
+            ConstGauge::new(p.last_rx_unix as i64)
+                .encode(m.encode_family(&[("peer", p.node.as_str())])?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "overlayd_drops",
+            "Packets dropped, by direction (tx: pod to network, rx: network to pod) and reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for d in &s.drops {
+            ConstCounter::new(d.count).encode(m.encode_family(&[
+                ("direction", d.direction.as_str()),
+                ("reason", d.reason.as_str()),
+            ])?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "overlayd_queue_offload_mode",
+            "1 for the I/O mode each queue runs (offload: TSO/GSO/GRO; plain: one frame per syscall).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for q in &s.queues {
+            let queue = q.queue.to_string();
+            for mode in [OffloadMode::Offload, OffloadMode::Plain] {
+                ConstGauge::new(i64::from(q.mode == mode.as_str())).encode(
+                    m.encode_family(&[("queue", queue.as_str()), ("mode", mode.as_str())])?,
+                )?;
+            }
+        }
+
+        gauge(
+            &mut enc,
+            "overlayd_fdb_entries",
+            "Peers in the forwarding table.",
+            s.peers.len() as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "overlayd_last_sync_timestamp_seconds",
+            "Unix time of the last node-source state applied to the FDB and the kernel (0: never).",
+            s.last_sync_unix_ms as f64 / 1000.0,
+        )?;
+        counter(
+            &mut enc,
+            "overlayd_syncs",
+            "Node-source states applied to the FDB and the kernel.",
+            s.syncs,
+        )?;
+        counter(
+            &mut enc,
+            "overlayd_sync_errors",
+            "Rejected node-source inputs and failed kernel reconciles.",
+            s.sync_errors,
+        )?;
+        counter(
+            &mut enc,
+            "overlayd_kernel_repairs",
+            "Routes and neighbours restored after someone else removed or changed them.",
+            s.kernel_repairs,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "overlayd_device_repairs",
+            "Device repairs: set_up (found down) and rebuild (found deleted).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.device_set_up).encode(m.encode_family(&[("action", "set_up")])?)?;
+        ConstCounter::new(s.device_rebuilds).encode(m.encode_family(&[("action", "rebuild")])?)?;
+        Ok(())
+    }
+}
+
+/// A registry whose only collector reads `observed` at scrape time.
+#[must_use]
+pub fn registry(observed: Arc<Observed>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(OverlaydCollector(observed)));
+    r
+}
+
+/// The text exposition of `registry`.
+#[must_use]
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; an encoder error would be a bug in a label value.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        out = format!("# encoding error: {e}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdb::{Fdb, FdbHandle};
+    use crate::http::Health;
+    use crate::path::DropReason;
+    use crate::stats::WorkerStats;
+    use arc_swap::ArcSwap;
+    use fdb_sync::{MacAddr, Peer};
+
+    #[test]
+    fn exposition_has_every_family_and_every_drop_reason() {
+        let obs = Arc::new(Observed::new(Arc::new(Health::default())));
+        let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
+            &[Peer {
+                name: "node2".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+            }],
+            8472,
+        )));
+        let w = Arc::new(WorkerStats::default());
+        w.set_mode(OffloadMode::Offload);
+        w.count_drop(DropReason::RxWrongVni);
+        w.tx_many(1, 1000);
+        obs.attach(fdb.clone(), vec![w, Arc::new(WorkerStats::default())]);
+        fdb.load()
+            .lookup(&[0x0a, 0x58, 10, 244, 2, 0])
+            .unwrap()
+            .counters
+            .add_tx(3, 330);
+        obs.synced();
+        let text = encode(&registry(obs));
+        for want in [
+            "overlayd_build_info{version=\"",
+            "overlayd_tx_packets_total 1\n",
+            "overlayd_tx_bytes_total 1000\n",
+            "overlayd_rx_packets_total 0\n",
+            "overlayd_peer_tx_packets_total{peer=\"node2\"} 3\n",
+            "overlayd_peer_tx_bytes_total{peer=\"node2\"} 330\n",
+            "overlayd_peer_rx_bytes_total{peer=\"node2\"} 0\n",
+            "overlayd_drops_total{direction=\"rx\",reason=\"wrong_vni\"} 1\n",
+            "overlayd_queue_offload_mode{queue=\"0\",mode=\"offload\"} 1\n",
+            "overlayd_queue_offload_mode{queue=\"1\",mode=\"plain\"} 1\n",
+            "overlayd_queue_offload_mode{queue=\"1\",mode=\"offload\"} 0\n",
+            "overlayd_fdb_entries 1\n",
+            "overlayd_syncs_total 1\n",
+            "overlayd_sync_errors_total 0\n",
+            "overlayd_last_sync_timestamp_seconds ",
+            "overlayd_device_repairs_total{action=\"rebuild\"} 0\n",
+            "# TYPE overlayd_drops_total counter\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        for r in DropReason::ALL {
+            let series = format!(
+                "overlayd_drops_total{{direction=\"{}\",reason=\"{}\"}} ",
+                r.direction(),
+                r.as_str()
+            );
+            assert!(text.contains(&series), "missing {series}");
+        }
+    }
+}

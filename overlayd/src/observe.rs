@@ -1,0 +1,357 @@
+//! What the daemon shows about itself: one shared, read-mostly view of the running dataplane
+//! (FDB snapshot, per-worker counters), sync and repair counters, and the `Status` document
+//! that `/status`, `/metrics` and `overlayd status` are all built from.
+//!
+//! Nothing here is on the packet path: workers never see `Observed`; readers load the same
+//! atomics the workers write, at scrape time only.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fdb_sync::MacAddr;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::fdb::FdbHandle;
+use crate::http::Health;
+use crate::path::DropReason;
+use crate::stats::{Totals, WorkerStats};
+
+/// Facts about this node, fixed once the daemon has started its dataplane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnNode {
+    pub node: String,
+    #[serde(rename = "podCIDR", with = "display")]
+    pub pod_cidr: Ipv4Network,
+    #[serde(rename = "vtepIP")]
+    pub vtep_ip: Ipv4Addr,
+    #[serde(rename = "vtepMAC", with = "display")]
+    pub vtep_mac: MacAddr,
+    pub device: String,
+    pub vni: u32,
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// The dataplane currently running, and the counters of the ones it replaced (a device
+/// rebuild starts new workers; their predecessors' counts are folded in here so every counter
+/// stays monotonic, as Prometheus requires).
+#[derive(Default)]
+struct Dataplane {
+    fdb: Option<FdbHandle>,
+    workers: Vec<Arc<WorkerStats>>,
+    retired: Totals,
+}
+
+/// Shared between the control loop (writer) and the HTTP handlers (readers).
+#[derive(Default)]
+pub struct Observed {
+    pub health: Arc<Health>,
+    own: OnceLock<OwnNode>,
+    dataplane: Mutex<Dataplane>,
+    /// Node-source states applied to the FDB and the kernel.
+    pub syncs: AtomicU64,
+    /// Rejected node-source inputs (identical repeats counted once) and failed reconciles.
+    pub sync_errors: AtomicU64,
+    /// Unix time (milliseconds) of the last successful sync; 0 before the first.
+    pub last_sync_unix_ms: AtomicU64,
+    /// Routes and neighbours restored after someone else removed or changed them.
+    pub kernel_repairs: AtomicU64,
+    /// The device was found down and set up again.
+    pub device_set_up: AtomicU64,
+    /// The device vanished and the dataplane was rebuilt.
+    pub device_rebuilds: AtomicU64,
+}
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observed")
+            .field("own", &self.own.get())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Observed {
+    #[must_use]
+    pub fn new(health: Arc<Health>) -> Self {
+        Observed {
+            health,
+            ..Observed::default()
+        }
+    }
+
+    /// Records this node's identity (first call wins; it cannot change without a restart).
+    pub fn set_own(&self, own: OwnNode) {
+        let _ = self.own.set(own);
+    }
+
+    /// Points the view at a (new) dataplane; the previous workers' counters are kept as totals.
+    pub fn attach(&self, fdb: FdbHandle, workers: Vec<Arc<WorkerStats>>) {
+        let mut d = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = Totals::sum(d.workers.iter().map(AsRef::as_ref));
+        add_totals(&mut d.retired, &old);
+        d.fdb = Some(fdb);
+        d.workers = workers;
+    }
+
+    /// A sync (state applied to FDB and kernel) succeeded now.
+    pub fn synced(&self) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.last_sync_unix_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn sync_failed(&self) {
+        self.sync_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The whole picture, read now.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let d = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut totals = Totals::sum(d.workers.iter().map(AsRef::as_ref));
+        add_totals(&mut totals, &d.retired);
+        let queues = d
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(queue, w)| QueueStatus {
+                queue,
+                mode: w.mode().as_str().to_string(),
+            })
+            .collect();
+        let peers = d.fdb.as_ref().map_or_else(Vec::new, |f| {
+            f.load()
+                .entries()
+                .into_iter()
+                .map(|(mac, e)| PeerStatus {
+                    node: e.node.to_string(),
+                    pod_cidr: e.pod_cidr,
+                    vtep_ip: *e.vtep.ip(),
+                    vtep_mac: mac,
+                    tx_packets: e.counters.tx_packets.load(Ordering::Relaxed),
+                    tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed),
+                    rx_packets: e.counters.rx_packets.load(Ordering::Relaxed),
+                    rx_bytes: e.counters.rx_bytes.load(Ordering::Relaxed),
+                    last_rx_unix: e.counters.last_rx_unix.load(Ordering::Relaxed),
+                })
+                .collect()
+        });
+        drop(d);
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            own: self.own.get().cloned(),
+            ready: self.health.ready(),
+            not_ready: self
+                .health
+                .missing()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            sync_errors: self.sync_errors.load(Ordering::Relaxed),
+            last_sync_unix_ms: self.last_sync_unix_ms.load(Ordering::Relaxed),
+            kernel_repairs: self.kernel_repairs.load(Ordering::Relaxed),
+            device_set_up: self.device_set_up.load(Ordering::Relaxed),
+            device_rebuilds: self.device_rebuilds.load(Ordering::Relaxed),
+            totals: Traffic {
+                tx_packets: totals.tx_packets,
+                tx_bytes: totals.tx_bytes,
+                rx_packets: totals.rx_packets,
+                rx_bytes: totals.rx_bytes,
+            },
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| DropCount {
+                    direction: r.direction().to_string(),
+                    reason: r.as_str().to_string(),
+                    count: totals.drop_count(*r),
+                })
+                .collect(),
+            queues,
+            peers,
+        }
+    }
+}
+
+/// Serde as the type's `Display` / `FromStr` text (MAC addresses).
+mod display {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn add_totals(into: &mut Totals, t: &Totals) {
+    into.tx_packets += t.tx_packets;
+    into.tx_bytes += t.tx_bytes;
+    into.rx_packets += t.rx_packets;
+    into.rx_bytes += t.rx_bytes;
+    for (a, b) in into.drops.iter_mut().zip(&t.drops) {
+        *a += b;
+    }
+}
+
+/// The `/status` document (`overlayd status --json` prints it unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub version: String,
+    /// `None` until the own node (with its podCIDR) has been seen.
+    pub own: Option<OwnNode>,
+    pub ready: bool,
+    pub not_ready: Vec<String>,
+    pub syncs: u64,
+    pub sync_errors: u64,
+    pub last_sync_unix_ms: u64,
+    pub kernel_repairs: u64,
+    pub device_set_up: u64,
+    pub device_rebuilds: u64,
+    pub totals: Traffic,
+    /// Every drop reason, zero included.
+    pub drops: Vec<DropCount>,
+    pub queues: Vec<QueueStatus>,
+    /// The FDB, sorted by node name.
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Traffic {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropCount {
+    /// `tx` (pod to network) or `rx` (network to pod).
+    pub direction: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    pub queue: usize,
+    /// `offload` or `plain`.
+    pub mode: String,
+}
+
+/// One FDB entry with its traffic counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub node: String,
+    #[serde(rename = "podCIDR", with = "display")]
+    pub pod_cidr: Ipv4Network,
+    #[serde(rename = "vtepIP")]
+    pub vtep_ip: Ipv4Addr,
+    #[serde(rename = "vtepMAC", with = "display")]
+    pub vtep_mac: MacAddr,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Unix seconds of the last packet received from this peer; 0 = never.
+    pub last_rx_unix: u64,
+}
+
+impl Status {
+    /// The count of one drop reason (0 when the name is unknown).
+    #[must_use]
+    pub fn drop_count(&self, direction: &str, reason: &str) -> u64 {
+        self.drops
+            .iter()
+            .find(|d| d.direction == direction && d.reason == reason)
+            .map_or(0, |d| d.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdb::Fdb;
+    use crate::stats::OffloadMode;
+    use arc_swap::ArcSwap;
+    use fdb_sync::Peer;
+
+    fn peer(name: &str, n: u8) -> Peer {
+        Peer {
+            name: name.into(),
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+        }
+    }
+
+    #[test]
+    fn status_reads_live_counters_and_survives_a_rebuild() {
+        let obs = Observed::new(Arc::new(Health::default()));
+        let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
+            &[peer("b", 2), peer("a", 3)],
+            8472,
+        )));
+        let w = Arc::new(WorkerStats::default());
+        w.set_mode(OffloadMode::Offload);
+        w.tx_many(1, 100);
+        w.count_drop(DropReason::RxUnknownSender);
+        obs.attach(fdb.clone(), vec![w.clone()]);
+        fdb.load()
+            .vtep_counters(Ipv4Addr::new(198, 18, 0, 2))
+            .unwrap()
+            .add_rx(2, 200);
+        let s = obs.status();
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[0].node, "a", "sorted by node name");
+        assert_eq!((s.peers[1].rx_packets, s.peers[1].rx_bytes), (2, 200));
+        assert_eq!(s.totals.tx_bytes, 100);
+        assert_eq!(s.drop_count("rx", "unknown_sender"), 1);
+        assert_eq!(s.drops.len(), DropReason::COUNT);
+        assert_eq!(s.queues[0].mode, "offload");
+
+        // A rebuild: new workers, totals keep counting from where they were.
+        let w2 = Arc::new(WorkerStats::default());
+        w2.tx_many(1, 1);
+        obs.attach(fdb, vec![w2]);
+        let s2 = obs.status();
+        assert_eq!(s2.totals.tx_packets, 2);
+        assert_eq!(s2.drop_count("rx", "unknown_sender"), 1);
+
+        // The JSON round-trips (the status client parses what the daemon serves).
+        let json = serde_json::to_string(&s2).unwrap();
+        assert!(json.contains("\"podCIDR\":\"10.244.3.0/24\""), "{json}");
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s2);
+    }
+}

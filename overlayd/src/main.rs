@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use overlayd::control::SourceKind;
 
-
 #[derive(Debug, Parser)]
 #[command(
     name = "overlayd",

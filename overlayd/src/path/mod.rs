@@ -160,7 +160,13 @@ pub fn encap<'a>(
     match hdr.gso_type & !vnet::GSO_ECN {
         vnet::GSO_NONE => {
             if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
-                complete_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into())?;
+                // Only TCP/UDP checksums past the shortest IP header: anything else would
+                // write into the Ethernet or IP header (found by fuzzing; fuzz/regressions/).
+                let start = usize::from(hdr.csum_start);
+                if start < ethernet::HEADER_LEN + 20 || !matches!(hdr.csum_offset, 6 | 16) {
+                    return Err(DropReason::TxBadOffload);
+                }
+                complete_checksum(frame, start, hdr.csum_offset.into())?;
             }
         }
         // A TSO super-frame: the caller splits it (`tso::Segmenter`), which computes every

@@ -159,6 +159,20 @@ fn encap_drops_by_reason() {
         encap(&mut tcp_frame(PEER, 10, 1), &bad, &f),
         Err(DropReason::TxBadOffload)
     );
+    // A checksum request inside the Ethernet/IP headers or at an odd offset is refused and
+    // the frame left untouched (fuzz finding).
+    for (start, offset) in [(0, 0), (12, 16), (33, 16), (34, 10)] {
+        let req = vnet::Header {
+            flags: vnet::F_NEEDS_CSUM,
+            csum_start: start,
+            csum_offset: offset,
+            ..none
+        };
+        let mut frame = tcp_frame(PEER, 10, 1);
+        let before = frame.clone();
+        assert_eq!(encap(&mut frame, &req, &f), Err(DropReason::TxBadOffload));
+        assert_eq!(frame, before);
+    }
 }
 
 #[test]

@@ -113,6 +113,43 @@ pub fn derive_vtep_mac(pod_cidr: Ipv4Network) -> MacAddr {
     MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
 }
 
+/// A Node with only the fields overlayd reads, as a hand-written NodeList holds them: name,
+/// `spec.podCIDR` (if any), one InternalIP and the given annotations. For tools, tests and
+/// benchmarks that make Node objects.
+#[must_use]
+pub fn node(
+    name: &str,
+    pod_cidr: Option<&str>,
+    internal_ip: &str,
+    annotations: &[(&str, &str)],
+) -> Node {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: pod_cidr.map(Into::into),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: internal_ip.into(),
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
 /// What overlayd needs to know about one Node, read and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
@@ -443,33 +480,6 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    fn node(name: &str, cidr: Option<&str>, ip: &str, ann: &[(&str, &str)]) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                annotations: Some(
-                    ann.iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            spec: Some(NodeSpec {
-                pod_cidr: cidr.map(Into::into),
-                ..Default::default()
-            }),
-            status: Some(NodeStatus {
-                addresses: Some(vec![NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: ip.into(),
-                }]),
-                ..Default::default()
-            }),
-        }
-    }
 
     #[test]
     fn derived_mac_matches_design_example() {

@@ -6,40 +6,15 @@ use std::time::Duration;
 
 use fdb_sync::fake_apiserver::FakeApiServer;
 use fdb_sync::kube::{self as ks, Announcement, Update};
+use fdb_sync::model::node;
 use fdb_sync::model::{
     ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_KUBE_SUBNET_MANAGER, ANN_PUBLIC_IP,
     ANN_PUBLIC_IP_OVERWRITE,
 };
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Node;
 use tokio::sync::{mpsc, watch};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn node(name: &str, cidr: Option<&str>, ip: &str, ann: &[(&str, &str)]) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            annotations: Some(
-                ann.iter()
-                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            pod_cidr: cidr.map(Into::into),
-            ..Default::default()
-        }),
-        status: Some(NodeStatus {
-            addresses: Some(vec![NodeAddress {
-                type_: "InternalIP".into(),
-                address: ip.into(),
-            }]),
-            ..Default::default()
-        }),
-    }
-}
 
 /// A node that runs Flannel's vxlan backend (annotated), numbered i.
 fn vx(i: u8) -> Node {

@@ -12,54 +12,27 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fdb_sync::fake_apiserver::FakeApiServer;
-use fdb_sync::model::{ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_PUBLIC_IP};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-fn node(name: &str, cidr: &str, ip: &str, ann: &[(&str, String)]) -> Node {
-    Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            annotations: Some(
-                ann.iter()
-                    .map(|(k, v)| ((*k).to_string(), v.clone()))
-                    .collect(),
-            ),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            pod_cidr: Some(cidr.into()),
-            ..Default::default()
-        }),
-        status: Some(NodeStatus {
-            addresses: Some(vec![NodeAddress {
-                type_: "InternalIP".into(),
-                address: ip.into(),
-            }]),
-            ..Default::default()
-        }),
-    }
-}
+use fdb_sync::model::{node, ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_PUBLIC_IP};
+use k8s_openapi::api::core::v1::Node;
 
 /// Peer i (1-based): podCIDR 10.(i/256).(i%256).0/24, public IP 100.64.(i/256).(i%256).
 fn peer(i: usize, mac_suffix: u8, ip_bump: usize) -> Node {
     let (hi, lo) = (i / 256, i % 256);
+    let data = format!(
+        r#"{{"VNI":1,"VtepMAC":"02:{:02x}:{:02x}:{:02x}:00:{mac_suffix:02x}"}}"#,
+        hi,
+        lo,
+        i % 251
+    );
+    let public_ip = format!("100.{}.{hi}.{lo}", 64 + ip_bump);
     node(
         &format!("peer{i:05}"),
-        &format!("10.{hi}.{lo}.0/24"),
+        Some(&format!("10.{hi}.{lo}.0/24")),
         &format!("100.64.{hi}.{lo}"),
         &[
-            (ANN_BACKEND_TYPE, "vxlan".into()),
-            (
-                ANN_BACKEND_DATA,
-                format!(
-                    r#"{{"VNI":1,"VtepMAC":"02:{:02x}:{:02x}:{:02x}:00:{mac_suffix:02x}"}}"#,
-                    hi,
-                    lo,
-                    i % 251
-                ),
-            ),
-            (ANN_PUBLIC_IP, format!("100.{}.{hi}.{lo}", 64 + ip_bump)),
+            (ANN_BACKEND_TYPE, "vxlan"),
+            (ANN_BACKEND_DATA, &data),
+            (ANN_PUBLIC_IP, &public_ip),
         ],
     )
 }
@@ -141,7 +114,7 @@ fn main() {
     };
     let server = FakeApiServer::start(Box::new(binder)).expect("fake API server");
     let kc = server.write_kubeconfig(&dir).unwrap();
-    server.apply(&node("self", "10.200.0.0/24", "198.18.0.1", &[]));
+    server.apply(&node("self", Some("10.200.0.0/24"), "198.18.0.1", &[]));
     for i in 1..=n {
         server.apply(&peer(i, 1, 0));
     }

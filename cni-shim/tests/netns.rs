@@ -160,17 +160,7 @@ fn two_pods_on_one_node_reach_each_other() {
         a.try_exec(&["ping", "-c2", "-W2", &ip_b]),
         "pod a cannot reach pod b at {ip_b}"
     );
-    for (id, ns) in [("pod-a", &a), ("pod-b", &b)] {
-        assert!(
-            call(
-                &node.ns.name,
-                &Call::new("DEL", id, &ns.path(), "eth0"),
-                &conf
-            )
-            .ok
-        );
-    }
-    assert!(node.ip_files().is_empty());
+    node.del_all(&conf, &[("pod-a", &a), ("pod-b", &b)]);
 }
 
 #[test]
@@ -514,23 +504,7 @@ fn bad_inputs_give_the_right_error_codes() {
         vec!["lo".to_string()],
         "failed ADD left a device"
     );
-    assert!(
-        call(
-            &small.ns.name,
-            &Call::new("DEL", "first", &a.path(), "eth0"),
-            &conf
-        )
-        .ok
-    );
-    assert!(
-        call(
-            &small.ns.name,
-            &Call::new("DEL", "second", &b.path(), "eth0"),
-            &conf
-        )
-        .ok
-    );
-    assert!(small.ip_files().is_empty());
+    small.del_all(&conf, &[("first", &a), ("second", &b)]);
 }
 
 #[test]
@@ -580,17 +554,7 @@ fn status_gc_and_version() {
     assert_eq!(b.links(), vec!["lo".to_string()]);
     let owner = std::fs::read_to_string(node.ipam_dir().join(&files[0])).unwrap();
     assert!(owner.starts_with("keep"), "{owner}");
-    for (id, ns) in [("keep", &a), ("stale", &b)] {
-        assert!(
-            call(
-                &node.ns.name,
-                &Call::new("DEL", id, &ns.path(), "eth0"),
-                &conf
-            )
-            .ok
-        );
-    }
-    assert!(node.ip_files().is_empty());
+    node.del_all(&conf, &[("keep", &a), ("stale", &b)]);
 }
 
 #[test]
@@ -748,15 +712,7 @@ fn dual_stack_and_ipv6_only_nodes() {
         );
         assert!(check.ok, "{v} CHECK: {}", check.stdout);
         assert_eq!(dual.ip_files().len(), 2);
-        assert!(
-            call(
-                &dual.ns.name,
-                &Call::new("DEL", &id, &pod.path(), "eth0"),
-                &conf
-            )
-            .ok
-        );
-        assert!(dual.ip_files().is_empty(), "{:?}", dual.ip_files());
+        dual.del_all(&conf, &[(&id, &pod)]);
     }
 
     let only6 = Node::with_subnet_env("FLANNEL_IPV6_NETWORK=fd00:20::/48\nFLANNEL_IPV6_SUBNET=fd00:20:0:3::1/64\nFLANNEL_MTU=1430\n");

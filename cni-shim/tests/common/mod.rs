@@ -184,6 +184,20 @@ impl Node {
         }
     }
 
+    /// DELs each `(container ID, pod)` with `conf`, asserting success, then asserts that no
+    /// address stays allocated.
+    pub fn del_all(&self, conf: &Value, pods: &[(&str, &Netns)]) {
+        for (id, pod) in pods {
+            let o = call(
+                &self.ns.name,
+                &Call::new("DEL", id, &pod.path(), "eth0"),
+                conf,
+            );
+            assert!(o.ok, "DEL {id}: {}", o.stdout);
+        }
+        assert!(self.ip_files().is_empty(), "{:?}", self.ip_files());
+    }
+
     pub fn veths(&self) -> Vec<String> {
         self.ns
             .links()

@@ -306,17 +306,7 @@ fn malformed_traffic_under_iperf3_is_counted_by_reason() {
     lab.start(2);
     let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
     assert!(lab.ping_within(&p2, &Lab::pod_ip(1, 1), Duration::from_secs(3)));
-    let out = lab.exec(&p1, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
-    assert!(out.status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let iperf = Command::new("ip")
-        .args(["netns", "exec", &p2, "timeout", "30", "iperf3", "-c"])
-        .arg(Lab::pod_ip(1, 1))
-        .args(["-p", "5201", "-t", "6", "-i", "1", "-J"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iperf3 client");
+    let iperf = lab.iperf_start(&p2, &p1, &Lab::pod_ip(1, 1), 6, &[]);
     std::thread::sleep(Duration::from_millis(1500));
 
     let before = http(&lab, 1, "/metrics");
@@ -346,13 +336,7 @@ fn malformed_traffic_under_iperf3_is_counted_by_reason() {
     let after = http(&lab, 1, "/metrics");
     let lost = udp_rcvbuf_errors(&lab, 1) - buf_errors_before;
 
-    let out = iperf.wait_with_output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let v = Lab::iperf_json(iperf);
     assert!(lab.is_running(1), "overlayd died:\n{}", lab.log(1));
     assert_eq!(http(&lab, 1, "/healthz"), "ok\n");
     let intervals = v["intervals"].as_array().expect("iperf3 intervals");
@@ -636,17 +620,7 @@ fn restart_under_iperf3_load_recovers_within_1s() {
     lab.start(2);
     let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
     assert!(lab.ping_within(&p2, &Lab::pod_ip(1, 1), Duration::from_secs(3)));
-    let out = lab.exec(&p1, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
-    assert!(out.status.success());
-    std::thread::sleep(Duration::from_millis(300));
-    let iperf = Command::new("ip")
-        .args(["netns", "exec", &p2, "timeout", "40", "iperf3", "-c"])
-        .arg(Lab::pod_ip(1, 1))
-        .args(["-p", "5201", "-t", "10", "-i", "1", "-J"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("iperf3 client");
+    let iperf = lab.iperf_start(&p2, &p1, &Lab::pod_ip(1, 1), 10, &[]);
     std::thread::sleep(Duration::from_secs(2));
 
     assert!(lab.stop(1), "exit 0 on SIGTERM:\n{}", lab.log(1));
@@ -685,13 +659,7 @@ fn restart_under_iperf3_load_recovers_within_1s() {
     let link = link_state(&lab).unwrap();
     assert!(link.contains("0a:58:0a:f4:01:00"), "same VtepMAC: {link}");
 
-    let out = iperf.wait_with_output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let v = Lab::iperf_json(iperf);
     let intervals = v["intervals"].as_array().expect("iperf3 intervals");
     let last = intervals.last().unwrap()["sum"]["bytes"].as_f64().unwrap();
     assert!(last > 0.0, "iperf3 stream did not resume: {v}");

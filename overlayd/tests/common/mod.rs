@@ -342,6 +342,47 @@ impl Lab {
         })
     }
 
+    /// Starts an iperf3 server in `server` and, in the background, a TCP client in `client`
+    /// for `secs` seconds (1 s intervals, JSON on stdout); collect it with `iperf_json`.
+    pub fn iperf_start(
+        &self,
+        client: &str,
+        server: &str,
+        server_ip: &str,
+        secs: u32,
+        extra: &[&str],
+    ) -> Child {
+        let out = self.exec(server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
+        assert!(
+            out.status.success(),
+            "iperf3 server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let limit = (secs + 30).to_string();
+        Command::new("ip")
+            .args([
+                "netns", "exec", client, "timeout", &limit, "iperf3", "-c", server_ip, "-p", "5201",
+            ])
+            .args(["-t", &secs.to_string(), "-i", "1", "-J"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("iperf3 client")
+    }
+
+    /// Waits for a client from `iperf_start` and returns its JSON report.
+    pub fn iperf_json(client: Child) -> serde_json::Value {
+        let out = client.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "iperf3 output not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// Runs iperf3 TCP from `client` to a server started in `server`; returns received bits/s.
     pub fn iperf(
         &self,
@@ -351,25 +392,7 @@ impl Lab {
         secs: u32,
         extra: &[&str],
     ) -> f64 {
-        let out = self.exec(server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
-        assert!(
-            out.status.success(),
-            "iperf3 server: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        let t = secs.to_string();
-        let mut args = vec![
-            "timeout", "30", "iperf3", "-c", server_ip, "-p", "5201", "-t", &t, "-J",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.exec(client, &args);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "iperf3 output not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
+        let v = Self::iperf_json(self.iperf_start(client, server, server_ip, secs, extra));
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .or_else(|| v["end"]["sum"]["bits_per_second"].as_f64());

@@ -401,6 +401,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let mut last_error = String::new();
     // A burst of notifications (a flap, our own reconcile) becomes one check.
     let mut heal_at: Option<tokio::time::Instant> = None;
+    let mut source_open = true;
     loop {
         let mut changed = false;
         let mut check = false;
@@ -430,10 +431,11 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     check = true;
                 }
             },
-            u = updates.recv() => match u {
+            u = updates.recv(), if source_open => match u {
                 None => {
+                    // Only after a bug or a panic in the source task; forwarding goes on.
                     error!("node source ended; keeping the last state until stopped");
-                    updates = mpsc::channel(1).1;
+                    source_open = false;
                 }
                 Some(Err(msg)) => {
                     if msg != last_error {

@@ -1,6 +1,6 @@
 //! net-conf.json in Flannel's format, validated with errors that name the field.
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 
 pub const DEFAULT_VNI: u32 = 1;
@@ -31,6 +31,7 @@ struct RawNetConf {
     enable_ipv4: Option<bool>,
     #[serde(rename = "EnableIPv6", default)]
     enable_ipv6: bool,
+    /// Read so a Flannel file parses; unused while `EnableIPv6` must be false.
     #[serde(rename = "IPv6Network")]
     ipv6_network: Option<String>,
     backend: Option<RawBackend>,
@@ -54,7 +55,6 @@ struct RawBackend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConf {
     pub network: Ipv4Network,
-    pub ipv6_network: Option<Ipv6Network>,
     pub vni: u32,
     pub port: u16,
     /// Inner MTU override (`Backend.MTU`); `None` means underlay MTU - 50.
@@ -81,14 +81,15 @@ impl NetConf {
         let network: Ipv4Network = network
             .parse()
             .map_err(|e| field("Network", format!("{network:?} is not an IPv4 CIDR: {e}")))?;
-        let ipv6_network = match (raw.enable_ipv6, raw.ipv6_network) {
-            (false, _) => None,
-            (true, None) => return Err(field("IPv6Network", "missing while EnableIPv6 is true")),
-            (true, Some(s)) => Some(
-                s.parse::<Ipv6Network>()
-                    .map_err(|e| field("IPv6Network", format!("{s:?} is not an IPv6 CIDR: {e}")))?,
-            ),
-        };
+        // The dataplane forwards IPv4 only so far: accepting IPv6 here and then programming
+        // nothing for it would fail silently, so say so instead.
+        if raw.enable_ipv6 {
+            return Err(field(
+                "EnableIPv6",
+                "IPv6 pod networks are not supported yet; set it to false (the cni plugin handles FLANNEL_IPV6_* for later)",
+            ));
+        }
+        let _ = raw.ipv6_network;
         let b = raw.backend.unwrap_or(RawBackend {
             type_: None,
             vni: None,
@@ -135,7 +136,6 @@ impl NetConf {
         };
         Ok(NetConf {
             network,
-            ipv6_network,
             vni,
             port,
             mtu,
@@ -168,13 +168,12 @@ mod tests {
     #[test]
     fn full_backend() {
         let c = NetConf::parse(
-            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56",
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":false,"IPv6Network":"fd00::/56",
                 "Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"MTU":1400,"DirectRouting":false}}"#,
         )
         .unwrap();
         assert_eq!((c.vni, c.port, c.mtu), (4096, 4789, Some(1400)));
         assert_eq!(c.inner_mtu(9000), 1400);
-        assert!(c.ipv6_network.is_some());
     }
 
     #[test]
@@ -205,7 +204,7 @@ mod tests {
             ),
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
-                "IPv6Network: missing",
+                "EnableIPv6: IPv6 pod networks are not supported yet",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","Backend":{"VNI":"1"}}"#,

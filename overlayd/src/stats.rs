@@ -5,6 +5,16 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::path::DropReason;
 
+/// Adds to a counter that only its own worker writes: a plain load and store, no locked
+/// read-modify-write on the hot path; readers on other threads see a recent value.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
 /// Which I/O path a queue runs; exported so operators see a fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -49,7 +59,7 @@ pub struct WorkerStats {
 impl WorkerStats {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
-        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+        bump(&self.drops[reason as usize], 1);
     }
     pub fn set_mode(&self, mode: OffloadMode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
@@ -63,14 +73,14 @@ impl WorkerStats {
     /// `packets` inner packets totalling `bytes` sent toward peers.
     #[inline]
     pub fn tx_many(&self, packets: u64, bytes: usize) {
-        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        bump(&self.tx_packets, packets);
+        bump(&self.tx_bytes, bytes as u64);
     }
     /// `packets` inner packets totalling `bytes` delivered to the TAP device.
     #[inline]
     pub fn rx_many(&self, packets: u64, bytes: usize) {
-        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        bump(&self.rx_packets, packets);
+        bump(&self.rx_bytes, bytes as u64);
     }
 }
 

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::fdb::{FdbHandle, PeerCounters};
-use crate::path::gro::{Coalescer, InnerFrame};
-use crate::path::tso::{Segmenter, MAX_SEGMENTS};
+use crate::path::gro::{Coalescer, InnerFrame, MAX_RUN};
+use crate::path::tso::Segmenter;
 use crate::path::{self, DecapConfig, DropReason};
 use crate::stats::{OffloadMode, WorkerStats};
 use crate::sys::{self, tap::TapQueue, udp};
@@ -120,8 +120,8 @@ impl Worker {
             txbuf: vec![0u8; TXBUF_LEN],
             pending: Vec::with_capacity(BATCH),
             segmenter: Segmenter::default(),
-            coalescer: Coalescer::with_capacity(MAX_SEGMENTS),
-            frames: Vec::with_capacity(MAX_SEGMENTS),
+            coalescer: Coalescer::with_capacity(MAX_RUN),
+            frames: Vec::with_capacity(MAX_RUN),
             gso_send: true,
         };
         self.stats
@@ -171,7 +171,7 @@ impl Worker {
                 }
             };
             let sock = t.flow_hash as usize % self.tx_pool.len();
-            if hdr.gso_type == vnet::GSO_NONE {
+            if hdr.gso_type & !vnet::GSO_ECN == vnet::GSO_NONE {
                 slot[VX_AT..vnet::LEN].copy_from_slice(vx_header);
                 s.pending.push(Pending {
                     range: off + VX_AT..off + n,
@@ -197,9 +197,13 @@ impl Worker {
         tally.flush(false);
     }
 
-    /// Sends the queued plain datagrams: one sendmmsg per run of the same socket. A datagram
+    /// Sends the queued plain datagrams: one sendmmsg per socket. A datagram
     /// the kernel refuses is counted and skipped.
     fn flush_pending(&self, s: &mut Scratch) {
+        // Group by socket so interleaved flows still share a sendmmsg. A flow always maps to
+        // one socket and `range.start` grows with arrival, so this keeps per-flow order
+        // (and sort_unstable does not allocate).
+        s.pending.sort_unstable_by_key(|p| (p.sock, p.range.start));
         let mut i = 0;
         while i < s.pending.len() {
             let sock = s.pending[i].sock;
@@ -247,13 +251,13 @@ impl Worker {
         }
         let segs = s.segmenter.segments();
         let seg_size = segs[0].headers.len() + segs[0].payload.len();
-        let per_send = if s.gso_send {
-            (MAX_UDP_PAYLOAD / seg_size).clamp(1, 64)
-        } else {
-            1
-        };
+        let max_per_send = (MAX_UDP_PAYLOAD / seg_size).clamp(1, 64);
         let mut iov = [IoSlice::new(&[]); 2 * 64];
-        for chunk in segs.chunks(per_send) {
+        let mut sent = 0;
+        while sent < segs.len() {
+            // Re-read per chunk: a fallback half-way through a frame applies at once.
+            let per_send = if s.gso_send { max_per_send } else { 1 };
+            let chunk = &segs[sent..(sent + per_send).min(segs.len())];
             for (k, seg) in chunk.iter().enumerate() {
                 iov[2 * k] = IoSlice::new(s.segmenter.headers(seg));
                 iov[2 * k + 1] = IoSlice::new(&frame[seg.payload.clone()]);
@@ -262,7 +266,9 @@ impl Worker {
             #[allow(clippy::cast_possible_truncation)]
             let segment = if chunk.len() > 1 { seg_size as u16 } else { 0 };
             match udp::send_gathered(sock, dst, iov, segment) {
-                Ok(_) => {}
+                Ok(_) => sent += chunk.len(),
+                // EINVAL/EIO mean the kernel cannot segment for this socket (EMSGSIZE, a path
+                // MTU problem, is not a reason to give up the offload).
                 Err(e)
                     if segment > 0
                         && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) =>
@@ -270,14 +276,16 @@ impl Worker {
                     tracing::warn!(queue = self.id, error = %e, "UDP_SEGMENT refused by the kernel; sending one datagram per segment from now on");
                     s.gso_send = false;
                     self.stats.set_mode(OffloadMode::Plain);
-                    for pair in iov.chunks(2) {
-                        udp::send_gathered(sock, dst, pair, 0)?;
-                    }
                 }
-                Err(e) => return Err(e),
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => {
+                    // Part of the frame left; TCP retransmits the rest.
+                    self.stats.count_drop(DropReason::TxSendError);
+                    break;
+                }
             }
         }
-        Ok(segs.len() as u64)
+        Ok(sent as u64)
     }
 
     fn ingress_batch(&self, s: &mut Scratch) {
@@ -316,7 +324,7 @@ impl Worker {
         let runs = s.coalescer.plan(&mut s.buf, &s.frames);
         for run in runs {
             let vnet_bytes = run.vnet.to_bytes();
-            let mut iov = [IoSlice::new(&[]); 2 + MAX_SEGMENTS];
+            let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
             let first = &s.frames[run.first];
             iov[0] = IoSlice::new(&vnet_bytes);
             iov[1] = IoSlice::new(&s.buf[first.range.clone()]);

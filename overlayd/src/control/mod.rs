@@ -243,7 +243,7 @@ async fn start_dataplane(
         previous,
     )));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads = Vec::new();
+    let mut workers = Vec::new();
     let mut stats = Vec::new();
     #[allow(clippy::cast_possible_truncation)]
     let decap = DecapConfig {
@@ -284,7 +284,7 @@ async fn start_dataplane(
             .with_context(|| format!("cannot bind source ports on {}", underlay.ip))?;
         let s = Arc::new(WorkerStats::default());
         stats.push(s.clone());
-        let w = Worker {
+        workers.push(Worker {
             id,
             tap: tapq,
             rx,
@@ -294,17 +294,30 @@ async fn start_dataplane(
             offloads: Offloads { tso, gro },
             stats: s,
             stop: stop.clone(),
-        };
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("overlayd-q{id}"))
-                .spawn(move || {
-                    let id = w.id;
-                    if let Err(e) = w.run() {
-                        error!(queue = id, error = %e, "worker stopped");
-                    }
-                })?,
-        );
+        });
+    }
+    // Threads start only once every queue is ready: a failure above drops the queues (and so
+    // the device) with no thread left holding one open.
+    let mut threads = Vec::new();
+    for w in workers {
+        let id = w.id;
+        let spawned = std::thread::Builder::new()
+            .name(format!("overlayd-q{id}"))
+            .spawn(move || {
+                if let Err(e) = w.run() {
+                    error!(queue = id, error = %e, "worker stopped");
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e).context(format!("cannot start the worker thread of queue {id}"));
+            }
+        }
     }
     info!(modes = %modes.join(","), "queue offload modes");
     Ok(Dataplane {
@@ -356,6 +369,23 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let underlay = find_underlay(&nl, &opts).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
+    if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
+        bail!(
+            "net-conf Backend.MTU {mtu} does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
+             and outer packets are never fragmented; set Backend.MTU to at most {} (or 0 to derive it)",
+            underlay.iface,
+            underlay.mtu,
+            crate::config::VXLAN_OVERHEAD_V4,
+            underlay.mtu.saturating_sub(crate::config::VXLAN_OVERHEAD_V4)
+        );
+    }
+    if let Some(listed) = state.own.public_ip.filter(|ip| *ip != underlay.ip) {
+        warn!(
+            node = %opts.node_name, listed = %listed, sending_from = %underlay.ip,
+            "peers know this node as {listed} but VXLAN leaves from {}: they will drop it as unknown_sender; pass --public-ip {listed} (and --iface) or fix the node's address",
+            underlay.ip
+        );
+    }
     let mut dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state, None).await?;
     observed.attach(dp.fdb.clone(), dp.stats.clone());
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.

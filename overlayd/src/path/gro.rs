@@ -22,6 +22,8 @@ const TCP_URG: u8 = 0x20;
 const TCP_CWR: u8 = 0x80;
 /// Biggest IP packet a super-frame may carry.
 const MAX_IP_LEN: usize = 65_535;
+/// Most frames in one run (the kernel's UDP_GRO gives at most 64 segments per read).
+pub const MAX_RUN: usize = 64;
 
 /// An inner frame that passed `decap`: where it is in the buffer and its own virtio-net header.
 #[derive(Debug, Clone)]
@@ -152,7 +154,10 @@ impl Coalescer {
                 let Some(bi) = seg_info(b, &f.vnet) else {
                     break;
                 };
-                if bi.seq != next_seq
+                // CWR must reach the receiver on its own segment (Linux GRO flushes on it).
+                if bi.flags & TCP_CWR != 0
+                    || count == MAX_RUN
+                    || bi.seq != next_seq
                     || bi.payload_len > mss
                     || hi.layout.payload + total + bi.payload_len - hi.layout.ip > MAX_IP_LEN
                     || !same_flow(&buf[head.range.clone()], &hi, b, &bi)

@@ -177,6 +177,14 @@ fn runs_break_on_gap_flow_change_and_psh() {
     let last = c[1].len() - 1;
     c[1][last] ^= 0xff;
     assert_eq!(coalesce(&c).len(), 3);
+    // CWR on a later segment ends the run before it, so the receiver sees the flag.
+    let mut w = split(&tso_frame(1398 * 3, false, 0, false), 1398, false);
+    w[2][14 + 20 + 13] |= 0x80;
+    let l4 = crate::wire::ip::L4Info::parse(&w[2][14..]).unwrap();
+    w[2][14 + 20 + 16..14 + 20 + 18].copy_from_slice(&[0, 0]);
+    let c = checksum::finish(checksum::sum(&w[2][34..], l4.pseudo_sum()));
+    w[2][14 + 20 + 16..14 + 20 + 18].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(coalesce(&w).len(), 2);
 }
 
 #[test]
@@ -191,6 +199,17 @@ fn partial_seed_segments_from_kernel_peers_coalesce() {
     let back = coalesce(&segs);
     assert_eq!(back.len(), 1);
     tcp_valid(&back[0]);
+}
+
+#[test]
+fn split_handles_the_smallest_mss() {
+    // 64 KiB at MSS 88 (Linux's minimum) is 745 segments: all valid, in order.
+    let frame = tso_frame(65_000, false, 7, false);
+    let segs = split(&frame, 88, false);
+    assert_eq!(segs.len(), 65_000usize.div_ceil(88));
+    for s in &segs {
+        tcp_valid(s);
+    }
 }
 
 #[test]
@@ -210,7 +229,7 @@ fn split_rejects_bad_offload_requests() {
         DropReason::TxBadOffload
     );
     let mut h = gso_header(&frame, 1398, false);
-    h.gso_size = 10; // 500 segments
+    h.gso_size = 4; // 1250 segments
     assert_eq!(
         s.split(&frame, &h, &vx).unwrap_err(),
         DropReason::TxBadOffload

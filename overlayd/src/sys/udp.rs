@@ -57,6 +57,8 @@ pub fn bind_source_pool(bind: Ipv4Addr, count: usize, seed: u32) -> io::Result<V
         #[allow(clippy::cast_possible_truncation)]
         let port = SRC_PORT_MIN + ((seed.wrapping_add(i.wrapping_mul(257))) % span) as u16;
         let s = base_socket()?;
+        // Peers never send to these ports: keep what may queue here small.
+        s.set_recv_buffer_size(4096)?;
         match s.bind(&SocketAddr::V4(SocketAddrV4::new(bind, port)).into()) {
             Ok(()) => out.push(s.into()),
             Err(e) => last_err = Some(e),

@@ -59,6 +59,15 @@ class Cluster:
     def __init__(self, prefix, kind, workdir, overlayd, queues):
         self.p, self.kind, self.dir = prefix, kind, os.path.join(workdir, prefix)
         self.procs = []
+        try:
+            self._build(overlayd, queues)
+        except BaseException:
+            # A cluster that fails half-way is not in the caller's list: clean it up here.
+            self.close()
+            raise
+
+    def _build(self, overlayd, queues):
+        prefix, kind = self.p, self.kind
         sh("bash", CLUSTER, "down", prefix)
         sh("bash", CLUSTER, "up", prefix, self.dir, "2", "1")
         if kind == "kernel":

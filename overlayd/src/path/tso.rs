@@ -109,9 +109,17 @@ pub(crate) fn tcp_pseudo(ip_hdr: &[u8], v6: bool, l4_len: usize) -> u64 {
     #[allow(clippy::cast_possible_truncation)]
     let len = l4_len as u32;
     if v6 {
-        checksum::sum(&ip_hdr[8..40], 0) + u64::from(ip::PROTO_TCP) + u64::from(len)
+        let addr = |o: usize| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&ip_hdr[o..o + 16]);
+            std::net::Ipv6Addr::from(b)
+        };
+        checksum::pseudo_v6(addr(8), addr(24), ip::PROTO_TCP, len)
     } else {
-        checksum::sum(&ip_hdr[12..20], 0) + u64::from(ip::PROTO_TCP) + u64::from(len)
+        let addr = |o: usize| {
+            std::net::Ipv4Addr::new(ip_hdr[o], ip_hdr[o + 1], ip_hdr[o + 2], ip_hdr[o + 3])
+        };
+        checksum::pseudo_v4(addr(12), addr(16), ip::PROTO_TCP, len)
     }
 }
 

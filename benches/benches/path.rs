@@ -67,7 +67,7 @@ fn bench_path(c: &mut Criterion) {
         let mut f = frame.clone();
         b.iter(|| {
             encap(black_box(&mut f), &vnet::Header::default(), &fdb)
-                .map(|t| t.dst)
+                .map(|t| t.peer.vtep)
                 .ok()
         });
     });

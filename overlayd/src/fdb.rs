@@ -109,12 +109,6 @@ impl Fdb {
         self.by_mac.get(mac)
     }
 
-    #[inline]
-    #[must_use]
-    pub fn is_known_vtep(&self, ip: Ipv4Addr) -> bool {
-        self.vteps.contains_key(&ip)
-    }
-
     /// The counters of the peer whose VTEP address is `ip`.
     #[inline]
     #[must_use]
@@ -163,8 +157,8 @@ mod tests {
         let fdb = Fdb::from_peers(&peers, 8472);
         let e = fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).unwrap();
         assert_eq!(e.vtep.to_string(), "198.18.0.2:8472");
-        assert!(fdb.is_known_vtep("198.18.0.2".parse().unwrap()));
-        assert!(!fdb.is_known_vtep("198.18.0.3".parse().unwrap()));
+        assert!(fdb.vtep_counters("198.18.0.2".parse().unwrap()).is_some());
+        assert!(fdb.vtep_counters("198.18.0.3".parse().unwrap()).is_none());
         assert!(fdb.lookup(&[0; 6]).is_none());
         assert_eq!(fdb.len(), 1);
     }

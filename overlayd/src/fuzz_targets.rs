@@ -83,7 +83,7 @@ pub fn encap(data: &[u8]) {
     let dst = ethernet::Frame::new_checked(&frame[..]).map(|e| e.dst());
     if let Ok(t) = path::encap(&mut frame, &hdr, fdb()) {
         let dst = dst.expect("sent => has Ethernet");
-        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.dst));
+        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.peer.vtep));
         // Completing a checksum must never touch the Ethernet header (regression:
         // fuzz/regressions/encap/csum-start-in-ethernet-header).
         assert_eq!(

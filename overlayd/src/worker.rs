@@ -175,7 +175,7 @@ impl Worker {
                 slot[VX_AT..vnet::LEN].copy_from_slice(vx_header);
                 s.pending.push(Pending {
                     range: off + VX_AT..off + n,
-                    dst: t.dst,
+                    dst: t.peer.vtep,
                     sock,
                 });
                 self.stats.tx_many(1, n - vnet::LEN);
@@ -185,7 +185,15 @@ impl Worker {
                 continue;
             }
             self.flush_pending(s);
-            match self.send_super_frame(s, off, n, &hdr, vx_header, &self.tx_pool[sock], t.dst) {
+            match self.send_super_frame(
+                s,
+                off,
+                n,
+                &hdr,
+                vx_header,
+                &self.tx_pool[sock],
+                t.peer.vtep,
+            ) {
                 Ok(packets) => {
                     self.stats.tx_many(packets, n - vnet::LEN);
                     tally.add(&t.peer.counters, packets, n - vnet::LEN, false);

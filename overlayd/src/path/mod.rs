@@ -8,7 +8,7 @@
 pub mod gro;
 pub mod tso;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
 use std::sync::Arc;
 
@@ -122,7 +122,6 @@ pub struct DecapConfig {
 /// What to do with a frame read from the TAP device.
 #[derive(Debug, Clone, Copy)]
 pub struct Transmit<'a> {
-    pub dst: SocketAddrV4,
     /// Inner flow hash, used to pick the outer UDP source port.
     pub flow_hash: u32,
     pub peer: &'a FdbEntry,
@@ -130,7 +129,7 @@ pub struct Transmit<'a> {
 
 impl PartialEq for Transmit<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.dst == other.dst
+        self.peer.vtep == other.peer.vtep
             && self.flow_hash == other.flow_hash
             && self.peer.node == other.peer.node
     }
@@ -175,7 +174,6 @@ pub fn encap<'a>(
         _ => return Err(DropReason::TxGsoUnsupported),
     }
     Ok(Transmit {
-        dst: peer.vtep,
         flow_hash: ip::flow_hash(frame),
         peer,
     })

@@ -2,6 +2,7 @@ use super::*;
 use crate::wire::vxlan;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use fdb_sync::Peer;
+use std::net::SocketAddrV4;
 
 const OWN: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
 const PEER: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];
@@ -107,7 +108,7 @@ fn encap_known_peer() {
     let mut f = tcp_frame(PEER, 100, 40000);
     let t = encap(&mut f, &vnet::Header::default(), &fdb).unwrap();
     assert_eq!(&*t.peer.node, "n2");
-    assert_eq!(t.dst, SocketAddrV4::new(PEER_IP, 8472));
+    assert_eq!(t.peer.vtep, SocketAddrV4::new(PEER_IP, 8472));
     let mut g = tcp_frame(PEER, 100, 40000);
     assert_eq!(
         encap(&mut g, &vnet::Header::default(), &fdb)

@@ -65,10 +65,7 @@ pub enum NetfilterError {
     #[error("neither nft nor iptables-restore/iptables-save is installed: install the nftables or iptables package, or run without --ip-masq and with --iptables-forward-rules=false")]
     NoTool,
     #[error("cannot run {cmd}: {source}; is it installed and executable?")]
-    Spawn {
-        cmd: String,
-        source: std::io::Error,
-    },
+    Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed ({status}): {stderr}")]
     Failed {
         cmd: String,
@@ -566,7 +563,11 @@ impl Manager {
                 )?;
                 if let Some(nft) = &self.nft {
                     if nft_list(nft)?.is_some() {
-                        run(nft, &["-f", "-"], Some(&nft_script(&self.rules_none(), false)))?;
+                        run(
+                            nft,
+                            &["-f", "-"],
+                            Some(&nft_script(&self.rules_none(), false)),
+                        )?;
                     }
                 }
             }
@@ -720,7 +721,11 @@ pub fn start(
         "netfilter rules installed"
     );
     let (tx, rx) = mpsc::sync_channel(1);
-    if m.nft.is_some() || m.iptables.as_ref().is_some_and(|i| i.variant == "nf_tables") {
+    if m.nft.is_some()
+        || m.iptables
+            .as_ref()
+            .is_some_and(|i| i.variant == "nf_tables")
+    {
         watch_nf_tables(tx.clone());
     }
     let resync = resync.max(Duration::from_millis(100));
@@ -753,9 +758,16 @@ pub fn start_from_options(
         random_fully: opts.ip_masq_random_fully,
         forward: opts.iptables_forward_rules,
     };
-    match start(rules, netconf.enable_nftables, opts.iptables_resync, shared.clone()) {
+    match start(
+        rules,
+        netconf.enable_nftables,
+        opts.iptables_resync,
+        shared.clone(),
+    ) {
         Ok(h) => Ok(Some(h)),
-        Err(e) if opts.ip_masq => Err(anyhow::anyhow!("--ip-masq: cannot set up the masquerade rules: {e}")),
+        Err(e) if opts.ip_masq => Err(anyhow::anyhow!(
+            "--ip-masq: cannot set up the masquerade rules: {e}"
+        )),
         Err(e) => {
             tracing::error!(error = %e, "cannot set up the FORWARD accept rules (--iptables-forward-rules); pods may not be forwarded where FORWARD's policy is DROP");
             shared.set(|s| {
@@ -810,11 +822,12 @@ fn checker(mut m: Manager, rx: mpsc::Receiver<()>, resync: Duration, shared: Arc
 /// iptables-nft asks for a check at once. Best effort: without it the periodic checks remain.
 fn watch_nf_tables(nudge: mpsc::SyncSender<()>) {
     const NFNLGRP_NFTABLES: u32 = 7;
-    let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).and_then(|mut s| {
-        s.bind_auto()?;
-        s.add_membership(NFNLGRP_NFTABLES)?;
-        Ok(s)
-    });
+    let sock =
+        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).and_then(|mut s| {
+            s.bind_auto()?;
+            s.add_membership(NFNLGRP_NFTABLES)?;
+            Ok(s)
+        });
     let sock = match sock {
         Ok(s) => s,
         Err(e) => {
@@ -891,7 +904,9 @@ mod tests {
             "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\ntable ip overlayd-ipv4 {"
         ));
         assert!(s.contains("ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return"));
-        assert!(s.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"));
+        assert!(
+            s.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random")
+        );
         assert!(s.contains("type filter hook forward priority filter"));
         let plain = nft_script(
             &Rules {
@@ -938,7 +953,10 @@ mod tests {
         let fwd = iptables_fwd_rules(&rules());
         let input = iptables_restore_input(SAVE_NAT, "*filter\nCOMMIT\n", Some(&masq), Some(&fwd));
         let nat = input.split("*filter").next().unwrap();
-        assert!(nat.starts_with("*nat\n:OVERLAYD-POSTRTG - [0:0]\n"), "{input}");
+        assert!(
+            nat.starts_with("*nat\n:OVERLAYD-POSTRTG - [0:0]\n"),
+            "{input}"
+        );
         // The duplicate jump goes; the first stays; kube-proxy's is untouched.
         assert_eq!(nat.matches("-D POSTROUTING").count(), 1, "{input}");
         assert!(!nat.contains("-A POSTROUTING"), "{input}");

@@ -129,7 +129,11 @@ pub fn render(s: &Status, now: u64) -> String {
                 n.backend,
                 if n.masquerade { "on" } else { "off" },
                 if n.forward { "on" } else { "off" },
-                if n.rules_present { "present" } else { "MISSING" },
+                if n.rules_present {
+                    "present"
+                } else {
+                    "MISSING"
+                },
                 n.restores,
                 n.error
                     .as_deref()
@@ -137,7 +141,9 @@ pub fn render(s: &Status, now: u64) -> String {
                     .unwrap_or_default()
             );
         }
-        None => out.push_str("netfilter: no rules managed (no --ip-masq, --iptables-forward-rules=false)\n"),
+        None => out.push_str(
+            "netfilter: no rules managed (no --ip-masq, --iptables-forward-rules=false)\n",
+        ),
     }
     out.push('\n');
     let mut rows = vec![[
@@ -283,7 +289,9 @@ mod tests {
         assert!(text.contains("node node1  podCIDR 10.244.1.0/24"), "{text}");
         assert!(text.contains("last sync 5s ago"), "{text}");
         assert!(
-            text.contains("netfilter nftables  masquerade on  forward accept on  rules present  restores 2"),
+            text.contains(
+                "netfilter nftables  masquerade on  forward accept on  rules present  restores 2"
+            ),
             "{text}"
         );
         let row = text.lines().find(|l| l.starts_with("node2")).unwrap();

@@ -47,7 +47,10 @@ fn iptables_save(lab: &Lab, i: usize, table: &str) -> String {
 
 fn masq_chain_complete(lab: &Lab, i: usize) -> bool {
     let nat = iptables_save(lab, i, "nat");
-    nat.lines().filter(|l| l.starts_with("-A OVERLAYD-POSTRTG ")).count() == 6
+    nat.lines()
+        .filter(|l| l.starts_with("-A OVERLAYD-POSTRTG "))
+        .count()
+        == 6
         && nat
             .lines()
             .filter(|l| l.starts_with("-A POSTROUTING ") && l.ends_with("-j OVERLAYD-POSTRTG"))
@@ -103,7 +106,14 @@ fn assert_masquerade_semantics(lab: &Lab) {
     // Outside to this node's pods is not NATed either (the stranger routes via node 1).
     let x = format!("{}x", lab.prefix);
     sh_ok(&[
-        "ip", "-n", &x, "route", "replace", "10.244.1.0/24", "via", "198.18.0.1",
+        "ip",
+        "-n",
+        &x,
+        "route",
+        "replace",
+        "10.244.1.0/24",
+        "via",
+        "198.18.0.1",
     ]);
     assert_eq!(
         whoami_within(lab, &x, &Lab::pod_ip(1, 1), 5).as_deref(),
@@ -115,10 +125,7 @@ fn assert_masquerade_semantics(lab: &Lab) {
     assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
 }
 
-fn lab_with_servers(
-    test: &str,
-    nftables: bool,
-) -> Option<(Lab, Vec<common::ChildGuard>)> {
+fn lab_with_servers(test: &str, nftables: bool) -> Option<(Lab, Vec<common::ChildGuard>)> {
     let mut lab = Lab::new(test, 2, 1)?;
     set_nftables(&lab, nftables);
     let x = lab.add_stranger(STRANGER_IP);
@@ -153,7 +160,15 @@ fn ip_masq_nftables_masquerades_to_the_outside_only_and_is_restored_after_flush_
     assert_eq!(st["netfilter"]["rulesPresent"], true, "{st}");
 
     // Someone flushes everything: back within 2 s, and masquerading again.
-    sh_ok(&["ip", "netns", "exec", &lab.node(1), "nft", "flush", "ruleset"]);
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node(1),
+        "nft",
+        "flush",
+        "ruleset",
+    ]);
     let t = Instant::now();
     assert!(
         wait_until(Duration::from_secs(2), || nft_table(&lab, 1).as_deref()
@@ -185,7 +200,11 @@ fn ip_masq_iptables_masquerades_to_the_outside_only_and_is_restored_after_nat_fl
     ) else {
         return;
     };
-    assert!(masq_chain_complete(&lab, 1), "{}", iptables_save(&lab, 1, "nat"));
+    assert!(
+        masq_chain_complete(&lab, 1),
+        "{}",
+        iptables_save(&lab, 1, "nat")
+    );
     assert!(
         nft_table(&lab, 1).is_none(),
         "iptables mode leaves no overlayd nftables table"
@@ -206,7 +225,14 @@ fn ip_masq_iptables_masquerades_to_the_outside_only_and_is_restored_after_nat_fl
     );
 
     sh_ok(&[
-        "ip", "netns", "exec", &lab.node(1), "iptables", "-t", "nat", "-F",
+        "ip",
+        "netns",
+        "exec",
+        &lab.node(1),
+        "iptables",
+        "-t",
+        "nat",
+        "-F",
     ]);
     let t = Instant::now();
     assert!(
@@ -238,7 +264,14 @@ fn forward_drop(test: &str, nftables: bool) {
     set_nftables(&lab, nftables);
     for i in 1..=2 {
         sh_ok(&[
-            "ip", "netns", "exec", &lab.node(i), "iptables", "-P", "FORWARD", "DROP",
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "iptables",
+            "-P",
+            "FORWARD",
+            "DROP",
         ]);
     }
     // Control case: without the accept rules, DROP really cuts the pods off.
@@ -261,7 +294,8 @@ fn forward_drop(test: &str, nftables: bool) {
     assert_eq!(st["netfilter"]["forward"], true, "{st}");
     assert_eq!(st["netfilter"]["masquerade"], false, "{st}");
     assert_eq!(st["netfilter"]["rulesPresent"], true, "{st}");
-    assert!(iptables_save(&lab, 1, "filter").contains("-A FORWARD -m comment --comment \"overlayd forward\" -j OVERLAYD-FWD"));
+    assert!(iptables_save(&lab, 1, "filter")
+        .contains("-A FORWARD -m comment --comment \"overlayd forward\" -j OVERLAYD-FWD"));
     let env = common::read(&lab.subnet_file(1));
     assert!(env.contains("FLANNEL_IPMASQ=false\n"), "{env}");
 }

@@ -355,7 +355,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     });
     let health = Arc::new(Health::default());
     let observed = Arc::new(Observed::new(health.clone()));
-    let _http = http::serve(http_addr, http::router(observed.clone())).await?;
+    let _http = http::serve(http_addr, http::router(observed.clone())).context("--http-addr")?;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;

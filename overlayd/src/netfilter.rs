@@ -64,6 +64,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum NetfilterError {
     #[error("neither nft nor iptables-restore/iptables-save is installed: install the nftables or iptables package, or run without --ip-masq and with --iptables-forward-rules=false")]
     NoTool,
+    #[error("this host's iptables is iptables-legacy, which needs CAP_NET_RAW, and overlayd keeps only CAP_NET_ADMIN: install nftables (nft) and set EnableNFTables, or switch iptables to iptables-nft (update-alternatives --set iptables /usr/sbin/iptables-nft)")]
+    LegacyNeedsNetRaw,
     #[error("cannot run {cmd}: {source}; is it installed and executable?")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed ({status}): {stderr}")]
@@ -467,12 +469,27 @@ impl Manager {
     /// iptables; the other one when the chosen tool is missing.
     pub fn new(rules: Rules, prefer_nftables: bool) -> Result<Manager, NetfilterError> {
         let nft = find_tool("nft");
-        let iptables = Iptables::find();
+        let mut iptables = Iptables::find();
+        // iptables-legacy talks to the kernel through a raw socket; without CAP_NET_RAW (dropped
+        // at start, see `crate::privs`) every call fails, so it counts as missing.
+        let legacy_unusable = iptables.as_ref().is_some_and(|i| i.variant == "legacy")
+            && !caps::has_cap(None, caps::CapSet::Bounding, caps::Capability::CAP_NET_RAW)
+                .unwrap_or(true);
+        if legacy_unusable {
+            iptables = None;
+        }
         let backend = match (prefer_nftables, nft.is_some(), iptables.is_some()) {
             (true, true, _) | (false, true, false) => Backend::Nftables,
             (false, _, true) | (true, false, true) => Backend::Iptables,
+            (_, false, false) if legacy_unusable => return Err(NetfilterError::LegacyNeedsNetRaw),
             (_, false, false) => return Err(NetfilterError::NoTool),
         };
+        if legacy_unusable {
+            tracing::warn!(
+                "iptables is iptables-legacy, which needs CAP_NET_RAW that overlayd drops: using nftables only; \
+                 a FORWARD policy of DROP set with iptables-legacy is not overruled"
+            );
+        }
         if (backend == Backend::Nftables) != prefer_nftables {
             tracing::warn!(
                 wanted = if prefer_nftables { "nftables" } else { "iptables" },

@@ -72,6 +72,25 @@ fn metric(lab: &Lab, i: usize, series: &str) -> f64 {
         .unwrap()
 }
 
+/// `overlayd::netfilter::remove_all()` (what `overlayd cleanup` calls) run in node `i`'s
+/// namespace by a short-lived thread that enters it; the tools it runs inherit it.
+fn remove_all_in(lab: &Lab, i: usize) -> Vec<String> {
+    let ns = format!("/run/netns/{}", lab.node(i));
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        overlayd::netfilter::remove_all().expect("remove_all")
+    })
+    .join()
+    .unwrap()
+}
+
+fn nothing_of_ours(lab: &Lab, i: usize) -> bool {
+    nft_table(lab, i).is_none()
+        && !iptables_save(lab, i, "nat").contains("OVERLAYD")
+        && !iptables_save(lab, i, "filter").contains("OVERLAYD")
+}
+
 /// Waits (up to `secs`) for the whoami answer seen from `from` at `ip`.
 fn whoami_within(lab: &Lab, from: &str, ip: &str, secs: u64) -> Option<String> {
     let mut seen = None;
@@ -190,6 +209,13 @@ fn ip_masq_nftables_masquerades_to_the_outside_only_and_is_restored_after_flush_
     assert_eq!(nft_table(&lab, 1).as_deref(), Some(table.as_str()));
     lab.start_with(1, &["--ip-masq"]);
     assert_eq!(nft_table(&lab, 1).as_deref(), Some(table.as_str()));
+
+    // Cleanup removes all of it (the nft table and the iptables FORWARD chain), once.
+    assert!(lab.stop(1));
+    let removed = remove_all_in(&lab, 1);
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(nothing_of_ours(&lab, 1));
+    assert!(remove_all_in(&lab, 1).is_empty());
 }
 
 #[test]
@@ -254,6 +280,13 @@ fn ip_masq_iptables_masquerades_to_the_outside_only_and_is_restored_after_nat_fl
     lab.start_with(1, &["--ip-masq"]);
     assert_eq!(iptables_save(&lab, 1, "nat"), nat);
     assert_eq!(iptables_save(&lab, 1, "filter"), filter);
+
+    assert!(lab.stop(1));
+    assert_eq!(remove_all_in(&lab, 1).len(), 1);
+    assert!(nothing_of_ours(&lab, 1));
+    // Only ours went: the built-in chains are still there.
+    assert!(iptables_save(&lab, 1, "nat").contains(":POSTROUTING ACCEPT"));
+    assert!(remove_all_in(&lab, 1).is_empty());
 }
 
 /// Docker sets FORWARD's policy to DROP; the FORWARD accept rules keep pods connected.

@@ -694,15 +694,24 @@ impl Shared {
     }
 }
 
-/// The running checker; dropping it stops the thread and leaves the rules in place.
+/// The running checker; dropping it stops its threads (within a second) and leaves the rules
+/// in place.
 #[derive(Debug)]
 pub struct Handle {
     nudge: mpsc::SyncSender<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle {
     /// Asks for a check now (never blocks; a pending request covers this one).
     pub fn check_soon(&self) {
+        let _ = self.nudge.try_send(());
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         let _ = self.nudge.try_send(());
     }
 }
@@ -738,22 +747,24 @@ pub fn start(
         "netfilter rules installed"
     );
     let (tx, rx) = mpsc::sync_channel(1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if m.nft.is_some()
         || m.iptables
             .as_ref()
             .is_some_and(|i| i.variant == "nf_tables")
     {
-        watch_nf_tables(tx.clone());
+        watch_nf_tables(tx.clone(), stop.clone());
     }
     let resync = resync.max(Duration::from_millis(100));
+    let checker_stop = stop.clone();
     std::thread::Builder::new()
         .name("overlayd-netfilter".into())
-        .spawn(move || checker(m, rx, resync, shared))
+        .spawn(move || checker(m, rx, resync, shared, &checker_stop))
         .map_err(|source| NetfilterError::Spawn {
             cmd: "the netfilter checker thread".into(),
             source,
         })?;
-    Ok(Handle { nudge: tx })
+    Ok(Handle { nudge: tx, stop })
 }
 
 /// Starts what the command line and net-conf.json ask for: `None` when neither `--ip-masq`
@@ -796,12 +807,21 @@ pub fn start_from_options(
     }
 }
 
-fn checker(mut m: Manager, rx: mpsc::Receiver<()>, resync: Duration, shared: Arc<Shared>) {
+fn checker(
+    mut m: Manager,
+    rx: mpsc::Receiver<()>,
+    resync: Duration,
+    shared: Arc<Shared>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     let mut last_error = String::new();
     loop {
         match rx.recv_timeout(resync) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
         }
         // A burst of notifications (our own apply, a flush of many chains) is one check.
         std::thread::sleep(Duration::from_millis(20));
@@ -837,7 +857,7 @@ fn checker(mut m: Manager, rx: mpsc::Receiver<()>, resync: Duration, shared: Arc
 
 /// nf_tables notifications (NFNLGRP_NFTABLES): any ruleset change written with `nft` or
 /// iptables-nft asks for a check at once. Best effort: without it the periodic checks remain.
-fn watch_nf_tables(nudge: mpsc::SyncSender<()>) {
+fn watch_nf_tables(nudge: mpsc::SyncSender<()>, stop: Arc<std::sync::atomic::AtomicBool>) {
     const NFNLGRP_NFTABLES: u32 = 7;
     let sock =
         netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).and_then(|mut s| {
@@ -856,8 +876,13 @@ fn watch_nf_tables(nudge: mpsc::SyncSender<()>) {
         .name("overlayd-nfwatch".into())
         .spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
-            loop {
+            while !stop.load(Ordering::Relaxed) {
                 match sock.recv(&mut &mut buf[..], 0) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
                     // ENOBUFS (a burst overflowed the socket) also means "something changed".
                     Ok(_) | Err(_) => {
                         if let Err(mpsc::TrySendError::Disconnected(())) = nudge.try_send(()) {

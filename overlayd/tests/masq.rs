@@ -281,6 +281,13 @@ fn ip_masq_iptables_masquerades_to_the_outside_only_and_is_restored_after_nat_fl
     assert_eq!(iptables_save(&lab, 1, "nat"), nat);
     assert_eq!(iptables_save(&lab, 1, "filter"), filter);
 
+    // --ip-masq-fully-random-disable: the same chain without --random-fully, one jump.
+    assert!(lab.stop(1));
+    lab.start_with(1, &["--ip-masq", "--ip-masq-fully-random-disable"]);
+    let plain = iptables_save(&lab, 1, "nat");
+    assert!(masq_chain_complete(&lab, 1), "{plain}");
+    assert_eq!(plain, nat.replace(" --random-fully", ""));
+
     assert!(lab.stop(1));
     assert_eq!(remove_all_in(&lab, 1).len(), 1);
     assert!(nothing_of_ours(&lab, 1));

@@ -32,8 +32,8 @@
 //! **Keeping them.** What a check reads (`nft list table`, our lines of `iptables-save`) right
 //! after we applied the rules is remembered; a check that reads anything else applies them again
 //! and counts a restore. Checks run on the control loop's 2 s backstop (`Handle::check_soon`),
-//! every `--iptables-resync`, and at once on an nf_tables change notification (nft,
-//! iptables-nft). Applying is idempotent: twice gives the same rules, one jump each.
+//! every `--iptables-resync`, and on an nf_tables change notification (nft, iptables-nft), at
+//! most two a second. Applying is idempotent: twice gives the same rules, one jump each.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -57,6 +57,8 @@ const FWD_COMMENT: &str = "overlayd forward";
 /// kube-proxy marks packets it will masquerade itself (Flannel's `KubeProxyMark`).
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
 const MULTICAST: &str = "224.0.0.0/4";
+/// Checks are at least this far apart, however many notifications arrive.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(500);
 /// How long a command may take before it counts as failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -815,6 +817,7 @@ fn checker(
     stop: &std::sync::atomic::AtomicBool,
 ) {
     let mut last_error = String::new();
+    let mut last_check = Instant::now();
     loop {
         match rx.recv_timeout(resync) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -823,9 +826,15 @@ fn checker(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        // A burst of notifications (our own apply, a flush of many chains) is one check.
-        std::thread::sleep(Duration::from_millis(20));
+        // A burst of notifications (our own apply, a flush of many chains) is one check, and
+        // a busy ruleset (kube-proxy rewriting its chains) costs at most two checks a second.
+        std::thread::sleep(
+            MIN_CHECK_GAP
+                .saturating_sub(last_check.elapsed())
+                .max(Duration::from_millis(20)),
+        );
         while rx.try_recv().is_ok() {}
+        last_check = Instant::now();
         let result = m.ensure();
         shared.checks.fetch_add(1, Ordering::Relaxed);
         match result {

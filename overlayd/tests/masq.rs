@@ -355,3 +355,49 @@ fn forward_policy_drop_pods_still_reach_each_other_iptables() {
         false,
     );
 }
+
+/// A host whose `iptables` is iptables-legacy: it needs CAP_NET_RAW, which overlayd drops, so
+/// overlayd masquerades with nftables instead and says why, rather than failing on every call.
+#[test]
+fn ip_masq_with_iptables_legacy_uses_nftables_and_says_why() {
+    let Some(mut lab) = Lab::new(
+        "ip_masq_with_iptables_legacy_uses_nftables_and_says_why",
+        2,
+        1,
+    ) else {
+        return;
+    };
+    // `iptables*` on this PATH are the legacy tools (nft is still found in /usr/sbin).
+    let bin = lab.dir.join("legacy-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, target) in [
+        ("iptables", "iptables-legacy"),
+        ("iptables-save", "iptables-legacy-save"),
+        ("iptables-restore", "iptables-legacy-restore"),
+    ] {
+        let real = ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(target))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{target} is not installed (apt-get install iptables)"));
+        std::os::unix::fs::symlink(real, bin.join(name)).unwrap();
+    }
+    lab.daemon_env = vec![("PATH".into(), format!("{}:/usr/bin:/bin", bin.display()))];
+    set_nftables(&lab, false);
+    let x = lab.add_stranger(STRANGER_IP);
+    let _server = lab.whoami_server(&x, PORT);
+    lab.start_with(1, &["--ip-masq"]);
+    lab.start_with(2, &["--ip-masq"]);
+    let st = lab.status_json(1);
+    assert_eq!(st["netfilter"]["backend"], "nftables", "{st}");
+    assert!(
+        lab.log(1)
+            .contains("iptables-legacy, which needs CAP_NET_RAW"),
+        "{}",
+        lab.log(1)
+    );
+    assert_eq!(
+        whoami_within(&lab, &lab.pod(1, 1), STRANGER_IP, 5).as_deref(),
+        Some("198.18.0.1")
+    );
+}

@@ -92,6 +92,8 @@ pub struct Lab {
     pub nodes: usize,
     pub pods: usize,
     daemons: Vec<Option<Child>>,
+    /// Extra environment for the overlayd daemons started after it is set (e.g. `PATH`).
+    pub daemon_env: Vec<(String, String)>,
     wired: Vec<bool>,
     _serial: MutexGuard<'static, ()>,
 }
@@ -118,6 +120,7 @@ impl Lab {
             nodes,
             pods,
             daemons: (0..=nodes).map(|_| None).collect(),
+            daemon_env: Vec::new(),
             wired: vec![false; nodes + 1],
             _serial: serial,
         };
@@ -242,6 +245,7 @@ impl Lab {
             .arg(self.subnet_file(i))
             .args(["--queues", "2"])
             .args(extra)
+            .envs(self.daemon_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -326,3 +326,55 @@ async fn accept_loop(
         c.abort.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn request(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn silent_connections_give_way_to_a_request_at_the_limit() {
+        let server = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Router::new().route("/healthz", get(|| async { "ok\n" })),
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        // Fill every slot with connections that never send a byte.
+        let silent: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // A client that asks something is still answered: the oldest silent one gave way.
+        let answer = request(addr, "/healthz").unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut first = &silent[0];
+        first
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        let closed = match first.read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(closed, "the oldest silent connection is closed");
+        drop(server);
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "dropping the server closes the listener"
+        );
+    }
+}

@@ -24,7 +24,9 @@
 //! left alone), `! -s N -d N MASQUERADE` (host to remote pods), MASQUERADE `--random-fully`
 //! unless `--ip-masq-fully-random-disable` or the tool lacks it. Flannel's iptables rules, used
 //! for both backends: Flannel's nftables variant writes rule 4 as `saddr != P daddr N`, which makes
-//! its rule 6 dead code; the iptables form is the one its comment describes.
+//! its rule 6 dead code; the iptables form is the one its comment describes. Likewise the mark
+//! is matched under its mask in both (`meta mark & 0x4000 == 0x4000`), where Flannel's nftables
+//! variant compares the whole mark (`meta mark 0x4000`, marked TODO there).
 //! FORWARD: `-s N ACCEPT`, `-d N ACCEPT`. An nftables `accept` does not overrule a `drop` in
 //! another base chain (iptables' FORWARD with policy DROP, as Docker sets it), so in nftables
 //! mode the FORWARD accept also goes into iptables' FORWARD when `iptables` is installed.

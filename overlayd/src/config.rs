@@ -34,6 +34,8 @@ struct RawNetConf {
     /// Read so a Flannel file parses; unused while `EnableIPv6` must be false.
     #[serde(rename = "IPv6Network")]
     ipv6_network: Option<String>,
+    #[serde(rename = "EnableNFTables", default)]
+    enable_nftables: bool,
     backend: Option<RawBackend>,
 }
 
@@ -59,6 +61,8 @@ pub struct NetConf {
     pub port: u16,
     /// Inner MTU override (`Backend.MTU`); `None` means underlay MTU - 50.
     pub mtu: Option<u32>,
+    /// `EnableNFTables`: masquerade and forward rules with nftables instead of iptables.
+    pub enable_nftables: bool,
 }
 
 impl NetConf {
@@ -139,6 +143,7 @@ impl NetConf {
             vni,
             port,
             mtu,
+            enable_nftables: raw.enable_nftables,
         })
     }
 
@@ -163,6 +168,9 @@ mod tests {
         assert_eq!((c.vni, c.port, c.mtu), (1, 8472, None));
         assert_eq!(c.network.to_string(), "10.244.0.0/16");
         assert_eq!(c.inner_mtu(1500), 1450);
+        assert!(!c.enable_nftables);
+        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).unwrap();
+        assert!(c.enable_nftables);
     }
 
     #[test]

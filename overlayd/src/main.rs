@@ -12,7 +12,8 @@ use overlayd::control::SourceKind;
     name = "overlayd",
     version,
     about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend",
-    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)"
+    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)\n\
+                  Remove what overlayd left on the node after it stopped: overlayd cleanup (see overlayd cleanup --help)"
 )]
 struct Cli {
     /// This node's name in the node source.
@@ -49,6 +50,38 @@ struct Cli {
     /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
     #[arg(long)]
     allow_any_sender: bool,
+    /// Unix socket where this overlayd hands its dataplane (TAP queues, UDP sockets) to a new
+    /// one started next to it, for upgrades without packet loss. Put it on a hostPath that
+    /// both pods of a rolling update see.
+    #[arg(long, default_value = DEFAULT_HANDOVER_SOCKET)]
+    handover_socket: PathBuf,
+    /// On SIGTERM, remove the device, its routes and neighbours (what `overlayd cleanup` does)
+    /// instead of leaving them for the next overlayd, which keeps pods' traffic flowing across
+    /// restarts.
+    #[arg(long)]
+    cleanup_on_exit: bool,
+}
+
+const DEFAULT_HANDOVER_SOCKET: &str = "/run/overlayd/handover.sock";
+
+/// `overlayd cleanup`: removes what overlayd leaves on the node when it stops.
+#[derive(Debug, Parser)]
+#[command(
+    name = "overlayd cleanup",
+    bin_name = "overlayd cleanup",
+    version,
+    about = "Remove what overlayd created and a stop leaves in place: the device, every route with protocol 77, the device's neighbours and the handover socket. Refuses while an overlayd runs."
+)]
+struct CleanupCli {
+    /// The daemon's --device.
+    #[arg(long, default_value = "ovl.1")]
+    device: String,
+    /// The daemon's --handover-socket (used to tell whether an overlayd still runs).
+    #[arg(long, default_value = DEFAULT_HANDOVER_SOCKET)]
+    handover_socket: PathBuf,
+    /// Clean up even though an overlayd answers (it will rebuild the device).
+    #[arg(long)]
+    force: bool,
 }
 
 /// `overlayd status`: the running daemon's FDB, counters, queues and drops.
@@ -82,6 +115,16 @@ fn main() {
         let cli = StatusCli::parse_from(std::env::args_os().skip(1));
         if let Err(e) = overlayd::status::run(cli.http_addr, cli.json) {
             eprintln!("overlayd status: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
+        let cli = CleanupCli::parse_from(std::env::args_os().skip(1));
+        if let Err(e) =
+            overlayd::control::cleanup::run(&cli.device, &cli.handover_socket, cli.force)
+        {
+            eprintln!("overlayd cleanup: error: {e:#}");
             std::process::exit(1);
         }
         return;
@@ -137,6 +180,8 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         queues,
         allow_any_sender: cli.allow_any_sender,
+        handover_socket: cli.handover_socket,
+        cleanup_on_exit: cli.cleanup_on_exit,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

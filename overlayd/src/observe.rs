@@ -132,6 +132,7 @@ impl Observed {
             .map(|(queue, w)| QueueStatus {
                 queue,
                 mode: w.mode().as_str().to_string(),
+                restarts: w.restarts.load(Ordering::Relaxed),
             })
             .collect();
         let peers = d.fdb.as_ref().map_or_else(Vec::new, |f| {
@@ -160,7 +161,6 @@ impl Observed {
                 .health
                 .missing()
                 .into_iter()
-                .map(String::from)
                 .collect(),
             syncs: self.syncs.load(Ordering::Relaxed),
             sync_errors: self.sync_errors.load(Ordering::Relaxed),
@@ -267,6 +267,9 @@ pub struct QueueStatus {
     pub queue: usize,
     /// `offload` or `plain`.
     pub mode: String,
+    /// Times the supervisor restarted this queue's worker.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// One FDB entry with its traffic counters.

@@ -96,6 +96,11 @@ pub struct Worker {
     pub decap: DecapConfig,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// Becomes readable (EOF) when the supervisor stops the workers, so every worker leaves
+    /// its poll at once: a worker that has exited leaves frames in its queue that are lost
+    /// when the queue closes, so all must stop reading at the same moment, just before the
+    /// descriptors close (or are handed over).
+    pub wake: Arc<std::os::unix::net::UnixStream>,
 }
 
 /// A plain datagram waiting in `txbuf` for the next sendmmsg.
@@ -144,7 +149,13 @@ impl Worker {
             self.stats.beat();
             #[cfg(debug_assertions)]
             fault::maybe_panic(self.id, &self.stats);
-            let ready = sys::poll_readable(&[io.tap.file().as_fd(), io.rx.as_fd()], 100)?;
+            let ready = sys::poll_readable(
+                &[io.tap.file().as_fd(), io.rx.as_fd(), self.wake.as_fd()],
+                100,
+            )?;
+            if ready[2] {
+                continue;
+            }
             if ready[0] {
                 self.egress_batch(&mut s, &vx_header);
             }

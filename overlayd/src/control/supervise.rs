@@ -9,6 +9,7 @@
 //!
 //! It runs on the control loop's task and never touches the packet path.
 
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -44,6 +45,9 @@ pub struct Workers {
     fdb: FdbHandle,
     decap: DecapConfig,
     stop: Arc<AtomicBool>,
+    /// Dropped to wake every worker out of its poll when stopping.
+    doorbell: Option<UnixStream>,
+    wake: Arc<UnixStream>,
     exits_tx: mpsc::UnboundedSender<usize>,
     exits_rx: mpsc::UnboundedReceiver<usize>,
 }
@@ -76,6 +80,7 @@ impl Workers {
         decap: DecapConfig,
     ) -> std::io::Result<Workers> {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let (doorbell, wake) = UnixStream::pair()?;
         let mut w = Workers {
             slots: ios
                 .into_iter()
@@ -91,6 +96,8 @@ impl Workers {
             fdb,
             decap,
             stop: Arc::new(AtomicBool::new(false)),
+            doorbell: Some(doorbell),
+            wake: Arc::new(wake),
             exits_tx,
             exits_rx,
         };
@@ -111,6 +118,7 @@ impl Workers {
             decap: self.decap,
             stats: self.slots[id].stats.clone(),
             stop: self.stop.clone(),
+            wake: self.wake.clone(),
         };
         let notice = ExitNotice {
             id,
@@ -208,6 +216,7 @@ impl Workers {
     /// Stops every worker and waits for them; the descriptors stay open until `self` drops.
     pub fn stop_all(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        drop(self.doorbell.take());
         for s in &mut self.slots {
             if let Some(t) = s.thread.take() {
                 let _ = t.join();

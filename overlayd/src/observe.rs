@@ -157,11 +157,7 @@ impl Observed {
             version: env!("CARGO_PKG_VERSION").to_string(),
             own: self.own.get().cloned(),
             ready: self.health.ready(),
-            not_ready: self
-                .health
-                .missing()
-                .into_iter()
-                .collect(),
+            not_ready: self.health.missing().into_iter().collect(),
             syncs: self.syncs.load(Ordering::Relaxed),
             sync_errors: self.sync_errors.load(Ordering::Relaxed),
             last_sync_unix_ms: self.last_sync_unix_ms.load(Ordering::Relaxed),

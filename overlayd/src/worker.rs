@@ -137,12 +137,11 @@ impl Worker {
             gso_send: true,
         };
         let io = &*self.io;
-        self.stats
-            .set_mode(if io.offloads.tso && io.offloads.gro {
-                OffloadMode::Offload
-            } else {
-                OffloadMode::Plain
-            });
+        self.stats.set_mode(if io.offloads.tso && io.offloads.gro {
+            OffloadMode::Offload
+        } else {
+            OffloadMode::Plain
+        });
         let vx_header = vxlan::header(self.decap.vni);
         while !self.stop.load(Ordering::Relaxed) {
             // The supervisor and /healthz read this: a worker that stops beating is down.

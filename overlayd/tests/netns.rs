@@ -339,7 +339,17 @@ fn refuses_existing_device_with_clear_error() {
     sh_ok(&["ip", "-n", &n1, "link", "del", "ovl.1"]);
     // Someone else's TAP, even in overlayd's mode, is not adopted.
     sh_ok(&[
-        "ip", "-n", &n1, "tuntap", "add", "dev", "ovl.1", "mode", "tap", "multi_queue", "vnet_hdr",
+        "ip",
+        "-n",
+        &n1,
+        "tuntap",
+        "add",
+        "dev",
+        "ovl.1",
+        "mode",
+        "tap",
+        "multi_queue",
+        "vnet_hdr",
     ]);
     let out = run();
     assert!(!out.status.success());

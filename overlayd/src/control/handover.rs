@@ -232,7 +232,9 @@ pub fn offer<'a>(
     };
     let them = Identity { device, port, vni };
     let refuse = if version != VERSION {
-        Some(format!("protocol version {version}, this overlayd speaks {VERSION}"))
+        Some(format!(
+            "protocol version {version}, this overlayd speaks {VERSION}"
+        ))
     } else if their_netns != netns() {
         Some(format!(
             "network namespace {their_netns}, this overlayd runs in {}",
@@ -343,7 +345,9 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
         for want in 0..n {
             let (m, fds) = recv(&conn)?;
             let Msg::Queue { id, tso, gro, tx } = m else {
-                return Err(io::Error::other(format!("expected queue {want}, got {m:?}")));
+                return Err(io::Error::other(format!(
+                    "expected queue {want}, got {m:?}"
+                )));
             };
             if id != want || tx == 0 || fds.len() != tx + 2 {
                 return Err(io::Error::other(format!(
@@ -388,9 +392,7 @@ impl Taken {
         self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
         match recv(&self.conn)? {
             (Msg::Released, _) => Ok(()),
-            (m, _) => Err(io::Error::other(format!(
-                "expected Released, got {m:?}"
-            ))),
+            (m, _) => Err(io::Error::other(format!("expected Released, got {m:?}"))),
         }
     }
 }

@@ -246,7 +246,13 @@ fn not_adoptable(link: &Link) -> Option<String> {
 
 /// Opens the sockets of each TAP queue and probes the offloads (a refusal means the plain
 /// path, said once per queue).
-fn queue_ios(opts: &Options, netconf: &NetConf, underlay: &Underlay, first_id: usize, taps: Vec<tap::TapQueue>) -> Result<Vec<QueueIo>> {
+fn queue_ios(
+    opts: &Options,
+    netconf: &NetConf,
+    underlay: &Underlay,
+    first_id: usize,
+    taps: Vec<tap::TapQueue>,
+) -> Result<Vec<QueueIo>> {
     let mut out = Vec::new();
     for (k, tapq) in taps.into_iter().enumerate() {
         let id = first_id + k;
@@ -325,14 +331,20 @@ async fn start_dataplane(
                 warn!(device = %opts.device, queues = others, "the device has queues attached by another process that did not answer on --handover-socket; adopting it anyway (both forward until that process stops)");
             }
             let taps = tap::open_multiqueue(&opts.device, opts.queues)?;
-            (Origin::Adopted, queue_ios(opts, netconf, underlay, 0, taps)?)
+            (
+                Origin::Adopted,
+                queue_ios(opts, netconf, underlay, 0, taps)?,
+            )
         }
         (None, None) => {
             let taps = tap::open_multiqueue(&opts.device, opts.queues)?;
             // Outlives this process: a restart or crash keeps the device, its routes and
             // neighbours, and the next overlayd adopts it.
             tap::set_persist(&taps[0], &opts.device, true)?;
-            (Origin::Created, queue_ios(opts, netconf, underlay, 0, taps)?)
+            (
+                Origin::Created,
+                queue_ios(opts, netconf, underlay, 0, taps)?,
+            )
         }
     };
     if origin == Origin::HandedOver && ios.len() < opts.queues {
@@ -474,8 +486,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     if let Some(t) = taken {
         let from = t.from_pid;
         match t.confirm() {
-            Ok(()) => info!(from_pid = from, "took the dataplane over; the previous overlayd has stopped forwarding"),
-            Err(e) => warn!(from_pid = from, error = %e, "the previous overlayd did not confirm the handover; forwarding anyway"),
+            Ok(()) => info!(
+                from_pid = from,
+                "took the dataplane over; the previous overlayd has stopped forwarding"
+            ),
+            Err(e) => {
+                warn!(from_pid = from, error = %e, "the previous overlayd did not confirm the handover; forwarding anyway")
+            }
         }
     } else if origin == Origin::Adopted {
         info!(device = %opts.device, "adopted the device a previous overlayd left; reconciling its routes and neighbours");

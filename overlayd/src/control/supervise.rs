@@ -201,7 +201,10 @@ impl Workers {
                 self.slots[id].restart_at = None;
                 match self.spawn(id) {
                     Ok(()) => {
-                        self.slots[id].stats.restarts.fetch_add(1, Ordering::Relaxed);
+                        self.slots[id]
+                            .stats
+                            .restarts
+                            .fetch_add(1, Ordering::Relaxed);
                         info!(queue = id, "worker restarted");
                     }
                     Err(e) => {

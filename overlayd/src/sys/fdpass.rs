@@ -11,9 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr,
-};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Most descriptors one message carries (a queue: TAP, receive socket, 16 send sockets).
@@ -110,7 +108,10 @@ pub fn recv(s: &Socket, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
             }
         }
     }
-    if msg.flags.intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC) {
+    if msg
+        .flags
+        .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC)
+    {
         return Err(io::Error::other(
             "handover message or its descriptors were truncated",
         ));
@@ -156,7 +157,11 @@ mod tests {
         x.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"ping");
         drop(c);
-        assert_eq!(recv(&a, &mut buf).unwrap().0, 0, "EOF after the peer closed");
+        assert_eq!(
+            recv(&a, &mut buf).unwrap().0,
+            0,
+            "EOF after the peer closed"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -501,8 +501,7 @@ impl Netlink {
         let n = ours.len();
         for m in ours {
             match self.handle.route().del(m).execute().await {
-                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                }
+                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {}
                 r => r.map_err(req("delete route (protocol 77)"))?,
             }
         }

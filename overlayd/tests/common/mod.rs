@@ -256,7 +256,10 @@ impl Lab {
     /// Starts a second overlayd on node `i` while the first still runs (a rolling update
     /// with maxSurge) and waits until it is ready; the first is kept for `stop_retired`.
     pub fn start_overlapping(&mut self, i: usize) {
-        assert!(self.retired[i].is_none(), "node {i} already has a retired overlayd");
+        assert!(
+            self.retired[i].is_none(),
+            "node {i} already has a retired overlayd"
+        );
         self.retired[i] = self.daemons[i].take();
         self.generation[i] += 1;
         self.start(i);
@@ -288,7 +291,12 @@ impl Lab {
     /// Runs `overlayd cleanup` in node `i` with `extra` arguments.
     pub fn cleanup(&self, i: usize, extra: &[&str]) -> Output {
         let sock = self.handover_socket(i);
-        let mut args = vec![OVERLAYD, "cleanup", "--handover-socket", sock.to_str().unwrap()];
+        let mut args = vec![
+            OVERLAYD,
+            "cleanup",
+            "--handover-socket",
+            sock.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         self.exec(&self.node(i), &args)
     }
@@ -525,7 +533,9 @@ pub struct PingRun(Child);
 impl PingRun {
     pub fn start(lab: &Lab, from: &str, ip: &str, count: u32) -> PingRun {
         let child = Command::new("ip")
-            .args(["netns", "exec", from, "ping", "-q", "-n", "-i", "0.005", "-W", "1"])
+            .args([
+                "netns", "exec", from, "ping", "-q", "-n", "-i", "0.005", "-W", "1",
+            ])
             .args(["-c", &count.to_string(), ip])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -541,7 +551,12 @@ impl PingRun {
         let line = text
             .lines()
             .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("no ping summary: {text}{}", String::from_utf8_lossy(&out.stderr)));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no ping summary: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
         let num = |word: &str| -> u32 {
             let words: Vec<&str> = line.split([',', ' ']).filter(|w| !w.is_empty()).collect();
             let at = words.iter().position(|w| *w == word).unwrap();

@@ -692,6 +692,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         let removed = cleanup::remove_all(&nl, &opts.device).await?;
         info!(%removed, "stopped; --cleanup-on-exit removed what overlayd created");
     } else {
+        // The masquerade and FORWARD rules (masq module) stay in place too: the next overlayd
+        // adopts them like the device; only --cleanup-on-exit / `overlayd cleanup` remove them.
         info!(
             device = %opts.device,
             "stopped; device {} with its routes and neighbours left in place for the next overlayd (overlayd cleanup removes them)",

@@ -51,18 +51,17 @@ struct Cli {
     #[arg(long)]
     allow_any_sender: bool,
     /// Unix socket where this overlayd hands its dataplane (TAP queues, UDP sockets) to a new
-    /// one started next to it, for upgrades without packet loss. Put it on a hostPath that
-    /// both pods of a rolling update see.
-    #[arg(long, default_value = DEFAULT_HANDOVER_SOCKET)]
-    handover_socket: PathBuf,
+    /// one started next to it, for upgrades without packet loss; on a hostPath both pods of a
+    /// rolling update see. Default: /run/overlayd/handover-<network namespace inode>.sock,
+    /// so overlayds in different namespaces of one host never meet.
+    #[arg(long)]
+    handover_socket: Option<PathBuf>,
     /// On SIGTERM, remove the device, its routes and neighbours (what `overlayd cleanup` does)
     /// instead of leaving them for the next overlayd, which keeps pods' traffic flowing across
     /// restarts.
     #[arg(long)]
     cleanup_on_exit: bool,
 }
-
-const DEFAULT_HANDOVER_SOCKET: &str = "/run/overlayd/handover.sock";
 
 /// `overlayd cleanup`: removes what overlayd leaves on the node when it stops.
 #[derive(Debug, Parser)]
@@ -76,9 +75,10 @@ struct CleanupCli {
     /// The daemon's --device.
     #[arg(long, default_value = "ovl.1")]
     device: String,
-    /// The daemon's --handover-socket (used to tell whether an overlayd still runs).
-    #[arg(long, default_value = DEFAULT_HANDOVER_SOCKET)]
-    handover_socket: PathBuf,
+    /// The daemon's --handover-socket (used to tell whether an overlayd still runs; default
+    /// as the daemon's).
+    #[arg(long)]
+    handover_socket: Option<PathBuf>,
     /// Clean up even though an overlayd answers (it will rebuild the device).
     #[arg(long)]
     force: bool,
@@ -121,9 +121,10 @@ fn main() {
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
         let cli = CleanupCli::parse_from(std::env::args_os().skip(1));
-        if let Err(e) =
-            overlayd::control::cleanup::run(&cli.device, &cli.handover_socket, cli.force)
-        {
+        let socket = cli
+            .handover_socket
+            .unwrap_or_else(overlayd::control::default_handover_socket);
+        if let Err(e) = overlayd::control::cleanup::run(&cli.device, &socket, cli.force) {
             eprintln!("overlayd cleanup: error: {e:#}");
             std::process::exit(1);
         }
@@ -180,7 +181,9 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         queues,
         allow_any_sender: cli.allow_any_sender,
-        handover_socket: cli.handover_socket,
+        handover_socket: cli
+            .handover_socket
+            .unwrap_or_else(overlayd::control::default_handover_socket),
         cleanup_on_exit: cli.cleanup_on_exit,
     };
     tokio::runtime::Builder::new_current_thread()

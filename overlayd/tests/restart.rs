@@ -68,10 +68,10 @@ fn assert_stream_survived(v: &serde_json::Value) -> f64 {
         .unwrap()
 }
 
-/// A rolling update with maxSurge: the new overlayd starts while the old one runs, takes its
-/// TAP queues and sockets over, and the old one then stops. No ping is lost (at most 2
-/// tolerated on this shared machine), the TCP stream goes on, the device, MAC, routes and
-/// neighbours are untouched.
+/// A rolling update with maxSurge, twice in a row: the new overlayd starts while the old one
+/// runs, takes its TAP queues and sockets over, and the old one then stops. No ping is lost
+/// (at most 2 tolerated on this shared machine), the TCP stream goes on, the device, MAC,
+/// routes and neighbours are untouched, and the new one can hand over again.
 #[test]
 fn overlapping_upgrade_loses_no_ping_and_tcp_survives() {
     let Some(mut lab) = Lab::new("overlapping_upgrade_loses_no_ping_and_tcp_survives", 2, 1) else {
@@ -80,31 +80,44 @@ fn overlapping_upgrade_loses_no_ping_and_tcp_survives() {
     lab.start(1);
     lab.start(2);
     let ifindex_before = link(&lab, 1).unwrap();
-    let (iperf, ping) = load(&lab, 6, 3);
+    let (iperf, ping) = load(&lab, 7, 4);
 
-    lab.start_overlapping(1);
-    assert!(
-        lab.log(1).contains("took the dataplane over"),
-        "{}",
-        lab.log(1)
-    );
-    assert!(
-        lab.stop_retired(1),
-        "old overlayd exits 0:\n{}",
-        lab.retired_log(1)
-    );
-    let old = lab.retired_log(1);
-    assert!(
-        old.contains("handed over") && old.contains("stopped after a handover"),
-        "{old}"
-    );
+    for round in 1..=2 {
+        let t = Instant::now();
+        lab.start_overlapping(1);
+        assert!(
+            lab.log(1).contains("took the dataplane over"),
+            "round {round}:\n{}",
+            lab.log(1)
+        );
+        assert!(
+            !lab.log(1).contains("no handover socket"),
+            "round {round}: the new one listens for the next upgrade:\n{}",
+            lab.log(1)
+        );
+        assert!(
+            lab.stop_retired(1),
+            "old overlayd exits 0:\n{}",
+            lab.retired_log(1)
+        );
+        let old = lab.retired_log(1);
+        assert!(
+            old.contains("handed over") && old.contains("stopped after a handover"),
+            "round {round}:\n{old}"
+        );
+        eprintln!("upgrade {round}: start to old one gone {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     let (sent, received) = ping.finish();
     let lost = sent - received;
-    eprintln!("overlapping upgrade: {lost} of {sent} pings (5 ms apart) lost");
-    assert!(lost <= 2, "{lost} of {sent} pings lost during the handover");
+    eprintln!("two overlapping upgrades: {lost} of {sent} pings (5 ms apart) lost");
+    assert!(
+        lost <= 2,
+        "{lost} of {sent} pings lost during the handovers"
+    );
     let bps = assert_stream_survived(&Lab::iperf_json(iperf));
-    eprintln!("iperf3 {:.0} Mbit/s across the upgrade", bps / 1e6);
+    eprintln!("iperf3 {:.0} Mbit/s across the upgrades", bps / 1e6);
 
     // The same device (same index), MAC and kernel state; the new one serves HTTP alone.
     let after = link(&lab, 1).unwrap();
@@ -120,6 +133,64 @@ fn overlapping_upgrade_loses_no_ping_and_tcp_survives() {
     assert_peer2_state_exact(&lab);
     assert_eq!(lab.http_status(1, "/readyz"), 200);
     assert!(lab.ping_within(&lab.pod(1, 1), &Lab::pod_ip(2, 1), Duration::from_secs(2)));
+}
+
+/// A new overlayd that disagrees with the running one (here: another UDP port) is refused
+/// with the reason and exits; the running one never stopped forwarding.
+#[test]
+fn mismatched_handover_is_refused_and_the_old_one_keeps_forwarding() {
+    let Some(mut lab) = Lab::new(
+        "mismatched_handover_is_refused_and_the_old_one_keeps_forwarding",
+        2,
+        1,
+    ) else {
+        return;
+    };
+    lab.start(1);
+    lab.start(2);
+    let conf = lab.dir.join("net-conf-4789.json");
+    std::fs::write(
+        &conf,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":4789}}"#,
+    )
+    .unwrap();
+    let (iperf, ping) = load(&lab, 5, 2);
+    let sock = lab.handover_socket(1);
+    let nodes = lab.nodes_file();
+    let subnet = lab.dir.join("other-subnet.env");
+    let out = lab.exec(
+        &lab.node(1),
+        &[
+            "timeout",
+            "20",
+            common::OVERLAYD,
+            "--node-name",
+            "node1",
+            "--nodes-file",
+            nodes.to_str().unwrap(),
+            "--net-config-path",
+            conf.to_str().unwrap(),
+            "--subnet-file",
+            subnet.to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:9103",
+            "--handover-socket",
+            sock.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused the handover") && err.contains("port 4789"),
+        "{err}"
+    );
+    assert!(lab.is_running(1));
+    assert!(lab.log(1).contains("handover refused"), "{}", lab.log(1));
+    let (sent, received) = ping.finish();
+    eprintln!("refused handover: {} of {sent} pings lost", sent - received);
+    assert!(sent - received <= 2);
+    assert_stream_survived(&Lab::iperf_json(iperf));
+    assert_peer2_state_exact(&lab);
 }
 
 /// SIGTERM then a new start: what the old one left is adopted, the gap is at most 50 ms

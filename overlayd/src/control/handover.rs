@@ -46,6 +46,8 @@ use crate::worker::{Offloads, QueueIo};
 
 /// Protocol version; a process refuses a Hello of another version.
 pub const VERSION: u32 = 1;
+/// How a refusal for another network namespace starts: the requester then runs on its own.
+const OTHER_NETNS: &str = "another network namespace";
 /// Bound on every step of the exchange.
 const STEP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -231,14 +233,14 @@ pub fn offer<'a>(
         Err(e) => return Err(e),
     };
     let them = Identity { device, port, vni };
-    let refuse = if version != VERSION {
+    let refuse = if their_netns != netns() {
+        Some(format!(
+            "{OTHER_NETNS}: {their_netns}, this overlayd runs in {}",
+            netns()
+        ))
+    } else if version != VERSION {
         Some(format!(
             "protocol version {version}, this overlayd speaks {VERSION}"
-        ))
-    } else if their_netns != netns() {
-        Some(format!(
-            "network namespace {their_netns}, this overlayd runs in {}",
-            netns()
         ))
     } else if them != *me {
         Some(format!(
@@ -373,6 +375,10 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
             from_pid,
             queues,
         })),
+        Ok(Err(reason)) if reason.starts_with(OTHER_NETNS) => {
+            warn!(socket = %path.display(), %reason, "the overlayd at --handover-socket serves another network namespace; not taking over (give each namespace its own --handover-socket)");
+            Ok(None)
+        }
         Ok(Err(reason)) => bail!(
             "the overlayd running at --handover-socket {} refused the handover: {reason}; stop it first or give this one its own --handover-socket",
             path.display()

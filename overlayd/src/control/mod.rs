@@ -60,6 +60,16 @@ pub struct Options {
     pub cleanup_on_exit: bool,
 }
 
+/// `--handover-socket`'s default: `/run/overlayd/handover-<inode of this network
+/// namespace>.sock`. The two pods of a rolling update share the host's namespace and so the
+/// path; daemons in different namespaces of one host (the netns demo, tests) never meet.
+#[must_use]
+pub fn default_handover_socket() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    PathBuf::from(format!("/run/overlayd/handover-{ns}.sock"))
+}
+
 /// The underlay: where VXLAN leaves and arrives.
 #[derive(Debug, Clone)]
 struct Underlay {

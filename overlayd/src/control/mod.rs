@@ -341,6 +341,9 @@ async fn start_dataplane(
                 warn!(device = %opts.device, queues = others, "the device has queues attached by another process that did not answer on --handover-socket; adopting it anyway (both forward until that process stops)");
             }
             let taps = tap::open_multiqueue(&opts.device, opts.queues)?;
+            if !l.tun.is_some_and(|t| t.persist) {
+                tap::set_persist(&taps[0], &opts.device, true)?;
+            }
             (
                 Origin::Adopted,
                 queue_ios(opts, netconf, underlay, 0, taps)?,
@@ -825,5 +828,68 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::netlink::TunInfo;
+
+    fn link(kind: &str, tun: Option<TunInfo>, alias: Option<&str>) -> Link {
+        Link {
+            index: 7,
+            name: "ovl.1".into(),
+            mtu: 1450,
+            mac: None,
+            up: true,
+            kind: Some(kind.into()),
+            alias: alias.map(String::from),
+            tun,
+        }
+    }
+
+    #[test]
+    fn only_our_multiqueue_vnet_tap_is_adopted() {
+        let ours = TunInfo {
+            tap: true,
+            vnet_hdr: true,
+            multi_queue: true,
+            persist: true,
+            queues: Some(0),
+        };
+        assert_eq!(
+            not_adoptable(&link("tun", Some(ours), Some("overlayd"))),
+            None
+        );
+        let why = not_adoptable(&link("bridge", None, Some("overlayd"))).unwrap();
+        assert!(why.contains("not a TAP device (kind bridge)"), "{why}");
+        let why = not_adoptable(&link("tun", Some(ours), None)).unwrap();
+        assert!(why.contains("did not create it"), "{why}");
+        for t in [
+            TunInfo { tap: false, ..ours },
+            TunInfo {
+                multi_queue: false,
+                ..ours
+            },
+            TunInfo {
+                vnet_hdr: false,
+                ..ours
+            },
+        ] {
+            let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
+            assert!(why.contains("multi_queue"), "{why}");
+        }
+    }
+
+    #[test]
+    fn default_handover_socket_names_the_network_namespace() {
+        let p = default_handover_socket();
+        let s = p.to_str().unwrap();
+        assert!(
+            s.starts_with("/run/overlayd/handover-") && s.ends_with(".sock"),
+            "{s}"
+        );
+        assert_eq!(p, default_handover_socket(), "stable");
     }
 }

@@ -12,7 +12,8 @@ use overlayd::control::SourceKind;
     name = "overlayd",
     version,
     about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend",
-    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)"
+    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)\n\
+                  Remove what overlayd left on the node after it stopped: overlayd cleanup (see overlayd cleanup --help)"
 )]
 struct Cli {
     /// This node's name in the node source.
@@ -63,6 +64,38 @@ struct Cli {
     /// Seconds between checks of the masquerade/forward rules besides the 2 s backstop.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     iptables_resync: u64,
+    /// Unix socket where this overlayd hands its dataplane (TAP queues, UDP sockets) to a new
+    /// one started next to it, for upgrades without packet loss; on a hostPath both pods of a
+    /// rolling update see. Default: /run/overlayd/handover-<network namespace inode>.sock,
+    /// so overlayds in different namespaces of one host never meet.
+    #[arg(long)]
+    handover_socket: Option<PathBuf>,
+    /// On SIGTERM, remove the device, its routes and neighbours (what `overlayd cleanup` does)
+    /// instead of leaving them for the next overlayd, which keeps pods' traffic flowing across
+    /// restarts.
+    #[arg(long)]
+    cleanup_on_exit: bool,
+}
+
+/// `overlayd cleanup`: removes what overlayd leaves on the node when it stops.
+#[derive(Debug, Parser)]
+#[command(
+    name = "overlayd cleanup",
+    bin_name = "overlayd cleanup",
+    version,
+    about = "Remove what overlayd created and a stop leaves in place: the device, every route with protocol 77, the device's neighbours, the masquerade/FORWARD rules and the handover socket. Refuses while an overlayd runs."
+)]
+struct CleanupCli {
+    /// The daemon's --device.
+    #[arg(long, default_value = "ovl.1")]
+    device: String,
+    /// The daemon's --handover-socket (used to tell whether an overlayd still runs; default
+    /// as the daemon's).
+    #[arg(long)]
+    handover_socket: Option<PathBuf>,
+    /// Clean up even though an overlayd answers (it will rebuild the device).
+    #[arg(long)]
+    force: bool,
 }
 
 /// `overlayd status`: the running daemon's FDB, counters, queues and drops.
@@ -96,6 +129,17 @@ fn main() {
         let cli = StatusCli::parse_from(std::env::args_os().skip(1));
         if let Err(e) = overlayd::status::run(cli.http_addr, cli.json) {
             eprintln!("overlayd status: error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
+        let cli = CleanupCli::parse_from(std::env::args_os().skip(1));
+        let socket = cli
+            .handover_socket
+            .unwrap_or_else(overlayd::control::default_handover_socket);
+        if let Err(e) = overlayd::control::cleanup::run(&cli.device, &socket, cli.force) {
+            eprintln!("overlayd cleanup: error: {e:#}");
             std::process::exit(1);
         }
         return;
@@ -155,6 +199,10 @@ fn run(cli: Cli) -> Result<()> {
         ip_masq_random_fully: !cli.ip_masq_fully_random_disable,
         iptables_forward_rules: cli.iptables_forward_rules,
         iptables_resync: std::time::Duration::from_secs(cli.iptables_resync),
+        handover_socket: cli
+            .handover_socket
+            .unwrap_or_else(overlayd::control::default_handover_socket),
+        cleanup_on_exit: cli.cleanup_on_exit,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -162,6 +162,17 @@ impl Collector for OverlaydCollector {
             }
         }
 
+        let mut m = enc.encode_descriptor(
+            "overlayd_worker_restarts",
+            "Times a queue's worker thread ended or panicked and was restarted by the supervisor.",
+            None,
+            MetricType::Counter,
+        )?;
+        for q in &s.queues {
+            ConstCounter::new(q.restarts)
+                .encode(m.encode_family(&[("queue", q.queue.to_string().as_str())])?)?;
+        }
+
         gauge(
             &mut enc,
             "overlayd_fdb_entries",
@@ -285,6 +296,8 @@ mod tests {
             "overlayd_queue_offload_mode{queue=\"0\",mode=\"offload\"} 1\n",
             "overlayd_queue_offload_mode{queue=\"1\",mode=\"plain\"} 1\n",
             "overlayd_queue_offload_mode{queue=\"1\",mode=\"offload\"} 0\n",
+            "overlayd_worker_restarts_total{queue=\"0\"} 0\n",
+            "overlayd_worker_restarts_total{queue=\"1\"} 0\n",
             "overlayd_fdb_entries 1\n",
             "overlayd_syncs_total 1\n",
             "overlayd_sync_errors_total 0\n",

@@ -134,6 +134,7 @@ impl Observed {
             .map(|(queue, w)| QueueStatus {
                 queue,
                 mode: w.mode().as_str().to_string(),
+                restarts: w.restarts.load(Ordering::Relaxed),
             })
             .collect();
         let peers = d.fdb.as_ref().map_or_else(Vec::new, |f| {
@@ -158,12 +159,7 @@ impl Observed {
             version: env!("CARGO_PKG_VERSION").to_string(),
             own: self.own.get().cloned(),
             ready: self.health.ready(),
-            not_ready: self
-                .health
-                .missing()
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            not_ready: self.health.missing().into_iter().collect(),
             syncs: self.syncs.load(Ordering::Relaxed),
             sync_errors: self.sync_errors.load(Ordering::Relaxed),
             last_sync_unix_ms: self.last_sync_unix_ms.load(Ordering::Relaxed),
@@ -273,6 +269,9 @@ pub struct QueueStatus {
     pub queue: usize,
     /// `offload` or `plain`.
     pub mode: String,
+    /// Times the supervisor restarted this queue's worker.
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// One FDB entry with its traffic counters.

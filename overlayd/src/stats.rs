@@ -2,6 +2,8 @@
 //! (relaxed atomics, no sharing of cache lines between workers); readers sum over workers.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::path::DropReason;
 
@@ -54,9 +56,36 @@ pub struct WorkerStats {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// [`monotonic_ms`] when the worker last went round its loop (0: never started).
+    pub heartbeat_ms: AtomicU64,
+    /// Times the supervisor restarted this queue's worker after it ended or panicked.
+    pub restarts: AtomicU64,
+}
+
+/// Milliseconds since this process first asked (never 0), on the monotonic clock.
+#[must_use]
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let e = EPOCH.get_or_init(Instant::now);
+    u64::try_from(e.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
 }
 
 impl WorkerStats {
+    /// The worker is alive and about to poll (at least every 100 ms).
+    #[inline]
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the worker last went round its loop; `None` if it never ran.
+    #[must_use]
+    pub fn silent_for(&self) -> Option<Duration> {
+        match self.heartbeat_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(Duration::from_millis(monotonic_ms().saturating_sub(t))),
+        }
+    }
+
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         bump(&self.drops[reason as usize], 1);

@@ -264,6 +264,7 @@ mod tests {
             queues: vec![QueueStatus {
                 queue: 0,
                 mode: "offload".into(),
+                restarts: 0,
             }],
             peers: vec![PeerStatus {
                 node: "node2".into(),

@@ -78,17 +78,29 @@ pub struct Offloads {
     pub gro: bool,
 }
 
-pub struct Worker {
-    pub id: usize,
+/// The descriptors of one queue: kept by the supervisor across worker restarts, and what a
+/// handover passes to the next overlayd.
+#[derive(Debug)]
+pub struct QueueIo {
     pub tap: TapQueue,
     pub rx: UdpSocket,
     /// Send sockets; the inner flow hash picks one, so its port is the outer source port.
     pub tx_pool: Vec<UdpSocket>,
+    pub offloads: Offloads,
+}
+
+pub struct Worker {
+    pub id: usize,
+    pub io: Arc<QueueIo>,
     pub fdb: FdbHandle,
     pub decap: DecapConfig,
-    pub offloads: Offloads,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// Becomes readable (EOF) when the supervisor stops the workers, so every worker leaves
+    /// its poll at once: a worker that has exited leaves frames in its queue that are lost
+    /// when the queue closes, so all must stop reading at the same moment, just before the
+    /// descriptors close (or are handed over).
+    pub wake: Arc<std::os::unix::net::UnixStream>,
 }
 
 /// A plain datagram waiting in `txbuf` for the next sendmmsg.
@@ -124,15 +136,25 @@ impl Worker {
             frames: Vec::with_capacity(MAX_RUN),
             gso_send: true,
         };
-        self.stats
-            .set_mode(if self.offloads.tso && self.offloads.gro {
-                OffloadMode::Offload
-            } else {
-                OffloadMode::Plain
-            });
+        let io = &*self.io;
+        self.stats.set_mode(if io.offloads.tso && io.offloads.gro {
+            OffloadMode::Offload
+        } else {
+            OffloadMode::Plain
+        });
         let vx_header = vxlan::header(self.decap.vni);
         while !self.stop.load(Ordering::Relaxed) {
-            let ready = sys::poll_readable(&[self.tap.file().as_fd(), self.rx.as_fd()], 100)?;
+            // The supervisor and /healthz read this: a worker that stops beating is down.
+            self.stats.beat();
+            #[cfg(debug_assertions)]
+            fault::maybe_panic(self.id, &self.stats);
+            let ready = sys::poll_readable(
+                &[io.tap.file().as_fd(), io.rx.as_fd(), self.wake.as_fd()],
+                100,
+            )?;
+            if ready[2] {
+                continue;
+            }
             if ready[0] {
                 self.egress_batch(&mut s, &vx_header);
             }
@@ -155,7 +177,7 @@ impl Worker {
                 self.flush_pending(s);
                 off = 0;
             }
-            let Ok(n) = self.tap.file().read(&mut s.txbuf[off..off + BUF_LEN]) else {
+            let Ok(n) = self.io.tap.file().read(&mut s.txbuf[off..off + BUF_LEN]) else {
                 break;
             };
             let slot = &mut s.txbuf[off..off + n];
@@ -170,7 +192,7 @@ impl Worker {
                     continue;
                 }
             };
-            let sock = t.flow_hash as usize % self.tx_pool.len();
+            let sock = t.flow_hash as usize % self.io.tx_pool.len();
             if hdr.gso_type & !vnet::GSO_ECN == vnet::GSO_NONE {
                 slot[VX_AT..vnet::LEN].copy_from_slice(vx_header);
                 s.pending.push(Pending {
@@ -191,7 +213,7 @@ impl Worker {
                 n,
                 &hdr,
                 vx_header,
-                &self.tx_pool[sock],
+                &self.io.tx_pool[sock],
                 t.peer.vtep,
             ) {
                 Ok(packets) => {
@@ -225,7 +247,7 @@ impl Worker {
             }
             let mut done = 0;
             while done < k {
-                match udp::send_batch(&self.tx_pool[sock], &msgs[done..k]) {
+                match udp::send_batch(&self.io.tx_pool[sock], &msgs[done..k]) {
                     Ok(sent) if sent > 0 => done += sent,
                     _ => {
                         self.stats.count_drop(DropReason::TxSendError);
@@ -300,7 +322,7 @@ impl Worker {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let Ok((n, from, gso)) = udp::recv_gro(&self.rx, &mut s.buf) else {
+            let Ok((n, from, gso)) = udp::recv_gro(&self.io.rx, &mut s.buf) else {
                 break;
             };
             let seg = gso.map_or(n, usize::from).max(1);
@@ -345,12 +367,76 @@ impl Worker {
                 len += payload.len();
                 iov[2 + k] = IoSlice::new(payload);
             }
-            match self.tap.file().write_vectored(&iov[..1 + run.count]) {
+            match self.io.tap.file().write_vectored(&iov[..1 + run.count]) {
                 // A TAP write takes the whole frame or fails; anything else is an error.
                 Ok(w) if w == vnet::LEN + len => self.stats.rx_many(run.count as u64, len),
                 // EIO while the device is down (teardown, flap): counted, not logged.
                 Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
             }
+        }
+    }
+}
+
+/// A test-only fault (debug builds only, never in a release binary): with
+/// `OVERLAYD_TEST_WORKER_PANIC=N` the first worker whose queue has handled N packets panics,
+/// once; `NxK` makes that queue's worker panic K times in a row (the first after N packets,
+/// the others as soon as they are restarted), which holds the queue down through the
+/// supervisor's backoff. The integration tests use it to prove restart, counting and health.
+#[cfg(debug_assertions)]
+mod fault {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    use crate::stats::WorkerStats;
+
+    pub const ENV: &str = "OVERLAYD_TEST_WORKER_PANIC";
+
+    struct Plan {
+        after: u64,
+        remaining: AtomicU32,
+        /// The queue that took the first panic (`usize::MAX` before).
+        queue: AtomicUsize,
+    }
+
+    fn plan() -> Option<&'static Plan> {
+        static PLAN: OnceLock<Option<Plan>> = OnceLock::new();
+        PLAN.get_or_init(|| {
+            let v = std::env::var(ENV).ok()?;
+            let (after, times) = match v.split_once('x') {
+                Some((a, k)) => (a.trim().parse().ok()?, k.trim().parse().ok()?),
+                None => (v.trim().parse().ok()?, 1),
+            };
+            Some(Plan {
+                after,
+                remaining: AtomicU32::new(times),
+                queue: AtomicUsize::new(usize::MAX),
+            })
+        })
+        .as_ref()
+    }
+
+    pub fn maybe_panic(id: usize, stats: &WorkerStats) {
+        let Some(p) = plan() else { return };
+        if p.remaining.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let due = match p.queue.load(Ordering::Relaxed) {
+            usize::MAX => {
+                let handled = stats.tx_packets.load(Ordering::Relaxed)
+                    + stats.rx_packets.load(Ordering::Relaxed);
+                handled >= p.after
+                    && p.queue
+                        .compare_exchange(usize::MAX, id, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+            }
+            q => q == id,
+        };
+        if due
+            && p.remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                .is_ok()
+        {
+            panic!("injected worker fault ({ENV}) on queue {id}");
         }
     }
 }

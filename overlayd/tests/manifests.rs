@@ -196,13 +196,19 @@ fn daemonset_matches_what_overlayd_and_the_cni_plugin_expect() {
         .iter()
         .map(|m| m.mount_path.as_str())
         .collect();
-    for p in ["/run/flannel", "/dev/net/tun", "/etc/kube-flannel/"] {
+    for p in [
+        "/run/flannel",
+        "/run/overlayd",
+        "/dev/net/tun",
+        "/etc/kube-flannel/",
+    ] {
         assert!(mounts.contains(p), "{p} not mounted: {mounts:?}");
     }
     for a in args {
         if let Some(path) = a
             .strip_prefix("--net-config-path=")
             .or(a.strip_prefix("--subnet-file="))
+            .or(a.strip_prefix("--handover-socket="))
         {
             assert!(
                 mounts
@@ -222,6 +228,36 @@ fn daemonset_matches_what_overlayd_and_the_cni_plugin_expect() {
     assert_eq!(
         tun.host_path.as_ref().unwrap().type_.as_deref(),
         Some("CharDevice")
+    );
+    // Hitless upgrades: the new pod starts before the old one stops, and both see the
+    // handover socket's directory on the host.
+    assert!(
+        args.iter()
+            .any(|a| a.starts_with("--handover-socket=/run/overlayd/")),
+        "{args:?}"
+    );
+    let ru = d.daemon_sets[0]
+        .spec
+        .update_strategy
+        .as_ref()
+        .unwrap()
+        .rolling_update
+        .as_ref()
+        .unwrap();
+    let int = k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int;
+    assert_eq!(ru.max_surge, Some(int(1)));
+    assert_eq!(ru.max_unavailable, Some(int(0)));
+    let run = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "run-overlayd")
+        .unwrap();
+    assert_eq!(
+        run.host_path.as_ref().unwrap().path,
+        "/run/overlayd",
+        "a hostPath both pods see"
     );
     let init = &spec.init_containers.as_ref().unwrap()[0];
     let script = init.command.as_ref().unwrap().join(" ");

@@ -253,8 +253,8 @@ fn peer_leaves_and_returns_via_nodes_file() {
     );
 }
 
-/// SIGTERM removes the device, routes and neighbours and exits 0; a restart comes back with
-/// the same VtepMAC and traffic resumes.
+/// SIGTERM exits 0 and leaves the device (persistent, same MAC), routes and neighbours for the
+/// next overlayd; nothing forwards while none runs; a restart adopts them and traffic resumes.
 #[test]
 fn restart_keeps_vtep_mac_and_traffic_resumes() {
     let Some(mut lab) = Lab::new("restart_keeps_vtep_mac_and_traffic_resumes", 2, 1) else {
@@ -265,16 +265,23 @@ fn restart_keeps_vtep_mac_and_traffic_resumes() {
     let p1 = lab.pod(1, 1);
     assert!(lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(3)));
     let mac_before = sh_ok(&["ip", "-n", &lab.node(2), "link", "show", "ovl.1"]);
+    let routes_before = lab.routes(2);
     assert!(
         lab.stop(2),
         "overlayd must exit 0 on SIGTERM:\n{}",
         lab.log(2)
     );
     let dev = lab.exec(&lab.node(2), &["ip", "link", "show", "ovl.1"]);
-    assert!(!dev.status.success(), "device must be removed on SIGTERM");
-    assert!(lab.routes(2).is_empty());
+    assert!(dev.status.success(), "the device must stay on SIGTERM");
+    // Without a queue attached the device has no carrier: `ip` adds "linkdown".
+    assert_eq!(
+        lab.routes(2).replace(" linkdown", ""),
+        routes_before,
+        "routes stay on SIGTERM"
+    );
     assert!(!lab.ping(&p1, &Lab::pod_ip(2, 1)));
     lab.start(2);
+    assert!(lab.log(2).contains("adopted the device"), "{}", lab.log(2));
     let mac_after = sh_ok(&["ip", "-n", &lab.node(2), "link", "show", "ovl.1"]);
     let mac = |s: &str| {
         s.split_whitespace()
@@ -284,6 +291,7 @@ fn restart_keeps_vtep_mac_and_traffic_resumes() {
     };
     assert_eq!(mac(&mac_before), mac(&mac_after));
     assert_eq!(mac(&mac_after).as_deref(), Some("0a:58:0a:f4:02:00"));
+    assert_eq!(lab.routes(2), routes_before, "no route added twice");
     assert!(
         lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(2)),
         "{}",
@@ -291,42 +299,67 @@ fn restart_keeps_vtep_mac_and_traffic_resumes() {
     );
 }
 
-/// Startup errors a person can act on: a device of that name already exists.
+/// Startup errors a person can act on: a device of that name exists and overlayd did not
+/// create it (another kind, or a TAP without overlayd's mark): refused, nothing touched.
 #[test]
 fn refuses_existing_device_with_clear_error() {
     let Some(lab) = Lab::new("refuses_existing_device_with_clear_error", 1, 0) else {
         return;
     };
-    sh_ok(&[
-        "ip",
-        "-n",
-        &lab.node(1),
-        "link",
-        "add",
-        "ovl.1",
-        "type",
-        "bridge",
-    ]);
-    let out = lab.exec(
-        &lab.node(1),
-        &[
-            common::OVERLAYD,
-            "--node-name",
-            "node1",
-            "--nodes-file",
-            lab.nodes_file().to_str().unwrap(),
-            "--net-config-path",
-            lab.dir.join("net-conf.json").to_str().unwrap(),
-            "--subnet-file",
-            lab.subnet_file(1).to_str().unwrap(),
-        ],
-    );
+    let n1 = lab.node(1);
+    let run = || {
+        let sock = lab.handover_socket(1);
+        lab.exec(
+            &n1,
+            &[
+                common::OVERLAYD,
+                "--node-name",
+                "node1",
+                "--nodes-file",
+                lab.nodes_file().to_str().unwrap(),
+                "--net-config-path",
+                lab.dir.join("net-conf.json").to_str().unwrap(),
+                "--subnet-file",
+                lab.subnet_file(1).to_str().unwrap(),
+                "--handover-socket",
+                sock.to_str().unwrap(),
+            ],
+        )
+    };
+    sh_ok(&["ip", "-n", &n1, "link", "add", "ovl.1", "type", "bridge"]);
+    let out = run();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("device ovl.1 already exists") && err.contains("--device"),
+        err.contains("device ovl.1 already exists")
+            && err.contains("not a TAP device (kind bridge)")
+            && err.contains("--device"),
         "{err}"
     );
+    sh_ok(&["ip", "-n", &n1, "link", "del", "ovl.1"]);
+    // Someone else's TAP, even in overlayd's mode, is not adopted.
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "tuntap",
+        "add",
+        "dev",
+        "ovl.1",
+        "mode",
+        "tap",
+        "multi_queue",
+        "vnet_hdr",
+    ]);
+    let out = run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("device ovl.1 already exists") && err.contains("did not create it"),
+        "{err}"
+    );
+    let routes = sh_ok(&["ip", "-n", &n1, "route", "show", "dev", "ovl.1"]);
+    assert!(routes.trim().is_empty(), "{routes}");
 }
 
 /// With offloads on, what leaves a node under TCP load is valid: outer packets never

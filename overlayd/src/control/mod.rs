@@ -9,13 +9,16 @@
 //! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
 //! device, sockets and workers created again, peers' counters kept).
 
+pub mod cleanup;
+mod handover;
 mod reconcile;
 pub mod source;
+mod supervise;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +34,13 @@ use crate::fdb::{Fdb, FdbHandle};
 use crate::http::{self, Health};
 use crate::observe::{Observed, OwnNode};
 use crate::path::DecapConfig;
-use crate::stats::{Totals, WorkerStats};
-use crate::sys::netlink::{self as nlink, KernelEvent, Netlink};
+use crate::stats::Totals;
+use crate::sys::netlink::{self as nlink, KernelEvent, Link, Netlink, DEVICE_ALIAS};
 use crate::sys::{tap, udp};
-use crate::worker::{Offloads, Worker};
+use crate::worker::{Offloads, QueueIo};
 use reconcile::reconcile_kernel;
 use source::SourceUpdate;
+use supervise::Workers;
 
 /// Everything the command line decides.
 #[derive(Debug, Clone)]
@@ -57,6 +61,21 @@ pub struct Options {
     pub iptables_forward_rules: bool,
     /// `--iptables-resync`: how often the netfilter rules are checked besides the 2 s backstop.
     pub iptables_resync: Duration,
+    /// Unix socket where a running overlayd hands its dataplane to its successor.
+    pub handover_socket: PathBuf,
+    /// On SIGTERM remove the device, routes and neighbours (as `overlayd cleanup` does)
+    /// instead of leaving them for the next overlayd.
+    pub cleanup_on_exit: bool,
+}
+
+/// `--handover-socket`'s default: `/run/overlayd/handover-<inode of this network
+/// namespace>.sock`. The two pods of a rolling update share the host's namespace and so the
+/// path; daemons in different namespaces of one host (the netns demo, tests) never meet.
+#[must_use]
+pub fn default_handover_socket() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    PathBuf::from(format!("/run/overlayd/handover-{ns}.sock"))
 }
 
 /// The underlay: where VXLAN leaves and arrives.
@@ -205,64 +224,56 @@ async fn spawn_source(
 struct Dataplane {
     link_index: u32,
     fdb: FdbHandle,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    stats: Vec<Arc<WorkerStats>>,
+    workers: Workers,
 }
 
-/// Creates the TAP device and its workers for `state`; peers' counters carry over from
-/// `previous` (a rebuild).
-async fn start_dataplane(
-    nl: &Netlink,
+/// Where the running dataplane's device and queues came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// No device existed: created (persistent, marked with our alias).
+    Created,
+    /// A device a previous overlayd left (stopped or crashed): new queues attached to it.
+    Adopted,
+    /// A running overlayd handed its queues and sockets over.
+    HandedOver,
+}
+
+/// Why an existing device may not be adopted (`None`: it may). Only a TAP device with
+/// multi-queue and vnet headers that carries our alias is ours.
+fn not_adoptable(link: &Link) -> Option<String> {
+    if link.kind.as_deref() != Some("tun") {
+        return Some(format!(
+            "it is not a TAP device (kind {})",
+            link.kind.as_deref().unwrap_or("unknown")
+        ));
+    }
+    let t = link.tun.unwrap_or_default();
+    if !(t.tap && t.multi_queue && t.vnet_hdr) {
+        return Some(format!(
+            "it is a TUN/TAP device without the TAP + multi_queue + vnet_hdr mode overlayd creates ({t:?})"
+        ));
+    }
+    if link.alias.as_deref() != Some(DEVICE_ALIAS) {
+        return Some(format!(
+            "it does not carry overlayd's alias {DEVICE_ALIAS:?} (alias {:?}), so overlayd did not create it",
+            link.alias
+        ));
+    }
+    None
+}
+
+/// Opens the sockets of each TAP queue and probes the offloads (a refusal means the plain
+/// path, said once per queue).
+fn queue_ios(
     opts: &Options,
     netconf: &NetConf,
     underlay: &Underlay,
-    state: &ClusterState,
-    previous: Option<&Fdb>,
-) -> Result<Dataplane> {
-    let own_cidr = state.own_pod_cidr();
-    let own_mac = state.own_vtep_mac();
-    let mtu = netconf.inner_mtu(underlay.mtu);
-    if let Some(l) = nl.link_by_name(&opts.device).await? {
-        bail!(
-            "device {} already exists (kind {}): another overlayd may be running; delete it (ip link del {}) or pass --device",
-            opts.device,
-            l.kind.as_deref().unwrap_or("unknown"),
-            opts.device
-        );
-    }
-    let queues = tap::open_multiqueue(&opts.device, opts.queues)?;
-    let link = nl
-        .link_by_name(&opts.device)
-        .await?
-        .with_context(|| format!("TAP device {} vanished after creation", opts.device))?;
-    // IPv6 link-local traffic (RS, MLD) would only be dropped as floods; Flannel's IPv4 overlay
-    // has no use for it. Best effort: the sysctl may be absent.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.device),
-        "1",
-    );
-    nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
-        .await?;
-
-    let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
-        &state.peers,
-        netconf.port,
-        previous,
-    )));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    let mut stats = Vec::new();
-    #[allow(clippy::cast_possible_truncation)]
-    let decap = DecapConfig {
-        vni: netconf.vni,
-        own_mac: own_mac.0,
-        inner_mtu: mtu.min(65_000) as u16,
-        allow_any_sender: opts.allow_any_sender,
-    };
-    let mut modes = Vec::new();
-    for (id, tapq) in queues.into_iter().enumerate() {
-        // Probe the offloads per queue and socket; a refusal means the plain path, said once.
+    first_id: usize,
+    taps: Vec<tap::TapQueue>,
+) -> Result<Vec<QueueIo>> {
+    let mut out = Vec::new();
+    for (k, tapq) in taps.into_iter().enumerate() {
+        let id = first_id + k;
         let tso = match tap::set_offload(&tapq, &opts.device, tap::OFFLOAD_TCP) {
             Ok(()) => true,
             Err(e) => {
@@ -283,58 +294,144 @@ async fn start_dataplane(
                 false
             }
         };
-        modes.push(if tso && gro { "offload" } else { "plain" });
         #[allow(clippy::cast_possible_truncation)]
         let seed = u32::from(underlay.ip)
             .wrapping_mul(2_654_435_761)
             .wrapping_add(id as u32 * 4099);
         let tx_pool = udp::bind_source_pool(underlay.ip, 16, seed)
             .with_context(|| format!("cannot bind source ports on {}", underlay.ip))?;
-        let s = Arc::new(WorkerStats::default());
-        stats.push(s.clone());
-        workers.push(Worker {
-            id,
+        out.push(QueueIo {
             tap: tapq,
             rx,
             tx_pool,
-            fdb: fdb.clone(),
-            decap,
             offloads: Offloads { tso, gro },
-            stats: s,
-            stop: stop.clone(),
         });
     }
-    // Threads start only once every queue is ready: a failure above drops the queues (and so
-    // the device) with no thread left holding one open.
-    let mut threads = Vec::new();
-    for w in workers {
-        let id = w.id;
-        let spawned = std::thread::Builder::new()
-            .name(format!("overlayd-q{id}"))
-            .spawn(move || {
-                if let Err(e) = w.run() {
-                    error!(queue = id, error = %e, "worker stopped");
-                }
-            });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(e).context(format!("cannot start the worker thread of queue {id}"));
+    Ok(out)
+}
+
+/// Sets up the dataplane for `state`: takes the queues `handed` over by a running overlayd,
+/// or adopts the device a previous overlayd left, or creates it; then starts the workers.
+/// Peers' counters carry over from `previous` (a rebuild).
+#[allow(clippy::too_many_arguments)]
+async fn start_dataplane(
+    nl: &Netlink,
+    opts: &Options,
+    netconf: &NetConf,
+    underlay: &Underlay,
+    state: &ClusterState,
+    previous: Option<&Fdb>,
+    handed: Option<Vec<QueueIo>>,
+) -> Result<(Dataplane, Origin)> {
+    let own_cidr = state.own_pod_cidr();
+    let own_mac = state.own_vtep_mac();
+    let mtu = netconf.inner_mtu(underlay.mtu);
+    let existing = nl.link_by_name(&opts.device).await?;
+    if let Some(l) = &existing {
+        if let Some(why) = not_adoptable(l) {
+            bail!(
+                "device {} already exists and overlayd may not adopt it: {why}; delete it (ip link del {}) or pass --device",
+                opts.device,
+                opts.device
+            );
+        }
+    } else if handed.is_some() {
+        bail!(
+            "the running overlayd handed over queues of device {}, but no such device exists here",
+            opts.device
+        );
+    }
+    let (origin, mut ios) = match (handed, &existing) {
+        (Some(ios), _) => (Origin::HandedOver, ios),
+        (None, Some(l)) => {
+            let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
+            if others > 0 {
+                warn!(device = %opts.device, queues = others, "the device has queues attached by another process that did not answer on --handover-socket; adopting it anyway (both forward until that process stops)");
             }
+            let taps = tap::open_multiqueue(&opts.device, opts.queues)?;
+            if !l.tun.is_some_and(|t| t.persist) {
+                tap::set_persist(&taps[0], &opts.device, true)?;
+            }
+            (
+                Origin::Adopted,
+                queue_ios(opts, netconf, underlay, 0, taps)?,
+            )
+        }
+        (None, None) => {
+            let taps = tap::open_multiqueue(&opts.device, opts.queues)?;
+            // Outlives this process: a restart or crash keeps the device, its routes and
+            // neighbours, and the next overlayd adopts it.
+            tap::set_persist(&taps[0], &opts.device, true)?;
+            (
+                Origin::Created,
+                queue_ios(opts, netconf, underlay, 0, taps)?,
+            )
+        }
+    };
+    if origin == Origin::HandedOver && ios.len() < opts.queues {
+        let more = tap::open_multiqueue(&opts.device, opts.queues - ios.len())?;
+        let first = ios.len();
+        ios.extend(queue_ios(opts, netconf, underlay, first, more)?);
+    }
+    let link = match existing {
+        Some(l) => l,
+        None => nl
+            .link_by_name(&opts.device)
+            .await?
+            .with_context(|| format!("TAP device {} vanished after creation", opts.device))?,
+    };
+    // IPv6 link-local traffic (RS, MLD) would only be dropped as floods; Flannel's IPv4 overlay
+    // has no use for it. Best effort: the sysctl may be absent.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.device),
+        "1",
+    );
+    if origin == Origin::Created {
+        nl.set_alias(link.index, DEVICE_ALIAS).await?;
+        nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
+            .await?;
+    } else {
+        let changed = nl
+            .ensure_link_config(&link, own_mac, mtu, own_cidr.network())
+            .await?;
+        if !changed.is_empty() {
+            warn!(device = %opts.device, changed = %changed.join(","), "adopted device differed from the desired state; fixed");
         }
     }
-    info!(modes = %modes.join(","), "queue offload modes");
-    Ok(Dataplane {
-        link_index: link.index,
-        fdb,
-        stop,
-        threads,
-        stats,
-    })
+
+    let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
+        &state.peers,
+        netconf.port,
+        previous,
+    )));
+    #[allow(clippy::cast_possible_truncation)]
+    let decap = DecapConfig {
+        vni: netconf.vni,
+        own_mac: own_mac.0,
+        inner_mtu: mtu.min(65_000) as u16,
+        allow_any_sender: opts.allow_any_sender,
+    };
+    let modes: Vec<&str> = ios
+        .iter()
+        .map(|q| {
+            if q.offloads.tso && q.offloads.gro {
+                "offload"
+            } else {
+                "plain"
+            }
+        })
+        .collect();
+    let workers =
+        Workers::start(ios, fdb.clone(), decap).context("cannot start the worker threads")?;
+    info!(modes = %modes.join(","), ?origin, "queue offload modes");
+    Ok((
+        Dataplane {
+            link_index: link.index,
+            fdb,
+            workers,
+        },
+        origin,
+    ))
 }
 
 /// Runs the daemon until a signal arrives.
@@ -355,7 +452,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     });
     let health = Arc::new(Health::default());
     let observed = Arc::new(Observed::new(health.clone()));
-    let _http = http::serve(http_addr, http::router(observed.clone())).context("--http-addr")?;
+    let http_server =
+        http::serve(http_addr, http::router(observed.clone())).context("--http-addr")?;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
@@ -394,8 +492,40 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             underlay.ip
         );
     }
-    let mut dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state, None).await?;
-    observed.attach(dp.fdb.clone(), dp.stats.clone());
+    let identity = handover::Identity {
+        device: opts.device.clone(),
+        port: netconf.port,
+        vni: netconf.vni,
+    };
+    // A running overlayd (the previous version of a rolling update) hands its queues over;
+    // otherwise a device left by a stopped or crashed one is adopted, or a new one created.
+    let mut taken = handover::take_over(&opts.handover_socket, &identity)?;
+    let handed = taken.as_mut().map(|t| std::mem::take(&mut t.queues));
+    let (mut dp, origin) =
+        start_dataplane(&nl, &opts, &netconf, &underlay, &state, None, handed).await?;
+    observed.attach(dp.fdb.clone(), dp.workers.stats());
+    health.set_queues(dp.workers.stats());
+    if let Some(t) = taken {
+        let from = t.from_pid;
+        match t.confirm() {
+            Ok(()) => info!(
+                from_pid = from,
+                "took the dataplane over; the previous overlayd has stopped forwarding"
+            ),
+            Err(e) => {
+                warn!(from_pid = from, error = %e, "the previous overlayd did not confirm the handover; forwarding anyway")
+            }
+        }
+    } else if origin == Origin::Adopted {
+        info!(device = %opts.device, "adopted the device a previous overlayd left; reconciling its routes and neighbours");
+    }
+    let mut listener = match handover::Listener::bind(&opts.handover_socket) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "no handover socket: a successor cannot take over without loss");
+            None
+        }
+    };
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
     reconcile_kernel(&nl, dp.link_index, &state.peers).await?;
@@ -438,7 +568,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     observed.synced();
     info!(
         node = %opts.node_name, pod_cidr = %own_cidr, vtep_mac = %own_mac, device = %opts.device,
-        queues = dp.threads.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
+        queues = dp.workers.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
     );
 
     // Periodic backstop: restores routes or neighbours someone else removed, and the device.
@@ -447,12 +577,28 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     // A burst of notifications (a flap, our own reconcile) becomes one check.
     let mut heal_at: Option<tokio::time::Instant> = None;
     let mut source_open = true;
+    let mut successor = None;
     loop {
         let mut changed = false;
         let mut check = false;
         let mut synced = false;
         tokio::select! {
             _ = stop_rx.changed() => break,
+            () = dp.workers.supervise() => continue,
+            conn = accept_opt(listener.as_mut()) => {
+                match conn {
+                    Ok(conn) => match handover::offer(&conn, &identity, dp.workers.ios()) {
+                        Ok(Some(pid)) => {
+                            successor = Some((conn, pid));
+                            break;
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "handover connection failed; still forwarding"),
+                    },
+                    Err(e) => warn!(error = %e, "handover socket accept failed"),
+                }
+                continue;
+            }
             _ = backstop.tick() => {
                 check = true;
                 if let Some(nf) = &netfilter {
@@ -551,27 +697,53 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     }
 
     info!("shutting down");
-    // The checker stops; the rules stay for the next overlayd (`overlayd cleanup` removes them).
+    // The checker stops; the rules stay for the next overlayd (which adopts them unchanged) or
+    // are removed below with --cleanup-on-exit (`overlayd cleanup` removes them too).
     drop(netfilter);
-    dp.stop.store(true, Ordering::Relaxed);
-    for t in dp.threads {
-        let _ = t.join();
-    }
-    let totals = Totals::sum(dp.stats.iter().map(AsRef::as_ref));
+    // Whoever connects from now on finds nobody (and adopts); then the workers stop.
+    drop(listener.take());
+    dp.workers.stop_all();
+    health.set_queues(Vec::new());
+    let totals = Totals::sum(dp.workers.stats().iter().map(AsRef::as_ref));
     info!(
         tx_packets = totals.tx_packets,
         rx_packets = totals.rx_packets,
         drops = totals.drops.iter().sum::<u64>(),
         "final counters"
     );
-    if let Err(e) = reconcile_kernel(&nl, dp.link_index, &[]).await {
-        warn!(error = %format!("{e:#}"), "removing routes on shutdown");
+    if let Some((conn, pid)) = successor {
+        // Our copies of the queues and sockets close here; the successor's stay open.
+        drop(dp);
+        drop(http_server);
+        if let Err(e) = handover::released(&conn) {
+            warn!(error = %e, "cannot tell the new overlayd that we stopped");
+        }
+        info!(successor_pid = pid, "handed over; idle until stopped (the device, routes and neighbours belong to the new overlayd)");
+        let _ = stop_rx.changed().await;
+        info!("stopped after a handover");
+        return Ok(());
     }
-    // Closing the last queue removes the TAP device (it is not persistent); delete explicitly
-    // too in case another process holds a queue open.
-    nl.delete_link(dp.link_index).await?;
-    info!("stopped; device {} removed", opts.device);
+    if opts.cleanup_on_exit {
+        drop(dp.workers);
+        let removed = cleanup::remove_all(&nl, &opts.device).await?;
+        info!(%removed, "stopped; --cleanup-on-exit removed what overlayd created");
+    } else {
+        // The masquerade and FORWARD rules stay in place too: the next overlayd adopts them
+        // like the device; only --cleanup-on-exit / `overlayd cleanup` remove them.
+        info!(
+            device = %opts.device,
+            "stopped; device {} with its routes and neighbours left in place for the next overlayd (overlayd cleanup removes them)",
+            opts.device
+        );
+    }
     Ok(())
+}
+
+async fn accept_opt(l: Option<&mut handover::Listener>) -> std::io::Result<socket2::Socket> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long notifications are collected before one check runs.
@@ -647,18 +819,16 @@ async fn heal_device(
         Ok(_) => {
             warn!(device = %opts.device, index = dp.link_index, "device was deleted by someone else; rebuilding the dataplane");
             health.device_up.store(false, Ordering::Relaxed);
-            dp.stop.store(true, Ordering::Relaxed);
-            for t in dp.threads.drain(..) {
-                let _ = t.join();
-            }
+            dp.workers.stop_all();
             let previous = dp.fdb.load_full();
-            match start_dataplane(nl, opts, netconf, underlay, state, Some(&previous)).await {
-                Ok(new) => {
-                    observed.attach(new.fdb.clone(), new.stats.clone());
+            match start_dataplane(nl, opts, netconf, underlay, state, Some(&previous), None).await {
+                Ok((new, _)) => {
+                    observed.attach(new.fdb.clone(), new.workers.stats());
+                    health.set_queues(new.workers.stats());
                     *dp = new;
                     observed.device_rebuilds.fetch_add(1, Ordering::Relaxed);
                     health.device_up.store(true, Ordering::Relaxed);
-                    info!(device = %opts.device, index = dp.link_index, queues = dp.threads.len(), "dataplane rebuilt");
+                    info!(device = %opts.device, index = dp.link_index, queues = dp.workers.len(), "dataplane rebuilt");
                 }
                 Err(e) => {
                     warn!(device = %opts.device, error = %format!("{e:#}"), "cannot rebuild the dataplane; will retry")
@@ -681,5 +851,68 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::netlink::TunInfo;
+
+    fn link(kind: &str, tun: Option<TunInfo>, alias: Option<&str>) -> Link {
+        Link {
+            index: 7,
+            name: "ovl.1".into(),
+            mtu: 1450,
+            mac: None,
+            up: true,
+            kind: Some(kind.into()),
+            alias: alias.map(String::from),
+            tun,
+        }
+    }
+
+    #[test]
+    fn only_our_multiqueue_vnet_tap_is_adopted() {
+        let ours = TunInfo {
+            tap: true,
+            vnet_hdr: true,
+            multi_queue: true,
+            persist: true,
+            queues: Some(0),
+        };
+        assert_eq!(
+            not_adoptable(&link("tun", Some(ours), Some("overlayd"))),
+            None
+        );
+        let why = not_adoptable(&link("bridge", None, Some("overlayd"))).unwrap();
+        assert!(why.contains("not a TAP device (kind bridge)"), "{why}");
+        let why = not_adoptable(&link("tun", Some(ours), None)).unwrap();
+        assert!(why.contains("did not create it"), "{why}");
+        for t in [
+            TunInfo { tap: false, ..ours },
+            TunInfo {
+                multi_queue: false,
+                ..ours
+            },
+            TunInfo {
+                vnet_hdr: false,
+                ..ours
+            },
+        ] {
+            let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
+            assert!(why.contains("multi_queue"), "{why}");
+        }
+    }
+
+    #[test]
+    fn default_handover_socket_names_the_network_namespace() {
+        let p = default_handover_socket();
+        let s = p.to_str().unwrap();
+        assert!(
+            s.starts_with("/run/overlayd/handover-") && s.ends_with(".sock"),
+            "{s}"
+        );
+        assert_eq!(p, default_handover_socket(), "stable");
     }
 }

@@ -8,7 +8,7 @@ use fdb_sync::MacAddr;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -52,6 +52,48 @@ pub struct Link {
     pub up: bool,
     /// `IFLA_INFO_KIND` (e.g. "tun", "veth"), when the kernel reports one.
     pub kind: Option<String>,
+    /// `IFLA_IFALIAS`: overlayd marks the devices it creates with [`DEVICE_ALIAS`].
+    pub alias: Option<String>,
+    /// For a TUN/TAP device, what `IFLA_INFO_DATA` says about it.
+    pub tun: Option<TunInfo>,
+}
+
+/// The alias overlayd gives the TAP devices it creates: the mark that lets the next overlayd
+/// (or `overlayd cleanup`) tell a device it may adopt or delete from someone else's.
+pub const DEVICE_ALIAS: &str = "overlayd";
+
+/// The `IFLA_TUN_*` attributes of a TUN/TAP link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunInfo {
+    pub tap: bool,
+    pub vnet_hdr: bool,
+    pub multi_queue: bool,
+    pub persist: bool,
+    /// Queues attached right now (by any process).
+    pub queues: Option<u32>,
+}
+
+impl TunInfo {
+    fn from_nlas(nlas: &[netlink_packet_route::link::InfoTun]) -> Self {
+        use rtnetlink::packet_core::Nla;
+        // include/uapi/linux/if_link.h: IFLA_TUN_TYPE = 3 (u8, IFF_TAP = 2), VNET_HDR = 5,
+        // PERSIST = 6, MULTI_QUEUE = 7 (u8 booleans), NUM_QUEUES = 8 (u32).
+        let mut t = TunInfo::default();
+        for n in nlas {
+            let mut v = vec![0u8; n.value_len()];
+            n.emit_value(&mut v);
+            let flag = v.first().is_some_and(|b| *b != 0);
+            match n.kind() {
+                3 => t.tap = v.first() == Some(&2),
+                5 => t.vnet_hdr = flag,
+                6 => t.persist = flag,
+                7 => t.multi_queue = flag,
+                8 if v.len() == 4 => t.queues = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
+                _ => {}
+            }
+        }
+        t
+    }
 }
 
 impl Link {
@@ -63,6 +105,8 @@ impl Link {
             mac: None,
             up: m.header.flags.contains(LinkFlags::Up),
             kind: None,
+            alias: None,
+            tun: None,
         };
         for a in &m.attributes {
             match a {
@@ -71,10 +115,15 @@ impl Link {
                 LinkAttribute::Address(b) if b.len() == 6 => {
                     l.mac = Some(MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]));
                 }
+                LinkAttribute::IfAlias(a) => l.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            l.kind = Some(k.to_string());
+                        match i {
+                            LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Tun(nlas)) => {
+                                l.tun = Some(TunInfo::from_nlas(nlas));
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -163,6 +212,65 @@ impl Netlink {
             .await
             .map_err(req(format!("add address {addr}/32 to link #{index}")))?;
         self.set_up(index).await
+    }
+
+    /// Sets the link's alias (`ip link set DEV alias TEXT`).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<(), NetlinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).build())
+            .execute()
+            .await
+            .map_err(req(format!("set alias {alias:?} on link #{index}")))
+    }
+
+    /// Makes an adopted link's MAC, MTU, address and state what `configure_link` sets, changing
+    /// only what differs: a running link is not touched at all, so adopting it disturbs no
+    /// packet (setting even the same MAC sends NETDEV_CHANGEADDR to every listener).
+    /// Returns what had to be changed.
+    pub async fn ensure_link_config(
+        &self,
+        link: &Link,
+        mac: MacAddr,
+        mtu: u32,
+        addr: Ipv4Addr,
+    ) -> Result<Vec<&'static str>, NetlinkError> {
+        let mut changed = Vec::new();
+        if link.mac != Some(mac) || link.mtu != mtu {
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(link.index)
+                        .address(mac.0.to_vec())
+                        .mtu(mtu)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(req(format!(
+                    "set mac {mac} mtu {mtu} on link #{}",
+                    link.index
+                )))?;
+            changed.push("mac/mtu");
+        }
+        if !self.ipv4_addresses(link.index).await?.contains(&addr) {
+            self.handle
+                .address()
+                .add(link.index, IpAddr::V4(addr), 32)
+                .replace()
+                .execute()
+                .await
+                .map_err(req(format!(
+                    "add address {addr}/32 to link #{}",
+                    link.index
+                )))?;
+            changed.push("address");
+        }
+        if !link.up {
+            self.set_up(link.index).await?;
+            changed.push("up");
+        }
+        Ok(changed)
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
@@ -375,6 +483,29 @@ impl Netlink {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Deletes every IPv4 route carrying our protocol number, on any link; returns how many.
+    pub async fn delete_all_our_routes(&self) -> Result<usize, NetlinkError> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut ours = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
+            if m.header.protocol == RouteProtocol::Other(ROUTE_PROTO) {
+                ours.push(m);
+            }
+        }
+        let n = ours.len();
+        for m in ours {
+            match self.handle.route().del(m).execute().await {
+                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {}
+                r => r.map_err(req("delete route (protocol 77)"))?,
+            }
+        }
+        Ok(n)
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {

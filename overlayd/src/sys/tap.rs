@@ -38,6 +38,15 @@ impl TapQueue {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// A queue received from another process (a handover): the descriptor must be a queue of
+    /// our TAP device, which the handover protocol checks before sending it.
+    #[must_use]
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Self {
+        TapQueue {
+            file: File::from(fd),
+        }
+    }
 }
 
 #[repr(C)]
@@ -98,6 +107,27 @@ pub fn open_multiqueue(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapEr
         out.push(TapQueue { file });
     }
     Ok(out)
+}
+
+/// Makes the device outlive its queues (`TUNSETPERSIST`): when overlayd stops or crashes, the
+/// device, its address, routes and neighbours stay, and the next overlayd attaches new queues.
+pub fn set_persist(q: &TapQueue, name: &str, persist: bool) -> Result<(), TapError> {
+    // SAFETY: TUNSETPERSIST takes its argument by value (0 or 1).
+    let rc = unsafe {
+        libc::ioctl(
+            q.file.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persist),
+        )
+    };
+    if rc < 0 {
+        return Err(TapError::Ioctl {
+            name: name.to_string(),
+            what: "TUNSETPERSIST",
+            err: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 /// Checksum offload plus TCP segmentation offload for IPv4 and IPv6 (TSO needs CSUM).

@@ -94,6 +94,10 @@ pub struct Lab {
     daemons: Vec<Option<Child>>,
     /// Extra environment for the overlayd daemons started after it is set (e.g. `PATH`).
     pub daemon_env: Vec<(String, String)>,
+    /// Daemons replaced by an overlapping start, until the test stops them.
+    retired: Vec<Option<Child>>,
+    /// Per node: how many overlapping starts happened (names the current log file).
+    generation: Vec<usize>,
     wired: Vec<bool>,
     _serial: MutexGuard<'static, ()>,
 }
@@ -121,6 +125,8 @@ impl Lab {
             pods,
             daemons: (0..=nodes).map(|_| None).collect(),
             daemon_env: Vec::new(),
+            retired: (0..=nodes).map(|_| None).collect(),
+            generation: vec![0; nodes + 1],
             wired: vec![false; nodes + 1],
             _serial: serial,
         };
@@ -156,8 +162,17 @@ impl Lab {
         self.dir.join(format!("subnet{i}.env"))
     }
 
+    /// The log of the current overlayd of node `i`.
     pub fn log_file(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("overlayd{i}.log"))
+        match self.generation[i] {
+            0 => self.dir.join(format!("overlayd{i}.log")),
+            g => self.dir.join(format!("overlayd{i}.{g}.log")),
+        }
+    }
+
+    /// Node `i`'s handover socket (each node its own, as each host has its own /run).
+    pub fn handover_socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("handover{i}.sock"))
     }
 
     /// Programs node `i` as a kernel-vxlan Flannel node, annotates it in the NodeList and
@@ -230,6 +245,72 @@ impl Lab {
 
     /// Starts overlayd on node `i` with the node source given by `source`; does not wait.
     pub fn spawn(&mut self, i: usize, source: &[&std::ffi::OsStr], extra: &[&str]) {
+        self.spawn_env(i, source, extra, &[]);
+    }
+
+    /// As [`Lab::start_with`], with extra environment variables for overlayd.
+    pub fn start_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
+        let nodes_file = self.nodes_file();
+        let source = ["--nodes-file".as_ref(), nodes_file.as_os_str()];
+        self.spawn_env(i, &source, extra, env);
+        self.wait_ready(i);
+    }
+
+    /// Starts a second overlayd on node `i` while the first still runs (a rolling update
+    /// with maxSurge) and waits until it is ready; the first is kept for `stop_retired`.
+    pub fn start_overlapping(&mut self, i: usize) {
+        assert!(
+            self.retired[i].is_none(),
+            "node {i} already has a retired overlayd"
+        );
+        self.retired[i] = self.daemons[i].take();
+        self.generation[i] += 1;
+        self.start(i);
+    }
+
+    /// SIGTERMs the overlayd `start_overlapping` replaced; true when it exited 0.
+    pub fn stop_retired(&mut self, i: usize) -> bool {
+        self.retired[i].take().is_none_or(terminate)
+    }
+
+    /// The log of the overlayd `start_overlapping` replaced.
+    pub fn retired_log(&self, i: usize) -> String {
+        let g = self.generation[i] - 1;
+        let path = match g {
+            0 => self.dir.join(format!("overlayd{i}.log")),
+            g => self.dir.join(format!("overlayd{i}.{g}.log")),
+        };
+        read(&path)
+    }
+
+    /// SIGKILLs overlayd on node `i` (a crash) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.daemons[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `overlayd cleanup` in node `i` with `extra` arguments.
+    pub fn cleanup(&self, i: usize, extra: &[&str]) -> Output {
+        let sock = self.handover_socket(i);
+        let mut args = vec![
+            OVERLAYD,
+            "cleanup",
+            "--handover-socket",
+            sock.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.exec(&self.node(i), &args)
+    }
+
+    fn spawn_env(
+        &mut self,
+        i: usize,
+        source: &[&std::ffi::OsStr],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         assert!(
             self.daemons[i].is_none(),
             "overlayd already running on node {i}"
@@ -244,8 +325,11 @@ impl Lab {
             .arg("--subnet-file")
             .arg(self.subnet_file(i))
             .args(["--queues", "2"])
+            .arg("--handover-socket")
+            .arg(self.handover_socket(i))
             .args(extra)
             .envs(self.daemon_env.iter().cloned())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -295,24 +379,7 @@ impl Lab {
 
     /// Sends SIGTERM to overlayd on node `i`, waits for it and returns whether it exited 0.
     pub fn stop(&mut self, i: usize) -> bool {
-        let Some(mut child) = self.daemons[i].take() else {
-            return true;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.daemons[i].take().is_none_or(terminate)
     }
 
     /// The process id of overlayd on node `i` (`ip netns exec` execs it, so it is the child).
@@ -480,8 +547,9 @@ impl Drop for Lab {
             );
             return;
         }
-        for i in 0..self.daemons.len() {
-            if let Some(mut c) = self.daemons[i].take() {
+        // SIGKILL leaves the persistent devices; deleting the namespaces removes them.
+        for c in self.daemons.iter_mut().chain(self.retired.iter_mut()) {
+            if let Some(mut c) = c.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -502,6 +570,66 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// SIGTERMs `child` and waits (checking every 5 ms, so a stop-and-start measures overlayd,
+/// not this loop); true when it exited 0 within 10 s.
+pub fn terminate(mut child: Child) -> bool {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `ping -i 0.005` from a pod in the background: one echo every 5 ms for `count` echoes;
+/// `finish` returns (sent, received).
+pub struct PingRun(Child);
+
+impl PingRun {
+    pub fn start(lab: &Lab, from: &str, ip: &str, count: u32) -> PingRun {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", from, "ping", "-q", "-n", "-i", "0.005", "-W", "1",
+            ])
+            .args(["-c", &count.to_string(), ip])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ping");
+        let _ = lab;
+        PingRun(child)
+    }
+
+    pub fn finish(self) -> (u32, u32) {
+        let out = self.0.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no ping summary: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let num = |word: &str| -> u32 {
+            let words: Vec<&str> = line.split([',', ' ']).filter(|w| !w.is_empty()).collect();
+            let at = words.iter().position(|w| *w == word).unwrap();
+            words[at - 1].parse().unwrap()
+        };
+        (num("packets"), num("received"))
     }
 }
 

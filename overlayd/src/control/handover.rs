@@ -1,0 +1,404 @@
+//! Hitless upgrades: a running overlayd hands its dataplane descriptors (every TAP queue, the
+//! VXLAN receive socket and the send sockets of each queue) to a new overlayd started next to
+//! it, over a Unix socket (`--handover-socket`, on a hostPath both pods of a `maxSurge: 1`
+//! rolling update see).
+//!
+//! Why descriptors and not a second set of queues and SO_REUSEPORT sockets: a TAP queue or UDP
+//! socket that is closed loses what is queued in it, and the kernel keeps steering frames and
+//! datagrams to it until it is gone. Shared descriptors keep one set of queues: the new
+//! process reads the same queues and sockets as the old one, then the old one stops reading,
+//! and nothing is ever queued in a descriptor about to close.
+//!
+//! The exchange (one SEQPACKET message each, JSON, descriptors attached to `Queue`):
+//! ```text
+//! new -> old  Hello {version, pid, netns, device, port, vni}
+//! old -> new  Refuse {reason}                       (different netns, device, port, VNI)
+//!          or Offer {pid, queues} + queues x Queue {id, tso, gro, tx} [tap, rx, tx...]
+//! new         starts its workers on the received descriptors (both processes forward now)
+//! new -> old  Running
+//! old         stops its workers, closes its copies, its listener and its HTTP port
+//! old -> new  Released
+//! ```
+//! If the new process goes away before `Running`, the old one never stopped forwarding and
+//! carries on. The old process then idles until it is told to stop, and leaves everything to
+//! the new one (a Kubernetes container that exited would be restarted and take the dataplane
+//! back).
+//!
+//! Only a process of the same user in the same network namespace is served; the socket's
+//! directory is created 0700.
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use socket2::Socket;
+use tracing::{info, warn};
+
+use crate::sys::fdpass;
+use crate::sys::tap::TapQueue;
+use crate::worker::{Offloads, QueueIo};
+
+/// Protocol version; a process refuses a Hello of another version.
+pub const VERSION: u32 = 1;
+/// How a refusal for another network namespace starts: the requester then runs on its own.
+const OTHER_NETNS: &str = "another network namespace";
+/// Bound on every step of the exchange.
+const STEP_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+enum Msg {
+    Hello {
+        version: u32,
+        pid: u32,
+        netns: String,
+        device: String,
+        port: u16,
+        vni: u32,
+    },
+    Refuse {
+        reason: String,
+    },
+    Offer {
+        pid: u32,
+        queues: usize,
+    },
+    Queue {
+        id: usize,
+        tso: bool,
+        gro: bool,
+        tx: usize,
+    },
+    Running,
+    Released,
+}
+
+/// What both sides must agree on for descriptors to be usable by the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub device: String,
+    pub port: u16,
+    pub vni: u32,
+}
+
+/// This process's network namespace, as the kernel names it (`net:[4026531840]`).
+fn netns() -> String {
+    std::fs::read_link("/proc/self/ns/net").map_or_else(
+        |e| format!("unknown ({e})"),
+        |p| p.to_string_lossy().into_owned(),
+    )
+}
+
+fn send(s: &Socket, m: &Msg, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(m).map_err(io::Error::other)?;
+    fdpass::send(s, &bytes, fds)
+}
+
+fn recv(s: &Socket) -> io::Result<(Msg, Vec<OwnedFd>)> {
+    let mut buf = [0u8; 4096];
+    let (n, fds) = fdpass::recv(s, &mut buf)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the other overlayd closed the handover connection",
+        ));
+    }
+    let m = serde_json::from_slice(&buf[..n])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok((m, fds))
+}
+
+/// The listening end, owned by the overlayd that runs the dataplane. A small thread blocks
+/// in `accept` and passes connections to the control loop, which answers them between its
+/// other work.
+pub struct Listener {
+    sock: Arc<Socket>,
+    conns: tokio::sync::mpsc::Receiver<io::Result<Socket>>,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Listener {
+    /// Listens at `path`, replacing a stale socket file a crashed overlayd left; fails when a
+    /// live process listens there.
+    pub fn bind(path: &Path) -> Result<Listener> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        let sock = match fdpass::listen(path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if fdpass::connect(path, Duration::from_millis(200)).is_ok() {
+                    bail!(
+                        "another process listens on --handover-socket {}; give each overlayd its own",
+                        path.display()
+                    );
+                }
+                std::fs::remove_file(path).ok();
+                fdpass::listen(path)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sock.set_nonblocking(false)?;
+        let ino = std::fs::metadata(path)?.ino();
+        let sock = Arc::new(sock);
+        let (tx, conns) = tokio::sync::mpsc::channel(1);
+        let l = sock.clone();
+        std::thread::Builder::new()
+            .name("overlayd-handover".into())
+            .spawn(move || loop {
+                let conn = l.accept().and_then(|(c, _)| {
+                    fdpass::set_timeouts(&c, STEP_TIMEOUT)?;
+                    Ok(c)
+                });
+                // Shut down (the listener was dropped): stop.
+                if conn.is_err() && Arc::strong_count(&l) == 1 {
+                    return;
+                }
+                if tx.blocking_send(conn).is_err() {
+                    return;
+                }
+            })?;
+        Ok(Listener {
+            sock,
+            conns,
+            path: path.to_path_buf(),
+            ino,
+        })
+    }
+
+    /// The next connection, blocking with per-step timeouts.
+    pub async fn accept(&mut self) -> io::Result<Socket> {
+        match self.conns.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Only our own file: a successor may already listen at the same path.
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        // Wakes the accepting thread (accept fails with EINVAL), which then exits; new
+        // connections are refused from now on.
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The old side: answers a Hello on `conn` by sending the descriptors of `queues`, and waits
+/// until the new process forwards with them. `Ok(Some(pid))`: the caller must now stop its
+/// workers and then call [`released`]. `Ok(None)`: nothing changed (a probe that only
+/// connected, a refused or aborted handover); go on forwarding.
+pub fn offer<'a>(
+    conn: &Socket,
+    me: &Identity,
+    queues: impl Iterator<Item = &'a QueueIo>,
+) -> io::Result<Option<u32>> {
+    let uid = fdpass::peer_uid(conn)?;
+    if uid != fdpass::own_uid() {
+        warn!(uid, "handover request from another user refused");
+        return Ok(None);
+    }
+    let (version, pid, their_netns, device, port, vni) = match recv(conn) {
+        Ok((
+            Msg::Hello {
+                version,
+                pid,
+                netns,
+                device,
+                port,
+                vni,
+            },
+            _,
+        )) => (version, pid, netns, device, port, vni),
+        // `overlayd cleanup` only checks that someone listens.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok((m, _)) => {
+            warn!(?m, "unexpected handover message; ignored");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let them = Identity { device, port, vni };
+    let refuse = if their_netns != netns() {
+        Some(format!(
+            "{OTHER_NETNS}: {their_netns}, this overlayd runs in {}",
+            netns()
+        ))
+    } else if version != VERSION {
+        Some(format!(
+            "protocol version {version}, this overlayd speaks {VERSION}"
+        ))
+    } else if them != *me {
+        Some(format!(
+            "device {} port {} VNI {}, this overlayd runs device {} port {} VNI {}",
+            them.device, them.port, them.vni, me.device, me.port, me.vni
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = refuse {
+        warn!(pid, %reason, "handover refused");
+        send(conn, &Msg::Refuse { reason }, &[])?;
+        return Ok(None);
+    }
+    info!(pid, "handing the dataplane over to a new overlayd");
+    let queues: Vec<&QueueIo> = queues.collect();
+    send(
+        conn,
+        &Msg::Offer {
+            pid: std::process::id(),
+            queues: queues.len(),
+        },
+        &[],
+    )?;
+    for (id, q) in queues.into_iter().enumerate() {
+        let mut fds = vec![q.tap.file().as_fd(), q.rx.as_fd()];
+        fds.extend(q.tx_pool.iter().map(AsFd::as_fd));
+        send(
+            conn,
+            &Msg::Queue {
+                id,
+                tso: q.offloads.tso,
+                gro: q.offloads.gro,
+                tx: q.tx_pool.len(),
+            },
+            &fds,
+        )?;
+    }
+    match recv(conn) {
+        Ok((Msg::Running, _)) => Ok(Some(pid)),
+        Ok((m, _)) => {
+            warn!(?m, "handover aborted by the new overlayd; still forwarding");
+            Ok(None)
+        }
+        Err(e) => {
+            warn!(error = %e, "handover aborted (the new overlayd did not confirm); still forwarding");
+            Ok(None)
+        }
+    }
+}
+
+/// The old side's last word: its workers are stopped and its copies closed.
+pub fn released(conn: &Socket) -> io::Result<()> {
+    send(conn, &Msg::Released, &[])
+}
+
+/// The new side's view of a handover in progress.
+pub struct Taken {
+    conn: Socket,
+    pub from_pid: u32,
+    /// The descriptors received, in queue order (taken by the caller to start workers).
+    pub queues: Vec<QueueIo>,
+}
+
+/// The new side: asks an overlayd listening at `path` for its dataplane. `Ok(None)` when no
+/// one answers (none runs, or it is stopping) — then the device, if any, is adopted instead.
+/// An error when a running overlayd refuses (another device, port or VNI).
+pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
+    let conn = match fdpass::connect(path, STEP_TIMEOUT) {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => {
+            warn!(socket = %path.display(), error = %e, "cannot reach the handover socket; not taking over from a running overlayd");
+            return Ok(None);
+        }
+    };
+    let hello = Msg::Hello {
+        version: VERSION,
+        pid: std::process::id(),
+        netns: netns(),
+        device: me.device.clone(),
+        port: me.port,
+        vni: me.vni,
+    };
+    let attempt = || -> io::Result<Result<(u32, Vec<QueueIo>), String>> {
+        send(&conn, &hello, &[])?;
+        let (from_pid, n) = match recv(&conn)? {
+            (Msg::Offer { pid, queues }, _) => (pid, queues),
+            (Msg::Refuse { reason }, _) => return Ok(Err(reason)),
+            (m, _) => {
+                return Err(io::Error::other(format!(
+                    "unexpected handover message {m:?}"
+                )))
+            }
+        };
+        let mut queues = Vec::with_capacity(n);
+        for want in 0..n {
+            let (m, fds) = recv(&conn)?;
+            let Msg::Queue { id, tso, gro, tx } = m else {
+                return Err(io::Error::other(format!(
+                    "expected queue {want}, got {m:?}"
+                )));
+            };
+            if id != want || tx == 0 || fds.len() != tx + 2 {
+                return Err(io::Error::other(format!(
+                    "queue {id}: {} descriptors for {tx} send sockets",
+                    fds.len()
+                )));
+            }
+            let mut fds = fds.into_iter();
+            let tap = TapQueue::from_fd(fds.next().unwrap_or_else(|| unreachable!()));
+            let rx = UdpSocket::from(fds.next().unwrap_or_else(|| unreachable!()));
+            queues.push(QueueIo {
+                tap,
+                rx,
+                tx_pool: fds.map(UdpSocket::from).collect(),
+                offloads: Offloads { tso, gro },
+            });
+        }
+        Ok(Ok((from_pid, queues)))
+    };
+    match attempt() {
+        Ok(Ok((from_pid, queues))) => Ok(Some(Taken {
+            conn,
+            from_pid,
+            queues,
+        })),
+        Ok(Err(reason)) if reason.starts_with(OTHER_NETNS) => {
+            warn!(socket = %path.display(), %reason, "the overlayd at --handover-socket serves another network namespace; not taking over (give each namespace its own --handover-socket)");
+            Ok(None)
+        }
+        Ok(Err(reason)) => bail!(
+            "the overlayd running at --handover-socket {} refused the handover: {reason}; stop it first or give this one its own --handover-socket",
+            path.display()
+        ),
+        Err(e) => {
+            warn!(error = %e, "handover failed before any descriptor was used; adopting the device instead");
+            Ok(None)
+        }
+    }
+}
+
+impl Taken {
+    /// Tells the old process that our workers run, and waits until it has stopped its own.
+    pub fn confirm(self) -> io::Result<()> {
+        send(&self.conn, &Msg::Running, &[])?;
+        // The old one joins its workers (each wakes within 100 ms) before answering.
+        self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        match recv(&self.conn)? {
+            (Msg::Released, _) => Ok(()),
+            (m, _) => Err(io::Error::other(format!("expected Released, got {m:?}"))),
+        }
+    }
+}

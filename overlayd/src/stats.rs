@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
+use crate::path::event::PathEvent;
 use crate::path::DropReason;
 
 /// Adds to a counter that only its own worker writes: a plain load and store, no locked
@@ -54,12 +55,17 @@ pub struct WorkerStats {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
+    pub events: [AtomicU64; PathEvent::COUNT],
 }
 
 impl WorkerStats {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         bump(&self.drops[reason as usize], 1);
+    }
+    #[inline]
+    pub fn count_event(&self, event: PathEvent, n: u64) {
+        bump(&self.events[event as usize], n);
     }
     pub fn set_mode(&self, mode: OffloadMode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
@@ -92,6 +98,7 @@ pub struct Totals {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: [u64; DropReason::COUNT],
+    pub events: [u64; PathEvent::COUNT],
 }
 
 impl Totals {
@@ -106,6 +113,9 @@ impl Totals {
             for (d, s) in t.drops.iter_mut().zip(&w.drops) {
                 *d += s.load(Ordering::Relaxed);
             }
+            for (d, s) in t.events.iter_mut().zip(&w.events) {
+                *d += s.load(Ordering::Relaxed);
+            }
         }
         t
     }
@@ -113,5 +123,10 @@ impl Totals {
     #[must_use]
     pub fn drop_count(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
+    }
+
+    #[must_use]
+    pub fn event_count(&self, event: PathEvent) -> u64 {
+        self.events[event as usize]
     }
 }

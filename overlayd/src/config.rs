@@ -59,6 +59,9 @@ pub struct NetConf {
     pub port: u16,
     /// Inner MTU override (`Backend.MTU`); `None` means underlay MTU - 50.
     pub mtu: Option<u32>,
+    /// `Backend.DirectRouting`: peers on a directly connected network get a plain route via
+    /// their node address instead of VXLAN.
+    pub direct_routing: bool,
 }
 
 impl NetConf {
@@ -106,12 +109,6 @@ impl NetConf {
                 ))
             }
         }
-        if b.direct_routing {
-            return Err(field(
-                "Backend.DirectRouting",
-                "not supported yet; set it to false",
-            ));
-        }
         let vni = match b.vni {
             None | Some(0) => DEFAULT_VNI,
             Some(v) => u32::try_from(v)
@@ -139,6 +136,7 @@ impl NetConf {
             vni,
             port,
             mtu,
+            direct_routing: b.direct_routing,
         })
     }
 
@@ -174,6 +172,12 @@ mod tests {
         .unwrap();
         assert_eq!((c.vni, c.port, c.mtu), (4096, 4789, Some(1400)));
         assert_eq!(c.inner_mtu(9000), 1400);
+        assert!(!c.direct_routing);
+        let c = NetConf::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+        )
+        .unwrap();
+        assert!(c.direct_routing);
     }
 
     #[test]

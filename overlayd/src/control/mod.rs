@@ -9,6 +9,7 @@
 //! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
 //! device, sockets and workers created again, peers' counters kept).
 
+mod direct;
 mod reconcile;
 pub mod source;
 
@@ -35,6 +36,7 @@ use crate::stats::{Totals, WorkerStats};
 use crate::sys::netlink::{self as nlink, KernelEvent, Netlink};
 use crate::sys::{tap, udp};
 use crate::worker::{Offloads, Worker};
+use direct::DirectRouting;
 use reconcile::reconcile_kernel;
 use source::SourceUpdate;
 
@@ -387,10 +389,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         );
     }
     let mut dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state, None).await?;
+    let mut direct = DirectRouting::new(netconf.direct_routing);
+    direct.evaluate(&nl, &state.peers, dp.link_index).await;
+    direct.sync_fdb(&dp.fdb, &state.peers, netconf.port);
     observed.attach(dp.fdb.clone(), dp.stats.clone());
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
-    reconcile_kernel(&nl, dp.link_index, &state.peers).await?;
+    reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await?;
     let mut reported_skips = HashMap::new();
     log_peer_set(&state, &mut reported_skips);
     let env = SubnetEnv {
@@ -450,7 +455,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             }
             ev = recv_event(&mut events) => match ev {
                 Some(ev) => {
-                    if concerns_us(ev, dp.link_index) && heal_at.is_none() {
+                    let underlay_changed = direct.note_event(ev);
+                    if (concerns_us(ev, dp.link_index) || underlay_changed) && heal_at.is_none() {
                         heal_at = Some(tokio::time::Instant::now() + HEAL_DEBOUNCE);
                     }
                 }
@@ -458,6 +464,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     // Lost notifications (e.g. ENOBUFS): check now, resubscribe on the next tick.
                     warn!("netlink notifications stopped; resubscribing, the 2 s reconcile covers the gap");
                     events = None;
+                    direct.mark_stale();
                     check = true;
                 }
             },
@@ -504,13 +511,17 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         if check {
             heal_device(&nl, &opts, &netconf, &underlay, &state, &mut dp, &observed).await;
         }
+        if (changed || check) && direct.evaluate(&nl, &state.peers, dp.link_index).await {
+            changed = true;
+        }
+        direct.sync_fdb(&dp.fdb, &state.peers, netconf.port);
         if !changed && !check {
             if synced {
                 observed.synced();
             }
             continue;
         }
-        match reconcile_kernel(&nl, dp.link_index, &state.peers).await {
+        match reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await {
             Ok(n) => {
                 if n > 0 && !changed {
                     warn!(
@@ -544,7 +555,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         drops = totals.drops.iter().sum::<u64>(),
         "final counters"
     );
-    if let Err(e) = reconcile_kernel(&nl, dp.link_index, &[]).await {
+    if let Err(e) = reconcile_kernel(&nl, dp.link_index, &[], &direct::DirectPeers::new()).await {
         warn!(error = %format!("{e:#}"), "removing routes on shutdown");
     }
     // Closing the last queue removes the TAP device (it is not persistent); delete explicitly

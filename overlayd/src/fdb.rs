@@ -95,7 +95,11 @@ impl Fdb {
     ) -> Self {
         let mut old: HashMap<&str, &Arc<PeerCounters>> = HashMap::new();
         if let Some(prev) = previous {
-            for e in prev.by_mac.values().chain(prev.direct.iter().map(|(_, e)| e)) {
+            for e in prev
+                .by_mac
+                .values()
+                .chain(prev.direct.iter().map(|(_, e)| e))
+            {
                 old.insert(&e.node, &e.counters);
             }
         }

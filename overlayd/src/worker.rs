@@ -242,8 +242,12 @@ impl Worker {
         let mut i = 0;
         while i < s.pending.len() {
             let sock = s.pending[i].sock;
-            let mut msgs: [(SocketAddrV4, &[u8], u8); udp::MAX_BATCH] =
-                [(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0), &[], 0); udp::MAX_BATCH];
+            let mut msgs: [(SocketAddrV4, &[u8], u8); udp::MAX_BATCH] = [(
+                SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                &[],
+                0,
+            );
+                udp::MAX_BATCH];
             let mut k = 0;
             while i + k < s.pending.len() && k < udp::MAX_BATCH && s.pending[i + k].sock == sock {
                 let p = &s.pending[i + k];
@@ -315,12 +319,7 @@ impl Worker {
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                     let first = &chunk[0];
                     let headers = &s.segmenter.headers(first)[vxlan::HEADER_LEN..];
-                    self.answer_too_big(
-                        &mut s.pmtu,
-                        headers,
-                        &frame[first.payload.clone()],
-                        dst,
-                    );
+                    self.answer_too_big(&mut s.pmtu, headers, &frame[first.payload.clone()], dst);
                     break;
                 }
                 // EINVAL/EIO mean the kernel cannot segment for this socket (EMSGSIZE, a path

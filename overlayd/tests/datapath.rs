@@ -139,7 +139,8 @@ fn direct_routing_plain_on_shared_subnet_vxlan_across_router_and_moves() {
     for (node, via) in [(1, "198.18.0.3"), (2, "198.18.0.3")] {
         let want = format!("10.244.3.0/24 via {via} dev eth0");
         let ok = wait_until(Duration::from_secs(10), || {
-            lab.routes(node).contains(&want) && !lab.neighbours(node, "ovl.1").contains("10.244.3.0")
+            lab.routes(node).contains(&want)
+                && !lab.neighbours(node, "ovl.1").contains("10.244.3.0")
         });
         assert!(
             ok,
@@ -262,7 +263,11 @@ fn ecn_copied_on_encap_and_ce_carried_on_decap() {
     lab.start(2);
     let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
     let ip2 = Lab::pod_ip(2, 1);
-    assert!(lab.ping_within(&p1, &ip2, Duration::from_secs(5)), "{}", lab.log(1));
+    assert!(
+        lab.ping_within(&p1, &ip2, Duration::from_secs(5)),
+        "{}",
+        lab.log(1)
+    );
     let mut cap = Capture::start(
         &lab.node(1),
         "eth0",
@@ -278,8 +283,16 @@ fn ecn_copied_on_encap_and_ce_carried_on_decap() {
     let outer = |ecn: u8| cap.count(&format!("ip[1] & 3 == {ecn}"));
     // The inner DSCP never shows outside (Flannel's flannel.1 has tos 0).
     assert_eq!(cap.count("ip[1] & 0xfc != 0"), 0, "{}", cap.text(""));
-    assert!(outer(1) >= 2, "ECT(1) inner -> ECT(1) outer\n{}", cap.text(""));
-    assert!(outer(2) >= 4, "ECT(0) and CE inner -> ECT(0) outer\n{}", cap.text(""));
+    assert!(
+        outer(1) >= 2,
+        "ECT(1) inner -> ECT(1) outer\n{}",
+        cap.text("")
+    );
+    assert!(
+        outer(2) >= 4,
+        "ECT(0) and CE inner -> ECT(0) outer\n{}",
+        cap.text("")
+    );
     assert_eq!(outer(3), 0, "CE is never copied outside\n{}", cap.text(""));
     assert!(outer(0) >= 2, "Not-ECT stays Not-ECT\n{}", cap.text(""));
 
@@ -292,7 +305,11 @@ fn ecn_copied_on_encap_and_ce_carried_on_decap() {
     ] {
         let args: Vec<&str> = ["nft"].into_iter().chain(rule.split(' ')).collect();
         let out = lab.exec(&sw, &args);
-        assert!(out.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "nft {rule}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut inner = Capture::start(
         &p2,
@@ -310,10 +327,14 @@ fn ecn_copied_on_encap_and_ce_carried_on_decap() {
         "the ECT(0) echo requests must arrive with CE\n{}",
         inner.text("")
     );
-    assert!(!not_ect.status.success(), "Not-ECT under an outer CE must be dropped");
+    assert!(
+        !not_ect.status.success(),
+        "Not-ECT under an outer CE must be dropped"
+    );
     assert_eq!(inner.count("ip[1] & 3 == 0"), 0, "{}", inner.text(""));
     assert!(event(&after, "ecn_ce_set") >= event(&before, "ecn_ce_set") + 3);
     assert!(
-        drop_count(&after, "rx", "ecn_ce_not_ect") >= drop_count(&before, "rx", "ecn_ce_not_ect") + 2
+        drop_count(&after, "rx", "ecn_ce_not_ect")
+            >= drop_count(&before, "rx", "ecn_ce_not_ect") + 2
     );
 }

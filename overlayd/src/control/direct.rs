@@ -119,9 +119,9 @@ impl DirectRouting {
     /// direct peer, an entry for every other. Rebuilds only when they disagree.
     pub fn sync_fdb(&self, fdb: &FdbHandle, peers: &[Peer], port: u16) {
         let cur = fdb.load();
-        let agrees = peers.iter().all(|p| {
-            cur.lookup(&p.vtep_mac.0).is_some() != self.direct.contains_key(&p.vtep_ip)
-        });
+        let agrees = peers
+            .iter()
+            .all(|p| cur.lookup(&p.vtep_mac.0).is_some() != self.direct.contains_key(&p.vtep_ip));
         if agrees {
             return;
         }

@@ -91,7 +91,11 @@ pub fn decapsulate(frame: &mut [u8], outer_tos: u8) -> Result<Decap, DropReason>
         // switch there passes other protocols untouched).
         _ => return Ok(Decap::Unchanged),
     };
-    let inner = if v4 { ip[1] & MASK } else { (ip[1] >> 4) & MASK };
+    let inner = if v4 {
+        ip[1] & MASK
+    } else {
+        (ip[1] >> 4) & MASK
+    };
     let want = match (outer, inner) {
         (CE, NOT_ECT) => return Err(DropReason::RxEcnNotEct),
         (CE, CE) | (ECT_1, NOT_ECT | ECT_1 | CE) => return Ok(Decap::Unchanged),

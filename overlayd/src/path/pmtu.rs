@@ -353,20 +353,29 @@ mod tests {
         assert!(too_big(&mut out, &frag, &[], 1350).is_none(), "fragment");
         let mut mcast = frame.clone();
         mcast[30] = 239;
-        assert!(too_big(&mut out, &mcast, &[], 1350).is_none(), "multicast dst");
+        assert!(
+            too_big(&mut out, &mcast, &[], 1350).is_none(),
+            "multicast dst"
+        );
         let mut zero = frame.clone();
         zero[26] = 0;
         assert!(too_big(&mut out, &zero, &[], 1350).is_none(), "0.x source");
         let mut icmp_err = frame.clone();
         icmp_err[14 + 9] = PROTO_ICMP;
         icmp_err[34] = 3;
-        assert!(too_big(&mut out, &icmp_err, &[], 1350).is_none(), "ICMP error");
+        assert!(
+            too_big(&mut out, &icmp_err, &[], 1350).is_none(),
+            "ICMP error"
+        );
         icmp_err[34] = 8; // echo request: answered
         assert!(too_big(&mut out, &icmp_err, &[], 1350).is_some(), "echo");
         let mut arp = frame.clone();
         arp[12..14].copy_from_slice(&ethernet::ETHERTYPE_ARP.to_be_bytes());
         assert!(too_big(&mut out, &arp, &[], 1350).is_none(), "not IP");
-        assert!(too_big(&mut out, &frame[..30], &[], 1350).is_none(), "short");
+        assert!(
+            too_big(&mut out, &frame[..30], &[], 1350).is_none(),
+            "short"
+        );
     }
 
     #[test]
@@ -381,7 +390,10 @@ mod tests {
         };
         let h = ip.header();
         assert_eq!(h.source(), <[u8; 16]>::try_from(&frame[38..54]).unwrap());
-        assert_eq!(h.destination(), <[u8; 16]>::try_from(&frame[22..38]).unwrap());
+        assert_eq!(
+            h.destination(),
+            <[u8; 16]>::try_from(&frame[22..38]).unwrap()
+        );
         assert_eq!(h.hop_limit(), 61);
         let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
             panic!("not ICMPv6")
@@ -401,7 +413,10 @@ mod tests {
         );
         assert_eq!(icmp.payload(), &frame[14..14 + 1232]);
         let mut out2 = [0u8; MAX_FRAME];
-        assert!(too_big(&mut out2, &frame, &[], 1279).is_none(), "mtu < 1280");
+        assert!(
+            too_big(&mut out2, &frame, &[], 1279).is_none(),
+            "mtu < 1280"
+        );
     }
 
     #[test]

@@ -465,7 +465,9 @@ impl Capture {
     /// Starts `tcpdump -i IFACE -w PCAP FILTER...` in `ns` and waits until it listens.
     pub fn start(ns: &str, iface: &str, pcap: PathBuf, filter: &[&str]) -> Capture {
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "timeout", "120", "tcpdump", "-i", iface])
+            .args([
+                "netns", "exec", ns, "timeout", "120", "tcpdump", "-i", iface,
+            ])
             .args(["-U", "-n", "-w"])
             .arg(&pcap)
             .args(filter)

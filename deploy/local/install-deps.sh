@@ -10,6 +10,7 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v tshark >/dev/null || need+=(tshark)
 command -v python3 >/dev/null || need+=(python3)
 command -v iptables >/dev/null || need+=(iptables)
+command -v nft >/dev/null || need+=(nftables)
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then

@@ -132,6 +132,16 @@ fn direct_routing_plain_on_shared_subnet_vxlan_across_router_and_moves() {
         cap.text("")
     );
 
+    // A direct route removed by hand is restored like any route of ours.
+    sh_ok(&["ip", "-n", &lab.node(1), "route", "del", "10.244.2.0/24"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || lab
+            .routes(1)
+            .contains("10.244.2.0/24 via 198.18.0.2 dev eth0")),
+        "direct route not restored: {}",
+        lab.routes(1)
+    );
+
     // Node 3 moves onto the shared subnet.
     sh_ok(&["bash", common::SCRIPT, "attach", &lab.prefix, "3"]);
     let moved = common::read(&lab.nodes_file()).replace("198.19.0.3", "198.18.0.3");

@@ -259,6 +259,31 @@ fn path_mtu_below_interface_mtu_tcp_adapts() {
             event(&s, "icmp_rate_limited")
         );
     }
+    // A single oversized ping (no TSO: the plain sendmmsg path) gets the error too.
+    sh_ok(&["ip", "-n", &p1, "route", "flush", "cache"]);
+    let out = lab.exec(
+        &p1,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.3",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            &Lab::pod_ip(2, 1),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mtu = 1350") || text.contains("mtu=1350"),
+        "ping -M do -s 1400 must learn mtu 1350: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// ECN across the tunnel: the inner ECN field shows in the outer header (CE as ECT(0)), and a

@@ -118,6 +118,9 @@ impl DirectRouting {
     /// Makes the FDB snapshot agree with the direct set: no entry (so no encapsulation) for a
     /// direct peer, an entry for every other. Rebuilds only when they disagree.
     pub fn sync_fdb(&self, fdb: &FdbHandle, peers: &[Peer], port: u16) {
+        if !self.enabled {
+            return;
+        }
         let cur = fdb.load();
         let agrees = peers
             .iter()

@@ -259,10 +259,19 @@ impl Worker {
                 match udp::send_batch(&self.tx_pool[sock], &msgs[done..k]) {
                     Ok(sent) if sent > 0 => done += sent,
                     Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                        // Over the path MTU: tell the inner sender (the datagram is VXLAN
-                        // header + inner frame).
-                        let (dst, bytes, _) = msgs[done];
-                        self.answer_too_big(&mut s.pmtu, &bytes[vxlan::HEADER_LEN..], &[], dst);
+                        // Over the path MTU (the datagram is VXLAN header + inner frame): a
+                        // packet whose sender allows fragmentation leaves in a fragmented
+                        // outer packet, as with kernel vxlan; any other gets an ICMP error.
+                        let (dst, bytes, tos) = msgs[done];
+                        let inner = &bytes[vxlan::HEADER_LEN..];
+                        if pmtu::outer_may_fragment(inner) {
+                            match udp::send_fragmentable(&self.tx_pool[sock], dst, bytes, tos) {
+                                Ok(_) => self.stats.count_event(PathEvent::OuterFragmented, 1),
+                                Err(_) => self.stats.count_drop(DropReason::TxSendError),
+                            }
+                        } else {
+                            self.answer_too_big(&mut s.pmtu, inner, &[], dst);
+                        }
                         done += 1;
                     }
                     _ => {

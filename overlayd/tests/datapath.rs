@@ -207,7 +207,7 @@ fn direct_routing_plain_on_shared_subnet_vxlan_across_router_and_moves() {
 /// 1500: the routers answer oversized outer packets with ICMP "fragmentation needed", the
 /// kernel learns the path MTU, overlayd's sends fail with EMSGSIZE and it answers the pod with
 /// ICMP "fragmentation needed" (MTU 1350) through the TAP. TCP adapts both ways instead of
-/// stalling.
+/// stalling; a packet without DF leaves in fragments instead.
 #[test]
 fn path_mtu_below_interface_mtu_tcp_adapts() {
     let Some(mut lab) = Lab::new_with_env(
@@ -283,6 +283,39 @@ fn path_mtu_below_interface_mtu_tcp_adapts() {
         text.contains("mtu = 1350") || text.contains("mtu=1350"),
         "ping -M do -s 1400 must learn mtu 1350: {text}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Without DF the sender allows fragmentation: the outer packet is fragmented, as kernel
+    // vxlan (outer DF off by default) does, and the ping gets through both ways.
+    for p in [&p1, &p2] {
+        sh_ok(&["ip", "-n", p, "route", "flush", "cache"]);
+    }
+    let before = event(&status(&lab, 1), "outer_fragmented");
+    let out = lab.exec(
+        &p1,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+            "-W",
+            "2",
+            "-M",
+            "dont",
+            "-s",
+            "1400",
+            &Lab::pod_ip(2, 1),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "ping -M dont -s 1400: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(event(&status(&lab, 1), "outer_fragmented") >= before + 3);
+    assert!(
+        event(&status(&lab, 2), "outer_fragmented") >= 3,
+        "the replies too"
     );
 }
 

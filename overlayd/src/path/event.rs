@@ -11,6 +11,9 @@ pub enum PathEvent {
     Icmpv6PacketTooBig,
     /// An ICMP error for the path MTU was due but the rate limit held it back.
     IcmpRateLimited,
+    /// An inner IPv4 packet without DF over the path MTU, sent with the outer packet
+    /// fragmented (DF off for that one datagram), as kernel vxlan does.
+    OuterFragmented,
     /// An outer CE mark copied into an inner ECN-capable packet.
     EcnCeSet,
     /// An outer ECT(1) copied into an inner ECT(0) packet.
@@ -18,11 +21,12 @@ pub enum PathEvent {
 }
 
 impl PathEvent {
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
     pub const ALL: [PathEvent; Self::COUNT] = [
         Self::IcmpFragNeeded,
         Self::Icmpv6PacketTooBig,
         Self::IcmpRateLimited,
+        Self::OuterFragmented,
         Self::EcnCeSet,
         Self::EcnEct1Set,
     ];
@@ -34,6 +38,7 @@ impl PathEvent {
             Self::IcmpFragNeeded => "icmp_frag_needed",
             Self::Icmpv6PacketTooBig => "icmpv6_packet_too_big",
             Self::IcmpRateLimited => "icmp_rate_limited",
+            Self::OuterFragmented => "outer_fragmented",
             Self::EcnCeSet => "ecn_ce_set",
             Self::EcnEct1Set => "ecn_ect1_set",
         }

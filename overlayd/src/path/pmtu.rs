@@ -37,6 +37,18 @@ pub fn inner_mtu(path_mtu: u32) -> u32 {
     path_mtu.saturating_sub(OVERHEAD_V4)
 }
 
+/// Whether an Ethernet frame that does not fit the path may leave in a fragmented outer
+/// packet instead: an IPv4 packet without DF (its sender allows fragmentation, and kernel
+/// vxlan, whose outer DF is off by default, would fragment it). IPv6 packets and DF packets
+/// get an ICMP error instead.
+#[must_use]
+pub fn outer_may_fragment(frame: &[u8]) -> bool {
+    frame.len() >= ethernet::HEADER_LEN + 20
+        && frame[12..14] == ethernet::ETHERTYPE_IPV4.to_be_bytes()
+        && frame[ethernet::HEADER_LEN] >> 4 == 4
+        && frame[ethernet::HEADER_LEN + 6] & 0x40 == 0
+}
+
 /// Byte `i` of the frame given as `head` followed by `tail`.
 fn byte(head: &[u8], tail: &[u8], i: usize) -> Option<u8> {
     if i < head.len() {
@@ -417,6 +429,18 @@ mod tests {
             too_big(&mut out2, &frame, &[], 1279).is_none(),
             "mtu < 1280"
         );
+    }
+
+    #[test]
+    fn only_ipv4_without_df_may_fragment_outside() {
+        let mut f = tcp_v4(1410);
+        assert!(!outer_may_fragment(&f), "DF");
+        f[20] = 0;
+        assert!(outer_may_fragment(&f), "no DF");
+        f[20] = 0x20; // MF: a fragment of a packet without DF
+        assert!(outer_may_fragment(&f));
+        assert!(!outer_may_fragment(&tcp_v6(1400)), "IPv6");
+        assert!(!outer_may_fragment(&f[..30]), "short");
     }
 
     #[test]

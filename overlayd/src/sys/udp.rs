@@ -312,6 +312,30 @@ pub fn path_mtu(probe: &UdpSocket, dst: SocketAddrV4) -> io::Result<u32> {
     u32::try_from(v).map_err(|_| io::Error::other(format!("IP_MTU returned {v}")))
 }
 
+/// Sends one datagram with DF off (the kernel fragments it to the path MTU), then turns DF
+/// back on for the socket: for inner packets whose sender allows fragmentation.
+pub fn send_fragmentable(
+    sock: &UdpSocket,
+    dst: SocketAddrV4,
+    bytes: &[u8],
+    tos: u8,
+) -> io::Result<usize> {
+    setsockopt_int(
+        sock.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )?;
+    let r = send_gathered(sock, dst, &[io::IoSlice::new(bytes)], 0, tos);
+    setsockopt_int(
+        sock.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )?;
+    r
+}
+
 /// An unbound UDP socket for `path_mtu` (never sends or receives).
 pub fn mtu_probe() -> io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))

@@ -225,6 +225,34 @@ mod tests {
         assert_eq!(inner_ecn(&f), ECT_1);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn prop_decapsulate_touches_only_the_ecn_bits_and_the_checksum(
+            tos: u8,
+            outer in 0u8..4,
+            v6: bool,
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut f = if v6 { v6_frame(tos) } else { v4_frame(tos) };
+            f.extend_from_slice(&payload);
+            let before = f.clone();
+            let r = decapsulate(&mut f, outer);
+            let inner = if v6 { (before[15] >> 4) & MASK } else { before[15] & MASK };
+            proptest::prop_assert_eq!(r.is_err(), outer == CE && inner == NOT_ECT);
+            for (i, (a, b)) in f.iter().zip(&before).enumerate() {
+                let allowed = if v6 { i == 15 } else { matches!(i, 15 | 24 | 25) };
+                proptest::prop_assert!(a == b || allowed, "byte {} changed", i);
+            }
+            if v6 {
+                proptest::prop_assert_eq!(f[15] & 0xcf, before[15] & 0xcf);
+            } else {
+                proptest::prop_assert_eq!(f[15] & !MASK, before[15] & !MASK);
+                proptest::prop_assert!(v4_checksum_ok(&f));
+            }
+        }
+    }
+
     #[test]
     fn decapsulate_leaves_non_ip_and_short_frames_alone() {
         let mut arp = v4_frame(0);

@@ -443,6 +443,39 @@ mod tests {
         assert!(!outer_may_fragment(&f[..30]), "short");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn prop_too_big_never_panics_and_ignores_the_split(
+            mut data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1700),
+            v6: bool,
+            mtu in 500u32..1600,
+            cut in 0usize..1700,
+        ) {
+            if data.len() > 21 {
+                let et = if v6 { ethernet::ETHERTYPE_IPV6 } else { ethernet::ETHERTYPE_IPV4 };
+                data[12..14].copy_from_slice(&et.to_be_bytes());
+                if v6 {
+                    data[14] = 0x60 | (data[14] & 0x0f);
+                } else {
+                    data[14] = 0x45;
+                    data[20] = 0x40;
+                    data[21] = 0;
+                }
+            }
+            let cut = cut.min(data.len());
+            let mut a = [0u8; MAX_FRAME];
+            let mut b = [0u8; MAX_FRAME];
+            let ra = too_big(&mut a, &data, &[], mtu);
+            let rb = too_big(&mut b, &data[..cut], &data[cut..], mtu);
+            proptest::prop_assert_eq!(ra, rb);
+            if let Some(n) = ra {
+                proptest::prop_assert_eq!(&a[..n], &b[..n]);
+                proptest::prop_assert!(SlicedPacket::from_ethernet(&a[..n]).is_ok());
+            }
+        }
+    }
+
     #[test]
     fn rate_limit_allows_a_burst_then_the_rate() {
         let mut r = RateLimit::new(10, 3);

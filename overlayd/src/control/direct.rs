@@ -17,10 +17,23 @@ use fdb_sync::Peer;
 use tracing::{info, warn};
 
 use crate::fdb::{Fdb, FdbHandle};
-use crate::sys::netlink::{KernelEvent, Netlink};
+use crate::sys::netlink::{KernelEvent, Netlink, RouteTo};
 
 /// Which peers are directly routable: VTEP address -> the interface that reaches it.
 pub type DirectPeers = HashMap<Ipv4Addr, u32>;
+
+/// The interface that reaches a peer directly, from the kernel's route lookup for its public
+/// IP: Flannel's rule (one route, without a gateway), and not through our own device, and a
+/// real unicast route (a local or unreachable route has no gateway either).
+#[must_use]
+pub fn direct_oif(route: Option<RouteTo>, tap_index: u32) -> Option<u32> {
+    let r = route?;
+    if r.unicast && r.gateway.is_none() && r.oif != Some(tap_index) {
+        r.oif
+    } else {
+        None
+    }
+}
 
 pub struct DirectRouting {
     enabled: bool,
@@ -69,19 +82,15 @@ impl DirectRouting {
             return false;
         }
         let refresh = std::mem::take(&mut self.stale);
-        self.cache
-            .retain(|ip, _| peers.iter().any(|p| p.vtep_ip == *ip));
+        let current: std::collections::HashSet<Ipv4Addr> =
+            peers.iter().map(|p| p.vtep_ip).collect();
+        self.cache.retain(|ip, _| current.contains(ip));
         for p in peers {
             if !refresh && self.cache.contains_key(&p.vtep_ip) {
                 continue;
             }
             let oif = match nl.route_to(p.vtep_ip).await {
-                // Flannel: one route, without a gateway. Not through our own device, and a
-                // real unicast route (a local or unreachable route has no gateway either).
-                Ok(Some(r)) if r.unicast && r.gateway.is_none() && r.oif != Some(tap_index) => {
-                    r.oif
-                }
-                Ok(_) => None,
+                Ok(r) => direct_oif(r, tap_index),
                 Err(e) => {
                     warn!(peer = %p.name, vtep = %p.vtep_ip, error = %e, "route lookup for DirectRouting failed; keeping VXLAN for this peer");
                     None
@@ -130,5 +139,55 @@ impl DirectRouting {
         }
         let next = Fdb::from_peers_direct(peers, port, Some(&cur), &self.direct);
         fdb.store(Arc::new(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_only_for_a_unicast_route_without_gateway_off_our_device() {
+        let r = |oif, gateway, unicast| {
+            Some(RouteTo {
+                oif: Some(oif),
+                gateway,
+                unicast,
+            })
+        };
+        let gw = Some(Ipv4Addr::new(198, 18, 0, 254));
+        assert_eq!(direct_oif(r(2, None, true), 9), Some(2), "connected");
+        assert_eq!(direct_oif(r(2, gw, true), 9), None, "via a router");
+        assert_eq!(direct_oif(r(1, None, false), 9), None, "local address");
+        assert_eq!(direct_oif(r(9, None, true), 9), None, "through the TAP");
+        assert_eq!(direct_oif(None, 9), None, "no route");
+    }
+
+    #[test]
+    fn only_foreign_route_changes_make_the_decision_stale() {
+        let mut d = DirectRouting::new(true);
+        let ours = KernelEvent::Route {
+            oif: Some(2),
+            ours: true,
+            deleted: false,
+        };
+        assert!(!d.note_event(ours));
+        assert!(!d.note_event(KernelEvent::Neighbour {
+            index: 2,
+            deleted: false
+        }));
+        assert!(d.note_event(KernelEvent::Route {
+            oif: Some(2),
+            ours: false,
+            deleted: true
+        }));
+        let mut off = DirectRouting::new(false);
+        assert!(!off.note_event(KernelEvent::Route {
+            oif: Some(2),
+            ours: false,
+            deleted: true
+        }));
+        off.mark_stale();
+        assert!(off.peers().is_empty());
     }
 }

@@ -468,7 +468,8 @@ impl Capture {
             .args([
                 "netns", "exec", ns, "timeout", "120", "tcpdump", "-i", iface,
             ])
-            .args(["-U", "-n", "-w"])
+            // Headers only: enough for VXLAN + inner Ethernet/IP/TCP, small files under load.
+            .args(["-U", "-n", "-s", "256", "-w"])
             .arg(&pcap)
             .args(filter)
             .stdout(Stdio::null())

@@ -37,7 +37,9 @@ pub struct SubnetEnv {
     pub subnets: Vec<NodeSubnet>,
     /// `FLANNEL_MTU`, when present.
     pub mtu: Option<u32>,
-    /// `FLANNEL_IPMASQ`: informational; overlayd masquerades, not the plugin.
+    /// `FLANNEL_IPMASQ`: informational. overlayd masquerades when it runs with `--ip-masq` (and
+    /// then writes true); this plugin never does, unlike Flannel's, whose bridge delegate
+    /// masquerades each pod when it is false (see DOCS.md).
     pub ipmasq: bool,
 }
 

@@ -34,6 +34,8 @@ struct RawNetConf {
     /// Read so a Flannel file parses; unused while `EnableIPv6` must be false.
     #[serde(rename = "IPv6Network")]
     ipv6_network: Option<String>,
+    #[serde(rename = "EnableNFTables", default)]
+    enable_nftables: bool,
     backend: Option<RawBackend>,
 }
 
@@ -62,6 +64,8 @@ pub struct NetConf {
     /// `Backend.DirectRouting`: peers on a directly connected network get a plain route via
     /// their node address instead of VXLAN.
     pub direct_routing: bool,
+    /// `EnableNFTables`: masquerade and forward rules with nftables instead of iptables.
+    pub enable_nftables: bool,
 }
 
 impl NetConf {
@@ -137,6 +141,7 @@ impl NetConf {
             port,
             mtu,
             direct_routing: b.direct_routing,
+            enable_nftables: raw.enable_nftables,
         })
     }
 
@@ -161,6 +166,9 @@ mod tests {
         assert_eq!((c.vni, c.port, c.mtu), (1, 8472, None));
         assert_eq!(c.network.to_string(), "10.244.0.0/16");
         assert_eq!(c.inner_mtu(1500), 1450);
+        assert!(!c.enable_nftables);
+        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).unwrap();
+        assert!(c.enable_nftables);
     }
 
     #[test]

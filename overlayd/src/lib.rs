@@ -11,6 +11,7 @@ pub mod fdb;
 pub mod fuzz_targets;
 pub mod http;
 pub mod metrics;
+pub mod netfilter;
 pub mod observe;
 pub mod path;
 pub mod privs;

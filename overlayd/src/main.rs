@@ -49,6 +49,20 @@ struct Cli {
     /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
     #[arg(long)]
     allow_any_sender: bool,
+    /// Masquerade pod traffic that leaves the cluster Network (Flannel's rules; nftables when
+    /// net-conf EnableNFTables, else iptables). Sets FLANNEL_IPMASQ=true in subnet.env.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    ip_masq: bool,
+    /// Masquerade without --random-fully.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    ip_masq_fully_random_disable: bool,
+    /// Accept traffic from and to the cluster Network in FORWARD (hosts whose FORWARD policy is
+    /// DROP, as Docker sets it); =false to leave FORWARD alone.
+    #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    iptables_forward_rules: bool,
+    /// Seconds between checks of the masquerade/forward rules besides the 2 s backstop.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    iptables_resync: u64,
 }
 
 /// `overlayd status`: the running daemon's FDB, counters, queues and drops.
@@ -137,6 +151,10 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         queues,
         allow_any_sender: cli.allow_any_sender,
+        ip_masq: cli.ip_masq,
+        ip_masq_random_fully: !cli.ip_masq_fully_random_disable,
+        iptables_forward_rules: cli.iptables_forward_rules,
+        iptables_resync: std::time::Duration::from_secs(cli.iptables_resync),
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

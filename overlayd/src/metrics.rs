@@ -210,6 +210,22 @@ impl Collector for OverlaydCollector {
         )?;
         ConstCounter::new(s.device_set_up).encode(m.encode_family(&[("action", "set_up")])?)?;
         ConstCounter::new(s.device_rebuilds).encode(m.encode_family(&[("action", "rebuild")])?)?;
+        if let Some(n) = &s.netfilter {
+            counter(
+                &mut enc,
+                "overlayd_netfilter_restores",
+                "Masquerade/FORWARD rules found changed by someone else and installed again.",
+                n.restores,
+            )?;
+            let mut m = enc.encode_descriptor(
+                "overlayd_netfilter_rules_present",
+                "1 when the last check found the masquerade/FORWARD rules as overlayd installed them.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::from(n.rules_present))
+                .encode(m.encode_family(&[("backend", n.backend.as_str())])?)?;
+        }
         Ok(())
     }
 }

@@ -65,6 +65,8 @@ pub struct Observed {
     pub device_set_up: AtomicU64,
     /// The device vanished and the dataplane was rebuilt.
     pub device_rebuilds: AtomicU64,
+    /// Masquerade / FORWARD rules (`crate::netfilter`), written by their checker thread.
+    pub netfilter: Arc<crate::netfilter::Shared>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -192,6 +194,7 @@ impl Observed {
                 .collect(),
             queues,
             peers,
+            netfilter: self.netfilter.status(),
         }
     }
 }
@@ -255,6 +258,9 @@ pub struct Status {
     pub queues: Vec<QueueStatus>,
     /// The FDB, sorted by node name.
     pub peers: Vec<PeerStatus>,
+    /// Masquerade / FORWARD rules; absent when overlayd manages none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<crate::netfilter::NetfilterStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -121,6 +121,30 @@ pub fn render(s: &Status, now: u64) -> String {
         s.device_rebuilds,
         s.version
     );
+    match &s.netfilter {
+        Some(n) => {
+            let _ = writeln!(
+                out,
+                "netfilter {}  masquerade {}  forward accept {}  rules {}  restores {}{}",
+                n.backend,
+                if n.masquerade { "on" } else { "off" },
+                if n.forward { "on" } else { "off" },
+                if n.rules_present {
+                    "present"
+                } else {
+                    "MISSING"
+                },
+                n.restores,
+                n.error
+                    .as_deref()
+                    .map(|e| format!("  error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => out.push_str(
+            "netfilter: no rules managed (no --ip-masq, --iptables-forward-rules=false)\n",
+        ),
+    }
     out.push('\n');
     let mut rows = vec![[
         "PEER",
@@ -262,10 +286,24 @@ mod tests {
                 rx_bytes: 900,
                 last_rx_unix: 998,
             }],
+            netfilter: Some(crate::netfilter::NetfilterStatus {
+                backend: "nftables".into(),
+                masquerade: true,
+                forward: true,
+                rules_present: true,
+                restores: 2,
+                error: None,
+            }),
         };
         let text = render(&s, 1000);
         assert!(text.contains("node node1  podCIDR 10.244.1.0/24"), "{text}");
         assert!(text.contains("last sync 5s ago"), "{text}");
+        assert!(
+            text.contains(
+                "netfilter nftables  masquerade on  forward accept on  rules present  restores 2"
+            ),
+            "{text}"
+        );
         let row = text.lines().find(|l| l.starts_with("node2")).unwrap();
         let cells: Vec<_> = row.split_whitespace().collect();
         assert_eq!(

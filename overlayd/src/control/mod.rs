@@ -51,6 +51,14 @@ pub struct Options {
     pub device: String,
     pub queues: usize,
     pub allow_any_sender: bool,
+    /// `--ip-masq`: masquerade pod traffic leaving the cluster Network (see `crate::netfilter`).
+    pub ip_masq: bool,
+    /// Not `--ip-masq-fully-random-disable`.
+    pub ip_masq_random_fully: bool,
+    /// `--iptables-forward-rules` (default true): accept the Network in FORWARD.
+    pub iptables_forward_rules: bool,
+    /// `--iptables-resync`: how often the netfilter rules are checked besides the 2 s backstop.
+    pub iptables_resync: Duration,
 }
 
 /// The underlay: where VXLAN leaves and arrives.
@@ -349,7 +357,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     });
     let health = Arc::new(Health::default());
     let observed = Arc::new(Observed::new(health.clone()));
-    let _http = http::serve(http_addr, http::router(observed.clone())).await?;
+    let _http = http::serve(http_addr, http::router(observed.clone())).context("--http-addr")?;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
@@ -398,11 +406,18 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await?;
     let mut reported_skips = HashMap::new();
     log_peer_set(&state, &mut reported_skips);
+    // Masquerade and FORWARD rules before subnet.env, as flanneld orders them (readiness implies them).
+    let netfilter = crate::netfilter::start_from_options(
+        &opts,
+        &netconf,
+        own_cidr,
+        observed.netfilter.clone(),
+    )?;
     let env = SubnetEnv {
         network: netconf.network,
         subnet: own_cidr,
         mtu,
-        ipmasq: false,
+        ipmasq: opts.ip_masq,
         ipv6_network: None,
         ipv6_subnet: None,
     };
@@ -445,6 +460,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             _ = stop_rx.changed() => break,
             _ = backstop.tick() => {
                 check = true;
+                if let Some(nf) = &netfilter {
+                    nf.check_soon();
+                }
                 if events.is_none() {
                     events = subscribe_events();
                 }
@@ -544,6 +562,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     }
 
     info!("shutting down");
+    // The checker stops; the rules stay for the next overlayd (`overlayd cleanup` removes them).
+    drop(netfilter);
     dp.stop.store(true, Ordering::Relaxed);
     for t in dp.threads {
         let _ = t.join();

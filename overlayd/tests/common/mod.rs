@@ -92,6 +92,8 @@ pub struct Lab {
     pub nodes: usize,
     pub pods: usize,
     daemons: Vec<Option<Child>>,
+    /// Extra environment for the overlayd daemons started after it is set (e.g. `PATH`).
+    pub daemon_env: Vec<(String, String)>,
     wired: Vec<bool>,
     _serial: MutexGuard<'static, ()>,
 }
@@ -128,6 +130,7 @@ impl Lab {
             nodes,
             pods,
             daemons: (0..=nodes).map(|_| None).collect(),
+            daemon_env: Vec::new(),
             wired: vec![false; nodes + 1],
             _serial: serial,
         };
@@ -259,6 +262,7 @@ impl Lab {
             .arg(self.subnet_file(i))
             .args(["--queues", "2"])
             .args(extra)
+            .envs(self.daemon_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -424,6 +428,59 @@ impl Lab {
         sh_ok(&["ip", "-n", &self.node(i), "neigh", "show", "dev", dev])
     }
 
+    /// Adds a host `PREFIXx` at `ip` on the underlay: no node, no route to pod CIDRs.
+    pub fn add_stranger(&self, ip: &str) -> String {
+        sh_ok(&["bash", SCRIPT, "stranger", &self.prefix, ip]);
+        format!("{}x", self.prefix)
+    }
+
+    /// `overlayd status --json` run inside node `i`'s namespace.
+    pub fn status_json(&self, i: usize) -> serde_json::Value {
+        let out = self.exec(&self.node(i), &[OVERLAYD, "status", "--json"]);
+        assert!(
+            out.status.success(),
+            "overlayd status --json: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Starts a TCP server in `ns` on `port` that answers every connection with the peer
+    /// address it sees (HTTP/1.0, so `curl` prints it); stopped when the guard drops.
+    pub fn whoami_server(&self, ns: &str, port: u16) -> ChildGuard {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c"])
+            .arg(
+                "import socket,sys\n\
+                 s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+                 s.bind(('0.0.0.0',int(sys.argv[1])));s.listen(64)\n\
+                 while True:\n\
+                 \x20c,a=s.accept()\n\
+                 \x20try:\n\
+                 \x20\x20c.settimeout(3);c.recv(4096);b=a[0].encode()\n\
+                 \x20\x20c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n'%len(b)+b)\n\
+                 \x20except OSError: pass\n\
+                 \x20c.close()",
+            )
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 whoami server");
+        ChildGuard(child)
+    }
+
+    /// The peer address the whoami server at `ip:port` saw for a connection from `ns`
+    /// (`None`: no answer within 2 s).
+    pub fn whoami(&self, ns: &str, ip: &str, port: u16) -> Option<String> {
+        let out = self.exec(
+            ns,
+            &["curl", "-s", "-m", "2", &format!("http://{ip}:{port}/")],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    }
+
     pub fn write_nodes_file(&self, text: &str) {
         let tmp = self.dir.join("nodes.yaml.tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -523,6 +580,16 @@ impl Drop for Capture {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Kills and reaps a helper process on drop (also when the test panics).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

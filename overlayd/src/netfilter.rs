@@ -1,0 +1,1035 @@
+//! Masquerade (`--ip-masq`) and FORWARD accept (`--iptables-forward-rules`) rules, as flanneld
+//! installs them (Flannel's `pkg/trafficmngr/{iptables,nftables}`), kept in place by a
+//! checker thread and removable in one call (`remove_all`, for `overlayd cleanup`).
+//!
+//! This module owns the nftables table `ip overlayd-ipv4` and the iptables chains
+//! `OVERLAYD-POSTRTG` (nat) and `OVERLAYD-FWD` (filter) with their jumps from POSTROUTING and
+//! FORWARD. It never touches a rule it did not write, and it never runs on the packet path.
+//!
+//! **Backends, and why.** `EnableNFTables` in net-conf.json picks nftables, as it does in
+//! Flannel (`main.go` `newTrafficManager(config.EnableNFTables)`); otherwise iptables, Flannel's
+//! default. When the chosen tool is not installed, the other one is used and the log says so.
+//! Both are driven through their command-line tools, as Flannel does (knftables feeds `nft`
+//! text; go-iptables runs `iptables`/`iptables-restore`): `nft -f -` applies the whole table in
+//! one atomic transaction, and `iptables-restore --noflush` rewrites our chains atomically
+//! without touching anyone else's. The `nftables` crate would also shell out to `nft` (in JSON)
+//! and add a schema of types without adding a capability; nftables over raw netlink needs
+//! libnftnl (C) or rustables (GPL-3, which does not fit Apache-2.0). `iptables` means whatever
+//! the host's `iptables` alternative is (nf_tables or legacy), the one Docker and kube-proxy use.
+//!
+//! **The rules** (Network N, this node's podCIDR P), in this order:
+//! `mark 0x4000/0x4000 RETURN` (kube-proxy's masquerade mark: no double NAT), `-s P -d N RETURN`,
+//! `-s N -d P RETURN` (pod to pod is never NATed), `! -s N -d P RETURN` (outside to our pods is not
+//! NATed), `-s N ! -d 224.0.0.0/4 MASQUERADE` (pods to the outside: the node's address; multicast
+//! left alone), `! -s N -d N MASQUERADE` (host to remote pods), MASQUERADE `--random-fully`
+//! unless `--ip-masq-fully-random-disable` or the tool lacks it. Flannel's iptables rules, used
+//! for both backends: Flannel's nftables variant writes rule 4 as `saddr != P daddr N`, which makes
+//! its rule 6 dead code; the iptables form is the one its comment describes. Likewise the mark
+//! is matched under its mask in both (`meta mark & 0x4000 == 0x4000`), where Flannel's nftables
+//! variant compares the whole mark (`meta mark 0x4000`, marked TODO there).
+//! FORWARD: `-s N ACCEPT`, `-d N ACCEPT`. An nftables `accept` does not overrule a `drop` in
+//! another base chain (iptables' FORWARD with policy DROP, as Docker sets it), so in nftables
+//! mode the FORWARD accept also goes into iptables' FORWARD when `iptables` is installed.
+//!
+//! **Keeping them.** What a check reads (`nft list table`, our lines of `iptables-save`) right
+//! after we applied the rules is remembered; a check that reads anything else applies them again
+//! and counts a restore. Checks run on the control loop's 2 s backstop (`Handle::check_soon`),
+//! every `--iptables-resync`, and on an nf_tables change notification (nft, iptables-nft), at
+//! most two a second. Applying is idempotent: twice gives the same rules, one jump each.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+/// The nftables table overlayd owns (Flannel's is `flannel-ipv4`).
+pub const NFT_TABLE: &str = "overlayd-ipv4";
+/// The iptables nat chain for masquerade (Flannel's is `FLANNEL-POSTRTG`).
+pub const POSTRTG_CHAIN: &str = "OVERLAYD-POSTRTG";
+/// The iptables filter chain for FORWARD accepts (Flannel's is `FLANNEL-FWD`).
+pub const FWD_CHAIN: &str = "OVERLAYD-FWD";
+const MASQ_COMMENT: &str = "overlayd masq";
+const FWD_COMMENT: &str = "overlayd forward";
+/// kube-proxy marks packets it will masquerade itself (Flannel's `KubeProxyMark`).
+const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
+const MULTICAST: &str = "224.0.0.0/4";
+/// Checks are at least this far apart, however many notifications arrive.
+const MIN_CHECK_GAP: Duration = Duration::from_millis(500);
+/// How long a command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    #[error("neither nft nor iptables-restore/iptables-save is installed: install the nftables or iptables package, or run without --ip-masq and with --iptables-forward-rules=false")]
+    NoTool,
+    #[error("this host's iptables is iptables-legacy, which needs CAP_NET_RAW, and overlayd keeps only CAP_NET_ADMIN: install nftables (nft) and set EnableNFTables, or switch iptables to iptables-nft (update-alternatives --set iptables /usr/sbin/iptables-nft)")]
+    LegacyNeedsNetRaw,
+    #[error("cannot run {cmd}: {source}; is it installed and executable?")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Failed {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{cmd} did not finish within {secs} s; another process may hold the xtables lock")]
+    Timeout { cmd: String, secs: u64 },
+}
+
+/// What to install, fixed for the daemon's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The cluster Network (net-conf `Network`).
+    pub network: Ipv4Network,
+    /// This node's podCIDR.
+    pub pod_cidr: Ipv4Network,
+    /// `--ip-masq`.
+    pub masquerade: bool,
+    /// Not `--ip-masq-fully-random-disable`.
+    pub random_fully: bool,
+    /// `--iptables-forward-rules`.
+    pub forward: bool,
+}
+
+/// Which tool holds the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Nftables,
+    Iptables,
+}
+
+// ---- rendering (pure) ----
+
+/// Flannel's masquerade rules as iptables rule specs for `OVERLAYD-POSTRTG`.
+#[must_use]
+pub fn iptables_masq_rules(r: &Rules, random_fully: bool) -> Vec<String> {
+    let (n, p) = (r.network.to_string(), r.pod_cidr.to_string());
+    let c = format!("-m comment --comment \"{MASQ_COMMENT}\"");
+    let masq = if random_fully {
+        "-j MASQUERADE --random-fully"
+    } else {
+        "-j MASQUERADE"
+    };
+    vec![
+        format!("-m mark --mark {KUBE_PROXY_MARK} {c} -j RETURN"),
+        format!("-s {p} -d {n} {c} -j RETURN"),
+        format!("-s {n} -d {p} {c} -j RETURN"),
+        format!("! -s {n} -d {p} {c} -j RETURN"),
+        format!("-s {n} ! -d {MULTICAST} {c} {masq}"),
+        format!("! -s {n} -d {n} {c} {masq}"),
+    ]
+}
+
+/// Flannel's FORWARD accept rules as iptables rule specs for `OVERLAYD-FWD`.
+#[must_use]
+pub fn iptables_fwd_rules(r: &Rules) -> Vec<String> {
+    let n = r.network;
+    let c = format!("-m comment --comment \"{FWD_COMMENT}\"");
+    vec![
+        format!("-s {n} {c} -j ACCEPT"),
+        format!("-d {n} {c} -j ACCEPT"),
+    ]
+}
+
+fn masq_jump() -> String {
+    format!("-m comment --comment \"{MASQ_COMMENT}\" -j {POSTRTG_CHAIN}")
+}
+
+fn fwd_jump() -> String {
+    format!("-m comment --comment \"{FWD_COMMENT}\" -j {FWD_CHAIN}")
+}
+
+/// The `nft -f` script that replaces our table with exactly `r`'s rules (one transaction:
+/// the first line makes the delete succeed when the table does not exist yet).
+#[must_use]
+pub fn nft_script(r: &Rules, random_fully: bool) -> String {
+    let (n, p) = (r.network, r.pod_cidr);
+    let masq = if random_fully {
+        "masquerade fully-random"
+    } else {
+        "masquerade"
+    };
+    let mut s = format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n");
+    if !r.masquerade && !r.forward {
+        return s;
+    }
+    let _ = writeln!(s, "table ip {NFT_TABLE} {{");
+    let _ = writeln!(s, "  comment \"rules for overlayd\"");
+    if r.masquerade {
+        let _ = writeln!(
+            s,
+            "  chain postrtg {{\n    comment \"{MASQ_COMMENT}\"\n    type nat hook postrouting priority srcnat; policy accept;\n    \
+             meta mark & 0x4000 == 0x4000 return\n    \
+             ip saddr {p} ip daddr {n} return\n    \
+             ip saddr {n} ip daddr {p} return\n    \
+             ip saddr != {n} ip daddr {p} return\n    \
+             ip saddr {n} ip daddr != {MULTICAST} {masq}\n    \
+             ip saddr != {n} ip daddr {n} {masq}\n  }}"
+        );
+    }
+    if r.forward {
+        let _ = writeln!(
+            s,
+            "  chain forward {{\n    comment \"{FWD_COMMENT}\"\n    type filter hook forward priority filter; policy accept;\n    \
+             ip saddr {n} accept\n    \
+             ip daddr {n} accept\n  }}"
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The lines of an `iptables-save` table that are ours: our chains' declarations and rules,
+/// and jumps to them. Counters are cut off the declarations. This is what a check compares.
+#[must_use]
+pub fn our_lines(save: &str) -> Vec<String> {
+    save.lines()
+        .filter(|l| {
+            l.starts_with(&format!(":{POSTRTG_CHAIN} "))
+                || l.starts_with(&format!(":{FWD_CHAIN} "))
+                || l.starts_with(&format!("-A {POSTRTG_CHAIN} "))
+                || l.starts_with(&format!("-A {FWD_CHAIN} "))
+                || l.ends_with(&format!("-j {POSTRTG_CHAIN}"))
+                || l.ends_with(&format!("-j {FWD_CHAIN}"))
+        })
+        .map(|l| match l.split_once(" [") {
+            Some((head, _)) if l.starts_with(':') => head.to_string(),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+/// One table's part of an `iptables-restore --noflush` input that makes `chain` hold exactly
+/// `want` (and one jump from `parent`), or removes chain and jumps when `want` is `None`.
+/// `save` is the table's current `iptables-save` text: only what exists is deleted.
+fn restore_table(
+    out: &mut String,
+    table: &str,
+    save: &str,
+    parent: &str,
+    chain: &str,
+    jump: &str,
+    want: Option<&[String]>,
+) {
+    let chain_exists = save.lines().any(|l| l.starts_with(&format!(":{chain} ")));
+    let jumps: Vec<&str> = save
+        .lines()
+        .filter(|l| l.starts_with(&format!("-A {parent} ")) && l.ends_with(&format!("-j {chain}")))
+        .collect();
+    let mut body = String::new();
+    match want {
+        Some(rules) => {
+            // Declaring a chain in a --noflush restore creates it, or flushes it when it exists.
+            let _ = writeln!(body, ":{chain} - [0:0]");
+            let exact = format!("-A {parent} {jump}");
+            let mut kept = false;
+            for j in &jumps {
+                if *j == exact && !kept {
+                    kept = true;
+                } else {
+                    let _ = writeln!(body, "-D{}", &j[2..]);
+                }
+            }
+            if !kept {
+                let _ = writeln!(body, "{exact}");
+            }
+            for r in rules {
+                let _ = writeln!(body, "-A {chain} {r}");
+            }
+        }
+        None => {
+            for j in &jumps {
+                let _ = writeln!(body, "-D{}", &j[2..]);
+            }
+            if chain_exists {
+                let _ = writeln!(body, "-F {chain}\n-X {chain}");
+            }
+        }
+    }
+    if !body.is_empty() {
+        let _ = write!(out, "*{table}\n{body}COMMIT\n");
+    }
+}
+
+/// The whole `iptables-restore --noflush` input for the wanted masquerade and forward rules.
+#[must_use]
+pub fn iptables_restore_input(
+    save_nat: &str,
+    save_filter: &str,
+    masq: Option<&[String]>,
+    fwd: Option<&[String]>,
+) -> String {
+    let mut out = String::new();
+    restore_table(
+        &mut out,
+        "nat",
+        save_nat,
+        "POSTROUTING",
+        POSTRTG_CHAIN,
+        &masq_jump(),
+        masq,
+    );
+    restore_table(
+        &mut out,
+        "filter",
+        save_filter,
+        "FORWARD",
+        FWD_CHAIN,
+        &fwd_jump(),
+        fwd,
+    );
+    out
+}
+
+// ---- the tools (I/O) ----
+
+/// Finds `name` in `$PATH` (and the sbin directories, which a non-login PATH may miss).
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs `cmd args` with `stdin`, bounded by `COMMAND_TIMEOUT`; returns stdout.
+fn run(cmd: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, NetfilterError> {
+    let label = format!("{} {}", cmd.display(), args.join(" "));
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| NetfilterError::Spawn {
+            cmd: label.clone(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A tool that exits early closes the pipe; its exit status says why.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    // Read both pipes on threads so a full pipe never blocks the tool while we wait.
+    let mut out_pipe = child.stdout.take();
+    let mut err_pipe = child.stderr.take();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(p) = out_pipe.as_mut() {
+            let _ = std::io::Read::read_to_end(p, &mut v);
+        }
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(p) = err_pipe.as_mut() {
+            let _ = std::io::Read::read_to_end(p, &mut v);
+        }
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > COMMAND_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(NetfilterError::Timeout {
+                    cmd: label,
+                    secs: COMMAND_TIMEOUT.as_secs(),
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(source) => {
+                return Err(NetfilterError::Spawn { cmd: label, source });
+            }
+        }
+    };
+    let out = out_t.join().unwrap_or_default();
+    let err = err_t.join().unwrap_or_default();
+    if !status.success() {
+        return Err(NetfilterError::Failed {
+            cmd: label,
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&err).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The iptables tools of this host.
+#[derive(Debug, Clone)]
+struct Iptables {
+    save: PathBuf,
+    restore: PathBuf,
+    /// `nf_tables` or `legacy`, from `iptables --version`.
+    variant: String,
+    random_fully: bool,
+}
+
+impl Iptables {
+    fn find() -> Option<Iptables> {
+        let save = find_tool("iptables-save")?;
+        let restore = find_tool("iptables-restore")?;
+        let version = find_tool("iptables")
+            .and_then(|i| run(&i, &["--version"], None).ok())
+            .unwrap_or_default();
+        // "iptables v1.8.9 (nf_tables)"; --random-fully needs 1.6.2 (go-iptables' HasRandomFully).
+        let variant = if version.contains("nf_tables") {
+            "nf_tables"
+        } else {
+            "legacy"
+        };
+        let v: Vec<u32> = version
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .trim_start_matches('v')
+            .split('.')
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let random_fully = v.len() >= 3 && (v[0], v[1], v[2]) >= (1, 6, 2);
+        Some(Iptables {
+            save,
+            restore,
+            variant: variant.to_string(),
+            random_fully,
+        })
+    }
+
+    fn save(&self, table: &str) -> Result<String, NetfilterError> {
+        // A table the kernel has never seen may be reported as an error by legacy iptables:
+        // it holds nothing of ours then.
+        match run(&self.save, &["-t", table], None) {
+            Ok(s) => Ok(s),
+            Err(NetfilterError::Failed { stderr, .. })
+                if stderr.contains("does not exist") || stderr.contains("Table does not exist") =>
+            {
+                Ok(String::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn restore(&self, input: &str) -> Result<(), NetfilterError> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        run(&self.restore, &["-w", "5", "--noflush"], Some(input)).map(|_| ())
+    }
+
+    /// Our lines of the nat and filter tables.
+    fn ours(&self) -> Result<Vec<String>, NetfilterError> {
+        let mut v = our_lines(&self.save("nat")?);
+        v.extend(our_lines(&self.save("filter")?));
+        Ok(v)
+    }
+
+    fn apply(&self, masq: Option<&[String]>, fwd: Option<&[String]>) -> Result<(), NetfilterError> {
+        let input = iptables_restore_input(&self.save("nat")?, &self.save("filter")?, masq, fwd);
+        self.restore(&input)
+    }
+}
+
+fn nft_list(nft: &Path) -> Result<Option<String>, NetfilterError> {
+    match run(nft, &["list", "table", "ip", NFT_TABLE], None) {
+        Ok(s) => Ok(Some(s)),
+        Err(NetfilterError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether this kernel and `nft` accept `masquerade fully-random` (Flannel's
+/// `checkRandomfully`): a dry run (`nft -c`) of a throwaway table.
+fn nft_random_fully(nft: &Path) -> bool {
+    let probe = "table ip overlayd-probe {\n  chain p {\n    type nat hook postrouting priority srcnat;\n    ip saddr != 127.0.0.1 masquerade fully-random\n  }\n}\n";
+    run(nft, &["-c", "-f", "-"], Some(probe)).is_ok()
+}
+
+/// Installs and checks one `Rules` set with one backend.
+#[derive(Debug)]
+pub struct Manager {
+    rules: Rules,
+    backend: Backend,
+    nft: Option<PathBuf>,
+    iptables: Option<Iptables>,
+    /// What a check reads when nothing changed since we applied (see the module doc).
+    applied: Option<String>,
+    random_fully: bool,
+}
+
+impl Manager {
+    /// Picks the backend: nftables when `prefer_nftables` (net-conf `EnableNFTables`), else
+    /// iptables; the other one when the chosen tool is missing.
+    pub fn new(rules: Rules, prefer_nftables: bool) -> Result<Manager, NetfilterError> {
+        let nft = find_tool("nft");
+        let mut iptables = Iptables::find();
+        // iptables-legacy talks to the kernel through a raw socket; without CAP_NET_RAW (dropped
+        // at start, see `crate::privs`) every call fails, so it counts as missing.
+        let legacy_unusable = iptables.as_ref().is_some_and(|i| i.variant == "legacy")
+            && !caps::has_cap(None, caps::CapSet::Bounding, caps::Capability::CAP_NET_RAW)
+                .unwrap_or(true);
+        if legacy_unusable {
+            iptables = None;
+        }
+        let backend = match (prefer_nftables, nft.is_some(), iptables.is_some()) {
+            (true, true, _) | (false, true, false) => Backend::Nftables,
+            (false, _, true) | (true, false, true) => Backend::Iptables,
+            (_, false, false) if legacy_unusable => return Err(NetfilterError::LegacyNeedsNetRaw),
+            (_, false, false) => return Err(NetfilterError::NoTool),
+        };
+        if legacy_unusable {
+            tracing::warn!(
+                "iptables is iptables-legacy, which needs CAP_NET_RAW that overlayd drops: using nftables only; \
+                 a FORWARD policy of DROP set with iptables-legacy is not overruled"
+            );
+        }
+        if (backend == Backend::Nftables) != prefer_nftables {
+            tracing::warn!(
+                wanted = if prefer_nftables { "nftables" } else { "iptables" },
+                using = ?backend,
+                "the netfilter tool EnableNFTables selects is not installed; using the other one"
+            );
+        }
+        let random_fully = rules.random_fully
+            && match backend {
+                Backend::Nftables => nft.as_deref().is_some_and(nft_random_fully),
+                Backend::Iptables => iptables.as_ref().is_some_and(|i| i.random_fully),
+            };
+        if rules.masquerade && rules.random_fully && !random_fully {
+            tracing::warn!(
+                "MASQUERADE --random-fully is not supported here; masquerading without it"
+            );
+        }
+        Ok(Manager {
+            rules,
+            backend,
+            nft,
+            iptables,
+            applied: None,
+            random_fully,
+        })
+    }
+
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `nftables`, `iptables (nf_tables)` or `iptables (legacy)`.
+    #[must_use]
+    pub fn backend_name(&self) -> String {
+        match (self.backend, &self.iptables) {
+            (Backend::Nftables, _) => "nftables".into(),
+            (Backend::Iptables, Some(i)) => format!("iptables ({})", i.variant),
+            (Backend::Iptables, None) => "iptables".into(),
+        }
+    }
+
+    /// Whether the FORWARD accept also goes to iptables (nftables mode, see the module doc).
+    fn iptables_forward_in_nft_mode(&self) -> bool {
+        self.backend == Backend::Nftables && self.rules.forward && self.iptables.is_some()
+    }
+
+    /// What a check compares: the state of everything this manager writes.
+    fn read(&self) -> Result<String, NetfilterError> {
+        let mut s = String::new();
+        if let Some(nft) = &self.nft {
+            if self.backend == Backend::Nftables {
+                s.push_str(&nft_list(nft)?.unwrap_or_default());
+            }
+        }
+        if let Some(ipt) = &self.iptables {
+            for l in ipt.ours()? {
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
+        Ok(s)
+    }
+
+    /// Installs the rules (replacing ours, touching nothing else) and removes what the other
+    /// backend may hold from an earlier run, as Flannel's start-up clean-up does.
+    pub fn apply(&mut self) -> Result<(), NetfilterError> {
+        let masq = iptables_masq_rules(&self.rules, self.random_fully);
+        let fwd = iptables_fwd_rules(&self.rules);
+        match self.backend {
+            Backend::Nftables => {
+                let nft = self.nft.as_deref().ok_or(NetfilterError::NoTool)?;
+                run(
+                    nft,
+                    &["-f", "-"],
+                    Some(&nft_script(&self.rules, self.random_fully)),
+                )?;
+                if let Some(ipt) = &self.iptables {
+                    let fwd = self.iptables_forward_in_nft_mode().then_some(&fwd[..]);
+                    ipt.apply(None, fwd)?;
+                }
+            }
+            Backend::Iptables => {
+                let ipt = self.iptables.as_ref().ok_or(NetfilterError::NoTool)?;
+                ipt.apply(
+                    self.rules.masquerade.then_some(&masq[..]),
+                    self.rules.forward.then_some(&fwd[..]),
+                )?;
+                if let Some(nft) = &self.nft {
+                    if nft_list(nft)?.is_some() {
+                        run(
+                            nft,
+                            &["-f", "-"],
+                            Some(&nft_script(&self.rules_none(), false)),
+                        )?;
+                    }
+                }
+            }
+        }
+        self.applied = Some(self.read()?);
+        Ok(())
+    }
+
+    fn rules_none(&self) -> Rules {
+        Rules {
+            masquerade: false,
+            forward: false,
+            ..self.rules.clone()
+        }
+    }
+
+    /// Whether the rules are as we applied them (false before the first `apply`).
+    pub fn present(&self) -> Result<bool, NetfilterError> {
+        Ok(self.applied.is_some() && self.applied == Some(self.read()?))
+    }
+
+    /// Checks the rules and applies them again when someone changed them; `Ok(true)` when it
+    /// restored something.
+    pub fn ensure(&mut self) -> Result<bool, NetfilterError> {
+        if self.present()? {
+            return Ok(false);
+        }
+        self.apply()?;
+        Ok(true)
+    }
+}
+
+/// Removes everything overlayd installed in this network namespace, with either tool: the
+/// nftables table, the iptables chains and their jumps. For `overlayd cleanup`; a missing
+/// tool or rule is not an error. Returns what it removed, for the log.
+pub fn remove_all() -> Result<Vec<String>, NetfilterError> {
+    let mut removed = Vec::new();
+    if let Some(nft) = find_tool("nft") {
+        if nft_list(&nft)?.is_some() {
+            run(&nft, &["delete", "table", "ip", NFT_TABLE], None)?;
+            removed.push(format!("nftables table ip {NFT_TABLE}"));
+        }
+    }
+    if let Some(ipt) = Iptables::find() {
+        let before = ipt.ours()?;
+        if !before.is_empty() {
+            ipt.apply(None, None)?;
+            removed.push(format!(
+                "iptables chains {POSTRTG_CHAIN}/{FWD_CHAIN} and their jumps ({} lines)",
+                before.len()
+            ));
+        }
+    }
+    Ok(removed)
+}
+
+// ---- the checker thread ----
+
+/// The rules' state for `/status`, `overlayd status` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetfilterStatus {
+    /// `nftables`, `iptables (nf_tables)`, `iptables (legacy)`, or `none` (no tool found).
+    pub backend: String,
+    /// `--ip-masq`.
+    pub masquerade: bool,
+    /// `--iptables-forward-rules`.
+    pub forward: bool,
+    /// The last check found the rules as overlayd installed them.
+    pub rules_present: bool,
+    /// Times the rules were found changed and installed again.
+    pub restores: u64,
+    /// The last check's error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Shared between the checker thread (writer) and the status readers.
+#[derive(Debug, Default)]
+pub struct Shared {
+    status: Mutex<Option<NetfilterStatus>>,
+    restores: AtomicU64,
+    checks: AtomicU64,
+}
+
+impl Shared {
+    /// `None` when overlayd manages no rules (neither `--ip-masq` nor forward rules).
+    #[must_use]
+    pub fn status(&self) -> Option<NetfilterStatus> {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        s.restores = self.restores.load(Ordering::Relaxed);
+        Some(s)
+    }
+
+    /// Checks done so far (tests wait on it).
+    #[must_use]
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, f: impl FnOnce(&mut NetfilterStatus)) {
+        let mut g = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        f(g.get_or_insert_with(NetfilterStatus::default));
+    }
+}
+
+/// The running checker; dropping it stops its threads (within a second) and leaves the rules
+/// in place.
+#[derive(Debug)]
+pub struct Handle {
+    nudge: mpsc::SyncSender<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Handle {
+    /// Asks for a check now (never blocks; a pending request covers this one).
+    pub fn check_soon(&self) {
+        let _ = self.nudge.try_send(());
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.nudge.try_send(());
+    }
+}
+
+/// Installs `rules` (an error here is the caller's to report: Flannel exits when the masquerade
+/// rules cannot be set up) and starts the checker thread.
+pub fn start(
+    rules: Rules,
+    prefer_nftables: bool,
+    resync: Duration,
+    shared: Arc<Shared>,
+) -> Result<Handle, NetfilterError> {
+    shared.set(|s| {
+        s.backend = "none".into();
+        s.masquerade = rules.masquerade;
+        s.forward = rules.forward;
+    });
+    let mut m = Manager::new(rules.clone(), prefer_nftables)?;
+    shared.set(|s| {
+        s.backend = m.backend_name();
+        s.masquerade = rules.masquerade;
+        s.forward = rules.forward;
+    });
+    m.apply()?;
+    shared.set(|s| s.rules_present = true);
+    tracing::info!(
+        backend = %m.backend_name(),
+        masquerade = rules.masquerade,
+        random_fully = m.random_fully,
+        forward = rules.forward,
+        network = %rules.network,
+        pod_cidr = %rules.pod_cidr,
+        "netfilter rules installed"
+    );
+    let (tx, rx) = mpsc::sync_channel(1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if m.nft.is_some()
+        || m.iptables
+            .as_ref()
+            .is_some_and(|i| i.variant == "nf_tables")
+    {
+        watch_nf_tables(tx.clone(), stop.clone());
+    }
+    let resync = resync.max(Duration::from_millis(100));
+    let checker_stop = stop.clone();
+    std::thread::Builder::new()
+        .name("overlayd-netfilter".into())
+        .spawn(move || checker(m, rx, resync, shared, &checker_stop))
+        .map_err(|source| NetfilterError::Spawn {
+            cmd: "the netfilter checker thread".into(),
+            source,
+        })?;
+    Ok(Handle { nudge: tx, stop })
+}
+
+/// Starts what the command line and net-conf.json ask for: `None` when neither `--ip-masq`
+/// nor `--iptables-forward-rules` is on. A masquerade failure is an error (Flannel exits);
+/// a forward-rules-only failure is logged and the daemon goes on, as Flannel does.
+pub fn start_from_options(
+    opts: &crate::control::Options,
+    netconf: &crate::config::NetConf,
+    pod_cidr: Ipv4Network,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Option<Handle>> {
+    if !opts.ip_masq && !opts.iptables_forward_rules {
+        return Ok(None);
+    }
+    let rules = Rules {
+        network: netconf.network,
+        pod_cidr,
+        masquerade: opts.ip_masq,
+        random_fully: opts.ip_masq_random_fully,
+        forward: opts.iptables_forward_rules,
+    };
+    match start(
+        rules,
+        netconf.enable_nftables,
+        opts.iptables_resync,
+        shared.clone(),
+    ) {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if opts.ip_masq => Err(anyhow::anyhow!(
+            "--ip-masq: cannot set up the masquerade rules: {e}"
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the FORWARD accept rules (--iptables-forward-rules); pods may not be forwarded where FORWARD's policy is DROP");
+            shared.set(|s| {
+                s.rules_present = false;
+                s.error = Some(e.to_string());
+            });
+            Ok(None)
+        }
+    }
+}
+
+fn checker(
+    mut m: Manager,
+    rx: mpsc::Receiver<()>,
+    resync: Duration,
+    shared: Arc<Shared>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut last_error = String::new();
+    let mut last_check = Instant::now();
+    loop {
+        match rx.recv_timeout(resync) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        // A burst of notifications (our own apply, a flush of many chains) is one check, and
+        // a busy ruleset (kube-proxy rewriting its chains) costs at most two checks a second.
+        std::thread::sleep(
+            MIN_CHECK_GAP
+                .saturating_sub(last_check.elapsed())
+                .max(Duration::from_millis(20)),
+        );
+        while rx.try_recv().is_ok() {}
+        last_check = Instant::now();
+        let result = m.ensure();
+        shared.checks.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(restored) => {
+                if restored {
+                    shared.restores.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(backend = %m.backend_name(), "netfilter rules were changed by someone else; restored them");
+                }
+                last_error.clear();
+                shared.set(|s| {
+                    s.rules_present = true;
+                    s.error = None;
+                });
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if msg != last_error {
+                    tracing::warn!(error = %msg, "cannot check or restore the netfilter rules; will retry");
+                    last_error = msg.clone();
+                }
+                shared.set(|s| {
+                    s.rules_present = false;
+                    s.error = Some(msg);
+                });
+            }
+        }
+    }
+}
+
+/// nf_tables notifications (NFNLGRP_NFTABLES): any ruleset change written with `nft` or
+/// iptables-nft asks for a check at once. Best effort: without it the periodic checks remain.
+fn watch_nf_tables(nudge: mpsc::SyncSender<()>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    const NFNLGRP_NFTABLES: u32 = 7;
+    let sock =
+        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).and_then(|mut s| {
+            s.bind_auto()?;
+            s.add_membership(NFNLGRP_NFTABLES)?;
+            Ok(s)
+        });
+    let sock = match sock {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(error = %e, "no nf_tables notifications; relying on the periodic checks");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("overlayd-nfwatch".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                match sock.recv(&mut &mut buf[..], 0) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    // ENOBUFS (a burst overflowed the socket) also means "something changed".
+                    Ok(_) | Err(_) => {
+                        if let Err(mpsc::TrySendError::Disconnected(())) = nudge.try_send(()) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::info!(error = %e, "no nf_tables notification thread; relying on the periodic checks");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            network: "10.244.0.0/16".parse().unwrap(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            masquerade: true,
+            random_fully: true,
+            forward: true,
+        }
+    }
+
+    #[test]
+    fn iptables_rules_are_flannels() {
+        // pkg/trafficmngr/iptables/iptables.go masqRules / forwardRules, with our chain names.
+        let m = iptables_masq_rules(&rules(), true);
+        let c = "-m comment --comment \"overlayd masq\"";
+        assert_eq!(
+            m,
+            [
+                format!("-m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+                format!("-s 10.244.1.0/24 -d 10.244.0.0/16 {c} -j RETURN"),
+                format!("-s 10.244.0.0/16 -d 10.244.1.0/24 {c} -j RETURN"),
+                format!("! -s 10.244.0.0/16 -d 10.244.1.0/24 {c} -j RETURN"),
+                format!("-s 10.244.0.0/16 ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully"),
+                format!("! -s 10.244.0.0/16 -d 10.244.0.0/16 {c} -j MASQUERADE --random-fully"),
+            ]
+        );
+        assert!(iptables_masq_rules(&rules(), false)
+            .iter()
+            .all(|r| !r.contains("random-fully")));
+        assert_eq!(
+            iptables_fwd_rules(&rules()),
+            [
+                "-s 10.244.0.0/16 -m comment --comment \"overlayd forward\" -j ACCEPT",
+                "-d 10.244.0.0/16 -m comment --comment \"overlayd forward\" -j ACCEPT",
+            ]
+        );
+    }
+
+    #[test]
+    fn nft_script_replaces_the_table_atomically() {
+        let s = nft_script(&rules(), true);
+        assert!(s.starts_with(
+            "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\ntable ip overlayd-ipv4 {"
+        ));
+        assert!(s.contains("ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return"));
+        assert!(
+            s.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random")
+        );
+        assert!(s.contains("type filter hook forward priority filter"));
+        let plain = nft_script(
+            &Rules {
+                random_fully: false,
+                forward: false,
+                ..rules()
+            },
+            false,
+        );
+        assert!(!plain.contains("fully-random") && !plain.contains("chain forward"));
+        // Nothing wanted: the script only deletes.
+        let none = nft_script(
+            &Rules {
+                masquerade: false,
+                forward: false,
+                ..rules()
+            },
+            true,
+        );
+        assert_eq!(
+            none,
+            "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\n"
+        );
+    }
+
+    const SAVE_NAT: &str = "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [3:180]\n:OVERLAYD-POSTRTG - [0:0]\n:KUBE-POSTROUTING - [0:0]\n-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n-A POSTROUTING -m comment --comment \"overlayd masq\" -j OVERLAYD-POSTRTG\n-A POSTROUTING -m comment --comment \"overlayd masq\" -j OVERLAYD-POSTRTG\n-A OVERLAYD-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment \"overlayd masq\" -j RETURN\nCOMMIT\n";
+
+    #[test]
+    fn our_lines_are_only_ours_without_counters() {
+        assert_eq!(
+            our_lines(SAVE_NAT),
+            [
+                ":OVERLAYD-POSTRTG -",
+                "-A POSTROUTING -m comment --comment \"overlayd masq\" -j OVERLAYD-POSTRTG",
+                "-A POSTROUTING -m comment --comment \"overlayd masq\" -j OVERLAYD-POSTRTG",
+                "-A OVERLAYD-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment \"overlayd masq\" -j RETURN",
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_input_keeps_one_jump_and_rewrites_the_chain() {
+        let masq = iptables_masq_rules(&rules(), true);
+        let fwd = iptables_fwd_rules(&rules());
+        let input = iptables_restore_input(SAVE_NAT, "*filter\nCOMMIT\n", Some(&masq), Some(&fwd));
+        let nat = input.split("*filter").next().unwrap();
+        assert!(
+            nat.starts_with("*nat\n:OVERLAYD-POSTRTG - [0:0]\n"),
+            "{input}"
+        );
+        // The duplicate jump goes; the first stays; kube-proxy's is untouched.
+        assert_eq!(nat.matches("-D POSTROUTING").count(), 1, "{input}");
+        assert!(!nat.contains("-A POSTROUTING"), "{input}");
+        assert!(!input.contains("KUBE-POSTROUTING"), "{input}");
+        assert_eq!(nat.matches("-A OVERLAYD-POSTRTG").count(), 6);
+        // The filter table had nothing: chain, jump and both rules are added.
+        assert!(input.contains(
+            "*filter\n:OVERLAYD-FWD - [0:0]\n-A FORWARD -m comment --comment \"overlayd forward\" -j OVERLAYD-FWD\n"
+        ));
+        assert!(input.ends_with("-j ACCEPT\nCOMMIT\n"));
+
+        // Removal deletes what exists and nothing else (a -D of a missing rule fails the whole
+        // restore).
+        let rm = iptables_restore_input(SAVE_NAT, "*filter\nCOMMIT\n", None, None);
+        assert_eq!(
+            rm,
+            "*nat\n-D POSTROUTING -m comment --comment \"overlayd masq\" -j OVERLAYD-POSTRTG\n\
+             -D POSTROUTING -m comment --comment \"overlayd masq\" -j OVERLAYD-POSTRTG\n\
+             -F OVERLAYD-POSTRTG\n-X OVERLAYD-POSTRTG\nCOMMIT\n"
+        );
+        assert_eq!(iptables_restore_input("", "", None, None), "");
+    }
+}

@@ -10,16 +10,49 @@
 #   cluster.sh kernel-node PREFIX I NODES DIR      program node I as flanneld does for kernel
 #                                                  vxlan, write its subnet.env and annotations
 #   cluster.sh stranger PREFIX IP                  a host PREFIXx on the underlay that is no node
+#   cluster.sh attach PREFIX I                     give remote node I a second leg (eth1,
+#                                                  198.18.0.I/24) on the switch's subnet
 #   cluster.sh down PREFIX                         delete every namespace of PREFIX
 #
 # Addresses: node i has underlay 198.18.0.i/24 and podCIDR 10.244.i.0/24; pod j of node i is
 # 10.244.i.(j+1) in namespace PREFIXp<i>-<j>, wired by the overlayd-cni plugin
 # (cni-shim/scripts/wire-pod.sh; set OVERLAYD_CNI to pick the binary).
+#
+# Remote nodes (env REMOTE_NODES="3 4", for `up`): those nodes sit on another subnet,
+# 198.19.0.i/24, behind a router namespace PREFIXr. The switch namespace then routes too: it
+# reaches 198.19.0.0/24 over a link to the router (198.18.255.1/30 - .2/30) whose MTU is RMTU
+# (default UMTU) on both ends, so a smaller RMTU makes a path MTU below the nodes' interface
+# MTU (both routers answer with ICMP "fragmentation needed"). kernel-node and stranger assume
+# nodes on the switch's subnet.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 UMTU=${UMTU:-1500}
 MTU=$((UMTU - 50))
+RMTU=${RMTU:-$UMTU}
+REMOTE_NODES=${REMOTE_NODES:-}
+
+is_remote() { case " $REMOTE_NODES " in *" $1 "*) return 0 ;; esac; return 1; }
+node_ip() { if is_remote "$1"; then echo "198.19.0.$1"; else echo "198.18.0.$1"; fi; }
+
+# The router namespace PREFIXr and the switch's link to it (see "Remote nodes" above).
+router() {
+  local P=$1 sw="${1}sw" r="${1}r"
+  ip netns add "$r"
+  ip -n "$r" link set lo up
+  ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$sw" sysctl -qw net.ipv4.ip_forward=1
+  ip link add wan netns "$sw" type veth peer name wan netns "$r"
+  ip -n "$sw" link set wan mtu "$RMTU" up
+  ip -n "$r" link set wan mtu "$RMTU" up
+  ip -n "$sw" addr add 198.18.255.1/30 dev wan
+  ip -n "$r" addr add 198.18.255.2/30 dev wan
+  ip -n "$sw" route add 198.19.0.0/24 via 198.18.255.2
+  ip -n "$r" link add br1 type bridge
+  ip -n "$r" link set br1 up
+  ip -n "$r" addr add 198.19.0.254/24 dev br1
+  ip -n "$r" route add default via 198.18.255.1
+}
 
 ns_node() { echo "${1}n$2"; }
 ns_pod() { echo "${1}p$2-$3"; }
@@ -34,6 +67,7 @@ up() {
   ip -n "$sw" link set br0 up
   # The nodes' default gateway; tests bind a fake Kubernetes API server here.
   ip -n "$sw" addr add 198.18.0.254/24 dev br0
+  if [ -n "$REMOTE_NODES" ]; then router "$P"; fi
   {
     echo "apiVersion: v1"
     echo "kind: NodeList"
@@ -44,13 +78,15 @@ up() {
     ip netns add "$n"
     ip -n "$n" link set lo up
     ip netns exec "$n" sysctl -qw net.ipv4.ip_forward=1
-    ip link add "${P}u$i" netns "$n" type veth peer name "u$i" netns "$sw"
-    ip -n "$sw" link set "u$i" master br0 mtu "$UMTU" up
+    local ns_sw=$sw bridge=br0 gw=198.18.0.254
+    if is_remote "$i"; then ns_sw="${P}r" bridge=br1 gw=198.19.0.254; fi
+    ip link add "${P}u$i" netns "$n" type veth peer name "u$i" netns "$ns_sw"
+    ip -n "$ns_sw" link set "u$i" master "$bridge" mtu "$UMTU" up
     ip -n "$n" link set "${P}u$i" name eth0
     ip -n "$n" link set eth0 mtu "$UMTU" up
-    ip -n "$n" addr add "198.18.0.$i/24" dev eth0
+    ip -n "$n" addr add "$(node_ip "$i")/24" dev eth0
     # A default route makes the underlay discoverable without --iface, as on a real host.
-    ip -n "$n" route add default via "198.18.0.254" dev eth0 onlink
+    ip -n "$n" route add default via "$gw" dev eth0 onlink
     cat >> "$DIR/nodes.yaml" <<YAML
 - apiVersion: v1
   kind: Node
@@ -61,7 +97,7 @@ up() {
   status:
     addresses:
     - type: InternalIP
-      address: 198.18.0.$i
+      address: $(node_ip "$i")
 YAML
     for j in $(seq 1 "$PODS"); do pod "$P" "$i" "$j"; done
   done
@@ -140,6 +176,18 @@ stranger() {
   ip -n "$x" addr add "$IP/24" dev eth0
 }
 
+# Gives remote node i a second interface eth1 on the switch's subnet (198.18.0.i/24): the
+# node becomes directly connected to the others without losing its first address.
+attach() {
+  local P=$1 i=$2
+  local n; n=$(ns_node "$P" "$i")
+  ip link add "${P}v$i" netns "$n" type veth peer name "v$i" netns "${P}sw"
+  ip -n "${P}sw" link set "v$i" master br0 mtu "$UMTU" up
+  ip -n "$n" link set "${P}v$i" name eth1
+  ip -n "$n" link set eth1 mtu "$UMTU" up
+  ip -n "$n" addr add "198.18.0.$i/24" dev eth1
+}
+
 down() {
   local P=$1
   for ns in $(ip netns list | awk '{print $1}' | grep "^${P}" || true); do
@@ -159,6 +207,7 @@ case "$cmd" in
   kernel-node) kernel_node "$1" "$2" "$3" "$4"; annotate_kernel_node "$4" "$2" ;;
   wire) wire "$@" ;;
   stranger) stranger "$@" ;;
+  attach) attach "$@" ;;
   down) down "$@" ;;
-  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR | stranger PREFIX IP | down PREFIX" >&2; exit 2 ;;
+  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR | stranger PREFIX IP | attach PREFIX I | down PREFIX" >&2; exit 2 ;;
 esac

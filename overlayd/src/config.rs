@@ -61,6 +61,9 @@ pub struct NetConf {
     pub port: u16,
     /// Inner MTU override (`Backend.MTU`); `None` means underlay MTU - 50.
     pub mtu: Option<u32>,
+    /// `Backend.DirectRouting`: peers on a directly connected network get a plain route via
+    /// their node address instead of VXLAN.
+    pub direct_routing: bool,
     /// `EnableNFTables`: masquerade and forward rules with nftables instead of iptables.
     pub enable_nftables: bool,
 }
@@ -110,12 +113,6 @@ impl NetConf {
                 ))
             }
         }
-        if b.direct_routing {
-            return Err(field(
-                "Backend.DirectRouting",
-                "not supported yet; set it to false",
-            ));
-        }
         let vni = match b.vni {
             None | Some(0) => DEFAULT_VNI,
             Some(v) => u32::try_from(v)
@@ -143,6 +140,7 @@ impl NetConf {
             vni,
             port,
             mtu,
+            direct_routing: b.direct_routing,
             enable_nftables: raw.enable_nftables,
         })
     }
@@ -182,6 +180,12 @@ mod tests {
         .unwrap();
         assert_eq!((c.vni, c.port, c.mtu), (4096, 4789, Some(1400)));
         assert_eq!(c.inner_mtu(9000), 1400);
+        assert!(!c.direct_routing);
+        let c = NetConf::parse(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+        )
+        .unwrap();
+        assert!(c.direct_routing);
     }
 
     #[test]

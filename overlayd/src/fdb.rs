@@ -66,6 +66,9 @@ pub struct Fdb {
     by_mac: FastMap<[u8; 6], FdbEntry>,
     /// Known VTEP addresses (ingress filter) and their peer's counters.
     vteps: FastMap<Ipv4Addr, Arc<PeerCounters>>,
+    /// Peers reached by DirectRouting (plain routes, no encapsulation): not in `by_mac`, so
+    /// nothing is encapsulated to them, but still accepted on ingress and listed.
+    direct: Vec<(MacAddr, FdbEntry)>,
 }
 
 impl Fdb {
@@ -78,9 +81,25 @@ impl Fdb {
     /// A snapshot that reuses the counters of peers (by name) already in `previous`.
     #[must_use]
     pub fn from_peers_keeping(peers: &[Peer], port: u16, previous: Option<&Fdb>) -> Self {
+        Self::from_peers_direct(peers, port, previous, &HashMap::new())
+    }
+
+    /// As `from_peers_keeping`, with the peers whose VTEP address is a key of `direct`
+    /// (DirectRouting) left out of the MAC table.
+    #[must_use]
+    pub fn from_peers_direct(
+        peers: &[Peer],
+        port: u16,
+        previous: Option<&Fdb>,
+        direct: &HashMap<Ipv4Addr, u32>,
+    ) -> Self {
         let mut old: HashMap<&str, &Arc<PeerCounters>> = HashMap::new();
         if let Some(prev) = previous {
-            for e in prev.by_mac.values() {
+            for e in prev
+                .by_mac
+                .values()
+                .chain(prev.direct.iter().map(|(_, e)| e))
+            {
                 old.insert(&e.node, &e.counters);
             }
         }
@@ -90,15 +109,17 @@ impl Fdb {
                 .get(p.name.as_str())
                 .map_or_else(Arc::default, |c| Arc::clone(c));
             fdb.vteps.insert(p.vtep_ip, counters.clone());
-            fdb.by_mac.insert(
-                p.vtep_mac.0,
-                FdbEntry {
-                    node: Arc::from(p.name.as_str()),
-                    pod_cidr: p.pod_cidr,
-                    vtep: SocketAddrV4::new(p.vtep_ip, port),
-                    counters,
-                },
-            );
+            let entry = FdbEntry {
+                node: Arc::from(p.name.as_str()),
+                pod_cidr: p.pod_cidr,
+                vtep: SocketAddrV4::new(p.vtep_ip, port),
+                counters,
+            };
+            if direct.contains_key(&p.vtep_ip) {
+                fdb.direct.push((p.vtep_mac, entry));
+            } else {
+                fdb.by_mac.insert(p.vtep_mac.0, entry);
+            }
         }
         fdb
     }
@@ -133,6 +154,7 @@ impl Fdb {
             .by_mac
             .iter()
             .map(|(m, e)| (MacAddr(*m), e.clone()))
+            .chain(self.direct.iter().cloned())
             .collect();
         v.sort_by(|a, b| a.1.node.cmp(&b.1.node));
         v
@@ -161,6 +183,38 @@ mod tests {
         assert!(fdb.vtep_counters("198.18.0.3".parse().unwrap()).is_none());
         assert!(fdb.lookup(&[0; 6]).is_none());
         assert_eq!(fdb.len(), 1);
+    }
+
+    #[test]
+    fn direct_peers_are_not_encapsulated_to_but_accepted_and_listed() {
+        let peers = vec![
+            Peer {
+                name: "b".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            },
+            Peer {
+                name: "c".into(),
+                pod_cidr: "10.244.3.0/24".parse().unwrap(),
+                vtep_ip: "198.19.0.3".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+            },
+        ];
+        let direct: HashMap<Ipv4Addr, u32> = [("198.18.0.2".parse().unwrap(), 2)].into();
+        let fdb = Fdb::from_peers_direct(&peers, 8472, None, &direct);
+        assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).is_none());
+        assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 3, 0]).is_some());
+        assert!(fdb.vtep_counters("198.18.0.2".parse().unwrap()).is_some());
+        assert_eq!(fdb.entries().len(), 2);
+        assert_eq!(fdb.len(), 1);
+        // Moving back to VXLAN keeps the peer's counters.
+        fdb.vtep_counters("198.18.0.2".parse().unwrap())
+            .unwrap()
+            .add_rx(1, 100);
+        let back = Fdb::from_peers_keeping(&peers, 8472, Some(&fdb));
+        let e = back.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).unwrap();
+        assert_eq!(e.counters.rx_packets.load(Ordering::Relaxed), 1);
     }
 
     #[test]

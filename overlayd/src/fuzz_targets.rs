@@ -55,6 +55,38 @@ pub fn decap(data: &[u8]) {
         assert_eq!(eth.dst(), OWN_MAC);
         assert!(d.peer.is_some() || cfg.allow_any_sender);
         check_vnet(&d.vnet, vx.inner().len());
+        ecn_decap(vx.inner(), sel >> 3);
+    }
+}
+
+/// ECN decapsulation under an outer TOS of `outer`: changes at most the ECN bits of the inner
+/// IP header (and the IPv4 header checksum), never the length, and keeps a valid IPv4 header
+/// checksum valid.
+fn ecn_decap(inner: &[u8], outer: u8) {
+    let mut f = inner.to_vec();
+    let v4 = f.len() >= 34 && f[12..14] == [8, 0] && f[14] >> 4 == 4;
+    let csum_ok = |f: &[u8]| {
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        ihl >= 20
+            && f.len() >= 14 + ihl
+            && crate::wire::checksum::fold(crate::wire::checksum::sum(&f[14..14 + ihl], 0))
+                == 0xffff
+    };
+    let was_ok = v4 && csum_ok(&f);
+    match path::ecn::decapsulate(&mut f, outer) {
+        Ok(_) => {
+            assert_eq!(f.len(), inner.len());
+            for (i, (a, b)) in f.iter().zip(inner).enumerate() {
+                assert!(
+                    a == b || i == 15 || (v4 && (i == 24 || i == 25)),
+                    "byte {i} changed"
+                );
+            }
+            if was_ok {
+                assert!(csum_ok(&f), "IPv4 header checksum broken");
+            }
+        }
+        Err(r) => assert_eq!(r, path::DropReason::RxEcnNotEct),
     }
 }
 
@@ -79,6 +111,7 @@ pub fn encap(data: &[u8]) {
     let Some(hdr) = vnet::Header::parse(data) else {
         return;
     };
+    too_big(&data[vnet::LEN..], u32::from(hdr.gso_size));
     let mut frame = data[vnet::LEN..].to_vec();
     let dst = ethernet::Frame::new_checked(&frame[..]).map(|e| e.dst());
     if let Ok(t) = path::encap(&mut frame, &hdr, fdb()) {
@@ -91,6 +124,24 @@ pub fn encap(data: &[u8]) {
             Some(dst)
         );
     }
+}
+
+/// The path-MTU error for `frame` (split at an arbitrary point) is the same whatever the
+/// split, fits its buffer, goes back to the frame's source MAC and reports `mtu`.
+fn too_big(frame: &[u8], mtu: u32) {
+    let mut out = [0u8; path::pmtu::MAX_FRAME];
+    let Some(n) = path::pmtu::too_big(&mut out, frame, &[], mtu) else {
+        return;
+    };
+    assert!(n <= out.len() && n > 14 + 20 + 8);
+    assert_eq!(out[..6], frame[6..12]);
+    let cut = frame.len() / 2;
+    let mut again = [0u8; path::pmtu::MAX_FRAME];
+    assert_eq!(
+        path::pmtu::too_big(&mut again, &frame[..cut], &frame[cut..], mtu),
+        Some(n)
+    );
+    assert_eq!(out[..n], again[..n]);
 }
 
 /// Input: `[mtu hi][mtu lo][inner frame...]`.

@@ -148,6 +148,16 @@ impl Collector for OverlaydCollector {
         }
 
         let mut m = enc.encode_descriptor(
+            "overlayd_path_events",
+            "ICMP errors the packet path generated for path MTU discovery (and those rate-limited), ECN marks carried into inner packets.",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in &s.events {
+            ConstCounter::new(e.count).encode(m.encode_family(&[("event", e.event.as_str())])?)?;
+        }
+
+        let mut m = enc.encode_descriptor(
             "overlayd_queue_offload_mode",
             "1 for the I/O mode each queue runs (offload: TSO/GSO/GRO; plain: one frame per syscall).",
             None,

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fdb::FdbHandle;
 use crate::http::Health;
+use crate::path::event::PathEvent;
 use crate::path::DropReason;
 use crate::stats::{Totals, WorkerStats};
 
@@ -180,6 +181,13 @@ impl Observed {
                     count: totals.drop_count(*r),
                 })
                 .collect(),
+            events: PathEvent::ALL
+                .iter()
+                .map(|e| EventCount {
+                    event: e.as_str().to_string(),
+                    count: totals.event_count(*e),
+                })
+                .collect(),
             queues,
             peers,
             netfilter: self.netfilter.status(),
@@ -217,6 +225,9 @@ fn add_totals(into: &mut Totals, t: &Totals) {
     for (a, b) in into.drops.iter_mut().zip(&t.drops) {
         *a += b;
     }
+    for (a, b) in into.events.iter_mut().zip(&t.events) {
+        *a += b;
+    }
 }
 
 /// The `/status` document (`overlayd status --json` prints it unchanged).
@@ -237,6 +248,9 @@ pub struct Status {
     pub totals: Traffic,
     /// Every drop reason, zero included.
     pub drops: Vec<DropCount>,
+    /// Path MTU and ECN events of the packet path (`PathEvent`), zero included.
+    #[serde(default)]
+    pub events: Vec<EventCount>,
     pub queues: Vec<QueueStatus>,
     /// The FDB, sorted by node name.
     pub peers: Vec<PeerStatus>,
@@ -260,6 +274,13 @@ pub struct DropCount {
     /// `tx` (pod to network) or `rx` (network to pod).
     pub direction: String,
     pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventCount {
+    pub event: String,
     pub count: u64,
 }
 
@@ -294,6 +315,15 @@ pub struct PeerStatus {
 }
 
 impl Status {
+    /// The count of one path event (0 when the name is unknown).
+    #[must_use]
+    pub fn event_count(&self, event: &str) -> u64 {
+        self.events
+            .iter()
+            .find(|e| e.event == event)
+            .map_or(0, |e| e.count)
+    }
+
     /// The count of one drop reason (0 when the name is unknown).
     #[must_use]
     pub fn drop_count(&self, direction: &str, reason: &str) -> u64 {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::path::event::PathEvent;
 use crate::path::DropReason;
 
 /// Adds to a counter that only its own worker writes: a plain load and store, no locked
@@ -60,6 +61,7 @@ pub struct WorkerStats {
     pub heartbeat_ms: AtomicU64,
     /// Times the supervisor restarted this queue's worker after it ended or panicked.
     pub restarts: AtomicU64,
+    pub events: [AtomicU64; PathEvent::COUNT],
 }
 
 /// Milliseconds since this process first asked (never 0), on the monotonic clock.
@@ -89,6 +91,10 @@ impl WorkerStats {
     #[inline]
     pub fn count_drop(&self, reason: DropReason) {
         bump(&self.drops[reason as usize], 1);
+    }
+    #[inline]
+    pub fn count_event(&self, event: PathEvent, n: u64) {
+        bump(&self.events[event as usize], n);
     }
     pub fn set_mode(&self, mode: OffloadMode) {
         self.mode.store(mode as u8, Ordering::Relaxed);
@@ -121,6 +127,7 @@ pub struct Totals {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: [u64; DropReason::COUNT],
+    pub events: [u64; PathEvent::COUNT],
 }
 
 impl Totals {
@@ -135,6 +142,9 @@ impl Totals {
             for (d, s) in t.drops.iter_mut().zip(&w.drops) {
                 *d += s.load(Ordering::Relaxed);
             }
+            for (d, s) in t.events.iter_mut().zip(&w.events) {
+                *d += s.load(Ordering::Relaxed);
+            }
         }
         t
     }
@@ -142,5 +152,10 @@ impl Totals {
     #[must_use]
     pub fn drop_count(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
+    }
+
+    #[must_use]
+    pub fn event_count(&self, event: PathEvent) -> u64 {
+        self.events[event as usize]
     }
 }

@@ -204,6 +204,15 @@ pub fn render(s: &Status, now: u64) -> String {
         }
         table(&mut out, &rows);
     }
+    let events: Vec<String> = s
+        .events
+        .iter()
+        .filter(|e| e.count > 0)
+        .map(|e| format!("{} {}", e.event, e.count))
+        .collect();
+    if !events.is_empty() {
+        let _ = writeln!(out, "path events: {}", events.join(", "));
+    }
     out
 }
 
@@ -261,6 +270,7 @@ mod tests {
                     count: 0,
                 },
             ],
+            events: vec![],
             queues: vec![QueueStatus {
                 queue: 0,
                 mode: "offload".into(),

@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::fdb::{FdbHandle, PeerCounters};
+use crate::path::event::PathEvent;
 use crate::path::gro::{Coalescer, InnerFrame, MAX_RUN};
 use crate::path::tso::Segmenter;
-use crate::path::{self, DecapConfig, DropReason};
+use crate::path::{self, ecn, pmtu, DecapConfig, DropReason};
 use crate::stats::{OffloadMode, WorkerStats};
 use crate::sys::{self, tap::TapQueue, udp};
-use crate::wire::{vnet, vxlan};
+use crate::wire::{ethernet, vnet, vxlan};
 
 /// Frames handled per readiness event before polling again (keeps both directions fair).
 const BATCH: usize = 64;
@@ -108,6 +109,22 @@ struct Pending {
     range: std::ops::Range<usize>,
     dst: SocketAddrV4,
     sock: usize,
+    /// Outer TOS byte (the ECN field copied from the inner packet).
+    tos: u8,
+}
+
+/// ICMP errors per second (and burst) one worker writes for path MTU discovery.
+const PMTU_ICMP_PER_SEC: u32 = 200;
+const PMTU_ICMP_BURST: u32 = 50;
+
+/// Path MTU discovery state of one worker: only touched when a send fails with EMSGSIZE.
+struct Pmtu {
+    /// The ICMP error frame being built.
+    out: Box<[u8; pmtu::MAX_FRAME]>,
+    limit: pmtu::RateLimit,
+    origin: std::time::Instant,
+    /// Asks the kernel for the path MTU toward a peer; opened on first use.
+    probe: Option<UdpSocket>,
 }
 
 /// Per-worker scratch space, allocated once.
@@ -122,6 +139,7 @@ struct Scratch {
     frames: Vec<InnerFrame>,
     /// False once the kernel refused UDP_SEGMENT.
     gso_send: bool,
+    pmtu: Pmtu,
 }
 
 impl Worker {
@@ -135,6 +153,12 @@ impl Worker {
             coalescer: Coalescer::with_capacity(MAX_RUN),
             frames: Vec::with_capacity(MAX_RUN),
             gso_send: true,
+            pmtu: Pmtu {
+                out: Box::new([0; pmtu::MAX_FRAME]),
+                limit: pmtu::RateLimit::new(PMTU_ICMP_PER_SEC, PMTU_ICMP_BURST),
+                origin: std::time::Instant::now(),
+                probe: None,
+            },
         };
         let io = &*self.io;
         self.stats.set_mode(if io.offloads.tso && io.offloads.gro {
@@ -193,12 +217,14 @@ impl Worker {
                 }
             };
             let sock = t.flow_hash as usize % self.io.tx_pool.len();
+            let tos = ecn::outer_tos(&slot[vnet::LEN..]);
             if hdr.gso_type & !vnet::GSO_ECN == vnet::GSO_NONE {
                 slot[VX_AT..vnet::LEN].copy_from_slice(vx_header);
                 s.pending.push(Pending {
                     range: off + VX_AT..off + n,
                     dst: t.peer.vtep,
                     sock,
+                    tos,
                 });
                 self.stats.tx_many(1, n - vnet::LEN);
                 tally.add(&t.peer.counters, 1, n - vnet::LEN, false);
@@ -215,6 +241,7 @@ impl Worker {
                 vx_header,
                 &self.io.tx_pool[sock],
                 t.peer.vtep,
+                tos,
             ) {
                 Ok(packets) => {
                     self.stats.tx_many(packets, n - vnet::LEN);
@@ -237,18 +264,38 @@ impl Worker {
         let mut i = 0;
         while i < s.pending.len() {
             let sock = s.pending[i].sock;
-            let mut msgs: [(SocketAddrV4, &[u8]); udp::MAX_BATCH] =
-                [(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0), &[]); udp::MAX_BATCH];
+            let mut msgs: [(SocketAddrV4, &[u8], u8); udp::MAX_BATCH] = [(
+                SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                &[],
+                0,
+            );
+                udp::MAX_BATCH];
             let mut k = 0;
             while i + k < s.pending.len() && k < udp::MAX_BATCH && s.pending[i + k].sock == sock {
                 let p = &s.pending[i + k];
-                msgs[k] = (p.dst, &s.txbuf[p.range.clone()]);
+                msgs[k] = (p.dst, &s.txbuf[p.range.clone()], p.tos);
                 k += 1;
             }
             let mut done = 0;
             while done < k {
                 match udp::send_batch(&self.io.tx_pool[sock], &msgs[done..k]) {
                     Ok(sent) if sent > 0 => done += sent,
+                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                        // Over the path MTU (the datagram is VXLAN header + inner frame): a
+                        // packet whose sender allows fragmentation leaves in a fragmented
+                        // outer packet, as with kernel vxlan; any other gets an ICMP error.
+                        let (dst, bytes, tos) = msgs[done];
+                        let inner = &bytes[vxlan::HEADER_LEN..];
+                        if pmtu::outer_may_fragment(inner) {
+                            match udp::send_fragmentable(&self.io.tx_pool[sock], dst, bytes, tos) {
+                                Ok(_) => self.stats.count_event(PathEvent::OuterFragmented, 1),
+                                Err(_) => self.stats.count_drop(DropReason::TxSendError),
+                            }
+                        } else {
+                            self.answer_too_big(&mut s.pmtu, inner, &[], dst);
+                        }
+                        done += 1;
+                    }
                     _ => {
                         self.stats.count_drop(DropReason::TxSendError);
                         done += 1;
@@ -273,6 +320,7 @@ impl Worker {
         vx_header: &[u8; vxlan::HEADER_LEN],
         sock: &UdpSocket,
         dst: SocketAddrV4,
+        tos: u8,
     ) -> io::Result<u64> {
         let frame = &s.txbuf[off + vnet::LEN..off + n];
         if let Err(reason) = s.segmenter.split_in_place(frame, hdr, vx_header) {
@@ -295,8 +343,16 @@ impl Worker {
             let iov = &iov[..2 * chunk.len()];
             #[allow(clippy::cast_possible_truncation)]
             let segment = if chunk.len() > 1 { seg_size as u16 } else { 0 };
-            match udp::send_gathered(sock, dst, iov, segment) {
+            match udp::send_gathered(sock, dst, iov, segment, tos) {
                 Ok(_) => sent += chunk.len(),
+                // The segments do not fit the path MTU: answer for the first of them, as
+                // Linux does for a GSO skb; the sender's stack lowers its MSS and resends.
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    let first = &chunk[0];
+                    let headers = &s.segmenter.headers(first)[vxlan::HEADER_LEN..];
+                    self.answer_too_big(&mut s.pmtu, headers, &frame[first.payload.clone()], dst);
+                    break;
+                }
                 // EINVAL/EIO mean the kernel cannot segment for this socket (EMSGSIZE, a path
                 // MTU problem, is not a reason to give up the offload).
                 Err(e)
@@ -322,7 +378,13 @@ impl Worker {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let Ok((n, from, gso)) = udp::recv_gro(&self.io.rx, &mut s.buf) else {
+            let Ok(udp::RecvMeta {
+                len: n,
+                from,
+                gso,
+                tos,
+            }) = udp::recv_gro(&self.io.rx, &mut s.buf)
+            else {
                 break;
             };
             let seg = gso.map_or(n, usize::from).max(1);
@@ -332,6 +394,23 @@ impl Worker {
                 let end = (at + seg).min(n);
                 match path::decap(&s.buf[at..end], *from.ip(), &fdb, &self.decap) {
                     Ok(d) => {
+                        if tos & ecn::ECT_1 != 0 {
+                            // Outer ECT(1) or CE: carry it inside (RFC 6040).
+                            match ecn::decapsulate(&mut s.buf[at + vxlan::HEADER_LEN..end], tos) {
+                                Ok(ecn::Decap::Unchanged) => {}
+                                Ok(ecn::Decap::SetCe) => {
+                                    self.stats.count_event(PathEvent::EcnCeSet, 1);
+                                }
+                                Ok(ecn::Decap::SetEct1) => {
+                                    self.stats.count_event(PathEvent::EcnEct1Set, 1);
+                                }
+                                Err(reason) => {
+                                    self.stats.count_drop(reason);
+                                    at = end;
+                                    continue;
+                                }
+                            }
+                        }
                         if let Some(p) = d.peer {
                             tally.add(p, 1, end - at - vxlan::HEADER_LEN, true);
                         }
@@ -347,6 +426,43 @@ impl Worker {
             self.write_runs(s);
         }
         tally.flush(true);
+    }
+
+    /// Answers an inner frame (`head` followed by `tail`, Ethernet onward) that the kernel
+    /// refused with EMSGSIZE toward `dst`: learns the path MTU from the kernel and writes an
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" into the TAP, rate-limited.
+    fn answer_too_big(&self, pm: &mut Pmtu, head: &[u8], tail: &[u8], dst: SocketAddrV4) {
+        self.stats.count_drop(DropReason::TxTooBig);
+        #[allow(clippy::cast_possible_truncation)]
+        let now_ms = pm.origin.elapsed().as_millis() as u64;
+        if !pm.limit.allow(now_ms) {
+            self.stats.count_event(PathEvent::IcmpRateLimited, 1);
+            return;
+        }
+        if pm.probe.is_none() {
+            pm.probe = udp::mtu_probe().ok();
+        }
+        let Some(path_mtu) = pm.probe.as_ref().and_then(|p| udp::path_mtu(p, dst).ok()) else {
+            return;
+        };
+        let Some(n) = pmtu::too_big(&mut pm.out, head, tail, pmtu::inner_mtu(path_mtu)) else {
+            return;
+        };
+        let vnet_bytes = vnet::Header::default().to_bytes();
+        let iov = [IoSlice::new(&vnet_bytes), IoSlice::new(&pm.out[..n])];
+        if matches!(self.io.tap.file().write_vectored(&iov), Ok(w) if w == vnet::LEN + n) {
+            let v6 = pm.out[12..14] == ethernet::ETHERTYPE_IPV6.to_be_bytes();
+            self.stats.count_event(
+                if v6 {
+                    PathEvent::Icmpv6PacketTooBig
+                } else {
+                    PathEvent::IcmpFragNeeded
+                },
+                1,
+            );
+        } else {
+            self.stats.count_drop(DropReason::RxTapError);
+        }
     }
 
     /// Coalesces the decapsulated frames in `s.frames` and writes each run to the TAP.

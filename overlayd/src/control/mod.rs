@@ -10,6 +10,7 @@
 //! device, sockets and workers created again, peers' counters kept).
 
 pub mod cleanup;
+mod direct;
 mod handover;
 mod reconcile;
 pub mod source;
@@ -38,6 +39,7 @@ use crate::stats::Totals;
 use crate::sys::netlink::{self as nlink, KernelEvent, Link, Netlink, DEVICE_ALIAS};
 use crate::sys::{tap, udp};
 use crate::worker::{Offloads, QueueIo};
+use direct::DirectRouting;
 use reconcile::reconcile_kernel;
 use source::SourceUpdate;
 use supervise::Workers;
@@ -503,6 +505,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let handed = taken.as_mut().map(|t| std::mem::take(&mut t.queues));
     let (mut dp, origin) =
         start_dataplane(&nl, &opts, &netconf, &underlay, &state, None, handed).await?;
+    let mut direct = DirectRouting::new(netconf.direct_routing);
+    direct.evaluate(&nl, &state.peers, dp.link_index).await;
+    direct.sync_fdb(&dp.fdb, &state.peers, netconf.port);
     observed.attach(dp.fdb.clone(), dp.workers.stats());
     health.set_queues(dp.workers.stats());
     if let Some(t) = taken {
@@ -528,7 +533,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     };
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
-    reconcile_kernel(&nl, dp.link_index, &state.peers).await?;
+    reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await?;
     let mut reported_skips = HashMap::new();
     log_peer_set(&state, &mut reported_skips);
     // Masquerade and FORWARD rules before subnet.env, as flanneld orders them (readiness implies them).
@@ -614,7 +619,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             }
             ev = recv_event(&mut events) => match ev {
                 Some(ev) => {
-                    if concerns_us(ev, dp.link_index) && heal_at.is_none() {
+                    let underlay_changed = direct.note_event(ev);
+                    if (concerns_us(ev, dp.link_index) || underlay_changed) && heal_at.is_none() {
                         heal_at = Some(tokio::time::Instant::now() + HEAL_DEBOUNCE);
                     }
                 }
@@ -622,6 +628,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     // Lost notifications (e.g. ENOBUFS): check now, resubscribe on the next tick.
                     warn!("netlink notifications stopped; resubscribing, the 2 s reconcile covers the gap");
                     events = None;
+                    direct.mark_stale();
                     check = true;
                 }
             },
@@ -668,13 +675,17 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         if check {
             heal_device(&nl, &opts, &netconf, &underlay, &state, &mut dp, &observed).await;
         }
+        if (changed || check) && direct.evaluate(&nl, &state.peers, dp.link_index).await {
+            changed = true;
+        }
+        direct.sync_fdb(&dp.fdb, &state.peers, netconf.port);
         if !changed && !check {
             if synced {
                 observed.synced();
             }
             continue;
         }
-        match reconcile_kernel(&nl, dp.link_index, &state.peers).await {
+        match reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await {
             Ok(n) => {
                 if n > 0 && !changed {
                     warn!(

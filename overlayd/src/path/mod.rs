@@ -5,7 +5,10 @@
 //! Nothing here touches a socket or a file descriptor, allocates, or logs: callers count the
 //! returned `DropReason`s.
 
+pub mod ecn;
+pub mod event;
 pub mod gro;
+pub mod pmtu;
 pub mod tso;
 
 use std::net::Ipv4Addr;
@@ -31,6 +34,10 @@ pub enum DropReason {
     TxBadOffload,
     /// Egress: the UDP send failed (e.g. no route to the peer, EMSGSIZE).
     TxSendError,
+    /// Egress: the packet does not fit the path MTU to the peer (EMSGSIZE); an ICMP
+    /// "fragmentation needed" / "packet too big" went back to the sender unless it was
+    /// rate-limited or not allowed (see `pmtu`).
+    TxTooBig,
     /// Ingress: shorter than a VXLAN header plus an Ethernet header.
     RxShort,
     /// Ingress: the I flag is clear (Linux drops these too).
@@ -45,10 +52,13 @@ pub enum DropReason {
     RxInnerVlan,
     /// Ingress: the TAP write failed (device down, queue full).
     RxTapError,
+    /// Ingress: the outer header says CE (congestion) but the inner packet is not
+    /// ECN-capable: dropped, as RFC 6040 and Linux vxlan do.
+    RxEcnNotEct,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 15;
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::TxShort,
         Self::TxNoFlood,
@@ -56,6 +66,7 @@ impl DropReason {
         Self::TxGsoUnsupported,
         Self::TxBadOffload,
         Self::TxSendError,
+        Self::TxTooBig,
         Self::RxShort,
         Self::RxNoIFlag,
         Self::RxWrongVni,
@@ -63,6 +74,7 @@ impl DropReason {
         Self::RxNotForUs,
         Self::RxInnerVlan,
         Self::RxTapError,
+        Self::RxEcnNotEct,
     ];
 
     /// Direction label for metrics: `tx` (pod to network) or `rx`.
@@ -85,6 +97,7 @@ impl DropReason {
             Self::TxGsoUnsupported => "gso_unsupported",
             Self::TxBadOffload => "bad_offload",
             Self::TxSendError => "send_error",
+            Self::TxTooBig => "too_big",
             Self::RxShort => "short",
             Self::RxNoIFlag => "no_i_flag",
             Self::RxWrongVni => "wrong_vni",
@@ -92,6 +105,7 @@ impl DropReason {
             Self::RxNotForUs => "not_for_us",
             Self::RxInnerVlan => "inner_vlan",
             Self::RxTapError => "tap_error",
+            Self::RxEcnNotEct => "ecn_ce_not_ect",
         }
     }
 }

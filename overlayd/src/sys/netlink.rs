@@ -141,6 +141,24 @@ pub struct PeerRoute {
     pub gateway: Ipv4Addr,
 }
 
+/// A DirectRouting route: a peer's pod CIDR via its node address on the interface that
+/// reaches it directly (the underlay), no encapsulation. Protocol 77 like the TAP routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DirectRoute {
+    pub dst: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub oif: u32,
+}
+
+/// What the kernel's route lookup (`ip route get`) says about a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTo {
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    /// A unicast route (not local, unreachable, blackhole...).
+    pub unicast: bool,
+}
+
 /// A neighbour entry on the TAP device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerNeighbour {
@@ -416,6 +434,119 @@ impl Netlink {
                 Ok(())
             }
             r2 => r2.map_err(req(format!("delete route {} via {}", r.dst, r.gateway))),
+        }
+    }
+
+    fn direct_route_message(r: DirectRoute) -> RouteMessage {
+        let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix())
+            .gateway(r.gateway)
+            .output_interface(r.oif)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO))
+            .build();
+        m.header.scope = RouteScope::Universe;
+        m
+    }
+
+    /// `ip route replace <dst> via <gateway> dev <oif> proto 77`: replaces whatever route the
+    /// main table has for `dst` (the peer's VXLAN route when it becomes directly routable).
+    pub async fn replace_direct_route(&self, r: DirectRoute) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::direct_route_message(r))
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!(
+                "replace direct route {} via {} dev #{}",
+                r.dst, r.gateway, r.oif
+            )))
+    }
+
+    /// Removes a direct route; absent (or already replaced by another route) is fine.
+    pub async fn delete_direct_route(&self, r: DirectRoute) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(Self::direct_route_message(r))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
+                Ok(())
+            }
+            r2 => r2.map_err(req(format!(
+                "delete direct route {} via {} dev #{}",
+                r.dst, r.gateway, r.oif
+            ))),
+        }
+    }
+
+    /// Our routes (protocol 77) with a gateway on any link but `tap_index`: the DirectRouting
+    /// routes.
+    pub async fn direct_routes(&self, tap_index: u32) -> Result<Vec<DirectRoute>, NetlinkError> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
+            if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
+                continue;
+            }
+            let (mut dst, mut gw, mut oif) = (None, None, None);
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(g), Some(o)) = (dst, gw, oif) {
+                if o != tap_index {
+                    if let Ok(net) = Ipv4Network::new(d, m.header.destination_prefix_length) {
+                        out.push(DirectRoute {
+                            dst: net,
+                            gateway: g,
+                            oif: o,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The kernel's route lookup for `ip` (`ip route get <ip>`), as Flannel's
+    /// `ip.DirectRouting` does it with netlink.RouteGet.
+    pub async fn route_to(&self, ip: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .build();
+        let mut s = self.handle.route().get(msg).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let mut r = RouteTo {
+                    oif: None,
+                    gateway: None,
+                    unicast: m.header.kind == netlink_packet_route::route::RouteType::Unicast,
+                };
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Oif(o) => r.oif = Some(*o),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                        _ => {}
+                    }
+                }
+                Ok(Some(r))
+            }
+            Ok(None) => Ok(None),
+            // No route at all (ENETUNREACH, EHOSTUNREACH...): not directly connected.
+            Err(e) if errno(&e).is_some() => Ok(None),
+            Err(e) => Err(req(format!("route get {ip}"))(e)),
         }
     }
 

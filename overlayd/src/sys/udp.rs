@@ -40,6 +40,9 @@ fn base_socket() -> io::Result<Socket> {
 pub fn bind_vxlan(bind: Ipv4Addr, port: u16) -> io::Result<UdpSocket> {
     let s = base_socket()?;
     s.set_reuse_port(true)?;
+    // The outer TOS byte with every datagram (an IP_TOS control message): ECN decapsulation
+    // needs the outer CE mark.
+    setsockopt_int(s.as_fd(), libc::IPPROTO_IP, libc::IP_RECVTOS, 1)?;
     s.bind(&SocketAddr::V4(SocketAddrV4::new(bind, port)).into())?;
     Ok(s.into())
 }
@@ -92,20 +95,51 @@ fn sockaddr_v4(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// Control-message space for one `u16` (UDP_SEGMENT) or one `int` (UDP_GRO), 8-aligned.
+/// Control-message space, 8-aligned: UDP_SEGMENT (`u16`) and IP_TOS (`int`) on send,
+/// UDP_GRO (`int`) and IP_TOS (one byte) on receive; each takes CMSG_SPACE = 24 bytes.
 #[repr(C, align(8))]
-struct CmsgBuf([u8; 32]);
+struct CmsgBuf([u8; 64]);
+
+/// Control-message space for one IP_TOS `int`, 8-aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct TosCmsg([u8; 24]);
+
+/// Writes an IP_TOS control message holding `tos` at `c`.
+///
+/// # Safety
+/// `c` must point at a writable, 8-aligned cmsghdr with CMSG_SPACE(sizeof(int)) bytes of room.
+unsafe fn write_tos_cmsg(c: *mut libc::cmsghdr, tos: u8) {
+    // SAFETY: the caller guarantees room for the header and an int payload.
+    unsafe {
+        (*c).cmsg_level = libc::IPPROTO_IP;
+        (*c).cmsg_type = libc::IP_TOS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(
+            libc::CMSG_DATA(c).cast::<libc::c_int>(),
+            libc::c_int::from(tos),
+        );
+    }
+}
+
+/// CMSG_SPACE of one `int`.
+fn int_cmsg_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
+}
 
 /// Sends the gathered `iov` to `dst` in one `sendmsg`. With `segment > 0` the kernel cuts it
-/// into datagrams of `segment` bytes (UDP_SEGMENT; the last may be shorter).
+/// into datagrams of `segment` bytes (UDP_SEGMENT; the last may be shorter). A non-zero `tos`
+/// is the outer TOS byte of every datagram (IP_TOS control message; the ECN field).
 pub fn send_gathered(
     sock: &UdpSocket,
     dst: SocketAddrV4,
     iov: &[io::IoSlice<'_>],
     segment: u16,
+    tos: u8,
 ) -> io::Result<usize> {
     let mut addr = sockaddr_v4(dst);
-    let mut cmsg = CmsgBuf([0; 32]);
+    let mut cmsg = CmsgBuf([0; 64]);
     // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths); fields are set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = std::ptr::from_mut(&mut addr).cast();
@@ -129,6 +163,14 @@ pub fn send_gathered(
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
         }
     }
+    if tos != 0 {
+        let at = msg.msg_controllen;
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = at + int_cmsg_space();
+        // SAFETY: `at` is 0 or the CMSG_SPACE of the UDP_SEGMENT message (a multiple of 8),
+        // and `at + int_cmsg_space()` <= 48 fits the 64-byte, 8-aligned `cmsg`.
+        unsafe { write_tos_cmsg(cmsg.0.as_mut_ptr().add(at).cast(), tos) };
+    }
     // SAFETY: msg points at live buffers for the duration of the call: the address, the iovec
     // array borrowed from `iov` (whose slices outlive the call) and the control buffer.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
@@ -139,15 +181,23 @@ pub fn send_gathered(
     }
 }
 
-/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf`. Returns its length,
-/// the sender, and the segment size when the kernel coalesced several datagrams.
-pub fn recv_gro(
-    sock: &UdpSocket,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddrV4, Option<u16>)> {
+/// What `recv_gro` received.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvMeta {
+    pub len: usize,
+    pub from: SocketAddrV4,
+    /// The segment size when the kernel coalesced several datagrams (UDP_GRO).
+    pub gso: Option<u16>,
+    /// The outer TOS byte (0 when the kernel did not report it). GRO merges only datagrams
+    /// with equal TOS, so one value covers the whole run.
+    pub tos: u8,
+}
+
+/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf`.
+pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
     // SAFETY: all-zero is a valid sockaddr_in and msghdr.
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut cmsg = CmsgBuf([0; 32]);
+    let mut cmsg = CmsgBuf([0; 64]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -166,14 +216,18 @@ pub fn recv_gro(
         return Err(io::Error::last_os_error());
     }
     let mut gso = None;
+    let mut tos = 0;
     // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR walk only
-    // within that length, and CMSG_DATA of a UDP_GRO message holds an int.
+    // within that length; CMSG_DATA of a UDP_GRO message holds an int, of an IP_TOS message
+    // at least one byte.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
                 let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
                 gso = u16::try_from(v).ok().filter(|s| *s > 0);
+            } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                tos = *libc::CMSG_DATA(c);
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
@@ -182,16 +236,23 @@ pub fn recv_gro(
         Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
         u16::from_be(addr.sin_port),
     );
-    Ok((n.unsigned_abs(), from, gso))
+    Ok(RecvMeta {
+        len: n.unsigned_abs(),
+        from,
+        gso,
+        tos,
+    })
 }
 
 /// Most datagrams one `send_batch` call takes.
 pub const MAX_BATCH: usize = 64;
 
-/// Sends each `(destination, bytes)` as its own datagram with one `sendmmsg`. Returns how many
-/// were sent (the kernel stops at the first failure; the caller decides about the rest).
-pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8])]) -> io::Result<usize> {
+/// Sends each `(destination, bytes, outer TOS)` as its own datagram with one `sendmmsg`; a
+/// non-zero TOS goes in an IP_TOS control message. Returns how many were sent (the kernel
+/// stops at the first failure; the caller decides about the rest).
+pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8], u8)]) -> io::Result<usize> {
     let n = msgs.len().min(MAX_BATCH);
+    let mut cmsgs = [TosCmsg([0; 24]); MAX_BATCH];
     let mut addrs = [sockaddr_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); MAX_BATCH];
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
@@ -199,7 +260,7 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8])]) -> io::Resul
     }; MAX_BATCH];
     // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
-    for (i, (dst, bytes)) in msgs[..n].iter().enumerate() {
+    for (i, (dst, bytes, tos)) in msgs[..n].iter().enumerate() {
         addrs[i] = sockaddr_v4(*dst);
         iovs[i] = libc::iovec {
             iov_base: bytes.as_ptr().cast_mut().cast(),
@@ -209,9 +270,15 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8])]) -> io::Resul
         hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
+        if *tos != 0 {
+            hdrs[i].msg_hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_controllen = int_cmsg_space();
+            // SAFETY: `cmsgs[i]` is 8-aligned with CMSG_SPACE(sizeof(int)) = 24 bytes.
+            unsafe { write_tos_cmsg(cmsgs[i].0.as_mut_ptr().cast(), *tos) };
+        }
     }
-    // SAFETY: the first `n` headers point at live address and iovec entries on this stack
-    // frame, whose buffers are borrowed from `msgs` for the duration of the call; the kernel
+    // SAFETY: the first `n` headers point at live address, iovec and control entries on this
+    // stack frame, whose buffers are borrowed from `msgs` for the duration of the call; the kernel
     // only reads them (and writes msg_len).
     #[allow(clippy::cast_possible_truncation)]
     let sent = unsafe { libc::sendmmsg(sock.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
@@ -220,4 +287,56 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8])]) -> io::Resul
     } else {
         Ok(sent.unsigned_abs() as usize)
     }
+}
+
+/// The path MTU the kernel knows toward `dst` (including a PMTU learnt from an ICMP
+/// "fragmentation needed"): `probe` is connected to `dst` and asked for IP_MTU. Works on any
+/// unbound UDP socket; it sends nothing.
+pub fn path_mtu(probe: &UdpSocket, dst: SocketAddrV4) -> io::Result<u32> {
+    probe.connect(dst)?;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `probe` is a live socket; `v` and `len` are valid for writes of their sizes.
+    let rc = unsafe {
+        libc::getsockopt(
+            probe.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            std::ptr::from_mut(&mut v).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(v).map_err(|_| io::Error::other(format!("IP_MTU returned {v}")))
+}
+
+/// Sends one datagram with DF off (the kernel fragments it to the path MTU), then turns DF
+/// back on for the socket: for inner packets whose sender allows fragmentation.
+pub fn send_fragmentable(
+    sock: &UdpSocket,
+    dst: SocketAddrV4,
+    bytes: &[u8],
+    tos: u8,
+) -> io::Result<usize> {
+    setsockopt_int(
+        sock.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )?;
+    let r = send_gathered(sock, dst, &[io::IoSlice::new(bytes)], 0, tos);
+    setsockopt_int(
+        sock.as_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DO,
+    )?;
+    r
+}
+
+/// An unbound UDP socket for `path_mtu` (never sends or receives).
+pub fn mtu_probe() -> io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
 }

@@ -105,6 +105,16 @@ pub struct Lab {
 impl Lab {
     /// Builds `nodes` nodes with `pods` pods each, or `None` when the test must be skipped.
     pub fn new(test: &str, nodes: usize, pods: usize) -> Option<Lab> {
+        Self::new_with_env(test, nodes, pods, &[])
+    }
+
+    /// As [`Lab::new`], with environment for `cluster.sh up` (e.g. `REMOTE_NODES`, `RMTU`).
+    pub fn new_with_env(
+        test: &str,
+        nodes: usize,
+        pods: usize,
+        env: &[(&str, &str)],
+    ) -> Option<Lab> {
         if !privileged(test) {
             return None;
         }
@@ -130,15 +140,22 @@ impl Lab {
             wired: vec![false; nodes + 1],
             _serial: serial,
         };
-        sh_ok(&[
-            "bash",
-            SCRIPT,
-            "up",
-            &lab.prefix,
-            lab.dir.to_str().unwrap(),
-            &nodes.to_string(),
-            &pods.to_string(),
-        ]);
+        let out = run(Command::new("bash")
+            .args([
+                SCRIPT,
+                "up",
+                &lab.prefix,
+                lab.dir.to_str().unwrap(),
+                &nodes.to_string(),
+                &pods.to_string(),
+            ])
+            .envs(env.iter().copied()));
+        assert!(
+            out.status.success(),
+            "cluster.sh up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Some(lab)
     }
 
@@ -559,6 +576,77 @@ impl Drop for Lab {
             .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A tcpdump writing a pcap inside a namespace; stopped (and waited for) on `stop` or drop.
+pub struct Capture {
+    child: Option<Child>,
+    pub pcap: PathBuf,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i IFACE -w PCAP FILTER...` in `ns` and waits until it listens.
+    pub fn start(ns: &str, iface: &str, pcap: PathBuf, filter: &[&str]) -> Capture {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "timeout", "120", "tcpdump", "-i", iface,
+            ])
+            // Headers only: enough for VXLAN + inner Ethernet/IP/TCP, small files under load.
+            .args(["-U", "-n", "-s", "256", "-w"])
+            .arg(&pcap)
+            .args(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let cap = Capture {
+            child: Some(child),
+            pcap,
+        };
+        // tcpdump creates the file once it listens.
+        let up = wait_until(Duration::from_secs(10), || cap.pcap.exists());
+        assert!(up, "tcpdump did not start in {ns}");
+        std::thread::sleep(Duration::from_millis(300));
+        cap
+    }
+
+    /// Stops the capture; the pcap is complete afterwards.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    /// The number of captured packets that match the tcpdump `filter`.
+    pub fn count(&self, filter: &str) -> usize {
+        let out = run(Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.pcap)
+            .arg(filter));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// `tcpdump -v` text of the packets matching `filter` (for failure messages).
+    pub fn text(&self, filter: &str) -> String {
+        let out = run(Command::new("tcpdump")
+            .args(["-n", "-v", "-r"])
+            .arg(&self.pcap)
+            .arg(filter));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -339,6 +339,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     })?;
     let netconf =
         NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
+    for w in &netconf.warnings {
+        warn!(path = %opts.net_config_path.display(), "{w}");
+    }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -371,12 +374,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
     if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
         bail!(
-            "net-conf Backend.MTU {mtu} does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
-             and outer packets are never fragmented; set Backend.MTU to at most {} (or 0 to derive it)",
+            "net-conf Backend.MTU {} (device MTU {mtu}) does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
+             and outer packets are never fragmented; set Backend.MTU to at most {} (or 0 for the underlay's MTU)",
+            mtu + crate::config::VXLAN_OVERHEAD_V4,
             underlay.iface,
             underlay.mtu,
             crate::config::VXLAN_OVERHEAD_V4,
-            underlay.mtu.saturating_sub(crate::config::VXLAN_OVERHEAD_V4)
+            underlay.mtu
         );
     }
     if let Some(listed) = state.own.public_ip.filter(|ip| *ip != underlay.ip) {

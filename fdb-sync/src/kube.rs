@@ -35,6 +35,8 @@ pub const API_CALLS: &[(&str, &str)] = &[
     ("nodes", "watch"),
     ("nodes", "get"),
     ("nodes/status", "patch"),
+    // The node name from POD_NAME/POD_NAMESPACE when NODE_NAME is not set, as flanneld.
+    ("pods", "get"),
 ];
 
 /// Most events handled before the state is recomputed: a burst of MODIFIED events costs one
@@ -61,11 +63,20 @@ pub enum KubeError {
     InCluster(#[source] kube::config::InClusterError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    #[error("--kube-api-url {url} is not a URL: {reason}")]
+    ApiUrl { url: String, reason: String },
+    #[error("cannot find this node's name from pod {pod} (POD_NAMESPACE/POD_NAME): {reason}; set NODE_NAME or pass --node-name, or grant pods get")]
+    PodNodeName { pod: String, reason: String },
 }
 
 /// A client from `kubeconfig`, or from the pod's service account when `None`.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    let config = match kubeconfig {
+/// `api_url` (`--kube-api-url`) replaces the cluster URL of the kubeconfig or the in-cluster
+/// configuration, as client-go's BuildConfigFromFlags does for flanneld.
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    api_url: Option<&str>,
+) -> Result<Client, KubeError> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 KubeError::ReadKubeconfig {
@@ -80,9 +91,41 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
                     source,
                 })?
         }
-        None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+        None => match api_url {
+            // client-go: a master URL alone needs no in-cluster files.
+            Some(_) => match kube::Config::incluster() {
+                Ok(c) => c,
+                Err(_) => kube::Config::new(
+                    "http://localhost".parse().expect("static URL parses"),
+                ),
+            },
+            None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+        },
     };
+    if let Some(url) = api_url {
+        config.cluster_url = url.parse().map_err(|e| KubeError::ApiUrl {
+            url: url.to_string(),
+            reason: format!("{e}"),
+        })?;
+    }
     Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// The node a pod runs on (`spec.nodeName`), as flanneld finds its node name from
+/// `POD_NAME` and `POD_NAMESPACE` (pkg/subnet/kube/kube.go NewSubnetManager).
+pub async fn pod_node_name(client: Client, namespace: &str, name: &str) -> Result<String, KubeError> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, namespace);
+    let pod = pods.get(name).await.map_err(|e| KubeError::PodNodeName {
+        pod: format!("{namespace}/{name}"),
+        reason: e.to_string(),
+    })?;
+    pod.spec
+        .and_then(|s| s.node_name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| KubeError::PodNodeName {
+            pod: format!("{namespace}/{name}"),
+            reason: "node name not present in the pod's spec".into(),
+        })
 }
 
 /// What this node publishes about itself once its dataplane is up.

@@ -55,7 +55,7 @@ async fn start(server: &FakeApiServer, own: &str) -> Running {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let kc = server.write_kubeconfig(&dir).unwrap();
-    let client = ks::client(Some(&kc)).await.expect("client from kubeconfig");
+    let client = ks::client(Some(&kc), None).await.expect("client from kubeconfig");
     let (tx, rx) = mpsc::channel(4);
     let (announce, announce_rx) = watch::channel(None);
     let task = tokio::spawn(ks::run(client, own.to_string(), tx, announce_rx));

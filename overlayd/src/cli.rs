@@ -283,7 +283,7 @@ pub struct Config {
     pub annotation_prefix: String,
     pub iface: Vec<String>,
     pub iface_regex: Vec<String>,
-    pub iface_can_reach: Option<IpAddr>,
+    pub iface_can_reach: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
     pub subnet_file: PathBuf,
@@ -509,9 +509,14 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         regex::Regex::new(r).map_err(|e| bad("iface-regex", r, e.to_string()))?;
     }
     let iface_can_reach = opt_str(given, "iface-can-reach")
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|e| bad("iface-can-reach", &s, format!("not an IP address: {e}")))
+        .map(|s| match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => Ok(a),
+            Ok(IpAddr::V6(_)) => Err(bad(
+                "iface-can-reach",
+                &s,
+                "an IPv6 underlay is not supported until dual-stack; give an IPv4 address",
+            )),
+            Err(e) => Err(bad("iface-can-reach", &s, format!("not an IP address: {e}"))),
         })
         .transpose()?;
     let public_ip = opt_str(given, "public-ip")
@@ -632,7 +637,7 @@ pub fn usage() -> String {
             Kind::Str => " string",
             Kind::List => " value",
         };
-        s.push_str(&format!("  -{}{arg}\n        {}", f.name, f.help));
+        s.push_str(&format!("  --{}{arg}\n        {}", f.name, f.help));
         if !f.default.is_empty() {
             s.push_str(&format!(" (default {})", f.default));
         }

@@ -105,3 +105,41 @@ pub async fn serve(
         }
     }))
 }
+
+/// flanneld's healthz server (`--healthz-ip`:`--healthz-port`, main.go mustRunHealthz):
+/// `/healthz` answers 200 while the process runs, `/readyz` 200 once ready else 503. It runs
+/// beside the `--http-addr` listener, which serves the same two paths and the rest.
+pub async fn serve_healthz(
+    addr: SocketAddr,
+    health: Arc<Health>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let router = Router::new()
+        .route("/healthz", get(|| async { "overlayd is running\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = health.clone();
+                async move {
+                    if h.ready() {
+                        (StatusCode::OK, "overlayd is ready\n".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("overlayd is not ready yet: {}\n", h.missing().join("; ")),
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on --healthz-ip/--healthz-port {addr}: {e}; pick another port (0 disables it)"
+        )
+    })?;
+    tracing::info!(%addr, "healthz server started");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "healthz server stopped");
+        }
+    }))
+}

@@ -1,55 +1,12 @@
-//! The overlayd binary: command line (Flannel's flag names where it has one) and logging.
+//! The overlayd binary: flanneld's command line (overlayd::cli), logging, and the
+//! `overlayd status` client.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
+use overlayd::cli::{Command, Config, Mode, NodeName};
 use overlayd::control::SourceKind;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "overlayd",
-    version,
-    about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend",
-    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)"
-)]
-struct Cli {
-    /// This node's name in the node source.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
-    /// Read Node objects from the Kubernetes API server.
-    #[arg(long, conflicts_with = "nodes_file")]
-    kube_subnet_mgr: bool,
-    /// kubeconfig for --kube-subnet-mgr (in-cluster config when absent).
-    #[arg(long, requires = "kube_subnet_mgr")]
-    kubeconfig_file: Option<PathBuf>,
-    /// A v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change.
-    #[arg(long, required_unless_present = "kube_subnet_mgr")]
-    nodes_file: Option<PathBuf>,
-    /// Underlay interface (default: the interface of the default route).
-    #[arg(long)]
-    iface: Option<String>,
-    /// Underlay IPv4 address VXLAN is sent from (default: the first address of --iface).
-    #[arg(long)]
-    public_ip: Option<Ipv4Addr>,
-    #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
-    net_config_path: PathBuf,
-    #[arg(long, default_value = "/run/flannel/subnet.env")]
-    subnet_file: PathBuf,
-    /// TAP device name.
-    #[arg(long, default_value = "ovl.1")]
-    device: String,
-    /// Number of TAP queues and worker threads (default: CPU count).
-    #[arg(long)]
-    queues: Option<usize>,
-    /// Address for /metrics, /healthz, /readyz.
-    #[arg(long, default_value = "127.0.0.1:9102")]
-    http_addr: SocketAddr,
-    /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
-    #[arg(long)]
-    allow_any_sender: bool,
-}
 
 /// `overlayd status`: the running daemon's FDB, counters, queues and drops.
 #[derive(Debug, Parser)]
@@ -69,16 +26,9 @@ struct StatusCli {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // `overlayd status ...` is a client; anything else is the daemon with Flannel's flags.
+    // `overlayd status ...` is a client; anything else is the daemon with flanneld's flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == "status") {
+        init_logging("info");
         let cli = StatusCli::parse_from(std::env::args_os().skip(1));
         if let Err(e) = overlayd::status::run(cli.http_addr, cli.json) {
             eprintln!("overlayd status: error: {e:#}");
@@ -86,12 +36,46 @@ fn main() {
         }
         return;
     }
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match overlayd::cli::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Help) => {
+            // Go's flag package prints usage to stderr; stdout lets `overlayd --help | less` work.
+            print!("{}", overlayd::cli::usage());
+            std::process::exit(0);
+        }
+        Ok(Command::Version) => {
+            // flanneld prints its version to stderr (main.go main()).
+            eprintln!("{}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // Go's flag.ExitOnError: the error, a pointer to the usage, exit status 2.
+            eprintln!("overlayd: {e}\nRun overlayd --help for the flags.");
+            std::process::exit(2);
+        }
+    };
+    init_logging(cfg.log_level());
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     drop_privileges();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(*cfg) {
         eprintln!("overlayd: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `RUST_LOG` when set, else the level `-v` maps to.
+fn init_logging(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 /// Keeps CAP_NET_ADMIN only, before any thread exists (see `overlayd::privs`).
@@ -114,32 +98,62 @@ fn drop_privileges() {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let source = match (cli.kube_subnet_mgr, cli.nodes_file) {
-        (true, _) => SourceKind::Kube {
-            kubeconfig: cli.kubeconfig_file,
+fn run(cfg: Config) -> Result<()> {
+    let source = match &cfg.mode {
+        Mode::Kube {
+            kubeconfig,
+            api_url,
+        } => SourceKind::Kube {
+            kubeconfig: kubeconfig.clone(),
+            api_url: api_url.clone(),
         },
-        (false, Some(path)) => SourceKind::NodesFile(path),
-        (false, None) => bail!("pass --nodes-file PATH or --kube-subnet-mgr"),
+        Mode::NodesFile(path) => SourceKind::NodesFile(path.clone()),
     };
-    let queues = cli
+    let queues = cfg
         .queues
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    if queues == 0 || queues > 256 {
-        bail!("--queues {queues} is out of range 1..=256");
-    }
-    let opts = overlayd::control::Options {
-        node_name: cli.node_name,
-        iface: cli.iface,
-        public_ip: cli.public_ip,
-        net_config_path: cli.net_config_path,
-        subnet_file: cli.subnet_file,
-        device: cli.device,
-        queues,
-        allow_any_sender: cli.allow_any_sender,
-    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(overlayd::control::run(opts, source, cli.http_addr))
+        .block_on(async move {
+            let node_name = match cfg.node_name {
+                NodeName::Given(n) => n,
+                NodeName::FromPod { namespace, name } => {
+                    let SourceKind::Kube {
+                        kubeconfig,
+                        api_url,
+                    } = &source
+                    else {
+                        unreachable!("cli allows POD_NAME only with --kube-subnet-mgr")
+                    };
+                    let client =
+                        fdb_sync::kube::client(kubeconfig.as_deref(), api_url.as_deref()).await?;
+                    let node = fdb_sync::kube::pod_node_name(client, &namespace, &name)
+                        .await
+                        .context("finding the node name")?;
+                    tracing::info!(pod = %format!("{namespace}/{name}"), node = %node, "node name from the pod's spec.nodeName");
+                    node
+                }
+            };
+            let opts = overlayd::control::Options {
+                node_name,
+                iface: cfg.iface,
+                iface_regex: cfg.iface_regex,
+                iface_can_reach: cfg.iface_can_reach,
+                public_ip: cfg.public_ip,
+                net_config_path: cfg.net_config_path,
+                subnet_file: cfg.subnet_file,
+                device: cfg.device,
+                queues,
+                allow_any_sender: cfg.allow_any_sender,
+                ip_masq: cfg.ip_masq,
+                ip_masq_random_fully: cfg.ip_masq_random_fully,
+                iptables_forward_rules: cfg.iptables_forward_rules,
+                iptables_resync: cfg.iptables_resync,
+                subnet_lease_renew_margin: cfg.subnet_lease_renew_margin,
+                set_node_network_unavailable: cfg.set_node_network_unavailable,
+                healthz_addr: cfg.healthz_addr,
+            };
+            overlayd::control::run(opts, source, cfg.http_addr).await
+        })
 }

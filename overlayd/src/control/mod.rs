@@ -11,6 +11,7 @@
 
 mod reconcile;
 pub mod source;
+pub mod underlay;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,63 +38,39 @@ use crate::sys::{tap, udp};
 use crate::worker::{Offloads, Worker};
 use reconcile::reconcile_kernel;
 use source::SourceUpdate;
+use underlay::{find_underlay, Underlay};
 
 /// Everything the command line decides.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub node_name: String,
-    pub iface: Option<String>,
+    /// `--iface`: names or addresses, the first that exists wins (see [`underlay`]).
+    pub iface: Vec<String>,
+    /// `--iface-regex`, checked after `iface`.
+    pub iface_regex: Vec<String>,
+    /// `--iface-can-reach`: the interface `ip route get` uses for it.
+    pub iface_can_reach: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub net_config_path: PathBuf,
     pub subnet_file: PathBuf,
     pub device: String,
     pub queues: usize,
     pub allow_any_sender: bool,
-}
-
-/// The underlay: where VXLAN leaves and arrives.
-#[derive(Debug, Clone)]
-struct Underlay {
-    iface: String,
-    ip: Ipv4Addr,
-    mtu: u32,
-}
-
-async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
-    let index = match (&opts.iface, opts.public_ip) {
-        (Some(name), _) => {
-            nl.link_by_name(name)
-                .await?
-                .with_context(|| format!("--iface {name}: no such interface"))?
-                .index
-        }
-        (None, Some(ip)) => nl
-            .link_with_address(ip)
-            .await?
-            .with_context(|| format!("--public-ip {ip} is not assigned to any interface here: pass --iface too"))?,
-        (None, None) => nl
-            .default_route_link()
-            .await?
-            .context("no IPv4 default route to pick the underlay interface from: pass --iface or --public-ip")?,
-    };
-    let link = nl
-        .link_by_index(index)
-        .await?
-        .with_context(|| format!("underlay interface #{index} vanished"))?;
-    let ip = match opts.public_ip {
-        Some(ip) => ip,
-        None => *nl.ipv4_addresses(index).await?.first().with_context(|| {
-            format!(
-                "interface {} has no IPv4 address: pass --public-ip",
-                link.name
-            )
-        })?,
-    };
-    Ok(Underlay {
-        iface: link.name,
-        ip,
-        mtu: link.mtu,
-    })
+    /// `--ip-masq`.
+    pub ip_masq: bool,
+    /// Masquerade with `--random-fully` (unless `--ip-masq-fully-random-disable`).
+    pub ip_masq_random_fully: bool,
+    /// `--iptables-forward-rules`.
+    pub iptables_forward_rules: bool,
+    /// `--iptables-resync`.
+    pub iptables_resync: Duration,
+    /// `--subnet-lease-renew-margin`, for the etcd source.
+    pub subnet_lease_renew_margin: Duration,
+    /// `--set-node-network-unavailable`.
+    pub set_node_network_unavailable: bool,
+    /// `--healthz-ip`:`--healthz-port`: a second listener serving `/healthz` (and `/readyz`)
+    /// as flanneld's healthz server does; `None` when the port is 0.
+    pub healthz_addr: Option<SocketAddr>,
 }
 
 /// Logs the peer set; a skipped node is reported once per reason, not on every change
@@ -161,6 +138,8 @@ pub enum SourceKind {
     /// The Kubernetes API server (`--kube-subnet-mgr`); in-cluster config when no kubeconfig.
     Kube {
         kubeconfig: Option<PathBuf>,
+        /// `--kube-api-url`: replaces the cluster URL.
+        api_url: Option<String>,
     },
 }
 
@@ -180,8 +159,11 @@ async fn spawn_source(
                 tx,
             ));
         }
-        SourceKind::Kube { kubeconfig } => {
-            let client = fdb_sync::kube::client(kubeconfig.as_deref()).await?;
+        SourceKind::Kube {
+            kubeconfig,
+            api_url,
+        } => {
+            let client = fdb_sync::kube::client(kubeconfig.as_deref(), api_url.as_deref()).await?;
             tokio::spawn(fdb_sync::kube::run(
                 client,
                 node_name.to_string(),
@@ -351,6 +333,10 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let health = Arc::new(Health::default());
     let observed = Arc::new(Observed::new(health.clone()));
     let _http = http::serve(http_addr, http::router(observed.clone())).await?;
+    let _healthz = match opts.healthz_addr {
+        Some(addr) => Some(http::serve_healthz(addr, health.clone()).await?),
+        None => None,
+    };
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;

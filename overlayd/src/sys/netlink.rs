@@ -210,6 +210,46 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Every link, in index order (as Go's net.Interfaces lists them).
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump links"))? {
+            out.push(Link::from_message(&m));
+        }
+        out.sort_by_key(|l| l.index);
+        Ok(out)
+    }
+
+    /// `ip route get <dst>`: the output interface and preferred source the kernel would use,
+    /// `None` when it has no route (ENETUNREACH, EHOSTUNREACH).
+    pub async fn route_get(
+        &self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut s = self.handle.route().get(msg).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let mut oif = None;
+                let mut src = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                        _ => {}
+                    }
+                }
+                Ok(oif.map(|i| (i, src)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(req(format!("route get {dst}"))(e)),
+        }
+    }
+
     /// The output interface of the IPv4 default route in the main table.
     pub async fn default_route_link(&self) -> Result<Option<u32>, NetlinkError> {
         let mut s = self

@@ -163,9 +163,8 @@ fn parse_go_int(s: &str) -> Result<i64, String> {
     };
     // Underscores only between digits (or right after a base prefix), as Go's underscoreOK.
     let prefixed = radix != 10;
-    let ok_underscores = !digits.ends_with('_')
-        && !digits.contains("__")
-        && (prefixed || !digits.starts_with('_'));
+    let ok_underscores =
+        !digits.ends_with('_') && !digits.contains("__") && (prefixed || !digits.starts_with('_'));
     let clean: String = digits.chars().filter(|c| *c != '_').collect();
     if clean.is_empty() || !ok_underscores {
         return Err("parse error".into());
@@ -222,8 +221,10 @@ impl Given {
     }
 
     fn str_or_default(&self, name: &'static str) -> String {
-        self.last(name)
-            .map_or_else(|| lookup(name).map_or("", |f| f.default).to_string(), str::to_string)
+        self.last(name).map_or_else(
+            || lookup(name).map_or("", |f| f.default).to_string(),
+            str::to_string,
+        )
     }
 
     fn bool(&self, name: &'static str) -> bool {
@@ -379,7 +380,10 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         if on_command_line.contains(f.name) {
             continue;
         }
-        let var = format!("FLANNELD_{}", f.name.replace(['-', '.'], "_").to_uppercase());
+        let var = format!(
+            "FLANNELD_{}",
+            f.name.replace(['-', '.'], "_").to_uppercase()
+        );
         if let Some(value) = env(&var).filter(|v| !v.is_empty()) {
             given.set(f, &value).map_err(|reason| CliError::Env {
                 var: var.clone(),
@@ -480,11 +484,6 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     let prefix_text = given.str_or_default("kube-annotation-prefix");
     let annotation_prefix = annotation_prefix(&prefix_text)
         .map_err(|e| bad("kube-annotation-prefix", &prefix_text, e))?;
-    if annotation_prefix != "flannel.alpha.coreos.com/" && matches!(mode, Mode::Kube { .. }) {
-        return Err(refuse(format!(
-            "--kube-annotation-prefix {prefix_text}: a prefix other than flannel.alpha.coreos.com is not implemented yet; drop the flag (peers running Flannel must then use the default too)"
-        )));
-    }
 
     // flanneld: NODE_NAME, else POD_NAME + POD_NAMESPACE. --node-name is overlayd's own.
     let node_name = match opt_str(given, "node-name").or_else(|| env("NODE_NAME").filter(|s| !s.is_empty())) {
@@ -516,7 +515,11 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
                 &s,
                 "an IPv6 underlay is not supported until dual-stack; give an IPv4 address",
             )),
-            Err(e) => Err(bad("iface-can-reach", &s, format!("not an IP address: {e}"))),
+            Err(e) => Err(bad(
+                "iface-can-reach",
+                &s,
+                format!("not an IP address: {e}"),
+            )),
         })
         .transpose()?;
     let public_ip = opt_str(given, "public-ip")
@@ -555,16 +558,21 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         ));
     }
     let healthz_ip_text = given.str_or_default("healthz-ip");
-    let healthz_ip: IpAddr = healthz_ip_text
-        .parse()
-        .map_err(|e| bad("healthz-ip", &healthz_ip_text, format!("not an IP address: {e}")))?;
+    let healthz_ip: IpAddr = healthz_ip_text.parse().map_err(|e| {
+        bad(
+            "healthz-ip",
+            &healthz_ip_text,
+            format!("not an IP address: {e}"),
+        )
+    })?;
     let healthz_port = given.int("healthz-port").unwrap_or(0);
     // main.go serves healthz only for a port > 0.
     let healthz_addr = match healthz_port {
         i64::MIN..=0 => None,
         p => Some(SocketAddr::new(
             healthz_ip,
-            u16::try_from(p).map_err(|_| bad("healthz-port", &p.to_string(), "out of range 0..=65535"))?,
+            u16::try_from(p)
+                .map_err(|_| bad("healthz-port", &p.to_string(), "out of range 0..=65535"))?,
         )),
     };
     if given.bool("ip-blackhole-route") {
@@ -588,10 +596,7 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     let http_addr: SocketAddr = http_text
         .parse()
         .map_err(|e| bad("http-addr", &http_text, format!("not ADDRESS:PORT: {e}")))?;
-    let verbosity = given
-        .last("v")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let verbosity = given.last("v").and_then(|v| v.parse().ok()).unwrap_or(0);
     Ok(Config {
         node_name,
         mode,

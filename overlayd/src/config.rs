@@ -277,7 +277,8 @@ const BACKEND_FIELDS: &[&str] = &[
 impl NetConf {
     /// Parses and validates the text of a net-conf.json.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let root: Json = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let root: Json =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         let empty = Vec::new();
         let members = match &root {
             Json::Object(m) => m,
@@ -366,8 +367,14 @@ impl NetConf {
         // Flannel reads these only when EnableIPv6 is true.
         let v6_keys: Vec<&str> = [
             ("IPv6Network", ipv6_network.is_some()),
-            ("IPv6SubnetMin", ipv6_subnet_min.is_some_and(|v| *v != Json::Null)),
-            ("IPv6SubnetMax", ipv6_subnet_max.is_some_and(|v| *v != Json::Null)),
+            (
+                "IPv6SubnetMin",
+                ipv6_subnet_min.is_some_and(|v| *v != Json::Null),
+            ),
+            (
+                "IPv6SubnetMax",
+                ipv6_subnet_max.is_some_and(|v| *v != Json::Null),
+            ),
             ("IPv6SubnetLen", ipv6_subnet_len != 0),
         ]
         .into_iter()
@@ -488,13 +495,19 @@ impl NetConf {
         if min & mask != min {
             return Err(field(
                 "SubnetMin",
-                format!("{} is not on a SubnetLen (/{len}) boundary", Ipv4Addr::from(min)),
+                format!(
+                    "{} is not on a SubnetLen (/{len}) boundary",
+                    Ipv4Addr::from(min)
+                ),
             ));
         }
         if max & mask != max {
             return Err(field(
                 "SubnetMax",
-                format!("{} is not on a SubnetLen (/{len}) boundary", Ipv4Addr::from(max)),
+                format!(
+                    "{} is not on a SubnetLen (/{len}) boundary",
+                    Ipv4Addr::from(max)
+                ),
             ));
         }
         #[allow(clippy::cast_possible_truncation)]

@@ -112,6 +112,9 @@ fn run(cfg: Config) -> Result<()> {
     let queues = cfg
         .queues
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    if matches!(cfg.mode, Mode::Kube { .. }) {
+        fdb_sync::kube::set_annotation_prefix(&cfg.annotation_prefix);
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

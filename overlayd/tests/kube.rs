@@ -265,8 +265,7 @@ fn kube_readiness_and_api_server_restart() {
 #[test]
 fn kube_flannel_args_against_kernel_vxlan_on_vni_4096() {
     use k8s_openapi::api::core::v1::{Pod, PodSpec};
-    let Some(mut lab) = Lab::new("kube_flannel_args_against_kernel_vxlan_on_vni_4096", 2, 1)
-    else {
+    let Some(mut lab) = Lab::new("kube_flannel_args_against_kernel_vxlan_on_vni_4096", 2, 1) else {
         return;
     };
     let (server, kc) = fake_server_in_switch(&lab);
@@ -282,7 +281,10 @@ fn kube_flannel_args_against_kernel_vxlan_on_vni_4096() {
     kernel.metadata.annotations = Some(
         [
             (ANN_BACKEND_TYPE, "vxlan"),
-            (ANN_BACKEND_DATA, r#"{"VNI":4096,"VtepMAC":"02:00:00:00:00:02"}"#),
+            (
+                ANN_BACKEND_DATA,
+                r#"{"VNI":4096,"VtepMAC":"02:00:00:00:00:02"}"#,
+            ),
             (ANN_PUBLIC_IP, "198.18.0.2"),
             ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
         ]
@@ -392,11 +394,63 @@ fn kube_flannel_args_against_kernel_vxlan_on_vni_4096() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let healthz = curl("/healthz");
-    assert!(healthz.ends_with("\n200") && healthz.contains("running"), "{healthz:?}");
+    assert!(
+        healthz.ends_with("\n200") && healthz.contains("running"),
+        "{healthz:?}"
+    );
     let readyz = curl("/readyz");
     assert!(readyz.ends_with("\n200"), "{readyz:?}");
     assert!(curl("/metrics").ends_with("\n404"));
     // --http-addr keeps serving too.
     assert_eq!(lab.http_status(1, "/healthz"), 200);
     assert!(lab.stop(1), "{}", lab.log(1));
+}
+
+/// `--kube-annotation-prefix`: nodes publish and read Flannel's annotations under the prefix
+/// (Flannel's rule: no '/' in it, so "/" is appended), and nothing under the default one.
+#[test]
+fn kube_annotation_prefix_is_read_and_written() {
+    let Some(mut lab) = Lab::new("kube_annotation_prefix_is_read_and_written", 2, 1) else {
+        return;
+    };
+    let (server, kc) = fake_server_in_switch(&lab);
+    server.apply(&lab_node(1));
+    server.apply(&lab_node(2));
+    let extra = ["-kube-annotation-prefix", "overlay.example.com"];
+    lab.start_kube(1, &kc, &extra);
+    lab.start_kube(2, &kc, &extra);
+    let published = |i: usize| {
+        server
+            .node(&format!("node{i}"))
+            .and_then(|n| n.metadata.annotations)
+            .is_some_and(|a| {
+                a.get("overlay.example.com/backend-type")
+                    .is_some_and(|v| v == "vxlan")
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || published(1) && published(2)),
+        "{}",
+        lab.log(1)
+    );
+    let ann = server.node("node1").unwrap().metadata.annotations.unwrap();
+    assert_eq!(
+        ann["overlay.example.com/backend-data"],
+        r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}"#
+    );
+    assert_eq!(ann["overlay.example.com/public-ip"], "198.18.0.1");
+    assert!(
+        !ann.keys()
+            .any(|k| k.starts_with("flannel.alpha.coreos.com/")),
+        "{ann:?}"
+    );
+    // Each became the other's peer by reading the prefixed annotations.
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    assert!(lab.stop(1) && lab.stop(2));
 }

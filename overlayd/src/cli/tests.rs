@@ -103,7 +103,10 @@ fn bool_flags_take_values_only_after_equals() {
     }
     // Go: `-ip-masq false` sets true and leaves "false" as an argument, which is refused.
     let e = fails(&with_base(&["-ip-masq", "false"]));
-    assert!(e.contains("unexpected argument \"false\"") && e.contains("-flag=false"), "{e}");
+    assert!(
+        e.contains("unexpected argument \"false\"") && e.contains("-flag=false"),
+        "{e}"
+    );
     let e = fails(&with_base(&["--ip-masq=yes"]));
     assert!(e.contains("invalid value \"yes\" for flag -ip-masq"), "{e}");
 }
@@ -118,7 +121,10 @@ fn values_may_start_with_a_dash_and_last_wins() {
     let c = run(&with_base(&["--device", "-odd-name"]));
     assert_eq!(c.device, "-odd-name");
     let e = fails(&with_base(&["--iptables-resync", "-1"]));
-    assert!(e.contains("-iptables-resync") && e.contains("at least 1"), "{e}");
+    assert!(
+        e.contains("-iptables-resync") && e.contains("at least 1"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -150,11 +156,23 @@ fn go_integers() {
     ] {
         assert_eq!(parse_go_int(s), Ok(want), "{s}");
     }
-    for s in ["", "1.5", "abc", "1__0", "_1", "1_", "0x", "99999999999999999999"] {
+    for s in [
+        "",
+        "1.5",
+        "abc",
+        "1__0",
+        "_1",
+        "1_",
+        "0x",
+        "99999999999999999999",
+    ] {
         assert!(parse_go_int(s).is_err(), "{s}");
     }
     let e = fails(&with_base(&["--healthz-port", "ten"]));
-    assert!(e.contains("invalid value \"ten\" for flag -healthz-port"), "{e}");
+    assert!(
+        e.contains("invalid value \"ten\" for flag -healthz-port"),
+        "{e}"
+    );
     // klog's -v is base 10 only.
     let e = fails(&with_base(&["-v", "0x4"]));
     assert!(e.contains("for flag -v"), "{e}");
@@ -163,8 +181,14 @@ fn go_integers() {
 #[test]
 fn syntax_errors_name_the_flag() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--no-such-flag"], "flag provided but not defined: -no-such-flag"),
-        (&["-logtostderr"], "flag provided but not defined: -logtostderr"),
+        (
+            &["--no-such-flag"],
+            "flag provided but not defined: -no-such-flag",
+        ),
+        (
+            &["-logtostderr"],
+            "flag provided but not defined: -logtostderr",
+        ),
         (&["---iface", "x"], "bad flag syntax: ---iface"),
         (&["-=x"], "bad flag syntax: -=x"),
         (&["--iface"], "flag needs an argument: -iface"),
@@ -198,7 +222,11 @@ fn help_and_version() {
     assert!(run_with(BASE, &env).is_ok());
     let u = usage();
     for f in FLAGS {
-        assert!(u.contains(&format!("-{}", f.name)), "{} not in usage", f.name);
+        assert!(
+            u.contains(&format!("-{}", f.name)),
+            "{} not in usage",
+            f.name
+        );
     }
 }
 
@@ -281,7 +309,9 @@ fn node_name_as_flanneld_finds_it() {
     let e = run_with(&kube, &no_env).unwrap_err().to_string();
     assert!(e.contains("--node-name") && e.contains("POD_NAME"), "{e}");
     // Without the API server there is no pod to ask.
-    let e = run_with(&["--nodes-file", "/x"], &env).unwrap_err().to_string();
+    let e = run_with(&["--nodes-file", "/x"], &env)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no node name"), "{e}");
 }
 
@@ -317,9 +347,17 @@ fn annotation_prefix_as_flannel_builds_it() {
         "flannel.alpha.coreos.com/"
     );
     assert_eq!(annotation_prefix("example.com/").unwrap(), "example.com/");
-    assert_eq!(annotation_prefix("example.com/net").unwrap(), "example.com/net-");
-    assert_eq!(annotation_prefix("example.com/net-").unwrap(), "example.com/net-");
-    assert!(annotation_prefix("a/b/c").unwrap_err().contains("single slash"));
+    assert_eq!(
+        annotation_prefix("example.com/net").unwrap(),
+        "example.com/net-"
+    );
+    assert_eq!(
+        annotation_prefix("example.com/net-").unwrap(),
+        "example.com/net-"
+    );
+    assert!(annotation_prefix("a/b/c")
+        .unwrap_err()
+        .contains("single slash"));
     assert!(annotation_prefix("nodots").unwrap_err().contains("fqdn"));
     let e = fails(&with_base(&["--kube-annotation-prefix=a/b/c"]));
     assert!(e.contains("-kube-annotation-prefix"), "{e}");
@@ -328,8 +366,14 @@ fn annotation_prefix_as_flannel_builds_it() {
 #[test]
 fn values_are_checked_with_the_flag_named() {
     let cases: &[(&str, &str)] = &[
-        ("--subnet-lease-renew-margin=0", "-subnet-lease-renew-margin: out of acceptable range"),
-        ("--subnet-lease-renew-margin=1440", "-subnet-lease-renew-margin"),
+        (
+            "--subnet-lease-renew-margin=0",
+            "-subnet-lease-renew-margin: out of acceptable range",
+        ),
+        (
+            "--subnet-lease-renew-margin=1440",
+            "-subnet-lease-renew-margin",
+        ),
         ("--public-ip=fd00::1", "-public-ip"),
         ("--public-ipv6=10.0.0.1", "-public-ipv6"),
         ("--iface-can-reach=host", "-iface-can-reach"),
@@ -343,7 +387,10 @@ fn values_are_checked_with_the_flag_named() {
         let e = fails(&with_base(&[a]));
         assert!(e.contains(want), "{a}: {e}");
     }
-    let c = run(&with_base(&["--subnet-lease-renew-margin=1439", "--public-ipv6=fd00::1"]));
+    let c = run(&with_base(&[
+        "--subnet-lease-renew-margin=1439",
+        "--public-ipv6=fd00::1",
+    ]));
     assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(1439 * 60));
     assert!(c.warnings[0].contains("--public-ipv6 fd00::1 is accepted but unused"));
     let c = run(&with_base(&["--ip-masq-fully-random-disable"]));
@@ -361,10 +408,15 @@ fn etcd_mode_is_refused_but_its_flags_parse() {
         "/x",
     ]);
     assert!(
-        e.contains("etcd mode") && e.contains("not implemented yet") && e.contains("--etcd-endpoints"),
+        e.contains("etcd mode")
+            && e.contains("not implemented yet")
+            && e.contains("--etcd-endpoints"),
         "{e}"
     );
-    assert!(e.contains("--kube-subnet-mgr") && e.contains("--nodes-file"), "{e}");
+    assert!(
+        e.contains("--kube-subnet-mgr") && e.contains("--nodes-file"),
+        "{e}"
+    );
     let c = run(&with_base(&["--etcd-endpoints=http://e:2379"]));
     assert!(c.warnings[0].contains("--etcd-endpoints ignored"));
 }

@@ -11,9 +11,8 @@ fn err(text: &str) -> String {
 #[test]
 fn flannel_default_file() {
     // kube-flannel.yml's net-conf.json.
-    let c = parse(
-        r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
-    );
+    let c =
+        parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#);
     assert_eq!((c.vni, c.port, c.mtu), (1, 8472, None));
     assert_eq!(c.network.to_string(), "10.244.0.0/16");
     assert_eq!(c.inner_mtu(1500), 1450);
@@ -130,34 +129,62 @@ fn subnet_len_min_max_as_flannel_checks_them() {
     assert_eq!(c.subnet_len, 20);
     let a = c.subnet_allocation().unwrap();
     assert_eq!(
-        (a.subnet_len, a.subnet_min.to_string(), a.subnet_max.to_string()),
+        (
+            a.subnet_len,
+            a.subnet_min.to_string(),
+            a.subnet_max.to_string()
+        ),
         (20, "10.10.0.0".into(), "10.99.0.0".into())
     );
     assert!(c.warnings[0].contains("etcd subnet manager only (valid: /20"));
     // "0.0.0.0" is unset, as Flannel compares with ip.IP4(0).
-    let c = parse(r#"{"Network":"10.244.0.0/16","SubnetMin":"0.0.0.0","Backend":{"Type":"vxlan"}}"#);
+    let c =
+        parse(r#"{"Network":"10.244.0.0/16","SubnetMin":"0.0.0.0","Backend":{"Type":"vxlan"}}"#);
     assert_eq!(c.subnet_min, None);
 
     let bad = [
-        (r#""SubnetLen":31"#, "/16", "SubnetLen: must be less than /31"),
+        (
+            r#""SubnetLen":31"#,
+            "/16",
+            "SubnetLen: must be less than /31",
+        ),
         (r#""SubnetLen":17"#, "/16", "fewer than four subnets"),
         ("", "/29", "too small"),
-        (r#""SubnetMin":"10.245.0.0""#, "/16", "SubnetMin: 10.245.0.0 is not in the range"),
-        (r#""SubnetMax":"10.0.0.0""#, "/16", "SubnetMax: 10.0.0.0 is not in the range"),
-        (r#""SubnetMin":"10.244.1.1""#, "/16", "SubnetMin: 10.244.1.1 is not on a SubnetLen"),
-        (r#""SubnetMax":"10.244.9.128""#, "/16", "SubnetMax: 10.244.9.128 is not on a SubnetLen"),
+        (
+            r#""SubnetMin":"10.245.0.0""#,
+            "/16",
+            "SubnetMin: 10.245.0.0 is not in the range",
+        ),
+        (
+            r#""SubnetMax":"10.0.0.0""#,
+            "/16",
+            "SubnetMax: 10.0.0.0 is not in the range",
+        ),
+        (
+            r#""SubnetMin":"10.244.1.1""#,
+            "/16",
+            "SubnetMin: 10.244.1.1 is not on a SubnetLen",
+        ),
+        (
+            r#""SubnetMax":"10.244.9.128""#,
+            "/16",
+            "SubnetMax: 10.244.9.128 is not on a SubnetLen",
+        ),
     ];
     for (extra, plen, want) in bad {
         let sep = if extra.is_empty() { "" } else { "," };
-        let text = format!(
-            r#"{{"Network":"10.244.0.0{plen}"{sep}{extra},"Backend":{{"Type":"vxlan"}}}}"#
-        );
+        let text =
+            format!(r#"{{"Network":"10.244.0.0{plen}"{sep}{extra},"Backend":{{"Type":"vxlan"}}}}"#);
         // Not fatal in parse (Flannel checks only in its etcd manager), but said, with why.
         let c = parse(&text);
         let e = c.subnet_allocation().unwrap_err().to_string();
         assert!(e.contains(want), "{text}: {e}");
         if !extra.is_empty() {
-            assert!(c.warnings.iter().any(|w| w.contains(want)), "{text}: {:?}", c.warnings);
+            assert!(
+                c.warnings.iter().any(|w| w.contains(want)),
+                "{text}: {:?}",
+                c.warnings
+            );
         }
     }
 }
@@ -169,11 +196,23 @@ fn errors_name_the_field() {
         ("[1]", "not an object"),
         (r#"{"Backend":{"Type":"vxlan"}}"#, "field Network: missing"),
         (r#"{"Network":"10.244.0.0/33"}"#, "field Network"),
-        (r#"{"Network":"fd00::/56"}"#, "field Network: fd00::/56 is not an IPv4"),
+        (
+            r#"{"Network":"fd00::/56"}"#,
+            "field Network: fd00::/56 is not an IPv4",
+        ),
         (r#"{"Network":null}"#, "field Network: is null"),
-        (r#"{"Network":"10.244.0.0/16"}"#, "field Backend: missing, which Flannel runs as its \"udp\""),
-        (r#"{"Network":"10.244.0.0/16","Backend":{}}"#, "Backend.Type: missing"),
-        (r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#, "field Backend: is a string"),
+        (
+            r#"{"Network":"10.244.0.0/16"}"#,
+            "field Backend: missing, which Flannel runs as its \"udp\"",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{}}"#,
+            "Backend.Type: missing",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#,
+            "field Backend: is a string",
+        ),
         (
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
             "Backend.Type: \"host-gw\"",
@@ -182,7 +221,10 @@ fn errors_name_the_field() {
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
             "Backend.VNI: 16777216",
         ),
-        (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":-1}}"#, "Backend.VNI"),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":-1}}"#,
+            "Backend.VNI",
+        ),
         (
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1.5}}"#,
             "Backend.VNI: 1.5 is not an integer",
@@ -207,7 +249,10 @@ fn errors_name_the_field() {
             r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
             "EnableIPv6: IPv6 pod networks are not supported yet",
         ),
-        (r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#, "EnableIPv4"),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
+            "EnableIPv4",
+        ),
         (
             r#"{"Network":"10.244.0.0/16","IPv6Network":"nope","Backend":{"Type":"vxlan"}}"#,
             "IPv6Network",

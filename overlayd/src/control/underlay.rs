@@ -58,7 +58,9 @@ pub fn select(
     for want in sel.iface {
         if let Ok(ip) = want.parse::<std::net::IpAddr>() {
             let std::net::IpAddr::V4(ip) = ip else {
-                misses.push(format!("--iface {want}: an IPv6 underlay is not supported yet"));
+                misses.push(format!(
+                    "--iface {want}: an IPv6 underlay is not supported yet"
+                ));
                 continue;
             };
             match snap.links.iter().find(|(_, a)| a.contains(&ip)) {
@@ -78,7 +80,9 @@ pub fn select(
                         addr: Some(addrs[0]),
                     }))
                 }
-                Some(_) => misses.push(format!("--iface {want}: the interface has no IPv4 address")),
+                Some(_) => {
+                    misses.push(format!("--iface {want}: the interface has no IPv4 address"))
+                }
                 None => misses.push(format!("--iface {want}: no such interface")),
             }
         }
@@ -190,12 +194,16 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
     }
     let ip = match (opts.public_ip, choice.addr) {
         (Some(ip), _) | (None, Some(ip)) => ip,
-        (None, None) => *nl.ipv4_addresses(choice.index).await?.first().with_context(|| {
-            format!(
-                "interface {} has no IPv4 address: pass --public-ip",
-                link.name
-            )
-        })?,
+        (None, None) => *nl
+            .ipv4_addresses(choice.index)
+            .await?
+            .first()
+            .with_context(|| {
+                format!(
+                    "interface {} has no IPv4 address: pass --public-ip",
+                    link.name
+                )
+            })?,
     };
     Ok(Underlay {
         iface: link.name,

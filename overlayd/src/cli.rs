@@ -376,6 +376,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         return Ok(Command::Version);
     }
     let on_command_line: HashSet<&str> = given.values.keys().copied().collect();
+    let mut env_errors = Vec::new();
     for f in FLAGS.iter().filter(|f| f.flanneld) {
         if on_command_line.contains(f.name) {
             continue;
@@ -385,14 +386,20 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
             f.name.replace(['-', '.'], "_").to_uppercase()
         );
         if let Some(value) = env(&var).filter(|v| !v.is_empty()) {
-            given.set(f, &value).map_err(|reason| CliError::Env {
-                var: var.clone(),
-                value,
-                reason,
-            })?;
+            // flanneld logs a bad value and runs on with the flag's default (main.go:223-226).
+            if let Err(reason) = given.set(f, &value) {
+                env_errors.push(format!(
+                    "{}; ignored as flanneld ignores it: -{} keeps its default",
+                    CliError::Env { var, value, reason },
+                    f.name
+                ));
+            }
         }
     }
-    build(&given, env).map(|c| Command::Run(Box::new(c)))
+    build(&given, env).map(|mut c| {
+        c.warnings.extend(env_errors);
+        Command::Run(Box::new(c))
+    })
 }
 
 fn refuse(msg: impl Into<String>) -> CliError {

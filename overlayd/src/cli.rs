@@ -88,7 +88,7 @@ pub const FLAGS: &[Flag] = &[
     f("healthz-port", Kind::Int, true, "0", "port of the /healthz listener (0 = off; /healthz is always on --http-addr too)"),
     f("iptables-resync", Kind::Int, true, "5", "resync period of the masquerade/forward rules, seconds"),
     f("iptables-forward-rules", Kind::Bool, true, "true", "accept pod traffic in the FORWARD chain"),
-    f("ip-blackhole-route", Kind::Bool, true, "false", "blackhole route for this node's podCIDR (not implemented yet: refused)"),
+    f("ip-blackhole-route", Kind::Bool, true, "false", "keep a blackhole route for this node's podCIDR (checked every --iptables-resync)"),
     f("net-config-path", Kind::Str, true, "/etc/kube-flannel/net-conf.json", "net-conf.json"),
     f("set-node-network-unavailable", Kind::Bool, true, "true", "set the Node's NetworkUnavailable condition to false once ready"),
     f("v", Kind::Level, true, "0", "log verbosity (klog): 0-3 info, 4-5 debug, 6+ trace (RUST_LOG wins when set)"),
@@ -297,6 +297,7 @@ pub struct Config {
     pub iptables_resync: Duration,
     pub subnet_lease_renew_margin: Duration,
     pub set_node_network_unavailable: bool,
+    pub ip_blackhole_route: bool,
     pub device: String,
     pub queues: Option<usize>,
     pub http_addr: SocketAddr,
@@ -582,11 +583,6 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
                 .map_err(|_| bad("healthz-port", &p.to_string(), "out of range 0..=65535"))?,
         )),
     };
-    if given.bool("ip-blackhole-route") {
-        return Err(refuse(
-            "--ip-blackhole-route is not implemented yet: drop it (overlayd-cni's bridge already answers for this node's podCIDR)",
-        ));
-    }
     for name in ["vmodule", "log_backtrace_at"] {
         if let Some(v) = opt_str(given, name) {
             warnings.push(format!(
@@ -622,6 +618,7 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         iptables_resync: Duration::from_secs(resync.unsigned_abs()),
         subnet_lease_renew_margin: Duration::from_secs(margin.unsigned_abs() * 60),
         set_node_network_unavailable: given.bool("set-node-network-unavailable"),
+        ip_blackhole_route: given.bool("ip-blackhole-route"),
         device: given.str_or_default("device"),
         queues,
         http_addr,

@@ -155,6 +155,7 @@ fn run(cfg: Config) -> Result<()> {
                 iptables_resync: cfg.iptables_resync,
                 subnet_lease_renew_margin: cfg.subnet_lease_renew_margin,
                 set_node_network_unavailable: cfg.set_node_network_unavailable,
+                ip_blackhole_route: cfg.ip_blackhole_route,
                 healthz_addr: cfg.healthz_addr,
             };
             overlayd::control::run(opts, source, cfg.http_addr).await

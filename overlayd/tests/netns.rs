@@ -495,3 +495,38 @@ fn underlay_selection_flags() {
         "{log}"
     );
 }
+
+/// `--ip-blackhole-route`: a blackhole route for the node's podCIDR, put back within the
+/// `--iptables-resync` period when someone deletes it, as flanneld does.
+#[test]
+fn blackhole_route_for_own_pod_cidr() {
+    let Some(mut lab) = Lab::new("blackhole_route_for_own_pod_cidr", 1, 0) else {
+        return;
+    };
+    lab.start_with(1, &["-ip-blackhole-route", "--iptables-resync=1"]);
+    let n1 = lab.node(1);
+    let blackholes = || sh_ok(&["ip", "-n", &n1, "route", "show", "type", "blackhole"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || blackholes()
+            .contains("blackhole 10.244.1.0/24")),
+        "{}\n{}",
+        blackholes(),
+        lab.log(1)
+    );
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "del",
+        "blackhole",
+        "10.244.1.0/24",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || blackholes()
+            .contains("blackhole 10.244.1.0/24")),
+        "not restored: {}",
+        lab.log(1)
+    );
+    assert!(lab.stop(1), "{}", lab.log(1));
+}

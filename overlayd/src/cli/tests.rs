@@ -46,7 +46,7 @@ fn defaults_are_flanneld_s() {
     assert!(!c.ip_masq && c.ip_masq_random_fully && c.iptables_forward_rules);
     assert_eq!(c.iptables_resync, Duration::from_secs(5));
     assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(3600));
-    assert!(c.set_node_network_unavailable);
+    assert!(c.set_node_network_unavailable && !c.ip_blackhole_route);
     assert_eq!(c.healthz_addr, None);
     assert_eq!(c.annotation_prefix, "flannel.alpha.coreos.com/");
     assert_eq!(c.device, "ovl.1");
@@ -400,8 +400,11 @@ fn values_are_checked_with_the_flag_named() {
     ]));
     assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(1439 * 60));
     assert!(c.warnings[0].contains("--public-ipv6 fd00::1 is accepted but unused"));
-    let c = run(&with_base(&["--ip-masq-fully-random-disable"]));
-    assert!(!c.ip_masq_random_fully);
+    let c = run(&with_base(&[
+        "--ip-masq-fully-random-disable",
+        "-ip-blackhole-route",
+    ]));
+    assert!(!c.ip_masq_random_fully && c.ip_blackhole_route);
     // Flannel: a negative healthz port disables it as 0 does.
     assert_eq!(run(&with_base(&["--healthz-port=-1"])).healthz_addr, None);
 }

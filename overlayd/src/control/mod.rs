@@ -9,6 +9,7 @@
 //! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
 //! device, sockets and workers created again, peers' counters kept).
 
+mod blackhole;
 mod reconcile;
 pub mod source;
 pub mod underlay;
@@ -66,6 +67,8 @@ pub struct Options {
     pub iptables_resync: Duration,
     /// `--subnet-lease-renew-margin`, for the etcd source.
     pub subnet_lease_renew_margin: Duration,
+    /// `--ip-blackhole-route`.
+    pub ip_blackhole_route: bool,
     /// `--set-node-network-unavailable`.
     pub set_node_network_unavailable: bool,
     /// `--healthz-ip`:`--healthz-port`: a second listener serving `/healthz` (and `/readyz`)
@@ -377,6 +380,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         );
     }
     let mut dp = start_dataplane(&nl, &opts, &netconf, &underlay, &state, None).await?;
+    let _blackhole = opts
+        .ip_blackhole_route
+        .then(|| tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
     observed.attach(dp.fdb.clone(), dp.stats.clone());
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();

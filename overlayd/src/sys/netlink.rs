@@ -335,6 +335,21 @@ impl Netlink {
             .map_err(req(format!("replace route {} via {}", r.dst, r.gateway)))
     }
 
+    /// `ip route add blackhole <dst>` in the main table, as Flannel's AddBlackholeV4Route.
+    /// `Ok(false)` when a route for `dst` is already there (the blackhole itself, or e.g. a
+    /// bridge's connected route, which then keeps carrying the traffic).
+    pub async fn add_blackhole_route(&self, dst: Ipv4Network) -> Result<bool, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .kind(netlink_packet_route::route::RouteType::BlackHole)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(req(format!("add blackhole route {dst}"))(e)),
+        }
+    }
+
     /// Removes a route; absent is fine.
     pub async fn delete_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
         match self

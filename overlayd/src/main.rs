@@ -56,6 +56,8 @@ fn main() {
         }
     };
     init_logging(cfg.log_level());
+    // flanneld logs its parsed flags at start ("CLI flags config"); so does overlayd.
+    tracing::info!("command line: {cfg:?}");
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }

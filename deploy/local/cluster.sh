@@ -7,8 +7,10 @@
 #   cluster.sh up PREFIX DIR NODES PODS_PER_NODE   topology + DIR/nodes.yaml + DIR/net-conf.json
 #   cluster.sh wire PREFIX DIR I PODS_PER_NODE     wire node I's pods with overlayd-cni (after
 #                                                  DIR/subnet<I>.env exists)
-#   cluster.sh kernel-node PREFIX I NODES DIR      program node I as flanneld does for kernel
-#                                                  vxlan, write its subnet.env and annotations
+#   cluster.sh kernel-node PREFIX I NODES DIR [VNI [PORT]]
+#                                                  program node I as flanneld does for kernel
+#                                                  vxlan (device flannel.VNI, default VNI 1,
+#                                                  port 8472), write its subnet.env and annotations
 #   cluster.sh stranger PREFIX IP                  a host PREFIXx on the underlay that is no node
 #   cluster.sh attach PREFIX I                     give remote node I a second leg (eth1,
 #                                                  198.18.0.I/24) on the switch's subnet
@@ -130,33 +132,34 @@ wire() {
 # 02:00:00:00:00:0<o> when it is listed in KERNEL_NODES (another kernel node), else the one
 # overlayd derives (0a:58 + podCIDR), as an unannotated NodeList implies.
 kernel_node() {
-  local P=$1 i=$2 N=$3 DIR=$4
+  local P=$1 i=$2 N=$3 DIR=$4 VNI=${5:-1} PORT=${6:-8472}
   local n; n=$(ns_node "$P" "$i")
+  local dev="flannel.$VNI"
   printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.%s.1/24\nFLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n' \
     "$i" "$MTU" > "$DIR/subnet$i.env"
-  ip -n "$n" link add flannel.1 type vxlan id 1 dstport 8472 local "198.18.0.$i" dev eth0 nolearning
-  ip -n "$n" link set flannel.1 address "02:00:00:00:00:0$i" mtu "$MTU" up
-  ip -n "$n" addr add "10.244.$i.0/32" dev flannel.1
+  ip -n "$n" link add "$dev" type vxlan id "$VNI" dstport "$PORT" local "198.18.0.$i" dev eth0 nolearning
+  ip -n "$n" link set "$dev" address "02:00:00:00:00:0$i" mtu "$MTU" up
+  ip -n "$n" addr add "10.244.$i.0/32" dev "$dev"
   for o in $(seq 1 "$N"); do
     [ "$o" = "$i" ] && continue
     local mac; mac=$(printf '0a:58:0a:f4:%02x:00' "$o")
     case " ${KERNEL_NODES:-} " in *" $o "*) mac="02:00:00:00:00:0$o" ;; esac
-    ip -n "$n" neigh add "10.244.$o.0" lladdr "$mac" dev flannel.1 nud permanent
-    ip -n "$n" route add "10.244.$o.0/24" via "10.244.$o.0" dev flannel.1 onlink
-    bridge -n "$n" fdb append "$mac" dev flannel.1 dst "198.18.0.$o" self permanent
+    ip -n "$n" neigh add "10.244.$o.0" lladdr "$mac" dev "$dev" nud permanent
+    ip -n "$n" route add "10.244.$o.0/24" via "10.244.$o.0" dev "$dev" onlink
+    bridge -n "$n" fdb append "$mac" dev "$dev" dst "198.18.0.$o" self permanent
   done
 }
 
 # Adds the kernel node's annotations to the NodeList, as a Flannel node publishes them.
 annotate_kernel_node() {
-  local DIR=$1 i=$2
-  python3 - "$DIR/nodes.yaml" "$i" <<'PY'
+  local DIR=$1 i=$2 VNI=${3:-1}
+  python3 - "$DIR/nodes.yaml" "$i" "$VNI" <<'PY'
 import sys
-path, i = sys.argv[1], sys.argv[2]
+path, i, vni = sys.argv[1], sys.argv[2], sys.argv[3]
 text = open(path).read()
 ann = (f"    name: node{i}\n    annotations:\n"
        f"      flannel.alpha.coreos.com/backend-type: vxlan\n"
-       f"      flannel.alpha.coreos.com/backend-data: '{{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:00:0{i}\"}}'\n"
+       f"      flannel.alpha.coreos.com/backend-data: '{{\"VNI\":{vni},\"VtepMAC\":\"02:00:00:00:00:0{i}\"}}'\n"
        f"      flannel.alpha.coreos.com/public-ip: 198.18.0.{i}\n")
 text = text.replace(f"    name: node{i}\n", ann, 1)
 open(path, "w").write(text)
@@ -204,10 +207,10 @@ down() {
 cmd=${1:-}; shift || true
 case "$cmd" in
   up) up "$@" ;;
-  kernel-node) kernel_node "$1" "$2" "$3" "$4"; annotate_kernel_node "$4" "$2" ;;
+  kernel-node) kernel_node "$@"; annotate_kernel_node "$4" "$2" "${5:-1}" ;;
   wire) wire "$@" ;;
   stranger) stranger "$@" ;;
   attach) attach "$@" ;;
   down) down "$@" ;;
-  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR | stranger PREFIX IP | attach PREFIX I | down PREFIX" >&2; exit 2 ;;
+  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR [VNI [PORT]] | stranger PREFIX IP | attach PREFIX I | down PREFIX" >&2; exit 2 ;;
 esac

@@ -3,7 +3,7 @@
 //! It honours what kube-rs' watcher relies on, the way kube-apiserver does: a paged list with
 //! `metadata.resourceVersion` and `continue`; a chunked watch stream of JSON lines
 //! (ADDED/MODIFIED/DELETED/BOOKMARK) resuming after a given resourceVersion; an ERROR event with
-//! a 410 Status when that resourceVersion has been compacted away; GET of one Node; and JSON
+//! a 410 Status when that resourceVersion has been compacted away; GET of one Node or Pod; and JSON
 //! merge patches to `nodes/<name>/status`, which it records, applies and announces as MODIFIED.
 //! Plain HTTP, no authentication. It runs on its own runtime, so `stop` cuts every connection
 //! at once, as a crashed API server would.
@@ -53,6 +53,8 @@ struct Inner {
     announced: u64,
     patches: Vec<RecordedPatch>,
     requests: Vec<String>,
+    /// Pods by `namespace/name` (GET only: flanneld finds its node name from its pod).
+    pods: BTreeMap<String, Value>,
 }
 
 struct Store {
@@ -294,6 +296,14 @@ impl FakeApiServer {
         self.store.disconnect.send_modify(|g| *g += 1);
     }
 
+    /// Adds or replaces a Pod, served to GET `namespaces/<ns>/pods/<name>`.
+    pub fn apply_pod(&self, pod: &k8s_openapi::api::core::v1::Pod) {
+        let obj = serde_json::to_value(pod).expect("Pod serializes");
+        let ns = pod.metadata.namespace.clone().expect("pod has a namespace");
+        let name = pod.metadata.name.clone().expect("pod has a name");
+        self.store.lock().pods.insert(format!("{ns}/{name}"), obj);
+    }
+
     #[must_use]
     pub fn node(&self, name: &str) -> Option<Node> {
         let g = self.store.lock();
@@ -329,6 +339,7 @@ fn router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/api/v1/nodes", get(list_or_watch))
         .route("/api/v1/nodes/{name}", get(get_node))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}", get(get_pod))
         .route("/api/v1/nodes/{name}/status", patch(patch_status))
         .with_state(store)
 }
@@ -469,6 +480,25 @@ async fn get_node(State(store): State<Arc<Store>>, UrlPath(name): UrlPath<String
         )
             .into_response(),
         None => status_response(404, "NotFound", &format!("nodes \"{name}\" not found")),
+    }
+}
+
+async fn get_pod(
+    State(store): State<Arc<Store>>,
+    UrlPath((namespace, name)): UrlPath<(String, String)>,
+) -> Response {
+    record(
+        &store,
+        format!("GET /api/v1/namespaces/{namespace}/pods/{name}"),
+    );
+    let g = store.lock();
+    match g.pods.get(&format!("{namespace}/{name}")) {
+        Some(obj) => (
+            [("content-type", "application/json")],
+            serde_json::to_vec(obj).expect("JSON"),
+        )
+            .into_response(),
+        None => status_response(404, "NotFound", &format!("pods \"{name}\" not found")),
     }
 }
 

@@ -35,6 +35,8 @@ pub const API_CALLS: &[(&str, &str)] = &[
     ("nodes", "watch"),
     ("nodes", "get"),
     ("nodes/status", "patch"),
+    // The node name from POD_NAME/POD_NAMESPACE when NODE_NAME is not set, as flanneld.
+    ("pods", "get"),
 ];
 
 /// Most events handled before the state is recomputed: a burst of MODIFIED events costs one
@@ -61,11 +63,17 @@ pub enum KubeError {
     InCluster(#[source] kube::config::InClusterError),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    #[error("--kube-api-url {url} is not a URL: {reason}")]
+    ApiUrl { url: String, reason: String },
+    #[error("cannot find this node's name from pod {pod} (POD_NAMESPACE/POD_NAME): {reason}; set NODE_NAME or pass --node-name, or grant pods get")]
+    PodNodeName { pod: String, reason: String },
 }
 
 /// A client from `kubeconfig`, or from the pod's service account when `None`.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    let config = match kubeconfig {
+/// `api_url` (`--kube-api-url`) replaces the cluster URL of the kubeconfig or the in-cluster
+/// configuration, as client-go's BuildConfigFromFlags does for flanneld.
+pub async fn client(kubeconfig: Option<&Path>, api_url: Option<&str>) -> Result<Client, KubeError> {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 KubeError::ReadKubeconfig {
@@ -80,9 +88,75 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
                     source,
                 })?
         }
-        None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+        None => match api_url {
+            // client-go: a master URL alone needs no in-cluster files.
+            Some(_) => match kube::Config::incluster() {
+                Ok(c) => c,
+                Err(_) => kube::Config::new("http://localhost".parse().expect("static URL parses")),
+            },
+            None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+        },
     };
+    if let Some(url) = api_url {
+        config.cluster_url = url.parse().map_err(|e| KubeError::ApiUrl {
+            url: url.to_string(),
+            reason: format!("{e}"),
+        })?;
+    }
     Client::try_from(config).map_err(KubeError::Client)
+}
+
+/// The node a pod runs on (`spec.nodeName`), as flanneld finds its node name from
+/// `POD_NAME` and `POD_NAMESPACE` (pkg/subnet/kube/kube.go NewSubnetManager).
+pub async fn pod_node_name(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, KubeError> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, namespace);
+    let pod = pods.get(name).await.map_err(|e| KubeError::PodNodeName {
+        pod: format!("{namespace}/{name}"),
+        reason: e.to_string(),
+    })?;
+    pod.spec
+        .and_then(|s| s.node_name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| KubeError::PodNodeName {
+            pod: format!("{namespace}/{name}"),
+            reason: "node name not present in the pod's spec".into(),
+        })
+}
+
+/// `--kube-annotation-prefix` as Flannel builds it (ends in `/` or `-`), when not the default.
+static ANNOTATION_PREFIX_OVERRIDE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the annotation prefix this process reads and writes instead of
+/// `flannel.alpha.coreos.com/` (once, before [`run`]). The model keeps working with the
+/// default keys: [`trim`] maps `<prefix>X` to `flannel.alpha.coreos.com/X` on the way in and
+/// [`annotation_patch`] maps back on the way out, as Flannel reads and writes only
+/// `<prefix>` keys (pkg/subnet/kube/annotations.go).
+pub fn set_annotation_prefix(prefix: &str) {
+    let _ = ANNOTATION_PREFIX_OVERRIDE.set(prefix.to_string());
+}
+
+fn annotation_prefix() -> &'static str {
+    ANNOTATION_PREFIX_OVERRIDE
+        .get()
+        .map_or(crate::model::ANNOTATION_PREFIX, String::as_str)
+}
+
+/// `<prefix>X` as the model's `flannel.alpha.coreos.com/X`; `None` for other keys.
+#[must_use]
+pub fn to_model_key(key: &str, prefix: &str) -> Option<String> {
+    key.strip_prefix(prefix)
+        .map(|rest| format!("{}{rest}", crate::model::ANNOTATION_PREFIX))
+}
+
+/// The model's `flannel.alpha.coreos.com/X` as `<prefix>X`.
+#[must_use]
+pub fn to_wire_key(key: &str, prefix: &str) -> String {
+    key.strip_prefix(crate::model::ANNOTATION_PREFIX)
+        .map_or_else(|| key.to_string(), |rest| format!("{prefix}{rest}"))
 }
 
 /// What this node publishes about itself once its dataplane is up.
@@ -119,14 +193,16 @@ pub fn desired_annotations(node: &Node, a: &Announcement) -> BTreeMap<String, St
 }
 
 /// The JSON merge patch that makes `node`'s annotations match `a`, or `None` when they already
-/// do. Only differing keys are sent.
+/// do. Only differing keys are sent. `node` holds the model's keys (see [`trim`]); the patch
+/// is written under the configured prefix ([`set_annotation_prefix`]).
 #[must_use]
 pub fn annotation_patch(node: &Node, a: &Announcement) -> Option<serde_json::Value> {
     let have = node.metadata.annotations.clone().unwrap_or_default();
+    let prefix = annotation_prefix();
     let diff: serde_json::Map<String, serde_json::Value> = desired_annotations(node, a)
         .into_iter()
         .filter(|(k, v)| have.get(k) != Some(v))
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .map(|(k, v)| (to_wire_key(&k, prefix), serde_json::Value::String(v)))
         .collect();
     if diff.is_empty() {
         return None;
@@ -143,9 +219,10 @@ pub fn trim(node: Node) -> Node {
     use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let m = node.metadata;
+    let prefix = annotation_prefix();
     let annotations = m.annotations.map(|a| {
         a.into_iter()
-            .filter(|(k, _)| k.starts_with(crate::model::ANNOTATION_PREFIX))
+            .filter_map(|(k, v)| to_model_key(&k, prefix).map(|k| (k, v)))
             .collect()
     });
     Node {
@@ -366,7 +443,7 @@ async fn patch_own(
         .get(name)
         .await
         .map_err(|e| format!("GET node {name}: {e}"))?;
-    let Some(patch) = annotation_patch(&node, a) else {
+    let Some(patch) = annotation_patch(&trim(node), a) else {
         return Ok(None);
     };
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))

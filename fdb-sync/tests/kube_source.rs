@@ -55,7 +55,9 @@ async fn start(server: &FakeApiServer, own: &str) -> Running {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let kc = server.write_kubeconfig(&dir).unwrap();
-    let client = ks::client(Some(&kc)).await.expect("client from kubeconfig");
+    let client = ks::client(Some(&kc), None)
+        .await
+        .expect("client from kubeconfig");
     let (tx, rx) = mpsc::channel(4);
     let (announce, announce_rx) = watch::channel(None);
     let task = tokio::spawn(ks::run(client, own.to_string(), tx, announce_rx));
@@ -363,4 +365,32 @@ fn annotation_patch_only_sends_differences_and_honours_overwrite() {
             .collect::<Vec<_>>(),
     );
     assert_eq!(ks::annotation_patch(&done, &a), None);
+}
+
+/// `--kube-annotation-prefix`: `<prefix>X` keys read as the model's default keys, and written
+/// back under the prefix; keys under other prefixes are not read.
+#[test]
+fn annotation_prefix_maps_keys_both_ways() {
+    let p = "example.com/net-";
+    assert_eq!(
+        ks::to_model_key("example.com/net-backend-data", p).as_deref(),
+        Some("flannel.alpha.coreos.com/backend-data")
+    );
+    assert_eq!(
+        ks::to_model_key("flannel.alpha.coreos.com/backend-data", p),
+        None
+    );
+    assert_eq!(
+        ks::to_wire_key("flannel.alpha.coreos.com/public-ip", p),
+        "example.com/net-public-ip"
+    );
+    let d = "flannel.alpha.coreos.com/";
+    assert_eq!(
+        ks::to_model_key("flannel.alpha.coreos.com/public-ip", d).as_deref(),
+        Some("flannel.alpha.coreos.com/public-ip")
+    );
+    assert_eq!(
+        ks::to_wire_key("flannel.alpha.coreos.com/public-ip", d),
+        "flannel.alpha.coreos.com/public-ip"
+    );
 }

@@ -1,12 +1,28 @@
-//! net-conf.json in Flannel's format, validated with errors that name the field.
+//! net-conf.json decoded as Flannel decodes it, validated with errors that name the key.
+//!
+//! Flannel reads the file with Go's `encoding/json` into `subnet.Config`
+//! (pkg/subnet/config.go) and the `Backend` object a second time into `VXLANConfig`
+//! (pkg/backend/vxlan/vxlan.go). Go matches a key to a field exactly first and otherwise
+//! case-insensitively (`"vni"`, `"VNI"` and `"Vni"` are one field), assigns members in document
+//! order (the last of two spellings wins), leaves a field alone for `null`, refuses a
+//! fraction or a string for an integer field, and ignores keys it has no field for. This
+//! module does the same, except that a key Flannel ignores is reported as a warning (returned
+//! in [`NetConf::warnings`], for the caller to log once) instead of vanishing.
 
-use ipnetwork::Ipv4Network;
-use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 pub const DEFAULT_VNI: u32 = 1;
+/// Linux's default VXLAN port: what the kernel uses when Flannel passes `Port` 0.
 pub const DEFAULT_PORT: u16 = 8472;
 /// IPv4 + UDP + VXLAN + inner Ethernet.
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// Smallest pod MTU accepted (`Backend.MTU` - 50): below it TCP over the overlay is useless.
+pub const MIN_INNER_MTU: u32 = 576;
+/// Largest pod MTU accepted: the TAP's frames must fit a 64 KiB buffer with headers.
+pub const MAX_INNER_MTU: u32 = 65_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -23,209 +39,609 @@ fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawNetConf {
-    network: Option<String>,
-    #[serde(rename = "EnableIPv4", default)]
-    enable_ipv4: Option<bool>,
-    #[serde(rename = "EnableIPv6", default)]
-    enable_ipv6: bool,
-    /// Read so a Flannel file parses; unused while `EnableIPv6` must be false.
-    #[serde(rename = "IPv6Network")]
-    ipv6_network: Option<String>,
-    #[serde(rename = "EnableNFTables", default)]
-    enable_nftables: bool,
-    backend: Option<RawBackend>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawBackend {
-    #[serde(rename = "Type")]
-    type_: Option<String>,
-    #[serde(rename = "VNI")]
-    vni: Option<i64>,
-    #[serde(rename = "Port")]
-    port: Option<i64>,
-    #[serde(rename = "MTU")]
-    mtu: Option<i64>,
-    #[serde(rename = "DirectRouting", default)]
-    direct_routing: bool,
-}
-
 /// The validated network configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConf {
     pub network: Ipv4Network,
     pub vni: u32,
     pub port: u16,
-    /// Inner MTU override (`Backend.MTU`); `None` means underlay MTU - 50.
+    /// `Backend.MTU` as Flannel means it: the MTU of the *outgoing* (outer) packets, default
+    /// the underlay interface's MTU; the device gets 50 bytes less (see [`NetConf::inner_mtu`]).
+    /// `None` when absent, null or 0.
     pub mtu: Option<u32>,
-    /// `Backend.DirectRouting`: peers on a directly connected network get a plain route via
-    /// their node address instead of VXLAN.
+    /// `Backend.DirectRouting`: peers on a directly connected underlay subnet get a plain route.
     pub direct_routing: bool,
-    /// `EnableNFTables`: masquerade and forward rules with nftables instead of iptables.
+    /// `EnableNFTables`: masquerade and forward rules through nftables instead of iptables.
     pub enable_nftables: bool,
+    /// `SubnetLen` as written (0 = not set); used by the etcd subnet manager only, see
+    /// [`NetConf::subnet_allocation`].
+    pub subnet_len: u32,
+    /// `SubnetMin` as written (`None` = not set or 0.0.0.0, as Flannel treats it).
+    pub subnet_min: Option<Ipv4Addr>,
+    /// `SubnetMax` as written (`None` = not set or 0.0.0.0).
+    pub subnet_max: Option<Ipv4Addr>,
+    /// Keys that were read but change nothing here (each said once, with what to do); the
+    /// caller logs them.
+    pub warnings: Vec<String>,
 }
+
+/// The range a subnet manager leases per-node subnets from, computed as Flannel's
+/// `CheckNetworkConfig` computes it (pkg/subnet/config.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetAllocation {
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+}
+
+// ---- a JSON value that keeps object members in document order (Go assigns in that order) ----
+
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    String(String),
+    Array(usize),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn kind(&self) -> &'static str {
+        match self {
+            Json::Null => "null",
+            Json::Bool(_) => "a boolean",
+            Json::Int(_) | Json::Float(_) => "a number",
+            Json::String(_) => "a string",
+            Json::Array(_) => "an array",
+            Json::Object(_) => "an object",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Json;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Json, E> {
+                Ok(Json::Null)
+            }
+            fn visit_none<E>(self) -> Result<Json, E> {
+                Ok(Json::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+                Ok(Json::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+                Ok(Json::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+                Ok(Json::Int(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+                Ok(Json::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+                Ok(Json::String(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Json, E> {
+                Ok(Json::String(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<Json>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Json::Array(n))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+                let mut members = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Json>()? {
+                    members.push((k, v));
+                }
+                Ok(Json::Object(members))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Go's key folding for field matching (`encoding/json` foldName): upper(lower(c)), so that
+/// the Kelvin sign matches `k` and the long s matches `s` as in Go.
+fn fold(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_lowercase)
+        .flat_map(char::to_uppercase)
+        .collect()
+}
+
+/// The members of `obj` assigned to `fields` the way Go's decoder assigns them: exact name
+/// first, else case-insensitive; later members overwrite earlier ones. Keys matching no field
+/// are returned in document order (de-duplicated).
+fn assign<'a>(obj: &'a [(String, Json)], fields: &[&str]) -> (Vec<Option<&'a Json>>, Vec<&'a str>) {
+    let mut values = vec![None; fields.len()];
+    let mut unknown: Vec<&str> = Vec::new();
+    for (k, v) in obj {
+        let i = fields.iter().position(|f| f == k).or_else(|| {
+            let fk = fold(k);
+            fields.iter().position(|f| fold(f) == fk)
+        });
+        match i {
+            Some(i) => values[i] = Some(v),
+            None if !unknown.contains(&k.as_str()) => unknown.push(k),
+            None => {}
+        }
+    }
+    (values, unknown)
+}
+
+/// A Go `bool` field: `null` keeps the default.
+fn get_bool(v: Option<&Json>, name: &'static str) -> Result<Option<bool>, ConfigError> {
+    match v {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(field(
+            name,
+            format!("is {}, not a boolean (true or false)", other.kind()),
+        )),
+    }
+}
+
+/// A Go `int`/`uint` field: `null` keeps the default; fractions, exponents and strings are
+/// refused as Go refuses them.
+fn get_int(v: Option<&Json>, name: &'static str) -> Result<Option<i128>, ConfigError> {
+    match v {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Int(i)) if i64::try_from(*i).is_ok() => Ok(Some(*i)),
+        Some(Json::Int(i)) => Err(field(name, format!("{i} does not fit a 64-bit integer"))),
+        Some(Json::Float(f)) => Err(field(name, format!("{f} is not an integer"))),
+        Some(other) => Err(field(name, format!("is {}, not a number", other.kind()))),
+    }
+}
+
+/// A Flannel `ip.IP4Net`/`ip.IP4` field: its UnmarshalJSON parses the text, so `null` and
+/// numbers are errors.
+fn get_str<'a>(v: Option<&'a Json>, name: &'static str) -> Result<Option<&'a str>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s)),
+        Some(other) => Err(field(name, format!("is {}, not a string", other.kind()))),
+    }
+}
+
+fn parse_ipv4(s: &str, name: &'static str) -> Result<Ipv4Addr, ConfigError> {
+    // Go's net.ParseIP + To4 also takes the IPv4-mapped IPv6 form.
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Ok(a),
+        Ok(IpAddr::V6(a)) => a
+            .to_ipv4_mapped()
+            .ok_or_else(|| field(name, format!("{s:?} is not an IPv4 address"))),
+        Err(e) => Err(field(name, format!("{s:?} is not an IPv4 address: {e}"))),
+    }
+}
+
+fn parse_cidr(s: &str, name: &'static str) -> Result<IpNetwork, ConfigError> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| field(name, format!("{s:?} is not a CIDR (address/prefix)")))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|e| field(name, format!("{s:?} is not a CIDR: {e}")))?;
+    let prefix: u8 = p
+        .parse()
+        .map_err(|e| field(name, format!("{s:?} has a bad prefix length: {e}")))?;
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    };
+    // Go's net.ParseCIDR returns the network, host bits cleared.
+    IpNetwork::new(addr, prefix)
+        .and_then(|n| IpNetwork::new(n.network(), prefix))
+        .map_err(|e| field(name, format!("{s:?} is not a CIDR: {e}")))
+}
+
+const TOP_FIELDS: &[&str] = &[
+    "EnableIPv4",
+    "EnableIPv6",
+    "EnableNFTables",
+    "Network",
+    "IPv6Network",
+    "SubnetMin",
+    "SubnetMax",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "SubnetLen",
+    "IPv6SubnetLen",
+    "Backend",
+];
+
+/// `VXLANConfig`'s json tags (pkg/backend/vxlan/vxlan.go), plus `Type` (parseBackendType in
+/// pkg/subnet/config.go) and the Windows-only keys (vxlan_windows.go) that Linux Flannel ignores.
+const BACKEND_FIELDS: &[&str] = &[
+    "Type",
+    "vni",
+    "port",
+    "mtu",
+    "gbp",
+    "learning",
+    "directRouting",
+    "MacPrefix",
+    "Name",
+];
 
 impl NetConf {
     /// Parses and validates the text of a net-conf.json.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawNetConf =
+        let root: Json =
             serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
-        if raw.enable_ipv4 == Some(false) {
+        let empty = Vec::new();
+        let members = match &root {
+            Json::Object(m) => m,
+            // Go leaves the struct untouched for a top-level null.
+            Json::Null => &empty,
+            other => {
+                return Err(ConfigError::Json(format!(
+                    "the top level is {}, not an object",
+                    other.kind()
+                )))
+            }
+        };
+        let mut warnings = Vec::new();
+        let (v, unknown) = assign(members, TOP_FIELDS);
+        let [enable_ipv4, enable_ipv6, enable_nftables, network, ipv6_network, subnet_min, subnet_max, ipv6_subnet_min, ipv6_subnet_max, subnet_len, ipv6_subnet_len, backend] =
+            v[..]
+        else {
+            unreachable!("one value per field")
+        };
+        for k in unknown {
+            warnings.push(format!(
+                "net-conf.json key {k:?} is unknown to Flannel and overlayd; ignored (check its spelling)"
+            ));
+        }
+
+        // Types first, as Go's Unmarshal fails before anything is used.
+        let enable_ipv4 = get_bool(enable_ipv4, "EnableIPv4")?.unwrap_or(true);
+        let enable_ipv6 = get_bool(enable_ipv6, "EnableIPv6")?.unwrap_or(false);
+        let enable_nftables = get_bool(enable_nftables, "EnableNFTables")?.unwrap_or(false);
+        let network = get_str(network, "Network")?
+            .map(|s| parse_cidr(s, "Network"))
+            .transpose()?;
+        let ipv6_network = get_str(ipv6_network, "IPv6Network")?
+            .map(|s| parse_cidr(s, "IPv6Network"))
+            .transpose()?;
+        let subnet_min = get_str(subnet_min, "SubnetMin")?
+            .map(|s| parse_ipv4(s, "SubnetMin"))
+            .transpose()?
+            .filter(|a| !a.is_unspecified());
+        let subnet_max = get_str(subnet_max, "SubnetMax")?
+            .map(|s| parse_ipv4(s, "SubnetMax"))
+            .transpose()?
+            .filter(|a| !a.is_unspecified());
+        // *ip.IP6 pointers: null is allowed there.
+        for (v, name) in [
+            (ipv6_subnet_min, "IPv6SubnetMin"),
+            (ipv6_subnet_max, "IPv6SubnetMax"),
+        ] {
+            if let Some(s) = get_str(v.filter(|v| **v != Json::Null), name)? {
+                s.parse::<std::net::Ipv6Addr>()
+                    .map_err(|e| field(name, format!("{s:?} is not an IPv6 address: {e}")))?;
+            }
+        }
+        let subnet_len = uint(get_int(subnet_len, "SubnetLen")?, "SubnetLen")?;
+        let ipv6_subnet_len = uint(get_int(ipv6_subnet_len, "IPv6SubnetLen")?, "IPv6SubnetLen")?;
+
+        if !enable_ipv4 {
             return Err(field(
                 "EnableIPv4",
                 "IPv6-only networks are not supported yet; set it to true",
             ));
         }
-        let network = raw.network.ok_or_else(|| {
-            field(
-                "Network",
-                "missing; set it to the cluster pod CIDR, e.g. \"10.244.0.0/16\"",
-            )
-        })?;
-        let network: Ipv4Network = network
-            .parse()
-            .map_err(|e| field("Network", format!("{network:?} is not an IPv4 CIDR: {e}")))?;
+        let network = match network {
+            Some(IpNetwork::V4(n)) => n,
+            Some(IpNetwork::V6(n)) => {
+                return Err(field(
+                    "Network",
+                    format!("{n} is not an IPv4 CIDR (IPv6 goes in IPv6Network)"),
+                ))
+            }
+            None => {
+                return Err(field(
+                    "Network",
+                    "missing; set it to the cluster pod CIDR, e.g. \"10.244.0.0/16\"",
+                ))
+            }
+        };
         // The dataplane forwards IPv4 only so far: accepting IPv6 here and then programming
         // nothing for it would fail silently, so say so instead.
-        if raw.enable_ipv6 {
+        if enable_ipv6 {
             return Err(field(
                 "EnableIPv6",
                 "IPv6 pod networks are not supported yet; set it to false (the cni plugin handles FLANNEL_IPV6_* for later)",
             ));
         }
-        let _ = raw.ipv6_network;
-        let b = raw.backend.unwrap_or(RawBackend {
-            type_: None,
-            vni: None,
-            port: None,
-            mtu: None,
-            direct_routing: false,
-        });
-        match b.type_.as_deref() {
-            None | Some("vxlan") => {}
-            Some(t) => {
-                return Err(field(
-                    "Backend.Type",
-                    format!("{t:?} is not supported: overlayd implements \"vxlan\""),
-                ))
-            }
+        // Flannel reads these only when EnableIPv6 is true.
+        let v6_keys: Vec<&str> = [
+            ("IPv6Network", ipv6_network.is_some()),
+            (
+                "IPv6SubnetMin",
+                ipv6_subnet_min.is_some_and(|v| *v != Json::Null),
+            ),
+            (
+                "IPv6SubnetMax",
+                ipv6_subnet_max.is_some_and(|v| *v != Json::Null),
+            ),
+            ("IPv6SubnetLen", ipv6_subnet_len != 0),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if !v6_keys.is_empty() {
+            warnings.push(format!(
+                "net-conf.json {} ignored while EnableIPv6 is false (as Flannel does)",
+                v6_keys.join(", ")
+            ));
         }
-        let vni = match b.vni {
-            None | Some(0) => DEFAULT_VNI,
-            Some(v) => u32::try_from(v)
-                .ok()
-                .filter(|v| *v <= crate::wire::vxlan::MAX_VNI)
-                .ok_or_else(|| field("Backend.VNI", format!("{v} is out of range 1..=16777215")))?,
-        };
-        let port = match b.port {
-            None | Some(0) => DEFAULT_PORT,
-            Some(p) => u16::try_from(p)
-                .map_err(|_| field("Backend.Port", format!("{p} is out of range 1..=65535")))?,
-        };
-        let mtu = match b.mtu {
-            None | Some(0) => None,
-            Some(m) if (576..=65_000).contains(&m) => Some(u32::try_from(m).unwrap_or(1450)),
-            Some(m) => {
-                return Err(field(
-                    "Backend.MTU",
-                    format!("{m} is out of range 576..=65000 (0 = derive)"),
-                ))
-            }
-        };
-        Ok(NetConf {
+
+        let b = parse_backend(backend, &mut warnings)?;
+        let conf = NetConf {
             network,
-            vni,
-            port,
-            mtu,
+            vni: b.vni,
+            port: b.port,
+            mtu: b.mtu,
             direct_routing: b.direct_routing,
-            enable_nftables: raw.enable_nftables,
-        })
+            enable_nftables,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            warnings: Vec::new(),
+        };
+        if subnet_len != 0 || subnet_min.is_some() || subnet_max.is_some() {
+            // Flannel validates these in CheckNetworkConfig, which only its local (etcd)
+            // manager calls (pkg/subnet/config.go:73-74); with the Kubernetes manager a bad
+            // value changes nothing, so it is a warning here too, with the reason.
+            let verdict = match conf.subnet_allocation() {
+                Ok(a) => format!(
+                    "valid: /{} from {} to {}",
+                    a.subnet_len, a.subnet_min, a.subnet_max
+                ),
+                Err(e) => format!("and invalid for it: {e}"),
+            };
+            warnings.push(format!(
+                "net-conf.json SubnetLen/SubnetMin/SubnetMax are used by the etcd subnet manager only ({verdict}); with --kube-subnet-mgr or --nodes-file each node's podCIDR decides"
+            ));
+        }
+        Ok(NetConf { warnings, ..conf })
     }
 
-    /// The TAP MTU for an underlay of `underlay_mtu`.
+    /// The TAP MTU for an underlay of `underlay_mtu`: `Backend.MTU` (default: the underlay's
+    /// MTU) minus the 50 bytes of VXLAN over IPv4, which is flannel.1's MTU for the same file.
+    /// Flannel: pkg/backend/vxlan/vxlan.go:124 defaults `MTU` to the external interface's
+    /// MTU, device.go:63 creates flannel.1 with `MTU - 50`, and vxlan_network.go:256-257
+    /// writes `FLANNEL_MTU` as the same `MTU - encapOverhead(50)`. An explicit `"MTU": 0`
+    /// makes Flannel leave the device MTU to the kernel (lower device - 50, the same value)
+    /// but write `FLANNEL_MTU=-50`; overlayd uses underlay - 50 for both.
     #[must_use]
     pub fn inner_mtu(&self, underlay_mtu: u32) -> u32 {
         self.mtu
-            .unwrap_or_else(|| underlay_mtu.saturating_sub(VXLAN_OVERHEAD_V4))
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(VXLAN_OVERHEAD_V4)
     }
+
+    /// `SubnetLen`, `SubnetMin` and `SubnetMax` checked and defaulted exactly as Flannel's
+    /// `CheckNetworkConfig` does (pkg/subnet/config.go), for a subnet manager that leases
+    /// subnets itself (the etcd source).
+    pub fn subnet_allocation(&self) -> Result<SubnetAllocation, ConfigError> {
+        let plen = u32::from(self.network.prefix());
+        let len = if self.subnet_len > 0 {
+            if self.subnet_len > 30 {
+                return Err(field("SubnetLen", "must be less than /31"));
+            }
+            if self.subnet_len < plen + 2 {
+                return Err(field(
+                    "SubnetLen",
+                    format!(
+                        "/{} leaves Network {} room for fewer than four subnets; use /{} or longer",
+                        self.subnet_len,
+                        self.network,
+                        plen + 2
+                    ),
+                ));
+            }
+            self.subnet_len
+        } else if plen > 28 {
+            return Err(field(
+                "Network",
+                format!(
+                    "{} is too small: the minimum useful prefix is /28",
+                    self.network
+                ),
+            ));
+        } else if plen <= 22 {
+            24
+        } else {
+            plen + 2
+        };
+        // Flannel computes in ip.IP4 (uint32) arithmetic, wrapping.
+        let size = 1u32 << (32 - len);
+        let net = u32::from(self.network.network());
+        let next = net.wrapping_add(1u32.checked_shl(32 - plen).unwrap_or(0));
+        let contains = |a: Ipv4Addr| self.network.contains(a);
+        let min = match self.subnet_min {
+            None => net.wrapping_add(size),
+            Some(a) if contains(a) => u32::from(a),
+            Some(a) => {
+                return Err(field(
+                    "SubnetMin",
+                    format!("{a} is not in the range of the Network {}", self.network),
+                ))
+            }
+        };
+        let max = match self.subnet_max {
+            None => next.wrapping_sub(size),
+            Some(a) if contains(a) => u32::from(a),
+            Some(a) => {
+                return Err(field(
+                    "SubnetMax",
+                    format!("{a} is not in the range of the Network {}", self.network),
+                ))
+            }
+        };
+        let mask = u32::MAX << (32 - len);
+        if min & mask != min {
+            return Err(field(
+                "SubnetMin",
+                format!(
+                    "{} is not on a SubnetLen (/{len}) boundary",
+                    Ipv4Addr::from(min)
+                ),
+            ));
+        }
+        if max & mask != max {
+            return Err(field(
+                "SubnetMax",
+                format!(
+                    "{} is not on a SubnetLen (/{len}) boundary",
+                    Ipv4Addr::from(max)
+                ),
+            ));
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        Ok(SubnetAllocation {
+            subnet_len: len as u8,
+            subnet_min: Ipv4Addr::from(min),
+            subnet_max: Ipv4Addr::from(max),
+        })
+    }
+}
+
+/// A Go `uint`: negative numbers are decode errors; absent is 0.
+fn uint(v: Option<i128>, name: &'static str) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(0),
+        Some(n) => u32::try_from(n).map_err(|_| field(name, format!("{n} is out of range"))),
+    }
+}
+
+struct Backend {
+    vni: u32,
+    port: u16,
+    mtu: Option<u32>,
+    direct_routing: bool,
+}
+
+fn parse_backend(v: Option<&Json>, warnings: &mut Vec<String>) -> Result<Backend, ConfigError> {
+    let members = match v {
+        // Flannel's parseBackendType: no Backend at all means its "udp" backend.
+        None => {
+            return Err(field(
+                "Backend",
+                "missing, which Flannel runs as its \"udp\" backend; overlayd implements \"vxlan\": add \"Backend\": {\"Type\": \"vxlan\"}",
+            ))
+        }
+        Some(Json::Null) => &[][..],
+        Some(Json::Object(m)) => &m[..],
+        Some(other) => {
+            return Err(field(
+                "Backend",
+                format!("is {}, not an object", other.kind()),
+            ))
+        }
+    };
+    let (v, unknown) = assign(members, BACKEND_FIELDS);
+    let [type_, vni, port, mtu, gbp, learning, direct_routing, mac_prefix, name] = v[..] else {
+        unreachable!("one value per field")
+    };
+    // Go's `Type string`: null keeps "", anything else but a string is an error.
+    let type_ = match type_ {
+        None | Some(Json::Null) => "",
+        Some(Json::String(s)) => s.as_str(),
+        Some(other) => {
+            return Err(field(
+                "Backend.Type",
+                format!("is {}, not a string", other.kind()),
+            ))
+        }
+    };
+    // Flannel lower-cases the type before looking the backend up (pkg/backend/manager.go).
+    match type_.to_lowercase().as_str() {
+        "vxlan" => {}
+        "" => {
+            return Err(field(
+                "Backend.Type",
+                "missing (Flannel fails with \"unknown backend type\"); set it to \"vxlan\"",
+            ))
+        }
+        t => {
+            return Err(field(
+                "Backend.Type",
+                format!("{t:?} is not supported: overlayd implements \"vxlan\""),
+            ))
+        }
+    }
+    let vni = match get_int(vni, "Backend.VNI")? {
+        None => DEFAULT_VNI,
+        // Go keeps an explicit 0: Flannel creates flannel.0 with VNI 0, so does overlayd.
+        Some(v) => u32::try_from(v)
+            .ok()
+            .filter(|v| *v <= crate::wire::vxlan::MAX_VNI)
+            .ok_or_else(|| field("Backend.VNI", format!("{v} is out of range 0..=16777215")))?,
+    };
+    let port = match get_int(port, "Backend.Port")? {
+        // Flannel passes 0 on, and the kernel then uses its default, 8472.
+        None | Some(0) => DEFAULT_PORT,
+        Some(p) => u16::try_from(p)
+            .map_err(|_| field("Backend.Port", format!("{p} is out of range 1..=65535")))?,
+    };
+    let lo = MIN_INNER_MTU + VXLAN_OVERHEAD_V4;
+    let hi = MAX_INNER_MTU + VXLAN_OVERHEAD_V4;
+    let mtu = match get_int(mtu, "Backend.MTU")? {
+        None | Some(0) => None,
+        Some(m) if (i128::from(lo)..=i128::from(hi)).contains(&m) => u32::try_from(m).ok(),
+        Some(m) => {
+            return Err(field(
+                "Backend.MTU",
+                format!(
+                    "{m} is out of range {lo}..={hi} (it is the outer packets' MTU, the device gets 50 less; 0 = the underlay's MTU)"
+                ),
+            ))
+        }
+    };
+    if get_bool(gbp, "Backend.GBP")? == Some(true) {
+        return Err(field(
+            "Backend.GBP",
+            "VXLAN Group Based Policy is not implemented by overlayd (it changes the header on the wire); set it to false",
+        ));
+    }
+    if get_bool(learning, "Backend.Learning")? == Some(true) {
+        warnings.push(
+            "net-conf.json Backend.Learning=true: overlayd never learns MACs from received frames; its forwarding entries come from the node source only (the entries Flannel programs too); ignored".to_string(),
+        );
+    }
+    let direct_routing = get_bool(direct_routing, "Backend.DirectRouting")?.unwrap_or(false);
+    for (v, k) in [(mac_prefix, "MacPrefix"), (name, "Name")] {
+        if v.is_some() {
+            warnings.push(format!(
+                "net-conf.json Backend.{k} is a Windows-only key; Flannel on Linux ignores it, so does overlayd"
+            ));
+        }
+    }
+    for k in unknown {
+        warnings.push(format!(
+            "net-conf.json key Backend.{k:?} is unknown to Flannel's vxlan backend and to overlayd; ignored (check its spelling)"
+        ));
+    }
+    Ok(Backend {
+        vni,
+        port,
+        mtu,
+        direct_routing,
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flannel_default_file() {
-        let c = NetConf::parse(
-            r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#,
-        )
-        .unwrap();
-        assert_eq!((c.vni, c.port, c.mtu), (1, 8472, None));
-        assert_eq!(c.network.to_string(), "10.244.0.0/16");
-        assert_eq!(c.inner_mtu(1500), 1450);
-        assert!(!c.enable_nftables);
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).unwrap();
-        assert!(c.enable_nftables);
-    }
-
-    #[test]
-    fn full_backend() {
-        let c = NetConf::parse(
-            r#"{"Network":"10.244.0.0/16","EnableIPv6":false,"IPv6Network":"fd00::/56",
-                "Backend":{"Type":"vxlan","VNI":4096,"Port":4789,"MTU":1400,"DirectRouting":false}}"#,
-        )
-        .unwrap();
-        assert_eq!((c.vni, c.port, c.mtu), (4096, 4789, Some(1400)));
-        assert_eq!(c.inner_mtu(9000), 1400);
-        assert!(!c.direct_routing);
-        let c = NetConf::parse(
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
-        )
-        .unwrap();
-        assert!(c.direct_routing);
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            ("{", "not valid JSON"),
-            (r#"{"Backend":{"Type":"vxlan"}}"#, "field Network: missing"),
-            (r#"{"Network":"10.244.0.0/33"}"#, "field Network"),
-            (
-                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
-                "Backend.Type: \"host-gw\"",
-            ),
-            (
-                r#"{"Network":"10.244.0.0/16","Backend":{"VNI":16777216}}"#,
-                "Backend.VNI: 16777216",
-            ),
-            (
-                r#"{"Network":"10.244.0.0/16","Backend":{"VNI":-1}}"#,
-                "Backend.VNI",
-            ),
-            (
-                r#"{"Network":"10.244.0.0/16","Backend":{"Port":70000}}"#,
-                "Backend.Port: 70000",
-            ),
-            (
-                r#"{"Network":"10.244.0.0/16","Backend":{"MTU":100}}"#,
-                "Backend.MTU: 100",
-            ),
-            (
-                r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
-                "EnableIPv6: IPv6 pod networks are not supported yet",
-            ),
-            (
-                r#"{"Network":"10.244.0.0/16","Backend":{"VNI":"1"}}"#,
-                "not valid JSON",
-            ),
-        ];
-        for (text, want) in cases {
-            let e = NetConf::parse(text).unwrap_err().to_string();
-            assert!(e.contains(want), "{text}: {e}");
-        }
-    }
-}
+mod tests;

@@ -256,8 +256,9 @@ pub fn net_conf(data: &[u8]) {
         return;
     };
     if let Ok(c) = crate::config::NetConf::parse(text) {
-        assert!(c.vni >= 1 && c.vni <= vxlan::MAX_VNI && c.port >= 1);
+        assert!(c.vni <= vxlan::MAX_VNI && c.port >= 1);
         let _ = c.inner_mtu(1500);
+        let _ = c.subnet_allocation();
     }
 }
 

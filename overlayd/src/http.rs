@@ -88,10 +88,8 @@ impl Health {
 
 /// The daemon's routes; every handler reads `observed` at request time.
 pub fn router(observed: Arc<crate::observe::Observed>) -> Router {
-    let h = observed.health.clone();
-    let h2 = h.clone();
     let registry = Arc::new(crate::metrics::registry(observed.clone()));
-    Router::new()
+    health_router(observed.health.clone())
         .route(
             "/metrics",
             get(move || {
@@ -116,6 +114,13 @@ pub fn router(observed: Arc<crate::observe::Observed>) -> Router {
                 }
             }),
         )
+}
+
+/// `/healthz` and `/readyz` alone: served on `--http-addr` with the rest, and on flanneld's
+/// healthz listener (`--healthz-ip`:`--healthz-port`, Flannel's main.go `mustRunHealthz`).
+pub fn health_router(h: Arc<Health>) -> Router {
+    let h2 = h.clone();
+    Router::new()
         .route(
             "/healthz",
             get(move || {

@@ -5,6 +5,7 @@
 //! queue), `control` (config, node source, reconcile, signals).
 #![deny(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod fdb;

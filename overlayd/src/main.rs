@@ -1,80 +1,29 @@
-//! The overlayd binary: command line (Flannel's flag names where it has one) and logging.
+//! The overlayd binary: flanneld's command line (overlayd::cli), logging, the
+//! `overlayd status` client and `overlayd cleanup`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
+use overlayd::cli::{Command, Config, Mode, NodeName};
 use overlayd::control::SourceKind;
 
+/// `overlayd status`: the running daemon's FDB, counters, queues and drops.
 #[derive(Debug, Parser)]
 #[command(
-    name = "overlayd",
+    name = "overlayd status",
+    bin_name = "overlayd status",
     version,
-    about = "User-space VXLAN overlay, drop-in for Flannel's vxlan backend",
-    after_help = "Inspect a running daemon: overlayd status [--json] [--http-addr ADDR] (see overlayd status --help)\n\
-                  Remove what overlayd left on the node after it stopped: overlayd cleanup (see overlayd cleanup --help)"
+    about = "Print the running overlayd's FDB (peers, VTEPs, counters, last seen), queue modes and drops"
 )]
-struct Cli {
-    /// This node's name in the node source.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
-    /// Read Node objects from the Kubernetes API server.
-    #[arg(long, conflicts_with = "nodes_file")]
-    kube_subnet_mgr: bool,
-    /// kubeconfig for --kube-subnet-mgr (in-cluster config when absent).
-    #[arg(long, requires = "kube_subnet_mgr")]
-    kubeconfig_file: Option<PathBuf>,
-    /// A v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change.
-    #[arg(long, required_unless_present = "kube_subnet_mgr")]
-    nodes_file: Option<PathBuf>,
-    /// Underlay interface (default: the interface of the default route).
+struct StatusCli {
+    /// Print the daemon's /status JSON as it is, for scripts.
     #[arg(long)]
-    iface: Option<String>,
-    /// Underlay IPv4 address VXLAN is sent from (default: the first address of --iface).
-    #[arg(long)]
-    public_ip: Option<Ipv4Addr>,
-    #[arg(long, default_value = "/etc/kube-flannel/net-conf.json")]
-    net_config_path: PathBuf,
-    #[arg(long, default_value = "/run/flannel/subnet.env")]
-    subnet_file: PathBuf,
-    /// TAP device name.
-    #[arg(long, default_value = "ovl.1")]
-    device: String,
-    /// Number of TAP queues and worker threads (default: CPU count).
-    #[arg(long)]
-    queues: Option<usize>,
-    /// Address for /metrics, /healthz, /readyz.
+    json: bool,
+    /// The daemon's --http-addr.
     #[arg(long, default_value = "127.0.0.1:9102")]
     http_addr: SocketAddr,
-    /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
-    #[arg(long)]
-    allow_any_sender: bool,
-    /// Masquerade pod traffic that leaves the cluster Network (Flannel's rules; nftables when
-    /// net-conf EnableNFTables, else iptables). Sets FLANNEL_IPMASQ=true in subnet.env.
-    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
-    ip_masq: bool,
-    /// Masquerade without --random-fully.
-    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
-    ip_masq_fully_random_disable: bool,
-    /// Accept traffic from and to the cluster Network in FORWARD (hosts whose FORWARD policy is
-    /// DROP, as Docker sets it); =false to leave FORWARD alone.
-    #[arg(long, num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
-    iptables_forward_rules: bool,
-    /// Seconds between checks of the masquerade/forward rules besides the 2 s backstop.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    iptables_resync: u64,
-    /// Unix socket where this overlayd hands its dataplane (TAP queues, UDP sockets) to a new
-    /// one started next to it, for upgrades without packet loss; on a hostPath both pods of a
-    /// rolling update see. Default: /run/overlayd/handover-<network namespace inode>.sock,
-    /// so overlayds in different namespaces of one host never meet.
-    #[arg(long)]
-    handover_socket: Option<PathBuf>,
-    /// On SIGTERM, remove the device, its routes and neighbours (what `overlayd cleanup` does)
-    /// instead of leaving them for the next overlayd, which keeps pods' traffic flowing across
-    /// restarts.
-    #[arg(long)]
-    cleanup_on_exit: bool,
 }
 
 /// `overlayd cleanup`: removes what overlayd leaves on the node when it stops.
@@ -98,34 +47,10 @@ struct CleanupCli {
     force: bool,
 }
 
-/// `overlayd status`: the running daemon's FDB, counters, queues and drops.
-#[derive(Debug, Parser)]
-#[command(
-    name = "overlayd status",
-    bin_name = "overlayd status",
-    version,
-    about = "Print the running overlayd's FDB (peers, VTEPs, counters, last seen), queue modes and drops"
-)]
-struct StatusCli {
-    /// Print the daemon's /status JSON as it is, for scripts.
-    #[arg(long)]
-    json: bool,
-    /// The daemon's --http-addr.
-    #[arg(long, default_value = "127.0.0.1:9102")]
-    http_addr: SocketAddr,
-}
-
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // `overlayd status ...` is a client; anything else is the daemon with Flannel's flags.
+    // `overlayd status ...` is a client; anything else is the daemon with flanneld's flags.
     if std::env::args_os().nth(1).is_some_and(|a| a == "status") {
+        init_logging("info");
         let cli = StatusCli::parse_from(std::env::args_os().skip(1));
         if let Err(e) = overlayd::status::run(cli.http_addr, cli.json) {
             eprintln!("overlayd status: error: {e:#}");
@@ -134,6 +59,7 @@ fn main() {
         return;
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
+        init_logging("info");
         let cli = CleanupCli::parse_from(std::env::args_os().skip(1));
         let socket = cli
             .handover_socket
@@ -144,12 +70,48 @@ fn main() {
         }
         return;
     }
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match overlayd::cli::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Help) => {
+            // Go's flag package prints usage to stderr; stdout lets `overlayd --help | less` work.
+            print!("{}", overlayd::cli::usage());
+            std::process::exit(0);
+        }
+        Ok(Command::Version) => {
+            // flanneld prints its version to stderr (main.go main()).
+            eprintln!("{}", env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // Go's flag.ExitOnError: the error, a pointer to the usage, exit status 2.
+            eprintln!("overlayd: {e}\nRun overlayd --help for the flags.");
+            std::process::exit(2);
+        }
+    };
+    init_logging(cfg.log_level());
+    // flanneld logs its parsed flags at start ("CLI flags config"); so does overlayd.
+    tracing::info!("command line: {cfg:?}");
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     drop_privileges();
-    if let Err(e) = run(cli) {
+    if let Err(e) = run(*cfg) {
         eprintln!("overlayd: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `RUST_LOG` when set, else the level `-v` maps to.
+fn init_logging(level: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 /// Keeps CAP_NET_ADMIN only, before any thread exists (see `overlayd::privs`).
@@ -172,40 +134,70 @@ fn drop_privileges() {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let source = match (cli.kube_subnet_mgr, cli.nodes_file) {
-        (true, _) => SourceKind::Kube {
-            kubeconfig: cli.kubeconfig_file,
+fn run(cfg: Config) -> Result<()> {
+    let source = match &cfg.mode {
+        Mode::Kube {
+            kubeconfig,
+            api_url,
+        } => SourceKind::Kube {
+            kubeconfig: kubeconfig.clone(),
+            api_url: api_url.clone(),
         },
-        (false, Some(path)) => SourceKind::NodesFile(path),
-        (false, None) => bail!("pass --nodes-file PATH or --kube-subnet-mgr"),
+        Mode::NodesFile(path) => SourceKind::NodesFile(path.clone()),
     };
-    let queues = cli
+    let queues = cfg
         .queues
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    if queues == 0 || queues > 256 {
-        bail!("--queues {queues} is out of range 1..=256");
+    if matches!(cfg.mode, Mode::Kube { .. }) {
+        fdb_sync::kube::set_annotation_prefix(&cfg.annotation_prefix);
     }
-    let opts = overlayd::control::Options {
-        node_name: cli.node_name,
-        iface: cli.iface,
-        public_ip: cli.public_ip,
-        net_config_path: cli.net_config_path,
-        subnet_file: cli.subnet_file,
-        device: cli.device,
-        queues,
-        allow_any_sender: cli.allow_any_sender,
-        ip_masq: cli.ip_masq,
-        ip_masq_random_fully: !cli.ip_masq_fully_random_disable,
-        iptables_forward_rules: cli.iptables_forward_rules,
-        iptables_resync: std::time::Duration::from_secs(cli.iptables_resync),
-        handover_socket: cli
-            .handover_socket
-            .unwrap_or_else(overlayd::control::default_handover_socket),
-        cleanup_on_exit: cli.cleanup_on_exit,
-    };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(overlayd::control::run(opts, source, cli.http_addr))
+        .block_on(async move {
+            let node_name = match cfg.node_name {
+                NodeName::Given(n) => n,
+                NodeName::FromPod { namespace, name } => {
+                    let SourceKind::Kube {
+                        kubeconfig,
+                        api_url,
+                    } = &source
+                    else {
+                        unreachable!("cli allows POD_NAME only with --kube-subnet-mgr")
+                    };
+                    let client =
+                        fdb_sync::kube::client(kubeconfig.as_deref(), api_url.as_deref()).await?;
+                    let node = fdb_sync::kube::pod_node_name(client, &namespace, &name)
+                        .await
+                        .context("finding the node name")?;
+                    tracing::info!(pod = %format!("{namespace}/{name}"), node = %node, "node name from the pod's spec.nodeName");
+                    node
+                }
+            };
+            let opts = overlayd::control::Options {
+                node_name,
+                iface: cfg.iface,
+                iface_regex: cfg.iface_regex,
+                iface_can_reach: cfg.iface_can_reach,
+                public_ip: cfg.public_ip,
+                net_config_path: cfg.net_config_path,
+                subnet_file: cfg.subnet_file,
+                device: cfg.device,
+                queues,
+                allow_any_sender: cfg.allow_any_sender,
+                ip_masq: cfg.ip_masq,
+                ip_masq_random_fully: cfg.ip_masq_random_fully,
+                iptables_forward_rules: cfg.iptables_forward_rules,
+                iptables_resync: cfg.iptables_resync,
+                subnet_lease_renew_margin: cfg.subnet_lease_renew_margin,
+                set_node_network_unavailable: cfg.set_node_network_unavailable,
+                ip_blackhole_route: cfg.ip_blackhole_route,
+                healthz_addr: cfg.healthz_addr,
+                handover_socket: cfg
+                    .handover_socket
+                    .unwrap_or_else(overlayd::control::default_handover_socket),
+                cleanup_on_exit: cfg.cleanup_on_exit,
+            };
+            overlayd::control::run(opts, source, cfg.http_addr).await
+        })
 }

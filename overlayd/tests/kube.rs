@@ -256,3 +256,201 @@ fn kube_readiness_and_api_server_restart() {
     assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
     assert!(lab.stop(1) && lab.stop(2) && lab.stop(3));
 }
+
+/// overlayd started as kube-flannel.yml starts flanneld (`--ip-masq --kube-subnet-mgr
+/// --healthz-port=8081`, POD_NAME/POD_NAMESPACE instead of NODE_NAME), plus `--iface=<ip>`
+/// and `-ip-masq` in Go's single-dash form, with a net-conf.json in lower-case keys (VNI 4096,
+/// port 4789), against a kernel-vxlan Flannel node on that VNI and port. The fake API server
+/// stands in for kube-apiserver: it serves the pod whose spec.nodeName names the node.
+#[test]
+fn kube_flannel_args_against_kernel_vxlan_on_vni_4096() {
+    use k8s_openapi::api::core::v1::{Pod, PodSpec};
+    let Some(mut lab) = Lab::new("kube_flannel_args_against_kernel_vxlan_on_vni_4096", 2, 1) else {
+        return;
+    };
+    let (server, kc) = fake_server_in_switch(&lab);
+    let net_conf = lab.dir.join("net-conf.json");
+    std::fs::write(
+        &net_conf,
+        r#"{"network":"10.244.0.0/16","enablenftables":false,"backend":{"type":"vxlan","vni":4096,"port":4789}}"#,
+    )
+    .unwrap();
+    // Node 2: Flannel's kernel vxlan (flannel.4096 on 4789), annotated as flanneld does.
+    lab.make_kernel_node_with(2, 4096, 4789);
+    let mut kernel = lab_node(2);
+    kernel.metadata.annotations = Some(
+        [
+            (ANN_BACKEND_TYPE, "vxlan"),
+            (
+                ANN_BACKEND_DATA,
+                r#"{"VNI":4096,"VtepMAC":"02:00:00:00:00:02"}"#,
+            ),
+            (ANN_PUBLIC_IP, "198.18.0.2"),
+            ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    server.apply(&kernel);
+    server.apply(&lab_node(1));
+    server.apply_pod(&Pod {
+        metadata: ObjectMeta {
+            name: Some("kube-flannel-ds-x7k2p".into()),
+            namespace: Some("kube-flannel".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("node1".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+
+    let subnet_file = lab.subnet_file(1);
+    let args: Vec<std::ffi::OsString> = vec![
+        // kube-flannel.yml's args, in its order.
+        "--ip-masq".into(),
+        "--kube-subnet-mgr".into(),
+        "--healthz-port=8081".into(),
+        // What this lab needs on top: the underlay by address, Go's single-dash form, the
+        // kubeconfig (no in-cluster service account here) and the lab's file paths.
+        "--iface=198.18.0.1".into(),
+        "-ip-masq".into(),
+        "-kubeconfig-file".into(),
+        kc.clone().into(),
+        format!("--net-config-path={}", net_conf.display()).into(),
+        "-subnet-file".into(),
+        subnet_file.clone().into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
+    lab.spawn_exact(
+        1,
+        &args,
+        &[
+            ("POD_NAME", "kube-flannel-ds-x7k2p"),
+            ("POD_NAMESPACE", "kube-flannel"),
+            ("EVENT_QUEUE_DEPTH", "5000"),
+            ("CONT_WHEN_CACHE_NOT_READY", "false"),
+        ],
+    );
+    lab.wait_ready(1);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r == "GET /api/v1/namespaces/kube-flannel/pods/kube-flannel-ds-x7k2p"),
+        "{:?}",
+        server.requests()
+    );
+    // It runs as node1 (from the pod) and publishes VNI 4096.
+    assert!(
+        wait_until(Duration::from_secs(10), || annotated(&server, 1)),
+        "{}",
+        lab.log(1)
+    );
+    let ann = server.node("node1").unwrap().metadata.annotations.unwrap();
+    assert!(ann[ANN_BACKEND_DATA].contains(r#""VNI":4096"#), "{ann:?}");
+    assert_eq!(ann[ANN_PUBLIC_IP], "198.18.0.1");
+    // The device MTU and FLANNEL_MTU are what Flannel gives flannel.4096 on this underlay.
+    let env = std::fs::read_to_string(&subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1450"), "{env}");
+    assert!(sh_ok(&["ip", "-n", &lab.node(1), "link", "show", "ovl.1"]).contains("mtu 1450"));
+
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping_within(&p2, &Lab::pod_ip(1, 1), Duration::from_secs(5)));
+    let to_kernel = lab.iperf(&p1, &p2, &Lab::pod_ip(2, 1), 2, &[]);
+    let from_kernel = lab.iperf(&p2, &p1, &Lab::pod_ip(1, 1), 2, &[]);
+    assert!(
+        to_kernel > 1e6 && from_kernel > 1e6,
+        "to {to_kernel} from {from_kernel}"
+    );
+    eprintln!(
+        "VNI 4096/4789: overlayd->kernel {:.2} Gbit/s, kernel->overlayd {:.2} Gbit/s",
+        to_kernel / 1e9,
+        from_kernel / 1e9
+    );
+
+    // flanneld's healthz server: /healthz on --healthz-ip (0.0.0.0) : --healthz-port, from
+    // another host on the underlay, and /readyz for kube-flannel.yml's readiness probe.
+    let curl = |path: &str| {
+        let out = lab.exec(
+            &lab.node(2),
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://198.18.0.1:8081{path}"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let healthz = curl("/healthz");
+    assert!(
+        healthz.ends_with("\n200") && healthz.contains("running"),
+        "{healthz:?}"
+    );
+    let readyz = curl("/readyz");
+    assert!(readyz.ends_with("\n200"), "{readyz:?}");
+    assert!(curl("/metrics").ends_with("\n404"));
+    // --http-addr keeps serving too.
+    assert_eq!(lab.http_status(1, "/healthz"), 200);
+    assert!(lab.stop(1), "{}", lab.log(1));
+}
+
+/// `--kube-annotation-prefix`: nodes publish and read Flannel's annotations under the prefix
+/// (Flannel's rule: no '/' in it, so "/" is appended), and nothing under the default one.
+#[test]
+fn kube_annotation_prefix_is_read_and_written() {
+    let Some(mut lab) = Lab::new("kube_annotation_prefix_is_read_and_written", 2, 1) else {
+        return;
+    };
+    let (server, kc) = fake_server_in_switch(&lab);
+    server.apply(&lab_node(1));
+    server.apply(&lab_node(2));
+    let extra = ["-kube-annotation-prefix", "overlay.example.com"];
+    lab.start_kube(1, &kc, &extra);
+    lab.start_kube(2, &kc, &extra);
+    let published = |i: usize| {
+        server
+            .node(&format!("node{i}"))
+            .and_then(|n| n.metadata.annotations)
+            .is_some_and(|a| {
+                a.get("overlay.example.com/backend-type")
+                    .is_some_and(|v| v == "vxlan")
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || published(1) && published(2)),
+        "{}",
+        lab.log(1)
+    );
+    let ann = server.node("node1").unwrap().metadata.annotations.unwrap();
+    assert_eq!(
+        ann["overlay.example.com/backend-data"],
+        r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}"#
+    );
+    assert_eq!(ann["overlay.example.com/public-ip"], "198.18.0.1");
+    assert!(
+        !ann.keys()
+            .any(|k| k.starts_with("flannel.alpha.coreos.com/")),
+        "{ann:?}"
+    );
+    // Each became the other's peer by reading the prefixed annotations.
+    let (p1, p2) = (lab.pod(1, 1), lab.pod(2, 1));
+    assert!(
+        lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    assert!(lab.stop(1) && lab.stop(2));
+}

@@ -138,6 +138,12 @@ fn daemonset_matches_what_overlayd_and_the_cni_plugin_expect() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
+    // And the whole argument list parses as the daemon's command line.
+    let parsed = overlayd::cli::parse(args, &|k| (k == "NODE_NAME").then(|| "n".to_string()));
+    assert!(
+        matches!(parsed, Ok(overlayd::cli::Command::Run(_))),
+        "{args:?}: {parsed:?}"
+    );
     for a in args {
         let flag = a.split('=').next().unwrap();
         assert!(

@@ -447,3 +447,119 @@ fn offloaded_segments_on_the_wire_are_valid() {
         "no UDP GSO burst seen: the offload path is not in use"
     );
 }
+
+/// flanneld's underlay selection: `--iface-can-reach` takes the interface and source address
+/// `ip route get` gives, `--iface-regex` is tried after every `--iface` missed (matching an
+/// address), `--iface` takes a name, and when nothing matches overlayd exits naming what it
+/// tried.
+#[test]
+fn underlay_selection_flags() {
+    let Some(mut lab) = Lab::new("underlay_selection_flags", 1, 0) else {
+        return;
+    };
+    let n1 = lab.node(1);
+    // A second interface (a veth pair inside the node: no dummy module needed).
+    sh_ok(&[
+        "ip", "-n", &n1, "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p",
+    ]);
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "addr",
+        "add",
+        "192.0.2.1/24",
+        "dev",
+        "dummy0",
+    ]);
+    sh_ok(&["ip", "-n", &n1, "link", "set", "dummy0p", "up"]);
+    sh_ok(&["ip", "-n", &n1, "link", "set", "dummy0", "up"]);
+    let underlay_line = |lab: &Lab| {
+        lab.log(1)
+            .lines()
+            .find(|l| l.contains(" underlay ") || l.ends_with(" underlay"))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--iface-can-reach=192.0.2.7"],
+            "iface=dummy0 ip=192.0.2.1",
+        ),
+        (
+            &[
+                "--iface=nope",
+                "--iface",
+                "203.0.113.9",
+                "-iface-regex",
+                "^192\\.0\\.2\\.",
+            ],
+            "iface=dummy0 ip=192.0.2.1",
+        ),
+        (
+            &["-iface", "eth0", "--iface-can-reach=192.0.2.7"],
+            "iface=eth0 ip=198.18.0.1",
+        ),
+    ];
+    for (args, want) in cases {
+        lab.start_with(1, args);
+        let line = underlay_line(&lab);
+        assert!(line.contains(want), "{args:?}: {line}\n{}", lab.log(1));
+        assert!(lab.stop(1), "{}", lab.log(1));
+    }
+    // Nothing matches: exit 1 with every miss named.
+    let nodes_file = lab.nodes_file();
+    lab.spawn(
+        1,
+        &["--nodes-file".as_ref(), nodes_file.as_os_str()],
+        &["--iface=nope", "--iface-regex=^wlan"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !lab.is_running(1)),
+        "{}",
+        lab.log(1)
+    );
+    assert!(!lab.stop(1));
+    let log = lab.log(1);
+    assert!(
+        log.contains("--iface nope: no such interface")
+            && log.contains("--iface-regex ^wlan: matches no interface")
+            && log.contains("dummy0:[192.0.2.1]"),
+        "{log}"
+    );
+}
+
+/// `--ip-blackhole-route`: a blackhole route for the node's podCIDR, put back within the
+/// `--iptables-resync` period when someone deletes it, as flanneld does.
+#[test]
+fn blackhole_route_for_own_pod_cidr() {
+    let Some(mut lab) = Lab::new("blackhole_route_for_own_pod_cidr", 1, 0) else {
+        return;
+    };
+    lab.start_with(1, &["-ip-blackhole-route", "--iptables-resync=1"]);
+    let n1 = lab.node(1);
+    let blackholes = || sh_ok(&["ip", "-n", &n1, "route", "show", "type", "blackhole"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || blackholes()
+            .contains("blackhole 10.244.1.0/24")),
+        "{}\n{}",
+        blackholes(),
+        lab.log(1)
+    );
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "del",
+        "blackhole",
+        "10.244.1.0/24",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || blackholes()
+            .contains("blackhole 10.244.1.0/24")),
+        "not restored: {}",
+        lab.log(1)
+    );
+    assert!(lab.stop(1), "{}", lab.log(1));
+}

@@ -9,12 +9,14 @@
 //! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
 //! device, sockets and workers created again, peers' counters kept).
 
+mod blackhole;
 pub mod cleanup;
 mod direct;
 mod handover;
 mod reconcile;
 pub mod source;
 mod supervise;
+pub mod underlay;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,12 +45,18 @@ use direct::DirectRouting;
 use reconcile::reconcile_kernel;
 use source::SourceUpdate;
 use supervise::Workers;
+use underlay::{find_underlay, Underlay};
 
 /// Everything the command line decides.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub node_name: String,
-    pub iface: Option<String>,
+    /// `--iface`: names or addresses, the first that exists wins (see [`underlay`]).
+    pub iface: Vec<String>,
+    /// `--iface-regex`, checked after `iface`.
+    pub iface_regex: Vec<String>,
+    /// `--iface-can-reach`: the interface `ip route get` uses for it.
+    pub iface_can_reach: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
     pub net_config_path: PathBuf,
     pub subnet_file: PathBuf,
@@ -68,6 +76,15 @@ pub struct Options {
     /// On SIGTERM remove the device, routes and neighbours (as `overlayd cleanup` does)
     /// instead of leaving them for the next overlayd.
     pub cleanup_on_exit: bool,
+    /// `--subnet-lease-renew-margin`, for the etcd source.
+    pub subnet_lease_renew_margin: Duration,
+    /// `--ip-blackhole-route`.
+    pub ip_blackhole_route: bool,
+    /// `--set-node-network-unavailable`.
+    pub set_node_network_unavailable: bool,
+    /// `--healthz-ip`:`--healthz-port`: a second listener serving `/healthz` (and `/readyz`)
+    /// as flanneld's healthz server does; `None` when the port is 0.
+    pub healthz_addr: Option<SocketAddr>,
 }
 
 /// `--handover-socket`'s default: `/run/overlayd/handover-<inode of this network
@@ -78,51 +95,6 @@ pub fn default_handover_socket() -> PathBuf {
     use std::os::unix::fs::MetadataExt;
     let ns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
     PathBuf::from(format!("/run/overlayd/handover-{ns}.sock"))
-}
-
-/// The underlay: where VXLAN leaves and arrives.
-#[derive(Debug, Clone)]
-struct Underlay {
-    iface: String,
-    ip: Ipv4Addr,
-    mtu: u32,
-}
-
-async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
-    let index = match (&opts.iface, opts.public_ip) {
-        (Some(name), _) => {
-            nl.link_by_name(name)
-                .await?
-                .with_context(|| format!("--iface {name}: no such interface"))?
-                .index
-        }
-        (None, Some(ip)) => nl
-            .link_with_address(ip)
-            .await?
-            .with_context(|| format!("--public-ip {ip} is not assigned to any interface here: pass --iface too"))?,
-        (None, None) => nl
-            .default_route_link()
-            .await?
-            .context("no IPv4 default route to pick the underlay interface from: pass --iface or --public-ip")?,
-    };
-    let link = nl
-        .link_by_index(index)
-        .await?
-        .with_context(|| format!("underlay interface #{index} vanished"))?;
-    let ip = match opts.public_ip {
-        Some(ip) => ip,
-        None => *nl.ipv4_addresses(index).await?.first().with_context(|| {
-            format!(
-                "interface {} has no IPv4 address: pass --public-ip",
-                link.name
-            )
-        })?,
-    };
-    Ok(Underlay {
-        iface: link.name,
-        ip,
-        mtu: link.mtu,
-    })
 }
 
 /// Logs the peer set; a skipped node is reported once per reason, not on every change
@@ -190,6 +162,8 @@ pub enum SourceKind {
     /// The Kubernetes API server (`--kube-subnet-mgr`); in-cluster config when no kubeconfig.
     Kube {
         kubeconfig: Option<PathBuf>,
+        /// `--kube-api-url`: replaces the cluster URL.
+        api_url: Option<String>,
     },
 }
 
@@ -209,8 +183,11 @@ async fn spawn_source(
                 tx,
             ));
         }
-        SourceKind::Kube { kubeconfig } => {
-            let client = fdb_sync::kube::client(kubeconfig.as_deref()).await?;
+        SourceKind::Kube {
+            kubeconfig,
+            api_url,
+        } => {
+            let client = fdb_sync::kube::client(kubeconfig.as_deref(), api_url.as_deref()).await?;
             tokio::spawn(fdb_sync::kube::run(
                 client,
                 node_name.to_string(),
@@ -446,6 +423,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     })?;
     let netconf =
         NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
+    for w in &netconf.warnings {
+        warn!(path = %opts.net_config_path.display(), "{w}");
+    }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -456,6 +436,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let observed = Arc::new(Observed::new(health.clone()));
     let http_server =
         http::serve(http_addr, http::router(observed.clone())).context("--http-addr")?;
+    let _healthz = match opts.healthz_addr {
+        Some(addr) => Some(
+            http::serve(addr, http::health_router(health.clone()))
+                .context("--healthz-ip/--healthz-port (0 disables it)")?,
+        ),
+        None => None,
+    };
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
@@ -479,12 +466,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
     if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
         bail!(
-            "net-conf Backend.MTU {mtu} does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
-             and outer packets are never fragmented; set Backend.MTU to at most {} (or 0 to derive it)",
+            "net-conf Backend.MTU {} (device MTU {mtu}) does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
+             and outer packets are never fragmented; set Backend.MTU to at most {} (or 0 for the underlay's MTU)",
+            mtu + crate::config::VXLAN_OVERHEAD_V4,
             underlay.iface,
             underlay.mtu,
             crate::config::VXLAN_OVERHEAD_V4,
-            underlay.mtu.saturating_sub(crate::config::VXLAN_OVERHEAD_V4)
+            underlay.mtu
         );
     }
     if let Some(listed) = state.own.public_ip.filter(|ip| *ip != underlay.ip) {
@@ -531,6 +519,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             None
         }
     };
+    let _blackhole = opts
+        .ip_blackhole_route
+        .then(|| tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
     reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await?;

@@ -336,6 +336,46 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Every link, in index order (as Go's net.Interfaces lists them).
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump links"))? {
+            out.push(Link::from_message(&m));
+        }
+        out.sort_by_key(|l| l.index);
+        Ok(out)
+    }
+
+    /// `ip route get <dst>`: the output interface and preferred source the kernel would use,
+    /// `None` when it has no route (ENETUNREACH, EHOSTUNREACH).
+    pub async fn route_get(
+        &self,
+        dst: Ipv4Addr,
+    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut s = self.handle.route().get(msg).execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let mut oif = None;
+                let mut src = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                        _ => {}
+                    }
+                }
+                Ok(oif.map(|i| (i, src)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if matches!(errno(&e), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
+            Err(e) => Err(req(format!("route get {dst}"))(e)),
+        }
+    }
+
     /// The output interface of the IPv4 default route in the main table.
     pub async fn default_route_link(&self) -> Result<Option<u32>, NetlinkError> {
         let mut s = self
@@ -419,6 +459,21 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("replace route {} via {}", r.dst, r.gateway)))
+    }
+
+    /// `ip route add blackhole <dst>` in the main table, as Flannel's AddBlackholeV4Route.
+    /// `Ok(false)` when a route for `dst` is already there (the blackhole itself, or e.g. a
+    /// bridge's connected route, which then keeps carrying the traffic).
+    pub async fn add_blackhole_route(&self, dst: Ipv4Network) -> Result<bool, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .kind(netlink_packet_route::route::RouteType::BlackHole)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(req(format!("add blackhole route {dst}"))(e)),
+        }
     }
 
     /// Removes a route; absent is fine.

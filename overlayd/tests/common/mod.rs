@@ -207,6 +207,22 @@ impl Lab {
         self.wire(i);
     }
 
+    /// As [`Lab::make_kernel_node`] with Flannel's device `flannel.<vni>` on UDP `port`.
+    pub fn make_kernel_node_with(&mut self, i: usize, vni: u32, port: u16) {
+        sh_ok(&[
+            "bash",
+            SCRIPT,
+            "kernel-node",
+            &self.prefix,
+            &i.to_string(),
+            &self.nodes.to_string(),
+            self.dir.to_str().unwrap(),
+            &vni.to_string(),
+            &port.to_string(),
+        ]);
+        self.wire(i);
+    }
+
     /// Wires node `i`'s pods with the overlayd-cni plugin once its subnet.env exists.
     pub fn wire(&mut self, i: usize) {
         if self.wired[i] || self.pods == 0 {
@@ -352,6 +368,27 @@ impl Lab {
             .spawn()
             .expect("spawn overlayd");
         self.daemons[i] = Some(child);
+    }
+
+    /// Starts overlayd on node `i` with exactly `args` (nothing added: no node name, paths or
+    /// queues) and the environment variables `env`; stderr goes to the node's log. Does not
+    /// wait.
+    pub fn spawn_exact(&mut self, i: usize, args: &[&std::ffi::OsStr], env: &[(&str, &str)]) {
+        assert!(
+            self.daemons[i].is_none(),
+            "overlayd already running on node {i}"
+        );
+        let log = std::fs::File::create(self.log_file(i)).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node(i), OVERLAYD])
+            .args(args)
+            .env_remove("NODE_NAME")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.daemons[i] = Some(cmd.spawn().expect("spawn overlayd"));
     }
 
     /// Waits until overlayd on node `i` logged that it is ready.

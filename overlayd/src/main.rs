@@ -49,6 +49,10 @@ struct Cli {
     /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
     #[arg(long)]
     allow_any_sender: bool,
+    /// Set the Node's NetworkUnavailable condition to false once routes are programmed
+    /// (flanneld's flag; --kube-subnet-mgr only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    set_node_network_unavailable: bool,
 }
 
 /// `overlayd status`: the running daemon's FDB, counters, queues and drops.
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         queues,
         allow_any_sender: cli.allow_any_sender,
+        set_node_network_unavailable: cli.set_node_network_unavailable,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

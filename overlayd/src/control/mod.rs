@@ -49,6 +49,9 @@ pub struct Options {
     pub device: String,
     pub queues: usize,
     pub allow_any_sender: bool,
+    /// flanneld's `--set-node-network-unavailable`: set the Node's NetworkUnavailable
+    /// condition to false once the routes are programmed (Kubernetes source only).
+    pub set_node_network_unavailable: bool,
 }
 
 /// The underlay: where VXLAN leaves and arrives.
@@ -409,6 +412,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         vtep_mac: own_mac,
         public_ip: underlay.ip,
         vni: netconf.vni,
+        set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
     observed.set_own(OwnNode {
         node: opts.node_name.clone(),

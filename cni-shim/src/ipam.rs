@@ -341,8 +341,14 @@ impl Locked<'_> {
     }
 
     /// Frees whatever (id, ifname) holds; returns what was freed (empty when nothing).
+    /// As host-local does, an allocation written by an older host-local (the container ID
+    /// alone, no ifname) is released by its container ID when nothing matches both: a pod
+    /// created under Flannel's delegate keeps working and is freed after a migration.
     pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
-        let ips = self.find(id, ifname)?;
+        let mut ips = self.find(id, ifname)?;
+        if ips.is_empty() {
+            ips = self.find(id, "")?;
+        }
         for ip in &ips {
             self.free(*ip)?;
         }
@@ -486,6 +492,29 @@ mod tests {
         assert_eq!(l.allocations().unwrap().len(), 1);
         drop(l);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A directory host-local filled for Flannel's `cbr0` (one file in today's format, one as
+    /// older host-local wrote it, and its last_reserved_ip.0): new allocations skip both and
+    /// continue after the last reserved address; DEL releases both.
+    #[test]
+    fn host_local_allocations_are_honoured_and_released() {
+        let dir = tempdir("hostlocal");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("10.0.0.2"), "old1\r\neth0").unwrap();
+        fs::write(dir.join("10.0.0.4"), "old2").unwrap();
+        fs::write(dir.join(LAST_RESERVED_FILE), "10.0.0.4").unwrap();
+        let store = Store::new(dir.clone());
+        let p = pool("10.0.0.0/29", "10.0.0.1");
+        let l = store.lock(true).unwrap().unwrap();
+        assert_eq!(l.allocate(&p, "new1", "eth0", None, 0).unwrap(), v4("10.0.0.5"));
+        assert_eq!(l.allocate(&p, "new2", "eth0", None, 0).unwrap(), v4("10.0.0.6"));
+        assert_eq!(l.allocate(&p, "new3", "eth0", None, 0).unwrap(), v4("10.0.0.3"));
+        assert_eq!(l.release("old2", "eth0").unwrap(), vec![v4("10.0.0.4")]);
+        assert_eq!(l.release("old1", "eth0").unwrap(), vec![v4("10.0.0.2")]);
+        assert!(!dir.join("10.0.0.4").exists() && !dir.join("10.0.0.2").exists());
+        drop(l);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

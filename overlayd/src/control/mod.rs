@@ -9,6 +9,7 @@
 //! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
 //! device, sockets and workers created again, peers' counters kept).
 
+pub mod flannel_leftovers;
 mod reconcile;
 pub mod source;
 
@@ -369,6 +370,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     }
 
     let nl = Netlink::connect()?;
+    // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
+    flannel_leftovers::take_over(&nl, netconf.vni).await?;
     let underlay = find_underlay(&nl, &opts).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod netlink;
+pub mod process;
 pub mod tap;
 pub mod udp;
 

@@ -172,6 +172,24 @@ impl Lab {
         self.wire(i);
     }
 
+    /// Programs node `i` as a whole Flannel node (cluster.sh flannel-node): kernel vxlan
+    /// `flannel.1`, flanneld's masquerade chains and nftables tables, and its pods wired by
+    /// Flannel's delegate (reference bridge + host-local, network `cbr0`, IPAM in
+    /// `dir/ipam<i>/cbr0`).
+    pub fn make_flannel_node(&mut self, i: usize) {
+        sh_ok(&[
+            "bash",
+            SCRIPT,
+            "flannel-node",
+            &self.prefix,
+            &i.to_string(),
+            &self.nodes.to_string(),
+            self.dir.to_str().unwrap(),
+            &self.pods.to_string(),
+        ]);
+        self.wired[i] = true;
+    }
+
     /// Wires node `i`'s pods with the overlayd-cni plugin once its subnet.env exists.
     pub fn wire(&mut self, i: usize) {
         if self.wired[i] || self.pods == 0 {

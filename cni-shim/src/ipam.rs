@@ -507,9 +507,18 @@ mod tests {
         let store = Store::new(dir.clone());
         let p = pool("10.0.0.0/29", "10.0.0.1");
         let l = store.lock(true).unwrap().unwrap();
-        assert_eq!(l.allocate(&p, "new1", "eth0", None, 0).unwrap(), v4("10.0.0.5"));
-        assert_eq!(l.allocate(&p, "new2", "eth0", None, 0).unwrap(), v4("10.0.0.6"));
-        assert_eq!(l.allocate(&p, "new3", "eth0", None, 0).unwrap(), v4("10.0.0.3"));
+        assert_eq!(
+            l.allocate(&p, "new1", "eth0", None, 0).unwrap(),
+            v4("10.0.0.5")
+        );
+        assert_eq!(
+            l.allocate(&p, "new2", "eth0", None, 0).unwrap(),
+            v4("10.0.0.6")
+        );
+        assert_eq!(
+            l.allocate(&p, "new3", "eth0", None, 0).unwrap(),
+            v4("10.0.0.3")
+        );
         assert_eq!(l.release("old2", "eth0").unwrap(), vec![v4("10.0.0.4")]);
         assert_eq!(l.release("old1", "eth0").unwrap(), vec![v4("10.0.0.2")]);
         assert!(!dir.join("10.0.0.4").exists() && !dir.join("10.0.0.2").exists());

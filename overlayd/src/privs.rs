@@ -42,7 +42,9 @@ pub enum PrivError {
         set: CapSet,
         source: caps::errors::CapsError,
     },
-    #[error("cannot drop {cap} from the bounding set although this process holds CAP_SETPCAP: {source}")]
+    #[error(
+        "cannot drop {cap} from the bounding set although this process holds CAP_SETPCAP: {source}"
+    )]
     Bounding {
         cap: Capability,
         source: caps::errors::CapsError,
@@ -73,7 +75,8 @@ fn names(set: &CapsHashSet) -> String {
 /// spawning any). Any failure is an error: the caller must exit.
 pub fn drop_to_minimum() -> Result<Outcome, PrivError> {
     crate::sys::process::set_no_new_privs().map_err(PrivError::NoNewPrivs)?;
-    let read = |set: CapSet| caps::read(None, set).map_err(|source| PrivError::Read { set, source });
+    let read =
+        |set: CapSet| caps::read(None, set).map_err(|source| PrivError::Read { set, source });
     let permitted = read(CapSet::Permitted)?;
     let keep: CapsHashSet = KEPT
         .iter()

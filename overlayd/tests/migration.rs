@@ -73,9 +73,16 @@ fn takes_over_a_flannel_node_keeping_pod_addresses() {
     let links = sh_ok(&["ip", "-n", &n1, "link", "show"]);
     assert!(!links.contains("flannel.1"), "{links}");
     for tool in ["iptables-nft", "iptables-legacy"] {
-        assert!(!has_chain(&lab, 1, tool, "nat", "FLANNEL-POSTRTG"), "{tool}");
+        assert!(
+            !has_chain(&lab, 1, tool, "nat", "FLANNEL-POSTRTG"),
+            "{tool}"
+        );
         assert!(!has_chain(&lab, 1, tool, "filter", "FLANNEL-FWD"), "{tool}");
-        let (_, post) = ns_run(&lab, 1, &[tool, "-w", "5", "-t", "nat", "-S", "POSTROUTING"]);
+        let (_, post) = ns_run(
+            &lab,
+            1,
+            &[tool, "-w", "5", "-t", "nat", "-S", "POSTROUTING"],
+        );
         assert!(!post.contains("FLANNEL"), "{tool}: {post}");
     }
     let (_, tables) = ns_run(&lab, 1, &["nft", "list", "tables"]);
@@ -179,9 +186,25 @@ fn node_without_flannel_leftovers_is_left_as_it_is() {
     for args in [
         &["iptables-nft", "-w", "5", "-t", "nat", "-N", "KUBE-TEST"][..],
         &[
-            "iptables-nft", "-w", "5", "-t", "nat", "-A", "POSTROUTING", "-j", "KUBE-TEST",
+            "iptables-nft",
+            "-w",
+            "5",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-j",
+            "KUBE-TEST",
         ],
-        &["iptables-legacy", "-w", "5", "-t", "filter", "-N", "FLANNEL-OTHER"],
+        &[
+            "iptables-legacy",
+            "-w",
+            "5",
+            "-t",
+            "filter",
+            "-N",
+            "FLANNEL-OTHER",
+        ],
         &["nft", "add", "table", "ip", "flannel-other"],
     ] {
         let (ok, out) = ns_run(&lab, 1, args);
@@ -194,7 +217,13 @@ fn node_without_flannel_leftovers_is_left_as_it_is() {
     assert!(has_chain(&lab, 1, "iptables-nft", "nat", "KUBE-TEST"));
     let (_, post) = ns_run(&lab, 1, &["iptables-nft", "-t", "nat", "-S", "POSTROUTING"]);
     assert!(post.contains("-j KUBE-TEST"), "{post}");
-    assert!(has_chain(&lab, 1, "iptables-legacy", "filter", "FLANNEL-OTHER"));
+    assert!(has_chain(
+        &lab,
+        1,
+        "iptables-legacy",
+        "filter",
+        "FLANNEL-OTHER"
+    ));
     let (_, tables) = ns_run(&lab, 1, &["nft", "list", "tables"]);
     assert!(tables.contains("table ip flannel-other"), "{tables}");
     assert!(lab.stop(1));
@@ -208,7 +237,16 @@ fn refuses_a_flannel_named_device_that_is_not_vxlan() {
         return;
     };
     let n1 = lab.node(1);
-    sh_ok(&["ip", "-n", &n1, "link", "add", "flannel.1", "type", "bridge"]);
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n1,
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "bridge",
+    ]);
     let nodes_file = lab.nodes_file();
     lab.spawn(1, &["--nodes-file".as_ref(), nodes_file.as_os_str()], &[]);
     assert!(

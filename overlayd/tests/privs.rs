@@ -58,7 +58,9 @@ fn capability_drop_failure_exits_nonzero_with_message() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("overlayd: error: cannot drop capabilities: cannot set the")
-            && stderr.contains("refusing to run with more privileges than CAP_NET_ADMIN and CAP_NET_RAW"),
+            && stderr.contains(
+                "refusing to run with more privileges than CAP_NET_ADMIN and CAP_NET_RAW"
+            ),
         "{stderr}"
     );
     // It stopped there: it never got to reading its configuration.

@@ -49,13 +49,19 @@ const IPTABLES_TOOLS: &[&str] = &[
 /// The names of Flannel's VXLAN devices for `vni` (`flannel.<vni>`, `flannel-v6.<vni>`).
 #[must_use]
 pub fn vxlan_device_names(vni: u32) -> Vec<String> {
-    DEVICE_PREFIXES.iter().map(|p| format!("{p}{vni}")).collect()
+    DEVICE_PREFIXES
+        .iter()
+        .map(|p| format!("{p}{vni}"))
+        .collect()
 }
 
 /// One thing of Flannel's found on the node, and how a person removes it by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leftover {
-    Device { name: String, index: u32 },
+    Device {
+        name: String,
+        index: u32,
+    },
     IptablesChain {
         tool: String,
         table: &'static str,
@@ -63,7 +69,10 @@ pub enum Leftover {
         /// The jump rules into the chain, as `-S` prints them (`-A POSTROUTING ... -j CHAIN`).
         jumps: Vec<Vec<String>>,
     },
-    NftTable { family: &'static str, table: &'static str },
+    NftTable {
+        family: &'static str,
+        table: &'static str,
+    },
 }
 
 impl Leftover {
@@ -93,7 +102,8 @@ impl Leftover {
                 let mut cmds: Vec<String> = jumps
                     .iter()
                     .map(|j| {
-                        let spec: Vec<String> = delete_args(j).iter().map(|a| shell_quote(a)).collect();
+                        let spec: Vec<String> =
+                            delete_args(j).iter().map(|a| shell_quote(a)).collect();
                         format!("{tool} -t {table} {}", spec.join(" "))
                     })
                     .collect();
@@ -108,8 +118,7 @@ impl Leftover {
 
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./:!".contains(&b))
     {
         s.to_string()
@@ -163,7 +172,10 @@ pub fn jumps_to(listing: &str, chain: &str) -> Vec<Vec<String>> {
         .lines()
         .map(split_rule)
         .filter(|a| a.first().is_some_and(|x| x == "-A"))
-        .filter(|a| a.windows(2).any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain))
+        .filter(|a| {
+            a.windows(2)
+                .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == chain)
+        })
         .collect()
 }
 
@@ -251,7 +263,9 @@ pub async fn find(nl: &Netlink, vni: u32) -> Result<Vec<Leftover>> {
                 }
             }
             let jumps = match run(tool, &["-w", "5", "-t", table, "-S", from]) {
-                Some(o) if o.status.success() => jumps_to(&String::from_utf8_lossy(&o.stdout), chain),
+                Some(o) if o.status.success() => {
+                    jumps_to(&String::from_utf8_lossy(&o.stdout), chain)
+                }
                 _ => Vec::new(),
             };
             found.push(Leftover::IptablesChain {
@@ -268,7 +282,9 @@ pub async fn find(nl: &Netlink, vni: u32) -> Result<Vec<Leftover>> {
                 found.push(Leftover::NftTable { family, table });
             }
         }
-        Some(o) => warn!(error = %output_text(&o), "cannot list nftables tables to look for Flannel's"),
+        Some(o) => {
+            warn!(error = %output_text(&o), "cannot list nftables tables to look for Flannel's")
+        }
         None => missing.push("nft"),
     }
     if !missing.is_empty() {
@@ -308,17 +324,25 @@ async fn remove(nl: &Netlink, l: &Leftover) -> Result<()> {
                 args.extend(step.iter().map(String::as_str));
                 match run(tool, &args) {
                     Some(o) if o.status.success() => {}
-                    Some(o) => return Err(fail(format!("{tool} {}: {}", step.join(" "), output_text(&o)))),
+                    Some(o) => {
+                        return Err(fail(format!(
+                            "{tool} {}: {}",
+                            step.join(" "),
+                            output_text(&o)
+                        )))
+                    }
                     None => return Err(fail(format!("{tool} cannot run"))),
                 }
             }
             Ok(())
         }
-        Leftover::NftTable { family, table } => match run("nft", &["delete", "table", family, table]) {
-            Some(o) if o.status.success() => Ok(()),
-            Some(o) => Err(fail(output_text(&o))),
-            None => Err(fail("nft cannot run".into())),
-        },
+        Leftover::NftTable { family, table } => {
+            match run("nft", &["delete", "table", family, table]) {
+                Some(o) if o.status.success() => Ok(()),
+                Some(o) => Err(fail(output_text(&o))),
+                None => Err(fail("nft cannot run".into())),
+            }
+        }
     }
 }
 
@@ -373,7 +397,16 @@ mod tests {
     fn split_rule_handles_quotes_and_escapes() {
         assert_eq!(
             split_rule(r#"-A X -m comment --comment "a \"b\" c" -j Y"#),
-            ["-A", "X", "-m", "comment", "--comment", "a \"b\" c", "-j", "Y"]
+            [
+                "-A",
+                "X",
+                "-m",
+                "comment",
+                "--comment",
+                "a \"b\" c",
+                "-j",
+                "Y"
+            ]
         );
         assert_eq!(split_rule(r#"--comment """#), ["--comment", ""]);
     }
@@ -417,6 +450,9 @@ mod tests {
             .removal_command(),
             "nft delete table ip flannel-ipv4"
         );
-        assert_eq!(vxlan_device_names(4096), ["flannel.4096", "flannel-v6.4096"]);
+        assert_eq!(
+            vxlan_device_names(4096),
+            ["flannel.4096", "flannel-v6.4096"]
+        );
     }
 }

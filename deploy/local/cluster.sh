@@ -173,7 +173,7 @@ wire_flannel() {
   local conf
   conf=$(printf '{"cniVersion":"0.3.1","name":"cbr0","type":"bridge","bridge":"cni0","mtu":%s,"isGateway":true,"isDefaultGateway":true,"hairpinMode":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":"%s","ranges":[[{"subnet":"10.244.%s.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}]}}'     "$MTU" "$DIR/ipam$i" "$i")
   for j in $(seq 1 "$PODS"); do
-    printf '%s' "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID="pod$i-$j" CNI_NETNS="/run/netns/$(ns_pod "$P" "$i" "$j")"       CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS= ip netns exec "$n" /usr/lib/cni/bridge >/dev/null
+    printf '%s' "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID="pod$i-$j" CNI_NETNS="/run/netns/$(ns_pod "$P" "$i" "$j")"       CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS='' ip netns exec "$n" /usr/lib/cni/bridge >/dev/null
   done
 }
 

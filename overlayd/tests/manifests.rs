@@ -557,3 +557,43 @@ fn from_flannel_install_cni_turns_flannels_cni_conf_into_overlayd_cni() {
     assert!(!root.join("etc/cni/net.d/10-flannel.conflist").exists());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// deploy/kind/e2e.sh (which needs docker and kind, so it cannot run here) avoids what a read
+/// against kind's code found would break it, and passes shellcheck.
+#[test]
+fn kind_e2e_script_is_clean_and_avoids_known_breakage() {
+    let script = include_str!("../../deploy/kind/e2e.sh");
+    assert!(
+        !script.contains("kind load docker-image"),
+        "multi-platform images fail to load that way"
+    );
+    assert!(script.contains("kind load image-archive") && script.contains("--platform"));
+    assert!(
+        script.contains("docker buildx version"),
+        "must check for BuildKit"
+    );
+    assert!(script.contains("kind export logs") && script.contains("get events"));
+    assert!(
+        script.contains("FlannelIsUp") && script.contains("seq 1 30"),
+        "annotation check retries"
+    );
+    let scripts = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kind/e2e.sh"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/build-cni-static.sh"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/cluster.sh"),
+    ];
+    match Command::new("shellcheck").args(scripts).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "shellcheck not found and CI is set: deploy/local/install-deps.sh installs it"
+            );
+            eprintln!("SKIP shellcheck: not installed");
+        }
+    }
+}

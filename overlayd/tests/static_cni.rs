@@ -52,7 +52,11 @@ fn shipped_cni_plugin_is_static() {
     let path = common::cni_plugin();
     let bytes = std::fs::read(&path).unwrap();
     let (interp, needed) = elf_dynamic_deps(&bytes);
-    assert!(!interp, "{} has a program interpreter (dynamically linked)", path.display());
+    assert!(
+        !interp,
+        "{} has a program interpreter (dynamically linked)",
+        path.display()
+    );
     assert_eq!(needed, 0, "{} needs shared libraries", path.display());
     // The ELF reader itself tells a dynamic binary apart (the control case).
     let (interp, needed) = elf_dynamic_deps(&std::fs::read(common::OVERLAYD).unwrap());

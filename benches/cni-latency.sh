@@ -77,13 +77,22 @@ run() { # label bin conf cmd id netns
   t1=$(now_us)
   [ "$i" -lt "$warm" ] || echo "$(( t1 - t0 ))" >> "$work/$label-$cmd"
 }
+one() { # label cmd
+  case $1 in
+    ours) run ours "$ours" "$work/ours.json" "$2" "bench-$i" "/run/netns/$pod_ours" ;;
+    ref) run ref "$ref_dir/bridge" "$work/ref.json" "$2" "bench-$i" "/run/netns/$pod_ref" ;;
+    base) run base "$base" "$work/base.json" "$2" "base-$i" "/run/netns/$pod_base" ;;
+  esac
+}
+labels=(ours ref)
+[ -z "$base" ] || labels+=(base)
+n=${#labels[@]}
+# The order rotates every iteration: a plugin that always ran right after another one's
+# file and netlink work would pay for it (a position effect of up to 2x seen at p50).
 for ((i = 0; i < iter + warm; i++)); do
-  run ours "$ours" "$work/ours.json" ADD "bench-$i" "/run/netns/$pod_ours"
-  run ref "$ref_dir/bridge" "$work/ref.json" ADD "bench-$i" "/run/netns/$pod_ref"
-  [ -z "$base" ] || run base "$base" "$work/base.json" ADD "base-$i" "/run/netns/$pod_base"
-  run ours "$ours" "$work/ours.json" DEL "bench-$i" "/run/netns/$pod_ours"
-  run ref "$ref_dir/bridge" "$work/ref.json" DEL "bench-$i" "/run/netns/$pod_ref"
-  [ -z "$base" ] || run base "$base" "$work/base.json" DEL "base-$i" "/run/netns/$pod_base"
+  for cmd in ADD DEL; do
+    for ((k = 0; k < n; k++)); do one "${labels[(i + k) % n]}" "$cmd"; done
+  done
 done
 LOOP
 ip netns exec "$NODE" bash "$WORK/loop.sh" "$WORK" "$ITER" "$WARMUP" "$OVERLAYD_CNI" "$REF_DIR" "$POD_OURS" "$POD_REF" "$BASE" "$POD_BASE"

@@ -44,6 +44,7 @@ case "$(uname -m)" in
   *) echo "e2e: unsupported architecture $(uname -m)" >&2; exit 1 ;;
 esac
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 
 log() { printf '\n== %s\n' "$*"; }
 

@@ -232,6 +232,25 @@ struct RawConf {
     args: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     valid_attachments: Option<Vec<Attachment>>,
+    /// Flannel's CNI plugin passes `delegate` on to the `bridge` plugin; its bridge keys are
+    /// read from there when the top level does not set them, so Flannel's cni-conf.json works
+    /// with only its `type` changed (deploy/MIGRATING.md).
+    #[serde(default)]
+    delegate: Option<RawDelegate>,
+}
+
+/// The keys of Flannel's `delegate` section that mean the same here.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawDelegate {
+    #[serde(default)]
+    bridge: Option<String>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    hairpin_mode: Option<bool>,
+    #[serde(default)]
+    is_default_gateway: Option<bool>,
 }
 
 /// The `cniVersion` string of a config, for error output, if it decodes at all.
@@ -270,6 +289,13 @@ impl NetConf {
                 .with_details(e.to_string())
         })?;
 
+        let mut raw = raw;
+        if let Some(d) = raw.delegate.take() {
+            raw.bridge = raw.bridge.or(d.bridge);
+            raw.mtu = raw.mtu.or(d.mtu);
+            raw.hairpin_mode = raw.hairpin_mode.or(d.hairpin_mode);
+            raw.is_default_gateway = raw.is_default_gateway.or(d.is_default_gateway);
+        }
         let name = raw.name.unwrap_or_default();
         if name.is_empty() {
             return Err(CniError::invalid_config("network config has no \"name\""));
@@ -465,6 +491,35 @@ mod tests {
         assert_eq!(c.ipam_dir(), PathBuf::from("/var/lib/cni/networks/overlay"));
         assert!(c.hairpin_mode && c.is_default_gateway);
         assert_eq!(c.dns, serde_json::json!({}));
+    }
+
+    /// The plugin entry of Flannel's kube-flannel.yml cni-conf.json with only its type changed,
+    /// as the runtime hands it over (name and cniVersion copied in from the conflist): the
+    /// delegate's bridge keys apply, IPAM lives in host-local's directory for cbr0.
+    #[test]
+    fn flannel_delegate_keys_are_read() {
+        let c = NetConf::parse(
+            br#"{"type":"overlayd-cni","delegate":{"hairpinMode":false,"isDefaultGateway":false,"bridge":"cbr9","mtu":1400},
+                "name":"cbr0","cniVersion":"0.3.1"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipam_dir(), PathBuf::from("/var/lib/cni/networks/cbr0"));
+        assert_eq!(c.bridge, "cbr9");
+        assert_eq!(c.mtu, Some(1400));
+        assert!(!c.hairpin_mode && !c.is_default_gateway);
+        let c = NetConf::parse(
+            br#"{"type":"overlayd-cni","delegate":{"hairpinMode":true,"isDefaultGateway":true},
+                "name":"cbr0","cniVersion":"0.3.1"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.bridge, "cni0");
+        assert!(c.hairpin_mode && c.is_default_gateway);
+        // The top level wins over the delegate.
+        let c = NetConf::parse(
+            br#"{"type":"overlayd-cni","hairpinMode":true,"delegate":{"hairpinMode":false},"name":"cbr0","cniVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        assert!(c.hairpin_mode);
     }
 
     #[test]

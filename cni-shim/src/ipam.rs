@@ -217,6 +217,28 @@ pub fn parse_owner(content: &str) -> (String, String) {
     (id, ifname)
 }
 
+/// Replaces a small file's content without truncating it to zero first (`fs::write` opens with
+/// `O_TRUNC`). On ext4, truncating a file that has blocks frees them (with a discard when
+/// mounted so) inside a journal transaction, and an open with `O_TRUNC` waits whenever jbd2 is
+/// committing: under other disk traffic that was the multi-millisecond tail of ADD. Overwriting
+/// the same block and trimming the length, never to zero, keeps the block allocated. Only
+/// used under the IPAM lock, so no reader sees a half-written file; after a crash the file is a
+/// hint that falls back to the start of the range when it does not parse.
+fn overwrite_in_place(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(content)?;
+    let len = content.len() as u64;
+    if f.metadata()?.len() != len {
+        f.set_len(len)?;
+    }
+    Ok(())
+}
+
 impl Locked<'_> {
     fn path(&self, ip: IpAddr) -> PathBuf {
         self.store.dir.join(ip.to_string())
@@ -310,7 +332,7 @@ impl Locked<'_> {
         for ip in pool.candidates(self.last_reserved(range_id)) {
             if self.reserve(ip, id, ifname)? {
                 let last = self.store.dir.join(last_reserved_file(range_id));
-                fs::write(&last, ip.to_string()).map_err(io("write", &last))?;
+                overwrite_in_place(&last, ip.to_string().as_bytes()).map_err(io("write", &last))?;
                 return Ok(ip);
             }
         }
@@ -341,8 +363,14 @@ impl Locked<'_> {
     }
 
     /// Frees whatever (id, ifname) holds; returns what was freed (empty when nothing).
+    /// As host-local does, an allocation written by an older host-local (the container ID
+    /// alone, no ifname) is released by its container ID when nothing matches both: a pod
+    /// created under Flannel's delegate keeps working and is freed after a migration.
     pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>, IpamError> {
-        let ips = self.find(id, ifname)?;
+        let mut ips = self.find(id, ifname)?;
+        if ips.is_empty() {
+            ips = self.find(id, "")?;
+        }
         for ip in &ips {
             self.free(*ip)?;
         }
@@ -486,6 +514,51 @@ mod tests {
         assert_eq!(l.allocations().unwrap().len(), 1);
         drop(l);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A directory host-local filled for Flannel's `cbr0` (one file in today's format, one as
+    /// older host-local wrote it, and its last_reserved_ip.0): new allocations skip both and
+    /// continue after the last reserved address; DEL releases both.
+    #[test]
+    fn host_local_allocations_are_honoured_and_released() {
+        let dir = tempdir("hostlocal");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("10.0.0.2"), "old1\r\neth0").unwrap();
+        fs::write(dir.join("10.0.0.4"), "old2").unwrap();
+        fs::write(dir.join(LAST_RESERVED_FILE), "10.0.0.4").unwrap();
+        let store = Store::new(dir.clone());
+        let p = pool("10.0.0.0/29", "10.0.0.1");
+        let l = store.lock(true).unwrap().unwrap();
+        assert_eq!(
+            l.allocate(&p, "new1", "eth0", None, 0).unwrap(),
+            v4("10.0.0.5")
+        );
+        assert_eq!(
+            l.allocate(&p, "new2", "eth0", None, 0).unwrap(),
+            v4("10.0.0.6")
+        );
+        assert_eq!(
+            l.allocate(&p, "new3", "eth0", None, 0).unwrap(),
+            v4("10.0.0.3")
+        );
+        assert_eq!(l.release("old2", "eth0").unwrap(), vec![v4("10.0.0.4")]);
+        assert_eq!(l.release("old1", "eth0").unwrap(), vec![v4("10.0.0.2")]);
+        assert!(!dir.join("10.0.0.4").exists() && !dir.join("10.0.0.2").exists());
+        drop(l);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn overwrite_in_place_shrinks_and_grows() {
+        let dir = tempdir("overwrite");
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x");
+        overwrite_in_place(&f, b"10.0.0.100").unwrap();
+        overwrite_in_place(&f, b"10.0.0.9").unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "10.0.0.9");
+        overwrite_in_place(&f, b"fd00::1234").unwrap();
+        assert_eq!(fs::read_to_string(&f).unwrap(), "fd00::1234");
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -2,11 +2,15 @@
 # End-to-end test on a real Kubernetes cluster in kind (needs docker, kind and kubectl; it
 # cannot run on machines without a docker engine):
 #   1. creates a 3-node kind cluster without its default CNI (deploy/kind/kind-config.yaml),
-#   2. builds the overlayd image (deploy/Dockerfile) and loads it into the nodes,
-#   3. applies deploy/kubernetes/overlayd.yaml and waits for the DaemonSet and all nodes,
-#   4. checks every node published Flannel's annotations,
+#   2. builds the overlayd image (deploy/Dockerfile, BuildKit) for the nodes' platform only and
+#      loads it as an archive (`kind load docker-image` of a multi-platform image fails with
+#      Docker's containerd image store),
+#   3. applies deploy/kubernetes/overlayd.yaml (privileged only where runc 1.2.0-1.2.3 denies
+#      /dev/net/tun to other containers) and waits for the DaemonSet and all nodes,
+#   4. checks, retrying, that every node published Flannel's annotations and NetworkUnavailable=False,
 #   5. runs ping and iperf3 between pods on different nodes and prints the results,
-#   6. deletes the cluster (KEEP=1 keeps it for inspection).
+#   6. deletes the cluster (KEEP=1 keeps it for inspection); on failure it first runs
+#      `kind export logs` and prints the cluster's events.
 #
 #   deploy/kind/e2e.sh            # or: CLUSTER=name IMAGE=overlayd:dev KEEP=1 deploy/kind/e2e.sh
 set -euo pipefail
@@ -29,6 +33,18 @@ need docker
 need kind
 need kubectl
 docker info >/dev/null 2>&1 || { echo "e2e: cannot talk to the docker engine: start it or check permissions" >&2; exit 1; }
+# deploy/Dockerfile uses BuildKit cache mounts.
+docker buildx version >/dev/null 2>&1 || {
+  echo "e2e: docker buildx (BuildKit) not found: install the docker-buildx plugin (https://docs.docker.com/build/install-buildx/)" >&2
+  exit 1
+}
+case "$(uname -m)" in
+  x86_64) PLATFORM=linux/amd64 ;;
+  aarch64|arm64) PLATFORM=linux/arm64 ;;
+  *) echo "e2e: unsupported architecture $(uname -m)" >&2; exit 1 ;;
+esac
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -38,8 +54,13 @@ cleanup() {
     log "FAILED (exit $rc); state for diagnosis:"
     "${KUBECTL[@]}" get nodes -o wide || true
     "${KUBECTL[@]}" get pods -A -o wide || true
+    "${KUBECTL[@]}" get events -A --sort-by=.lastTimestamp || true
     "${KUBECTL[@]}" -n kube-overlayd logs -l k8s-app=overlayd --tail=50 --prefix || true
+    local logs="${LOGS_DIR:-$ROOT/e2e-logs-$CLUSTER}"
+    kind export logs "$logs" --name "$CLUSTER" || true
+    echo "kind logs exported to $logs"
   fi
+  rm -rf "$WORK"
   if [ "$KEEP" = 1 ]; then
     echo "KEEP=1: cluster $CLUSTER kept; delete with: kind delete cluster --name $CLUSTER"
   else
@@ -57,27 +78,46 @@ log "creating kind cluster $CLUSTER (no default CNI, podSubnet 10.244.0.0/16, 3 
 kind create cluster --name "$CLUSTER" --config "$ROOT/deploy/kind/kind-config.yaml"
 trap cleanup EXIT
 
-log "building $IMAGE"
-docker build -f "$ROOT/deploy/Dockerfile" -t "$IMAGE" "$ROOT"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
-docker pull -q "$TOOLS_IMAGE" >/dev/null
-kind load docker-image "$TOOLS_IMAGE" --name "$CLUSTER"
+log "building $IMAGE for $PLATFORM"
+# One platform, no provenance attestation: the archive then holds exactly one image manifest,
+# which `kind load image-archive` imports whatever image store Docker uses.
+docker buildx build -f "$ROOT/deploy/Dockerfile" --platform "$PLATFORM" --provenance=false \
+  --load -t "$IMAGE" "$ROOT"
+docker save "$IMAGE" -o "$WORK/image.tar"
+kind load image-archive "$WORK/image.tar" --name "$CLUSTER"
+# The tools image is not preloaded: the nodes pull it themselves.
 
-log "applying deploy/kubernetes/overlayd.yaml"
+# runc 1.2.0-1.2.3 lost the default device rule for /dev/net/tun: there only a privileged
+# container can open it (see the comment in overlayd.yaml).
+RUNC=$(docker exec "$CLUSTER-control-plane" runc --version 2>/dev/null | sed -n 's/^runc version //p' || true)
+PRIVILEGED=0
+case "$RUNC" in 1.2.0|1.2.1|1.2.2|1.2.3) PRIVILEGED=1 ;; esac
+log "applying deploy/kubernetes/overlayd.yaml (runc ${RUNC:-unknown}, privileged=$PRIVILEGED)"
 sed "s#image: overlayd:dev#image: $IMAGE#" "$ROOT/deploy/kubernetes/overlayd.yaml" \
   | "${KUBECTL[@]}" apply -f -
+if [ "$PRIVILEGED" = 1 ]; then
+  "${KUBECTL[@]}" -n kube-overlayd patch daemonset overlayd --type=json -p \
+    '[{"op":"replace","path":"/spec/template/spec/containers/0/securityContext","value":{"privileged":true,"readOnlyRootFilesystem":true}}]'
+fi
 "${KUBECTL[@]}" -n kube-overlayd rollout status daemonset/overlayd --timeout=300s
 "${KUBECTL[@]}" wait --for=condition=Ready nodes --all --timeout=300s
 "${KUBECTL[@]}" get nodes -o wide
 
-log "Flannel annotations"
+log "Flannel annotations and NetworkUnavailable (retrying up to 60 s: the patches are asynchronous)"
+jp() { "${KUBECTL[@]}" get "$1" -o jsonpath="$2"; }
 for n in $("${KUBECTL[@]}" get nodes -o name); do
-  bt=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-type}')
-  bd=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-data}')
-  ip=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.metadata.annotations.flannel\.alpha\.coreos\.com/public-ip}')
-  cidr=$("${KUBECTL[@]}" get "$n" -o jsonpath='{.spec.podCIDR}')
-  echo "$n podCIDR=$cidr backend-type=$bt public-ip=$ip backend-data=$bd"
-  [ "$bt" = vxlan ] || { echo "e2e: $n has no backend-type=vxlan annotation" >&2; exit 1; }
+  ok=0
+  for _ in $(seq 1 30); do
+    bt=$(jp "$n" '{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-type}')
+    nu=$(jp "$n" '{.status.conditions[?(@.type=="NetworkUnavailable")].reason}')
+    if [ "$bt" = vxlan ] && [ "$nu" = FlannelIsUp ]; then ok=1; break; fi
+    sleep 2
+  done
+  bd=$(jp "$n" '{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-data}')
+  ip=$(jp "$n" '{.metadata.annotations.flannel\.alpha\.coreos\.com/public-ip}')
+  cidr=$(jp "$n" '{.spec.podCIDR}')
+  echo "$n podCIDR=$cidr backend-type=$bt public-ip=$ip backend-data=$bd NetworkUnavailable=$nu"
+  [ "$ok" = 1 ] || { echo "e2e: $n has no backend-type=vxlan annotation or NetworkUnavailable=False/FlannelIsUp after 60 s" >&2; exit 1; }
 done
 
 log "routes programmed by overlayd on $CLUSTER-worker"

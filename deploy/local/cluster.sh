@@ -11,6 +11,11 @@
 #                                                  program node I as flanneld does for kernel
 #                                                  vxlan (device flannel.VNI, default VNI 1,
 #                                                  port 8472), write its subnet.env and annotations
+#   cluster.sh flannel-node PREFIX I NODES DIR PODS  node I as a whole Flannel node: kernel-node,
+#                                                  flanneld's --ip-masq chains (iptables-nft,
+#                                                  iptables-legacy) and nftables tables, and
+#                                                  its pods wired by Flannel's delegate (bridge
+#                                                  cni0 + host-local, network cbr0)
 #   cluster.sh stranger PREFIX IP                  a host PREFIXx on the underlay that is no node
 #   cluster.sh attach PREFIX I                     give remote node I a second leg (eth1,
 #                                                  198.18.0.I/24) on the switch's subnet
@@ -166,6 +171,51 @@ open(path, "w").write(text)
 PY
 }
 
+# flanneld's masquerade and forward rules as it installs them with --ip-masq (iptables mode,
+# pkg/trafficmngr/iptables; both iptables backends, as either may hold them on a real host) and
+# its nftables tables (EnableNFTables, pkg/trafficmngr/nftables), inside node i's namespace.
+flannel_rules() {
+  local P=$1 i=$2
+  local n; n=$(ns_node "$P" "$i")
+  local N=10.244.0.0/16 S="10.244.$i.0/24" ipt
+  for ipt in iptables-nft iptables-legacy; do
+    command -v "$ipt" >/dev/null || continue
+    ip netns exec "$n" "$ipt" -w -t nat -N FLANNEL-POSTRTG
+    ip netns exec "$n" "$ipt" -w -t nat -A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+    ip netns exec "$n" "$ipt" -w -t nat -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+    ip netns exec "$n" "$ipt" -w -t nat -A FLANNEL-POSTRTG -s "$S" -d "$N" -m comment --comment "flanneld masq" -j RETURN
+    ip netns exec "$n" "$ipt" -w -t nat -A FLANNEL-POSTRTG -s "$N" -d "$S" -m comment --comment "flanneld masq" -j RETURN
+    ip netns exec "$n" "$ipt" -w -t nat -A FLANNEL-POSTRTG ! -s "$N" -d "$S" -m comment --comment "flanneld masq" -j RETURN
+    ip netns exec "$n" "$ipt" -w -t nat -A FLANNEL-POSTRTG -s "$N" ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+    ip netns exec "$n" "$ipt" -w -t nat -A FLANNEL-POSTRTG ! -s "$N" -d "$N" -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+    ip netns exec "$n" "$ipt" -w -t filter -N FLANNEL-FWD
+    ip netns exec "$n" "$ipt" -w -t filter -A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+    ip netns exec "$n" "$ipt" -w -t filter -A FLANNEL-FWD -s "$N" -m comment --comment "flanneld forward" -j ACCEPT
+    ip netns exec "$n" "$ipt" -w -t filter -A FLANNEL-FWD -d "$N" -m comment --comment "flanneld forward" -j ACCEPT
+  done
+  ip netns exec "$n" nft -f - <<NFT
+table ip flannel-ipv4 {
+  comment "rules for flannel-ipv4"
+  chain forward { type filter hook forward priority filter; ip saddr $N accept; ip daddr $N accept; }
+  chain postrtg { type nat hook postrouting priority srcnat; ip saddr $S ip daddr $N return; }
+}
+table ip6 flannel-ipv6 { comment "rules for flannel-ipv6"; }
+NFT
+}
+
+# Wires node i's pods as Flannel's CNI plugin does: it delegates to the reference bridge plugin
+# (bridge cni0, gateway, hairpin) with host-local IPAM for the network cbr0, so allocations land
+# in DIR/ipam<i>/cbr0/ as on a Flannel node (/var/lib/cni/networks/cbr0).
+wire_flannel() {
+  local P=$1 DIR=$2 i=$3 PODS=$4
+  local n; n=$(ns_node "$P" "$i")
+  local conf
+  conf=$(printf '{"cniVersion":"0.3.1","name":"cbr0","type":"bridge","bridge":"cni0","mtu":%s,"isGateway":true,"isDefaultGateway":true,"hairpinMode":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":"%s","ranges":[[{"subnet":"10.244.%s.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}]}}'     "$MTU" "$DIR/ipam$i" "$i")
+  for j in $(seq 1 "$PODS"); do
+    printf '%s' "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID="pod$i-$j" CNI_NETNS="/run/netns/$(ns_pod "$P" "$i" "$j")"       CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS='' ip netns exec "$n" /usr/lib/cni/bridge >/dev/null
+  done
+}
+
 # A host on the underlay switch that is not in the NodeList (for spoofed-sender tests).
 stranger() {
   local P=$1 IP=$2
@@ -208,9 +258,12 @@ cmd=${1:-}; shift || true
 case "$cmd" in
   up) up "$@" ;;
   kernel-node) kernel_node "$@"; annotate_kernel_node "$4" "$2" "${5:-1}" ;;
+  flannel-node)
+    kernel_node "$1" "$2" "$3" "$4"; annotate_kernel_node "$4" "$2"
+    flannel_rules "$1" "$2"; wire_flannel "$1" "$4" "$2" "$5" ;;
   wire) wire "$@" ;;
   stranger) stranger "$@" ;;
   attach) attach "$@" ;;
   down) down "$@" ;;
-  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR [VNI [PORT]] | stranger PREFIX IP | attach PREFIX I | down PREFIX" >&2; exit 2 ;;
+  *) echo "usage: $0 up PREFIX DIR NODES PODS | wire PREFIX DIR I PODS | kernel-node PREFIX I NODES DIR [VNI [PORT]] | flannel-node PREFIX I NODES DIR PODS | stranger PREFIX IP | attach PREFIX I | down PREFIX" >&2; exit 2 ;;
 esac

@@ -12,6 +12,9 @@ command -v python3 >/dev/null || need+=(python3)
 command -v iptables >/dev/null || need+=(iptables)
 command -v nft >/dev/null || need+=(nftables)
 command -v curl >/dev/null || need+=(curl)
+command -v nft >/dev/null || need+=(nftables)
+command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v strace >/dev/null || need+=(strace)
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -4,7 +4,8 @@
 //! `metadata.resourceVersion` and `continue`; a chunked watch stream of JSON lines
 //! (ADDED/MODIFIED/DELETED/BOOKMARK) resuming after a given resourceVersion; an ERROR event with
 //! a 410 Status when that resourceVersion has been compacted away; GET of one Node or Pod; and JSON
-//! merge patches to `nodes/<name>/status`, which it records, applies and announces as MODIFIED.
+//! merge patches and strategic merge patches (conditions and addresses merged by `type`) to
+//! `nodes/<name>/status`, which it records, applies and announces as MODIFIED.
 //! Plain HTTP, no authentication. It runs on its own runtime, so `stop` cuts every connection
 //! at once, as a crashed API server would.
 
@@ -121,6 +122,41 @@ fn merge_patch(target: &mut Value, patch: &Value) {
         }
     } else {
         *target = patch.clone();
+    }
+}
+
+/// Node lists that a strategic merge patch merges by a key instead of replacing (the
+/// `patchMergeKey` of NodeStatus in the Kubernetes API).
+const MERGE_KEYS: &[(&str, &str)] = &[("conditions", "type"), ("addresses", "type")];
+
+/// A strategic merge patch as kube-apiserver applies one to a Node: a merge patch, except that
+/// the lists in [`MERGE_KEYS`] merge element by element on their key.
+fn strategic_merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        let merge_key = MERGE_KEYS.iter().find(|(list, _)| list == k).map(|m| m.1);
+        match (merge_key, v, t.get_mut(k)) {
+            (Some(key), Value::Array(items), Some(Value::Array(have))) => {
+                for item in items {
+                    match have.iter_mut().find(|h| h.get(key) == item.get(key)) {
+                        Some(h) => strategic_merge_patch(h, item),
+                        None => have.push(item.clone()),
+                    }
+                }
+            }
+            _ => strategic_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v),
+        }
     }
 }
 
@@ -514,13 +550,19 @@ async fn patch_status(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    if content_type != "application/merge-patch+json" {
-        return status_response(
-            415,
-            "UnsupportedMediaType",
-            &format!("the fake API server only takes merge patches, not {content_type:?}"),
-        );
-    }
+    let apply: fn(&mut Value, &Value) = match content_type.as_str() {
+        "application/merge-patch+json" => merge_patch,
+        "application/strategic-merge-patch+json" => strategic_merge_patch,
+        _ => {
+            return status_response(
+                415,
+                "UnsupportedMediaType",
+                &format!(
+                    "the fake API server only takes merge and strategic merge patches, not {content_type:?}"
+                ),
+            )
+        }
+    };
     let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
         return status_response(400, "BadRequest", "patch body is not JSON");
     };
@@ -534,7 +576,7 @@ async fn patch_status(
         return status_response(404, "NotFound", &format!("nodes \"{name}\" not found"));
     };
     let before = obj.clone();
-    merge_patch(&mut obj, &patch);
+    apply(&mut obj, &patch);
     if obj == before {
         // A no-op patch changes nothing, as on kube-apiserver.
         return ([("content-type", "application/json")], obj.to_string()).into_response();
@@ -553,5 +595,27 @@ mod tests {
         let mut t = json!({"a":"b","c":{"d":"e","f":"g"}});
         merge_patch(&mut t, &json!({"a":"z","c":{"f":null}}));
         assert_eq!(t, json!({"a":"z","c":{"d":"e"}}));
+    }
+
+    #[test]
+    fn strategic_merge_patch_merges_conditions_by_type() {
+        let mut t = json!({"status":{"conditions":[
+            {"type":"Ready","status":"True"},
+            {"type":"NetworkUnavailable","status":"True","reason":"NoRouteCreated"}]}});
+        strategic_merge_patch(
+            &mut t,
+            &json!({"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"FlannelIsUp"}]}}),
+        );
+        assert_eq!(
+            t,
+            json!({"status":{"conditions":[
+                {"type":"Ready","status":"True"},
+                {"type":"NetworkUnavailable","status":"False","reason":"FlannelIsUp"}]}})
+        );
+        strategic_merge_patch(
+            &mut t,
+            &json!({"status":{"conditions":[{"type":"X","status":"False"}]}}),
+        );
+        assert_eq!(t["status"]["conditions"].as_array().unwrap().len(), 3);
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -165,6 +166,33 @@ pub struct Announcement {
     pub vtep_mac: MacAddr,
     pub public_ip: Ipv4Addr,
     pub vni: u32,
+    /// Set the Node's `NetworkUnavailable` condition to false once published, as flanneld does
+    /// with `--set-node-network-unavailable` (its default, true).
+    pub set_node_network_unavailable: bool,
+}
+
+/// The condition flanneld's kube subnet manager writes in `CompleteLease`
+/// (pkg/subnet/kube/kube.go): type, status, reason and message exactly as Flannel has them.
+pub const CONDITION_NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
+pub const NETWORK_UP_REASON: &str = "FlannelIsUp";
+pub const NETWORK_UP_MESSAGE: &str = "Flannel is running on this node";
+
+/// The strategic merge patch flanneld sends to `nodes/<name>/status` (client-go's
+/// `PatchStatus`): one `NetworkUnavailable=False` condition, both times `now`. Conditions merge
+/// by `type` under a strategic merge patch, so the node's other conditions stay.
+#[must_use]
+pub fn network_available_patch(now: jiff::Timestamp) -> serde_json::Value {
+    use k8s_openapi::api::core::v1::NodeCondition;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let condition = NodeCondition {
+        type_: CONDITION_NETWORK_UNAVAILABLE.into(),
+        status: "False".into(),
+        reason: Some(NETWORK_UP_REASON.into()),
+        message: Some(NETWORK_UP_MESSAGE.into()),
+        last_transition_time: Some(Time(now)),
+        last_heartbeat_time: Some(Time(now)),
+    };
+    serde_json::json!({ "status": { "conditions": [condition] } })
 }
 
 /// The annotations Flannel's vxlan backend writes for `a` on `node`. Like flanneld, an operator's
@@ -388,7 +416,9 @@ async fn watch_nodes(
 
 /// Keeps this node's Flannel annotations equal to the announcement: whenever the announcement
 /// or the watched own Node changes and differs, GETs the Node fresh and merge-patches only the
-/// differing keys into `nodes/<name>/status`. Retries with backoff, logging once per outcome.
+/// differing keys into `nodes/<name>/status`. Then, once per start and when the announcement
+/// asks for it, sets the `NetworkUnavailable` condition to false with a strategic merge patch
+/// (what flanneld sends). Retries with backoff, logging once per outcome.
 async fn annotate(
     api: Api<Node>,
     node_name: String,
@@ -397,6 +427,9 @@ async fn annotate(
 ) {
     let mut backoff = Duration::from_millis(500);
     let mut last_error = String::new();
+    // NetworkUnavailable=False is written once per start, after the annotations, as flanneld
+    // does in CompleteLease.
+    let mut condition_done = false;
     loop {
         let a = *announce.borrow_and_update();
         let watched = own.borrow_and_update().clone();
@@ -405,26 +438,54 @@ async fn annotate(
             (Some(_), None) => true,
             (None, _) => false,
         };
+        let mut result: Result<(), String> = Ok(());
         if let (true, Some(a)) = (needed, a) {
             match patch_own(&api, &node_name, &a).await {
                 Ok(Some(patch)) => {
                     info!(node = %node_name, patch = %patch, "published Flannel annotations");
-                    last_error.clear();
-                    backoff = Duration::from_millis(500);
                 }
-                Ok(None) => {
-                    last_error.clear();
-                    backoff = Duration::from_millis(500);
-                }
-                Err(e) => {
-                    if e != last_error {
-                        warn!(node = %node_name, error = %e, "cannot publish annotations; retrying with backoff");
-                        last_error = e;
+                Ok(None) => {}
+                Err(e) => result = Err(e),
+            }
+        }
+        if let (Ok(()), Some(a), false) = (&result, a, condition_done) {
+            if a.set_node_network_unavailable {
+                let patch = network_available_patch(jiff::Timestamp::now());
+                match api
+                    .patch_status(
+                        &node_name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        info!(node = %node_name, reason = NETWORK_UP_REASON, "set node condition NetworkUnavailable=False");
+                        condition_done = true;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    continue;
+                    Err(e) => {
+                        result = Err(format!(
+                            "PATCH nodes/{node_name}/status (NetworkUnavailable=False): {e}"
+                        ));
+                    }
                 }
+            } else {
+                condition_done = true;
+            }
+        }
+        match result {
+            Ok(()) => {
+                last_error.clear();
+                backoff = Duration::from_millis(500);
+            }
+            Err(e) => {
+                if e != last_error {
+                    warn!(node = %node_name, error = %e, "cannot publish this node's annotations or condition; retrying with backoff");
+                    last_error = e;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
             }
         }
         tokio::select! {

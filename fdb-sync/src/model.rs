@@ -18,8 +18,10 @@ pub const ANN_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 pub const ANN_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
 pub const ANN_BACKEND_V6_DATA: &str = "flannel.alpha.coreos.com/backend-v6-data";
 pub const ANN_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
-pub const ANN_PUBLIC_IP_V6: &str = "flannel.alpha.coreos.com/public-ip-v6";
+/// Flannel's key is `public-ipv6` (pkg/subnet/kube/annotations.go), not `public-ip-v6`.
+pub const ANN_PUBLIC_IPV6: &str = "flannel.alpha.coreos.com/public-ipv6";
 pub const ANN_PUBLIC_IP_OVERWRITE: &str = "flannel.alpha.coreos.com/public-ip-overwrite";
+pub const ANN_PUBLIC_IPV6_OVERWRITE: &str = "flannel.alpha.coreos.com/public-ipv6-overwrite";
 pub const ANN_KUBE_SUBNET_MANAGER: &str = "flannel.alpha.coreos.com/kube-subnet-manager";
 
 /// An Ethernet address.
@@ -235,7 +237,12 @@ impl NodeView {
         };
         let mut public_ip = None;
         let mut public_ip_v6 = None;
-        for key in [ANN_PUBLIC_IP_OVERWRITE, ANN_PUBLIC_IP, ANN_PUBLIC_IP_V6] {
+        for key in [
+            ANN_PUBLIC_IP_OVERWRITE,
+            ANN_PUBLIC_IP,
+            ANN_PUBLIC_IPV6_OVERWRITE,
+            ANN_PUBLIC_IPV6,
+        ] {
             match parse_ip(key)? {
                 Some(IpAddr::V4(a)) => {
                     public_ip.get_or_insert(a);
@@ -537,6 +544,51 @@ mod tests {
         let v = NodeView::from_node(&n).unwrap();
         assert_eq!(v.public_ip, Some("192.168.0.4".parse().unwrap()));
         assert_eq!(v.vtep_mac.unwrap().to_string(), "0a:58:0a:f4:04:00");
+    }
+
+    /// The keys exactly as Flannel's pkg/subnet/kube/annotations.go builds them from its
+    /// default prefix; `public-ip-v6` is not one of them and is ignored.
+    #[test]
+    fn ipv6_annotation_keys_are_flannels() {
+        assert_eq!(ANN_PUBLIC_IPV6, "flannel.alpha.coreos.com/public-ipv6");
+        assert_eq!(
+            ANN_PUBLIC_IPV6_OVERWRITE,
+            "flannel.alpha.coreos.com/public-ipv6-overwrite"
+        );
+        assert_eq!(
+            ANN_BACKEND_V6_DATA,
+            "flannel.alpha.coreos.com/backend-v6-data"
+        );
+        let n = node(
+            "v6",
+            Some("10.244.6.0/24"),
+            "192.168.0.6",
+            &[
+                (ANN_PUBLIC_IPV6, "fd00::6"),
+                ("flannel.alpha.coreos.com/public-ip-v6", "fd00::bad"),
+            ],
+        );
+        let v = NodeView::from_node(&n).unwrap();
+        assert_eq!(v.public_ip_v6, Some("fd00::6".parse().unwrap()));
+        let n = node(
+            "v6o",
+            Some("10.244.7.0/24"),
+            "192.168.0.7",
+            &[
+                (ANN_PUBLIC_IPV6, "fd00::7"),
+                (ANN_PUBLIC_IPV6_OVERWRITE, "2001:db8::7"),
+            ],
+        );
+        let v = NodeView::from_node(&n).unwrap();
+        assert_eq!(v.public_ip_v6, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(v.public_ip, Some("192.168.0.7".parse().unwrap()));
+        let n = node(
+            "v6w",
+            Some("10.244.8.0/24"),
+            "192.168.0.8",
+            &[("flannel.alpha.coreos.com/public-ip-v6", "fd00::8")],
+        );
+        assert_eq!(NodeView::from_node(&n).unwrap().public_ip_v6, None);
     }
 
     #[test]

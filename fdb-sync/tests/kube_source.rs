@@ -260,6 +260,7 @@ fn announcement() -> Announcement {
         vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
         public_ip: "198.18.0.1".parse().unwrap(),
         vni: 1,
+        set_node_network_unavailable: false,
     }
 }
 
@@ -393,4 +394,126 @@ fn annotation_prefix_maps_keys_both_ways() {
         ks::to_wire_key("flannel.alpha.coreos.com/public-ip", d),
         "flannel.alpha.coreos.com/public-ip"
     );
+}
+
+/// flanneld's `--set-node-network-unavailable` (default true): after the annotations, one
+/// strategic merge patch to nodes/<name>/status sets NetworkUnavailable=False with Flannel's
+/// reason and message (pkg/subnet/kube/kube.go CompleteLease); the node's other conditions stay.
+#[tokio::test]
+async fn network_unavailable_condition_set_false_as_flanneld_does() {
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+    let server = FakeApiServer::start_local().unwrap();
+    let mut n1 = vx(1);
+    let status = n1.status.get_or_insert_with(NodeStatus::default);
+    status.conditions = Some(vec![
+        NodeCondition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: Some("KubeletNotReady".into()),
+            ..NodeCondition::default()
+        },
+        NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: "True".into(),
+            reason: Some("NoRouteCreated".into()),
+            ..NodeCondition::default()
+        },
+    ]);
+    server.apply(&n1);
+    server.apply(&vx(2));
+    let mut r = start(&server, "n1").await;
+    until_peers(&mut r, &["n2"]).await;
+    assert!(
+        server.patches().is_empty(),
+        "patched before the announcement"
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    r.announce.send_replace(Some(Announcement {
+        set_node_network_unavailable: true,
+        ..announcement()
+    }));
+    let p = wait_for("the condition patch", || server.patches().get(1).cloned()).await;
+    // The annotations come first, as flanneld writes them in AcquireLease before CompleteLease.
+    assert!(server.patches()[0].body["metadata"]["annotations"].is_object());
+    assert_eq!(p.node, "n1");
+    assert_eq!(p.content_type, "application/strategic-merge-patch+json");
+    let body = p.body.as_object().unwrap();
+    assert_eq!(body.keys().collect::<Vec<_>>(), ["status"], "{body:?}");
+    let status = p.body["status"].as_object().unwrap();
+    assert_eq!(
+        status.keys().collect::<Vec<_>>(),
+        ["conditions"],
+        "{status:?}"
+    );
+    let conds = p.body["status"]["conditions"].as_array().unwrap();
+    assert_eq!(conds.len(), 1, "{conds:?}");
+    let c = conds[0].as_object().unwrap();
+    let mut keys: Vec<&str> = c.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "lastHeartbeatTime",
+            "lastTransitionTime",
+            "message",
+            "reason",
+            "status",
+            "type"
+        ]
+    );
+    assert_eq!(c["type"], "NetworkUnavailable");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "FlannelIsUp");
+    assert_eq!(c["message"], "Flannel is running on this node");
+    for t in ["lastHeartbeatTime", "lastTransitionTime"] {
+        let v = c[t].as_str().unwrap();
+        // RFC 3339 in seconds, UTC, as Go's metav1.Time marshals: 2006-01-02T15:04:05Z
+        assert!(
+            v.len() == 20 && v.ends_with('Z') && v.as_bytes()[10] == b'T',
+            "{t}={v}"
+        );
+        let ts: k8s_openapi::jiff::Timestamp = v.parse().unwrap();
+        let secs = u64::try_from(ts.as_second()).unwrap();
+        assert!(secs + 1 >= before && secs <= before + 60, "{t}={v}");
+    }
+    assert_eq!(c["lastHeartbeatTime"], c["lastTransitionTime"]);
+    // Stored: NetworkUnavailable replaced by type, Ready untouched.
+    let stored = server.node("n1").unwrap();
+    let conds = stored.status.unwrap().conditions.unwrap();
+    assert_eq!(conds.len(), 2, "{conds:?}");
+    let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
+    let nu = conds
+        .iter()
+        .find(|c| c.type_ == "NetworkUnavailable")
+        .unwrap();
+    assert_eq!(
+        (nu.status.as_str(), nu.reason.as_deref()),
+        ("False", Some("FlannelIsUp"))
+    );
+    // Once per start: the MODIFIED events of our own patches cause no further patch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(server.patches().len(), 2, "{:?}", server.patches());
+}
+
+/// `--set-node-network-unavailable=false`: the annotations only, no condition patch.
+#[tokio::test]
+async fn network_unavailable_condition_left_alone_when_disabled() {
+    let server = FakeApiServer::start_local().unwrap();
+    server.apply(&vx(1));
+    server.apply(&vx(2));
+    let mut r = start(&server, "n1").await;
+    until_peers(&mut r, &["n2"]).await;
+    r.announce.send_replace(Some(announcement()));
+    wait_for("the annotation patch", || {
+        server.patches().into_iter().next()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let patches = server.patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(patches[0].body.get("status").is_none(), "{patches:?}");
 }

@@ -114,23 +114,35 @@ fn init_logging(level: &str) {
         .init();
 }
 
-/// Keeps CAP_NET_ADMIN only, before any thread exists (see `overlayd::privs`).
+/// Keeps CAP_NET_ADMIN and CAP_NET_RAW only and sets no_new_privs, before any thread exists
+/// (see `overlayd::privs`). Fails closed: when the drop fails, overlayd exits.
 fn drop_privileges() {
     use overlayd::privs::{drop_to_minimum, Outcome};
     match drop_to_minimum() {
         Ok(Outcome::Kept {
+            kept,
             dropped,
             bounding_cleared,
-        }) => tracing::info!(
-            kept = "CAP_NET_ADMIN",
-            dropped,
-            bounding_cleared,
-            "capabilities dropped; keeping CAP_NET_ADMIN only"
-        ),
+        }) => {
+            let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                kept = %kept.join(","),
+                dropped,
+                bounding_cleared,
+                no_new_privs = true,
+                "capabilities dropped"
+            );
+        }
         Ok(Outcome::Missing) => tracing::warn!(
             "running without CAP_NET_ADMIN: creating the device and programming routes will fail; run as root or grant CAP_NET_ADMIN"
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot drop capabilities; continuing with the ones this process has"),
+        Err(e) => {
+            eprintln!(
+                "overlayd: error: cannot drop capabilities: {e}; refusing to run with more privileges than CAP_NET_ADMIN and CAP_NET_RAW \
+                 (check that the container runtime or a seccomp profile allows capset and prctl)"
+            );
+            std::process::exit(1);
+        }
     }
 }
 

@@ -1,24 +1,31 @@
-//! Least privilege: the daemon keeps only `CAP_NET_ADMIN` (TAP creation, links, addresses,
-//! routes, neighbours, the device sysctl). It needs no `CAP_NET_RAW` (VXLAN rides ordinary UDP
-//! sockets on an unprivileged port) and nothing else.
+//! Least privilege, failing closed: the daemon keeps only `CAP_NET_ADMIN` (TAP creation,
+//! links, addresses, routes, neighbours, nftables over netlink) and `CAP_NET_RAW` (the raw
+//! socket iptables-legacy opens, to find and remove Flannel's chains in that backend and for the
+//! iptables fallback of the masquerade rules), sets `no_new_privs`, and exits when any of it
+//! cannot be done rather than running with more than it says.
 //!
 //! Capabilities are per thread on Linux and a new thread copies its creator's. So the drop
 //! happens in `main` before the tokio runtime and any worker exist: every thread overlayd ever
-//! runs, including the ones a device rebuild starts, holds `CAP_NET_ADMIN` alone. Setup needs
-//! nothing more, which makes "after setup" and "from the start" the same set, and the earlier
-//! point cannot miss a thread. The bounding set is cleared too, so no later exec regains more.
+//! runs, including the ones a device rebuild starts, holds the kept set alone. The bounding set
+//! is cleared too (when this process may: it needs `CAP_SETPCAP`, which it then drops), and
+//! `no_new_privs` makes sure an executed tool (iptables, nft) never has more than the kept set.
 
 use caps::{CapSet, Capability, CapsHashSet};
 
-/// The only capability overlayd keeps.
-pub const KEEP: Capability = Capability::CAP_NET_ADMIN;
+/// The capabilities overlayd keeps (the DaemonSet grants exactly these; a test checks it).
+pub const KEPT: &[Capability] = &[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW];
+
+/// Without this one nothing works.
+pub const REQUIRED: Capability = Capability::CAP_NET_ADMIN;
 
 /// What `drop_to_minimum` did, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Only `CAP_NET_ADMIN` is left in the effective and permitted sets (and the bounding set
-    /// when `bounding_cleared`). `dropped` is how many permitted capabilities went away.
+    /// Only the kept capabilities this process had are left in the effective and permitted
+    /// sets; `dropped` is how many permitted capabilities went away. `bounding_cleared` is false
+    /// when the process had no `CAP_SETPCAP` to clear it with (`no_new_privs` covers that).
     Kept {
+        kept: Vec<Capability>,
         dropped: usize,
         bounding_cleared: bool,
     },
@@ -27,32 +34,102 @@ pub enum Outcome {
     Missing,
 }
 
-/// Drops every capability except `CAP_NET_ADMIN` from this thread (call before spawning any).
-pub fn drop_to_minimum() -> Result<Outcome, caps::errors::CapsError> {
-    let permitted = caps::read(None, CapSet::Permitted)?;
-    let has = permitted.contains(&KEEP);
-    let keep: CapsHashSet = if has {
-        std::iter::once(KEEP).collect()
-    } else {
-        CapsHashSet::new()
-    };
+/// Why the drop failed; every variant means overlayd must not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivError {
+    #[error("cannot read the {set:?} capability set: {source}")]
+    Read {
+        set: CapSet,
+        source: caps::errors::CapsError,
+    },
+    #[error(
+        "cannot drop {cap} from the bounding set although this process holds CAP_SETPCAP: {source}"
+    )]
+    Bounding {
+        cap: Capability,
+        source: caps::errors::CapsError,
+    },
+    #[error("cannot set the {set:?} capability set to [{want}]: {source}")]
+    Set {
+        set: CapSet,
+        want: String,
+        source: caps::errors::CapsError,
+    },
+    #[error("the {set:?} capability set is [{have}] after the drop, expected [{want}]")]
+    Verify {
+        set: CapSet,
+        have: String,
+        want: String,
+    },
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(#[source] std::io::Error),
+}
+
+fn names(set: &CapsHashSet) -> String {
+    let mut v: Vec<String> = set.iter().map(ToString::to_string).collect();
+    v.sort();
+    v.join(",")
+}
+
+/// Sets `no_new_privs` and drops every capability but [`KEPT`] from this thread (call before
+/// spawning any). Any failure is an error: the caller must exit.
+pub fn drop_to_minimum() -> Result<Outcome, PrivError> {
+    crate::sys::process::set_no_new_privs().map_err(PrivError::NoNewPrivs)?;
+    let read =
+        |set: CapSet| caps::read(None, set).map_err(|source| PrivError::Read { set, source });
+    let permitted = read(CapSet::Permitted)?;
+    let keep: CapsHashSet = KEPT
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
     // The bounding set first: changing it needs CAP_SETPCAP, which goes next.
-    let mut bounding_cleared = true;
-    for cap in caps::read(None, CapSet::Bounding)? {
-        if cap != KEEP && caps::drop(None, CapSet::Bounding, cap).is_err() {
-            bounding_cleared = false;
+    let can_setpcap = read(CapSet::Effective)?.contains(&Capability::CAP_SETPCAP);
+    let mut bounding_cleared = can_setpcap;
+    if can_setpcap {
+        for cap in read(CapSet::Bounding)? {
+            if !KEPT.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap)
+                    .map_err(|source| PrivError::Bounding { cap, source })?;
+            }
+        }
+    } else {
+        bounding_cleared = read(CapSet::Bounding)?.iter().all(|c| KEPT.contains(c));
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|source| PrivError::Set {
+        set: CapSet::Ambient,
+        want: String::new(),
+        source,
+    })?;
+    for (set, want) in [
+        (CapSet::Inheritable, CapsHashSet::new()),
+        (CapSet::Effective, keep.clone()),
+        (CapSet::Permitted, keep.clone()),
+    ] {
+        caps::set(None, set, &want).map_err(|source| PrivError::Set {
+            set,
+            want: names(&want),
+            source,
+        })?;
+    }
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        let have = read(set)?;
+        if have != keep {
+            return Err(PrivError::Verify {
+                set,
+                have: names(&have),
+                want: names(&keep),
+            });
         }
     }
-    let _ = caps::clear(None, CapSet::Ambient);
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
-    if has {
-        Ok(Outcome::Kept {
-            dropped: permitted.len() - 1,
-            bounding_cleared,
-        })
-    } else {
-        Ok(Outcome::Missing)
+    if !keep.contains(&REQUIRED) {
+        return Ok(Outcome::Missing);
     }
+    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    Ok(Outcome::Kept {
+        dropped: permitted.len() - kept.len(),
+        kept,
+        bounding_cleared,
+    })
 }

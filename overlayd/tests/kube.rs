@@ -62,6 +62,17 @@ fn annotated(server: &FakeApiServer, i: usize) -> bool {
         .is_some_and(|a| a.get(ANN_BACKEND_TYPE).is_some_and(|v| v == "vxlan"))
 }
 
+/// (status, reason) of node i's NetworkUnavailable condition.
+fn network_condition(server: &FakeApiServer, i: usize) -> Option<(String, String)> {
+    server
+        .node(&format!("node{i}"))?
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "NetworkUnavailable")
+        .map(|c| (c.status, c.reason.unwrap_or_default()))
+}
+
 fn has_peer(lab: &Lab, on: usize, peer: usize) -> bool {
     lab.routes(on)
         .contains(&format!("10.244.{peer}.0/24 via 10.244.{peer}.0 dev ovl.1"))
@@ -102,6 +113,15 @@ fn kube_nodes_join_leave_and_move() {
         r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:01:00"}"#
     );
     assert_eq!(ann[ANN_PUBLIC_IP], "198.18.0.1");
+    // NetworkUnavailable=False as flanneld sets it (its --set-node-network-unavailable
+    // default), once the routes are programmed.
+    assert!(
+        wait_until(Duration::from_secs(10), || network_condition(&server, 1)
+            == Some(("False".into(), "FlannelIsUp".into()))),
+        "{:?}\n{}",
+        network_condition(&server, 1),
+        lab.log(1)
+    );
     let (p1, p2, p3) = (lab.pod(1, 1), lab.pod(2, 1), lab.pod(3, 1));
     assert!(
         lab.ping_within(&p1, &Lab::pod_ip(2, 1), Duration::from_secs(10)),
@@ -111,15 +131,17 @@ fn kube_nodes_join_leave_and_move() {
     );
     assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
 
-    // Add node 3.
+    // Add node 3, with flanneld's flag to leave the condition alone.
     server.apply(&lab_node(3));
-    lab.start_kube(3, &kc, &[]);
+    lab.start_kube(3, &kc, &["--set-node-network-unavailable=false"]);
     assert!(
         lab.ping_within(&p1, &Lab::pod_ip(3, 1), Duration::from_secs(10)),
         "{}",
         lab.log(1)
     );
     assert!(lab.ping_within(&p3, &Lab::pod_ip(2, 1), Duration::from_secs(5)));
+    assert!(annotated(&server, 3));
+    assert_eq!(network_condition(&server, 3), None);
 
     // Delete node 3: its route and neighbour vanish on 1 and 2.
     assert!(server.delete("node3"));

@@ -140,13 +140,14 @@ fn proc_caps(pid: u32) -> Vec<(String, String)> {
     out
 }
 
-/// Every thread of overlayd holds CAP_NET_ADMIN (bit 12) and nothing else.
-fn assert_only_net_admin(pid: u32) {
+/// Every thread of overlayd holds CAP_NET_ADMIN (bit 12) and CAP_NET_RAW (bit 13), nothing
+/// else (overlayd::privs::KEPT).
+fn assert_only_kept_caps(pid: u32) {
     let caps = proc_caps(pid);
     assert!(!caps.is_empty());
     for (k, v) in caps {
         let want = match k.as_str() {
-            "CapEff" | "CapPrm" | "CapBnd" => "0000000000001000",
+            "CapEff" | "CapPrm" | "CapBnd" => "0000000000003000",
             "CapInh" | "CapAmb" => "0000000000000000",
             _ => continue,
         };
@@ -245,17 +246,20 @@ fn metrics_and_status_show_peers_traffic_and_drops() {
 }
 
 #[test]
-fn least_privilege_only_cap_net_admin_in_every_thread() {
-    let Some(mut lab) = Lab::new("least_privilege_only_cap_net_admin_in_every_thread", 2, 1) else {
+fn least_privilege_only_net_admin_and_net_raw_in_every_thread() {
+    let Some(mut lab) = Lab::new(
+        "least_privilege_only_net_admin_and_net_raw_in_every_thread",
+        2,
+        1,
+    ) else {
         return;
     };
     lab.start(1);
     lab.start(2);
     assert!(lab.ping_within(&lab.pod(1, 1), &Lab::pod_ip(2, 1), Duration::from_secs(3)));
-    assert_only_net_admin(lab.pid(1).unwrap());
+    assert_only_kept_caps(lab.pid(1).unwrap());
     assert!(
-        lab.log(1)
-            .contains("capabilities dropped; keeping CAP_NET_ADMIN only"),
+        lab.log(1).contains("kept=CAP_NET_ADMIN,CAP_NET_RAW"),
         "{}",
         lab.log(1)
     );
@@ -497,7 +501,7 @@ fn deleted_device_is_rebuilt_within_2s() {
     assert_eq!(s["deviceRebuilds"], 1);
     assert!(s["peers"][0]["txPackets"].as_u64().unwrap() > tx_before);
     assert_eq!(s["queues"].as_array().unwrap().len(), 2);
-    assert_only_net_admin(pid);
+    assert_only_kept_caps(pid);
     let addr = sh_ok(&["ip", "-n", &lab.node(1), "addr", "show", "ovl.1"]);
     assert!(
         addr.contains("inet 10.244.1.0/32") && addr.contains("mtu 1450"),

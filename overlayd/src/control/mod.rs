@@ -12,6 +12,7 @@
 mod blackhole;
 pub mod cleanup;
 mod direct;
+pub mod flannel_leftovers;
 mod handover;
 mod reconcile;
 pub mod source;
@@ -461,6 +462,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     }
 
     let nl = Netlink::connect()?;
+    // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
+    flannel_leftovers::take_over(&nl, netconf.vni).await?;
     let underlay = find_underlay(&nl, &opts).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
@@ -550,6 +553,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         vtep_mac: own_mac,
         public_ip: underlay.ip,
         vni: netconf.vni,
+        set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
     observed.set_own(OwnNode {
         node: opts.node_name.clone(),

@@ -6,6 +6,7 @@
 
 pub mod fdpass;
 pub mod netlink;
+pub mod process;
 pub mod tap;
 pub mod udp;
 

@@ -13,29 +13,32 @@ pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/c
 pub const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
 
 static SERIAL: Mutex<()> = Mutex::new(());
-static CNI_BUILT: std::sync::Once = std::sync::Once::new();
 
-/// The overlayd-cni binary next to overlayd, built on first use when `cargo test -p overlayd`
-/// did not build it (a workspace test run does).
+/// The overlayd-cni binary the pods are wired with: the static build that deploy/Dockerfile
+/// ships, made by deploy/build-cni-static.sh (same profile as these tests) on first use.
 pub fn cni_plugin() -> PathBuf {
-    let path = Path::new(OVERLAYD).with_file_name("overlayd-cni");
-    CNI_BUILT.call_once(|| {
-        if !path.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let profile = if OVERLAYD.contains("/release/") {
-                vec!["--release"]
-            } else {
-                vec![]
-            };
-            let ok = Command::new(cargo)
-                .args(["build", "-p", "cni-shim"])
-                .args(profile)
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "cannot build overlayd-cni for the pods");
-        }
-    });
-    path
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let profile = if OVERLAYD.contains("/release/") {
+            "release"
+        } else {
+            "dev"
+        };
+        let out = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/build-cni-static.sh"
+            ))
+            .arg(profile)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run deploy/build-cni-static.sh");
+        assert!(out.status.success(), "cannot build the static overlayd-cni");
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(path.exists(), "{} missing after the build", path.display());
+        path
+    })
+    .clone()
 }
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -221,6 +224,24 @@ impl Lab {
             &port.to_string(),
         ]);
         self.wire(i);
+    }
+
+    /// Programs node `i` as a whole Flannel node (cluster.sh flannel-node): kernel vxlan
+    /// `flannel.1`, flanneld's masquerade chains and nftables tables, and its pods wired by
+    /// Flannel's delegate (reference bridge + host-local, network `cbr0`, IPAM in
+    /// `dir/ipam<i>/cbr0`).
+    pub fn make_flannel_node(&mut self, i: usize) {
+        sh_ok(&[
+            "bash",
+            SCRIPT,
+            "flannel-node",
+            &self.prefix,
+            &i.to_string(),
+            &self.nodes.to_string(),
+            self.dir.to_str().unwrap(),
+            &self.pods.to_string(),
+        ]);
+        self.wired[i] = true;
     }
 
     /// Wires node `i`'s pods with the overlayd-cni plugin once its subnet.env exists.

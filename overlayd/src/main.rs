@@ -49,6 +49,16 @@ struct Cli {
     /// Accept VXLAN from any sender, not only known VTEPs (debugging only).
     #[arg(long)]
     allow_any_sender: bool,
+    /// Deliver VXLAN frames whose inner IPv4/IPv6 source address is not inside the sending
+    /// node's podCIDR. By default a peer may only speak for its own pods (and its flannel.1
+    /// address); turn the check off only for setups that route other networks through a node
+    /// over the overlay (e.g. a gateway node forwarding external traffic unNATed).
+    #[arg(long)]
+    allow_foreign_inner_source: bool,
+    /// Accept peers whose VTEP (public) address is link-local (169.254.0.0/16, fe80::/10);
+    /// refused by default because such an address is only valid on one link.
+    #[arg(long)]
+    allow_link_local_vtep: bool,
 }
 
 /// `overlayd status`: the running daemon's FDB, counters, queues and drops.
@@ -137,6 +147,8 @@ fn run(cli: Cli) -> Result<()> {
         device: cli.device,
         queues,
         allow_any_sender: cli.allow_any_sender,
+        allow_foreign_inner_source: cli.allow_foreign_inner_source,
+        allow_link_local_vtep: cli.allow_link_local_vtep,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

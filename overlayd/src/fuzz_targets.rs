@@ -31,7 +31,7 @@ fn fdb() -> &'static Fdb {
 }
 
 /// Input: `[selector][VXLAN payload...]`. The selector's low bits pick the sender (known or
-/// not) and `allow_any_sender`; the rest is a datagram as the UDP socket returns it.
+/// not), `allow_any_sender` and `allow_foreign_inner_source`; the rest is a datagram as the UDP socket returns it.
 pub fn decap(data: &[u8]) {
     let Some((&sel, payload)) = data.split_first() else {
         return;
@@ -46,6 +46,7 @@ pub fn decap(data: &[u8]) {
         own_mac: OWN_MAC,
         inner_mtu: if sel & 4 == 0 { 1450 } else { 9000 },
         allow_any_sender: sel & 2 != 0,
+        allow_foreign_inner_source: sel & 8 != 0,
     };
     if let Ok(d) = path::decap(payload, from, fdb(), &cfg) {
         // Only what the checks promise is delivered.
@@ -54,6 +55,12 @@ pub fn decap(data: &[u8]) {
         let eth = ethernet::Frame::new_checked(vx.inner()).expect("delivered => has Ethernet");
         assert_eq!(eth.dst(), OWN_MAC);
         assert!(d.peer.is_some() || cfg.allow_any_sender);
+        // From a known VTEP, with the source check on: an IPv4 frame from node2's podCIDR.
+        if d.peer.is_some() && !cfg.allow_foreign_inner_source {
+            assert_eq!(eth.ethertype(), ethernet::ETHERTYPE_IPV4);
+            let src = &eth.payload()[12..16];
+            assert_eq!(&src[..3], &[10, 244, 2], "foreign inner source delivered");
+        }
         check_vnet(&d.vnet, vx.inner().len());
     }
 }

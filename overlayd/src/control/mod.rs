@@ -259,6 +259,7 @@ async fn start_dataplane(
         own_mac: own_mac.0,
         inner_mtu: mtu.min(65_000) as u16,
         allow_any_sender: opts.allow_any_sender,
+        allow_foreign_inner_source: opts.allow_foreign_inner_source,
     };
     let mut modes = Vec::new();
     for (id, tapq) in queues.into_iter().enumerate() {

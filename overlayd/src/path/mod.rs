@@ -259,16 +259,15 @@ pub fn decap<'a>(
 /// IPv6: the source must lie in the peer's IPv6 podCIDR; link-local sources (fe80::/10) are no
 /// one's pods and are dropped too (the IPv4-only dataplane disables IPv6 on the device anyway).
 ///
-/// What the others check on decap, for comparison: Cilium (bpf_overlay.c) takes the sender's
-/// security identity from the tunnel key and, with the tunnel source verified against known
-/// node IPs, enforces policy on that identity, but does not tie the inner source address to the
-/// sending node's pod range. Calico's eBPF dataplane accepts VXLAN only from known hosts (as our
-/// `unknown_sender` does) and its iptables/nftables rules drop VXLAN from non-node sources
-/// (cali-INPUT's "Drop VXLAN encapped packets originating in workloads" and allowed VXLAN
-/// sources), with RPF checks on the host-side interface; neither binds an inner source to the
-/// sending host's block. This check does that binding, as boringtun/WireGuard do with allowed
-/// IPs: a compromised or spoofing node can still speak for its own pods, but not for another
-/// node's pods or for addresses outside the pod network.
+/// What the others check on decap, for comparison: Cilium (`bpf_overlay.c`, `handle_ipv4`)
+/// takes the sender's security identity from the tunnel key (the VNI the sender wrote), drops
+/// the reserved host identity, and enforces network policy on that identity; it does not tie
+/// the inner source address to the sending node's pod range. Calico accepts VXLAN only from
+/// known hosts (the `all-vxlan-net` address set, as our `unknown_sender` does) and drops VXLAN
+/// originating in workloads; neither binds an inner source to the sending host's IP block.
+/// This check adds that binding, as boringtun/WireGuard do with allowed IPs: a compromised or
+/// spoofing node can still speak for its own pods, but not for another node's pods or for
+/// addresses outside its podCIDR. It is not a network policy.
 #[inline]
 fn check_inner_source(frame: &ethernet::Frame<'_>, v: &crate::fdb::Vtep) -> Result<(), DropReason> {
     let ipb = frame.payload();

@@ -4,6 +4,7 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment saying why it holds.
 #![allow(unsafe_code)]
 
+pub mod inotify;
 pub mod netlink;
 pub mod tap;
 pub mod udp;

@@ -57,7 +57,12 @@ pub fn cni(data: &[u8]) {
         assert!(config::validate_ifname("bridge", &c.bridge).is_ok());
         assert!(c.mtu.is_none_or(|m| (68..=65535).contains(&m)));
         for r in &c.routes {
-            assert_eq!(r.dst.ip(), r.dst.network(), "route dst normalised: {}", r.dst);
+            assert_eq!(
+                r.dst.ip(),
+                r.dst.network(),
+                "route dst normalised: {}",
+                r.dst
+            );
         }
     }
     if let Ok(text) = std::str::from_utf8(stdin) {

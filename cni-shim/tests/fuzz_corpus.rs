@@ -31,7 +31,10 @@ fn every_cni_seed_and_regression_runs_clean() {
         let stdin = data.split(|&b| b == 0).nth(1).unwrap_or(&[]);
         cni_shim::config::NetConf::parse(stdin).is_ok()
     });
-    assert!(accepted, "no seed in fuzz/seeds/cni holds a valid network config");
+    assert!(
+        accepted,
+        "no seed in fuzz/seeds/cni holds a valid network config"
+    );
     let regressions = files(&fuzz.join("regressions/cni"));
     for path in seeds.iter().chain(&regressions) {
         let data = std::fs::read(path).unwrap();

@@ -225,22 +225,36 @@ pub fn nodes_file(data: &[u8]) {
         let _ = raw.own_vtep_mac();
         if let Ok(v) = raw.validated(&policy) {
             check_promises(&names, &v, Some(&policy));
-            assert_eq!(v.validated(&policy).ok().as_ref(), Some(&v), "validation is idempotent");
+            assert_eq!(
+                v.validated(&policy).ok().as_ref(),
+                Some(&v),
+                "validation is idempotent"
+            );
             let _ = Fdb::from_peers(&v.peers, 8472);
         } else {
             // Only the own node can make validation fail.
-            assert!(!policy.network.contains(raw.own_pod_cidr().network())
-                || raw.own_pod_cidr().prefix() < policy.network.prefix()
-                || reserved_v4(raw.own_pod_cidr())
-                || raw.own_pod_cidr().overlaps("198.18.0.0/24".parse().expect("net")));
+            assert!(
+                !policy.network.contains(raw.own_pod_cidr().network())
+                    || raw.own_pod_cidr().prefix() < policy.network.prefix()
+                    || reserved_v4(raw.own_pod_cidr())
+                    || raw
+                        .own_pod_cidr()
+                        .overlaps("198.18.0.0/24".parse().expect("net"))
+            );
         }
     }
 }
 
 fn reserved_v4(n: ipnetwork::Ipv4Network) -> bool {
-    ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"]
-        .iter()
-        .any(|r| n.overlaps(r.parse().expect("net")))
+    [
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    ]
+    .iter()
+    .any(|r| n.overlaps(r.parse().expect("net")))
 }
 
 fn check_promises(
@@ -255,7 +269,11 @@ fn check_promises(
     assert_eq!(peers.len(), s.peers.len(), "peer names are unique");
     assert_eq!(skipped.len(), s.skipped.len(), "a node is skipped once");
     assert!(peers.is_disjoint(&skipped));
-    assert_eq!(&(&peers | &skipped), names, "every node is a peer or skipped");
+    assert_eq!(
+        &(&peers | &skipped),
+        names,
+        "every node is a peer or skipped"
+    );
     let mut macs = HashSet::from([s.own_vtep_mac()]);
     let mut vteps = HashSet::new();
     let mut cidrs: Vec<ipnetwork::Ipv4Network> = Vec::new();
@@ -263,14 +281,22 @@ fn check_promises(
         assert!(macs.insert(p.vtep_mac), "duplicate VtepMAC {}", p.vtep_mac);
         assert!(vteps.insert(p.vtep_ip), "duplicate VTEP {}", p.vtep_ip);
         assert!(p.vtep_mac.is_valid_vtep());
-        assert!(!p.pod_cidr.overlaps(own), "{} overlaps own {own}", p.pod_cidr);
+        assert!(
+            !p.pod_cidr.overlaps(own),
+            "{} overlaps own {own}",
+            p.pod_cidr
+        );
         assert!(
             cidrs.iter().all(|c| !c.overlaps(p.pod_cidr)),
             "{} overlaps another peer",
             p.pod_cidr
         );
         cidrs.push(p.pod_cidr);
-        assert_ne!(Some(p.vtep_ip), s.own.public_ip, "a peer uses this node's VTEP");
+        assert_ne!(
+            Some(p.vtep_ip),
+            s.own.public_ip,
+            "a peer uses this node's VTEP"
+        );
         let Some(pol) = policy else { continue };
         let c = p.pod_cidr;
         assert!(
@@ -286,7 +312,9 @@ fn check_promises(
             "{c} covers the underlay"
         );
         assert!(
-            pol.own_addresses.iter().all(|a| !ipnetwork::IpNetwork::V4(c).contains(*a)),
+            pol.own_addresses
+                .iter()
+                .all(|a| !ipnetwork::IpNetwork::V4(c).contains(*a)),
             "{c} covers an own address"
         );
         let v = p.vtep_ip;

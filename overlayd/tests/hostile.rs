@@ -489,7 +489,7 @@ fn nodes_file_written_in_place_is_applied_only_when_complete() {
         .truncate(true)
         .open(lab.nodes_file())
         .unwrap();
-    f.write_all(full[..cut].as_bytes()).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
     f.flush().unwrap();
     // Longer than any settle window: only knowing the writer still holds the file helps.
     let until = Instant::now() + Duration::from_secs(3);
@@ -502,7 +502,7 @@ fn nodes_file_written_in_place_is_applied_only_when_complete() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    f.write_all(full[cut..].as_bytes()).unwrap();
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
     drop(f);
     assert!(
         wait_until(Duration::from_secs(5), || all_present(&lab, 20)),

@@ -128,3 +128,59 @@ async fn next_events(watch: Option<&FileWatch>) -> std::io::Result<Vec<FileEvent
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn nodelist(n: usize) -> String {
+        let mut s = String::from("apiVersion: v1\nkind: NodeList\nitems:\n");
+        for i in 1..=n {
+            s.push_str(&format!(
+                "- metadata: {{name: node{i}}}\n  spec: {{podCIDR: 10.244.{i}.0/24}}\n  status: {{addresses: [{{type: InternalIP, address: 198.18.0.{i}}}]}}\n"
+            ));
+        }
+        s
+    }
+
+    /// Unprivileged twin of the root test in tests/hostile.rs: a writer truncates the file,
+    /// writes a parseable half, pauses longer than any settle window with the file open, then
+    /// finishes. Nothing is sent until it closes the file; then the whole list is.
+    #[tokio::test]
+    async fn a_file_held_open_for_writing_is_not_read_until_closed() {
+        let dir = std::env::temp_dir().join(format!("overlayd-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nodes.yaml");
+        std::fs::write(&path, nodelist(6)).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(watch_nodes_file(path.clone(), "node1".into(), tx));
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(first.peers.len(), 5);
+
+        let full = nodelist(7);
+        let cut = full.find("- metadata: {name: node3}").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&full.as_bytes()[..cut]).unwrap();
+        f.flush().unwrap();
+        let early = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        assert!(
+            early.is_err(),
+            "read while still open for writing: {early:?}"
+        );
+        f.write_all(&full.as_bytes()[cut..]).unwrap();
+        drop(f);
+        let done = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the complete file is read once closed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.peers.len(), 6);
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -3,7 +3,7 @@
 //! One function, [`ClusterState::from_nodes`], turns a full set of Nodes into the desired state;
 //! both the nodes file and the Kubernetes watcher feed it, so they cannot disagree.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -841,7 +841,7 @@ impl ClusterState {
             candidates,
             early_skips,
         };
-        state.decide(None, &[]);
+        state.decide(None);
         Ok(state)
     }
 
@@ -850,27 +850,15 @@ impl ClusterState {
     /// remain (a node skipped for overlapping a now-invalid one comes back). An own node whose
     /// podCIDR breaks the rules is an error: nothing can be programmed for it.
     pub fn validated(&self, policy: &PeerPolicy) -> Result<Self, ModelError> {
-        self.validated_keeping(policy, &[])
-    }
-
-    /// [`ClusterState::validated`], with conflicts (overlapping podCIDRs, shared VTEP
-    /// addresses or MACs) decided first in favour of the nodes named in `incumbents` (the
-    /// peers in use now), then by name: a new node cannot displace a working peer by claiming
-    /// its range or address under a name that sorts earlier.
-    pub fn validated_keeping(
-        &self,
-        policy: &PeerPolicy,
-        incumbents: &[Peer],
-    ) -> Result<Self, ModelError> {
         policy.check_own(&self.own)?;
         let mut s = self.clone();
-        s.decide(Some(policy), incumbents);
+        s.decide(Some(policy));
         Ok(s)
     }
 
     /// Chooses the peers among `candidates` in name order: each must pass `policy` (when
     /// given), then not conflict with this node or an earlier peer.
-    fn decide(&mut self, policy: Option<&PeerPolicy>, incumbents: &[Peer]) {
+    fn decide(&mut self, policy: Option<&PeerPolicy>) {
         let own_cidr = self.own_pod_cidr();
         let own_v6 = self
             .own
@@ -888,12 +876,7 @@ impl ClusterState {
             self.own.public_ip.map(IpAddr::V4),
             self.own.public_ip_v6.map(IpAddr::V6),
         ];
-        // Incumbents first, each group in name order (`candidates` is sorted by name).
-        let kept: HashSet<&str> = incumbents.iter().map(|p| p.name.as_str()).collect();
-        let mut order: Vec<usize> = (0..self.candidates.len()).collect();
-        order.sort_by_key(|&i| !kept.contains(self.candidates[i].name.as_str()));
-        for i in order {
-            let v = &self.candidates[i];
+        for (i, v) in self.candidates.iter().enumerate() {
             let (Some(pod_cidr), Some(vtep_ip), Some(vtep_mac)) =
                 (v.pod_cidr, v.public_ip, v.vtep_mac)
             else {
@@ -985,7 +968,6 @@ impl ClusterState {
                 vtep_mac,
             });
         }
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
         self.peers = peers;
         self.skipped = skipped;
     }
@@ -1553,44 +1535,5 @@ mod tests {
         // IPv6 disabled: the same nodes are judged by their IPv4 fields only.
         let v = raw.validated(&policy()).unwrap();
         assert_eq!(v.peers.len(), 9, "{:?}", v.skipped);
-    }
-
-    #[test]
-    fn a_newcomer_cannot_displace_a_working_peer_by_sorting_first() {
-        let good = node("node2", Some("10.244.2.0/24"), "198.18.0.2", &[]);
-        let own = node("node1", Some("10.244.1.0/24"), "198.18.0.1", &[]);
-        let raw = ClusterState::from_nodes(
-            &[own.clone(), good.clone()],
-            "node1",
-            PeerFilter::AllowUnannotated,
-        )
-        .unwrap();
-        let before = raw.validated(&policy()).unwrap();
-        // Claims node2's VTEP, and (another one) node2's podCIDR, under earlier names.
-        let thief = node("a-thief", Some("10.244.9.0/24"), "198.18.0.2", &[]);
-        let squat = node("a-squat", Some("10.244.2.0/23"), "198.18.0.8", &[]);
-        let raw = ClusterState::from_nodes(
-            &[own, good, thief, squat],
-            "node1",
-            PeerFilter::AllowUnannotated,
-        )
-        .unwrap();
-        let fresh = raw.validated(&policy()).unwrap();
-        assert_eq!(
-            kind_of(&fresh, "node2"),
-            Some(SkipReason::PodCidrOverlapsPeer)
-        );
-        let kept = raw.validated_keeping(&policy(), &before.peers).unwrap();
-        assert_eq!(kind_of(&kept, "node2"), None, "{kept:?}");
-        assert_eq!(kind_of(&kept, "a-thief"), Some(SkipReason::VtepDuplicate));
-        assert_eq!(
-            kind_of(&kept, "a-squat"),
-            Some(SkipReason::PodCidrOverlapsPeer)
-        );
-        let names: Vec<_> = kept.peers.iter().map(|p| p.name.as_str()).collect();
-        assert!(
-            names.windows(2).all(|w| w[0] < w[1]),
-            "peers sorted by name"
-        );
     }
 }

@@ -75,8 +75,8 @@ const HOSTILE: [(&str, &str, &str, &str); 9] = [
         "127.0.0.1",
         "vtep_loopback",
     ),
-    // Named to sort after node1: at start (no peer yet to prefer) a conflict goes to the
-    // earlier name (see README), and on node2 this one duplicates node1's VTEP.
+    // Named to sort after node1: a conflict goes to the earlier name (see README), and on
+    // node2 this one duplicates node1's VTEP.
     (
         "z-own-vtep",
         "10.244.62.0/24",

@@ -147,7 +147,7 @@ async fn wait_for_own_node(
     let mut last_err = String::new();
     loop {
         tokio::select! {
-            u = updates.recv() => match u.map(|u| u.and_then(|s| policy::validate(&s, policy, &[]))) {
+            u = updates.recv() => match u.map(|u| u.and_then(|s| policy::validate(&s, policy))) {
                 Some(Ok(s)) => return Ok(Some(s)),
                 Some(Err(msg)) => {
                     if msg != last_err {
@@ -477,7 +477,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 // Every state is validated for this node before anything else sees it.
                 Some(Ok(raw)) => {
                     policy = current_policy(&nl, &netconf, &underlay, &opts).await;
-                    Some(policy::validate(&raw, &policy, &state.peers))
+                    Some(policy::validate(&raw, &policy))
                 }
                 other => other,
             } {

@@ -49,13 +49,6 @@ pub async fn peer_policy(
 
 /// A state from a node source, validated for this node: bad peers moved to `skipped`; an own
 /// node that cannot be served becomes the error the control loop reports (and waits on).
-/// Conflicts go to the peers in use now (`current`) first, so a newcomer cannot displace one.
-pub fn validate(
-    state: &ClusterState,
-    policy: &PeerPolicy,
-    current: &[fdb_sync::Peer],
-) -> Result<ClusterState, String> {
-    state
-        .validated_keeping(policy, current)
-        .map_err(|e| e.to_string())
+pub fn validate(state: &ClusterState, policy: &PeerPolicy) -> Result<ClusterState, String> {
+    state.validated(policy).map_err(|e| e.to_string())
 }

@@ -58,6 +58,7 @@ fn bench_path(c: &mut Criterion) {
         own_mac: OWN,
         inner_mtu: 1450,
         allow_any_sender: false,
+        allow_foreign_inner_source: false,
     };
 
     let mut g = c.benchmark_group("per_packet");

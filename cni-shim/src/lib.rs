@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fuzz_targets;
 pub mod ipam;
 pub mod net;
 pub mod netns;

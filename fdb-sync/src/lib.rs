@@ -14,7 +14,8 @@ pub mod nodes_file;
 pub mod subnet_env;
 
 pub use model::{
-    derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, Skipped,
+    derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, PeerPolicy,
+    SkipReason, Skipped,
 };
 pub use nodes_file::{parse_node_list, NodesFileError};
 pub use subnet_env::SubnetEnv;

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::api::core::v1::Node;
 use serde::Deserialize;
 
@@ -96,6 +96,14 @@ pub enum ModelError {
     NoPodCidr { node: String },
     #[error("node {0} is not in the node list (check --node-name or the NODE_NAME env)")]
     OwnNodeMissing(String),
+    /// This node's own podCIDR breaks a rule a peer's would be skipped for; nothing can be
+    /// programmed until the Node (or net-conf) is fixed.
+    #[error("this node {node}: podCIDR {cidr} {reason}: fix the Node's spec.podCIDR or net-conf.json's Network")]
+    OwnPodCidrInvalid {
+        node: String,
+        cidr: String,
+        reason: String,
+    },
 }
 
 /// `backend-data` annotation: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
@@ -304,10 +312,60 @@ impl NodeView {
     }
 }
 
-/// First and last address of `net`, as integers.
-fn cidr_bounds(net: Ipv4Network) -> (u32, u32) {
-    let start = u32::from(net.network());
-    (start, start | !u32::from(net.mask()))
+/// First and last address of a network, as integers of one width for both families.
+fn bounds(net: IpNetwork) -> (u128, u128) {
+    match net {
+        IpNetwork::V4(n) => {
+            let start = u32::from(n.network());
+            (u128::from(start), u128::from(start | !u32::from(n.mask())))
+        }
+        IpNetwork::V6(n) => {
+            let start = u128::from(n.network());
+            (start, start | !u128::from(n.mask()))
+        }
+    }
+}
+
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    if a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    let ((a0, a1), (b0, b1)) = (bounds(a), bounds(b));
+    a0 <= b1 && b0 <= a1
+}
+
+/// Whether `inner` lies wholly inside `outer` (same family).
+fn within(inner: IpNetwork, outer: IpNetwork) -> bool {
+    inner.is_ipv4() == outer.is_ipv4()
+        && inner.prefix() >= outer.prefix()
+        && outer.contains(inner.network())
+}
+
+/// Networks of one family that never overlap, looked up in O(log n) so 5000 nodes stay cheap.
+/// Each holds the index of its owner (a candidate).
+#[derive(Default)]
+struct Disjoint {
+    by_start: BTreeMap<(bool, u128), (u128, usize)>,
+}
+
+impl Disjoint {
+    /// The owner of a held network that overlaps `net`, if any.
+    fn conflict(&self, net: IpNetwork) -> Option<usize> {
+        let v4 = net.is_ipv4();
+        let (start, end) = bounds(net);
+        let contained = self.by_start.range((v4, start)..=(v4, end)).next();
+        let containing = self
+            .by_start
+            .range((v4, 0)..(v4, start))
+            .next_back()
+            .filter(|(_, (e, _))| *e >= start);
+        contained.or(containing).map(|(_, (_, owner))| *owner)
+    }
+
+    fn insert(&mut self, net: IpNetwork, owner: usize) {
+        let (start, end) = bounds(net);
+        self.by_start.insert((net.is_ipv4(), start), (end, owner));
+    }
 }
 
 /// A remote node this node forwards to.
@@ -328,25 +386,379 @@ pub enum PeerFilter {
     RequireVxlanAnnotation,
 }
 
+/// Why a node is not a peer. [`SkipReason::as_str`] is the stable label of the
+/// `overlayd_peers_skipped{reason}` metric and of `overlayd status`; the human message that
+/// names the offending value is [`Skipped::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// A field could not be read (podCIDR, an annotation).
+    Unreadable,
+    /// `backend-type` is set to something other than `vxlan`.
+    BackendType,
+    /// Kubernetes only: no `backend-type` annotation yet (Flannel not running there).
+    NoBackendAnnotation,
+    /// No IPv4 podCIDR.
+    NoPodCidr,
+    /// No IPv4 public address (annotation or InternalIP).
+    NoPublicIp,
+    /// The podCIDR overlaps loopback, link-local, multicast, "this network" or reserved space.
+    PodCidrReserved,
+    /// The podCIDR is not inside the cluster Network (net-conf.json), or of the wrong family.
+    PodCidrOutsideNetwork,
+    /// The podCIDR overlaps this node's own.
+    PodCidrOverlapsOwn,
+    /// The podCIDR overlaps an earlier (by name) peer's.
+    PodCidrOverlapsPeer,
+    /// The podCIDR covers an underlay subnet or an address of this node: routing it into the
+    /// device would capture the VXLAN packets themselves.
+    PodCidrCoversUnderlay,
+    /// The VTEP address is unspecified, multicast, broadcast or reserved.
+    VtepNotUnicast,
+    /// The VTEP address is a loopback address.
+    VtepLoopback,
+    /// The VTEP address is link-local (and link-local VTEPs are not allowed).
+    VtepLinkLocal,
+    /// The VTEP address is one of this node's own addresses.
+    VtepOwnAddress,
+    /// The VTEP address lies inside the pod Network.
+    VtepInPodNetwork,
+    /// Another (earlier by name) peer already uses this VTEP address.
+    VtepDuplicate,
+    /// Another node (or this one) already uses this VtepMAC.
+    VtepMacDuplicate,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 17] = [
+        Self::Unreadable,
+        Self::BackendType,
+        Self::NoBackendAnnotation,
+        Self::NoPodCidr,
+        Self::NoPublicIp,
+        Self::PodCidrReserved,
+        Self::PodCidrOutsideNetwork,
+        Self::PodCidrOverlapsOwn,
+        Self::PodCidrOverlapsPeer,
+        Self::PodCidrCoversUnderlay,
+        Self::VtepNotUnicast,
+        Self::VtepLoopback,
+        Self::VtepLinkLocal,
+        Self::VtepOwnAddress,
+        Self::VtepInPodNetwork,
+        Self::VtepDuplicate,
+        Self::VtepMacDuplicate,
+    ];
+
+    /// Stable snake_case label for metrics and status.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreadable => "unreadable",
+            Self::BackendType => "backend_type",
+            Self::NoBackendAnnotation => "no_backend_annotation",
+            Self::NoPodCidr => "no_pod_cidr",
+            Self::NoPublicIp => "no_public_ip",
+            Self::PodCidrReserved => "pod_cidr_reserved",
+            Self::PodCidrOutsideNetwork => "pod_cidr_outside_network",
+            Self::PodCidrOverlapsOwn => "pod_cidr_overlaps_own",
+            Self::PodCidrOverlapsPeer => "pod_cidr_overlaps_peer",
+            Self::PodCidrCoversUnderlay => "pod_cidr_covers_underlay",
+            Self::VtepNotUnicast => "vtep_not_unicast",
+            Self::VtepLoopback => "vtep_loopback",
+            Self::VtepLinkLocal => "vtep_link_local",
+            Self::VtepOwnAddress => "vtep_own_address",
+            Self::VtepInPodNetwork => "vtep_in_pod_network",
+            Self::VtepDuplicate => "vtep_duplicate",
+            Self::VtepMacDuplicate => "vtep_mac_duplicate",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A node left out of the peer set, and why (reported once by the caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
     pub node: String,
+    /// A message for people that names the offending value.
     pub reason: String,
+    /// The reason's class, for metrics.
+    pub kind: SkipReason,
+}
+
+/// What this node knows that the Node objects do not: the cluster Network and its own
+/// addresses. With it, [`ClusterState::validated`] keeps every peer that could hurt the node
+/// (a route over an underlay subnet, a VTEP on loopback, ...) away from the kernel and the FDB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerPolicy {
+    /// net-conf.json `Network`: every IPv4 podCIDR must lie inside it, no VTEP may.
+    pub network: Ipv4Network,
+    /// net-conf.json `IPv6Network` when IPv6 is enabled; `None` leaves IPv6 fields unchecked
+    /// (and unused).
+    pub network_v6: Option<Ipv6Network>,
+    /// Every address of this node (underlay and others): no peer may use one as its VTEP, and
+    /// no peer podCIDR may cover one.
+    pub own_addresses: Vec<IpAddr>,
+    /// The subnets of the underlay interface: no podCIDR may overlap them.
+    pub underlay_subnets: Vec<IpNetwork>,
+    /// Accept link-local VTEP addresses (169.254.0.0/16, fe80::/10).
+    pub allow_link_local_vtep: bool,
+}
+
+/// Address space no podCIDR may touch, with the name used in messages.
+const RESERVED_V4: [(&str, [u8; 4], u8); 5] = [
+    ("\"this network\" 0.0.0.0/8", [0, 0, 0, 0], 8),
+    ("loopback 127.0.0.0/8", [127, 0, 0, 0], 8),
+    ("link-local 169.254.0.0/16", [169, 254, 0, 0], 16),
+    ("multicast 224.0.0.0/4", [224, 0, 0, 0], 4),
+    ("reserved/broadcast 240.0.0.0/4", [240, 0, 0, 0], 4),
+];
+
+fn reserved_v4(net: Ipv4Network) -> Option<&'static str> {
+    RESERVED_V4.iter().find_map(|(name, a, p)| {
+        let r = Ipv4Network::new(Ipv4Addr::from(*a), *p).expect("valid constant");
+        overlaps(net.into(), r.into()).then_some(*name)
+    })
+}
+
+fn reserved_v6(net: Ipv6Network) -> Option<&'static str> {
+    const R: [(&str, u128, u8); 4] = [
+        ("unspecified/loopback ::/127", 0, 127),
+        ("link-local fe80::/10", 0xfe80 << 112, 10),
+        ("multicast ff00::/8", 0xff00 << 112, 8),
+        ("IPv4-mapped ::ffff:0:0/96", 0xffff << 32, 96),
+    ];
+    R.iter().find_map(|(name, a, p)| {
+        let r = Ipv6Network::new(Ipv6Addr::from(*a), *p).expect("valid constant");
+        overlaps(net.into(), r.into()).then_some(*name)
+    })
+}
+
+type Check = Result<(), (SkipReason, String)>;
+
+fn fail(kind: SkipReason, msg: String) -> Check {
+    Err((kind, msg))
+}
+
+impl PeerPolicy {
+    /// A policy that knows only the Network (no own addresses, link-local VTEPs refused).
+    #[must_use]
+    pub fn new(network: Ipv4Network) -> Self {
+        PeerPolicy {
+            network,
+            network_v6: None,
+            own_addresses: Vec::new(),
+            underlay_subnets: Vec::new(),
+            allow_link_local_vtep: false,
+        }
+    }
+
+    /// Whether `ip` is inside one of the underlay subnets. A Network that nests the underlay
+    /// (Network 10.0.0.0/8, nodes on 10.1.0.0/24) is a layout Flannel runs with: VTEPs there
+    /// are safe because no podCIDR may overlap an underlay subnet.
+    fn in_underlay(&self, ip: IpAddr) -> bool {
+        self.underlay_subnets.iter().any(|s| s.contains(ip))
+    }
+
+    /// The rules of one VTEP address, alone (duplicates are the caller's).
+    fn check_vtep(&self, ip: IpAddr) -> Check {
+        let not_unicast = |what: &str| {
+            fail(
+                SkipReason::VtepNotUnicast,
+                format!("VTEP address {ip} is {what}, not a unicast host address"),
+            )
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                if a.is_unspecified() || a.octets()[0] == 0 {
+                    return not_unicast("in \"this network\" 0.0.0.0/8");
+                }
+                if a.is_multicast() {
+                    return not_unicast("multicast");
+                }
+                if a.is_broadcast() || a.octets()[0] >= 240 {
+                    return not_unicast("broadcast or reserved (240.0.0.0/4)");
+                }
+                if let Some(s) = self.underlay_subnets.iter().find(|s| match s {
+                    IpNetwork::V4(n) => n.prefix() < 31 && n.broadcast() == a,
+                    IpNetwork::V6(_) => false,
+                }) {
+                    return not_unicast(&format!("the broadcast address of underlay subnet {s}"));
+                }
+                if a.is_loopback() {
+                    return fail(
+                        SkipReason::VtepLoopback,
+                        format!("VTEP address {ip} is a loopback address"),
+                    );
+                }
+                if a.is_link_local() && !self.allow_link_local_vtep {
+                    return fail(
+                        SkipReason::VtepLinkLocal,
+                        format!("VTEP address {ip} is link-local (169.254.0.0/16)"),
+                    );
+                }
+                if self.network.contains(a) && !self.in_underlay(ip) {
+                    return fail(
+                        SkipReason::VtepInPodNetwork,
+                        format!(
+                            "VTEP address {ip} is inside the pod Network {}",
+                            self.network
+                        ),
+                    );
+                }
+            }
+            IpAddr::V6(a) => {
+                if a.is_unspecified() {
+                    return not_unicast("unspecified");
+                }
+                if a.is_multicast() {
+                    return not_unicast("multicast");
+                }
+                if a.is_loopback() {
+                    return fail(
+                        SkipReason::VtepLoopback,
+                        format!("VTEP address {ip} is a loopback address"),
+                    );
+                }
+                if a.segments()[0] & 0xffc0 == 0xfe80 && !self.allow_link_local_vtep {
+                    return fail(
+                        SkipReason::VtepLinkLocal,
+                        format!("VTEP address {ip} is link-local (fe80::/10)"),
+                    );
+                }
+                if let Some(n) = self
+                    .network_v6
+                    .filter(|n| n.contains(a) && !self.in_underlay(ip))
+                {
+                    return fail(
+                        SkipReason::VtepInPodNetwork,
+                        format!("VTEP address {ip} is inside the pod IPv6Network {n}"),
+                    );
+                }
+            }
+        }
+        if self.own_addresses.contains(&ip) {
+            return fail(
+                SkipReason::VtepOwnAddress,
+                format!("VTEP address {ip} is an address of this node"),
+            );
+        }
+        Ok(())
+    }
+
+    /// The rules of one podCIDR, alone (overlaps with other nodes are the caller's). `peer`
+    /// adds the rule that it must not cover any of this node's addresses (this node's own
+    /// podCIDR holds its device and bridge addresses by design).
+    fn check_pod_cidr(&self, net: IpNetwork, peer: bool) -> Check {
+        let reserved = match net {
+            IpNetwork::V4(n) => reserved_v4(n),
+            IpNetwork::V6(n) => reserved_v6(n),
+        };
+        if let Some(r) = reserved {
+            return fail(
+                SkipReason::PodCidrReserved,
+                format!("podCIDR {net} overlaps {r}"),
+            );
+        }
+        let network = match net {
+            IpNetwork::V4(_) => Some(IpNetwork::V4(self.network)),
+            IpNetwork::V6(_) => self.network_v6.map(IpNetwork::V6),
+        };
+        match network {
+            Some(nw) if !within(net, nw) => {
+                return fail(
+                    SkipReason::PodCidrOutsideNetwork,
+                    format!("podCIDR {net} is not inside the cluster Network {nw}"),
+                )
+            }
+            Some(_) => {}
+            None => {
+                return fail(
+                    SkipReason::PodCidrOutsideNetwork,
+                    format!("podCIDR {net}: IPv6 is not enabled in net-conf.json"),
+                )
+            }
+        }
+        if let Some(s) = self.underlay_subnets.iter().find(|s| overlaps(net, **s)) {
+            return fail(
+                SkipReason::PodCidrCoversUnderlay,
+                format!("podCIDR {net} overlaps underlay subnet {s}: its route would capture VXLAN itself"),
+            );
+        }
+        if peer {
+            if let Some(a) = self.own_addresses.iter().find(|a| net.contains(**a)) {
+                return fail(
+                    SkipReason::PodCidrCoversUnderlay,
+                    format!("podCIDR {net} covers this node's address {a}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules a peer must pass on its own, IPv4 first, then IPv6 when enabled.
+    fn check_peer(&self, v: &NodeView, pod_cidr: Ipv4Network, vtep_ip: Ipv4Addr) -> Check {
+        self.check_pod_cidr(pod_cidr.into(), true)?;
+        self.check_vtep(vtep_ip.into())?;
+        if self.network_v6.is_some() {
+            if let Some(c) = v.pod_cidr_v6 {
+                self.check_pod_cidr(c.into(), true)?;
+            }
+            if let Some(a) = v.public_ip_v6 {
+                self.check_vtep(a.into())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The own node's podCIDR(s) must obey the same rules as a peer's (but may hold this
+    /// node's own addresses).
+    fn check_own(&self, own: &NodeView) -> Result<(), ModelError> {
+        let mut cidrs: Vec<IpNetwork> = own.pod_cidr.into_iter().map(IpNetwork::V4).collect();
+        if self.network_v6.is_some() {
+            cidrs.extend(own.pod_cidr_v6.map(IpNetwork::V6));
+        }
+        for c in cidrs {
+            if let Err((_, msg)) = self.check_pod_cidr(c, false) {
+                return Err(ModelError::OwnPodCidrInvalid {
+                    node: own.name.clone(),
+                    cidr: c.to_string(),
+                    reason: msg
+                        .strip_prefix(&format!("podCIDR {c} "))
+                        .unwrap_or(&msg)
+                        .to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The desired state of one node, computed from the full node set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterState {
     pub own: NodeView,
-    /// Sorted by name; unique pod CIDRs, VTEP MACs and names.
+    /// Sorted by name; unique pod CIDRs, VTEP addresses, VTEP MACs and names.
     pub peers: Vec<Peer>,
     pub skipped: Vec<Skipped>,
+    /// The other nodes that were readable, passed the filter and have a podCIDR, MAC and
+    /// public IP, sorted by name: the input of the peer decision, kept so that
+    /// [`ClusterState::validated`] can decide again with this node's [`PeerPolicy`] (a bad
+    /// node must not keep out a good one it overlaps).
+    candidates: Vec<NodeView>,
+    /// Nodes skipped before the decision (unreadable, filtered, incomplete).
+    early_skips: Vec<Skipped>,
 }
 
 impl ClusterState {
     /// Builds the desired state from every Node known. A broken peer is skipped (and listed in
-    /// `skipped`); only a missing or unusable own node is an error.
+    /// `skipped`); only a missing or unusable own node is an error. Without a [`PeerPolicy`]
+    /// only the rules the Nodes alone decide are applied; the daemon applies
+    /// [`ClusterState::validated`] to every state before using it.
     pub fn from_nodes(
         nodes: &[Node],
         own_name: &str,
@@ -364,7 +776,7 @@ impl ClusterState {
     ) -> Result<Self, ModelError> {
         let mut own = None;
         let mut views = Vec::new();
-        let mut skipped = Vec::new();
+        let mut early_skips = Vec::new();
         for n in nodes {
             let name = n.metadata.name.clone().unwrap_or_default();
             let view = NodeView::from_node(n);
@@ -374,97 +786,206 @@ impl ClusterState {
             }
             match view {
                 Ok(v) => views.push(v),
-                Err(e) => skipped.push(Skipped {
+                Err(e) => early_skips.push(Skipped {
                     node: name,
                     reason: e.to_string(),
+                    kind: SkipReason::Unreadable,
                 }),
             }
         }
         let own = own.ok_or_else(|| ModelError::OwnNodeMissing(own_name.to_string()))?;
-        let own_cidr = own.pod_cidr.ok_or_else(|| ModelError::NoPodCidr {
-            node: own.name.clone(),
-        })?;
+        if own.pod_cidr.is_none() {
+            return Err(ModelError::NoPodCidr {
+                node: own.name.clone(),
+            });
+        }
 
         views.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut peers: Vec<Peer> = Vec::new();
-        // Accepted peer CIDRs by network address (they never overlap each other), so the
-        // overlap check is O(log n) and 5000 nodes stay cheap.
-        let mut by_start: BTreeMap<u32, (u32, usize)> = BTreeMap::new();
-        let mut by_mac: HashMap<MacAddr, String> = HashMap::new();
-        if let Some(m) = own.vtep_mac {
-            by_mac.insert(m, own.name.clone());
-        }
+        let mut candidates = Vec::with_capacity(views.len());
         for v in views {
-            let skip = |reason: String| Skipped {
-                node: v.name.clone(),
-                reason,
+            let mut skip = |kind: SkipReason, reason: String| {
+                early_skips.push(Skipped {
+                    node: v.name.clone(),
+                    reason,
+                    kind,
+                });
             };
             match (filter, v.backend_type.as_deref()) {
                 (_, Some("vxlan")) | (PeerFilter::AllowUnannotated, None) => {}
                 (_, Some(other)) => {
-                    skipped.push(skip(format!("backend-type is {other:?}, not \"vxlan\"")));
+                    skip(
+                        SkipReason::BackendType,
+                        format!("backend-type is {other:?}, not \"vxlan\""),
+                    );
                     continue;
                 }
                 (PeerFilter::RequireVxlanAnnotation, None) => {
-                    skipped.push(skip(
+                    skip(
+                        SkipReason::NoBackendAnnotation,
                         "no backend-type annotation yet (Flannel not running there)".into(),
-                    ));
+                    );
                     continue;
                 }
             }
-            let (Some(pod_cidr), Some(vtep_mac)) = (v.pod_cidr, v.vtep_mac) else {
-                skipped.push(skip("no IPv4 podCIDR".into()));
+            if v.pod_cidr.is_none() || v.vtep_mac.is_none() {
+                skip(SkipReason::NoPodCidr, "no IPv4 podCIDR".into());
                 continue;
+            }
+            if v.public_ip.is_none() {
+                let msg = ModelError::NoPublicIp {
+                    node: v.name.clone(),
+                }
+                .to_string();
+                skip(SkipReason::NoPublicIp, msg);
+                continue;
+            }
+            candidates.push(v);
+        }
+        let mut state = ClusterState {
+            own,
+            peers: Vec::new(),
+            skipped: Vec::new(),
+            candidates,
+            early_skips,
+        };
+        state.decide(None);
+        Ok(state)
+    }
+
+    /// This state decided again under `policy`: every peer that breaks one of its rules is
+    /// moved to `skipped` with its reason, and conflicts are re-decided among the peers that
+    /// remain (a node skipped for overlapping a now-invalid one comes back). An own node whose
+    /// podCIDR breaks the rules is an error: nothing can be programmed for it.
+    pub fn validated(&self, policy: &PeerPolicy) -> Result<Self, ModelError> {
+        policy.check_own(&self.own)?;
+        let mut s = self.clone();
+        s.decide(Some(policy));
+        Ok(s)
+    }
+
+    /// Chooses the peers among `candidates` in name order: each must pass `policy` (when
+    /// given), then not conflict with this node or an earlier peer.
+    fn decide(&mut self, policy: Option<&PeerPolicy>) {
+        let own_cidr = self.own_pod_cidr();
+        let own_v6 = self
+            .own
+            .pod_cidr_v6
+            .filter(|_| policy.is_some_and(|p| p.network_v6.is_some()));
+        let mut peers = Vec::new();
+        let mut skipped = self.early_skips.clone();
+        let mut cidrs = Disjoint::default();
+        let mut by_mac: HashMap<MacAddr, &str> = HashMap::new();
+        let mut by_vtep: HashMap<IpAddr, &str> = HashMap::new();
+        if let Some(m) = self.own.vtep_mac {
+            by_mac.insert(m, &self.own.name);
+        }
+        let own_ips = [
+            self.own.public_ip.map(IpAddr::V4),
+            self.own.public_ip_v6.map(IpAddr::V6),
+        ];
+        for (i, v) in self.candidates.iter().enumerate() {
+            let (Some(pod_cidr), Some(vtep_ip), Some(vtep_mac)) =
+                (v.pod_cidr, v.public_ip, v.vtep_mac)
+            else {
+                continue; // from_node_iter admits only complete candidates
             };
-            let Some(vtep_ip) = v.public_ip else {
-                skipped.push(skip(
-                    ModelError::NoPublicIp {
-                        node: v.name.clone(),
+            let v6 = policy.is_some_and(|p| p.network_v6.is_some());
+            let mut nets: Vec<IpNetwork> = vec![pod_cidr.into()];
+            let mut vteps: Vec<IpAddr> = vec![vtep_ip.into()];
+            if v6 {
+                nets.extend(v.pod_cidr_v6.map(IpNetwork::V6));
+                vteps.extend(v.public_ip_v6.map(IpAddr::V6));
+            }
+            let verdict = (|| -> Check {
+                for &net in &nets {
+                    let own = match net {
+                        IpNetwork::V4(_) => Some(IpNetwork::V4(own_cidr)),
+                        IpNetwork::V6(_) => own_v6.map(IpNetwork::V6),
+                    };
+                    if let Some(own) = own.filter(|o| overlaps(net, *o)) {
+                        return fail(
+                            SkipReason::PodCidrOverlapsOwn,
+                            format!("podCIDR {net} overlaps this node's {own}"),
+                        );
                     }
-                    .to_string(),
-                ));
-                continue;
-            };
-            if pod_cidr.overlaps(own_cidr) {
-                skipped.push(skip(format!(
-                    "podCIDR {pod_cidr} overlaps this node's {own_cidr}"
-                )));
+                }
+                // After the own-podCIDR rule (whose message is the clearer one for a peer that
+                // claims this node's range) and before conflicts with other peers.
+                if let Some(p) = policy {
+                    p.check_peer(v, pod_cidr, vtep_ip)?;
+                }
+                for &net in &nets {
+                    if let Some(j) = cidrs.conflict(net) {
+                        let other = &self.candidates[j];
+                        let theirs = match net {
+                            IpNetwork::V4(_) => other.pod_cidr.map(|c| c.to_string()),
+                            IpNetwork::V6(_) => other.pod_cidr_v6.map(|c| c.to_string()),
+                        };
+                        return fail(
+                            SkipReason::PodCidrOverlapsPeer,
+                            format!(
+                                "podCIDR {net} overlaps node {}'s {}",
+                                other.name,
+                                theirs.unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
+                for ip in &vteps {
+                    if own_ips.contains(&Some(*ip)) {
+                        return fail(
+                            SkipReason::VtepOwnAddress,
+                            format!("VTEP address {ip} is this node's own address"),
+                        );
+                    }
+                    if let Some(other) = by_vtep.get(ip) {
+                        return fail(
+                            SkipReason::VtepDuplicate,
+                            format!("VTEP address {ip} is already used by node {other}"),
+                        );
+                    }
+                }
+                if let Some(other) = by_mac.get(&vtep_mac) {
+                    return fail(
+                        SkipReason::VtepMacDuplicate,
+                        format!("VtepMAC {vtep_mac} is already used by node {other}"),
+                    );
+                }
+                Ok(())
+            })();
+            if let Err((kind, reason)) = verdict {
+                skipped.push(Skipped {
+                    node: v.name.clone(),
+                    reason,
+                    kind,
+                });
                 continue;
             }
-            let (start, end) = cidr_bounds(pod_cidr);
-            let contained = by_start.range(start..=end).next();
-            let containing = by_start
-                .range(..start)
-                .next_back()
-                .filter(|(_, (e, _))| *e >= start);
-            if let Some((_, (_, i))) = contained.or(containing) {
-                let p = &peers[*i];
-                skipped.push(skip(format!(
-                    "podCIDR {pod_cidr} overlaps node {}'s {}",
-                    p.name, p.pod_cidr
-                )));
-                continue;
+            for net in nets {
+                cidrs.insert(net, i);
             }
-            if let Some(other) = by_mac.get(&vtep_mac) {
-                skipped.push(skip(format!(
-                    "VtepMAC {vtep_mac} is already used by node {other}"
-                )));
-                continue;
+            for ip in vteps {
+                by_vtep.insert(ip, &v.name);
             }
-            by_mac.insert(vtep_mac, v.name.clone());
-            by_start.insert(start, (end, peers.len()));
+            by_mac.insert(vtep_mac, &v.name);
             peers.push(Peer {
-                name: v.name,
+                name: v.name.clone(),
                 pod_cidr,
                 vtep_ip,
                 vtep_mac,
             });
         }
-        Ok(ClusterState {
-            own,
-            peers,
-            skipped,
-        })
+        self.peers = peers;
+        self.skipped = skipped;
+    }
+
+    /// How many nodes are skipped for each reason (every reason listed, zero included).
+    #[must_use]
+    pub fn skipped_by_reason(&self) -> Vec<(SkipReason, usize)> {
+        SkipReason::ALL
+            .iter()
+            .map(|r| (*r, self.skipped.iter().filter(|s| s.kind == *r).count()))
+            .collect()
     }
 
     /// This node's IPv4 pod CIDR (validated present by `from_nodes`).
@@ -669,5 +1190,402 @@ mod tests {
             ClusterState::from_nodes(&nodes, "zz", PeerFilter::AllowUnannotated),
             Err(ModelError::OwnNodeMissing(_))
         ));
+    }
+
+    fn policy() -> PeerPolicy {
+        PeerPolicy {
+            network: "10.244.0.0/16".parse().unwrap(),
+            network_v6: None,
+            own_addresses: ["198.18.0.1", "10.244.1.0", "10.244.1.1", "127.0.0.1"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+            underlay_subnets: vec!["198.18.0.0/24".parse().unwrap()],
+            allow_link_local_vtep: false,
+        }
+    }
+
+    /// The skip kind of `name` in `s`, or `None` when it is a peer.
+    fn kind_of(s: &ClusterState, name: &str) -> Option<SkipReason> {
+        if s.peers.iter().any(|p| p.name == name) {
+            return None;
+        }
+        Some(
+            s.skipped
+                .iter()
+                .find(|k| k.node == name)
+                .unwrap_or_else(|| panic!("{name} neither peer nor skipped: {s:?}"))
+                .kind,
+        )
+    }
+
+    /// Own node "a" (10.244.1.0/24 at 198.18.0.1), a good peer "ok", and `hostile`.
+    fn decide_one(hostile: Node, p: &PeerPolicy) -> (ClusterState, ClusterState) {
+        let nodes = vec![
+            node("a", Some("10.244.1.0/24"), "198.18.0.1", &[]),
+            node("ok", Some("10.244.2.0/24"), "198.18.0.2", &[]),
+            hostile,
+        ];
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        let v = raw.validated(p).unwrap();
+        assert_eq!(kind_of(&v, "ok"), None, "the good peer stays: {v:?}");
+        (raw, v)
+    }
+
+    #[test]
+    fn every_peer_rule_has_its_reason_and_names_the_value() {
+        use SkipReason as R;
+        let cases: &[(&str, &str, R, &str)] = &[
+            (
+                "127.0.0.0/24",
+                "198.18.0.9",
+                R::PodCidrReserved,
+                "127.0.0.0/24",
+            ),
+            (
+                "224.1.0.0/24",
+                "198.18.0.9",
+                R::PodCidrReserved,
+                "multicast",
+            ),
+            ("0.0.0.0/24", "198.18.0.9", R::PodCidrReserved, "0.0.0.0/24"),
+            (
+                "169.254.0.0/24",
+                "198.18.0.9",
+                R::PodCidrReserved,
+                "link-local",
+            ),
+            (
+                "10.99.0.0/24",
+                "198.18.0.9",
+                R::PodCidrOutsideNetwork,
+                "10.99.0.0/24",
+            ),
+            (
+                "10.0.0.0/12",
+                "198.18.0.9",
+                R::PodCidrOutsideNetwork,
+                "10.244.0.0/16",
+            ),
+            (
+                "198.18.0.0/25",
+                "198.18.0.9",
+                R::PodCidrOutsideNetwork,
+                "198.18.0.0/25",
+            ),
+            (
+                "10.244.1.128/25",
+                "198.18.0.9",
+                R::PodCidrOverlapsOwn,
+                "10.244.1.0/24",
+            ),
+            (
+                "10.244.2.0/23",
+                "198.18.0.9",
+                R::PodCidrOverlapsPeer,
+                "node ok",
+            ),
+            ("10.244.9.0/24", "0.0.0.0", R::VtepNotUnicast, "0.0.0.0"),
+            ("10.244.9.0/24", "224.0.0.5", R::VtepNotUnicast, "multicast"),
+            (
+                "10.244.9.0/24",
+                "255.255.255.255",
+                R::VtepNotUnicast,
+                "broadcast",
+            ),
+            (
+                "10.244.9.0/24",
+                "198.18.0.255",
+                R::VtepNotUnicast,
+                "198.18.0.0/24",
+            ),
+            ("10.244.9.0/24", "127.0.0.2", R::VtepLoopback, "127.0.0.2"),
+            (
+                "10.244.9.0/24",
+                "169.254.7.7",
+                R::VtepLinkLocal,
+                "169.254.7.7",
+            ),
+            (
+                "10.244.9.0/24",
+                "198.18.0.1",
+                R::VtepOwnAddress,
+                "198.18.0.1",
+            ),
+            (
+                "10.244.9.0/24",
+                "10.244.200.1",
+                R::VtepInPodNetwork,
+                "10.244.0.0/16",
+            ),
+            ("10.244.9.0/24", "198.18.0.2", R::VtepDuplicate, "node ok"),
+        ];
+        for (cidr, vtep, want, names) in cases {
+            let (_, v) = decide_one(node("zz", Some(cidr), vtep, &[]), &policy());
+            let s = v.skipped.iter().find(|k| k.node == "zz");
+            let s = s.unwrap_or_else(|| panic!("{cidr} at {vtep} accepted: {v:?}"));
+            assert_eq!(s.kind, *want, "{cidr} at {vtep}: {}", s.reason);
+            assert!(s.reason.contains(names), "{cidr} at {vtep}: {}", s.reason);
+        }
+        // Two nodes claiming one VtepMAC.
+        let mac = [(
+            ANN_BACKEND_DATA,
+            r#"{"VNI":1,"VtepMAC":"0a:58:0a:f4:02:00"}"#,
+        )];
+        let (_, v) = decide_one(
+            node("zz", Some("10.244.9.0/24"), "198.18.0.9", &mac),
+            &policy(),
+        );
+        assert_eq!(kind_of(&v, "zz"), Some(R::VtepMacDuplicate));
+        // Read before any policy: not vxlan, no podCIDR, no address, unreadable.
+        let (_, v) = decide_one(
+            node(
+                "zz",
+                Some("10.244.9.0/24"),
+                "198.18.0.9",
+                &[(ANN_BACKEND_TYPE, "host-gw")],
+            ),
+            &policy(),
+        );
+        assert_eq!(kind_of(&v, "zz"), Some(R::BackendType));
+        let (_, v) = decide_one(node("zz", None, "198.18.0.9", &[]), &policy());
+        assert_eq!(kind_of(&v, "zz"), Some(R::NoPodCidr));
+        let (_, v) = decide_one(node("zz", Some("10.244.9.0/24"), "x", &[]), &policy());
+        assert_eq!(kind_of(&v, "zz"), Some(R::NoPublicIp));
+        let (_, v) = decide_one(
+            node("zz", Some("10.244.9.1/24"), "198.18.0.9", &[]),
+            &policy(),
+        );
+        assert_eq!(kind_of(&v, "zz"), Some(R::Unreadable));
+        let nodes = [
+            node("a", Some("10.244.1.0/24"), "198.18.0.1", &[]),
+            node("zz", Some("10.244.9.0/24"), "198.18.0.9", &[]),
+        ];
+        let s = ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation).unwrap();
+        assert_eq!(kind_of(&s, "zz"), Some(R::NoBackendAnnotation));
+        // Every label is distinct and snake_case.
+        let labels: std::collections::HashSet<_> = R::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), R::ALL.len());
+        assert!(labels
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+    }
+
+    #[test]
+    fn underlay_covering_pod_cidrs_are_skipped_when_the_network_holds_the_underlay() {
+        // A Network that contains the underlay (10.0.0.0/8 over 10.1.0.0/24): only the
+        // underlay rules keep VXLAN itself out of the device.
+        let p = PeerPolicy {
+            network: "10.0.0.0/8".parse().unwrap(),
+            own_addresses: vec!["10.1.0.1".parse().unwrap(), "10.77.0.1".parse().unwrap()],
+            underlay_subnets: vec!["10.1.0.0/24".parse().unwrap()],
+            ..PeerPolicy::new("10.0.0.0/8".parse().unwrap())
+        };
+        let nodes = vec![
+            node("a", Some("10.244.1.0/24"), "10.1.0.1", &[]),
+            node("b", Some("10.1.0.0/25"), "10.1.0.2", &[]),
+            node("c", Some("10.77.0.0/24"), "10.1.0.3", &[]),
+            node("d", Some("10.244.4.0/24"), "10.1.0.4", &[]),
+        ];
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        assert_eq!(
+            raw.peers.len(),
+            3,
+            "without a policy the Nodes alone look fine"
+        );
+        let v = raw.validated(&p).unwrap();
+        assert_eq!(kind_of(&v, "b"), Some(SkipReason::PodCidrCoversUnderlay));
+        assert!(
+            v.skipped[0].reason.contains("10.1.0.0/24"),
+            "{:?}",
+            v.skipped
+        );
+        assert_eq!(kind_of(&v, "c"), Some(SkipReason::PodCidrCoversUnderlay));
+        assert_eq!(
+            kind_of(&v, "d"),
+            None,
+            "a VTEP in a nested underlay subnet is fine"
+        );
+        // A VTEP inside the Network but outside the underlay could sit in a podCIDR.
+        let nodes = vec![
+            node("a", Some("10.244.1.0/24"), "10.1.0.1", &[]),
+            node("e", Some("10.244.5.0/24"), "10.50.0.5", &[]),
+        ];
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        let v = raw.validated(&p).unwrap();
+        assert_eq!(kind_of(&v, "e"), Some(SkipReason::VtepInPodNetwork));
+    }
+
+    #[test]
+    fn link_local_vteps_only_when_allowed() {
+        let hostile = node("zz", Some("10.244.9.0/24"), "169.254.0.9", &[]);
+        let (_, v) = decide_one(hostile.clone(), &policy());
+        assert_eq!(kind_of(&v, "zz"), Some(SkipReason::VtepLinkLocal));
+        let p = PeerPolicy {
+            allow_link_local_vtep: true,
+            ..policy()
+        };
+        let (_, v) = decide_one(hostile, &p);
+        assert_eq!(kind_of(&v, "zz"), None);
+    }
+
+    #[test]
+    fn a_skipped_bad_node_no_longer_keeps_out_the_good_node_it_overlaps() {
+        let nodes = vec![
+            node("a", Some("10.244.1.0/24"), "198.18.0.1", &[]),
+            // Sorts first and claims a range around node "b"'s, from a loopback VTEP.
+            node("a-evil", Some("10.244.2.0/23"), "127.0.0.9", &[]),
+            node("b", Some("10.244.2.0/24"), "198.18.0.2", &[]),
+        ];
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        assert_eq!(kind_of(&raw, "b"), Some(SkipReason::PodCidrOverlapsPeer));
+        let v = raw.validated(&policy()).unwrap();
+        assert_eq!(kind_of(&v, "a-evil"), Some(SkipReason::VtepLoopback));
+        assert_eq!(kind_of(&v, "b"), None, "{v:?}");
+        // Validating again changes nothing.
+        assert_eq!(v.validated(&policy()).unwrap(), v);
+    }
+
+    #[test]
+    fn own_node_with_a_bad_pod_cidr_is_an_error_naming_it() {
+        for (cidr, words) in [
+            (
+                "10.99.1.0/24",
+                "not inside the cluster Network 10.244.0.0/16",
+            ),
+            ("127.0.0.0/24", "loopback"),
+        ] {
+            let nodes = vec![node("a", Some(cidr), "198.18.0.1", &[])];
+            let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+            let e = raw.validated(&policy()).unwrap_err();
+            assert!(matches!(e, ModelError::OwnPodCidrInvalid { .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(cidr) && e.contains(words) && e.contains("node a"),
+                "{e}"
+            );
+        }
+        let nodes = vec![node("a", Some("198.18.0.0/25"), "198.18.0.1", &[])];
+        let p = PeerPolicy {
+            network: "198.18.0.0/16".parse().unwrap(),
+            ..policy()
+        };
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        let e = raw.validated(&p).unwrap_err().to_string();
+        assert!(e.contains("underlay subnet 198.18.0.0/24"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_fields_obey_the_same_rules_when_ipv6_is_enabled() {
+        fn v6node(name: &str, v4: &str, ip: &str, cidr6: &str, ip6: &str) -> Node {
+            let mut n = node(name, Some(v4), ip, &[(ANN_PUBLIC_IPV6, ip6)]);
+            n.spec.as_mut().unwrap().pod_cidrs = Some(vec![v4.into(), cidr6.into()]);
+            n
+        }
+        let p = PeerPolicy {
+            network_v6: Some("fd00:10:244::/48".parse().unwrap()),
+            own_addresses: vec!["198.18.0.1".parse().unwrap(), "fd00:18::1".parse().unwrap()],
+            underlay_subnets: vec![
+                "198.18.0.0/24".parse().unwrap(),
+                "fd00:18::/64".parse().unwrap(),
+            ],
+            ..policy()
+        };
+        let nodes = vec![
+            v6node(
+                "a",
+                "10.244.1.0/24",
+                "198.18.0.1",
+                "fd00:10:244:1::/64",
+                "fd00:18::1",
+            ),
+            v6node(
+                "b",
+                "10.244.2.0/24",
+                "198.18.0.2",
+                "fd00:10:244:2::/64",
+                "fd00:18::2",
+            ),
+            v6node(
+                "c",
+                "10.244.3.0/24",
+                "198.18.0.3",
+                "fd00:99::/64",
+                "fd00:18::3",
+            ),
+            v6node(
+                "d",
+                "10.244.4.0/24",
+                "198.18.0.4",
+                "fd00:10:244:4::/64",
+                "ff02::1",
+            ),
+            v6node(
+                "e",
+                "10.244.5.0/24",
+                "198.18.0.5",
+                "fd00:10:244:5::/64",
+                "fe80::5",
+            ),
+            v6node(
+                "f",
+                "10.244.6.0/24",
+                "198.18.0.6",
+                "fd00:10:244:2::/63",
+                "fd00:18::6",
+            ),
+            v6node(
+                "g",
+                "10.244.7.0/24",
+                "198.18.0.7",
+                "fd00:10:244:7::/64",
+                "fd00:18::2",
+            ),
+            v6node(
+                "h",
+                "10.244.8.0/24",
+                "198.18.0.8",
+                "fd00:10:244:1::/64",
+                "fd00:18::8",
+            ),
+            v6node(
+                "i",
+                "10.244.9.0/24",
+                "198.18.0.9",
+                "fd00:10:244:9::/64",
+                "fd00:18::1",
+            ),
+            v6node(
+                "j",
+                "10.244.10.0/24",
+                "198.18.0.10",
+                "fd00:10:244:a::/64",
+                "fd00:10:244:1::9",
+            ),
+        ];
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        assert_eq!(
+            raw.peers.len(),
+            9,
+            "IPv6 fields are not checked without a policy"
+        );
+        let v = raw.validated(&p).unwrap();
+        use SkipReason as R;
+        for (name, want) in [
+            ("b", None),
+            ("c", Some(R::PodCidrOutsideNetwork)),
+            ("d", Some(R::VtepNotUnicast)),
+            ("e", Some(R::VtepLinkLocal)),
+            ("f", Some(R::PodCidrOverlapsPeer)),
+            ("g", Some(R::VtepDuplicate)),
+            ("h", Some(R::PodCidrOverlapsOwn)),
+            ("i", Some(R::VtepOwnAddress)),
+            ("j", Some(R::VtepInPodNetwork)),
+        ] {
+            assert_eq!(kind_of(&v, name), want, "{name}: {:?}", v.skipped);
+        }
+        // IPv6 disabled: the same nodes are judged by their IPv4 fields only.
+        let v = raw.validated(&policy()).unwrap();
+        assert_eq!(v.peers.len(), 9, "{:?}", v.skipped);
     }
 }

@@ -31,7 +31,7 @@ fn fdb() -> &'static Fdb {
 }
 
 /// Input: `[selector][VXLAN payload...]`. The selector's low bits pick the sender (known or
-/// not) and `allow_any_sender`; the rest is a datagram as the UDP socket returns it.
+/// not), `allow_any_sender` and `allow_foreign_inner_source`; the rest is a datagram as the UDP socket returns it.
 pub fn decap(data: &[u8]) {
     let Some((&sel, payload)) = data.split_first() else {
         return;
@@ -46,6 +46,7 @@ pub fn decap(data: &[u8]) {
         own_mac: OWN_MAC,
         inner_mtu: if sel & 4 == 0 { 1450 } else { 9000 },
         allow_any_sender: sel & 2 != 0,
+        allow_foreign_inner_source: sel & 8 != 0,
     };
     if let Ok(d) = path::decap(payload, from, fdb(), &cfg) {
         // Only what the checks promise is delivered.
@@ -54,6 +55,12 @@ pub fn decap(data: &[u8]) {
         let eth = ethernet::Frame::new_checked(vx.inner()).expect("delivered => has Ethernet");
         assert_eq!(eth.dst(), OWN_MAC);
         assert!(d.peer.is_some() || cfg.allow_any_sender);
+        // From a known VTEP, with the source check on: an IPv4 frame from node2's podCIDR.
+        if d.peer.is_some() && !cfg.allow_foreign_inner_source {
+            assert_eq!(eth.ethertype(), ethernet::ETHERTYPE_IPV4);
+            let src = &eth.payload()[12..16];
+            assert_eq!(&src[..3], &[10, 244, 2], "foreign inner source delivered");
+        }
         check_vnet(&d.vnet, vx.inner().len());
         ecn_decap(vx.inner(), sel >> 3);
     }
@@ -230,23 +237,160 @@ pub fn gro_coalesce(data: &[u8]) {
 }
 
 /// Input: a nodes file (any bytes; invalid UTF-8 is what `read_to_string` would reject).
+/// Whatever the model accepts keeps its promises, checked here independently of its code:
+/// every non-own node is either a peer or skipped (once); peers have disjoint podCIDRs (also
+/// with this node's), unique names, VTEP addresses and MACs; and under a policy every peer is
+/// valid by its rules (podCIDR inside the Network and clear of reserved space, the underlay and
+/// this node's addresses; VTEP a unicast, non-loopback, non-link-local address that is not
+/// this node's and not in the pod Network unless in the underlay subnet).
 pub fn nodes_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(nodes) = fdb_sync::parse_node_list(text) {
-        for filter in [
-            fdb_sync::PeerFilter::AllowUnannotated,
-            fdb_sync::PeerFilter::RequireVxlanAnnotation,
-        ] {
-            if let Ok(state) = fdb_sync::ClusterState::from_nodes(&nodes, "node1", filter) {
-                // The own node never appears among its peers, and the FDB builds from them.
-                assert!(state.peers.iter().all(|p| p.name != "node1"));
-                let _ = Fdb::from_peers(&state.peers, 8472);
-                let _ = state.own_pod_cidr();
-                let _ = state.own_vtep_mac();
-            }
+    let Ok(nodes) = fdb_sync::parse_node_list(text) else {
+        return;
+    };
+    let names: std::collections::HashSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .filter(|n| *n != "node1")
+        .collect();
+    let policy = fdb_sync::PeerPolicy {
+        own_addresses: vec![
+            "198.18.0.1".parse().expect("ip"),
+            "10.244.1.1".parse().expect("ip"),
+            "10.244.77.1".parse().expect("ip"),
+        ],
+        underlay_subnets: vec!["198.18.0.0/24".parse().expect("net")],
+        ..fdb_sync::PeerPolicy::new("10.244.0.0/16".parse().expect("net"))
+    };
+    for filter in [
+        fdb_sync::PeerFilter::AllowUnannotated,
+        fdb_sync::PeerFilter::RequireVxlanAnnotation,
+    ] {
+        let Ok(raw) = fdb_sync::ClusterState::from_nodes(&nodes, "node1", filter) else {
+            continue;
+        };
+        check_promises(&names, &raw, None);
+        let _ = Fdb::from_peers(&raw.peers, 8472);
+        let _ = raw.own_vtep_mac();
+        if let Ok(v) = raw.validated(&policy) {
+            check_promises(&names, &v, Some(&policy));
+            assert_eq!(
+                v.validated(&policy).ok().as_ref(),
+                Some(&v),
+                "validation is idempotent"
+            );
+            let _ = Fdb::from_peers(&v.peers, 8472);
+        } else {
+            // Only the own node can make validation fail.
+            assert!(
+                !policy.network.contains(raw.own_pod_cidr().network())
+                    || raw.own_pod_cidr().prefix() < policy.network.prefix()
+                    || reserved_v4(raw.own_pod_cidr())
+                    || raw
+                        .own_pod_cidr()
+                        .overlaps("198.18.0.0/24".parse().expect("net"))
+            );
         }
+    }
+}
+
+fn reserved_v4(n: ipnetwork::Ipv4Network) -> bool {
+    [
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    ]
+    .iter()
+    .any(|r| n.overlaps(r.parse().expect("net")))
+}
+
+fn check_promises(
+    names: &std::collections::HashSet<&str>,
+    s: &fdb_sync::ClusterState,
+    policy: Option<&fdb_sync::PeerPolicy>,
+) {
+    use std::collections::HashSet;
+    let own = s.own_pod_cidr();
+    let peers: HashSet<&str> = s.peers.iter().map(|p| p.name.as_str()).collect();
+    let skipped: HashSet<&str> = s.skipped.iter().map(|k| k.node.as_str()).collect();
+    assert_eq!(peers.len(), s.peers.len(), "peer names are unique");
+    assert_eq!(skipped.len(), s.skipped.len(), "a node is skipped once");
+    assert!(peers.is_disjoint(&skipped));
+    assert_eq!(
+        &(&peers | &skipped),
+        names,
+        "every node is a peer or skipped"
+    );
+    let mut macs = HashSet::from([s.own_vtep_mac()]);
+    let mut vteps = HashSet::new();
+    let mut cidrs: Vec<ipnetwork::Ipv4Network> = Vec::new();
+    for p in &s.peers {
+        assert!(macs.insert(p.vtep_mac), "duplicate VtepMAC {}", p.vtep_mac);
+        assert!(vteps.insert(p.vtep_ip), "duplicate VTEP {}", p.vtep_ip);
+        assert!(p.vtep_mac.is_valid_vtep());
+        assert!(
+            !p.pod_cidr.overlaps(own),
+            "{} overlaps own {own}",
+            p.pod_cidr
+        );
+        assert!(
+            cidrs.iter().all(|c| !c.overlaps(p.pod_cidr)),
+            "{} overlaps another peer",
+            p.pod_cidr
+        );
+        cidrs.push(p.pod_cidr);
+        assert_ne!(
+            Some(p.vtep_ip),
+            s.own.public_ip,
+            "a peer uses this node's VTEP"
+        );
+        let Some(pol) = policy else { continue };
+        let c = p.pod_cidr;
+        assert!(
+            pol.network.contains(c.network()) && c.prefix() >= pol.network.prefix(),
+            "{c} outside the Network"
+        );
+        assert!(!reserved_v4(c), "{c} reserved");
+        assert!(
+            pol.underlay_subnets.iter().all(|u| match u {
+                ipnetwork::IpNetwork::V4(u) => !u.overlaps(c),
+                ipnetwork::IpNetwork::V6(_) => true,
+            }),
+            "{c} covers the underlay"
+        );
+        assert!(
+            pol.own_addresses
+                .iter()
+                .all(|a| !ipnetwork::IpNetwork::V4(c).contains(*a)),
+            "{c} covers an own address"
+        );
+        let v = p.vtep_ip;
+        assert!(
+            !(v.is_unspecified()
+                || v.is_loopback()
+                || v.is_multicast()
+                || v.is_broadcast()
+                || v.is_link_local()
+                || v.octets()[0] == 0
+                || v.octets()[0] >= 240),
+            "VTEP {v} is not a unicast host address"
+        );
+        assert!(!pol.own_addresses.contains(&v.into()), "VTEP {v} is ours");
+        assert!(
+            !pol.network.contains(v) || pol.underlay_subnets.iter().any(|u| u.contains(v.into())),
+            "VTEP {v} in the pod Network"
+        );
+        assert!(
+            pol.underlay_subnets.iter().all(|u| match u {
+                ipnetwork::IpNetwork::V4(n) => n.prefix() >= 31 || n.broadcast() != v,
+                ipnetwork::IpNetwork::V6(_) => true,
+            }),
+            "VTEP {v} is a subnet broadcast"
+        );
     }
 }
 

@@ -197,6 +197,8 @@ fn run(cfg: Config) -> Result<()> {
                 device: cfg.device,
                 queues,
                 allow_any_sender: cfg.allow_any_sender,
+                allow_foreign_inner_source: cfg.allow_foreign_inner_source,
+                allow_link_local_vtep: cfg.allow_link_local_vtep,
                 ip_masq: cfg.ip_masq,
                 ip_masq_random_fully: cfg.ip_masq_random_fully,
                 iptables_forward_rules: cfg.iptables_forward_rules,

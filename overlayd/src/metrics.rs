@@ -214,6 +214,29 @@ impl Collector for OverlaydCollector {
             s.kernel_repairs,
         )?;
         let mut m = enc.encode_descriptor(
+            "overlayd_peers_skipped",
+            "Nodes currently left out of the peer set, by reason (see overlayd status for which and why).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in fdb_sync::SkipReason::ALL {
+            let n = s.skipped.iter().filter(|k| k.reason == r.as_str()).count();
+            #[allow(clippy::cast_possible_wrap)]
+            ConstGauge::new(n as i64).encode(m.encode_family(&[("reason", r.as_str())])?)?;
+        }
+        counter(
+            &mut enc,
+            "overlayd_kernel_errors",
+            "Route/neighbour changes the kernel refused (each attempt; the others are still applied and the refused one is retried with backoff).",
+            s.kernel_errors,
+        )?;
+        gauge(
+            &mut enc,
+            "overlayd_kernel_changes_failing",
+            "Route/neighbour changes the kernel refuses now.",
+            s.kernel_failing.len() as i64,
+        )?;
+        let mut m = enc.encode_descriptor(
             "overlayd_device_repairs",
             "Device repairs: set_up (found down) and rebuild (found deleted).",
             None,
@@ -293,6 +316,16 @@ mod tests {
             .counters
             .add_tx(3, 330);
         obs.synced();
+        let nodes = [
+            fdb_sync::model::node("a", Some("10.244.1.0/24"), "198.18.0.1", &[]),
+            fdb_sync::model::node("evil", Some("127.0.0.0/24"), "198.18.0.9", &[]),
+        ];
+        let state =
+            fdb_sync::ClusterState::from_nodes(&nodes, "a", fdb_sync::PeerFilter::AllowUnannotated)
+                .unwrap()
+                .validated(&fdb_sync::PeerPolicy::new("10.244.0.0/16".parse().unwrap()))
+                .unwrap();
+        obs.set_skipped(&state);
         let text = encode(&registry(obs));
         for want in [
             "overlayd_build_info{version=\"",
@@ -313,6 +346,10 @@ mod tests {
             "overlayd_sync_errors_total 0\n",
             "overlayd_last_sync_timestamp_seconds ",
             "overlayd_device_repairs_total{action=\"rebuild\"} 0\n",
+            "overlayd_peers_skipped{reason=\"pod_cidr_reserved\"} 1\n",
+            "overlayd_peers_skipped{reason=\"vtep_duplicate\"} 0\n",
+            "overlayd_kernel_errors_total 0\n",
+            "overlayd_kernel_changes_failing 0\n",
             "# TYPE overlayd_drops_total counter\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");

@@ -67,6 +67,12 @@ pub struct Observed {
     pub device_rebuilds: AtomicU64,
     /// Masquerade / FORWARD rules (`crate::netfilter`), written by their checker thread.
     pub netfilter: Arc<crate::netfilter::Shared>,
+    /// Route/neighbour changes the kernel refused (every attempt counts).
+    pub kernel_errors: AtomicU64,
+    /// The changes failing now (retried with backoff).
+    kernel_failing: Mutex<Vec<FailingChange>>,
+    /// Nodes the model left out of the peer set, with their reasons.
+    skipped: Mutex<Vec<SkippedPeer>>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -119,6 +125,30 @@ impl Observed {
         self.sync_errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The nodes left out of the applied state.
+    pub fn set_skipped(&self, state: &fdb_sync::ClusterState) {
+        let v = state
+            .skipped
+            .iter()
+            .map(|s| SkippedPeer {
+                node: s.node.clone(),
+                reason: s.kind.as_str().to_string(),
+                message: s.reason.clone(),
+            })
+            .collect();
+        *self.skipped.lock().unwrap_or_else(PoisonError::into_inner) = v;
+    }
+
+    /// What a reconcile pass left failing, and how many attempts the kernel refused in it.
+    pub fn set_kernel_failures(&self, errors: usize, failing: Vec<FailingChange>) {
+        self.kernel_errors
+            .fetch_add(errors as u64, Ordering::Relaxed);
+        *self
+            .kernel_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = failing;
+    }
+
     /// The whole picture, read now.
     #[must_use]
     pub fn status(&self) -> Status {
@@ -156,6 +186,16 @@ impl Observed {
                 .collect()
         });
         drop(d);
+        let skipped = self
+            .skipped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let kernel_failing = self
+            .kernel_failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             own: self.own.get().cloned(),
@@ -167,6 +207,9 @@ impl Observed {
             kernel_repairs: self.kernel_repairs.load(Ordering::Relaxed),
             device_set_up: self.device_set_up.load(Ordering::Relaxed),
             device_rebuilds: self.device_rebuilds.load(Ordering::Relaxed),
+            kernel_errors: self.kernel_errors.load(Ordering::Relaxed),
+            kernel_failing,
+            skipped,
             totals: Traffic {
                 tx_packets: totals.tx_packets,
                 tx_bytes: totals.tx_bytes,
@@ -245,6 +288,15 @@ pub struct Status {
     pub kernel_repairs: u64,
     pub device_set_up: u64,
     pub device_rebuilds: u64,
+    /// Route/neighbour changes the kernel refused, every attempt counted.
+    #[serde(default)]
+    pub kernel_errors: u64,
+    /// Changes the kernel refuses now; each is retried with its own backoff.
+    #[serde(default)]
+    pub kernel_failing: Vec<FailingChange>,
+    /// Nodes that are not peers, with the reason (sorted as the model decided: by name).
+    #[serde(default)]
+    pub skipped: Vec<SkippedPeer>,
     pub totals: Traffic,
     /// Every drop reason, zero included.
     pub drops: Vec<DropCount>,
@@ -312,6 +364,26 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Unix seconds of the last packet received from this peer; 0 = never.
     pub last_rx_unix: u64,
+}
+
+/// A node left out of the peer set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedPeer {
+    pub node: String,
+    /// Stable label (`fdb_sync::SkipReason::as_str`), as in `overlayd_peers_skipped{reason}`.
+    pub reason: String,
+    /// What is wrong, naming the value.
+    pub message: String,
+}
+
+/// A route/neighbour change the kernel refuses now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailingChange {
+    pub change: String,
+    pub error: String,
+    pub attempts: u32,
 }
 
 impl Status {

@@ -176,6 +176,26 @@ pub fn render(s: &Status, now: u64) -> String {
     if s.peers.is_empty() {
         out.push_str("(no peers)\n");
     }
+    if !s.skipped.is_empty() {
+        out.push('\n');
+        let mut rows = vec![["SKIPPED NODE", "REASON", "DETAIL"]
+            .map(String::from)
+            .to_vec()];
+        for k in &s.skipped {
+            rows.push(vec![k.node.clone(), k.reason.clone(), k.message.clone()]);
+        }
+        table(&mut out, &rows);
+    }
+    if !s.kernel_failing.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nkernel refuses (retried with backoff; {} refusals so far):",
+            s.kernel_errors
+        );
+        for f in &s.kernel_failing {
+            let _ = writeln!(out, "  {}: {} ({} attempts)", f.change, f.error, f.attempts);
+        }
+    }
     let _ = writeln!(
         out,
         "\ntotal  tx {} pkts {} bytes  rx {} pkts {} bytes",
@@ -233,7 +253,9 @@ pub fn run(addr: SocketAddr, json: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{DropCount, OwnNode, PeerStatus, QueueStatus, Traffic};
+    use crate::observe::{
+        DropCount, FailingChange, OwnNode, PeerStatus, QueueStatus, SkippedPeer, Traffic,
+    };
 
     #[test]
     fn renders_fdb_queues_and_nonzero_drops() {
@@ -257,6 +279,17 @@ mod tests {
             kernel_repairs: 0,
             device_set_up: 0,
             device_rebuilds: 0,
+            kernel_errors: 2,
+            kernel_failing: vec![FailingChange {
+                change: "add route 10.244.5.0/24 via 10.244.5.0".into(),
+                error: "Invalid argument".into(),
+                attempts: 2,
+            }],
+            skipped: vec![SkippedPeer {
+                node: "evil".into(),
+                reason: "pod_cidr_reserved".into(),
+                message: "podCIDR 127.0.0.0/24 overlaps loopback 127.0.0.0/8".into(),
+            }],
             totals: Traffic::default(),
             drops: vec![
                 DropCount {
@@ -325,6 +358,15 @@ mod tests {
         assert!(text.contains("rx         unknown_sender  4"), "{text}");
         assert!(!text.contains("short"), "zero drops are not listed: {text}");
         assert!(text.contains("0      offload"), "{text}");
+        let row = text.lines().find(|l| l.starts_with("evil")).unwrap();
+        assert!(
+            row.contains("pod_cidr_reserved") && row.contains("127.0.0.0/24"),
+            "{text}"
+        );
+        assert!(
+            text.contains("add route 10.244.5.0/24 via 10.244.5.0: Invalid argument (2 attempts)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod cleanup;
 mod direct;
 pub mod flannel_leftovers;
 mod handover;
+mod policy;
 mod reconcile;
 pub mod source;
 mod supervise;
@@ -43,7 +44,7 @@ use crate::sys::netlink::{self as nlink, KernelEvent, Link, Netlink, DEVICE_ALIA
 use crate::sys::{tap, udp};
 use crate::worker::{Offloads, QueueIo};
 use direct::DirectRouting;
-use reconcile::reconcile_kernel;
+use reconcile::Reconciler;
 use source::SourceUpdate;
 use supervise::Workers;
 use underlay::{find_underlay, Underlay};
@@ -86,6 +87,10 @@ pub struct Options {
     /// `--healthz-ip`:`--healthz-port`: a second listener serving `/healthz` (and `/readyz`)
     /// as flanneld's healthz server does; `None` when the port is 0.
     pub healthz_addr: Option<SocketAddr>,
+    /// Accept peers whose VTEP address is link-local (169.254.0.0/16, fe80::/10).
+    pub allow_link_local_vtep: bool,
+    /// Deliver decapsulated frames whose inner source is outside the sending VTEP's podCIDR.
+    pub allow_foreign_inner_source: bool,
 }
 
 /// `--handover-socket`'s default: `/run/overlayd/handover-<inode of this network
@@ -125,23 +130,26 @@ fn log_skips(state: &ClusterState, reported: &mut HashMap<String, String>) {
     reported.retain(|node, _| now.contains(node.as_str()));
     for s in &state.skipped {
         if reported.get(&s.node) != Some(&s.reason) {
-            warn!(node = %s.node, reason = %s.reason, "node skipped");
+            warn!(node = %s.node, kind = %s.kind, reason = %s.reason, "node skipped");
             reported.insert(s.node.clone(), s.reason.clone());
         }
     }
 }
 
-/// Waits for the first usable state (own node with a podCIDR), reporting what is missing
-/// once per change. `None` when asked to stop first.
+/// Waits for the first usable state (own node with a valid podCIDR), reporting what is
+/// missing once per change. `None` when asked to stop first. Every state is validated with
+/// `policy` first, so an own node whose podCIDR breaks the rules keeps the daemon waiting
+/// (and saying why) instead of exiting into a crash loop.
 async fn wait_for_own_node(
     updates: &mut mpsc::Receiver<SourceUpdate>,
     node_name: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
+    policy: &fdb_sync::PeerPolicy,
 ) -> Result<Option<ClusterState>> {
     let mut last_err = String::new();
     loop {
         tokio::select! {
-            u = updates.recv() => match u {
+            u = updates.recv() => match u.map(|u| u.and_then(|s| policy::validate(&s, policy))) {
                 Some(Ok(s)) => return Ok(Some(s)),
                 Some(Err(msg)) => {
                     if msg != last_err {
@@ -390,6 +398,7 @@ async fn start_dataplane(
         own_mac: own_mac.0,
         inner_mtu: mtu.min(65_000) as u16,
         allow_any_sender: opts.allow_any_sender,
+        allow_foreign_inner_source: opts.allow_foreign_inner_source,
     };
     let modes: Vec<&str> = ios
         .iter()
@@ -445,26 +454,23 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         None => None,
     };
 
+    // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
+    let nl = Netlink::connect()?;
+    let underlay = find_underlay(&nl, &opts).await?;
+    let mut policy = current_policy(&nl, &netconf, &underlay, &opts).await;
+
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
     let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
-    let Some(mut state) = wait_for_own_node(&mut updates, &opts.node_name, &mut stop_rx).await?
+    let Some(mut state) =
+        wait_for_own_node(&mut updates, &opts.node_name, &mut stop_rx, &policy).await?
     else {
         return Ok(());
     };
     health.own_node_known.store(true, Ordering::Relaxed);
     let own_cidr = state.own_pod_cidr();
     let own_mac = state.own_vtep_mac();
-    if !netconf.network.contains(own_cidr.network()) {
-        bail!(
-            "own podCIDR {own_cidr} is outside net-conf Network {}: fix one of them",
-            netconf.network
-        );
-    }
-
-    let nl = Netlink::connect()?;
     // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
     flannel_leftovers::take_over(&nl, netconf.vni).await?;
-    let underlay = find_underlay(&nl, &opts).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
     info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
     if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
@@ -527,9 +533,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         .then(|| tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
-    reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await?;
+    // A peer the kernel refuses is retried on its own; only unreadable kernel tables stop us.
+    let mut reconciler = Reconciler::default();
+    let first = reconciler
+        .reconcile(&nl, dp.link_index, &state.peers, direct.peers())
+        .await?;
+    observed.set_kernel_failures(first.errors, reconciler.failing());
     let mut reported_skips = HashMap::new();
     log_peer_set(&state, &mut reported_skips);
+    observed.set_skipped(&state);
     // Masquerade and FORWARD rules before subnet.env, as flanneld orders them (readiness implies them).
     let netfilter = crate::netfilter::start_from_options(
         &opts,
@@ -627,7 +639,14 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     check = true;
                 }
             },
-            u = updates.recv(), if source_open => match u {
+            u = updates.recv(), if source_open => match match u {
+                // Every state is validated for this node before anything else sees it.
+                Some(Ok(raw)) => {
+                    policy = current_policy(&nl, &netconf, &underlay, &opts).await;
+                    Some(policy::validate(&raw, &policy))
+                }
+                other => other,
+            } {
                 None => {
                     // Only after a bug or a panic in the source task; forwarding goes on.
                     error!("node source ended; keeping the last state until stopped");
@@ -664,6 +683,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         state.skipped = new.skipped;
                         log_skips(&state, &mut reported_skips);
                     }
+                    observed.set_skipped(&state);
                 }
             },
         }
@@ -680,8 +700,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             }
             continue;
         }
-        match reconcile_kernel(&nl, dp.link_index, &state.peers, direct.peers()).await {
-            Ok(n) => {
+        match reconciler
+            .reconcile(&nl, dp.link_index, &state.peers, direct.peers())
+            .await
+        {
+            Ok(outcome) => {
+                observed.set_kernel_failures(outcome.errors, reconciler.failing());
+                let n = outcome.changed;
                 if n > 0 && !changed {
                     warn!(
                         changes = n,
@@ -843,6 +868,21 @@ async fn heal_device(
         }
         Err(e) => warn!(error = %e, "cannot read the device state; will retry"),
     }
+}
+
+/// This node's [`fdb_sync::PeerPolicy`] as the kernel shows it now.
+async fn current_policy(
+    nl: &Netlink,
+    netconf: &NetConf,
+    underlay: &Underlay,
+    opts: &Options,
+) -> fdb_sync::PeerPolicy {
+    let (p, err) =
+        policy::peer_policy(nl, netconf.network, underlay.ip, opts.allow_link_local_vtep).await;
+    if let Some(e) = err {
+        warn!(error = %e, "cannot read this node's addresses; peers are checked against the Network and the underlay address only");
+    }
+    p
 }
 
 async fn wait_for_signal() {

@@ -4,24 +4,89 @@
 //!
 //! DirectRouting peers (`direct`) get a plain route via their node address on the interface
 //! that reaches them instead of the TAP route and neighbour; a peer that moves between the two
-//! has its old entries removed.
+//! has its old entries removed (the direct route replaces the VXLAN route in place, so the peer
+//! never goes without one).
+//!
+//! Failures are isolated per entry: when the kernel refuses one route or neighbour, every other
+//! entry is still added or removed in the same pass; the refused one is retried on later passes
+//! with its own exponential backoff (1 s doubling to 60 s), counted, and logged when it starts
+//! failing, when its error changes and when it recovers. Only a failed dump (nothing can be
+//! compared) fails a pass as a whole.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fdb_sync::Peer;
+use fdb_sync::{MacAddr, Peer};
+use tracing::{debug, info, warn};
 
 use super::direct::DirectPeers;
+use crate::observe::FailingChange;
 use crate::sys::netlink::{DirectRoute, Netlink, PeerNeighbour, PeerRoute};
 
-/// Returns the number of entries added, replaced or removed.
-pub async fn reconcile_kernel(
-    nl: &Netlink,
-    index: u32,
-    all_peers: &[Peer],
+/// First retry delay of a refused entry; doubles per failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// One change to the kernel: the unit of failure isolation and retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Change {
+    AddNeighbour { ip: Ipv4Addr, mac: MacAddr },
+    AddRoute(PeerRoute),
+    AddDirectRoute(DirectRoute),
+    DeleteDirectRoute(DirectRoute),
+    DeleteRoute(PeerRoute),
+    DeleteNeighbour(Ipv4Addr),
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AddNeighbour { ip, mac } => write!(f, "add neighbour {ip} lladdr {mac}"),
+            Self::AddRoute(r) => write!(f, "add route {} via {}", r.dst, r.gateway),
+            Self::AddDirectRoute(r) => write!(f, "add direct route {} via {}", r.dst, r.gateway),
+            Self::DeleteDirectRoute(r) => {
+                write!(f, "delete direct route {} via {}", r.dst, r.gateway)
+            }
+            Self::DeleteRoute(r) => write!(f, "delete route {} via {}", r.dst, r.gateway),
+            Self::DeleteNeighbour(ip) => write!(f, "delete neighbour {ip}"),
+        }
+    }
+}
+
+/// A change the kernel refused, and when to try it again.
+#[derive(Debug, Clone)]
+struct Failure {
+    attempts: u32,
+    retry_at: Instant,
+    error: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Entries added, replaced or removed that were not failing before (a change we made or a
+    /// repair of something changed behind our back).
+    pub changed: usize,
+    /// Entries that succeeded on a retry after failing.
+    pub recovered: usize,
+    /// Attempts the kernel refused in this pass.
+    pub errors: usize,
+    /// Changes still failing (tried now or waiting for their backoff).
+    pub failing: usize,
+}
+
+/// The desired kernel entries for `peers`: for a VXLAN peer a permanent neighbour for its
+/// podCIDR network address and an onlink route of its podCIDR via that address (Flannel's);
+/// for a DirectRouting peer (in `direct`, with the interface that reaches it) a plain route of
+/// its podCIDR via its node address.
+fn desired(
+    peers: &[Peer],
     direct: &DirectPeers,
-) -> Result<usize> {
-    let want_direct: Vec<DirectRoute> = all_peers
+) -> (Vec<PeerRoute>, Vec<PeerNeighbour>, Vec<DirectRoute>) {
+    let direct_routes = peers
         .iter()
         .filter_map(|p| {
             direct.get(&p.vtep_ip).map(|&oif| DirectRoute {
@@ -31,68 +96,174 @@ pub async fn reconcile_kernel(
             })
         })
         .collect();
-    let peers: Vec<&Peer> = all_peers
-        .iter()
-        .filter(|p| !direct.contains_key(&p.vtep_ip))
-        .collect();
-    let want_routes: Vec<PeerRoute> = peers
-        .iter()
+    let vxlan = || peers.iter().filter(|p| !direct.contains_key(&p.vtep_ip));
+    let routes = vxlan()
         .map(|p| PeerRoute {
             dst: p.pod_cidr,
             gateway: p.pod_cidr.network(),
         })
         .collect();
-    let want_neigh: Vec<PeerNeighbour> = peers
-        .iter()
+    let neighbours = vxlan()
         .map(|p| PeerNeighbour {
             ip: p.pod_cidr.network(),
             mac: p.vtep_mac,
             permanent: true,
         })
         .collect();
-    // Sets, not lists: with thousands of peers a linear `contains` per entry is quadratic.
-    let have_routes: HashSet<PeerRoute> = nl.routes(index).await?.into_iter().collect();
-    let have_neigh: HashSet<PeerNeighbour> = nl.neighbours(index).await?.into_iter().collect();
-    let want_route_set: HashSet<PeerRoute> = want_routes.iter().copied().collect();
-    let want_neigh_ips: HashSet<std::net::Ipv4Addr> = want_neigh.iter().map(|n| n.ip).collect();
-    let have_direct: HashSet<DirectRoute> = nl.direct_routes(index).await?.into_iter().collect();
-    let want_direct_set: HashSet<DirectRoute> = want_direct.iter().copied().collect();
-    let mut changed = 0;
-    // Neighbours first, so a new route never resolves to nothing.
-    for n in &want_neigh {
-        if !have_neigh.contains(n) {
-            nl.replace_neighbour(index, n.ip, n.mac).await?;
-            changed += 1;
+    (routes, neighbours, direct_routes)
+}
+
+/// Per-entry failure state across passes.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    failures: HashMap<Change, Failure>,
+}
+
+impl Reconciler {
+    /// The changes failing now, sorted for display.
+    #[must_use]
+    pub fn failing(&self) -> Vec<FailingChange> {
+        let mut v: Vec<FailingChange> = self
+            .failures
+            .iter()
+            .map(|(c, f)| FailingChange {
+                change: c.to_string(),
+                error: f.error.clone(),
+                attempts: f.attempts,
+            })
+            .collect();
+        v.sort_by(|a, b| a.change.cmp(&b.change));
+        v
+    }
+
+    /// One pass. Fails only when the kernel's tables cannot be read.
+    pub async fn reconcile(
+        &mut self,
+        nl: &Netlink,
+        index: u32,
+        peers: &[Peer],
+        direct: &DirectPeers,
+    ) -> Result<Outcome> {
+        let (want_routes, want_neigh, want_direct) = desired(peers, direct);
+        // Sets, not lists: with thousands of peers a linear `contains` per entry is quadratic.
+        let have_routes: HashSet<PeerRoute> = nl.routes(index).await?.into_iter().collect();
+        let have_neigh: HashSet<PeerNeighbour> = nl.neighbours(index).await?.into_iter().collect();
+        let want_route_set: HashSet<PeerRoute> = want_routes.iter().copied().collect();
+        let want_neigh_ips: HashSet<Ipv4Addr> = want_neigh.iter().map(|n| n.ip).collect();
+        let have_direct: HashSet<DirectRoute> =
+            nl.direct_routes(index).await?.into_iter().collect();
+        let want_direct_set: HashSet<DirectRoute> = want_direct.iter().copied().collect();
+
+        // Neighbours first, so a new route never resolves to nothing.
+        let mut changes = Vec::new();
+        for n in want_neigh.iter().filter(|n| !have_neigh.contains(n)) {
+            changes.push(Change::AddNeighbour {
+                ip: n.ip,
+                mac: n.mac,
+            });
         }
-    }
-    for r in &want_routes {
-        if !have_routes.contains(r) {
-            nl.replace_route(index, *r).await?;
-            changed += 1;
+        for r in want_routes.iter().filter(|r| !have_routes.contains(r)) {
+            changes.push(Change::AddRoute(*r));
         }
-    }
-    // A replace takes the place of the peer's VXLAN route (same destination), so the peer
-    // never goes without a route while it moves; the delete below then finds nothing.
-    for r in &want_direct {
-        if !have_direct.contains(r) {
-            nl.replace_direct_route(*r).await?;
-            changed += 1;
+        // A direct route replaces the peer's VXLAN route in place (same destination), so a
+        // peer that moves never goes without a route; the VXLAN route's delete then finds none.
+        for r in want_direct.iter().filter(|r| !have_direct.contains(r)) {
+            changes.push(Change::AddDirectRoute(*r));
         }
+        for r in have_direct.iter().filter(|r| !want_direct_set.contains(r)) {
+            changes.push(Change::DeleteDirectRoute(*r));
+        }
+        for r in have_routes.iter().filter(|r| !want_route_set.contains(r)) {
+            changes.push(Change::DeleteRoute(*r));
+        }
+        for n in have_neigh
+            .iter()
+            .filter(|n| !want_neigh_ips.contains(&n.ip))
+        {
+            changes.push(Change::DeleteNeighbour(n.ip));
+        }
+
+        // A failure whose change is no longer needed (the peer left, someone fixed it) is over.
+        let needed: HashSet<Change> = changes.iter().copied().collect();
+        self.failures.retain(|c, _| needed.contains(c));
+
+        let mut out = Outcome::default();
+        let now = Instant::now();
+        for c in changes {
+            if self.failures.get(&c).is_some_and(|f| f.retry_at > now) {
+                continue;
+            }
+            let result = match c {
+                Change::AddNeighbour { ip, mac } => nl.replace_neighbour(index, ip, mac).await,
+                Change::AddRoute(r) => nl.replace_route(index, r).await,
+                Change::AddDirectRoute(r) => nl.replace_direct_route(r).await,
+                Change::DeleteDirectRoute(r) => nl.delete_direct_route(r).await,
+                Change::DeleteRoute(r) => nl.delete_route(index, r).await,
+                Change::DeleteNeighbour(ip) => nl.delete_neighbour(index, ip).await,
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(f) = self.failures.remove(&c) {
+                        info!(change = %c, attempts = f.attempts, "kernel accepted a change it refused before");
+                        out.recovered += 1;
+                    } else {
+                        out.changed += 1;
+                    }
+                }
+                Err(e) => {
+                    out.errors += 1;
+                    let error = e.to_string();
+                    let f = self.failures.entry(c).or_insert(Failure {
+                        attempts: 0,
+                        retry_at: now,
+                        error: String::new(),
+                    });
+                    f.attempts += 1;
+                    let backoff = FIRST_BACKOFF
+                        .saturating_mul(1 << (f.attempts - 1).min(16))
+                        .min(MAX_BACKOFF);
+                    f.retry_at = now + backoff;
+                    if f.error == error {
+                        debug!(change = %c, attempts = f.attempts, error = %error, "kernel still refuses a change");
+                    } else {
+                        warn!(change = %c, attempts = f.attempts, retry_in = ?backoff, error = %error, "kernel refused a change; the other entries are programmed, this one is retried with backoff");
+                        f.error = error;
+                    }
+                }
+            }
+        }
+        out.failing = self.failures.len();
+        Ok(out)
     }
-    for r in have_direct.iter().filter(|r| !want_direct_set.contains(r)) {
-        nl.delete_direct_route(*r).await?;
-        changed += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_entries_are_flannels_onlink_route_and_permanent_neighbour() {
+        let p = Peer {
+            name: "b".into(),
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            vtep_ip: "198.18.0.2".parse().unwrap(),
+            vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+        };
+        let (r, n, d) = desired(std::slice::from_ref(&p), &DirectPeers::new());
+        assert!(d.is_empty());
+        assert_eq!(r[0].gateway.to_string(), "10.244.2.0");
+        assert!(n[0].permanent && n[0].ip == r[0].gateway);
+        let c = Change::AddRoute(r[0]);
+        assert_eq!(c.to_string(), "add route 10.244.2.0/24 via 10.244.2.0");
+
+        // The same peer reached directly: a plain route via its node address, no neighbour.
+        let direct: DirectPeers = [(p.vtep_ip, 7)].into();
+        let (r, n, d) = desired(&[p], &direct);
+        assert!(r.is_empty() && n.is_empty(), "{r:?} {n:?}");
+        assert_eq!(d[0].gateway.to_string(), "198.18.0.2");
+        assert_eq!(
+            (d[0].dst.to_string(), d[0].oif),
+            ("10.244.2.0/24".into(), 7)
+        );
     }
-    for r in have_routes.iter().filter(|r| !want_route_set.contains(r)) {
-        nl.delete_route(index, *r).await?;
-        changed += 1;
-    }
-    for n in have_neigh
-        .iter()
-        .filter(|n| !want_neigh_ips.contains(&n.ip))
-    {
-        nl.delete_neighbour(index, n.ip).await?;
-        changed += 1;
-    }
-    Ok(changed)
 }

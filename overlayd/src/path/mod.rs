@@ -55,10 +55,16 @@ pub enum DropReason {
     /// Ingress: the outer header says CE (congestion) but the inner packet is not
     /// ECN-capable: dropped, as RFC 6040 and Linux vxlan do.
     RxEcnNotEct,
+    /// Ingress: the inner IPv4/IPv6 source is not inside the sending VTEP's podCIDR (a peer
+    /// speaking for pods that are not its own; see `check_inner_source`).
+    RxForeignSource,
+    /// Ingress: an inner frame that is not IPv4/IPv6 (ARP and others) from a known VTEP; Flannel
+    /// peers never send any (permanent neighbours), so it cannot be attributed to their pods.
+    RxInnerNotIp,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 17;
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::TxShort,
         Self::TxNoFlood,
@@ -75,6 +81,8 @@ impl DropReason {
         Self::RxInnerVlan,
         Self::RxTapError,
         Self::RxEcnNotEct,
+        Self::RxForeignSource,
+        Self::RxInnerNotIp,
     ];
 
     /// Direction label for metrics: `tx` (pod to network) or `rx`.
@@ -106,6 +114,8 @@ impl DropReason {
             Self::RxInnerVlan => "inner_vlan",
             Self::RxTapError => "tap_error",
             Self::RxEcnNotEct => "ecn_ce_not_ect",
+            Self::RxForeignSource => "foreign_source",
+            Self::RxInnerNotIp => "inner_not_ip",
         }
     }
 }
@@ -131,6 +141,8 @@ pub struct DecapConfig {
     pub inner_mtu: u16,
     /// Accept VXLAN from any sender (debugging only).
     pub allow_any_sender: bool,
+    /// Deliver inner frames whatever their source (`--allow-foreign-inner-source`).
+    pub allow_foreign_inner_source: bool,
 }
 
 /// What to do with a frame read from the TAP device.
@@ -229,8 +241,8 @@ pub fn decap<'a>(
     if vx.vni() != cfg.vni {
         return Err(DropReason::RxWrongVni);
     }
-    let peer = fdb.vtep_counters(from);
-    if peer.is_none() && !cfg.allow_any_sender {
+    let vtep = fdb.vtep(from);
+    if vtep.is_none() && !cfg.allow_any_sender {
         return Err(DropReason::RxUnknownSender);
     }
     if frame.dst() != cfg.own_mac {
@@ -242,10 +254,53 @@ pub fn decap<'a>(
     ) {
         return Err(DropReason::RxInnerVlan);
     }
+    if let Some(v) = vtep.filter(|_| !cfg.allow_foreign_inner_source) {
+        check_inner_source(&frame, v)?;
+    }
     Ok(Deliver {
         vnet: ingress_offload(vx.inner(), cfg.inner_mtu),
-        peer,
+        peer: vtep.map(|v| &v.counters),
     })
+}
+
+/// A VTEP speaks only for its own pods: the inner source address must lie inside the sending
+/// peer's podCIDR (one mask compare, no allocation). That includes the peer's `flannel.1` /
+/// TAP address (its podCIDR's network address), which host-network processes there send from.
+/// Called per decapsulated segment, so every segment of a UDP_GRO run is checked.
+///
+/// Not IP (ARP and others): dropped, counted apart. Flannel peers program permanent neighbours
+/// and never send ARP over VXLAN, and such a frame cannot be attributed to the peer's pods.
+/// IPv6: the source must lie in the peer's IPv6 podCIDR; link-local sources (fe80::/10) are no
+/// one's pods and are dropped too (the IPv4-only dataplane disables IPv6 on the device anyway).
+///
+/// What the others check on decap, for comparison: Cilium (`bpf_overlay.c`, `handle_ipv4`)
+/// takes the sender's security identity from the tunnel key (the VNI the sender wrote), drops
+/// the reserved host identity, and enforces network policy on that identity; it does not tie
+/// the inner source address to the sending node's pod range. Calico accepts VXLAN only from
+/// known hosts (the `all-vxlan-net` address set, as our `unknown_sender` does) and drops VXLAN
+/// originating in workloads; neither binds an inner source to the sending host's IP block.
+/// This check adds that binding, as boringtun/WireGuard do with allowed IPs: a compromised or
+/// spoofing node can still speak for its own pods, but not for another node's pods or for
+/// addresses outside its podCIDR. It is not a network policy.
+#[inline]
+fn check_inner_source(frame: &ethernet::Frame<'_>, v: &crate::fdb::Vtep) -> Result<(), DropReason> {
+    let ipb = frame.payload();
+    let owned = match frame.ethertype() {
+        ethernet::ETHERTYPE_IPV4 => ipb
+            .get(12..16)
+            .is_some_and(|s| v.owns_v4([s[0], s[1], s[2], s[3]])),
+        ethernet::ETHERTYPE_IPV6 => ipb.get(8..24).is_some_and(|s| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(s);
+            v.owns_v6(a)
+        }),
+        _ => return Err(DropReason::RxInnerNotIp),
+    };
+    if owned {
+        Ok(())
+    } else {
+        Err(DropReason::RxForeignSource)
+    }
 }
 
 /// The virtio-net header for an inner frame written to the TAP device.

@@ -26,6 +26,7 @@ fn cfg() -> DecapConfig {
         own_mac: OWN,
         inner_mtu: 1450,
         allow_any_sender: false,
+        allow_foreign_inner_source: false,
     }
 }
 
@@ -214,7 +215,14 @@ fn decap_marks_partial_checksum_needs_csum() {
 
     let mut u = udp_frame(OWN, 20);
     make_partial(&mut u);
-    let h = decap(&vx(&u, 1), PEER_IP, &fdb(), &cfg()).unwrap().vnet;
+    // An IPv6 frame: no IPv6 podCIDR in an IPv4 FDB, so only without the source check.
+    let any_source = DecapConfig {
+        allow_foreign_inner_source: true,
+        ..cfg()
+    };
+    let h = decap(&vx(&u, 1), PEER_IP, &fdb(), &any_source)
+        .unwrap()
+        .vnet;
     assert_eq!(
         (h.flags, h.csum_start, h.csum_offset),
         (vnet::F_NEEDS_CSUM, 54, 6)
@@ -274,6 +282,75 @@ fn decap_drops_by_reason() {
         decap(&vx(&vlan, 1), PEER_IP, &f, &c),
         Err(DropReason::RxInnerVlan)
     );
+}
+
+fn tcp_from(src: [u8; 4]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], OWN)
+        .ipv4(src, [10, 244, 1, 2], 64)
+        .tcp(1, 5201, 1000, 512);
+    let mut out = Vec::new();
+    b.write(&mut out, &[1, 2, 3]).unwrap();
+    out
+}
+
+#[test]
+fn decap_drops_inner_sources_the_sending_vtep_does_not_own() {
+    let (f, c) = (fdb(), cfg());
+    // The peer's pods and its flannel.1/TAP address (podCIDR network address) pass.
+    for src in [[10, 244, 2, 2], [10, 244, 2, 0], [10, 244, 2, 255]] {
+        assert!(
+            decap(&vx(&tcp_from(src), 1), PEER_IP, &f, &c).is_ok(),
+            "{src:?}"
+        );
+    }
+    // Another node's pods, our own pods, and the world do not.
+    for src in [
+        [10, 244, 3, 2],
+        [10, 244, 1, 9],
+        [8, 8, 8, 8],
+        [198, 18, 0, 2],
+    ] {
+        assert_eq!(
+            decap(&vx(&tcp_from(src), 1), PEER_IP, &f, &c),
+            Err(DropReason::RxForeignSource),
+            "{src:?}"
+        );
+    }
+    // IPv6 (incl. link-local): no IPv6 podCIDR in the FDB, so no IPv6 source is the peer's.
+    let mut v6 = udp_frame(OWN, 20);
+    v6[22..24].copy_from_slice(&[0xfe, 0x80]);
+    assert_eq!(
+        decap(&vx(&v6, 1), PEER_IP, &f, &c),
+        Err(DropReason::RxForeignSource)
+    );
+    // ARP and other non-IP frames.
+    let mut arp = tcp_from([10, 244, 2, 2]);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(
+        decap(&vx(&arp, 1), PEER_IP, &f, &c),
+        Err(DropReason::RxInnerNotIp)
+    );
+    // An IPv4 header too short to hold a source.
+    let short = tcp_from([10, 244, 2, 2]);
+    assert_eq!(
+        decap(&vx(&short[..14 + 12], 1), PEER_IP, &f, &c),
+        Err(DropReason::RxForeignSource)
+    );
+    // The flag turns the check off; an unknown sender let in by allow_any_sender has no
+    // podCIDR to check against.
+    let off = DecapConfig {
+        allow_foreign_inner_source: true,
+        ..c
+    };
+    for frame in [tcp_from([10, 244, 3, 2]), arp.clone(), v6.clone()] {
+        assert!(decap(&vx(&frame, 1), PEER_IP, &f, &off).is_ok());
+    }
+    let any = DecapConfig {
+        allow_any_sender: true,
+        ..c
+    };
+    let stranger = Ipv4Addr::new(198, 18, 0, 99);
+    assert!(decap(&vx(&tcp_from([10, 244, 3, 2]), 1), stranger, &f, &any).is_ok());
 }
 
 #[test]

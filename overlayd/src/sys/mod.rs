@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod fdpass;
+pub mod inotify;
 pub mod netlink;
 pub mod process;
 pub mod tap;

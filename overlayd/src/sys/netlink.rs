@@ -322,6 +322,32 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every address of every link, with its prefix: `(link index, address/prefix)`.
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, ipnetwork::IpNetwork)>, NetlinkError> {
+        let mut s = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            // IPv4 point-to-point links carry the local address in Local and the peer in
+            // Address; everything else carries Address only.
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(net) =
+                addr.and_then(|ip| ipnetwork::IpNetwork::new(ip, m.header.prefix_len).ok())
+            {
+                out.push((m.header.index, net));
+            }
+        }
+        Ok(out)
+    }
+
     /// The link that holds `ip`, if any.
     pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
         let mut s = self.handle.address().get().execute();

@@ -782,3 +782,67 @@ impl PingRun {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// The fake Kubernetes API server listening on 198.18.0.254:6443 inside the lab's switch
+/// namespace, and a kubeconfig for it. The socket is created by a short-lived thread that
+/// entered that namespace; the test process itself never leaves its own.
+pub fn fake_api_server_in_switch(lab: &Lab) -> (fdb_sync::fake_apiserver::FakeApiServer, PathBuf) {
+    let ns = PathBuf::from(format!("/run/netns/{}sw", lab.prefix));
+    let binder = move || -> std::io::Result<std::net::TcpListener> {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            std::net::TcpListener::bind("198.18.0.254:6443")
+        })
+        .join()
+        .expect("bind thread")
+    };
+    let server = fdb_sync::fake_apiserver::FakeApiServer::start(Box::new(binder))
+        .expect("fake API server in the switch ns");
+    let kc = server.write_kubeconfig(&lab.dir).unwrap();
+    (server, kc)
+}
+
+/// GET `path` from overlayd's default --http-addr inside node `i`'s namespace.
+pub fn http_get(lab: &Lab, i: usize, path: &str) -> String {
+    let url = format!("http://127.0.0.1:9102{path}");
+    let out = lab.exec(
+        &lab.node(i),
+        &[
+            "python3",
+            "-c",
+            "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=3).read().decode())",
+            &url,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "GET {url} in {}: {}",
+        lab.node(i),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a /metrics text.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `overlayd status --json` run inside node `i`'s namespace.
+pub fn status_json(lab: &Lab, i: usize) -> serde_json::Value {
+    let out = lab.exec(&lab.node(i), &[OVERLAYD, "status", "--json"]);
+    assert!(
+        out.status.success(),
+        "overlayd status --json: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

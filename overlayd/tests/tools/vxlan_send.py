@@ -57,6 +57,11 @@ def build(case, payload):
         # Far above any inner MTU: a 60000-byte inner IPv4/UDP packet in one datagram.
         "oversized": vxlan(eth(ipv4_udp(payload + b"x" * 60000))),
         "reserved_bits": vxlan(good, reserved=True),
+        # From node 2's VTEP but speaking for node 3's pod: a spoof the source check drops.
+        "foreign_source": vxlan(eth(ipv4_udp(payload, src="10.244.3.2"))),
+        # From node 2's flannel.1/TAP address (its podCIDR network address): host-network
+        # processes on node 2 send from it, and it must pass.
+        "vtep_own_source": vxlan(eth(ipv4_udp(payload, src="10.244.2.0"))),
     }[case]
 
 

@@ -90,12 +90,13 @@ fn main() {
         }
     };
     init_logging(cfg.log_level());
+    // Capabilities go first, before any thread and before anything is read.
+    drop_privileges();
     // flanneld logs its parsed flags at start ("CLI flags config"); so does overlayd.
     tracing::info!("command line: {cfg:?}");
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
-    drop_privileges();
     if let Err(e) = run(*cfg) {
         eprintln!("overlayd: error: {e:#}");
         std::process::exit(1);

@@ -68,7 +68,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum NetfilterError {
     #[error("neither nft nor iptables-restore/iptables-save is installed: install the nftables or iptables package, or run without --ip-masq and with --iptables-forward-rules=false")]
     NoTool,
-    #[error("this host's iptables is iptables-legacy, which needs CAP_NET_RAW, and overlayd keeps only CAP_NET_ADMIN: install nftables (nft) and set EnableNFTables, or switch iptables to iptables-nft (update-alternatives --set iptables /usr/sbin/iptables-nft)")]
+    #[error("this host's iptables is iptables-legacy, which needs CAP_NET_RAW, and this overlayd runs without it (the container or systemd unit does not grant it): install nftables (nft) and set EnableNFTables, or switch iptables to iptables-nft (update-alternatives --set iptables /usr/sbin/iptables-nft)")]
     LegacyNeedsNetRaw,
     #[error("cannot run {cmd}: {source}; is it installed and executable?")]
     Spawn { cmd: String, source: std::io::Error },
@@ -474,8 +474,9 @@ impl Manager {
     pub fn new(rules: Rules, prefer_nftables: bool) -> Result<Manager, NetfilterError> {
         let nft = find_tool("nft");
         let mut iptables = Iptables::find();
-        // iptables-legacy talks to the kernel through a raw socket; without CAP_NET_RAW (dropped
-        // at start, see `crate::privs`) every call fails, so it counts as missing.
+        // iptables-legacy talks to the kernel through a raw socket; without CAP_NET_RAW (kept by
+        // `crate::privs` when the process has it, but a runtime may not grant it) every call
+        // fails, so it counts as missing.
         let legacy_unusable = iptables.as_ref().is_some_and(|i| i.variant == "legacy")
             && !caps::has_cap(None, caps::CapSet::Bounding, caps::Capability::CAP_NET_RAW)
                 .unwrap_or(true);
@@ -490,7 +491,7 @@ impl Manager {
         };
         if legacy_unusable {
             tracing::warn!(
-                "iptables is iptables-legacy, which needs CAP_NET_RAW that overlayd drops: using nftables only; \
+                "iptables is iptables-legacy, which needs CAP_NET_RAW that this process lacks: using nftables only; \
                  a FORWARD policy of DROP set with iptables-legacy is not overruled"
             );
         }

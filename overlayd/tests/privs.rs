@@ -175,7 +175,10 @@ fn every_syscall_is_allowed_by_the_runtime_default_seccomp_profile() {
         return;
     };
     lab.start(2);
-    let trace = lab.dir.join("strace.out");
+    // Not beside the nodes file: overlayd watches that directory, and strace writes on every
+    // syscall it traces.
+    let trace = std::env::temp_dir().join(format!("overlayd-strace-{}.out", std::process::id()));
+    let _rm = RemoveOnDrop(trace.clone());
     let log = std::fs::File::create(lab.log_file(1)).unwrap();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.node(1), "strace", "-f", "-qq", "-o"])
@@ -193,16 +196,24 @@ fn every_syscall_is_allowed_by_the_runtime_default_seccomp_profile() {
         .arg("--subnet-file")
         .arg(lab.subnet_file(1))
         .args(["--queues", "2"])
+        // Only overlayd's own syscalls: the FORWARD rules would trace nft/iptables too.
+        .arg("--iptables-forward-rules=false")
         .stderr(log)
         .spawn()
         .expect("strace (apt-get install strace)");
-    let ready = common::wait_until(std::time::Duration::from_secs(20), || {
+    let ready = common::wait_until(std::time::Duration::from_secs(30), || {
         lab.log(1).contains("overlayd ready")
     });
     if !ready {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("overlayd under strace did not start:\n{}", lab.log(1));
+        let trace_text = std::fs::read_to_string(&trace).unwrap_or_default();
+        let tail: Vec<&str> = trace_text.lines().rev().take(40).collect();
+        panic!(
+            "overlayd under strace did not start:\n{}\nlast syscalls:\n{}",
+            lab.log(1),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     lab.wire(1);
     let ok = lab.ping_within(
@@ -272,4 +283,13 @@ fn every_syscall_is_allowed_by_the_runtime_default_seccomp_profile() {
         );
     }
     eprintln!("syscalls used ({}): {used:?}", used.len());
+}
+
+/// Removes a file when dropped (also when the test panics).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -230,6 +230,10 @@ pub async fn find(nl: &Netlink, vni: u32) -> Result<Vec<Leftover>> {
     }
     for name in names {
         if let Some(link) = nl.link_by_name(&name).await? {
+            // Our own TAP (`--device flannel.1`, left by the previous overlayd): not Flannel's.
+            if link.alias.as_deref() == Some(crate::sys::netlink::DEVICE_ALIAS) {
+                continue;
+            }
             if link.kind.as_deref() != Some("vxlan") {
                 bail!(
                     "device {name} exists and is not a VXLAN device (kind {}), so it is not Flannel's: \

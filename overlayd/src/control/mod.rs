@@ -1,6 +1,7 @@
 //! The control side: reads the configuration and the node source, sets up the TAP device,
 //! sockets and workers, keeps the FDB snapshot and the kernel's routes and neighbours equal to
-//! the desired peer set, and tears everything down on SIGTERM/SIGINT.
+//! the desired peer set. On SIGTERM/SIGINT it leaves the device, routes, neighbours and rules for
+//! the next overlayd (which adopts them or takes them over by handover; see `handover`).
 //!
 //! It never blocks the packet path: workers only ever see whole FDB snapshots.
 //!
@@ -446,7 +447,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let observed = Arc::new(Observed::new(health.clone()));
     let http_server =
         http::serve(http_addr, http::router(observed.clone())).context("--http-addr")?;
-    let _healthz = match opts.healthz_addr {
+    let healthz_server = match opts.healthz_addr {
         Some(addr) => Some(
             http::serve(addr, http::health_router(health.clone()))
                 .context("--healthz-ip/--healthz-port (0 disables it)")?,
@@ -745,7 +746,11 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     if let Some((conn, pid)) = successor {
         // Our copies of the queues and sockets close here; the successor's stay open.
         drop(dp);
+        // Both listeners go, and what they would say is no longer true of this process: the
+        // successor forwards now and answers the probes on the shared ports.
         drop(http_server);
+        drop(healthz_server);
+        health.device_up.store(false, Ordering::Relaxed);
         if let Err(e) = handover::released(&conn) {
             warn!(error = %e, "cannot tell the new overlayd that we stopped");
         }

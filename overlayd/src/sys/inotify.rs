@@ -101,6 +101,9 @@ impl FileWatch {
             if !out.is_empty() {
                 return Ok(out);
             }
+            // Only other files of the directory changed (a busy log beside the nodes file):
+            // let the rest of the runtime run before reading again.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -59,17 +59,7 @@ fn masq_chain_complete(lab: &Lab, i: usize) -> bool {
 }
 
 fn metric(lab: &Lab, i: usize, series: &str) -> f64 {
-    let out = lab.exec(
-        &lab.node(i),
-        &["curl", "-s", "-m", "3", "http://127.0.0.1:9102/metrics"],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    common::metric_value(&common::http_get(lab, i, "/metrics"), series)
 }
 
 /// `overlayd::netfilter::remove_all()` (what `overlayd cleanup` calls) run in node `i`'s

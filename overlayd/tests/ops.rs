@@ -8,43 +8,12 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sh_ok, wait_until, Lab, SCRIPT};
+use common::{http_get as http, metric_value as metric, sh_ok, wait_until, Lab, SCRIPT};
 
 /// Crafts VXLAN datagrams (good and bad cases) with a plain UDP socket.
 const SENDER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/vxlan_send.py");
 const NODE1_VTEP: &str = "198.18.0.1";
 const STRANGER_IP: &str = "198.18.0.99";
-
-/// GET `path` from overlayd's default --http-addr inside node `i`'s namespace.
-fn http(lab: &Lab, i: usize, path: &str) -> String {
-    let url = format!("http://127.0.0.1:9102{path}");
-    let out = lab.exec(
-        &lab.node(i),
-        &[
-            "python3",
-            "-c",
-            "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=3).read().decode())",
-            &url,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "GET {url} in {}: {}",
-        lab.node(i),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of one series (`name{labels}` exactly as exposed) in a /metrics text.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 fn drops(text: &str, reason: &str) -> f64 {
     metric(

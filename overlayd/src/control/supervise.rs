@@ -160,7 +160,7 @@ impl Workers {
         let due = self.slots.iter().filter_map(|s| s.restart_at).min();
         tokio::select! {
             Some(id) = self.exits_rx.recv() => self.on_exit(id),
-            () = sleep_until_opt(due) => self.restart_due(),
+            () = super::sleep_until_opt(due) => self.restart_due(),
         }
     }
 
@@ -232,12 +232,5 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop_all();
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -15,6 +15,7 @@ pub mod cleanup;
 mod direct;
 pub mod flannel_leftovers;
 mod handover;
+pub mod model;
 mod policy;
 mod reconcile;
 pub mod source;
@@ -377,11 +378,11 @@ async fn start_dataplane(
     );
     if origin == Origin::Created {
         nl.set_alias(link.index, DEVICE_ALIAS).await?;
-        nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
+        nl.configure_link(link.index, model::mac(own_mac), mtu, own_cidr.network())
             .await?;
     } else {
         let changed = nl
-            .ensure_link_config(&link, own_mac, mtu, own_cidr.network())
+            .ensure_link_config(&link, model::mac(own_mac), mtu, own_cidr.network())
             .await?;
         if !changed.is_empty() {
             warn!(device = %opts.device, changed = %changed.join(","), "adopted device differed from the desired state; fixed");
@@ -389,7 +390,7 @@ async fn start_dataplane(
     }
 
     let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
-        &state.peers,
+        &model::peers(&state.peers),
         netconf.port,
         previous,
     )));
@@ -572,7 +573,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         node: opts.node_name.clone(),
         pod_cidr: own_cidr,
         vtep_ip: underlay.ip,
-        vtep_mac: own_mac,
+        vtep_mac: model::mac(own_mac),
         device: opts.device.clone(),
         vni: netconf.vni,
         port: netconf.port,
@@ -675,7 +676,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     last_error.clear();
                     synced = true;
                     if new.peers != state.peers {
-                        let next = Fdb::from_peers_keeping(&new.peers, netconf.port, Some(&dp.fdb.load()));
+                        let next = Fdb::from_peers_keeping(&model::peers(&new.peers), netconf.port, Some(&dp.fdb.load()));
                         dp.fdb.store(Arc::new(next));
                         state = new;
                         log_peer_set(&state, &mut reported_skips);

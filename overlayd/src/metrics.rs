@@ -287,7 +287,7 @@ pub fn encode(registry: &Registry) -> String {
 mod tests {
     use super::*;
     use crate::fdb::{Fdb, FdbHandle, Peer};
-    use crate::http::Health;
+    use crate::health::Health;
     use crate::path::DropReason;
     use crate::stats::WorkerStats;
     use crate::wire::ethernet::MacAddr;

@@ -14,7 +14,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::fdb::FdbHandle;
-use crate::http::Health;
+use crate::health::Health;
 use crate::path::event::PathEvent;
 use crate::path::DropReason;
 use crate::stats::{Totals, WorkerStats};

@@ -38,7 +38,8 @@ use tracing::{error, info, warn};
 
 use crate::config::NetConf;
 use crate::fdb::{Fdb, FdbHandle};
-use crate::http::{self, Health};
+use crate::health::Health;
+use crate::http;
 use crate::observe::{Observed, OwnNode};
 use crate::path::DecapConfig;
 use crate::stats::Totals;

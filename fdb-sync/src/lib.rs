@@ -18,4 +18,10 @@ pub use model::{
     SkipReason, Skipped,
 };
 pub use nodes_file::{parse_node_list, NodesFileError};
+
+/// What every node source sends: the whole desired state each time it changed, or why the
+/// latest input was rejected (the receiver keeps its last good state and reports the error).
+/// A source is a task taking an `mpsc::Sender<SourceUpdate>` that returns when the receiver is
+/// gone: [`nodes_file::watch`], [`kube::run`].
+pub type SourceUpdate = Result<ClusterState, String>;
 pub use subnet_env::SubnetEnv;

@@ -18,7 +18,6 @@ mod handover;
 pub mod model;
 mod policy;
 mod reconcile;
-pub mod source;
 mod supervise;
 pub mod underlay;
 
@@ -32,7 +31,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use fdb_sync::kube::Announcement;
-use fdb_sync::{ClusterState, SubnetEnv};
+use fdb_sync::{ClusterState, SourceUpdate, SubnetEnv};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -48,7 +47,6 @@ use crate::sys::{tap, udp};
 use crate::worker::{Offloads, QueueIo};
 use direct::DirectRouting;
 use reconcile::Reconciler;
-use source::SourceUpdate;
 use supervise::Workers;
 use underlay::{find_underlay, Underlay};
 
@@ -189,7 +187,7 @@ async fn spawn_source(
     let (tx, rx) = mpsc::channel(4);
     match kind {
         SourceKind::NodesFile(path) => {
-            tokio::spawn(source::watch_nodes_file(
+            tokio::spawn(fdb_sync::nodes_file::watch(
                 path.clone(),
                 node_name.to_string(),
                 tx,

@@ -11,7 +11,6 @@ pub mod fake_apiserver;
 pub mod kube;
 pub mod model;
 pub mod nodes_file;
-pub mod subnet_env;
 
 pub use model::{
     derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, PeerPolicy,
@@ -24,4 +23,3 @@ pub use nodes_file::{parse_node_list, NodesFileError};
 /// A source is a task taking an `mpsc::Sender<SourceUpdate>` that returns when the receiver is
 /// gone: [`nodes_file::watch`], [`kube::run`].
 pub type SourceUpdate = Result<ClusterState, String>;
-pub use subnet_env::SubnetEnv;

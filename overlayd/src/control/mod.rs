@@ -31,7 +31,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use fdb_sync::kube::Announcement;
-use fdb_sync::{ClusterState, SourceUpdate, SubnetEnv};
+use cni_shim::subnet_env::{NodeSubnet, SubnetEnv};
+use fdb_sync::{ClusterState, SourceUpdate};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -550,14 +551,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_cidr,
         observed.netfilter.clone(),
     )?;
-    let env = SubnetEnv {
-        network: netconf.network,
-        subnet: own_cidr,
-        mtu,
-        ipmasq: opts.ip_masq,
-        ipv6_network: None,
-        ipv6_subnet: None,
-    };
+    let v4 = NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
+        format!(
+            "cannot describe podCIDR {own_cidr} of Network {} in {}",
+            netconf.network,
+            opts.subnet_file.display()
+        )
+    })?;
+    let env = SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq)
+        .context("subnet.env without a subnet")?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);

@@ -8,10 +8,9 @@
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-use fdb_sync::{MacAddr, Peer};
-
-use crate::fdb::Fdb;
+use crate::fdb::{Fdb, Peer};
 use crate::path::{self, gro, tso, DecapConfig};
+use crate::wire::ethernet::MacAddr;
 use crate::wire::{ethernet, vnet, vxlan};
 
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
@@ -272,7 +271,7 @@ pub fn nodes_file(data: &[u8]) {
             continue;
         };
         check_promises(&names, &raw, None);
-        let _ = Fdb::from_peers(&raw.peers, 8472);
+        let _ = Fdb::from_peers(&crate::control::model::peers(&raw.peers), 8472);
         let _ = raw.own_vtep_mac();
         if let Ok(v) = raw.validated(&policy) {
             check_promises(&names, &v, Some(&policy));
@@ -281,7 +280,7 @@ pub fn nodes_file(data: &[u8]) {
                 Some(&v),
                 "validation is idempotent"
             );
-            let _ = Fdb::from_peers(&v.peers, 8472);
+            let _ = Fdb::from_peers(&crate::control::model::peers(&v.peers), 8472);
         } else {
             // Only the own node can make validation fail.
             assert!(

@@ -15,9 +15,9 @@ pub mod cleanup;
 mod direct;
 pub mod flannel_leftovers;
 mod handover;
+pub mod model;
 mod policy;
 mod reconcile;
-pub mod source;
 mod supervise;
 pub mod underlay;
 
@@ -31,13 +31,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
 use fdb_sync::kube::Announcement;
-use fdb_sync::{ClusterState, SubnetEnv};
+use cni_shim::subnet_env::{NodeSubnet, SubnetEnv};
+use fdb_sync::{ClusterState, SourceUpdate};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::NetConf;
 use crate::fdb::{Fdb, FdbHandle};
-use crate::http::{self, Health};
+use crate::health::Health;
+use crate::http;
 use crate::observe::{Observed, OwnNode};
 use crate::path::DecapConfig;
 use crate::stats::Totals;
@@ -46,7 +48,6 @@ use crate::sys::{tap, udp};
 use crate::worker::{Offloads, QueueIo};
 use direct::DirectRouting;
 use reconcile::Reconciler;
-use source::SourceUpdate;
 use supervise::Workers;
 use underlay::{find_underlay, Underlay};
 
@@ -187,7 +188,7 @@ async fn spawn_source(
     let (tx, rx) = mpsc::channel(4);
     match kind {
         SourceKind::NodesFile(path) => {
-            tokio::spawn(source::watch_nodes_file(
+            tokio::spawn(fdb_sync::nodes_file::watch(
                 path.clone(),
                 node_name.to_string(),
                 tx,
@@ -377,11 +378,11 @@ async fn start_dataplane(
     );
     if origin == Origin::Created {
         nl.set_alias(link.index, DEVICE_ALIAS).await?;
-        nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
+        nl.configure_link(link.index, model::mac(own_mac), mtu, own_cidr.network())
             .await?;
     } else {
         let changed = nl
-            .ensure_link_config(&link, own_mac, mtu, own_cidr.network())
+            .ensure_link_config(&link, model::mac(own_mac), mtu, own_cidr.network())
             .await?;
         if !changed.is_empty() {
             warn!(device = %opts.device, changed = %changed.join(","), "adopted device differed from the desired state; fixed");
@@ -389,7 +390,7 @@ async fn start_dataplane(
     }
 
     let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
-        &state.peers,
+        &model::peers(&state.peers),
         netconf.port,
         previous,
     )));
@@ -550,14 +551,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_cidr,
         observed.netfilter.clone(),
     )?;
-    let env = SubnetEnv {
-        network: netconf.network,
-        subnet: own_cidr,
-        mtu,
-        ipmasq: opts.ip_masq,
-        ipv6_network: None,
-        ipv6_subnet: None,
-    };
+    let v4 = NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
+        format!(
+            "cannot describe podCIDR {own_cidr} of Network {} in {}",
+            netconf.network,
+            opts.subnet_file.display()
+        )
+    })?;
+    let env = SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq)
+        .context("subnet.env without a subnet")?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
@@ -572,7 +574,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         node: opts.node_name.clone(),
         pod_cidr: own_cidr,
         vtep_ip: underlay.ip,
-        vtep_mac: own_mac,
+        vtep_mac: model::mac(own_mac),
         device: opts.device.clone(),
         vni: netconf.vni,
         port: netconf.port,
@@ -675,7 +677,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     last_error.clear();
                     synced = true;
                     if new.peers != state.peers {
-                        let next = Fdb::from_peers_keeping(&new.peers, netconf.port, Some(&dp.fdb.load()));
+                        let next = Fdb::from_peers_keeping(&model::peers(&new.peers), netconf.port, Some(&dp.fdb.load()));
                         dp.fdb.store(Arc::new(next));
                         state = new;
                         log_peer_set(&state, &mut reported_skips);

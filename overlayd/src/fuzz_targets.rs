@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use fdb_sync::{MacAddr, Peer};
 
 use crate::fdb::Fdb;
-use crate::path::{self, gro, tso, DecapConfig};
+use crate::path::{self, gro, plan, tso, DecapConfig};
 use crate::wire::{ethernet, vnet, vxlan};
 
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
@@ -187,6 +187,176 @@ pub fn tso_split(data: &[u8]) {
             assert!(h.len() <= tso::MAX_HEADERS && h.starts_with(&vx));
         }
     });
+}
+
+/// Input: `[n][n send results][vnet header 10][frame...]`, a TAP read preceded by a script of
+/// send outcomes (0: sent, else an errno picked by the byte). The planner either drops the
+/// frame with a reason or plans it; then, driven through the script:
+/// - a plain plan is the VXLAN header followed by the frame, to the VTEP the FDB names for the
+///   destination MAC, from a socket fixed by the flow, with the outer ECN of the inner packet;
+/// - a segmented plan's sends cover every segment exactly once, in order, none over 65,507
+///   bytes or 64 segments, every datagram but a chunk's last exactly `segment_size`; the
+///   segments' payloads add up to the frame's; and every segment ends up sent, dropped with a
+///   reason, or given up, never lost without a count, whatever the errnos (EAGAIN, EINTR,
+///   EINVAL and EIO lose nothing).
+pub fn egress_plan(data: &[u8]) {
+    const ERRNOS: [i32; 9] = [
+        libc::EAGAIN,
+        libc::EINTR,
+        libc::EINVAL,
+        libc::EIO,
+        libc::EMSGSIZE,
+        libc::ECONNREFUSED,
+        libc::EHOSTUNREACH,
+        libc::EPERM,
+        libc::ENOBUFS,
+    ];
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n % 16).min(rest.len());
+    let (script, tap_read) = rest.split_at(n);
+    let mut slot = tap_read.to_vec();
+    thread_local! {
+        static PLANNER: std::cell::RefCell<plan::Planner> = std::cell::RefCell::new(plan::Planner::new(1, 3));
+    }
+    PLANNER.with(|p| {
+        let mut p = p.borrow_mut();
+        let Ok(t) = p.plan(&mut slot, fdb()) else {
+            return;
+        };
+        let frame = &tap_read[vnet::LEN..];
+        let dst = ethernet::Frame::new_checked(frame)
+            .expect("planned => Ethernet")
+            .dst();
+        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.destination));
+        assert!(t.socket < 3);
+        assert_eq!(t.tos, path::ecn::outer_tos(frame));
+        match t.shape.clone() {
+            plan::Shape::Plain { bytes } => {
+                let d = &slot[bytes];
+                assert_eq!(d.len(), vxlan::HEADER_LEN + frame.len());
+                assert_eq!(d[..vxlan::HEADER_LEN], vxlan::header(1));
+                // Only a checksum the kernel asked for may differ from what was read.
+                let hdr = vnet::Header::parse(tap_read).expect("planned => header");
+                if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
+                    assert_eq!(d[vxlan::HEADER_LEN..], frame[..]);
+                } else {
+                    assert_eq!(d[vxlan::HEADER_LEN..][..14], frame[..14]);
+                }
+                let mut sock_again = tap_read.to_vec();
+                let t2 = p
+                    .plan(&mut sock_again, fdb())
+                    .expect("planned once, planned again");
+                assert_eq!(t2.socket, t.socket, "a frame's socket is fixed by its flow");
+            }
+            plan::Shape::Segmented {
+                segments,
+                segment_size,
+            } => {
+                assert!((1..=tso::MAX_SEGMENTS).contains(&segments));
+                let hdr = vnet::Header::parse(tap_read).expect("planned => header");
+                // The payloads are consecutive pieces of the frame, each at most the MSS.
+                let mut next = p.segment(0).1.start;
+                for i in 0..segments {
+                    let (h, r) = p.segment(i);
+                    assert!(h.starts_with(&vxlan::header(1)) && r.end <= slot.len());
+                    assert_eq!(r.start, next, "segment {i} does not follow its predecessor");
+                    next = r.end;
+                    assert!(h.len() + r.len() <= segment_size);
+                    assert!(i + 1 == segments || h.len() + r.len() == segment_size);
+                    assert!(r.len() <= usize::from(hdr.gso_size));
+                }
+                drive(&p, segments, segment_size, script, &ERRNOS);
+            }
+        }
+    });
+}
+
+/// Runs a segmented send through `script` and checks that every segment is accounted for.
+fn drive(p: &plan::Planner, segments: usize, segment_size: usize, script: &[u8], errnos: &[i32]) {
+    let mut send = plan::SegmentedSend::new(segments, segment_size);
+    let (mut sent, mut dropped) = (0usize, 0usize);
+    let mut covered = vec![0u8; segments];
+    let mut gso = true;
+    let mut waits = 0;
+    let mut step = 0;
+    while let Some(c) = send.next_chunk(gso) {
+        assert!(
+            step < 4 * (segments + script.len()) + 8,
+            "the send never ends"
+        );
+        let k = c.segments.len();
+        assert!((1..=plan::MAX_SEGMENTS_PER_SEND).contains(&k) && c.segments.end <= segments);
+        assert_eq!(c.segment_size.is_some(), k > 1);
+        let bytes: usize = c
+            .segments
+            .clone()
+            .map(|i| {
+                let (h, r) = p.segment(i);
+                h.len() + r.len()
+            })
+            .sum();
+        assert!(k == 1 || bytes <= plan::MAX_UDP_PAYLOAD);
+        let result = match script.get(step) {
+            Some(&b) if b % 4 != 0 => Err(errnos[usize::from(b) % errnos.len()]),
+            _ => Ok(()),
+        };
+        step += 1;
+        let before = send.remaining();
+        match send.on_result(&c, result) {
+            plan::Step::Sent { packets } => {
+                assert_eq!(packets, k);
+                sent += k;
+                for i in c.segments.clone() {
+                    covered[i] += 1;
+                }
+            }
+            plan::Step::Dropped { packets, reason } => {
+                assert_eq!(packets, k);
+                assert_eq!(reason.direction(), "tx");
+                dropped += k;
+                for i in c.segments.clone() {
+                    covered[i] += 1;
+                }
+            }
+            plan::Step::TooBig { first, dropped: d } => {
+                assert_eq!(first, c.segments.start);
+                assert_eq!(d, before);
+                dropped += d;
+                for c in &mut covered[first..] {
+                    *c += 1;
+                }
+            }
+            plan::Step::WaitWritable => {
+                waits += 1;
+                assert_eq!(send.remaining(), before, "EAGAIN loses nothing");
+            }
+            plan::Step::Retry | plan::Step::Unsegment => {
+                assert_eq!(send.remaining(), before);
+            }
+            plan::Step::DisableSegmentation => {
+                assert_eq!(send.remaining(), before);
+                gso = false;
+            }
+        }
+        if waits > 2 {
+            // The worker stops while waiting: what it held is counted, then nothing is left.
+            let left = send.remaining();
+            for c in &mut covered[segments - left..] {
+                *c += 1;
+            }
+            assert_eq!(send.abandon(), left);
+            assert_eq!(send.next_chunk(gso), None);
+            dropped += left;
+            break;
+        }
+    }
+    assert!(
+        covered.iter().all(|c| *c == 1),
+        "a segment sent or dropped twice, or lost: {covered:?}"
+    );
+    assert_eq!(sent + dropped, segments);
 }
 
 /// Input: frames separated by length prefixes (`[len hi][len lo][frame...]`...), each with an
@@ -415,6 +585,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("encap", encap),
     ("ingress_offload", ingress_offload),
     ("tso_split", tso_split),
+    ("egress_plan", egress_plan),
     ("gro_coalesce", gro_coalesce),
     ("nodes_file", nodes_file),
     ("net_conf", net_conf),

@@ -385,8 +385,47 @@ pub fn gro_coalesce(data: &[u8]) {
         });
         rest = &rest[3 + len..];
     }
+    let mut split_buf = buf.clone();
     let mut c = gro::Coalescer::default();
     let runs = c.plan(&mut buf, &frames).to_vec();
+    // The same frames in two receives, the run left open in between, give the same writes.
+    let cut = frames.len() / 2;
+    let mut split_runs = c.plan_open(&mut split_buf, &frames[..cut], true).to_vec();
+    let rest = c.open_first().unwrap_or(cut);
+    assert!(rest <= cut);
+    c.open_moved_to_front();
+    let base = split_runs.len();
+    let later = &frames[rest..];
+    split_runs.extend(
+        c.plan_open(&mut split_buf, later, true)
+            .iter()
+            .map(|r| gro::Run {
+                first: r.first + rest,
+                ..r.clone()
+            }),
+    );
+    if let Some(r) = c.close(&mut split_buf, later) {
+        split_runs.push(gro::Run {
+            first: r.first + rest,
+            ..r
+        });
+    }
+    let bytes = |b: &[u8], r: &gro::Run| -> Vec<u8> {
+        let mut out = b[frames[r.first].range.clone()].to_vec();
+        for f in &frames[r.first + 1..r.first + r.count] {
+            out.extend_from_slice(
+                &b[f.range.start + r.payload_offset.min(f.range.len())..f.range.end],
+            );
+        }
+        out
+    };
+    assert_eq!(
+        split_runs, runs,
+        "runs differ when the frames come in two receives ({base} before)"
+    );
+    for r in &runs {
+        assert_eq!(bytes(&buf, r), bytes(&split_buf, r));
+    }
     let mut next = 0;
     for r in &runs {
         assert_eq!(r.first, next, "runs must be contiguous");

@@ -5,7 +5,7 @@
 //!
 //! With offloads (the normal mode) a TSO super-frame from the TAP is split into MSS segments
 //! and sent with one `sendmsg` + UDP_SEGMENT; a UDP_GRO run of received segments is coalesced
-//! back into super-frames and written with one `writev`. Every per-packet decision is made in
+//! back into super-frames (also across two receives) and written with one `writev`. Every per-packet decision is made in
 //! `path` (`plan::Planner` on the send side): this file only reads, submits what the plan says
 //! and waits. A full send buffer (EAGAIN) is backpressure: the worker stops reading the TAP and
 //! waits for POLLOUT, keeping what it holds.
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::fdb::{FdbHandle, PeerCounters};
 use crate::path::event::PathEvent;
-use crate::path::gro::{Coalescer, InnerFrame, MAX_RUN};
+use crate::path::gro::{Coalescer, InnerFrame, Run, MAX_RUN};
 use crate::path::plan::{self, PlainStep, Planner, SegmentedSend, Shape, Step, Transmit};
 use crate::path::{self, ecn, pmtu, DecapConfig, DropReason};
 use crate::stats::{OffloadMode, WorkerStats};
@@ -32,6 +32,9 @@ const BATCH: usize = 64;
 const BUF_LEN: usize = 65_536 + 256;
 /// Egress arena: at least one maximal frame plus many small ones.
 const TXBUF_LEN: usize = 4 * BUF_LEN;
+/// Datagrams one recvmmsg takes in plain mode (each may be a 64 KiB GSO burst from a kernel
+/// peer, pitfall 2 in fastpath-facts, so every slot is `BUF_LEN`).
+const RECV_SLOTS: usize = 8;
 /// How long one poll sleeps at most, so the heartbeat and the stop flag are seen.
 const POLL_MS: i32 = 100;
 
@@ -141,9 +144,16 @@ struct TxScratch {
 
 /// Receive-side scratch space, allocated once.
 struct RxScratch {
-    /// Receive buffer: one datagram or one UDP_GRO run.
+    /// Two halves of `half_len` bytes, each one receive: one UDP_GRO run, or up to
+    /// `RECV_SLOTS` datagrams of `BUF_LEN` bytes with recvmmsg (plain mode). A run left open
+    /// keeps its bytes in one half while the next receive fills the other.
     buf: Vec<u8>,
+    half_len: usize,
+    /// The half the next receive fills.
+    half: usize,
+    metas: [udp::RecvMeta; RECV_SLOTS],
     coalescer: Coalescer,
+    /// The frames of the last receive, after those of the run left open.
     frames: Vec<InnerFrame>,
 }
 
@@ -163,10 +173,23 @@ impl Worker {
                 probe: None,
             },
         };
+        let half_len = if io.offloads.gro {
+            BUF_LEN
+        } else {
+            RECV_SLOTS * BUF_LEN
+        };
         let mut rx = RxScratch {
-            buf: vec![0u8; BUF_LEN],
+            buf: vec![0u8; 2 * half_len],
+            half_len,
+            half: 0,
+            metas: [udp::RecvMeta {
+                len: 0,
+                from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                gso: None,
+                tos: 0,
+            }; RECV_SLOTS],
             coalescer: Coalescer::with_capacity(MAX_RUN),
-            frames: Vec::with_capacity(MAX_RUN),
+            frames: Vec::with_capacity(2 * MAX_RUN + RECV_SLOTS),
         };
         tx.gso_send = io.tx_pool.first().is_some_and(udp::probe_segmentation);
         if !tx.gso_send {
@@ -480,58 +503,97 @@ impl Worker {
         true
     }
 
+    /// Receives up to `BATCH` times and writes the inner frames to the TAP, coalesced into
+    /// super-frames. The last run stays open from one receive to the next (its bytes in one
+    /// half of `buf`, the next receive in the other), so a burst the kernel hands over in two
+    /// reads still becomes one TAP write; it is written when the next read would block, when
+    /// it cannot grow, or at the end of the batch.
     fn ingress_batch(&self, s: &mut RxScratch) {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let Ok(udp::RecvMeta {
-                len: n,
-                from,
-                gso,
-                tos,
-            }) = udp::recv_gro(&self.io.rx, &mut s.buf)
-            else {
+            let base = s.half * s.half_len;
+            let got = if self.io.offloads.gro {
+                udp::recv_gro(&self.io.rx, &mut s.buf[base..base + BUF_LEN]).map(|m| {
+                    s.metas[0] = m;
+                    1
+                })
+            } else {
+                udp::recv_batch(
+                    &self.io.rx,
+                    &mut s.buf[base..base + s.half_len],
+                    BUF_LEN,
+                    &mut s.metas,
+                )
+            };
+            let Ok(got) = got else {
                 break;
             };
-            let seg = gso.map_or(n, usize::from).max(1);
-            s.frames.clear();
-            let mut at = 0;
-            while at < n {
-                let end = (at + seg).min(n);
-                match path::decap(&s.buf[at..end], *from.ip(), &fdb, &self.decap) {
-                    Ok(d) => {
-                        if tos & ecn::ECT_1 != 0 {
-                            // Outer ECT(1) or CE: carry it inside (RFC 6040).
-                            match ecn::decapsulate(&mut s.buf[at + vxlan::HEADER_LEN..end], tos) {
-                                Ok(ecn::Decap::Unchanged) => {}
-                                Ok(ecn::Decap::SetCe) => {
-                                    self.stats.count_event(PathEvent::EcnCeSet, 1);
-                                }
-                                Ok(ecn::Decap::SetEct1) => {
-                                    self.stats.count_event(PathEvent::EcnEct1Set, 1);
-                                }
-                                Err(reason) => {
-                                    self.stats.count_drop(reason);
-                                    at = end;
-                                    continue;
-                                }
+            for m in 0..got {
+                let meta = s.metas[m];
+                self.decap_datagram(s, base + m * BUF_LEN, meta, &fdb, &mut tally);
+            }
+            self.write_runs(s, base);
+        }
+        if let Some(run) = s.coalescer.close(&mut s.buf, &s.frames) {
+            self.write_run(&s.buf, &s.frames, &run);
+        }
+        s.frames.clear();
+        tally.flush(true);
+    }
+
+    /// Checks the datagram (or UDP_GRO run of datagrams) at `buf[at..]` and appends its inner
+    /// frames to `s.frames`.
+    fn decap_datagram<'f>(
+        &self,
+        s: &mut RxScratch,
+        start: usize,
+        meta: udp::RecvMeta,
+        fdb: &'f crate::fdb::Fdb,
+        tally: &mut PeerTally<'f>,
+    ) {
+        let udp::RecvMeta {
+            len: n,
+            from,
+            gso,
+            tos,
+        } = meta;
+        let seg = gso.map_or(n, usize::from).max(1);
+        let end_all = start + n;
+        let mut at = start;
+        while at < end_all {
+            let end = (at + seg).min(end_all);
+            match path::decap(&s.buf[at..end], *from.ip(), fdb, &self.decap) {
+                Ok(d) => {
+                    if tos & ecn::ECT_1 != 0 {
+                        // Outer ECT(1) or CE: carry it inside (RFC 6040).
+                        match ecn::decapsulate(&mut s.buf[at + vxlan::HEADER_LEN..end], tos) {
+                            Ok(ecn::Decap::Unchanged) => {}
+                            Ok(ecn::Decap::SetCe) => {
+                                self.stats.count_event(PathEvent::EcnCeSet, 1);
+                            }
+                            Ok(ecn::Decap::SetEct1) => {
+                                self.stats.count_event(PathEvent::EcnEct1Set, 1);
+                            }
+                            Err(reason) => {
+                                self.stats.count_drop(reason);
+                                at = end;
+                                continue;
                             }
                         }
-                        if let Some(p) = d.peer {
-                            tally.add(p, 1, end - at - vxlan::HEADER_LEN, true);
-                        }
-                        s.frames.push(InnerFrame {
-                            range: at + vxlan::HEADER_LEN..end,
-                            vnet: d.vnet,
-                        });
                     }
-                    Err(reason) => self.stats.count_drop(reason),
+                    if let Some(p) = d.peer {
+                        tally.add(p, 1, end - at - vxlan::HEADER_LEN, true);
+                    }
+                    s.frames.push(InnerFrame {
+                        range: at + vxlan::HEADER_LEN..end,
+                        vnet: d.vnet,
+                    });
                 }
-                at = end;
+                Err(reason) => self.stats.count_drop(reason),
             }
-            self.write_runs(s);
+            at = end;
         }
-        tally.flush(true);
     }
 
     /// Answers an inner frame (`head` followed by `tail`, Ethernet onward) that the kernel
@@ -571,30 +633,52 @@ impl Worker {
         }
     }
 
-    /// Coalesces the decapsulated frames in `s.frames` and writes each run to the TAP.
-    fn write_runs(&self, s: &mut RxScratch) {
-        let runs = s.coalescer.plan(&mut s.buf, &s.frames);
+    /// Coalesces the decapsulated frames in `s.frames` (the last receive went to the half at
+    /// `base`) and writes each finished run to the TAP; keeps the last run open when it may
+    /// still grow and lies wholly in that half (the next receive fills the other half).
+    fn write_runs(&self, s: &mut RxScratch, base: usize) {
+        let runs = s.coalescer.plan_open(&mut s.buf, &s.frames, true);
         for run in runs {
-            let vnet_bytes = run.vnet.to_bytes();
-            let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
-            let first = &s.frames[run.first];
-            iov[0] = IoSlice::new(&vnet_bytes);
-            iov[1] = IoSlice::new(&s.buf[first.range.clone()]);
-            let mut len = first.range.len();
-            for (k, f) in s.frames[run.first + 1..run.first + run.count]
-                .iter()
-                .enumerate()
-            {
-                let payload = &s.buf[f.range.start + run.payload_offset..f.range.end];
-                len += payload.len();
-                iov[2 + k] = IoSlice::new(payload);
+            self.write_run(&s.buf, &s.frames, run);
+        }
+        match s.coalescer.open_first() {
+            Some(first) if (base..base + s.half_len).contains(&s.frames[first].range.start) => {
+                s.frames.drain(..first);
+                s.coalescer.open_moved_to_front();
+                s.half ^= 1;
             }
-            match self.io.tap.file().write_vectored(&iov[..1 + run.count]) {
-                // A TAP write takes the whole frame or fails; anything else is an error.
-                Ok(w) if w == vnet::LEN + len => self.stats.rx_many(run.count as u64, len),
-                // EIO while the device is down (teardown, flap): counted, not logged.
-                Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
+            Some(_) => {
+                // It began in the other half, which the next receive overwrites: write it now.
+                if let Some(run) = s.coalescer.close(&mut s.buf, &s.frames) {
+                    self.write_run(&s.buf, &s.frames, &run);
+                }
+                s.frames.clear();
             }
+            None => s.frames.clear(),
+        }
+    }
+
+    /// Writes one run (`run.count` frames of `frames`, in `buf`) to the TAP with one writev.
+    fn write_run(&self, buf: &[u8], frames: &[InnerFrame], run: &Run) {
+        let vnet_bytes = run.vnet.to_bytes();
+        let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
+        let first = &frames[run.first];
+        iov[0] = IoSlice::new(&vnet_bytes);
+        iov[1] = IoSlice::new(&buf[first.range.clone()]);
+        let mut len = first.range.len();
+        for (k, f) in frames[run.first + 1..run.first + run.count]
+            .iter()
+            .enumerate()
+        {
+            let payload = &buf[f.range.start + run.payload_offset..f.range.end];
+            len += payload.len();
+            iov[2 + k] = IoSlice::new(payload);
+        }
+        match self.io.tap.file().write_vectored(&iov[..1 + run.count]) {
+            // A TAP write takes the whole frame or fails; anything else is an error.
+            Ok(w) if w == vnet::LEN + len => self.stats.rx_many(run.count as u64, len),
+            // EIO while the device is down (teardown, flap): counted, not logged.
+            Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
         }
     }
 }

@@ -230,7 +230,9 @@ impl Netlink {
     /// (kernels before 6.3 ignore IFLA_GSO_IPV4_MAX_SIZE; they use gso_max_size for IPv4 too).
     /// The host end keeps the default: its limit applies to frames forwarded INTO the pod
     /// (GRO-merged by the kernel or overlayd, up to 64 KiB), and a frame over a device's limit
-    /// is segmented in software before that device.
+    /// is segmented in software before that device. Measured on the 2-vCPU rig (5 interleaved
+    /// rounds each, overlayd / kernel vxlan): capping both ends gave 4-stream 0.44x with 8,711
+    /// TCP retransmits per GB, the pod end only 0.49x with 22.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetError> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.peer_name)

@@ -13,9 +13,10 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddrV4, UdpSocket};
 use std::ops::Range;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::fdb::{FdbHandle, PeerCounters};
 use crate::path::event::PathEvent;
@@ -104,6 +105,8 @@ pub struct Worker {
     /// when the queue closes, so all must stop reading at the same moment, just before the
     /// descriptors close (or are handed over).
     pub wake: Arc<std::os::unix::net::UnixStream>,
+    /// `--busy-poll-us`: how long to keep checking for work before sleeping (zero: never).
+    pub busy_poll: std::time::Duration,
 }
 
 /// A plain datagram waiting in `txbuf` for the next sendmmsg.
@@ -204,12 +207,14 @@ impl Worker {
             } else {
                 OffloadMode::Plain
             });
+        let mut busy = false;
         while !self.stop.load(Ordering::Relaxed) {
             // The supervisor and /healthz read this: a worker that stops beating is down.
             self.stats.beat();
             #[cfg(debug_assertions)]
             fault::maybe_panic(self.id, &self.stats);
-            let ready = self.wait_readable()?;
+            let ready = self.wait_readable(if busy { self.busy_poll } else { Duration::ZERO })?;
+            busy = ready[0] || ready[1];
             if ready[2] {
                 continue;
             }
@@ -225,14 +230,14 @@ impl Worker {
 
     /// Sleeps until the TAP queue (`[0]`), the receive socket (`[1]`) or the wake-up
     /// descriptor (`[2]`) is readable, at most `POLL_MS`.
-    fn wait_readable(&self) -> io::Result<[bool; 4]> {
-        sys::poll_readable(
+    fn wait_readable(&self, spin: Duration) -> io::Result<[bool; 4]> {
+        wait_ready(
             &[
                 self.io.tap.file().as_fd(),
                 self.io.rx.as_fd(),
                 self.wake.as_fd(),
             ],
-            POLL_MS,
+            spin,
         )
     }
 
@@ -681,6 +686,29 @@ impl Worker {
             Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
         }
     }
+}
+
+/// Waits until one of `fds` is readable (at most 100 ms, so the caller sees `stop`). With a
+/// `spin` budget it first checks them without sleeping (a zero-timeout poll, which consumes
+/// nothing) until one is ready or the budget is spent: the answer to what the worker just
+/// forwarded (a ping reply, a request's response) often arrives within tens of microseconds,
+/// and catching it awake saves the sleep and the wake-up on the latency path. The caller passes
+/// a budget only after a pass that moved packets, so an idle worker never spins.
+fn wait_ready(fds: &[BorrowedFd<'_>], spin: Duration) -> io::Result<[bool; 4]> {
+    if !spin.is_zero() {
+        let start = Instant::now();
+        loop {
+            let ready = sys::poll_readable(fds, 0)?;
+            if ready.iter().any(|r| *r) {
+                return Ok(ready);
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    sys::poll_readable(fds, POLL_MS)
 }
 
 /// A test-only fault (debug builds only, never in a release binary): with

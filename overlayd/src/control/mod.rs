@@ -66,6 +66,9 @@ pub struct Options {
     pub subnet_file: PathBuf,
     pub device: String,
     pub queues: usize,
+    /// `--busy-poll-us` (or `--latency-mode`'s budget): how long a worker keeps checking for
+    /// work after moving packets before it sleeps; zero = never.
+    pub busy_poll: Duration,
     pub allow_any_sender: bool,
     /// `--ip-masq`: masquerade pod traffic leaving the cluster Network (see `crate::netfilter`).
     pub ip_masq: bool,
@@ -412,8 +415,8 @@ async fn start_dataplane(
             }
         })
         .collect();
-    let workers =
-        Workers::start(ios, fdb.clone(), decap).context("cannot start the worker threads")?;
+    let workers = Workers::start(ios, fdb.clone(), decap, opts.busy_poll)
+        .context("cannot start the worker threads")?;
     info!(modes = %modes.join(","), ?origin, "queue offload modes");
     Ok((
         Dataplane {

@@ -3,7 +3,7 @@
 //! socket fixed per flow, in chunks the kernel takes; and what each errno leads to.
 use super::*;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use fdb_sync::Peer;
+use crate::fdb::Peer;
 use std::net::Ipv4Addr;
 
 const PEER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];
@@ -15,7 +15,7 @@ fn fdb() -> Fdb {
             name: "n2".into(),
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: PEER_IP,
-            vtep_mac: fdb_sync::MacAddr(PEER_MAC),
+            vtep_mac: crate::wire::ethernet::MacAddr(PEER_MAC),
         }],
         8472,
     )

@@ -403,9 +403,11 @@ fn ecn_copied_on_encap_and_ce_carried_on_decap() {
     let v = Lab::iperf_json(lab.iperf_start(&p1, &p2, &ip2, 2, &["-b", "100M"]));
     cap.stop();
     assert!(v["error"].is_null(), "iperf3: {}", v["error"]);
+    // tcpdump on the sending side sees each UDP_SEGMENT send as one GSO packet of up to
+    // 64 KiB (veth passes GSO through), so 25 MB of iperf3 is a few hundred captured packets.
     let ect0 = cap.count("ip[1] & 3 == 2");
     assert!(
-        ect0 >= 1000 && cap.count("ip[1] & 3 == 3") == 0,
+        ect0 >= 200 && cap.count("ip[1] & 3 == 3") == 0,
         "ECN TCP segments must leave with ECT(0) outside: {ect0} of {}",
         cap.count("")
     );

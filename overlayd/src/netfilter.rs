@@ -888,6 +888,13 @@ fn watch_nf_tables(nudge: mpsc::SyncSender<()>, stop: Arc<std::sync::atomic::Ato
         netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).and_then(|mut s| {
             s.bind_auto()?;
             s.add_membership(NFNLGRP_NFTABLES)?;
+            // Wake up once a second without a notification, so the thread sees `stop` and
+            // ends with the daemon instead of waiting for the next ruleset change.
+            nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &nix::sys::time::TimeVal::new(1, 0),
+            )?;
             Ok(s)
         });
     let sock = match sock {

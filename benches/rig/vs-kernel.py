@@ -34,6 +34,7 @@ Usage (root): benches/rig/vs-kernel.py [--rounds 5] [--seconds 4] [--out DIR] [-
               [--queues N] [--variant LABEL=ARGS ...] [--pod-gso cni|off|pod:N|both:N]
   --variant  an overlayd cluster started with extra ARGS (e.g. 'bp50=--busy-poll-us 50');
              repeatable; replaces the default single variant "overlayd" (--queues N).
+  --variant-bin LABEL=PATH  that variant runs another overlayd binary (a feature build).
   --pod-gso  cni: pods as overlayd-cni wires them (default); off: gso_max_size 65536 on both
              ends of every pod veth (the kernel default); pod:N: N on the pod end only;
              both:N: N on both ends. Applies to the kernel cluster too.
@@ -382,6 +383,9 @@ def main():
     ap.add_argument("--queues", type=int, default=None,
                     help="--queues of the default overlayd variant (default: overlayd's own)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS")
+    ap.add_argument("--variant-bin", action="append", default=[], metavar="LABEL=PATH",
+                    help="run variant LABEL with this overlayd binary instead of --overlayd "
+                         "(e.g. one built with --features io-uring); overlayd-cni stays --overlayd's")
     ap.add_argument("--pod-gso", default="cni")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
     ap.add_argument("--overlayd", default=os.path.join(ROOT, "target", "release", "overlayd"))
@@ -412,6 +416,13 @@ def main():
         variants.append((label, shlex.split(args)))
     if not variants:
         variants = [("overlayd", ["--queues", str(a.queues)] if a.queues else [])]
+    binaries = {}
+    for v in a.variant_bin:
+        label, _, path = v.partition("=")
+        if label not in dict(variants) or not os.access(path, os.X_OK):
+            sys.exit(f"vs-kernel.py: --variant-bin {v!r}: expected LABEL=PATH with a --variant label "
+                     "and an executable PATH")
+        binaries[label] = path
     os.makedirs(a.out, exist_ok=True)
     work = f"/tmp/overlayd-rig-{os.getpid()}"
     tag = f"r{os.getpid() % 1000}"
@@ -421,7 +432,8 @@ def main():
     try:
         clusters["kernel"] = Cluster(tag + "k", "kernel", "kernel", work, a.overlayd, [], a.pod_gso)
         for n, (label, args) in enumerate(variants):
-            clusters[label] = Cluster(f"{tag}o{n}", label, "overlayd", work, a.overlayd, args, a.pod_gso)
+            clusters[label] = Cluster(f"{tag}o{n}", label, "overlayd", work, binaries.get(label, a.overlayd),
+                                      args, a.pod_gso)
         for r in range(a.rounds):
             order = labels[r % len(labels):] + labels[:r % len(labels)]
             if r % 2:
@@ -451,6 +463,7 @@ def main():
     first = variants[0][0]
     result = {"rounds": a.rounds, "seconds": a.seconds, "syscall_seconds": a.syscall_seconds,
               "queues": a.queues, "variants": {l: args for l, args in variants},
+              "binaries": {l: binaries.get(l, a.overlayd) for l, _ in variants},
               "pod_gso": a.pod_gso, "pod_gso_seen": gso_seen,
               "median": med, "range": ranges,
               "ratio_overlayd_over_kernel": ratios[first], "ratios": ratios,

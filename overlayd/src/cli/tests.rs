@@ -411,8 +411,8 @@ fn values_are_checked_with_the_flag_named() {
         latency.busy_poll,
         Duration::from_micros(super::LATENCY_MODE_BUSY_POLL_US)
     );
-    let both = run(&with_base(&["--latency-mode", "--busy-poll-us=20"]));
-    assert_eq!(both.busy_poll, Duration::from_micros(20));
+    let both = run(&with_base(&["--latency-mode", "--busy-poll-us=30"]));
+    assert_eq!(both.busy_poll, Duration::from_micros(30));
     assert_eq!(
         run(&with_base(&["--busy-poll-us", "0"])).busy_poll,
         Duration::ZERO

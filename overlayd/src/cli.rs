@@ -97,7 +97,7 @@ pub const FLAGS: &[Flag] = &[
     f("node-name", Kind::Str, false, "", "this node's name (env NODE_NAME; else POD_NAME/POD_NAMESPACE with --kube-subnet-mgr)"),
     f("nodes-file", Kind::Str, false, "", "a v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change"),
     f("device", Kind::Str, false, "ovl.1", "TAP device name"),
-    f("queues", Kind::Int, false, "", "TAP queues and worker threads (default: CPU count)"),
+    f("queues", Kind::Int, false, "", "TAP queues and worker threads (default: 1 with up to 2 CPUs, else the CPU count)"),
     f("busy-poll-us", Kind::Int, false, "", "microseconds a worker keeps checking its TAP queue and UDP socket for work after moving packets, before it sleeps in poll(), 0..=1000 (0 = never; default: 0, or --latency-mode's budget)"),
     f("latency-mode", Kind::Bool, false, "false", "trade CPU for round-trip time where workers have idle cores: workers busy-poll 20 µs after moving packets (the best spinning budget of the sweep in benches/rig) unless --busy-poll-us is given; on a 2-vCPU machine it made RTT worse (README, Performance)"),
     f("http-addr", Kind::Str, false, "127.0.0.1:9102", "address for /metrics, /healthz, /readyz"),
@@ -130,6 +130,24 @@ pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 /// have, so there it is unmeasured.
 pub const LATENCY_MODE_BUSY_POLL_US: u64 = 20;
 const MAX_BUSY_POLL_US: i64 = 1000;
+
+/// `--queues` when not given, for a machine with `cpus` CPUs: 1 on machines with up to 2, else
+/// one per CPU. Measured on benches/rig with 2 vCPUs (2026-12-03, 5 interleaved rounds, busy-poll
+/// 0; benches/results/runs/2026-12-03-queues-io-uring.txt), medians overlayd / kernel, 1 queue
+/// against 2: single-stream 0.58 vs 0.48, 4-stream 0.51 vs 0.43, RTT p50 2.00 vs 2.41 (p99 2.8
+/// vs 28), machine CPU per GB 1.75 vs 2.14, 64-byte UDP 0.61 vs 0.66; in the baseline run the
+/// same day 0.53 vs 0.52, 0.43 vs 0.44, RTT p50 2.58 vs 4.14, CPU 1.88 vs 1.93, and 4-stream
+/// retransmits 1.35 vs 11,466 per GB. With two workers per node on two vCPUs both nodes'
+/// workers, the applications and softirq contend for the same cores, and flows split across
+/// queues reorder; one worker per node keeps a core free. Above 2 CPUs it is not measured and
+/// stays one queue per CPU, so received flows spread.
+pub fn default_queues(cpus: usize) -> usize {
+    if cpus <= 2 {
+        1
+    } else {
+        cpus
+    }
+}
 
 /// A command line flanneld (or overlayd) would not run with; the text names the flag.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

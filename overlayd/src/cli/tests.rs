@@ -514,3 +514,13 @@ fn every_flanneld_flag_is_accepted_or_refused_by_name() {
         }
     }
 }
+
+/// The default queue count: one worker on small machines (measured better there), one per
+/// CPU above.
+#[test]
+fn default_queues_one_on_small_machines() {
+    assert_eq!(super::default_queues(1), 1);
+    assert_eq!(super::default_queues(2), 1);
+    assert_eq!(super::default_queues(3), 3);
+    assert_eq!(super::default_queues(16), 16);
+}

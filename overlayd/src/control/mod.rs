@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use fdb_sync::kube::Announcement;
 use cni_shim::subnet_env::{NodeSubnet, SubnetEnv};
+use fdb_sync::kube::Announcement;
 use fdb_sync::{ClusterState, SourceUpdate};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -554,13 +554,14 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_cidr,
         observed.netfilter.clone(),
     )?;
-    let v4 = NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
-        format!(
-            "cannot describe podCIDR {own_cidr} of Network {} in {}",
-            netconf.network,
-            opts.subnet_file.display()
-        )
-    })?;
+    let v4 =
+        NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
+            format!(
+                "cannot describe podCIDR {own_cidr} of Network {} in {}",
+                netconf.network,
+                opts.subnet_file.display()
+            )
+        })?;
     let env = SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq)
         .context("subnet.env without a subnet")?;
     env.write_atomic(&opts.subnet_file)

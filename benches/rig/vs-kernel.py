@@ -34,10 +34,14 @@ Usage (root): benches/rig/vs-kernel.py [--rounds 5] [--seconds 4] [--out DIR] [-
               [--queues N] [--variant LABEL=ARGS ...] [--pod-gso cni|off|pod:N|both:N]
   --variant  an overlayd cluster started with extra ARGS (e.g. 'bp50=--busy-poll-us 50');
              repeatable; replaces the default single variant "overlayd" (--queues N).
+  --variant-bin LABEL=PATH  that variant runs another overlayd binary (a feature build).
   --pod-gso  cni: pods as overlayd-cni wires them (default); off: gso_max_size 65536 on both
              ends of every pod veth (the kernel default); pod:N: N on the pod end only;
              both:N: N on both ends. Applies to the kernel cluster too.
 Writes DIR/results.json and DIR/chart.svg, prints a table. Cleans up its namespaces.
+The table's last column is the range over the rounds of overlayd / kernel within one round
+(measured back to back, so the drift of a shared machine between rounds cancels).
+  --report FILE  prints the tables of an earlier run's results.json again (no root needed).
 """
 import argparse
 import json
@@ -336,6 +340,40 @@ def fmt(x):
     return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.2f}"
 
 
+def round_ratio_range(kernel_runs, runs, n):
+    """[min, max] over the rounds of overlayd / kernel within one round (the two measured
+    back to back, so drift of the shared machine between rounds cancels); None without data."""
+    r = [o[n] / k[n] for k, o in zip(kernel_runs, runs)
+         if k.get(n) and o.get(n) is not None]
+    return [min(r), max(r)] if r else None
+
+
+def print_table(label, stats, ratios, ratio_ranges):
+    print(f"\n{'metric':32s} {'kernel':>24s} {label:>24s} {label + '/kernel':>14s} {'per round':>13s}")
+    for n, name, _ in METRICS:
+        def cell(x):
+            m, lo, hi = stats[x][n]
+            return "-" if m is None else f"{fmt(m)} [{fmt(lo)}-{fmt(hi)}]"
+        r, rr = ratios[n], ratio_ranges.get(n)
+        per_round = f"{fmt(rr[0])}-{fmt(rr[1])}" if rr else "n/a"
+        print(f"{name:32s} {cell('kernel'):>24s} {cell(label):>24s} "
+              f"{fmt(r) if r is not None else 'n/a':>14s} {per_round:>13s}")
+
+
+def report(path):
+    """Prints the tables of an earlier run from its results.json (--report)."""
+    with open(path) as f:
+        res = json.load(f)
+    runs = res["runs"]
+    print(f"{res['rounds']} interleaved rounds of {res['seconds']} s, {res['date']}, "
+          f"kernel {res['kernel']}, {res['cpus']} CPUs; median [min-max]; pod gso: {res['pod_gso']}")
+    for l in res["variants"]:
+        stats = {x: {n: (res["median"][x][n], *res["range"][x][n]) for n, _, _ in METRICS}
+                 for x in ("kernel", l)}
+        ranges = {n: round_ratio_range(runs["kernel"], runs[l], n) for n, _, _ in METRICS}
+        print_table(l, stats, res["ratios"][l], ranges)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -345,10 +383,18 @@ def main():
     ap.add_argument("--queues", type=int, default=None,
                     help="--queues of the default overlayd variant (default: overlayd's own)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS")
+    ap.add_argument("--variant-bin", action="append", default=[], metavar="LABEL=PATH",
+                    help="run variant LABEL with this overlayd binary instead of --overlayd "
+                         "(e.g. one built with --features io-uring); overlayd-cni stays --overlayd's")
     ap.add_argument("--pod-gso", default="cni")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
     ap.add_argument("--overlayd", default=os.path.join(ROOT, "target", "release", "overlayd"))
+    ap.add_argument("--report", metavar="RESULTS_JSON",
+                    help="print the tables of an earlier run's results.json and exit")
     a = ap.parse_args()
+    if a.report:
+        report(a.report)
+        return
     if os.geteuid() != 0:
         sys.exit("vs-kernel.py: run as root (network namespaces)")
     for tool in ("iperf3", "ping", "ip", "bridge"):
@@ -370,6 +416,13 @@ def main():
         variants.append((label, shlex.split(args)))
     if not variants:
         variants = [("overlayd", ["--queues", str(a.queues)] if a.queues else [])]
+    binaries = {}
+    for v in a.variant_bin:
+        label, _, path = v.partition("=")
+        if label not in dict(variants) or not os.access(path, os.X_OK):
+            sys.exit(f"vs-kernel.py: --variant-bin {v!r}: expected LABEL=PATH with a --variant label "
+                     "and an executable PATH")
+        binaries[label] = path
     os.makedirs(a.out, exist_ok=True)
     work = f"/tmp/overlayd-rig-{os.getpid()}"
     tag = f"r{os.getpid() % 1000}"
@@ -379,7 +432,8 @@ def main():
     try:
         clusters["kernel"] = Cluster(tag + "k", "kernel", "kernel", work, a.overlayd, [], a.pod_gso)
         for n, (label, args) in enumerate(variants):
-            clusters[label] = Cluster(f"{tag}o{n}", label, "overlayd", work, a.overlayd, args, a.pod_gso)
+            clusters[label] = Cluster(f"{tag}o{n}", label, "overlayd", work, binaries.get(label, a.overlayd),
+                                      args, a.pod_gso)
         for r in range(a.rounds):
             order = labels[r % len(labels):] + labels[:r % len(labels)]
             if r % 2:
@@ -396,27 +450,24 @@ def main():
     stats = {l: {n: summarize([x[n] for x in runs[l]]) for n, _, _ in METRICS} for l in labels}
     med = {l: {n: stats[l][n][0] for n, _, _ in METRICS} for l in labels}
     ranges = {l: {n: [stats[l][n][1], stats[l][n][2]] for n, _, _ in METRICS} for l in labels}
-    ratios = {}
+    ratios, ratio_ranges = {}, {}
     for l, _ in variants:
-        ratios[l] = {}
+        ratios[l], ratio_ranges[l] = {}, {}
         for n, _, _ in METRICS:
             kv, ov = med["kernel"][n], med[l][n]
             ratios[l][n] = ov / kv if kv and ov is not None else None
+            ratio_ranges[l][n] = round_ratio_range(runs["kernel"], runs[l], n)
     print(f"\n{a.rounds} interleaved rounds of {a.seconds} s; median [min-max]; pod gso: {a.pod_gso} {gso_seen['kernel']}")
     for l, _ in variants:
-        print(f"\n{'metric':32s} {'kernel':>24s} {l:>24s} {l + '/kernel':>14s}")
-        for n, label, _ in METRICS:
-            def cell(x):
-                m, lo, hi = stats[x][n]
-                return "-" if m is None else f"{fmt(m)} [{fmt(lo)}-{fmt(hi)}]"
-            r = ratios[l][n]
-            print(f"{label:32s} {cell('kernel'):>24s} {cell(l):>24s} {fmt(r) if r is not None else 'n/a':>14s}")
+        print_table(l, stats, ratios[l], ratio_ranges[l])
     first = variants[0][0]
     result = {"rounds": a.rounds, "seconds": a.seconds, "syscall_seconds": a.syscall_seconds,
               "queues": a.queues, "variants": {l: args for l, args in variants},
+              "binaries": {l: binaries.get(l, a.overlayd) for l, _ in variants},
               "pod_gso": a.pod_gso, "pod_gso_seen": gso_seen,
               "median": med, "range": ranges,
               "ratio_overlayd_over_kernel": ratios[first], "ratios": ratios,
+              "ratio_ranges": ratio_ranges,
               "higher_is_better": {n: h for n, _, h in METRICS},
               "runs": runs, "kernel": os.uname().release, "cpus": os.cpu_count(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -97,9 +97,9 @@ pub const FLAGS: &[Flag] = &[
     f("node-name", Kind::Str, false, "", "this node's name (env NODE_NAME; else POD_NAME/POD_NAMESPACE with --kube-subnet-mgr)"),
     f("nodes-file", Kind::Str, false, "", "a v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change"),
     f("device", Kind::Str, false, "ovl.1", "TAP device name"),
-    f("queues", Kind::Int, false, "", "TAP queues and worker threads (default: CPU count)"),
+    f("queues", Kind::Int, false, "", "TAP queues and worker threads (default: 1 with up to 2 CPUs, else the CPU count)"),
     f("busy-poll-us", Kind::Int, false, "", "microseconds a worker keeps checking its TAP queue and UDP socket for work after moving packets, before it sleeps in poll(), 0..=1000 (0 = never; default: 0, or --latency-mode's budget)"),
-    f("latency-mode", Kind::Bool, false, "false", "trade CPU for round-trip time: workers busy-poll for the budget that won the RTT sweep in benches/rig (see README, Performance) unless --busy-poll-us is given"),
+    f("latency-mode", Kind::Bool, false, "false", "trade CPU for round-trip time where workers have idle cores: workers busy-poll 20 µs after moving packets (the best spinning budget of the sweep in benches/rig) unless --busy-poll-us is given; on a 2-vCPU machine it made RTT worse (README, Performance)"),
     f("http-addr", Kind::Str, false, "127.0.0.1:9102", "address for /metrics, /healthz, /readyz"),
     f("allow-any-sender", Kind::Bool, false, "false", "accept VXLAN from any sender, not only known VTEPs (debugging only)"),
     f("allow-foreign-inner-source", Kind::Bool, false, "false", "deliver VXLAN frames whose inner source is not inside the sending node's podCIDR (off: a peer speaks only for its own pods; turn on only where a node routes other networks over the overlay unNATed)"),
@@ -108,12 +108,46 @@ pub const FLAGS: &[Flag] = &[
     f("cleanup-on-exit", Kind::Bool, false, "false", "on SIGTERM remove the device, routes, neighbours and masquerade/FORWARD rules instead of leaving them for the next overlayd"),
 ];
 
-/// `--busy-poll-us` when neither it nor `--latency-mode` is given: the budget sweep on the rig
-/// (README, Performance) found none that won on RTT within 5 % of throughput and CPU per GB.
+/// `--busy-poll-us` when neither it nor `--latency-mode` is given. The sweep on benches/rig
+/// (2026-12-03, 5 interleaved rounds, 2 queues, 2 vCPUs shared by both nodes' workers, iperf3
+/// and other builds; benches/results/runs/2026-12-03-busy-poll-sweep.txt) found no budget that
+/// wins on RTT, let alone within 5 % of throughput and CPU per GB. Medians, overlayd / kernel:
+///
+/// | budget µs | RTT p50 | single-stream | 4-stream | CPU per GB (machine) |
+/// |---|---|---|---|---|
+/// | 0   | 2.46 | 0.55 | 0.49 | 1.82 |
+/// | 20  | 3.44 | 0.47 | 0.47 | 2.12 |
+/// | 50  | 3.66 | 0.46 | 0.42 | 2.18 |
+/// | 100 | 5.28 | 0.36 | 0.36 | 2.80 |
+/// | 200 | 8.26 | 0.34 | 0.41 | 2.96 |
+///
+/// A spinning worker takes the CPU that the other workers and the applications need when
+/// there are fewer cores than busy threads, so the default is never to spin.
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
-/// `--latency-mode`'s budget: the one with the best RTT p50 in the sweep.
-pub const LATENCY_MODE_BUSY_POLL_US: u64 = 50;
+/// `--latency-mode`'s budget: the best RTT p50 among the spinning budgets of that sweep
+/// (20 µs). On the 2-vCPU rig it still lost to not spinning (RTT p50 3.44x kernel against
+/// 2.46x): it is meant for machines where each worker has an idle core, which the rig does not
+/// have, so there it is unmeasured.
+pub const LATENCY_MODE_BUSY_POLL_US: u64 = 20;
 const MAX_BUSY_POLL_US: i64 = 1000;
+
+/// `--queues` when not given, for a machine with `cpus` CPUs: 1 on machines with up to 2, else
+/// one per CPU. Measured on benches/rig with 2 vCPUs (2026-12-03, 5 interleaved rounds, busy-poll
+/// 0; benches/results/runs/2026-12-03-queues-io-uring.txt), medians overlayd / kernel, 1 queue
+/// against 2: single-stream 0.58 vs 0.48, 4-stream 0.51 vs 0.43, RTT p50 2.00 vs 2.41 (p99 2.8
+/// vs 28), machine CPU per GB 1.75 vs 2.14, 64-byte UDP 0.61 vs 0.66; in the baseline run the
+/// same day 0.53 vs 0.52, 0.43 vs 0.44, RTT p50 2.58 vs 4.14, CPU 1.88 vs 1.93, and 4-stream
+/// retransmits 1.35 vs 11,466 per GB. With two workers per node on two vCPUs both nodes'
+/// workers, the applications and softirq contend for the same cores, and flows split across
+/// queues reorder; one worker per node keeps a core free. Above 2 CPUs it is not measured and
+/// stays one queue per CPU, so received flows spread.
+pub fn default_queues(cpus: usize) -> usize {
+    if cpus <= 2 {
+        1
+    } else {
+        cpus
+    }
+}
 
 /// A command line flanneld (or overlayd) would not run with; the text names the flag.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

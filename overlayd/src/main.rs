@@ -158,9 +158,11 @@ fn run(cfg: Config) -> Result<()> {
         },
         Mode::NodesFile(path) => SourceKind::NodesFile(path.clone()),
     };
-    let queues = cfg
-        .queues
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let queues = cfg.queues.unwrap_or_else(|| {
+        overlayd::cli::default_queues(
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        )
+    });
     if matches!(cfg.mode, Mode::Kube { .. }) {
         fdb_sync::kube::set_annotation_prefix(&cfg.annotation_prefix);
     }

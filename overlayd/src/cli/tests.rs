@@ -411,8 +411,8 @@ fn values_are_checked_with_the_flag_named() {
         latency.busy_poll,
         Duration::from_micros(super::LATENCY_MODE_BUSY_POLL_US)
     );
-    let both = run(&with_base(&["--latency-mode", "--busy-poll-us=20"]));
-    assert_eq!(both.busy_poll, Duration::from_micros(20));
+    let both = run(&with_base(&["--latency-mode", "--busy-poll-us=30"]));
+    assert_eq!(both.busy_poll, Duration::from_micros(30));
     assert_eq!(
         run(&with_base(&["--busy-poll-us", "0"])).busy_poll,
         Duration::ZERO
@@ -513,4 +513,14 @@ fn every_flanneld_flag_is_accepted_or_refused_by_name() {
             }
         }
     }
+}
+
+/// The default queue count: one worker on small machines (measured better there), one per
+/// CPU above.
+#[test]
+fn default_queues_one_on_small_machines() {
+    assert_eq!(super::default_queues(1), 1);
+    assert_eq!(super::default_queues(2), 1);
+    assert_eq!(super::default_queues(3), 3);
+    assert_eq!(super::default_queues(16), 16);
 }

@@ -550,6 +550,17 @@ impl Registry {
         Err(EtcdError::MaxRetries)
     }
 
+    /// After an authentication error (token expired, or "revision of auth store is old"
+    /// after a user or role change), authenticates again so that the next request can work.
+    pub async fn heal(&self, e: &EtcdError) {
+        let text = e.to_string();
+        if text.contains("auth") || text.contains("token") {
+            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, self.client.refresh_token()).await.unwrap_or(Ok(())) {
+                debug!(error = %err, "etcd re-authentication failed");
+            }
+        }
+    }
+
     /// Flannel's RenewLease: [`Registry::update`] with the same subnet and attributes.
     pub async fn renew(&self, lease: &OwnLease, ttl: Duration) -> Result<OwnLease, EtcdError> {
         self.update(lease.subnet, &lease.attrs, ttl).await
@@ -698,6 +709,46 @@ fn set_problem(status: &Status, p: Option<String>) {
     });
 }
 
+/// Renews `lease` when due (Flannel's CompleteLease timer); on failure says why and sets the
+/// next attempt sooner. Returns whether it failed.
+async fn renew_if_due(
+    reg: &Registry,
+    timing: &Timing,
+    lease: &mut OwnLease,
+    renew_at: &mut Instant,
+    status: &Status,
+    down_since: &mut Option<Instant>,
+) -> bool {
+    if Instant::now() < *renew_at {
+        return false;
+    }
+    match reg.renew(lease, timing.ttl).await {
+        Ok(l) => {
+            info!(subnet = %l.subnet, ttl_s = timing.ttl.as_secs(), "lease renewed");
+            *lease = l;
+            status.own.send_replace(Some(lease.clone()));
+            *renew_at = timing.renew_at(lease);
+            false
+        }
+        Err(e) => {
+            reg.heal(&e).await;
+            let retry = timing.retry_after(lease);
+            let t = *down_since.get_or_insert_with(Instant::now);
+            set_problem(
+                status,
+                Some(format!(
+                    "cannot renew the lease of {} (retrying in {} ms): {e} (for {} s; forwarding continues with the last state)",
+                    lease.subnet,
+                    retry.as_millis(),
+                    t.elapsed().as_secs()
+                )),
+            );
+            *renew_at = Instant::now() + retry;
+            true
+        }
+    }
+}
+
 /// The source: takes this node's lease, then keeps it (renewing, taking it again when lost)
 /// and sends the full state after every change of the lease set. Ends when `tx` is closed.
 #[allow(clippy::too_many_lines)]
@@ -713,46 +764,42 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut down_since: Option<Instant> = None;
     let mut previous = previous;
-    let fail = |e: &EtcdError, what: &str, since: &mut Option<Instant>| {
-        let t = *since.get_or_insert_with(Instant::now);
-        set_problem(
-            &status,
-            Some(format!(
-                "{what}: {e} (for {} s; forwarding continues with the last state, retrying)",
-                t.elapsed().as_secs()
-            )),
-        );
-    };
-    let mut own: Option<OwnLease> = None;
+    let mut own: Option<(OwnLease, Instant)> = None;
     let mut last_sent: Option<Update> = None;
     loop {
         if tx.is_closed() {
             return;
         }
         // 1. Hold a lease.
-        let lease = match own.take() {
+        let (mut lease, mut renew_at) = match own.take() {
             Some(l) => l,
             None => match reg.acquire(&alloc, &me, previous, timing.ttl).await {
                 Ok(l) => {
-                    info!(subnet = %l.subnet, key = %l.key(), "holding lease");
+                    info!(subnet = %l.subnet, key = %l.key(), public_ip = %me.public_ip, "holding lease");
                     previous = Some(l.subnet);
                     status.own.send_replace(Some(l.clone()));
-                    l
+                    let at = timing.renew_at(&l);
+                    (l, at)
                 }
                 Err(e) => {
-                    fail(&e, "cannot take a subnet lease", &mut down_since);
+                    reg.heal(&e).await;
+                    fail(&status, &e, "cannot take a subnet lease", &mut down_since);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             },
         };
-        // 2. Full read, then watch from the next revision.
-        let (mut leases, rev) = match reg.list().await {
+        // 2. Full read, then watch from the next revision. A renewal that is due is tried
+        // also while reading fails: the lease must not run out while the watch is down.
+        let listed = reg.list().await;
+        let (mut leases, rev) = match listed {
             Ok(x) => x,
             Err(e) => {
-                fail(&e, "cannot list leases", &mut down_since);
-                own = Some(lease);
+                reg.heal(&e).await;
+                fail(&status, &e, "cannot list leases", &mut down_since);
+                renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await;
+                own = Some((lease, renew_at));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -766,10 +813,6 @@ pub async fn run(
             status.own.send_replace(None);
             continue;
         }
-        down_since = None;
-        set_problem(&status, None);
-        backoff = BACKOFF_MIN;
-        let mut lease = lease;
         if !send(&tx, leases.state(&own_key, &lease.entry()), &mut last_sent).await {
             return;
         }
@@ -789,36 +832,34 @@ pub async fn run(
         let mut stream = match watch {
             Ok(s) => s,
             Err(e) => {
-                fail(&e, "cannot watch leases", &mut down_since);
-                own = Some(lease);
+                reg.heal(&e).await;
+                fail(&status, &e, "cannot watch leases", &mut down_since);
+                renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await;
+                own = Some((lease, renew_at));
                 tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
-        let mut renew_at = timing.renew_at(&lease);
+        if !renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await {
+            down_since = None;
+            set_problem(&status, None);
+            backoff = BACKOFF_MIN;
+        }
         // 3. Apply events until the watch breaks or the lease is lost.
         let lost = loop {
             tokio::select! {
                 () = tokio::time::sleep_until(renew_at.into()) => {
-                    match reg.renew(&lease, timing.ttl).await {
-                        Ok(l) => {
-                            info!(subnet = %l.subnet, ttl_s = timing.ttl.as_secs(), "lease renewed");
-                            lease = l;
-                            status.own.send_replace(Some(lease.clone()));
-                            renew_at = timing.renew_at(&lease);
-                            if down_since.take().is_some() { set_problem(&status, None); }
-                        }
-                        Err(e) => {
-                            let retry = timing.retry_after(&lease);
-                            fail(&e, &format!("cannot renew the lease of {} (retrying in {} ms)", lease.subnet, retry.as_millis()), &mut down_since);
-                            renew_at = Instant::now() + retry;
-                        }
+                    if !renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await
+                        && down_since.take().is_some()
+                    {
+                        set_problem(&status, None);
                     }
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
                         if resp.canceled() || resp.compact_revision() > 0 {
-                            warn!(compact_revision = resp.compact_revision(), reason = %resp.cancel_reason(), "lease watch canceled (compacted or no leader); reading all leases again");
+                            warn!(compact_revision = resp.compact_revision(), reason = %resp.cancel_reason(), "lease watch canceled (compacted, or no leader); reading all leases again");
                             break None;
                         }
                         if resp.events().is_empty() {
@@ -841,12 +882,13 @@ pub async fn run(
                     }
                     Ok(None) => {
                         let e = EtcdError::Etcd { endpoints: reg.endpoints.clone(), source: etcd_client::Error::WatchError("watch stream ended".into()) };
-                        fail(&e, "lease watch ended", &mut down_since);
+                        fail(&status, &e, "lease watch ended", &mut down_since);
                         break None;
                     }
                     Err(source) => {
                         let e = EtcdError::Etcd { endpoints: reg.endpoints.clone(), source };
-                        fail(&e, "lease watch failed", &mut down_since);
+                        reg.heal(&e).await;
+                        fail(&status, &e, "lease watch failed", &mut down_since);
                         break None;
                     }
                 },
@@ -860,7 +902,7 @@ pub async fn run(
                 status.own.send_replace(None);
             }
             None => {
-                own = Some(lease);
+                own = Some((lease, renew_at));
                 if down_since.is_some() {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -868,6 +910,18 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Says what fails (once per change of the message) while forwarding goes on.
+fn fail(status: &Status, e: &EtcdError, what: &str, since: &mut Option<Instant>) {
+    let t = *since.get_or_insert_with(Instant::now);
+    set_problem(
+        status,
+        Some(format!(
+            "{what}: {e} (for {} s; forwarding continues with the last state, retrying)",
+            t.elapsed().as_secs()
+        )),
+    );
 }
 
 /// Whether the lease set still holds our lease. The message says what happened otherwise.

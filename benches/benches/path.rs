@@ -5,11 +5,11 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fdb_sync::{MacAddr, Peer};
-use overlayd::fdb::Fdb;
+use overlayd::fdb::{Fdb, Peer};
 use overlayd::path::gro::{Coalescer, InnerFrame};
 use overlayd::path::tso::Segmenter;
 use overlayd::path::{decap, encap, DecapConfig};
+use overlayd::wire::ethernet::MacAddr;
 use overlayd::wire::{checksum, ip, vnet, vxlan};
 
 const OWN: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];

@@ -2,7 +2,8 @@
 //! a bridge holding the node's gateway address, one veth pair per pod, and host-local style
 //! IPAM from the node subnet overlayd writes to subnet.env.
 //!
-//! I/O-free parts (unit tested): `config`, `version`, `subnet_env`, `result`, `plan`, and the
+//! I/O-free parts (unit tested): `config`, `version`, `subnet_env` (the file's one definition:
+//! overlayd writes it with the same type), `result`, `plan`, and the
 //! `ipam::Pool` allocation order. System parts: `ipam::Store` (files), `netns`, `net`
 //! (netlink), `plugin` (the commands). `execute` is the whole program minus process I/O.
 

@@ -19,6 +19,7 @@ use rtnetlink::{
 };
 
 use crate::netns::{NetNs, NetNsError};
+use crate::plan::GsoLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -66,6 +67,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     pub master: Option<u32>,
     pub kind: Option<String>,
+    pub gso_max_size: Option<u32>,
+    pub gso_ipv4_max_size: Option<u32>,
 }
 
 impl Link {
@@ -78,6 +81,8 @@ impl Link {
             mtu: None,
             master: None,
             kind: None,
+            gso_max_size: None,
+            gso_ipv4_max_size: None,
         };
         for a in &m.attributes {
             match a {
@@ -85,6 +90,8 @@ impl Link {
                 LinkAttribute::Address(mac) => l.mac.clone_from(mac),
                 LinkAttribute::Mtu(mtu) => l.mtu = Some(*mtu),
                 LinkAttribute::Controller(i) => l.master = Some(*i),
+                LinkAttribute::GsoMaxSize(n) => l.gso_max_size = Some(*n),
+                LinkAttribute::GsoIpv4MaxSize(n) => l.gso_ipv4_max_size = Some(*n),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let LinkInfo::Kind(k) = i {
@@ -119,6 +126,8 @@ pub struct VethSpec<'a> {
     pub peer_name: &'a str,
     pub peer_mac: [u8; 6],
     pub peer_ns: &'a NetNs,
+    /// TSO limits of the pod end (see `plan::pod_gso_limits`).
+    pub peer_gso: GsoLimits,
 }
 
 impl Netlink {
@@ -217,13 +226,23 @@ impl Netlink {
     /// One RTM_NEWLINK: host end enslaved to the bridge and up, peer created directly inside
     /// the pod namespace with its final name, MAC and MTU. The peer is left down: asking for
     /// IFF_UP on a peer created in another namespace fails with ENOTCONN on recent kernels;
-    /// `set_up` from inside the namespace does it.
+    /// `set_up` from inside the namespace does it. The pod end gets its TSO limits at creation
+    /// (kernels before 6.3 ignore IFLA_GSO_IPV4_MAX_SIZE; they use gso_max_size for IPv4 too).
+    /// The host end keeps the default: its limit applies to frames forwarded INTO the pod
+    /// (GRO-merged by the kernel or overlayd, up to 64 KiB), and a frame over a device's limit
+    /// is segmented in software before that device. Measured on the 2-vCPU rig (5 interleaved
+    /// rounds each, overlayd / kernel vxlan): capping both ends gave 4-stream 0.44x with 8,711
+    /// TCP retransmits per GB, the pod end only 0.49x with 22.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetError> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(spec.peer_name)
             .mtu(spec.mtu)
             .address(spec.peer_mac.to_vec())
             .setns_by_fd(spec.peer_ns.fd().as_raw_fd())
+            .append_extra_attribute(LinkAttribute::GsoMaxSize(spec.peer_gso.gso_max_size))
+            .append_extra_attribute(LinkAttribute::GsoIpv4MaxSize(
+                spec.peer_gso.gso_ipv4_max_size,
+            ))
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(spec.host_name)

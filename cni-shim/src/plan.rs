@@ -39,6 +39,58 @@ pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     [(h[0] & 0xfe) | 0x02, h[1], h[2], h[3], h[4], h[5]]
 }
 
+/// Largest UDP payload one datagram (and so one UDP_SEGMENT send) can carry over an IPv4
+/// underlay: 65,535 (IPv4 total length) - 20 (IPv4 header) - 8 (UDP header). The kernel answers
+/// a bigger send with EMSGSIZE.
+pub const MAX_UDP_PAYLOAD: u32 = 65_507;
+/// What each inner segment costs on the wire in front of its IP packet: the VXLAN header (8)
+/// and the inner Ethernet header (14).
+const SEGMENT_OVERHEAD: u32 = 8 + 14;
+/// Linux TCP fills a super-frame with `limit - (MAX_TCP_HEADER + 1)` bytes of payload at most
+/// (sk_setup_caps), rounded down to whole segments; MAX_TCP_HEADER is 320 on x86_64 kernels
+/// with the usual configs. Where it is smaller the payload grows by less than one segment, so
+/// the segment count below still holds.
+const TCP_HEADROOM: u32 = 320 + 1;
+/// The TCP timestamp option (10 bytes, padded to 12) Linux puts on every data segment: each
+/// segment's payload is the MSS minus these.
+const TCP_TIMESTAMPS: u32 = 12;
+
+/// The pod interface's TSO limits (`gso_ipv4_max_size` for IPv4, `gso_max_size` for IPv6), so
+/// the largest TCP super-frame the pod's stack builds leaves overlayd in ONE UDP_SEGMENT send
+/// instead of two (a 64 KiB frame needs a second send for its last few segments: one more
+/// syscall and one more wake-up per frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GsoLimits {
+    pub gso_max_size: u32,
+    pub gso_ipv4_max_size: u32,
+}
+
+/// Derives [`GsoLimits`] from the pod MTU.
+///
+/// A full-sized inner segment is an IP packet of `mtu` bytes; overlayd sends it as VXLAN (8) +
+/// Ethernet (14) + that packet, so one send of at most 65,507 bytes holds
+/// `k = 65,507 / (mtu + 22)` full segments: 44 at the default MTU 1450 (44 x 1472 = 64,768;
+/// 45 would be 66,240). Each carries `mtu - IP - TCP - 12` bytes of payload (1,398 for IPv4
+/// with timestamps), and TCP keeps 321 bytes of the limit as headroom, so the limit is
+/// `321 + k x payload`: 61,833 for IPv4 and 60,953 for IPv6 (40-byte header) at MTU 1450.
+/// Linux TCP then builds 44-segment frames (43 without timestamps) that fit one send, where
+/// the default 65,536 gives 46 segments and two sends. fastpath-facts.md measured 62,000.
+#[must_use]
+pub fn pod_gso_limits(mtu: u32) -> GsoLimits {
+    let k = (MAX_UDP_PAYLOAD / mtu.saturating_add(SEGMENT_OVERHEAD)).max(1);
+    let limit = |ip_tcp: u32| {
+        let payload = mtu.saturating_sub(ip_tcp + TCP_TIMESTAMPS).max(1);
+        // Never above the legacy 64 KiB limit (BIG TCP's larger values are not for this path).
+        TCP_HEADROOM
+            .saturating_add(k.saturating_mul(payload))
+            .min(65_536)
+    };
+    GsoLimits {
+        gso_max_size: limit(60),
+        gso_ipv4_max_size: limit(40),
+    }
+}
+
 /// The pod's routes, in the order they are installed, per address family of the node: the
 /// cluster network via the gateway (what Flannel's CNI config gives pods), the default route
 /// when `isDefaultGateway`, then the config's routes of that family (gateway defaults to the
@@ -102,6 +154,51 @@ mod tests {
             .map(|i| host_veth_name(&format!("c{i}"), "eth0"))
             .collect();
         assert_eq!(names.len(), 10_000);
+    }
+
+    /// What Linux TCP builds under `limit` (payload `limit - headroom`, whole segments of
+    /// `mtu - ip_tcp - opts` bytes) and overlayd sends: the UDP payload of one send holding
+    /// them all (each segment with VXLAN, Ethernet, IP, TCP and options in front).
+    fn tcp_send_len(limit: u32, headroom: u32, mtu: u32, ip_tcp: u32, opts: u32) -> (u32, u32) {
+        let mss = mtu - ip_tcp - opts;
+        let segs = (limit - headroom) / mss;
+        (segs, segs * (SEGMENT_OVERHEAD + mtu))
+    }
+
+    #[test]
+    fn gso_limits_fit_one_udp_segment_send() {
+        assert_eq!(
+            pod_gso_limits(1450),
+            GsoLimits {
+                gso_max_size: 60_953,
+                gso_ipv4_max_size: 61_833
+            }
+        );
+        for mtu in [576, 1280, 1400, 1450, 1500, 4000, 8950, 9000] {
+            let g = pod_gso_limits(mtu);
+            let k = MAX_UDP_PAYLOAD / (mtu + SEGMENT_OVERHEAD);
+            assert!(g.gso_ipv4_max_size <= 65_536 && g.gso_max_size <= 65_536);
+            // Kernels with smaller MAX_TCP_HEADER, and senders without timestamps: still one send.
+            for headroom in [193, 321] {
+                for opts in [0, 12] {
+                    let (_, v4) = tcp_send_len(g.gso_ipv4_max_size, headroom, mtu, 40, opts);
+                    assert!(
+                        v4 <= MAX_UDP_PAYLOAD,
+                        "mtu {mtu} opts {opts}: IPv4 send {v4}"
+                    );
+                    if mtu >= 1280 {
+                        let (_, v6) = tcp_send_len(g.gso_max_size, headroom, mtu, 60, opts);
+                        assert!(v6 <= MAX_UDP_PAYLOAD, "mtu {mtu} opts {opts}: IPv6 {v6}");
+                    }
+                }
+            }
+            // And no segment is wasted: with timestamps the frame holds all `k` that fit.
+            assert_eq!(tcp_send_len(g.gso_ipv4_max_size, 321, mtu, 40, 12).0, k);
+        }
+        // The uncapped default does not fit at MTU 1450: 46 segments, two sends.
+        let (segs, len) = tcp_send_len(65_536, 321, 1450, 40, 12);
+        assert_eq!(segs, 46);
+        assert!(len > MAX_UDP_PAYLOAD);
     }
 
     #[test]

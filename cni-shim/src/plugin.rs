@@ -13,7 +13,7 @@ use crate::error::{code, CniError};
 use crate::ipam::{IpamError, Pool, Store};
 use crate::net::{NetError, Netlink, VethSpec};
 use crate::netns::{NetNs, NetNsError};
-use crate::plan::{host_veth_mac, host_veth_name, pod_routes};
+use crate::plan::{host_veth_mac, host_veth_name, pod_gso_limits, pod_routes};
 use crate::result::{format_mac, mac_for_ip, CniResult, Interface, IpConfig, Route};
 use crate::subnet_env::SubnetEnv;
 
@@ -223,6 +223,7 @@ impl Wiring<'_> {
             peer_name: &env.ifname,
             peer_mac: pod_mac,
             peer_ns: self.ns,
+            peer_gso: pod_gso_limits(self.mtu),
         };
         if let Err(e) = host_nl.create_veth(&spec).await {
             if e.is(libc::EEXIST) {

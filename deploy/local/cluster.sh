@@ -121,7 +121,11 @@ pod() {
 
 # Wires every pod of node i with the overlayd-cni plugin, as a container runtime would, from
 # the node's subnet.env (written by overlayd, or by kernel-node for a Flannel node). With the
-# plugin's sequential IPAM, pod j gets 10.244.i.(j+1).
+# plugin's sequential IPAM, pod j gets 10.244.i.(j+1). The plugin caps the pod end's TSO size
+# (gso_max_size, cni-shim plan::pod_gso_limits) whatever the node runs, so an overlayd cluster
+# and a kernel-vxlan cluster wired here have identical pods (benches/rig relies on it).
+# flannel-node's pods are wired by Flannel's own delegate and keep the kernel default, as on a
+# real Flannel node.
 wire() {
   local P=$1 DIR=$2 i=$3 PODS=$4
   local n; n=$(ns_node "$P" "$i")

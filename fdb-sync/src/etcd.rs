@@ -555,7 +555,10 @@ impl Registry {
     pub async fn heal(&self, e: &EtcdError) {
         let text = e.to_string();
         if text.contains("auth") || text.contains("token") {
-            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, self.client.refresh_token()).await.unwrap_or(Ok(())) {
+            if let Err(err) = tokio::time::timeout(REQUEST_TIMEOUT, self.client.refresh_token())
+                .await
+                .unwrap_or(Ok(()))
+            {
                 debug!(error = %err, "etcd re-authentication failed");
             }
         }
@@ -798,7 +801,15 @@ pub async fn run(
             Err(e) => {
                 reg.heal(&e).await;
                 fail(&status, &e, "cannot list leases", &mut down_since);
-                renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await;
+                renew_if_due(
+                    &reg,
+                    &timing,
+                    &mut lease,
+                    &mut renew_at,
+                    &status,
+                    &mut down_since,
+                )
+                .await;
                 own = Some((lease, renew_at));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -834,14 +845,31 @@ pub async fn run(
             Err(e) => {
                 reg.heal(&e).await;
                 fail(&status, &e, "cannot watch leases", &mut down_since);
-                renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await;
+                renew_if_due(
+                    &reg,
+                    &timing,
+                    &mut lease,
+                    &mut renew_at,
+                    &status,
+                    &mut down_since,
+                )
+                .await;
                 own = Some((lease, renew_at));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
-        if !renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await {
+        if !renew_if_due(
+            &reg,
+            &timing,
+            &mut lease,
+            &mut renew_at,
+            &status,
+            &mut down_since,
+        )
+        .await
+        {
             down_since = None;
             set_problem(&status, None);
             backoff = BACKOFF_MIN;

@@ -27,7 +27,7 @@ use crate::model::{
 };
 
 /// What the source sends: a full state, or why there is none yet.
-pub type Update = Result<ClusterState, String>;
+pub type Update = crate::SourceUpdate;
 
 /// One Kubernetes API call this code makes: `(resource, verb)`. The RBAC manifest in
 /// deploy/kubernetes must grant exactly these (a test checks it).

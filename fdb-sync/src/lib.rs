@@ -12,11 +12,15 @@ pub mod fake_apiserver;
 pub mod kube;
 pub mod model;
 pub mod nodes_file;
-pub mod subnet_env;
 
 pub use model::{
     derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, PeerPolicy,
     SkipReason, Skipped,
 };
 pub use nodes_file::{parse_node_list, NodesFileError};
-pub use subnet_env::SubnetEnv;
+
+/// What every node source sends: the whole desired state each time it changed, or why the
+/// latest input was rejected (the receiver keeps its last good state and reports the error).
+/// A source is a task taking an `mpsc::Sender<SourceUpdate>` that returns when the receiver is
+/// gone: [`nodes_file::watch`], [`kube::run`].
+pub type SourceUpdate = Result<ClusterState, String>;

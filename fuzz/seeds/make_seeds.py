@@ -103,6 +103,10 @@ def main():
             write("tso_split", vnet(1, 1, hdr, 1, 34, 16) + f)
             write("tso_split", vnet(1, 0x81, hdr, 536, 34, 16) + f)
 
+    # egress_plan: [n][n send results][TAP read] with the frame sent to node2's VtepMAC, each
+    # read once with no errors and once with a script of errnos (see fuzz_targets::egress_plan).
+    write_egress_plan_seeds()
+
     # gro_coalesce: consecutive inner frames of one receive, length-prefixed.
     tcp_inner = [f for f in (d[8:] for d in vxlan_payloads(underlay))
                  if len(f) > 54 and f[12:14] == b"\x08\x00" and f[23] == 6]
@@ -152,6 +156,20 @@ def main():
         b"1.0.0", b"1.1.0").replace(b"}", b',"prevResult":{"cniVersion":"1.1.0","ips":[]}}'))
     write("cni", b"\0FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n"
           b"FLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00:0:0:1::1/64\n")
+
+
+def write_egress_plan_seeds():
+    """From the encap and tso_split seeds (TAP reads), to node2 (0a:58:0a:f4:02:00)."""
+    scripts = [b"", bytes([1, 2, 0, 3, 0, 5, 0, 6, 0, 7, 9, 0, 11])]
+    for src in ("encap", "tso_split"):
+        d = os.path.join(HERE, src)
+        for name in sorted(os.listdir(d)):
+            read = open(os.path.join(d, name), "rb").read()
+            if len(read) < 10 + 14:
+                continue
+            read = read[:10] + bytes([0x0A, 0x58, 10, 244, 2, 0]) + read[16:]
+            for sc in scripts:
+                write("egress_plan", bytes([len(sc)]) + sc + read)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ pub const FLAGS: &[Flag] = &[
     f("nodes-file", Kind::Str, false, "", "a v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change"),
     f("device", Kind::Str, false, "ovl.1", "TAP device name"),
     f("queues", Kind::Int, false, "", "TAP queues and worker threads (default: CPU count)"),
+    f("busy-poll-us", Kind::Int, false, "", "microseconds a worker keeps checking its TAP queue and UDP socket for work after moving packets, before it sleeps in poll(), 0..=1000 (0 = never; default: 0, or --latency-mode's budget)"),
+    f("latency-mode", Kind::Bool, false, "false", "trade CPU for round-trip time: workers busy-poll for the budget that won the RTT sweep in benches/rig (see README, Performance) unless --busy-poll-us is given"),
     f("http-addr", Kind::Str, false, "127.0.0.1:9102", "address for /metrics, /healthz, /readyz"),
     f("allow-any-sender", Kind::Bool, false, "false", "accept VXLAN from any sender, not only known VTEPs (debugging only)"),
     f("allow-foreign-inner-source", Kind::Bool, false, "false", "deliver VXLAN frames whose inner source is not inside the sending node's podCIDR (off: a peer speaks only for its own pods; turn on only where a node routes other networks over the overlay unNATed)"),
@@ -105,6 +107,13 @@ pub const FLAGS: &[Flag] = &[
     f("handover-socket", Kind::Str, false, "", "unix socket where this overlayd hands its dataplane to a new one started beside it (hitless upgrade); default /run/overlayd/handover-<netns inode>.sock"),
     f("cleanup-on-exit", Kind::Bool, false, "false", "on SIGTERM remove the device, routes, neighbours and masquerade/FORWARD rules instead of leaving them for the next overlayd"),
 ];
+
+/// `--busy-poll-us` when neither it nor `--latency-mode` is given: the budget sweep on the rig
+/// (README, Performance) found none that won on RTT within 5 % of throughput and CPU per GB.
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+/// `--latency-mode`'s budget: the one with the best RTT p50 in the sweep.
+pub const LATENCY_MODE_BUSY_POLL_US: u64 = 50;
+const MAX_BUSY_POLL_US: i64 = 1000;
 
 /// A command line flanneld (or overlayd) would not run with; the text names the flag.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -315,6 +324,8 @@ pub struct Config {
     pub ip_blackhole_route: bool,
     pub device: String,
     pub queues: Option<usize>,
+    /// `--busy-poll-us`, or `--latency-mode`'s budget, or the default.
+    pub busy_poll: Duration,
     pub http_addr: SocketAddr,
     pub allow_any_sender: bool,
     pub allow_foreign_inner_source: bool,
@@ -690,6 +701,18 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         Some(q) if (1..=256).contains(&q) => usize::try_from(q).ok(),
         Some(q) => return Err(bad("queues", &q.to_string(), "out of range 1..=256")),
     };
+    let busy_poll_us = match given.int("busy-poll-us") {
+        Some(us) if (0..=MAX_BUSY_POLL_US).contains(&us) => us.unsigned_abs(),
+        Some(us) => {
+            return Err(bad(
+                "busy-poll-us",
+                &us.to_string(),
+                format!("out of range 0..={MAX_BUSY_POLL_US} (microseconds)"),
+            ))
+        }
+        None if given.bool("latency-mode") => LATENCY_MODE_BUSY_POLL_US,
+        None => DEFAULT_BUSY_POLL_US,
+    };
     let http_text = given.str_or_default("http-addr");
     let http_addr: SocketAddr = http_text
         .parse()
@@ -716,6 +739,7 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         ip_blackhole_route: given.bool("ip-blackhole-route"),
         device: given.str_or_default("device"),
         queues,
+        busy_poll: Duration::from_micros(busy_poll_us),
         http_addr,
         allow_any_sender: given.bool("allow-any-sender"),
         allow_foreign_inner_source: given.bool("allow-foreign-inner-source"),

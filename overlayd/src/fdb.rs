@@ -9,8 +9,21 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use fdb_sync::{MacAddr, Peer};
 use ipnetwork::Ipv4Network;
+
+use crate::wire::ethernet::MacAddr;
+
+/// One peer as the FDB needs it: overlayd's own type, built by the control plane from the node
+/// model's peers (`control::model`), so the dataplane does not depend on how nodes are
+/// described or where they come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub pod_cidr: Ipv4Network,
+    /// The peer's public (underlay) address: where its VXLAN packets go and come from.
+    pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+}
 
 /// Traffic counters of one peer. They outlive FDB snapshots: the control plane hands the same
 /// `Arc` to every snapshot while the peer stays, so counts survive changes to other peers.
@@ -271,7 +284,7 @@ mod tests {
             name: name.into(),
             pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
             vtep_ip: Ipv4Addr::new(198, 18, 0, n),
-            vtep_mac: fdb_sync::MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
         };
         let first = Fdb::from_peers(&[peer("b", 2)], 8472);
         first

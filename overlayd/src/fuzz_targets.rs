@@ -8,10 +8,9 @@
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-use fdb_sync::{MacAddr, Peer};
-
-use crate::fdb::Fdb;
-use crate::path::{self, gro, tso, DecapConfig};
+use crate::fdb::{Fdb, Peer};
+use crate::path::{self, gro, plan, tso, DecapConfig};
+use crate::wire::ethernet::MacAddr;
 use crate::wire::{ethernet, vnet, vxlan};
 
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
@@ -189,6 +188,176 @@ pub fn tso_split(data: &[u8]) {
     });
 }
 
+/// Input: `[n][n send results][vnet header 10][frame...]`, a TAP read preceded by a script of
+/// send outcomes (0: sent, else an errno picked by the byte). The planner either drops the
+/// frame with a reason or plans it; then, driven through the script:
+/// - a plain plan is the VXLAN header followed by the frame, to the VTEP the FDB names for the
+///   destination MAC, from a socket fixed by the flow, with the outer ECN of the inner packet;
+/// - a segmented plan's sends cover every segment exactly once, in order, none over 65,507
+///   bytes or 64 segments, every datagram but a chunk's last exactly `segment_size`; the
+///   segments' payloads add up to the frame's; and every segment ends up sent, dropped with a
+///   reason, or given up, never lost without a count, whatever the errnos (EAGAIN, EINTR,
+///   EINVAL and EIO lose nothing).
+pub fn egress_plan(data: &[u8]) {
+    const ERRNOS: [i32; 9] = [
+        libc::EAGAIN,
+        libc::EINTR,
+        libc::EINVAL,
+        libc::EIO,
+        libc::EMSGSIZE,
+        libc::ECONNREFUSED,
+        libc::EHOSTUNREACH,
+        libc::EPERM,
+        libc::ENOBUFS,
+    ];
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n % 16).min(rest.len());
+    let (script, tap_read) = rest.split_at(n);
+    let mut slot = tap_read.to_vec();
+    thread_local! {
+        static PLANNER: std::cell::RefCell<plan::Planner> = std::cell::RefCell::new(plan::Planner::new(1, 3));
+    }
+    PLANNER.with(|p| {
+        let mut p = p.borrow_mut();
+        let Ok(t) = p.plan(&mut slot, fdb()) else {
+            return;
+        };
+        let frame = &tap_read[vnet::LEN..];
+        let dst = ethernet::Frame::new_checked(frame)
+            .expect("planned => Ethernet")
+            .dst();
+        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.destination));
+        assert!(t.socket < 3);
+        assert_eq!(t.tos, path::ecn::outer_tos(frame));
+        match t.shape.clone() {
+            plan::Shape::Plain { bytes } => {
+                let d = &slot[bytes];
+                assert_eq!(d.len(), vxlan::HEADER_LEN + frame.len());
+                assert_eq!(d[..vxlan::HEADER_LEN], vxlan::header(1));
+                // Only a checksum the kernel asked for may differ from what was read.
+                let hdr = vnet::Header::parse(tap_read).expect("planned => header");
+                if hdr.flags & vnet::F_NEEDS_CSUM == 0 {
+                    assert_eq!(d[vxlan::HEADER_LEN..], frame[..]);
+                } else {
+                    assert_eq!(d[vxlan::HEADER_LEN..][..14], frame[..14]);
+                }
+                let mut sock_again = tap_read.to_vec();
+                let t2 = p
+                    .plan(&mut sock_again, fdb())
+                    .expect("planned once, planned again");
+                assert_eq!(t2.socket, t.socket, "a frame's socket is fixed by its flow");
+            }
+            plan::Shape::Segmented {
+                segments,
+                segment_size,
+            } => {
+                assert!((1..=tso::MAX_SEGMENTS).contains(&segments));
+                let hdr = vnet::Header::parse(tap_read).expect("planned => header");
+                // The payloads are consecutive pieces of the frame, each at most the MSS.
+                let mut next = p.segment(0).1.start;
+                for i in 0..segments {
+                    let (h, r) = p.segment(i);
+                    assert!(h.starts_with(&vxlan::header(1)) && r.end <= slot.len());
+                    assert_eq!(r.start, next, "segment {i} does not follow its predecessor");
+                    next = r.end;
+                    assert!(h.len() + r.len() <= segment_size);
+                    assert!(i + 1 == segments || h.len() + r.len() == segment_size);
+                    assert!(r.len() <= usize::from(hdr.gso_size));
+                }
+                drive(&p, segments, segment_size, script, &ERRNOS);
+            }
+        }
+    });
+}
+
+/// Runs a segmented send through `script` and checks that every segment is accounted for.
+fn drive(p: &plan::Planner, segments: usize, segment_size: usize, script: &[u8], errnos: &[i32]) {
+    let mut send = plan::SegmentedSend::new(segments, segment_size);
+    let (mut sent, mut dropped) = (0usize, 0usize);
+    let mut covered = vec![0u8; segments];
+    let mut gso = true;
+    let mut waits = 0;
+    let mut step = 0;
+    while let Some(c) = send.next_chunk(gso) {
+        assert!(
+            step < 4 * (segments + script.len()) + 8,
+            "the send never ends"
+        );
+        let k = c.segments.len();
+        assert!((1..=plan::MAX_SEGMENTS_PER_SEND).contains(&k) && c.segments.end <= segments);
+        assert_eq!(c.segment_size.is_some(), k > 1);
+        let bytes: usize = c
+            .segments
+            .clone()
+            .map(|i| {
+                let (h, r) = p.segment(i);
+                h.len() + r.len()
+            })
+            .sum();
+        assert!(k == 1 || bytes <= plan::MAX_UDP_PAYLOAD);
+        let result = match script.get(step) {
+            Some(&b) if b % 4 != 0 => Err(errnos[usize::from(b) % errnos.len()]),
+            _ => Ok(()),
+        };
+        step += 1;
+        let before = send.remaining();
+        match send.on_result(&c, result) {
+            plan::Step::Sent { packets } => {
+                assert_eq!(packets, k);
+                sent += k;
+                for i in c.segments.clone() {
+                    covered[i] += 1;
+                }
+            }
+            plan::Step::Dropped { packets, reason } => {
+                assert_eq!(packets, k);
+                assert_eq!(reason.direction(), "tx");
+                dropped += k;
+                for i in c.segments.clone() {
+                    covered[i] += 1;
+                }
+            }
+            plan::Step::TooBig { first, dropped: d } => {
+                assert_eq!(first, c.segments.start);
+                assert_eq!(d, before);
+                dropped += d;
+                for c in &mut covered[first..] {
+                    *c += 1;
+                }
+            }
+            plan::Step::WaitWritable => {
+                waits += 1;
+                assert_eq!(send.remaining(), before, "EAGAIN loses nothing");
+            }
+            plan::Step::Retry | plan::Step::Unsegment => {
+                assert_eq!(send.remaining(), before);
+            }
+            plan::Step::DisableSegmentation => {
+                assert_eq!(send.remaining(), before);
+                gso = false;
+            }
+        }
+        if waits > 2 {
+            // The worker stops while waiting: what it held is counted, then nothing is left.
+            let left = send.remaining();
+            for c in &mut covered[segments - left..] {
+                *c += 1;
+            }
+            assert_eq!(send.abandon(), left);
+            assert_eq!(send.next_chunk(gso), None);
+            dropped += left;
+            break;
+        }
+    }
+    assert!(
+        covered.iter().all(|c| *c == 1),
+        "a segment sent or dropped twice, or lost: {covered:?}"
+    );
+    assert_eq!(sent + dropped, segments);
+}
+
 /// Input: frames separated by length prefixes (`[len hi][len lo][frame...]`...), each with an
 /// own header that is plain or NEEDS_CSUM; the coalescer's runs must cover every frame once,
 /// in order, and describe super-frames that fit the buffer.
@@ -215,8 +384,47 @@ pub fn gro_coalesce(data: &[u8]) {
         });
         rest = &rest[3 + len..];
     }
+    let mut split_buf = buf.clone();
     let mut c = gro::Coalescer::default();
     let runs = c.plan(&mut buf, &frames).to_vec();
+    // The same frames in two receives, the run left open in between, give the same writes.
+    let cut = frames.len() / 2;
+    let mut split_runs = c.plan_open(&mut split_buf, &frames[..cut], true).to_vec();
+    let rest = c.open_first().unwrap_or(cut);
+    assert!(rest <= cut);
+    c.open_moved_to_front();
+    let base = split_runs.len();
+    let later = &frames[rest..];
+    split_runs.extend(
+        c.plan_open(&mut split_buf, later, true)
+            .iter()
+            .map(|r| gro::Run {
+                first: r.first + rest,
+                ..r.clone()
+            }),
+    );
+    if let Some(r) = c.close(&mut split_buf, later) {
+        split_runs.push(gro::Run {
+            first: r.first + rest,
+            ..r
+        });
+    }
+    let bytes = |b: &[u8], r: &gro::Run| -> Vec<u8> {
+        let mut out = b[frames[r.first].range.clone()].to_vec();
+        for f in &frames[r.first + 1..r.first + r.count] {
+            out.extend_from_slice(
+                &b[f.range.start + r.payload_offset.min(f.range.len())..f.range.end],
+            );
+        }
+        out
+    };
+    assert_eq!(
+        split_runs, runs,
+        "runs differ when the frames come in two receives ({base} before)"
+    );
+    for r in &runs {
+        assert_eq!(bytes(&buf, r), bytes(&split_buf, r));
+    }
     let mut next = 0;
     for r in &runs {
         assert_eq!(r.first, next, "runs must be contiguous");
@@ -272,7 +480,7 @@ pub fn nodes_file(data: &[u8]) {
             continue;
         };
         check_promises(&names, &raw, None);
-        let _ = Fdb::from_peers(&raw.peers, 8472);
+        let _ = Fdb::from_peers(&crate::control::model::peers(&raw.peers), 8472);
         let _ = raw.own_vtep_mac();
         if let Ok(v) = raw.validated(&policy) {
             check_promises(&names, &v, Some(&policy));
@@ -281,7 +489,7 @@ pub fn nodes_file(data: &[u8]) {
                 Some(&v),
                 "validation is idempotent"
             );
-            let _ = Fdb::from_peers(&v.peers, 8472);
+            let _ = Fdb::from_peers(&crate::control::model::peers(&v.peers), 8472);
         } else {
             // Only the own node can make validation fail.
             assert!(
@@ -415,6 +623,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("encap", encap),
     ("ingress_offload", ingress_offload),
     ("tso_split", tso_split),
+    ("egress_plan", egress_plan),
     ("gro_coalesce", gro_coalesce),
     ("nodes_file", nodes_file),
     ("net_conf", net_conf),

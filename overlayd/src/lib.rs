@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod fdb;
 pub mod fuzz_targets;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod netfilter;

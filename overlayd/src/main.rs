@@ -201,6 +201,7 @@ fn run(cfg: Config) -> Result<()> {
                 subnet_file: cfg.subnet_file,
                 device: cfg.device,
                 queues,
+                busy_poll: cfg.busy_poll,
                 allow_any_sender: cfg.allow_any_sender,
                 allow_foreign_inner_source: cfg.allow_foreign_inner_source,
                 allow_link_local_vtep: cfg.allow_link_local_vtep,

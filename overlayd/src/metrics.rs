@@ -286,12 +286,12 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdb::{Fdb, FdbHandle};
-    use crate::http::Health;
+    use crate::fdb::{Fdb, FdbHandle, Peer};
+    use crate::health::Health;
     use crate::path::DropReason;
     use crate::stats::WorkerStats;
+    use crate::wire::ethernet::MacAddr;
     use arc_swap::ArcSwap;
-    use fdb_sync::{MacAddr, Peer};
 
     #[test]
     fn exposition_has_every_family_and_every_drop_reason() {

@@ -699,12 +699,14 @@ impl Shared {
     }
 }
 
-/// The running checker; dropping it stops its threads (within a second) and leaves the rules
-/// in place.
+/// The running checker; dropping it stops the checker thread and waits for it (at most one
+/// check gap, `MIN_CHECK_GAP`, plus a check already under way), so nothing re-adds the rules
+/// after the drop: `--cleanup-on-exit` removes them right after. The rules stay in place.
 #[derive(Debug)]
 pub struct Handle {
     nudge: mpsc::SyncSender<()>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    checker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Handle {
@@ -718,6 +720,9 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.nudge.try_send(());
+        if let Some(t) = self.checker.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -762,14 +767,18 @@ pub fn start(
     }
     let resync = resync.max(Duration::from_millis(100));
     let checker_stop = stop.clone();
-    std::thread::Builder::new()
+    let checker = std::thread::Builder::new()
         .name("overlayd-netfilter".into())
         .spawn(move || checker(m, rx, resync, shared, &checker_stop))
         .map_err(|source| NetfilterError::Spawn {
             cmd: "the netfilter checker thread".into(),
             source,
         })?;
-    Ok(Handle { nudge: tx, stop })
+    Ok(Handle {
+        nudge: tx,
+        stop,
+        checker: Some(checker),
+    })
 }
 
 /// Starts what the command line and net-conf.json ask for: `None` when neither `--ip-masq`
@@ -837,6 +846,10 @@ fn checker(
                 .max(Duration::from_millis(20)),
         );
         while rx.try_recv().is_ok() {}
+        // A stop that came during the gap wins: `--cleanup-on-exit` is about to remove the rules.
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         last_check = Instant::now();
         let result = m.ensure();
         shared.checks.fetch_add(1, Ordering::Relaxed);

@@ -10,15 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fdb_sync::MacAddr;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use crate::fdb::FdbHandle;
-use crate::http::Health;
+use crate::health::Health;
 use crate::path::event::PathEvent;
 use crate::path::DropReason;
 use crate::stats::{Totals, WorkerStats};
+use crate::wire::ethernet::MacAddr;
 
 /// Facts about this node, fixed once the daemon has started its dataplane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,10 +409,9 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdb::Fdb;
+    use crate::fdb::{Fdb, Peer};
     use crate::stats::OffloadMode;
     use arc_swap::ArcSwap;
-    use fdb_sync::Peer;
 
     fn peer(name: &str, n: u8) -> Peer {
         Peer {

@@ -7,7 +7,7 @@
 //! Capabilities are per thread on Linux and a new thread copies its creator's. So the drop
 //! happens in `main` before the tokio runtime and any worker exist: every thread overlayd ever
 //! runs, including the ones a device rebuild starts, holds the kept set alone. The bounding set
-//! is cleared too (when this process may: it needs `CAP_SETPCAP`, which it then drops), and
+//! is reduced to the kept set too (when this process may: it needs `CAP_SETPCAP`, which it then drops), and
 //! `no_new_privs` makes sure an executed tool (iptables, nft) never has more than the kept set.
 
 use caps::{CapSet, Capability, CapsHashSet};

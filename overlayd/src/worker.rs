@@ -5,20 +5,23 @@
 //!
 //! With offloads (the normal mode) a TSO super-frame from the TAP is split into MSS segments
 //! and sent with one `sendmsg` + UDP_SEGMENT; a UDP_GRO run of received segments is coalesced
-//! back into super-frames and written with one `writev`. When the kernel refuses UDP_SEGMENT
-//! (EINVAL/EIO), the worker falls back to one datagram per segment, says so once in the log and
-//! exports the mode.
+//! back into super-frames (also across two receives) and written with one `writev`. Every per-packet decision is made in
+//! `path` (`plan::Planner` on the send side): this file only reads, submits what the plan says
+//! and waits. A full send buffer (EAGAIN) is backpressure: the worker stops reading the TAP and
+//! waits for POLLOUT, keeping what it holds.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::fdb::{FdbHandle, PeerCounters};
 use crate::path::event::PathEvent;
-use crate::path::gro::{Coalescer, InnerFrame, MAX_RUN};
-use crate::path::tso::Segmenter;
+use crate::path::gro::{Coalescer, InnerFrame, Run, MAX_RUN};
+use crate::path::plan::{self, PlainStep, Planner, SegmentedSend, Shape, Step, Transmit};
 use crate::path::{self, ecn, pmtu, DecapConfig, DropReason};
 use crate::stats::{OffloadMode, WorkerStats};
 use crate::sys::{self, tap::TapQueue, udp};
@@ -30,11 +33,11 @@ const BATCH: usize = 64;
 const BUF_LEN: usize = 65_536 + 256;
 /// Egress arena: at least one maximal frame plus many small ones.
 const TXBUF_LEN: usize = 4 * BUF_LEN;
-/// The VXLAN header (8 bytes) ends where the virtio-net header (10 bytes) ends, so a plain
-/// frame is re-framed in place: `[vnet 10][frame]` <-> `[2 spare][vxlan 8][frame]`.
-const VX_AT: usize = vnet::LEN - vxlan::HEADER_LEN;
-/// Largest UDP payload one send may carry (65535 - 8 UDP - 20 IPv4).
-const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Datagrams one recvmmsg takes in plain mode (each may be a 64 KiB GSO burst from a kernel
+/// peer, pitfall 2 in fastpath-facts, so every slot is `BUF_LEN`).
+const RECV_SLOTS: usize = 8;
+/// How long one poll sleeps at most, so the heartbeat and the stop flag are seen.
+const POLL_MS: i32 = 100;
 
 /// Sums packets per peer across a batch, so a shared peer counter is touched once per run of
 /// packets to the same peer instead of once per packet.
@@ -102,15 +105,19 @@ pub struct Worker {
     /// when the queue closes, so all must stop reading at the same moment, just before the
     /// descriptors close (or are handed over).
     pub wake: Arc<std::os::unix::net::UnixStream>,
+    /// `--busy-poll-us`: how long to keep checking for work before sleeping (zero: never).
+    pub busy_poll: std::time::Duration,
 }
 
 /// A plain datagram waiting in `txbuf` for the next sendmmsg.
 struct Pending {
-    range: std::ops::Range<usize>,
+    range: Range<usize>,
     dst: SocketAddrV4,
     sock: usize,
     /// Outer TOS byte (the ECN field copied from the inner packet).
     tos: u8,
+    /// Index of its peer's counters in the batch's `peers`.
+    peer: usize,
 }
 
 /// ICMP errors per second (and burst) one worker writes for path MTU discovery.
@@ -127,31 +134,40 @@ struct Pmtu {
     probe: Option<UdpSocket>,
 }
 
-/// Per-worker scratch space, allocated once.
-struct Scratch {
-    /// Receive buffer: one datagram or one UDP_GRO run.
-    buf: Vec<u8>,
+/// Send-side scratch space, allocated once.
+struct TxScratch {
     /// Egress arena: room for several frames read from the TAP before one send.
     txbuf: Vec<u8>,
     pending: Vec<Pending>,
-    segmenter: Segmenter,
-    coalescer: Coalescer,
-    frames: Vec<InnerFrame>,
-    /// False once the kernel refused UDP_SEGMENT.
+    planner: Planner,
+    /// False once the kernel said it cannot segment for this worker's sockets (EIO).
     gso_send: bool,
     pmtu: Pmtu,
+}
+
+/// Receive-side scratch space, allocated once.
+struct RxScratch {
+    /// Two halves of `half_len` bytes, each one receive: one UDP_GRO run, or up to
+    /// `RECV_SLOTS` datagrams of `BUF_LEN` bytes with recvmmsg (plain mode). A run left open
+    /// keeps its bytes in one half while the next receive fills the other.
+    buf: Vec<u8>,
+    half_len: usize,
+    /// The half the next receive fills.
+    half: usize,
+    metas: [udp::RecvMeta; RECV_SLOTS],
+    coalescer: Coalescer,
+    /// The frames of the last receive, after those of the run left open.
+    frames: Vec<InnerFrame>,
 }
 
 impl Worker {
     /// Runs until `stop` is set. Returns only on a fatal poll error.
     pub fn run(self) -> io::Result<()> {
-        let mut s = Scratch {
-            buf: vec![0u8; BUF_LEN],
+        let io = &*self.io;
+        let mut tx = TxScratch {
             txbuf: vec![0u8; TXBUF_LEN],
             pending: Vec::with_capacity(BATCH),
-            segmenter: Segmenter::default(),
-            coalescer: Coalescer::with_capacity(MAX_RUN),
-            frames: Vec::with_capacity(MAX_RUN),
+            planner: Planner::new(self.decap.vni, io.tx_pool.len()),
             gso_send: true,
             pmtu: Pmtu {
                 out: Box::new([0; pmtu::MAX_FRAME]),
@@ -160,110 +176,182 @@ impl Worker {
                 probe: None,
             },
         };
-        let io = &*self.io;
-        self.stats.set_mode(if io.offloads.tso && io.offloads.gro {
-            OffloadMode::Offload
+        let half_len = if io.offloads.gro {
+            BUF_LEN
         } else {
-            OffloadMode::Plain
-        });
-        let vx_header = vxlan::header(self.decap.vni);
+            RECV_SLOTS * BUF_LEN
+        };
+        let mut rx = RxScratch {
+            buf: vec![0u8; 2 * half_len],
+            half_len,
+            half: 0,
+            metas: [udp::RecvMeta {
+                len: 0,
+                from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                gso: None,
+                tos: 0,
+            }; RECV_SLOTS],
+            coalescer: Coalescer::with_capacity(MAX_RUN),
+            frames: Vec::with_capacity(2 * MAX_RUN + RECV_SLOTS),
+        };
+        tx.gso_send = io.tx_pool.first().is_some_and(udp::probe_segmentation);
+        if !tx.gso_send {
+            tracing::warn!(
+                queue = self.id,
+                "this kernel has no UDP_SEGMENT (Linux 4.18+): sending one datagram per segment"
+            );
+        }
+        self.stats
+            .set_mode(if io.offloads.tso && io.offloads.gro && tx.gso_send {
+                OffloadMode::Offload
+            } else {
+                OffloadMode::Plain
+            });
+        let mut busy = false;
         while !self.stop.load(Ordering::Relaxed) {
             // The supervisor and /healthz read this: a worker that stops beating is down.
             self.stats.beat();
             #[cfg(debug_assertions)]
             fault::maybe_panic(self.id, &self.stats);
-            let ready = sys::poll_readable(
-                &[io.tap.file().as_fd(), io.rx.as_fd(), self.wake.as_fd()],
-                100,
-            )?;
+            let ready = self.wait_readable(if busy { self.busy_poll } else { Duration::ZERO })?;
+            busy = ready[0] || ready[1];
             if ready[2] {
                 continue;
             }
             if ready[0] {
-                self.egress_batch(&mut s, &vx_header);
+                self.egress_batch(&mut tx, &mut rx);
             }
             if ready[1] {
-                self.ingress_batch(&mut s);
+                self.ingress_batch(&mut rx);
             }
         }
         Ok(())
     }
 
-    fn egress_batch(&self, s: &mut Scratch, vx_header: &[u8; vxlan::HEADER_LEN]) {
-        let fdb = self.fdb.load();
-        let mut tally = PeerTally::default();
-        // Plain frames accumulate in `txbuf` and leave with one sendmmsg per socket; a
-        // super-frame flushes them first (per-flow order) and goes out on its own.
-        let mut off = 0;
-        s.pending.clear();
-        for _ in 0..BATCH {
-            if s.txbuf.len() - off < BUF_LEN {
-                self.flush_pending(s);
-                off = 0;
-            }
-            let Ok(n) = self.io.tap.file().read(&mut s.txbuf[off..off + BUF_LEN]) else {
-                break;
-            };
-            let slot = &mut s.txbuf[off..off + n];
-            let Some(hdr) = vnet::Header::parse(slot) else {
-                self.stats.count_drop(DropReason::TxShort);
-                continue;
-            };
-            let t = match path::encap(&mut slot[vnet::LEN..], &hdr, &fdb) {
-                Ok(t) => t,
-                Err(reason) => {
-                    self.stats.count_drop(reason);
-                    continue;
-                }
-            };
-            let sock = t.flow_hash as usize % self.io.tx_pool.len();
-            let tos = ecn::outer_tos(&slot[vnet::LEN..]);
-            if hdr.gso_type & !vnet::GSO_ECN == vnet::GSO_NONE {
-                slot[VX_AT..vnet::LEN].copy_from_slice(vx_header);
-                s.pending.push(Pending {
-                    range: off + VX_AT..off + n,
-                    dst: t.peer.vtep,
-                    sock,
-                    tos,
-                });
-                self.stats.tx_many(1, n - vnet::LEN);
-                tally.add(&t.peer.counters, 1, n - vnet::LEN, false);
-                // Keep slots 8-aligned so headers stay aligned.
-                off = (off + n + 7) & !7;
-                continue;
-            }
-            self.flush_pending(s);
-            match self.send_super_frame(
-                s,
-                off,
-                n,
-                &hdr,
-                vx_header,
-                &self.io.tx_pool[sock],
-                t.peer.vtep,
-                tos,
-            ) {
-                Ok(packets) => {
-                    self.stats.tx_many(packets, n - vnet::LEN);
-                    tally.add(&t.peer.counters, packets, n - vnet::LEN, false);
-                }
-                Err(_) => self.stats.count_drop(DropReason::TxSendError),
-            }
-        }
-        self.flush_pending(s);
-        tally.flush(false);
+    /// Sleeps until the TAP queue (`[0]`), the receive socket (`[1]`) or the wake-up
+    /// descriptor (`[2]`) is readable, at most `POLL_MS`.
+    fn wait_readable(&self, spin: Duration) -> io::Result<[bool; 4]> {
+        wait_ready(
+            &[
+                self.io.tap.file().as_fd(),
+                self.io.rx.as_fd(),
+                self.wake.as_fd(),
+            ],
+            spin,
+        )
     }
 
-    /// Sends the queued plain datagrams: one sendmmsg per socket. A datagram
-    /// the kernel refuses is counted and skipped.
-    fn flush_pending(&self, s: &mut Scratch) {
+    /// Backpressure: send socket `sock` is full (EAGAIN). Waits for POLLOUT without reading
+    /// the TAP, so the frame in hand and everything queued behind it stay where they are;
+    /// serves the receive side meanwhile. False when the worker must stop instead.
+    fn wait_writable(&self, sock: usize, rx: &mut RxScratch) -> bool {
+        self.stats.count_event(PathEvent::TxSendBufferFull, 1);
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.stats.beat();
+            match udp::poll_writable(
+                &self.io.tx_pool[sock],
+                [self.io.rx.as_fd(), self.wake.as_fd()],
+                POLL_MS,
+            ) {
+                Ok((true, _)) => return true,
+                Ok((false, [_, true])) | Err(_) => return false,
+                Ok((false, [true, false])) => self.ingress_batch(rx),
+                Ok((false, [false, false])) => {}
+            }
+        }
+    }
+
+    /// Reads up to `BATCH` frames from the TAP, plans each and sends it. Plain frames
+    /// accumulate in `txbuf` and leave with one sendmmsg per socket; a super-frame flushes them
+    /// first (per-flow order) and goes out on its own. False when the worker must stop.
+    fn egress_batch(&self, tx: &mut TxScratch, rx: &mut RxScratch) -> bool {
+        let fdb = self.fdb.load();
+        let mut peers: [Option<&PeerCounters>; BATCH] = [None; BATCH];
+        let mut tally = PeerTally::default();
+        let mut off = 0;
+        tx.pending.clear();
+        let go = 'batch: {
+            for i in 0..BATCH {
+                if tx.txbuf.len() - off < BUF_LEN {
+                    if !self.flush_pending(tx, rx, &peers, &mut tally) {
+                        break 'batch false;
+                    }
+                    off = 0;
+                }
+                let Ok(n) = self.io.tap.file().read(&mut tx.txbuf[off..off + BUF_LEN]) else {
+                    break;
+                };
+                let plan = match tx.planner.plan(&mut tx.txbuf[off..off + n], &fdb) {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        self.stats.count_drop(reason);
+                        continue;
+                    }
+                };
+                match plan.shape {
+                    Shape::Plain { ref bytes } => {
+                        peers[i] = Some(&plan.peer.counters);
+                        tx.pending.push(Pending {
+                            range: off + bytes.start..off + bytes.end,
+                            dst: plan.destination,
+                            sock: plan.socket,
+                            tos: plan.tos,
+                            peer: i,
+                        });
+                        // Keep slots 8-aligned so headers stay aligned.
+                        off = (off + n + 7) & !7;
+                    }
+                    Shape::Segmented {
+                        segments,
+                        segment_size,
+                    } => {
+                        if !self.flush_pending(tx, rx, &peers, &mut tally)
+                            || !self.send_segmented(
+                                tx,
+                                rx,
+                                off..off + n,
+                                &plan,
+                                SegmentedSend::new(segments, segment_size),
+                                &mut tally,
+                            )
+                        {
+                            break 'batch false;
+                        }
+                    }
+                }
+            }
+            self.flush_pending(tx, rx, &peers, &mut tally)
+        };
+        tally.flush(false);
+        go
+    }
+
+    /// Sends the queued plain datagrams: one sendmmsg per socket, counted once they left.
+    /// A full socket buffer waits (`wait_writable`); false when the worker must stop then.
+    fn flush_pending<'f>(
+        &self,
+        tx: &mut TxScratch,
+        rx: &mut RxScratch,
+        peers: &[Option<&'f PeerCounters>; BATCH],
+        tally: &mut PeerTally<'f>,
+    ) -> bool {
+        let TxScratch {
+            txbuf,
+            pending,
+            pmtu,
+            ..
+        } = tx;
         // Group by socket so interleaved flows still share a sendmmsg. A flow always maps to
         // one socket and `range.start` grows with arrival, so this keeps per-flow order
         // (and sort_unstable does not allocate).
-        s.pending.sort_unstable_by_key(|p| (p.sock, p.range.start));
+        pending.sort_unstable_by_key(|p| (p.sock, p.range.start));
         let mut i = 0;
-        while i < s.pending.len() {
-            let sock = s.pending[i].sock;
+        let mut go = true;
+        'all: while i < pending.len() {
+            let sock = pending[i].sock;
             let mut msgs: [(SocketAddrV4, &[u8], u8); udp::MAX_BATCH] = [(
                 SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
                 &[],
@@ -271,161 +359,246 @@ impl Worker {
             );
                 udp::MAX_BATCH];
             let mut k = 0;
-            while i + k < s.pending.len() && k < udp::MAX_BATCH && s.pending[i + k].sock == sock {
-                let p = &s.pending[i + k];
-                msgs[k] = (p.dst, &s.txbuf[p.range.clone()], p.tos);
+            while i + k < pending.len() && k < udp::MAX_BATCH && pending[i + k].sock == sock {
+                let p = &pending[i + k];
+                msgs[k] = (p.dst, &txbuf[p.range.clone()], p.tos);
                 k += 1;
             }
             let mut done = 0;
             while done < k {
                 match udp::send_batch(&self.io.tx_pool[sock], &msgs[done..k]) {
-                    Ok(sent) if sent > 0 => done += sent,
-                    Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                        // Over the path MTU (the datagram is VXLAN header + inner frame): a
-                        // packet whose sender allows fragmentation leaves in a fragmented
-                        // outer packet, as with kernel vxlan; any other gets an ICMP error.
-                        let (dst, bytes, tos) = msgs[done];
-                        let inner = &bytes[vxlan::HEADER_LEN..];
-                        if pmtu::outer_may_fragment(inner) {
-                            match udp::send_fragmentable(&self.io.tx_pool[sock], dst, bytes, tos) {
-                                Ok(_) => self.stats.count_event(PathEvent::OuterFragmented, 1),
-                                Err(_) => self.stats.count_drop(DropReason::TxSendError),
+                    Ok(sent) if sent > 0 => {
+                        let mut bytes = 0;
+                        for p in &pending[i + done..i + done + sent] {
+                            let b = p.range.len() - vxlan::HEADER_LEN;
+                            bytes += b;
+                            if let Some(c) = peers[p.peer] {
+                                tally.add(c, 1, b, false);
                             }
-                        } else {
-                            self.answer_too_big(&mut s.pmtu, inner, &[], dst);
                         }
-                        done += 1;
+                        self.stats.tx_many(sent as u64, bytes);
+                        done += sent;
                     }
-                    _ => {
+                    Ok(_) => {
                         self.stats.count_drop(DropReason::TxSendError);
                         done += 1;
                     }
+                    Err(e) => match plan::plain_step(e.raw_os_error().unwrap_or(0)) {
+                        PlainStep::Retry => {}
+                        PlainStep::WaitWritable => {
+                            if !self.wait_writable(sock, rx) {
+                                for _ in i + done..pending.len() {
+                                    self.stats.count_drop(DropReason::TxWouldBlock);
+                                }
+                                go = false;
+                                break 'all;
+                            }
+                        }
+                        PlainStep::TooBig => {
+                            // Over the path MTU (the datagram is VXLAN header + inner frame):
+                            // a packet whose sender allows fragmentation leaves in a fragmented
+                            // outer packet, as with kernel vxlan; any other gets an ICMP error.
+                            let (dst, bytes, tos) = msgs[done];
+                            let inner = &bytes[vxlan::HEADER_LEN..];
+                            if pmtu::outer_may_fragment(inner) {
+                                match udp::send_fragmentable(
+                                    &self.io.tx_pool[sock],
+                                    dst,
+                                    bytes,
+                                    tos,
+                                ) {
+                                    Ok(_) => {
+                                        self.stats.count_event(PathEvent::OuterFragmented, 1);
+                                        self.stats.tx_many(1, inner.len());
+                                        if let Some(c) = peers[pending[i + done].peer] {
+                                            tally.add(c, 1, inner.len(), false);
+                                        }
+                                    }
+                                    Err(e) => self.stats.count_drop(
+                                        plan::SendError::from_errno(e.raw_os_error().unwrap_or(0))
+                                            .drop_reason(),
+                                    ),
+                                }
+                            } else {
+                                self.answer_too_big(pmtu, inner, &[], dst);
+                            }
+                            done += 1;
+                        }
+                        PlainStep::Dropped(reason) => {
+                            self.stats.count_drop(reason);
+                            done += 1;
+                        }
+                    },
                 }
             }
             i += k;
         }
-        s.pending.clear();
+        pending.clear();
+        go
     }
 
-    /// Splits a TSO super-frame and sends its segments: as few UDP_SEGMENT sends as the 64 KiB
-    /// datagram limit allows, or one datagram per segment after a fallback. Returns the number
-    /// of segments sent.
-    #[allow(clippy::too_many_arguments)]
-    fn send_super_frame(
+    /// Sends the segments of the super-frame in `txbuf[slot]` (planned last by `tx.planner`):
+    /// as few UDP_SEGMENT sends as the datagram limit allows, or one datagram per segment
+    /// where the kernel refuses to segment. False when the worker must stop.
+    fn send_segmented<'f>(
         &self,
-        s: &mut Scratch,
-        off: usize,
-        n: usize,
-        hdr: &vnet::Header,
-        vx_header: &[u8; vxlan::HEADER_LEN],
-        sock: &UdpSocket,
-        dst: SocketAddrV4,
-        tos: u8,
-    ) -> io::Result<u64> {
-        let frame = &s.txbuf[off + vnet::LEN..off + n];
-        if let Err(reason) = s.segmenter.split_in_place(frame, hdr, vx_header) {
-            self.stats.count_drop(reason);
-            return Ok(0);
-        }
-        let segs = s.segmenter.segments();
-        let seg_size = segs[0].headers.len() + segs[0].payload.len();
-        let max_per_send = (MAX_UDP_PAYLOAD / seg_size).clamp(1, 64);
-        let mut iov = [IoSlice::new(&[]); 2 * 64];
-        let mut sent = 0;
-        while sent < segs.len() {
-            // Re-read per chunk: a fallback half-way through a frame applies at once.
-            let per_send = if s.gso_send { max_per_send } else { 1 };
-            let chunk = &segs[sent..(sent + per_send).min(segs.len())];
-            for (k, seg) in chunk.iter().enumerate() {
-                iov[2 * k] = IoSlice::new(s.segmenter.headers(seg));
-                iov[2 * k + 1] = IoSlice::new(&frame[seg.payload.clone()]);
+        tx: &mut TxScratch,
+        rx: &mut RxScratch,
+        slot: Range<usize>,
+        plan: &Transmit<'f>,
+        mut send: SegmentedSend,
+        tally: &mut PeerTally<'f>,
+    ) -> bool {
+        let sock = &self.io.tx_pool[plan.socket];
+        let frame = &tx.txbuf[slot];
+        let mut iov = [IoSlice::new(&[]); 2 * plan::MAX_SEGMENTS_PER_SEND];
+        while let Some(chunk) = send.next_chunk(tx.gso_send) {
+            let mut bytes = 0;
+            for (k, i) in chunk.segments.clone().enumerate() {
+                let (headers, payload) = tx.planner.segment(i);
+                bytes += headers.len() - vxlan::HEADER_LEN + payload.len();
+                iov[2 * k] = IoSlice::new(headers);
+                iov[2 * k + 1] = IoSlice::new(&frame[payload]);
             }
-            let iov = &iov[..2 * chunk.len()];
-            #[allow(clippy::cast_possible_truncation)]
-            let segment = if chunk.len() > 1 { seg_size as u16 } else { 0 };
-            match udp::send_gathered(sock, dst, iov, segment, tos) {
-                Ok(_) => sent += chunk.len(),
-                // The segments do not fit the path MTU: answer for the first of them, as
-                // Linux does for a GSO skb; the sender's stack lowers its MSS and resends.
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    let first = &chunk[0];
-                    let headers = &s.segmenter.headers(first)[vxlan::HEADER_LEN..];
-                    self.answer_too_big(&mut s.pmtu, headers, &frame[first.payload.clone()], dst);
-                    break;
+            let iov = &iov[..2 * chunk.segments.len()];
+            let result = udp::send_gathered(
+                sock,
+                plan.destination,
+                iov,
+                chunk.segment_size.unwrap_or(0),
+                plan.tos,
+            );
+            let result = result
+                .map(|_| ())
+                .map_err(|e| e.raw_os_error().unwrap_or(0));
+            match send.on_result(&chunk, result) {
+                Step::Sent { packets } => {
+                    self.stats.tx_many(packets as u64, bytes);
+                    tally.add(&plan.peer.counters, packets as u64, bytes, false);
                 }
-                // EINVAL/EIO mean the kernel cannot segment for this socket (EMSGSIZE, a path
-                // MTU problem, is not a reason to give up the offload).
-                Err(e)
-                    if segment > 0
-                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) =>
-                {
-                    tracing::warn!(queue = self.id, error = %e, "UDP_SEGMENT refused by the kernel; sending one datagram per segment from now on");
-                    s.gso_send = false;
+                Step::Retry => {}
+                Step::WaitWritable => {
+                    if !self.wait_writable(plan.socket, rx) {
+                        for _ in 0..send.abandon() {
+                            self.stats.count_drop(DropReason::TxWouldBlock);
+                        }
+                        return false;
+                    }
+                }
+                Step::Unsegment => self.stats.count_event(PathEvent::SegmentRefused, 1),
+                Step::DisableSegmentation => {
+                    tracing::warn!(queue = self.id, "UDP_SEGMENT failed with EIO (the device cannot segment); sending one datagram per segment from now on");
+                    tx.gso_send = false;
                     self.stats.set_mode(OffloadMode::Plain);
                 }
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => {
-                    // Part of the frame left; TCP retransmits the rest.
-                    self.stats.count_drop(DropReason::TxSendError);
-                    break;
+                Step::TooBig { first, .. } => {
+                    // The segments do not fit the path MTU: answer for the first of them, as
+                    // Linux does for a GSO skb; the sender's stack lowers its MSS and resends.
+                    let (headers, payload) = tx.planner.segment(first);
+                    self.answer_too_big(
+                        &mut tx.pmtu,
+                        &headers[vxlan::HEADER_LEN..],
+                        &frame[payload],
+                        plan.destination,
+                    );
                 }
+                Step::Dropped { reason, .. } => self.stats.count_drop(reason),
             }
         }
-        Ok(sent as u64)
+        true
     }
 
-    fn ingress_batch(&self, s: &mut Scratch) {
+    /// Receives up to `BATCH` times and writes the inner frames to the TAP, coalesced into
+    /// super-frames. The last run stays open from one receive to the next (its bytes in one
+    /// half of `buf`, the next receive in the other), so a burst the kernel hands over in two
+    /// reads still becomes one TAP write; it is written when the next read would block, when
+    /// it cannot grow, or at the end of the batch.
+    fn ingress_batch(&self, s: &mut RxScratch) {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
-            let Ok(udp::RecvMeta {
-                len: n,
-                from,
-                gso,
-                tos,
-            }) = udp::recv_gro(&self.io.rx, &mut s.buf)
-            else {
+            let base = s.half * s.half_len;
+            let got = if self.io.offloads.gro {
+                udp::recv_gro(&self.io.rx, &mut s.buf[base..base + BUF_LEN]).map(|m| {
+                    s.metas[0] = m;
+                    1
+                })
+            } else {
+                udp::recv_batch(
+                    &self.io.rx,
+                    &mut s.buf[base..base + s.half_len],
+                    BUF_LEN,
+                    &mut s.metas,
+                )
+            };
+            let Ok(got) = got else {
                 break;
             };
-            let seg = gso.map_or(n, usize::from).max(1);
-            s.frames.clear();
-            let mut at = 0;
-            while at < n {
-                let end = (at + seg).min(n);
-                match path::decap(&s.buf[at..end], *from.ip(), &fdb, &self.decap) {
-                    Ok(d) => {
-                        if tos & ecn::ECT_1 != 0 {
-                            // Outer ECT(1) or CE: carry it inside (RFC 6040).
-                            match ecn::decapsulate(&mut s.buf[at + vxlan::HEADER_LEN..end], tos) {
-                                Ok(ecn::Decap::Unchanged) => {}
-                                Ok(ecn::Decap::SetCe) => {
-                                    self.stats.count_event(PathEvent::EcnCeSet, 1);
-                                }
-                                Ok(ecn::Decap::SetEct1) => {
-                                    self.stats.count_event(PathEvent::EcnEct1Set, 1);
-                                }
-                                Err(reason) => {
-                                    self.stats.count_drop(reason);
-                                    at = end;
-                                    continue;
-                                }
+            for m in 0..got {
+                let meta = s.metas[m];
+                self.decap_datagram(s, base + m * BUF_LEN, meta, &fdb, &mut tally);
+            }
+            self.write_runs(s, base);
+        }
+        if let Some(run) = s.coalescer.close(&mut s.buf, &s.frames) {
+            self.write_run(&s.buf, &s.frames, &run);
+        }
+        s.frames.clear();
+        tally.flush(true);
+    }
+
+    /// Checks the datagram (or UDP_GRO run of datagrams) at `buf[at..]` and appends its inner
+    /// frames to `s.frames`.
+    fn decap_datagram<'f>(
+        &self,
+        s: &mut RxScratch,
+        start: usize,
+        meta: udp::RecvMeta,
+        fdb: &'f crate::fdb::Fdb,
+        tally: &mut PeerTally<'f>,
+    ) {
+        let udp::RecvMeta {
+            len: n,
+            from,
+            gso,
+            tos,
+        } = meta;
+        let seg = gso.map_or(n, usize::from).max(1);
+        let end_all = start + n;
+        let mut at = start;
+        while at < end_all {
+            let end = (at + seg).min(end_all);
+            match path::decap(&s.buf[at..end], *from.ip(), fdb, &self.decap) {
+                Ok(d) => {
+                    if tos & ecn::ECT_1 != 0 {
+                        // Outer ECT(1) or CE: carry it inside (RFC 6040).
+                        match ecn::decapsulate(&mut s.buf[at + vxlan::HEADER_LEN..end], tos) {
+                            Ok(ecn::Decap::Unchanged) => {}
+                            Ok(ecn::Decap::SetCe) => {
+                                self.stats.count_event(PathEvent::EcnCeSet, 1);
+                            }
+                            Ok(ecn::Decap::SetEct1) => {
+                                self.stats.count_event(PathEvent::EcnEct1Set, 1);
+                            }
+                            Err(reason) => {
+                                self.stats.count_drop(reason);
+                                at = end;
+                                continue;
                             }
                         }
-                        if let Some(p) = d.peer {
-                            tally.add(p, 1, end - at - vxlan::HEADER_LEN, true);
-                        }
-                        s.frames.push(InnerFrame {
-                            range: at + vxlan::HEADER_LEN..end,
-                            vnet: d.vnet,
-                        });
                     }
-                    Err(reason) => self.stats.count_drop(reason),
+                    if let Some(p) = d.peer {
+                        tally.add(p, 1, end - at - vxlan::HEADER_LEN, true);
+                    }
+                    s.frames.push(InnerFrame {
+                        range: at + vxlan::HEADER_LEN..end,
+                        vnet: d.vnet,
+                    });
                 }
-                at = end;
+                Err(reason) => self.stats.count_drop(reason),
             }
-            self.write_runs(s);
+            at = end;
         }
-        tally.flush(true);
     }
 
     /// Answers an inner frame (`head` followed by `tail`, Ethernet onward) that the kernel
@@ -465,32 +638,77 @@ impl Worker {
         }
     }
 
-    /// Coalesces the decapsulated frames in `s.frames` and writes each run to the TAP.
-    fn write_runs(&self, s: &mut Scratch) {
-        let runs = s.coalescer.plan(&mut s.buf, &s.frames);
+    /// Coalesces the decapsulated frames in `s.frames` (the last receive went to the half at
+    /// `base`) and writes each finished run to the TAP; keeps the last run open when it may
+    /// still grow and lies wholly in that half (the next receive fills the other half).
+    fn write_runs(&self, s: &mut RxScratch, base: usize) {
+        let runs = s.coalescer.plan_open(&mut s.buf, &s.frames, true);
         for run in runs {
-            let vnet_bytes = run.vnet.to_bytes();
-            let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
-            let first = &s.frames[run.first];
-            iov[0] = IoSlice::new(&vnet_bytes);
-            iov[1] = IoSlice::new(&s.buf[first.range.clone()]);
-            let mut len = first.range.len();
-            for (k, f) in s.frames[run.first + 1..run.first + run.count]
-                .iter()
-                .enumerate()
-            {
-                let payload = &s.buf[f.range.start + run.payload_offset..f.range.end];
-                len += payload.len();
-                iov[2 + k] = IoSlice::new(payload);
+            self.write_run(&s.buf, &s.frames, run);
+        }
+        match s.coalescer.open_first() {
+            Some(first) if (base..base + s.half_len).contains(&s.frames[first].range.start) => {
+                s.frames.drain(..first);
+                s.coalescer.open_moved_to_front();
+                s.half ^= 1;
             }
-            match self.io.tap.file().write_vectored(&iov[..1 + run.count]) {
-                // A TAP write takes the whole frame or fails; anything else is an error.
-                Ok(w) if w == vnet::LEN + len => self.stats.rx_many(run.count as u64, len),
-                // EIO while the device is down (teardown, flap): counted, not logged.
-                Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
+            Some(_) => {
+                // It began in the other half, which the next receive overwrites: write it now.
+                if let Some(run) = s.coalescer.close(&mut s.buf, &s.frames) {
+                    self.write_run(&s.buf, &s.frames, &run);
+                }
+                s.frames.clear();
             }
+            None => s.frames.clear(),
         }
     }
+
+    /// Writes one run (`run.count` frames of `frames`, in `buf`) to the TAP with one writev.
+    fn write_run(&self, buf: &[u8], frames: &[InnerFrame], run: &Run) {
+        let vnet_bytes = run.vnet.to_bytes();
+        let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
+        let first = &frames[run.first];
+        iov[0] = IoSlice::new(&vnet_bytes);
+        iov[1] = IoSlice::new(&buf[first.range.clone()]);
+        let mut len = first.range.len();
+        for (k, f) in frames[run.first + 1..run.first + run.count]
+            .iter()
+            .enumerate()
+        {
+            let payload = &buf[f.range.start + run.payload_offset..f.range.end];
+            len += payload.len();
+            iov[2 + k] = IoSlice::new(payload);
+        }
+        match self.io.tap.file().write_vectored(&iov[..1 + run.count]) {
+            // A TAP write takes the whole frame or fails; anything else is an error.
+            Ok(w) if w == vnet::LEN + len => self.stats.rx_many(run.count as u64, len),
+            // EIO while the device is down (teardown, flap): counted, not logged.
+            Ok(_) | Err(_) => self.stats.count_drop(DropReason::RxTapError),
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable (at most 100 ms, so the caller sees `stop`). With a
+/// `spin` budget it first checks them without sleeping (a zero-timeout poll, which consumes
+/// nothing) until one is ready or the budget is spent: the answer to what the worker just
+/// forwarded (a ping reply, a request's response) often arrives within tens of microseconds,
+/// and catching it awake saves the sleep and the wake-up on the latency path. The caller passes
+/// a budget only after a pass that moved packets, so an idle worker never spins.
+fn wait_ready(fds: &[BorrowedFd<'_>], spin: Duration) -> io::Result<[bool; 4]> {
+    if !spin.is_zero() {
+        let start = Instant::now();
+        loop {
+            let ready = sys::poll_readable(fds, 0)?;
+            if ready.iter().any(|r| *r) {
+                return Ok(ready);
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    sys::poll_readable(fds, POLL_MS)
 }
 
 /// A test-only fault (debug builds only, never in a release binary): with

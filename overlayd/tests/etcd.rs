@@ -60,21 +60,54 @@ impl Certs {
         };
         key(&p("ca.key"));
         sh_ok(&[
-            "openssl", "req", "-x509", "-new", "-key", &s(&p("ca.key")), "-subj", "/CN=overlayd-test-ca",
-            "-days", "2", "-out", &s(&p("ca.pem")), "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &s(&p("ca.key")),
+            "-subj",
+            "/CN=overlayd-test-ca",
+            "-days",
+            "2",
+            "-out",
+            &s(&p("ca.pem")),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ]);
         let sign = |name: &str, cn: &str, ext: &str| {
             key(&p(&format!("{name}.key")));
             sh_ok(&[
-                "openssl", "req", "-new", "-key", &s(&p(&format!("{name}.key"))), "-subj",
-                &format!("/CN={cn}"), "-out", &s(&p(&format!("{name}.csr"))),
+                "openssl",
+                "req",
+                "-new",
+                "-key",
+                &s(&p(&format!("{name}.key"))),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-out",
+                &s(&p(&format!("{name}.csr"))),
             ]);
             std::fs::write(p(&format!("{name}.ext")), ext).unwrap();
             sh_ok(&[
-                "openssl", "x509", "-req", "-in", &s(&p(&format!("{name}.csr"))), "-CA",
-                &s(&p("ca.pem")), "-CAkey", &s(&p("ca.key")), "-CAcreateserial", "-days", "2",
-                "-extfile", &s(&p(&format!("{name}.ext"))), "-out", &s(&p(&format!("{name}.pem"))),
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &s(&p(&format!("{name}.csr"))),
+                "-CA",
+                &s(&p("ca.pem")),
+                "-CAkey",
+                &s(&p("ca.key")),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &s(&p(&format!("{name}.ext"))),
+                "-out",
+                &s(&p(&format!("{name}.pem"))),
             ]);
         };
         let sans: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
@@ -106,7 +139,16 @@ impl Etcd {
         let ns = format!("{}sw", lab.prefix);
         let ips: Vec<String> = (0..n).map(|k| format!("198.18.0.{}", 251 + k)).collect();
         for ip in &ips {
-            sh_ok(&["ip", "-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+            sh_ok(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "br0",
+            ]);
         }
         let mut e = Etcd {
             ns,
@@ -122,7 +164,11 @@ impl Etcd {
             e.try_block(|mut c| async move { c.put("/probe", "1", None).await.is_ok() })
                 .unwrap_or(false)
         });
-        assert!(ok, "etcd cluster did not come up; logs in {}", e.dir.display());
+        assert!(
+            ok,
+            "etcd cluster did not come up; logs in {}",
+            e.dir.display()
+        );
         e
     }
 
@@ -161,10 +207,19 @@ impl Etcd {
             .args(["--name", &format!("m{k}")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("m{k}.data")))
-            .args(["--listen-client-urls", &format!("{}://{ip}:2379", self.scheme())])
-            .args(["--advertise-client-urls", &format!("{}://{ip}:2379", self.scheme())])
+            .args([
+                "--listen-client-urls",
+                &format!("{}://{ip}:2379", self.scheme()),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("{}://{ip}:2379", self.scheme()),
+            ])
             .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
-            .args(["--initial-advertise-peer-urls", &format!("http://{ip}:2380")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{ip}:2380"),
+            ])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.ns])
@@ -221,7 +276,12 @@ impl Etcd {
         self.try_block_on(self.endpoints(), None, f)
     }
 
-    fn try_block_on<T, F, Fut>(&self, eps: Vec<String>, user: Option<(&str, &str)>, f: F) -> Option<T>
+    fn try_block_on<T, F, Fut>(
+        &self,
+        eps: Vec<String>,
+        user: Option<(&str, &str)>,
+        f: F,
+    ) -> Option<T>
     where
         T: Send + 'static,
         F: FnOnce(Client) -> Fut + Send + 'static,
@@ -234,11 +294,14 @@ impl Etcd {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let c = tokio::time::timeout(Duration::from_secs(5), Client::connect(eps, Some(opts)))
+                let c =
+                    tokio::time::timeout(Duration::from_secs(5), Client::connect(eps, Some(opts)))
+                        .await
+                        .ok()?
+                        .ok()?;
+                tokio::time::timeout(Duration::from_secs(20), f(c))
                     .await
-                    .ok()?
-                    .ok()?;
-                tokio::time::timeout(Duration::from_secs(20), f(c)).await.ok()
+                    .ok()
             })
         })
     }
@@ -268,13 +331,22 @@ impl Etcd {
     fn leases(&self) -> Vec<(String, serde_json::Value)> {
         self.block(|mut c| async move {
             let r = c
-                .get(format!("{PREFIX}/subnets/"), Some(GetOptions::new().with_prefix()))
+                .get(
+                    format!("{PREFIX}/subnets/"),
+                    Some(GetOptions::new().with_prefix()),
+                )
                 .await
                 .expect("etcd get");
             r.kvs()
                 .iter()
                 .map(|kv| {
-                    let key = kv.key_str().unwrap().rsplit('/').next().unwrap().to_string();
+                    let key = kv
+                        .key_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string();
                     (key, serde_json::from_slice(kv.value()).unwrap())
                 })
                 .collect()
@@ -349,7 +421,17 @@ fn key_of(subnet: &str) -> String {
 
 /// Pod `j` of node `i`'s IPv4 address, as its namespace shows it.
 fn pod_addr(lab: &Lab, i: usize, j: usize) -> String {
-    let out = sh_ok(&["ip", "-n", &lab.pod(i, j), "-4", "-o", "addr", "show", "dev", "eth0"]);
+    let out = sh_ok(&[
+        "ip",
+        "-n",
+        &lab.pod(i, j),
+        "-4",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "eth0",
+    ]);
     out.split_whitespace()
         .skip_while(|w| *w != "inet")
         .nth(1)
@@ -365,9 +447,47 @@ fn kernel_learns(lab: &Lab, k: usize, subnet: &str, value: &serde_json::Value) {
     let mac = value["BackendData"]["VtepMAC"].as_str().unwrap();
     let ip = value["PublicIP"].as_str().unwrap();
     let net = subnet.split('/').next().unwrap();
-    sh_ok(&["ip", "-n", &n, "neigh", "replace", net, "lladdr", mac, "dev", "flannel.1", "nud", "permanent"]);
-    sh_ok(&["ip", "-n", &n, "route", "replace", subnet, "via", net, "dev", "flannel.1", "onlink"]);
-    sh_ok(&["bridge", "-n", &n, "fdb", "replace", mac, "dev", "flannel.1", "dst", ip, "self", "permanent"]);
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n,
+        "neigh",
+        "replace",
+        net,
+        "lladdr",
+        mac,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    sh_ok(&[
+        "ip",
+        "-n",
+        &n,
+        "route",
+        "replace",
+        subnet,
+        "via",
+        net,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    sh_ok(&[
+        "bridge",
+        "-n",
+        &n,
+        "fdb",
+        "replace",
+        mac,
+        "dev",
+        "flannel.1",
+        "dst",
+        ip,
+        "self",
+        "permanent",
+    ]);
 }
 
 /// One iperf3 run's 1 s intervals (bits/s each).
@@ -383,7 +503,15 @@ fn intervals(v: &serde_json::Value) -> Vec<f64> {
 fn readyz(lab: &Lab, i: usize) -> (u16, String) {
     let out = lab.exec(
         &lab.node(i),
-        &["curl", "-s", "-m", "2", "-w", "\n%{http_code}", "http://127.0.0.1:9102/readyz"],
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "-w",
+            "\n%{http_code}",
+            "http://127.0.0.1:9102/readyz",
+        ],
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
@@ -405,7 +533,15 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
     );
     // Node 4 is a Flannel node with kernel vxlan; its lease as flanneld writes it.
-    sh_ok(&["bash", SCRIPT, "kernel-node", &lab.prefix, "4", "0", lab.dir.to_str().unwrap()]);
+    sh_ok(&[
+        "bash",
+        SCRIPT,
+        "kernel-node",
+        &lab.prefix,
+        "4",
+        "0",
+        lab.dir.to_str().unwrap(),
+    ]);
     lab.wire(4);
     let flanneld_lease = r#"{"PublicIP":"198.18.0.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:04"}}"#;
     etcd.put(&format!("{PREFIX}/subnets/10.244.4.0-24"), flanneld_lease);
@@ -434,7 +570,9 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
         // The kernel node learns the overlayd lease as flanneld would.
         kernel_learns(&lab, 4, &sn, v);
     }
-    let pods: Vec<(String, String)> = (1..=4).map(|i| (lab.pod(i, 1), pod_addr(&lab, i, 1))).collect();
+    let pods: Vec<(String, String)> = (1..=4)
+        .map(|i| (lab.pod(i, 1), pod_addr(&lab, i, 1)))
+        .collect();
     for (a, (from, _)) in pods.iter().enumerate() {
         for (b, (_, to)) in pods.iter().enumerate() {
             if a != b {
@@ -460,7 +598,10 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
         !lab.routes(1).contains(&sn3) && !lab.routes(2).contains(&sn3)
     });
     let took = t.elapsed();
-    assert!(gone && took < Duration::from_millis(1000), "routes to {sn3} gone: {gone} after {took:?}");
+    assert!(
+        gone && took < Duration::from_millis(1000),
+        "routes to {sn3} gone: {gone} after {took:?}"
+    );
     eprintln!("lease deleted -> routes gone on both nodes in {took:?}");
 
     // The leader killed under load: not one 1 s interval without traffic, and a lease
@@ -473,13 +614,18 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
     etcd.kill(leader);
     let v = Lab::iperf_json(client);
     let iv = intervals(&v);
-    assert!(iv.len() >= 5 && iv.iter().all(|b| *b > 0.0), "interrupted by the leader kill: {iv:?}");
+    assert!(
+        iv.len() >= 5 && iv.iter().all(|b| *b > 0.0),
+        "interrupted by the leader kill: {iv:?}"
+    );
     etcd.put(
         &format!("{PREFIX}/subnets/10.244.200.0-24"),
         r#"{"PublicIP":"198.18.0.200","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:c8"}}"#,
     );
     assert!(
-        wait_until(Duration::from_secs(15), || lab.routes(1).contains("10.244.200.0/24")),
+        wait_until(Duration::from_secs(15), || lab
+            .routes(1)
+            .contains("10.244.200.0/24")),
         "no route for a lease written after the leader kill:\n{}",
         lab.log(1)
     );
@@ -500,13 +646,20 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
     eprintln!("/readyz with etcd down: {code} {body}");
     let v = Lab::iperf_json(client);
     let iv = intervals(&v);
-    assert!(iv.len() >= 30 && iv.iter().all(|b| *b > 0.0), "interrupted while etcd was down: {iv:?}");
-    assert!(lab.routes(1).contains(&subnets[1]), "routes lost while etcd was down");
+    assert!(
+        iv.len() >= 30 && iv.iter().all(|b| *b > 0.0),
+        "interrupted while etcd was down: {iv:?}"
+    );
+    assert!(
+        lab.routes(1).contains(&subnets[1]),
+        "routes lost while etcd was down"
+    );
     for k in 0..3 {
         etcd.start_member(k);
     }
     assert!(
-        wait_until(Duration::from_secs(30), || readyz(&lab, 1).0 == 200 && readyz(&lab, 2).0 == 200),
+        wait_until(Duration::from_secs(30), || readyz(&lab, 1).0 == 200
+            && readyz(&lab, 2).0 == 200),
         "not ready after etcd came back: {:?}\n{}",
         readyz(&lab, 1),
         lab.log(1)
@@ -515,16 +668,27 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
     let after = etcd.leases();
     for (i, sn) in subnets.iter().enumerate().take(2) {
         assert!(
-            after.iter().any(|(k, v)| *k == key_of(sn) && v["PublicIP"] == format!("198.18.0.{}", i + 1)),
+            after
+                .iter()
+                .any(|(k, v)| *k == key_of(sn) && v["PublicIP"] == format!("198.18.0.{}", i + 1)),
             "node {} lost its lease {sn}: {after:?}",
             i + 1
         );
         assert_eq!(subnet_of(&lab, i + 1), *sn);
     }
     let log1 = lab.log(1);
-    assert!(log1.contains("lease renewed"), "no renewal in the log:\n{log1}");
-    assert!(lab.ping_within(&p1, &pods[3].1, Duration::from_secs(5)), "node 1 -> kernel node after recovery");
-    assert!(lab.ping_within(&pods[3].0, &ip2, Duration::from_secs(5)), "kernel node -> node 2 after recovery");
+    assert!(
+        log1.contains("lease renewed"),
+        "no renewal in the log:\n{log1}"
+    );
+    assert!(
+        lab.ping_within(&p1, &pods[3].1, Duration::from_secs(5)),
+        "node 1 -> kernel node after recovery"
+    );
+    assert!(
+        lab.ping_within(&pods[3].0, &ip2, Duration::from_secs(5)),
+        "kernel node -> node 2 after recovery"
+    );
 }
 
 /// A lease lost while the node is cut off from etcd: taken again when still free; when
@@ -548,7 +712,15 @@ fn etcd_lease_lost_and_taken() {
     assert!(lab.ping_within(&lab.pod(2, 1), &ip1, Duration::from_secs(5)));
     let cut = |on: bool| {
         let verb = if on { "add" } else { "del" };
-        sh_ok(&["ip", "-n", &lab.node(1), "route", verb, "blackhole", "198.18.0.251/32"]);
+        sh_ok(&[
+            "ip",
+            "-n",
+            &lab.node(1),
+            "route",
+            verb,
+            "blackhole",
+            "198.18.0.251/32",
+        ]);
     };
 
     // 1. Cut off longer than the TTL: the lease expires (node 2 drops the route), then the
@@ -571,23 +743,51 @@ fn etcd_lease_lost_and_taken() {
 
     // 2. Cut off again; this time a flanneld node takes the subnet once it expired.
     cut(true);
-    assert!(wait_until(Duration::from_secs(20), || !lab.routes(2).contains(&sn1)));
+    assert!(wait_until(Duration::from_secs(20), || !lab
+        .routes(2)
+        .contains(&sn1)));
     let other = r#"{"PublicIP":"198.18.0.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:4d"}}"#;
     etcd.put(&format!("{PREFIX}/subnets/{}", key_of(&sn1)), other);
     cut(false);
     let moved = wait_until(Duration::from_secs(20), || subnet_of(&lab, 1) != sn1);
-    assert!(moved, "node 1 did not move to a new subnet:\n{}", lab.log(1));
+    assert!(
+        moved,
+        "node 1 did not move to a new subnet:\n{}",
+        lab.log(1)
+    );
     let new1 = subnet_of(&lab, 1);
-    assert!(lab.log(1).contains("taken by the node with public IP 198.18.0.77"), "{}", lab.log(1));
+    assert!(
+        lab.log(1)
+            .contains("taken by the node with public IP 198.18.0.77"),
+        "{}",
+        lab.log(1)
+    );
     // Node 2: the old subnet now goes to the new owner's VTEP, the new one to node 1.
-    assert!(wait_until(Duration::from_secs(5), || lab.routes(2).contains(&new1)));
+    assert!(wait_until(Duration::from_secs(5), || lab
+        .routes(2)
+        .contains(&new1)));
     let old_net = sn1.split('/').next().unwrap();
     let neigh2 = lab.neighbours(2, "ovl.1");
-    assert!(neigh2.contains(&format!("{old_net} lladdr 02:00:00:00:00:4d")), "{neigh2}");
+    assert!(
+        neigh2.contains(&format!("{old_net} lladdr 02:00:00:00:00:4d")),
+        "{neigh2}"
+    );
     // Node 1: no address of the old subnet on its device; the old subnet is a peer route.
-    let addrs = sh_ok(&["ip", "-n", &lab.node(1), "-4", "addr", "show", "dev", "ovl.1"]);
+    let addrs = sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "-4",
+        "addr",
+        "show",
+        "dev",
+        "ovl.1",
+    ]);
     assert!(!addrs.contains(&format!("{old_net}/32")), "{addrs}");
-    assert!(addrs.contains(&format!("{}/32", new1.split('/').next().unwrap())), "{addrs}");
+    assert!(
+        addrs.contains(&format!("{}/32", new1.split('/').next().unwrap())),
+        "{addrs}"
+    );
     assert!(lab.routes(1).contains(&sn1), "{}", lab.routes(1));
     // Pods wired now get the new subnet (subnet.env); node 2 reaches node 1's device address.
     let dev1 = new1.split('/').next().unwrap().to_string();
@@ -612,7 +812,10 @@ fn etcd_tls_auth_renewal_and_race() {
         &format!("{PREFIX}/config"),
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
     );
-    etcd.put("/race/config", r#"{"Network":"10.5.0.0/20","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#);
+    etcd.put(
+        "/race/config",
+        r#"{"Network":"10.5.0.0/20","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#,
+    );
     etcd.block(|mut c| async move {
         c.user_add("root", "rootpw", None).await?;
         c.user_grant_role("root", "root").await?;
@@ -639,7 +842,12 @@ fn etcd_tls_auth_renewal_and_race() {
     }
     // A wrong password: not ready, and /readyz says why.
     let mut wrong = args.clone();
-    wrong.extend(["--etcd-username".into(), "flannel".into(), "--etcd-password".into(), "nope".into()]);
+    wrong.extend([
+        "--etcd-username".into(),
+        "flannel".into(),
+        "--etcd-password".into(),
+        "nope".into(),
+    ]);
     let source: Vec<&std::ffi::OsStr> = wrong.iter().map(std::ffi::OsStr::new).collect();
     lab.spawn(2, &source, &[]);
     assert!(
@@ -653,30 +861,55 @@ fn etcd_tls_auth_renewal_and_race() {
     );
     assert!(lab.stop(2));
 
-    args.extend(["--etcd-username".into(), "flannel".into(), "--etcd-password".into(), "flannelpw".into()]);
+    args.extend([
+        "--etcd-username".into(),
+        "flannel".into(),
+        "--etcd-password".into(),
+        "flannelpw".into(),
+    ]);
     start_etcd_node(&mut lab, 1, &args);
     let sn = subnet_of(&lab, 1);
     let renewed = |lab: &Lab| lab.log(1).matches("lease renewed").count();
-    assert!(wait_until(Duration::from_secs(10), || renewed(&lab) >= 1), "no renewal:\n{}", lab.log(1));
+    assert!(
+        wait_until(Duration::from_secs(10), || renewed(&lab) >= 1),
+        "no renewal:\n{}",
+        lab.log(1)
+    );
     // Take write permission away right after a renewal; the next one fails and is retried.
-    etcd.try_block_on(etcd.endpoints(), Some(("root", "rootpw")), |mut c| async move {
-        c.role_revoke_permission("flannel", PREFIX, Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()))
+    etcd.try_block_on(
+        etcd.endpoints(),
+        Some(("root", "rootpw")),
+        |mut c| async move {
+            c.role_revoke_permission(
+                "flannel",
+                PREFIX,
+                Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
+            )
             .await?;
-        c.role_grant_permission("flannel", Permission::read(PREFIX).with_prefix()).await?;
-        Ok::<_, etcd_client::Error>(())
-    })
+            c.role_grant_permission("flannel", Permission::read(PREFIX).with_prefix())
+                .await?;
+            Ok::<_, etcd_client::Error>(())
+        },
+    )
     .expect("root reachable")
     .expect("revoke write");
     assert!(
-        wait_until(Duration::from_secs(10), || lab.log(1).contains("cannot renew the lease")),
+        wait_until(Duration::from_secs(10), || lab
+            .log(1)
+            .contains("cannot renew the lease")),
         "renewal did not fail:\n{}",
         lab.log(1)
     );
     let before = renewed(&lab);
-    etcd.try_block_on(etcd.endpoints(), Some(("root", "rootpw")), |mut c| async move {
-        c.role_grant_permission("flannel", Permission::read_write(PREFIX).with_prefix()).await?;
-        Ok::<_, etcd_client::Error>(())
-    })
+    etcd.try_block_on(
+        etcd.endpoints(),
+        Some(("root", "rootpw")),
+        |mut c| async move {
+            c.role_grant_permission("flannel", Permission::read_write(PREFIX).with_prefix())
+                .await?;
+            Ok::<_, etcd_client::Error>(())
+        },
+    )
     .expect("root reachable")
     .expect("grant write");
     assert!(
@@ -703,7 +936,10 @@ fn etcd_tls_auth_renewal_and_race() {
         password: Some("flannelpw".into()),
     };
     let results = in_ns(&etcd.ns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let alloc = fdb_sync::etcd::Allocation {
                 network: "10.5.0.0/20".parse().unwrap(),
@@ -739,21 +975,39 @@ fn etcd_tls_auth_renewal_and_race() {
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), won.len(), "a subnet was shared: {won:?}");
-    assert!(won.len() <= 15 && won.len() + lost.len() == 20, "{results:?}");
     assert!(
-        lost.iter().all(|e| e.contains("no free subnet left") || e.contains("lost the race")),
+        won.len() <= 15 && won.len() + lost.len() == 20,
+        "{results:?}"
+    );
+    assert!(
+        lost.iter()
+            .all(|e| e.contains("no free subnet left") || e.contains("lost the race")),
         "{lost:?}"
     );
     let retries = lost.iter().filter(|e| e.contains("lost the race")).count();
-    assert!(won.len() + retries >= 15, "free subnets left unused: {results:?}");
+    assert!(
+        won.len() + retries >= 15,
+        "free subnets left unused: {results:?}"
+    );
     let keys = etcd
-        .try_block_on(etcd.endpoints(), Some(("root", "rootpw")), |mut c| async move {
-            c.get("/race/subnets/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .try_block_on(
+            etcd.endpoints(),
+            Some(("root", "rootpw")),
+            |mut c| async move {
+                c.get(
+                    "/race/subnets/",
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
                 .await
                 .map(|r| r.count())
-        })
+            },
+        )
         .unwrap()
         .unwrap();
     assert_eq!(usize::try_from(keys).unwrap(), won.len());
-    eprintln!("race: {} won distinct subnets, {} refused", won.len(), lost.len());
+    eprintln!(
+        "race: {} won distinct subnets, {} refused",
+        won.len(),
+        lost.len()
+    );
 }

@@ -563,3 +563,60 @@ fn blackhole_route_for_own_pod_cidr() {
     );
     assert!(lab.stop(1), "{}", lab.log(1));
 }
+
+/// overlayd-cni caps the pod end of the veth so the largest TCP super-frame the pod builds
+/// leaves in one UDP_SEGMENT send (cni-shim `plan::pod_gso_limits`); the host end keeps the
+/// kernel default, so frames merged on receive are not segmented again on their way in.
+#[test]
+fn cni_caps_the_pod_interface_tso_size() {
+    let Some(mut lab) = Lab::new("cni_caps_the_pod_interface_tso_size", 1, 1) else {
+        return;
+    };
+    // A kernel node writes subnet.env (FLANNEL_MTU=1450) and wires its pod with overlayd-cni.
+    lab.make_kernel_node(1);
+    let want = cni_shim::plan::pod_gso_limits(1450);
+    let gso = |text: &str| -> u32 {
+        let at = text
+            .find("gso_max_size ")
+            .expect("ip -d link shows gso_max_size")
+            + 13;
+        text[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let pod = sh_ok(&["ip", "-n", &lab.pod(1, 1), "-d", "link", "show", "eth0"]);
+    assert_eq!(gso(&pod), want.gso_max_size, "{pod}");
+    let host = sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "-d",
+        "link",
+        "show",
+        "master",
+        "cni0",
+    ]);
+    assert!(host.contains("veth"), "{host}");
+    assert_eq!(gso(&host), 65_536, "{host}");
+    // iproute2 before 6.3 does not print gso_ipv4_max_size: read it over netlink.
+    let ns_path = format!("/run/netns/{}", lab.pod(1, 1));
+    let link = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ns = cni_shim::netns::NetNs::open(&ns_path).unwrap();
+            let nl = cni_shim::net::Netlink::connect_in(&ns).unwrap();
+            nl.link("eth0").await.unwrap().expect("eth0 in the pod")
+        });
+    assert_eq!(link.gso_max_size, Some(want.gso_max_size));
+    // Kernels before 6.3 have no separate IPv4 limit (gso_max_size applies to IPv4 too).
+    if let Some(v4) = link.gso_ipv4_max_size {
+        assert_eq!(v4, want.gso_ipv4_max_size);
+    }
+    // The pod still reaches its node through the capped interface.
+    assert!(lab.ping(&lab.pod(1, 1), "10.244.1.1"));
+}

@@ -299,12 +299,21 @@ fn cleanup_on_exit_flag_removes_everything_on_sigterm() {
     let Some(mut lab) = Lab::new("cleanup_on_exit_flag_removes_everything_on_sigterm", 2, 1) else {
         return;
     };
-    lab.start_with(1, &["--cleanup-on-exit"]);
+    lab.start_with(1, &["--cleanup-on-exit", "--ip-masq"]);
     lab.start(2);
     assert!(lab.ping_within(&lab.pod(1, 1), &Lab::pod_ip(2, 1), Duration::from_secs(3)));
+    // No EnableNFTables in net-conf.json: the iptables backend, as in Flannel.
+    let table = |lab: &Lab| {
+        let out = lab.exec(&lab.node(1), &["iptables-save", "-t", "nat"]);
+        String::from_utf8_lossy(&out.stdout).contains("OVERLAYD-POSTRTG")
+    };
+    assert!(table(&lab), "masquerade chain installed: {}", lab.log(1));
     assert!(lab.stop(1), "{}", lab.log(1));
     assert!(link(&lab, 1).is_none(), "device removed");
     assert!(lab.routes(1).trim().is_empty());
+    // The rule checker is stopped before the removal, so nothing puts the table back.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!table(&lab), "masquerade chain removed and not restored");
     assert!(
         lab.log(1).contains("--cleanup-on-exit removed"),
         "{}",

@@ -388,6 +388,8 @@ fn values_are_checked_with_the_flag_named() {
         ("--healthz-ip=any", "-healthz-ip"),
         ("--healthz-port=70000", "-healthz-port"),
         ("--queues=0", "-queues"),
+        ("--busy-poll-us=-1", "-busy-poll-us"),
+        ("--busy-poll-us=1001", "-busy-poll-us"),
         ("--http-addr=9102", "-http-addr"),
     ];
     for (a, want) in cases {
@@ -399,6 +401,22 @@ fn values_are_checked_with_the_flag_named() {
         "--public-ipv6=fd00::1",
     ]));
     assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(1439 * 60));
+    // The busy-poll budget: the default, --latency-mode's, and an explicit one that wins.
+    assert_eq!(
+        c.busy_poll,
+        Duration::from_micros(super::DEFAULT_BUSY_POLL_US)
+    );
+    let latency = run(&with_base(&["--latency-mode"]));
+    assert_eq!(
+        latency.busy_poll,
+        Duration::from_micros(super::LATENCY_MODE_BUSY_POLL_US)
+    );
+    let both = run(&with_base(&["--latency-mode", "--busy-poll-us=20"]));
+    assert_eq!(both.busy_poll, Duration::from_micros(20));
+    assert_eq!(
+        run(&with_base(&["--busy-poll-us", "0"])).busy_poll,
+        Duration::ZERO
+    );
     assert!(c.warnings[0].contains("--public-ipv6 fd00::1 is accepted but unused"));
     let c = run(&with_base(&[
         "--ip-masq-fully-random-disable",

@@ -137,7 +137,8 @@ impl DirectRouting {
         if agrees {
             return;
         }
-        let next = Fdb::from_peers_direct(peers, port, Some(&cur), &self.direct);
+        let next =
+            Fdb::from_peers_direct(&super::model::peers(peers), port, Some(&cur), &self.direct);
         fdb.store(Arc::new(next));
     }
 }

@@ -8,14 +8,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cni_shim::subnet_env::SubnetEnv;
 use fdb_sync::etcd::{Allocation, EtcdConfig, Me, Registry, Status, Timing};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::source::SourceUpdate;
 use crate::config::NetConf;
-use crate::http::Health;
+use crate::health::Health;
+use fdb_sync::SourceUpdate;
 
 /// Connects to etcd and reads `<prefix>/config` until both work; `None` when asked to stop
 /// first. Each distinct problem is logged once and shown on /readyz.
@@ -80,13 +81,14 @@ pub async fn wait_for_config(
 
 /// `FLANNEL_SUBNET` of an existing subnet.env, as flanneld's ReadCIDRFromSubnetFile: the
 /// subnet this node had before a restart, tried first when free.
+/// Read with cni-shim's one definition of the file; an unreadable or broken file means no
+/// previous subnet (a fresh one is leased), never a failure.
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Network> {
     let text = std::fs::read_to_string(path).ok()?;
-    let v = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("FLANNEL_SUBNET="))?;
-    let n: Ipv4Network = v.trim().trim_matches('"').parse().ok()?;
-    Ipv4Network::new(n.network(), n.prefix()).ok()
+    match SubnetEnv::parse(&text).ok()?.v4()?.subnet {
+        IpNetwork::V4(n) => Some(n),
+        IpNetwork::V6(_) => None,
+    }
 }
 
 /// Starts the lease source; its problems go to /readyz.

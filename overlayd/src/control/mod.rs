@@ -16,9 +16,9 @@ mod direct;
 pub mod etcd;
 pub mod flannel_leftovers;
 mod handover;
+pub mod model;
 mod policy;
 mod reconcile;
-pub mod source;
 mod supervise;
 pub mod underlay;
 
@@ -31,14 +31,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
+use cni_shim::subnet_env::{NodeSubnet, SubnetEnv};
 use fdb_sync::kube::Announcement;
-use fdb_sync::{ClusterState, SubnetEnv};
+use fdb_sync::{ClusterState, SourceUpdate};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::NetConf;
 use crate::fdb::{Fdb, FdbHandle};
-use crate::http::{self, Health};
+use crate::health::Health;
+use crate::http;
 use crate::observe::{Observed, OwnNode};
 use crate::path::DecapConfig;
 use crate::stats::Totals;
@@ -47,7 +49,6 @@ use crate::sys::{tap, udp};
 use crate::worker::{Offloads, QueueIo};
 use direct::DirectRouting;
 use reconcile::Reconciler;
-use source::SourceUpdate;
 use supervise::Workers;
 use underlay::{find_underlay, Underlay};
 
@@ -66,6 +67,9 @@ pub struct Options {
     pub subnet_file: PathBuf,
     pub device: String,
     pub queues: usize,
+    /// `--busy-poll-us` (or `--latency-mode`'s budget): how long a worker keeps checking for
+    /// work after moving packets before it sleeps; zero = never.
+    pub busy_poll: Duration,
     pub allow_any_sender: bool,
     /// `--ip-masq`: masquerade pod traffic leaving the cluster Network (see `crate::netfilter`).
     pub ip_masq: bool,
@@ -195,7 +199,7 @@ async fn spawn_source(
     let (tx, rx) = mpsc::channel(4);
     match kind {
         SourceKind::NodesFile(path) => {
-            tokio::spawn(source::watch_nodes_file(
+            tokio::spawn(fdb_sync::nodes_file::watch(
                 path.clone(),
                 node_name.to_string(),
                 tx,
@@ -386,11 +390,11 @@ async fn start_dataplane(
     );
     if origin == Origin::Created {
         nl.set_alias(link.index, DEVICE_ALIAS).await?;
-        nl.configure_link(link.index, own_mac, mtu, own_cidr.network())
+        nl.configure_link(link.index, model::mac(own_mac), mtu, own_cidr.network())
             .await?;
     } else {
         let changed = nl
-            .ensure_link_config(&link, own_mac, mtu, own_cidr.network())
+            .ensure_link_config(&link, model::mac(own_mac), mtu, own_cidr.network())
             .await?;
         if !changed.is_empty() {
             warn!(device = %opts.device, changed = %changed.join(","), "adopted device differed from the desired state; fixed");
@@ -398,7 +402,7 @@ async fn start_dataplane(
     }
 
     let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
-        &state.peers,
+        &model::peers(&state.peers),
         netconf.port,
         previous,
     )));
@@ -420,8 +424,8 @@ async fn start_dataplane(
             }
         })
         .collect();
-    let workers =
-        Workers::start(ios, fdb.clone(), decap).context("cannot start the worker threads")?;
+    let workers = Workers::start(ios, fdb.clone(), decap, opts.busy_poll)
+        .context("cannot start the worker threads")?;
     info!(modes = %modes.join(","), ?origin, "queue offload modes");
     Ok((
         Dataplane {
@@ -431,6 +435,25 @@ async fn start_dataplane(
         },
         origin,
     ))
+}
+
+/// subnet.env for this node's podCIDR (IPv4 only, as the daemon runs), in cni-shim's one
+/// definition of the file.
+fn subnet_env(
+    netconf: &NetConf,
+    own_cidr: ipnetwork::Ipv4Network,
+    mtu: u32,
+    opts: &Options,
+) -> Result<SubnetEnv> {
+    let v4 =
+        NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
+            format!(
+                "cannot describe podCIDR {own_cidr} of Network {} in {}",
+                netconf.network,
+                opts.subnet_file.display()
+            )
+        })?;
+    SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq).context("subnet.env without a subnet")
 }
 
 /// Runs the daemon until a signal arrives.
@@ -590,14 +613,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_cidr,
         observed.netfilter.clone(),
     )?;
-    let mut env = SubnetEnv {
-        network: netconf.network,
-        subnet: own_cidr,
-        mtu,
-        ipmasq: opts.ip_masq,
-        ipv6_network: None,
-        ipv6_subnet: None,
-    };
+    let env = subnet_env(&netconf, own_cidr, mtu, &opts)?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
@@ -612,7 +628,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         node: opts.node_name.clone(),
         pod_cidr: own_cidr,
         vtep_ip: underlay.ip,
-        vtep_mac: own_mac,
+        vtep_mac: model::mac(own_mac),
         device: opts.device.clone(),
         vni: netconf.vni,
         port: netconf.port,
@@ -723,8 +739,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     own_cidr = new_cidr;
                     own_mac = new.own_vtep_mac();
                     state = new;
-                    env.subnet = own_cidr;
-                    env.write_atomic(&opts.subnet_file)
+                    subnet_env(&netconf, own_cidr, mtu, &opts)?
+                        .write_atomic(&opts.subnet_file)
                         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
                     drop(netfilter.take());
                     netfilter = crate::netfilter::start_from_options(&opts, &netconf, own_cidr, observed.netfilter.clone())?;
@@ -736,7 +752,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         node: opts.node_name.clone(),
                         pod_cidr: own_cidr,
                         vtep_ip: underlay.ip,
-                        vtep_mac: own_mac,
+                        vtep_mac: model::mac(own_mac),
                         device: opts.device.clone(),
                         vni: netconf.vni,
                         port: netconf.port,
@@ -763,7 +779,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     last_error.clear();
                     synced = true;
                     if new.peers != state.peers {
-                        let next = Fdb::from_peers_keeping(&new.peers, netconf.port, Some(&dp.fdb.load()));
+                        let next = Fdb::from_peers_keeping(&model::peers(&new.peers), netconf.port, Some(&dp.fdb.load()));
                         dp.fdb.store(Arc::new(next));
                         state = new;
                         log_peer_set(&state, &mut reported_skips);
@@ -892,7 +908,8 @@ async fn recv_event(
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+/// Sleeps until `at`, or for ever when there is nothing due.
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

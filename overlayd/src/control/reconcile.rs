@@ -19,12 +19,14 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fdb_sync::{MacAddr, Peer};
+use fdb_sync::Peer;
 use tracing::{debug, info, warn};
 
 use super::direct::DirectPeers;
+use super::model;
 use crate::observe::FailingChange;
 use crate::sys::netlink::{DirectRoute, Netlink, PeerNeighbour, PeerRoute};
+use crate::wire::ethernet::MacAddr;
 
 /// First retry delay of a refused entry; doubles per failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -106,7 +108,7 @@ fn desired(
     let neighbours = vxlan()
         .map(|p| PeerNeighbour {
             ip: p.pod_cidr.network(),
-            mac: p.vtep_mac,
+            mac: model::mac(p.vtep_mac),
             permanent: true,
         })
         .collect();

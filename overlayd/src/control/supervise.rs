@@ -44,6 +44,7 @@ pub struct Workers {
     slots: Vec<Slot>,
     fdb: FdbHandle,
     decap: DecapConfig,
+    busy_poll: Duration,
     stop: Arc<AtomicBool>,
     /// Dropped to wake every worker out of its poll when stopping.
     doorbell: Option<UnixStream>,
@@ -78,6 +79,7 @@ impl Workers {
         ios: Vec<QueueIo>,
         fdb: FdbHandle,
         decap: DecapConfig,
+        busy_poll: Duration,
     ) -> std::io::Result<Workers> {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let (doorbell, wake) = UnixStream::pair()?;
@@ -95,6 +97,7 @@ impl Workers {
                 .collect(),
             fdb,
             decap,
+            busy_poll,
             stop: Arc::new(AtomicBool::new(false)),
             doorbell: Some(doorbell),
             wake: Arc::new(wake),
@@ -119,6 +122,7 @@ impl Workers {
             stats: self.slots[id].stats.clone(),
             stop: self.stop.clone(),
             wake: self.wake.clone(),
+            busy_poll: self.busy_poll,
         };
         let notice = ExitNotice {
             id,
@@ -160,7 +164,7 @@ impl Workers {
         let due = self.slots.iter().filter_map(|s| s.restart_at).min();
         tokio::select! {
             Some(id) = self.exits_rx.recv() => self.on_exit(id),
-            () = sleep_until_opt(due) => self.restart_due(),
+            () = super::sleep_until_opt(due) => self.restart_due(),
         }
     }
 
@@ -232,12 +236,5 @@ impl Workers {
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop_all();
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

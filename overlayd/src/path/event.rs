@@ -18,10 +18,16 @@ pub enum PathEvent {
     EcnCeSet,
     /// An outer ECT(1) copied into an inner ECT(0) packet.
     EcnEct1Set,
+    /// A send found the socket buffer full (EAGAIN): the worker waited for it to drain
+    /// instead of dropping (backpressure toward the pods).
+    TxSendBufferFull,
+    /// The kernel refused to segment one UDP_SEGMENT send (EINVAL); that send went one
+    /// datagram per segment and segmentation stayed on.
+    SegmentRefused,
 }
 
 impl PathEvent {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 8;
     pub const ALL: [PathEvent; Self::COUNT] = [
         Self::IcmpFragNeeded,
         Self::Icmpv6PacketTooBig,
@@ -29,6 +35,8 @@ impl PathEvent {
         Self::OuterFragmented,
         Self::EcnCeSet,
         Self::EcnEct1Set,
+        Self::TxSendBufferFull,
+        Self::SegmentRefused,
     ];
 
     /// Stable snake_case name for metrics and `overlayd status`.
@@ -41,6 +49,8 @@ impl PathEvent {
             Self::OuterFragmented => "outer_fragmented",
             Self::EcnCeSet => "ecn_ce_set",
             Self::EcnEct1Set => "ecn_ect1_set",
+            Self::TxSendBufferFull => "tx_send_buffer_full",
+            Self::SegmentRefused => "segment_refused",
         }
     }
 }

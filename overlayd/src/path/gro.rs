@@ -5,13 +5,17 @@
 //!
 //! Payloads are not copied: the first segment's headers are rewritten in place and the caller
 //! writes `[vnet header, first frame, payload of each later frame]` with one `writev`.
-//! The merge rules follow Linux's `tcp_gro_receive`: same addresses, ports, ACK, options,
-//! flags except PSH/CWR; contiguous sequence numbers; equal sizes except the last; a segment
-//! with PSH ends the run.
+//! The merge rules follow Linux's `tcp_gro_receive`: same addresses, ports, ACK, window,
+//! options, flags except PSH/CWR; contiguous sequence numbers; equal sizes except the last; a
+//! segment with PSH ends the run, one with CWR starts a new one, and a run whose first segment
+//! carries CWR is marked `GSO_ECN` (as `tcp_gro_complete` sets `SKB_GSO_TCP_ECN`).
+//!
+//! A run may stay open across receives (`plan_open`): a burst the kernel hands over in two
+//! reads then still becomes one TAP write.
 
 use std::ops::Range;
 
-use super::tso::{fix_ip_header, tcp_pseudo, TcpLayout};
+use super::tso::{fix_ip_header, tcp_field as field, tcp_pseudo, TcpLayout};
 use crate::wire::{checksum, vnet};
 
 const TCP_FIN: u8 = 0x01;
@@ -65,7 +69,7 @@ fn seg_info(frame: &[u8], vnet_hdr: &vnet::Header) -> Option<SegInfo> {
         return None; // IPv4 options
     }
     let t = layout.tcp;
-    let flags = frame[t + 13];
+    let flags = frame[t + field::FLAGS];
     if flags & (TCP_SYN | TCP_RST | TCP_URG | TCP_FIN) != 0 {
         return None;
     }
@@ -78,43 +82,176 @@ fn seg_info(frame: &[u8], vnet_hdr: &vnet::Header) -> Option<SegInfo> {
     // in as a plain frame and the kernel verifies (and drops) it.
     let ip_hdr = &frame[layout.ip..t];
     let pseudo = tcp_pseudo(ip_hdr, layout.v6, layout.end - t);
-    let field = u16::from_be_bytes([frame[t + 16], frame[t + 17]]);
-    let seeded = field == checksum::fold(pseudo);
+    let tcp = &frame[t..layout.end];
+    let seeded = tcp[field::CHECKSUM] == checksum::fold(pseudo).to_be_bytes();
     if !seeded && checksum::fold(checksum::sum(&frame[t..layout.end], pseudo)) != 0xffff {
         return None;
     }
     Some(SegInfo {
         layout,
-        seq: u32::from_be_bytes([frame[t + 4], frame[t + 5], frame[t + 6], frame[t + 7]]),
+        seq: u32::from_be_bytes(tcp[field::SEQ].try_into().ok()?),
         flags,
         payload_len,
     })
 }
 
-/// Whether `b` may follow `a`'s run: same flow and same headers but for the fields that move.
+/// IPv4 header fields that must match within a run (offsets in the IPv4 header).
+mod ipv4_field {
+    use std::ops::Range;
+    pub const TOS: usize = 1;
+    /// Flags and fragment offset, TTL, protocol.
+    pub const FLAGS_TTL_PROTO: Range<usize> = 6..10;
+    pub const ADDRESSES: Range<usize> = 12..20;
+}
+
+/// IPv6 header fields that must match within a run (offsets in the IPv6 header).
+mod ipv6_field {
+    use std::ops::Range;
+    /// Version, traffic class, flow label.
+    pub const VER_TC_FLOW: Range<usize> = 0..4;
+    /// Next header, hop limit, source and destination addresses.
+    pub const NEXT_HOP_ADDRESSES: Range<usize> = 6..40;
+}
+
+/// Whether `b` may follow `a`'s run: same flow and same headers but for the fields that move
+/// (IP length, id and checksum; TCP sequence number, checksum and the PSH/CWR flags).
 fn same_flow(a: &[u8], ai: &SegInfo, b: &[u8], bi: &SegInfo) -> bool {
     let (la, lb) = (ai.layout, bi.layout);
     if la.v6 != lb.v6 || la.tcp != lb.tcp || la.payload != lb.payload || a[..14] != b[..14] {
         return false;
     }
+    let (ipa, ipb) = (&a[la.ip..la.tcp], &b[lb.ip..lb.tcp]);
     let ip_same = if la.v6 {
-        a[14..18] == b[14..18] && a[20..54] == b[20..54]
+        ipa[ipv6_field::VER_TC_FLOW] == ipb[ipv6_field::VER_TC_FLOW]
+            && ipa[ipv6_field::NEXT_HOP_ADDRESSES] == ipb[ipv6_field::NEXT_HOP_ADDRESSES]
     } else {
-        // TOS, flags/fragment, TTL, protocol, addresses.
-        a[15] == b[15] && a[20..24] == b[20..24] && a[26..34] == b[26..34]
+        ipa[ipv4_field::TOS] == ipb[ipv4_field::TOS]
+            && ipa[ipv4_field::FLAGS_TTL_PROTO] == ipb[ipv4_field::FLAGS_TTL_PROTO]
+            && ipa[ipv4_field::ADDRESSES] == ipb[ipv4_field::ADDRESSES]
     };
-    let (ta, tb) = (la.tcp, lb.tcp);
+    let (ta, tb) = (&a[la.tcp..la.payload], &b[lb.tcp..lb.payload]);
     ip_same
-        && a[ta..ta + 4] == b[tb..tb + 4] // ports
-        && a[ta + 8..ta + 13] == b[tb + 8..tb + 13] // ack, data offset
+        && ta[field::SRC_PORT] == tb[field::SRC_PORT]
+        && ta[field::DST_PORT] == tb[field::DST_PORT]
+        && ta[field::ACK] == tb[field::ACK]
+        && ta[field::DATA_OFFSET] == tb[field::DATA_OFFSET]
         && (ai.flags ^ bi.flags) & !(TCP_PSH | TCP_CWR) == 0
-        && a[ta + 20..la.payload] == b[tb + 20..lb.payload] // options
+        && ta[field::WINDOW] == tb[field::WINDOW]
+        && ta[field::OPTIONS] == tb[field::OPTIONS]
 }
 
-/// Plans runs over the frames of one receive batch.
+/// A run being built: its first frame's facts and what the run adds up to so far.
+#[derive(Debug, Clone, Copy)]
+struct OpenRun {
+    /// Index of the first frame in the `frames` slice of the current call.
+    first: usize,
+    head: SegInfo,
+    count: usize,
+    total: usize,
+    next_seq: u32,
+    last_len: usize,
+    flags: u8,
+}
+
+impl OpenRun {
+    fn start(first: usize, head: SegInfo) -> Self {
+        OpenRun {
+            first,
+            head,
+            count: 1,
+            total: head.payload_len,
+            next_seq: head
+                .seq
+                .wrapping_add(u32::try_from(head.payload_len).unwrap_or(0)),
+            last_len: head.payload_len,
+            flags: head.flags,
+        }
+    }
+
+    /// Whether any later segment could still join (no PSH, every segment full-size so far,
+    /// room left).
+    fn may_grow(&self) -> bool {
+        self.flags & TCP_PSH == 0
+            && self.last_len == self.head.payload_len
+            && self.count < MAX_RUN
+            && self.head.layout.payload + self.total - self.head.layout.ip < MAX_IP_LEN
+    }
+
+    /// Adds `b` (facts `bi`) if it continues the run; `head` is the run's first frame.
+    fn try_extend(&mut self, head: &[u8], b: &[u8], bi: &SegInfo) -> bool {
+        let mss = self.head.payload_len;
+        // CWR must reach the receiver at the head of a run (Linux GRO flushes on it).
+        if !self.may_grow()
+            || bi.flags & TCP_CWR != 0
+            || bi.seq != self.next_seq
+            || bi.payload_len > mss
+            || self.head.layout.payload + self.total + bi.payload_len - self.head.layout.ip
+                > MAX_IP_LEN
+            || !same_flow(head, &self.head, b, bi)
+        {
+            return false;
+        }
+        self.total += bi.payload_len;
+        self.next_seq = self
+            .next_seq
+            .wrapping_add(u32::try_from(bi.payload_len).unwrap_or(0));
+        self.last_len = bi.payload_len;
+        self.flags |= bi.flags & TCP_PSH;
+        self.count += 1;
+        true
+    }
+
+    /// Rewrites the head of a multi-frame run in place (IP length and checksum, TCP flags,
+    /// checksum seed for the whole run) and says how to write it.
+    fn finish(&self, buf: &mut [u8], frames: &[InnerFrame]) -> Run {
+        let head = &frames[self.first];
+        let l = self.head.layout;
+        let mut vnet_hdr = head.vnet;
+        if self.count > 1 {
+            let base = head.range.start;
+            let thl = l.payload - l.tcp;
+            let frame = &mut buf[base..base + l.payload];
+            fix_ip_header(&mut frame[l.ip..l.tcp], l.v6, thl + self.total);
+            let seed = checksum::fold(tcp_pseudo(&frame[l.ip..l.tcp], l.v6, thl + self.total));
+            let tcp = &mut frame[l.tcp..];
+            tcp[field::FLAGS] = self.flags;
+            tcp[field::CHECKSUM].copy_from_slice(&seed.to_be_bytes());
+            let mut gso_type = if l.v6 {
+                vnet::GSO_TCPV6
+            } else {
+                vnet::GSO_TCPV4
+            };
+            if self.head.flags & TCP_CWR != 0 {
+                gso_type |= vnet::GSO_ECN;
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                vnet_hdr = vnet::Header {
+                    flags: vnet::F_NEEDS_CSUM,
+                    gso_type,
+                    hdr_len: l.payload as u16,
+                    gso_size: self.head.payload_len as u16,
+                    csum_start: l.tcp as u16,
+                    csum_offset: 16,
+                };
+            }
+        }
+        Run {
+            first: self.first,
+            count: self.count,
+            vnet: vnet_hdr,
+            payload_offset: l.payload,
+        }
+    }
+}
+
+/// Plans runs over the frames of one receive batch (or, with `plan_open`, over consecutive
+/// batches).
 #[derive(Default)]
 pub struct Coalescer {
     runs: Vec<Run>,
+    /// A run left open by the last `plan_open`: its frames come first in the next call.
+    open: Option<OpenRun>,
 }
 
 impl Coalescer {
@@ -122,88 +259,81 @@ impl Coalescer {
     pub fn with_capacity(n: usize) -> Self {
         Coalescer {
             runs: Vec::with_capacity(n),
+            open: None,
         }
     }
 
     /// Groups `frames` (ranges of `buf`) into runs and rewrites the head of every multi-frame
     /// run in place (IP length and checksum, TCP flags, checksum seed for the whole run).
     pub fn plan(&mut self, buf: &mut [u8], frames: &[InnerFrame]) -> &[Run] {
+        self.open = None;
+        self.plan_open(buf, frames, false)
+    }
+
+    /// As `plan`, but the last run is left open when a later frame could still join it: it is
+    /// not returned and its head is not rewritten. `open_first` then says where it starts; the
+    /// caller keeps `frames[open_first..]` (and their bytes) and passes them first, followed by
+    /// the next receive's frames, to the next call, or ends it with `close`.
+    pub fn plan_open(&mut self, buf: &mut [u8], frames: &[InnerFrame], keep_open: bool) -> &[Run] {
         self.runs.clear();
-        let mut i = 0;
+        let mut cur = self
+            .open
+            .take()
+            .filter(|o| o.first == 0 && o.count <= frames.len());
+        let mut i = cur.map_or(0, |o| o.count);
         while i < frames.len() {
-            let head = &frames[i];
-            let Some(hi) = seg_info(&buf[head.range.clone()], &head.vnet) else {
-                self.runs.push(Run {
+            let f = &frames[i];
+            let info = seg_info(&buf[f.range.clone()], &f.vnet);
+            if let Some(o) = cur.as_mut() {
+                let head = frames[o.first].range.clone();
+                if info.is_some_and(|bi| o.try_extend(&buf[head], &buf[f.range.clone()], &bi)) {
+                    i += 1;
+                    continue;
+                }
+                let run = o.finish(buf, frames);
+                self.runs.push(run);
+                cur = None;
+            }
+            match info {
+                Some(hi) => cur = Some(OpenRun::start(i, hi)),
+                None => self.runs.push(Run {
                     first: i,
                     count: 1,
-                    vnet: head.vnet,
+                    vnet: f.vnet,
                     payload_offset: 0,
-                });
-                i += 1;
-                continue;
-            };
-            let mss = hi.payload_len;
-            let mut total = hi.payload_len;
-            let mut next_seq = hi.seq.wrapping_add(u32::try_from(mss).unwrap_or(0));
-            let mut last_len = mss;
-            let mut flags = hi.flags;
-            let mut count = 1;
-            while i + count < frames.len() && flags & TCP_PSH == 0 && last_len == mss {
-                let f = &frames[i + count];
-                let b = &buf[f.range.clone()];
-                let Some(bi) = seg_info(b, &f.vnet) else {
-                    break;
-                };
-                // CWR must reach the receiver on its own segment (Linux GRO flushes on it).
-                if bi.flags & TCP_CWR != 0
-                    || count == MAX_RUN
-                    || bi.seq != next_seq
-                    || bi.payload_len > mss
-                    || hi.layout.payload + total + bi.payload_len - hi.layout.ip > MAX_IP_LEN
-                    || !same_flow(&buf[head.range.clone()], &hi, b, &bi)
-                {
-                    break;
-                }
-                total += bi.payload_len;
-                next_seq = next_seq.wrapping_add(u32::try_from(bi.payload_len).unwrap_or(0));
-                last_len = bi.payload_len;
-                flags |= bi.flags & TCP_PSH;
-                count += 1;
+                }),
             }
-            let mut vnet_hdr = head.vnet;
-            if count > 1 {
-                let l = hi.layout;
-                let base = head.range.start;
-                let thl = l.payload - l.tcp;
-                let frame = &mut buf[base..base + l.payload];
-                fix_ip_header(&mut frame[l.ip..l.tcp], l.v6, thl + total);
-                frame[l.tcp + 13] = flags;
-                let seed = checksum::fold(tcp_pseudo(&frame[l.ip..l.tcp], l.v6, thl + total));
-                frame[l.tcp + 16..l.tcp + 18].copy_from_slice(&seed.to_be_bytes());
-                #[allow(clippy::cast_possible_truncation)]
-                {
-                    vnet_hdr = vnet::Header {
-                        flags: vnet::F_NEEDS_CSUM,
-                        gso_type: if l.v6 {
-                            vnet::GSO_TCPV6
-                        } else {
-                            vnet::GSO_TCPV4
-                        },
-                        hdr_len: l.payload as u16,
-                        gso_size: mss as u16,
-                        csum_start: l.tcp as u16,
-                        csum_offset: 16,
-                    };
-                }
+            i += 1;
+        }
+        if let Some(o) = cur {
+            if keep_open && o.may_grow() {
+                self.open = Some(o);
+            } else {
+                let run = o.finish(buf, frames);
+                self.runs.push(run);
             }
-            self.runs.push(Run {
-                first: i,
-                count,
-                vnet: vnet_hdr,
-                payload_offset: hi.layout.payload,
-            });
-            i += count;
         }
         &self.runs
+    }
+
+    /// Where the run left open by the last `plan_open` starts in its `frames`.
+    #[must_use]
+    pub fn open_first(&self) -> Option<usize> {
+        self.open.map(|o| o.first)
+    }
+
+    /// The caller dropped the frames before the open run: it now starts at index 0.
+    pub fn open_moved_to_front(&mut self) {
+        if let Some(o) = self.open.as_mut() {
+            o.first = 0;
+        }
+    }
+
+    /// Ends the open run (the next read would block, or its bytes must be reused): rewrites
+    /// its head and says how to write it. `frames` is the slice of the last `plan_open` (or
+    /// the same frames moved to the front, after `open_moved_to_front`).
+    pub fn close(&mut self, buf: &mut [u8], frames: &[InnerFrame]) -> Option<Run> {
+        let o = self.open.take()?;
+        (o.first + o.count <= frames.len()).then(|| o.finish(buf, frames))
     }
 }

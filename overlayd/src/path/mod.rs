@@ -8,6 +8,7 @@
 pub mod ecn;
 pub mod event;
 pub mod gro;
+pub mod plan;
 pub mod pmtu;
 pub mod tso;
 
@@ -32,8 +33,13 @@ pub enum DropReason {
     TxGsoUnsupported,
     /// Egress: a malformed virtio-net header or checksum request from the TAP device.
     TxBadOffload,
-    /// Egress: the UDP send failed (e.g. no route to the peer, EMSGSIZE).
+    /// Egress: the UDP send failed for a reason not counted apart below.
     TxSendError,
+    /// Egress: the send buffer stayed full (EAGAIN) until the worker stopped; only then is a
+    /// held frame given up (backpressure otherwise waits, it never drops).
+    TxWouldBlock,
+    /// Egress: the peer's VTEP is unreachable (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH).
+    TxUnreachable,
     /// Egress: the packet does not fit the path MTU to the peer (EMSGSIZE); an ICMP
     /// "fragmentation needed" / "packet too big" went back to the sender unless it was
     /// rate-limited or not allowed (see `pmtu`).
@@ -64,7 +70,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 19;
     pub const ALL: [DropReason; Self::COUNT] = [
         Self::TxShort,
         Self::TxNoFlood,
@@ -72,6 +78,8 @@ impl DropReason {
         Self::TxGsoUnsupported,
         Self::TxBadOffload,
         Self::TxSendError,
+        Self::TxWouldBlock,
+        Self::TxUnreachable,
         Self::TxTooBig,
         Self::RxShort,
         Self::RxNoIFlag,
@@ -105,6 +113,8 @@ impl DropReason {
             Self::TxGsoUnsupported => "gso_unsupported",
             Self::TxBadOffload => "bad_offload",
             Self::TxSendError => "send_error",
+            Self::TxWouldBlock => "would_block",
+            Self::TxUnreachable => "unreachable",
             Self::TxTooBig => "too_big",
             Self::RxShort => "short",
             Self::RxNoIFlag => "no_i_flag",
@@ -145,15 +155,15 @@ pub struct DecapConfig {
     pub allow_foreign_inner_source: bool,
 }
 
-/// What to do with a frame read from the TAP device.
+/// Where a frame read from the TAP device goes (`plan::Planner` turns it into sends).
 #[derive(Debug, Clone, Copy)]
-pub struct Transmit<'a> {
+pub struct Route<'a> {
     /// Inner flow hash, used to pick the outer UDP source port.
     pub flow_hash: u32,
     pub peer: &'a FdbEntry,
 }
 
-impl PartialEq for Transmit<'_> {
+impl PartialEq for Route<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.peer.vtep == other.peer.vtep
             && self.flow_hash == other.flow_hash
@@ -176,7 +186,7 @@ pub fn encap<'a>(
     frame: &mut [u8],
     hdr: &vnet::Header,
     fdb: &'a Fdb,
-) -> Result<Transmit<'a>, DropReason> {
+) -> Result<Route<'a>, DropReason> {
     let eth = ethernet::Frame::new_checked(frame).ok_or(DropReason::TxShort)?;
     if eth.dst_is_group() {
         return Err(DropReason::TxNoFlood);
@@ -199,7 +209,7 @@ pub fn encap<'a>(
         vnet::GSO_TCPV4 | vnet::GSO_TCPV6 => {}
         _ => return Err(DropReason::TxGsoUnsupported),
     }
-    Ok(Transmit {
+    Ok(Route {
         flow_hash: ip::flow_hash(frame),
         peer,
     })

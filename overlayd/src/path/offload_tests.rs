@@ -267,3 +267,144 @@ proptest! {
         let _ = coalesce(&frames);
     }
 }
+
+/// Rewrites TCP bytes of an IPv4 segment with `edit` and recomputes its checksum.
+fn edit_tcp(frame: &mut [u8], edit: impl FnOnce(&mut [u8])) {
+    edit(&mut frame[34..]);
+    let l4 = crate::wire::ip::L4Info::parse(&frame[14..]).unwrap();
+    frame[34 + 16..34 + 18].copy_from_slice(&[0, 0]);
+    let c = checksum::finish(checksum::sum(&frame[34..], l4.pseudo_sum()));
+    frame[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Lays frames out in one buffer, as one receive would.
+fn lay_out(frames: &[Vec<u8>]) -> (Vec<u8>, Vec<InnerFrame>) {
+    let mut buf = Vec::new();
+    let mut inner = Vec::new();
+    for f in frames {
+        inner.push(InnerFrame {
+            range: buf.len()..buf.len() + f.len(),
+            vnet: vnet::Header::default(),
+        });
+        buf.extend_from_slice(f);
+    }
+    (buf, inner)
+}
+
+/// The bytes a run writes to the TAP after its virtio-net header.
+fn assemble(buf: &[u8], frames: &[InnerFrame], r: &super::gro::Run) -> Vec<u8> {
+    let mut out = buf[frames[r.first].range.clone()].to_vec();
+    for f in &frames[r.first + 1..r.first + r.count] {
+        out.extend_from_slice(&buf[f.range.start + r.payload_offset..f.range.end]);
+    }
+    out
+}
+
+#[test]
+fn a_window_change_ends_the_run() {
+    let mut segs = split(&tso_frame(1398 * 5, false, 0, false), 1398, false);
+    // The receiver's window moved from segment 3 on (a window update).
+    for s in &mut segs[3..] {
+        edit_tcp(s, |t| t[14..16].copy_from_slice(&600u16.to_be_bytes()));
+        tcp_valid(s);
+    }
+    let (mut buf, frames) = lay_out(&segs);
+    let runs = Coalescer::default().plan(&mut buf, &frames).to_vec();
+    let counts: Vec<_> = runs.iter().map(|r| r.count).collect();
+    assert_eq!(
+        counts,
+        [3, 2],
+        "segments with another window start a new run"
+    );
+}
+
+#[test]
+fn a_run_headed_by_cwr_carries_the_ecn_gso_flag() {
+    // The segmenter keeps CWR on the first segment only, as TSO does.
+    let mut segs = split(&tso_frame(1398 * 4, false, 0, false), 1398, false);
+    edit_tcp(&mut segs[0], |t| t[13] |= 0x80);
+    // And one more run whose second segment carries CWR: it starts a run of its own.
+    let mut more = split(&tso_frame(1398 * 3, false, 1398 * 4, false), 1398, false);
+    edit_tcp(&mut more[1], |t| t[13] |= 0x80);
+    segs.extend(more);
+    let (mut buf, frames) = lay_out(&segs);
+    let runs = Coalescer::default().plan(&mut buf, &frames).to_vec();
+    let shape: Vec<_> = runs
+        .iter()
+        .map(|r| (r.count, r.vnet.gso_type & vnet::GSO_ECN != 0))
+        .collect();
+    assert_eq!(shape, [(5, true), (2, true)]);
+    assert_eq!(runs[0].vnet.gso_type & !vnet::GSO_ECN, vnet::GSO_TCPV4);
+    // The merged head keeps CWR, and no run without CWR at its head gets the flag.
+    let first = assemble(&buf, &frames, &runs[0]);
+    assert_eq!(first[34 + 13] & 0x80, 0x80);
+    let plain = split(&tso_frame(1398 * 4, false, 0, false), 1398, false);
+    let (mut buf, frames) = lay_out(&plain);
+    let runs = Coalescer::default().plan(&mut buf, &frames).to_vec();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].vnet.gso_type, vnet::GSO_TCPV4);
+}
+
+#[test]
+fn a_run_stays_open_across_two_receives() {
+    for cut in [1, 4, 9] {
+        let frame = tso_frame(1398 * 10 + 300, false, 77, true);
+        let segs = split(&frame, 1398, false);
+        // All at once, for comparison.
+        let (mut whole, wf) = lay_out(&segs);
+        let whole_runs = Coalescer::default().plan(&mut whole, &wf).to_vec();
+        let want: Vec<_> = whole_runs
+            .iter()
+            .map(|r| assemble(&whole, &wf, r))
+            .collect();
+        assert_eq!(want.len(), 1);
+        // First receive: the run may still grow, so nothing is written.
+        let (mut buf, mut frames) = lay_out(&segs[..cut]);
+        let mut c = Coalescer::default();
+        assert!(c.plan_open(&mut buf, &frames, true).is_empty());
+        assert_eq!(c.open_first(), Some(0));
+        // Second receive lands elsewhere in the buffer; the open run's frames stay first.
+        let (more, mf) = lay_out(&segs[cut..]);
+        let off = buf.len() + 64;
+        buf.resize(off, 0);
+        buf.extend_from_slice(&more);
+        frames.extend(mf.iter().map(|f| InnerFrame {
+            range: f.range.start + off..f.range.end + off,
+            vnet: f.vnet,
+        }));
+        // The last segment is short and carries PSH: the run is done.
+        let runs = c.plan_open(&mut buf, &frames, true).to_vec();
+        assert_eq!(c.open_first(), None);
+        let got: Vec<_> = runs.iter().map(|r| assemble(&buf, &frames, r)).collect();
+        assert_eq!(got, want, "cut after {cut}: one TAP write, same bytes");
+        assert_eq!(runs[0].vnet, whole_runs[0].vnet);
+    }
+}
+
+#[test]
+fn an_open_run_closes_on_demand_and_behind_another_flow() {
+    let a = split(&tso_frame(1398 * 3, false, 0, false), 1398, false);
+    let (mut buf, frames) = lay_out(&a);
+    let mut c = Coalescer::default();
+    assert!(c.plan_open(&mut buf, &frames, true).is_empty());
+    let run = c.close(&mut buf, &frames).expect("open run");
+    assert_eq!(run.count, 3);
+    let mut merged = assemble(&buf, &frames, &run);
+    // Finish the checksum as the kernel would (NEEDS_CSUM), then it is valid TCP.
+    let sum = checksum::finish(checksum::sum(&merged[34..], 0));
+    merged[34 + 16..34 + 18].copy_from_slice(&sum.to_be_bytes());
+    tcp_valid(&merged);
+    assert!(c.close(&mut buf, &frames).is_none());
+    // A frame of another flow ends the open run and leaves its own open.
+    let mut b = split(&tso_frame(1398 * 2, false, 0, false), 1398, false);
+    for s in &mut b {
+        edit_tcp(s, |t| t[0..2].copy_from_slice(&40001u16.to_be_bytes()));
+    }
+    let mut both = a.clone();
+    both.extend(b);
+    let (mut buf, frames) = lay_out(&both);
+    let runs = c.plan_open(&mut buf, &frames, true).to_vec();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].count, 3);
+    assert_eq!(c.open_first(), Some(3));
+}

@@ -1,7 +1,7 @@
 use super::*;
+use crate::fdb::Peer;
 use crate::wire::vxlan;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use fdb_sync::Peer;
 use std::net::SocketAddrV4;
 
 const OWN: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
@@ -14,7 +14,7 @@ fn fdb() -> Fdb {
             name: "n2".into(),
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: PEER_IP,
-            vtep_mac: fdb_sync::MacAddr(PEER),
+            vtep_mac: crate::wire::ethernet::MacAddr(PEER),
         }],
         8472,
     )

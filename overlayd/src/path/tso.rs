@@ -18,6 +18,21 @@ pub const MAX_HEADERS: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN + 60 + 6
 /// split (a lower cap would drop every frame of it and stall the flow).
 pub const MAX_SEGMENTS: usize = 1024;
 
+/// TCP header fields (offsets in the TCP header).
+pub(crate) mod tcp_field {
+    use std::ops::{Range, RangeFrom};
+    pub const SRC_PORT: Range<usize> = 0..2;
+    pub const DST_PORT: Range<usize> = 2..4;
+    pub const SEQ: Range<usize> = 4..8;
+    pub const ACK: Range<usize> = 8..12;
+    /// Data offset (high nibble) and reserved bits.
+    pub const DATA_OFFSET: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const WINDOW: Range<usize> = 14..16;
+    pub const CHECKSUM: Range<usize> = 16..18;
+    pub const OPTIONS: RangeFrom<usize> = 20..;
+}
+
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;

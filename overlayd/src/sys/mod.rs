@@ -5,7 +5,6 @@
 #![allow(unsafe_code)]
 
 pub mod fdpass;
-pub mod inotify;
 pub mod netlink;
 pub mod process;
 pub mod tap;

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use fdb_sync::MacAddr;
+use crate::wire::ethernet::MacAddr;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::AddressAttribute;

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -82,6 +82,13 @@ pub fn bind_source_pool(bind: Ipv4Addr, count: usize, seed: u32) -> io::Result<V
 /// segment size in a control message.
 pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
     setsockopt_int(sock.as_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+/// The start-up probe for UDP_SEGMENT (Linux 4.18+): setting a socket's default segment size
+/// to 0 (no segmentation) fails with ENOPROTOOPT on a kernel without it. Only this probe and an
+/// EIO from a segmented send decide "unsupported".
+pub fn probe_segmentation(sock: &UdpSocket) -> bool {
+    setsockopt_int(sock.as_fd(), libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok()
 }
 
 fn sockaddr_v4(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -181,7 +188,7 @@ pub fn send_gathered(
     }
 }
 
-/// What `recv_gro` received.
+/// What `recv_gro` (or one message of `recv_batch`) received.
 #[derive(Debug, Clone, Copy)]
 pub struct RecvMeta {
     pub len: usize,
@@ -242,6 +249,97 @@ pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
         gso,
         tos,
     })
+}
+
+/// Most datagrams one `recv_batch` call takes.
+pub const MAX_RECV_BATCH: usize = 16;
+
+/// Receives up to `metas.len()` (at most `MAX_RECV_BATCH`) datagrams with one `recvmmsg`:
+/// datagram `i` lands in `buf[i * slot .. (i + 1) * slot]` and is described by `metas[i]`.
+/// Returns how many arrived (at least one; EAGAIN when none is waiting).
+pub fn recv_batch(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    slot: usize,
+    metas: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let n = metas.len().min(MAX_RECV_BATCH).min(buf.len() / slot.max(1));
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "recv_batch needs room for one slot of {slot} bytes, has {}",
+                buf.len()
+            ),
+        ));
+    }
+    // SAFETY: all-zero is a valid sockaddr_in, mmsghdr and control buffer.
+    let mut addrs: [libc::sockaddr_in; MAX_RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut cmsgs = [TosCmsg([0; 24]); MAX_RECV_BATCH];
+    let base = buf.as_mut_ptr();
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_RECV_BATCH];
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; MAX_RECV_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            // SAFETY: i * slot + slot <= buf.len() (n <= buf.len() / slot), so the pointer
+            // stays inside `buf`.
+            iov_base: unsafe { base.add(i * slot) }.cast(),
+            iov_len: slot,
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+        h.msg_controllen = cmsgs[i].0.len();
+    }
+    // SAFETY: the first `n` headers point at live, disjoint slots of `buf` (each `slot` bytes)
+    // and at live address and control buffers on this frame, with their true lengths; a null
+    // timeout is allowed.
+    #[allow(clippy::cast_possible_truncation)]
+    let got = unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = got.unsigned_abs() as usize;
+    for i in 0..got {
+        let mut tos = 0;
+        let h = &hdrs[i].msg_hdr;
+        // SAFETY: the kernel filled msg_control/msg_controllen of message i; CMSG_FIRSTHDR and
+        // CMSG_NXTHDR walk only within that length; an IP_TOS message holds at least one byte.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
+                    tos = *libc::CMSG_DATA(c);
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        metas[i] = RecvMeta {
+            len: (hdrs[i].msg_len as usize).min(slot),
+            from: SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr)),
+                u16::from_be(addrs[i].sin_port),
+            ),
+            gso: None,
+            tos,
+        };
+    }
+    Ok(got)
 }
 
 /// Most datagrams one `send_batch` call takes.
@@ -339,4 +437,181 @@ pub fn send_fragmentable(
 /// An unbound UDP socket for `path_mtu` (never sends or receives).
 pub fn mtu_probe() -> io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+}
+
+/// Waits up to `timeout_ms` until `sock` can take a datagram again (POLLOUT) or one of
+/// `readable` has input. Returns whether `sock` is writable and which of `readable` are
+/// readable (or hung up). An interrupted wait reports nothing ready.
+pub fn poll_writable(
+    sock: &UdpSocket,
+    readable: [BorrowedFd<'_>; 2],
+    timeout_ms: i32,
+) -> io::Result<(bool, [bool; 2])> {
+    let mut pfds = [
+        libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: readable[0].as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: readable[1].as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `pfds` is a valid array of 3 initialised pollfd structs that outlives the call;
+    // the descriptors are borrowed and therefore open.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok((false, [false; 2]));
+        }
+        return Err(e);
+    }
+    let input = |p: &libc::pollfd| p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+    // POLLERR on the send socket (a queued ICMP error) also means "try the send again": the
+    // next send reports it.
+    let writable = pfds[0].revents & (libc::POLLOUT | libc::POLLERR) != 0;
+    Ok((writable, [input(&pfds[1]), input(&pfds[2])]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Root only (a private network namespace): a send socket with a tiny SO_SNDBUF into a
+    /// rate-limited loopback (tbf holds datagrams, charged to the socket) must hit EAGAIN;
+    /// waiting for POLLOUT and sending the same datagram again delivers every datagram, in
+    /// order. What the worker does on EAGAIN (`plan::Step::WaitWritable`), with a real socket.
+    #[test]
+    fn full_send_buffer_waits_for_pollout_and_loses_nothing() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "full_send_buffer_waits_for_pollout_and_loses_nothing: needs root, and CI is set"
+            );
+            eprintln!("skipped: needs root (a network namespace)");
+            return;
+        }
+        let t = std::thread::spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) only moves this thread (and what it spawns) into a
+            // new network namespace, which goes away when the thread and its sockets do.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                io::Error::last_os_error()
+            );
+            for args in [
+                &["ip", "link", "set", "lo", "up"][..],
+                &[
+                    "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "4mbit", "burst",
+                    "4kb", "limit", "1mb",
+                ],
+            ] {
+                let st = std::process::Command::new(args[0])
+                    .args(&args[1..])
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "{args:?} failed");
+            }
+            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            setsockopt_int(rx.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20).unwrap();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.set_nonblocking(true).unwrap();
+            setsockopt_int(tx.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
+            let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+                panic!("v4")
+            };
+            let (quiet, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+            let count = 300u32;
+            let mut eagain = 0;
+            for i in 0..count {
+                let mut d = vec![0u8; 1000];
+                d[..4].copy_from_slice(&i.to_be_bytes());
+                loop {
+                    match send_gathered(&tx, to, &[io::IoSlice::new(&d)], 0, 0) {
+                        Ok(n) => {
+                            assert_eq!(n, d.len());
+                            break;
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                            eagain += 1;
+                            // Block until POLLOUT (no timeout: the qdisc drains by itself).
+                            while !poll_writable(&tx, [quiet.as_fd(), quiet.as_fd()], -1)
+                                .unwrap()
+                                .0
+                            {}
+                        }
+                        Err(e) => panic!("send {i}: {e}"),
+                    }
+                }
+            }
+            assert!(
+                eagain > 0,
+                "300 KB through a 4 KiB send buffer never saw EAGAIN"
+            );
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            let mut b = [0u8; 2000];
+            for i in 0..count {
+                let n = rx.recv(&mut b).expect("every datagram arrives");
+                assert_eq!(n, 1000);
+                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), i, "in order");
+            }
+        });
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn recv_batch_takes_several_datagrams_in_one_call() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let sizes = [1usize, 100, 1500, 3000, 7];
+        for (i, n) in sizes.iter().enumerate() {
+            #[allow(clippy::cast_possible_truncation)]
+            tx.send_to(&vec![i as u8 + 1; *n], to).unwrap();
+        }
+        let SocketAddr::V4(from) = tx.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let slot = 4096;
+        let mut buf = vec![0u8; 4 * slot];
+        let mut metas = [RecvMeta {
+            len: 0,
+            from,
+            gso: None,
+            tos: 0,
+        }; MAX_RECV_BATCH];
+        let mut got = Vec::new();
+        // Loopback delivers synchronously, so all five are queued; at most 4 slots per call.
+        while got.len() < sizes.len() {
+            let n = recv_batch(&rx, &mut buf, slot, &mut metas).unwrap();
+            assert!(n <= 4);
+            for (i, m) in metas[..n].iter().enumerate() {
+                assert_eq!(m.from, from);
+                let d = &buf[i * slot..i * slot + m.len];
+                assert!(d.iter().all(|b| *b == d[0]));
+                got.push((d[0], m.len));
+            }
+        }
+        let want: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (u8::try_from(i).unwrap() + 1, *n))
+            .collect();
+        assert_eq!(got, want);
+        let e = recv_batch(&rx, &mut buf, slot, &mut metas).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
 }

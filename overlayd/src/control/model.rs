@@ -1,0 +1,63 @@
+//! Where fdb-sync's node model becomes overlayd's own types: the model's peers and MACs turn
+//! into the FDB's [`Peer`] and the wire's [`MacAddr`] here, and nowhere else. The dataplane
+//! (`fdb`, `path`, `worker`) and `sys` never import fdb-sync, so a new node source or a change
+//! to the model stops at the control side.
+
+use crate::fdb::Peer;
+use crate::wire::ethernet::MacAddr;
+
+/// The model's Ethernet address as overlayd's.
+#[must_use]
+pub fn mac(m: fdb_sync::MacAddr) -> MacAddr {
+    MacAddr(m.0)
+}
+
+/// One model peer as the FDB's.
+#[must_use]
+pub fn peer(p: &fdb_sync::Peer) -> Peer {
+    Peer {
+        name: p.name.clone(),
+        pod_cidr: p.pod_cidr,
+        vtep_ip: p.vtep_ip,
+        vtep_mac: mac(p.vtep_mac),
+    }
+}
+
+/// The model's peer set as the FDB's, in the same order.
+#[must_use]
+pub fn peers(ps: &[fdb_sync::Peer]) -> Vec<Peer> {
+    ps.iter().map(peer).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_keep_every_field_and_the_order() {
+        let model = [
+            fdb_sync::Peer {
+                name: "b".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+            },
+            fdb_sync::Peer {
+                name: "a".into(),
+                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.1".parse().unwrap(),
+                vtep_mac: fdb_sync::derive_vtep_mac("10.244.1.0/24".parse().unwrap()),
+            },
+        ];
+        let ours = peers(&model);
+        assert_eq!(ours.len(), 2);
+        for (m, o) in model.iter().zip(&ours) {
+            assert_eq!(
+                (&m.name, m.pod_cidr, m.vtep_ip),
+                (&o.name, o.pod_cidr, o.vtep_ip)
+            );
+            assert_eq!(m.vtep_mac.to_string(), o.vtep_mac.to_string());
+        }
+        assert_eq!(ours[1].vtep_mac, MacAddr([0x0a, 0x58, 10, 244, 1, 0]));
+    }
+}

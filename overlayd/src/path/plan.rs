@@ -1,0 +1,315 @@
+//! The egress planner: turns one frame read from the TAP device into the sends that carry it,
+//! and says what to do after each send. Owns every per-packet decision of the send side: plain
+//! frame or TSO super-frame, the in-place header swap, segment size, chunking to the UDP
+//! datagram limit, which socket (so which outer source port), the outer ECN bits, and the
+//! reaction to each errno.
+//!
+//! It never touches a socket or a file descriptor, never allocates after construction and never
+//! logs: the worker reads, calls `Planner::plan`, submits what `SegmentedSend::next_chunk`
+//! describes and feeds the result back to `SegmentedSend::on_result`.
+
+use std::net::SocketAddrV4;
+use std::ops::Range;
+
+use super::tso::Segmenter;
+use super::{ecn, encap, DropReason};
+use crate::fdb::{Fdb, FdbEntry};
+use crate::wire::{vnet, vxlan};
+
+/// Largest UDP payload one send may carry (65,535 - 8 UDP - 20 IPv4); more is EMSGSIZE.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Most datagrams one UDP_SEGMENT send may carry (the kernel's `UDP_MAX_SEGMENTS`).
+pub const MAX_SEGMENTS_PER_SEND: usize = 64;
+/// Where the VXLAN header goes in a TAP read: it ends where the virtio-net header (10 bytes)
+/// ends, so a plain frame is re-framed in place: `[vnet 10][frame]` -> `[2 spare][vxlan 8][frame]`.
+pub const VX_AT: usize = vnet::LEN - vxlan::HEADER_LEN;
+
+/// How one frame leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// One datagram: the VXLAN header was written in place, send `slot[bytes]`.
+    Plain { bytes: Range<usize> },
+    /// A TSO super-frame split into `segments` datagrams of `segment_size` bytes (VXLAN header
+    /// included; the last may be shorter). Drive the sends with `SegmentedSend`.
+    Segmented {
+        segments: usize,
+        segment_size: usize,
+    },
+}
+
+/// The plan for one frame read from the TAP device.
+#[derive(Debug, Clone)]
+pub struct Transmit<'a> {
+    pub peer: &'a FdbEntry,
+    /// The peer's VTEP (outer destination).
+    pub destination: SocketAddrV4,
+    /// Index of the send socket: its port is the outer source port, picked by the inner flow
+    /// hash as kernel vxlan does, so ECMP and RSS spread flows and a flow keeps its order.
+    pub socket: usize,
+    /// Outer TOS byte: the ECN field of the inner packet (RFC 6040 normal mode).
+    pub tos: u8,
+    pub shape: Shape,
+}
+
+/// Plans frames read from the TAP device; holds the segment headers of the last super-frame.
+pub struct Planner {
+    segmenter: Segmenter,
+    vx_header: [u8; vxlan::HEADER_LEN],
+    sockets: usize,
+}
+
+impl Planner {
+    /// A planner for VNI `vni` over `sockets` send sockets (at least one).
+    #[must_use]
+    pub fn new(vni: u32, sockets: usize) -> Self {
+        Planner {
+            segmenter: Segmenter::default(),
+            vx_header: vxlan::header(vni),
+            sockets: sockets.max(1),
+        }
+    }
+
+    /// Plans `slot`, one TAP read (`[virtio-net header][frame]`). A plain frame is re-framed in
+    /// place (its checksum completed if the kernel asked); a super-frame is split, its segment
+    /// headers kept here until the next call (`segment`).
+    pub fn plan<'f>(&mut self, slot: &mut [u8], fdb: &'f Fdb) -> Result<Transmit<'f>, DropReason> {
+        let hdr = vnet::Header::parse(slot).ok_or(DropReason::TxShort)?;
+        let route = encap(&mut slot[vnet::LEN..], &hdr, fdb)?;
+        let socket = route.flow_hash as usize % self.sockets;
+        let tos = ecn::outer_tos(&slot[vnet::LEN..]);
+        let shape = if hdr.gso_type & !vnet::GSO_ECN == vnet::GSO_NONE {
+            slot[VX_AT..vnet::LEN].copy_from_slice(&self.vx_header);
+            Shape::Plain {
+                bytes: VX_AT..slot.len(),
+            }
+        } else {
+            self.segmenter
+                .split_in_place(&slot[vnet::LEN..], &hdr, &self.vx_header)?;
+            let segs = self.segmenter.segments();
+            Shape::Segmented {
+                segments: segs.len(),
+                segment_size: segs[0].headers.len() + segs[0].payload.len(),
+            }
+        };
+        Ok(Transmit {
+            peer: route.peer,
+            destination: route.peer.vtep,
+            socket,
+            tos,
+            shape,
+        })
+    }
+
+    /// Segment `i` of the last planned super-frame: its headers (VXLAN onward) and its payload
+    /// as a range of the slot passed to `plan`.
+    #[must_use]
+    pub fn segment(&self, i: usize) -> (&[u8], Range<usize>) {
+        let seg = &self.segmenter.segments()[i];
+        (
+            self.segmenter.headers(seg),
+            seg.payload.start + vnet::LEN..seg.payload.end + vnet::LEN,
+        )
+    }
+}
+
+/// How many segments of `segment_size` bytes one UDP_SEGMENT send may carry.
+#[must_use]
+pub fn segments_per_send(segment_size: usize) -> usize {
+    (MAX_UDP_PAYLOAD / segment_size.max(1)).clamp(1, MAX_SEGMENTS_PER_SEND)
+}
+
+/// What a failed send means (from its errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// EINTR: try again at once.
+    Interrupted,
+    /// EAGAIN: the socket buffer is full. Backpressure, not loss.
+    WouldBlock,
+    /// EMSGSIZE: over the path MTU (DF is set) or over the datagram limit.
+    TooBig,
+    /// ECONNREFUSED, EHOSTUNREACH, ENETUNREACH: the peer cannot be reached now.
+    Unreachable,
+    /// EINVAL: the kernel refused this send's UDP_SEGMENT request (before 6.14 that also
+    /// means "a segment exceeds the path MTU"); says nothing about the next send.
+    SegmentRefused,
+    /// EIO: the device cannot segment (no checksum offload): UDP_SEGMENT will never work here.
+    SegmentUnsupported,
+    /// Anything else.
+    Other,
+}
+
+impl SendError {
+    #[must_use]
+    pub fn from_errno(errno: i32) -> Self {
+        match errno {
+            libc::EINTR => Self::Interrupted,
+            libc::EAGAIN => Self::WouldBlock,
+            libc::EMSGSIZE => Self::TooBig,
+            libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH => Self::Unreachable,
+            libc::EINVAL => Self::SegmentRefused,
+            libc::EIO => Self::SegmentUnsupported,
+            _ => Self::Other,
+        }
+    }
+
+    /// The drop reason when the datagrams of this send are given up.
+    #[must_use]
+    pub fn drop_reason(self) -> DropReason {
+        match self {
+            Self::WouldBlock => DropReason::TxWouldBlock,
+            Self::TooBig => DropReason::TxTooBig,
+            Self::Unreachable => DropReason::TxUnreachable,
+            Self::Interrupted | Self::SegmentRefused | Self::SegmentUnsupported | Self::Other => {
+                DropReason::TxSendError
+            }
+        }
+    }
+}
+
+/// One send of a segmented frame: segments `segments` of the plan, cut by the kernel into
+/// `segment_size`-byte datagrams (`None`: one datagram, no UDP_SEGMENT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub segments: Range<usize>,
+    pub segment_size: Option<u16>,
+}
+
+/// What to do after one send of a segmented frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `packets` datagrams left: count them now (never before the send).
+    Sent { packets: usize },
+    /// Send the same chunk again at once (EINTR).
+    Retry,
+    /// The socket buffer is full: keep this chunk and the rest, stop reading the TAP, wait for
+    /// POLLOUT on this socket, then ask `next_chunk` again. Nothing is lost.
+    WaitWritable,
+    /// The kernel refused to segment this chunk (EINVAL): it goes again one datagram per
+    /// segment; later chunks are segmented as before.
+    Unsegment,
+    /// The kernel cannot segment on this socket (EIO): turn UDP_SEGMENT off for the worker (log
+    /// once, export the mode), then ask `next_chunk` again.
+    DisableSegmentation,
+    /// Over the path MTU (EMSGSIZE): answer the sender for segment `first` (ICMP), as Linux does
+    /// for a GSO packet; the `dropped` datagrams left of the frame are not sent.
+    TooBig { first: usize, dropped: usize },
+    /// This send's `packets` datagrams are lost for `reason`; go on with the next chunk.
+    Dropped { reason: DropReason, packets: usize },
+}
+
+/// The send state of one segmented frame: which segments are out, which must go one by one.
+#[derive(Debug, Clone)]
+pub struct SegmentedSend {
+    segments: usize,
+    segment_size: usize,
+    /// First segment not sent yet.
+    next: usize,
+    /// Segments before this index go one datagram each (a chunk the kernel refused to segment).
+    single_until: usize,
+}
+
+impl SegmentedSend {
+    #[must_use]
+    pub fn new(segments: usize, segment_size: usize) -> Self {
+        SegmentedSend {
+            segments,
+            segment_size,
+            next: 0,
+            single_until: 0,
+        }
+    }
+
+    /// The next send, or `None` when the frame is done. `segmenting` is false once the worker
+    /// turned UDP_SEGMENT off.
+    #[must_use]
+    pub fn next_chunk(&self, segmenting: bool) -> Option<Chunk> {
+        if self.next >= self.segments {
+            return None;
+        }
+        let per_send = if segmenting && self.next >= self.single_until {
+            segments_per_send(self.segment_size)
+        } else {
+            1
+        };
+        let end = (self.next + per_send).min(self.segments);
+        #[allow(clippy::cast_possible_truncation)]
+        let segment_size = (end - self.next > 1).then_some(self.segment_size as u16);
+        Some(Chunk {
+            segments: self.next..end,
+            segment_size,
+        })
+    }
+
+    /// Segments not sent yet.
+    #[must_use]
+    pub fn remaining(&self) -> usize {
+        self.segments - self.next
+    }
+
+    /// Takes the result of sending `chunk` (the errno on failure) and says what to do.
+    pub fn on_result(&mut self, chunk: &Chunk, result: Result<(), i32>) -> Step {
+        let packets = chunk.segments.len();
+        let Err(errno) = result else {
+            self.next = chunk.segments.end;
+            return Step::Sent { packets };
+        };
+        let e = SendError::from_errno(errno);
+        match e {
+            SendError::Interrupted => Step::Retry,
+            SendError::WouldBlock => Step::WaitWritable,
+            SendError::SegmentRefused if chunk.segment_size.is_some() => {
+                self.single_until = chunk.segments.end;
+                Step::Unsegment
+            }
+            SendError::SegmentUnsupported if chunk.segment_size.is_some() => {
+                Step::DisableSegmentation
+            }
+            SendError::TooBig => {
+                let first = chunk.segments.start;
+                let dropped = self.remaining();
+                self.next = self.segments;
+                Step::TooBig { first, dropped }
+            }
+            _ => {
+                self.next = chunk.segments.end;
+                Step::Dropped {
+                    reason: e.drop_reason(),
+                    packets,
+                }
+            }
+        }
+    }
+
+    /// Gives up what is left (the worker stops while waiting for POLLOUT): the number of
+    /// datagrams dropped.
+    pub fn abandon(&mut self) -> usize {
+        let n = self.remaining();
+        self.next = self.segments;
+        n
+    }
+}
+
+/// What to do after a plain datagram's send failed with `errno`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainStep {
+    Retry,
+    WaitWritable,
+    /// Over the path MTU: fragment the outer packet if the inner sender allows it
+    /// (`pmtu::outer_may_fragment`), else answer with ICMP.
+    TooBig,
+    Dropped(DropReason),
+}
+
+#[must_use]
+pub fn plain_step(errno: i32) -> PlainStep {
+    match SendError::from_errno(errno) {
+        SendError::Interrupted => PlainStep::Retry,
+        SendError::WouldBlock => PlainStep::WaitWritable,
+        SendError::TooBig => PlainStep::TooBig,
+        e => PlainStep::Dropped(e.drop_reason()),
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

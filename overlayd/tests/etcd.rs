@@ -788,7 +788,35 @@ fn etcd_lease_lost_and_taken() {
         addrs.contains(&format!("{}/32", new1.split('/').next().unwrap())),
         "{addrs}"
     );
-    assert!(lab.routes(1).contains(&sn1), "{}", lab.routes(1));
+    // The old subnet's pods are still wired on node 1 (their gateway on cni0): the new holder
+    // of that subnet is not routed over them, and the log says why.
+    let old_gw = format!("{}.1", old_net.rsplit_once('.').unwrap().0);
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.log(1).contains(&format!(
+            "covers this node's address {old_gw}"
+        ))),
+        "{}",
+        lab.log(1)
+    );
+    assert!(!lab.routes(1).contains(&sn1), "{}", lab.routes(1));
+    // Once those pods are gone (their gateway with them), the old subnet becomes a peer route
+    // to its new holder.
+    sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "addr",
+        "del",
+        &format!("{old_gw}/{}", sn1.split('/').nth(1).unwrap()),
+        "dev",
+        "cni0",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.routes(1).contains(&sn1)),
+        "no route to the old subnet's new holder: {}\n{}",
+        lab.routes(1),
+        lab.log(1)
+    );
     // Pods wired now get the new subnet (subnet.env); node 2 reaches node 1's device address.
     let dev1 = new1.split('/').next().unwrap().to_string();
     assert!(

@@ -646,6 +646,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     // A burst of notifications (a flap, our own reconcile) becomes one check.
     let mut heal_at: Option<tokio::time::Instant> = None;
     let mut source_open = true;
+    // The source's last state before validation (validated again when the device moves).
+    let mut last_raw: Option<ClusterState> = None;
     let mut successor = None;
     loop {
         let mut changed = false;
@@ -670,6 +672,27 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             }
             _ = backstop.tick() => {
                 check = true;
+                // A peer skipped because its podCIDR covered an address of this node (after a
+                // lease moved: the old subnet's pod gateway on the bridge, while those pods
+                // exist) is taken once that address is gone.
+                if state.skipped.iter().any(|s| s.kind == fdb_sync::SkipReason::PodCidrCoversUnderlay) {
+                    if let Some(raw) = &last_raw {
+                        let now = current_policy(&nl, &netconf, &underlay, &opts).await;
+                        if now != policy {
+                            policy = now;
+                            if let Ok(new) = policy::validate(raw, &policy) {
+                                if new.own == state.own && new.peers != state.peers {
+                                    let next = Fdb::from_peers_keeping(&model::peers(&new.peers), netconf.port, Some(&dp.fdb.load()));
+                                    dp.fdb.store(Arc::new(next));
+                                    state = new;
+                                    log_peer_set(&state, &mut reported_skips);
+                                    observed.set_skipped(&state);
+                                    changed = true;
+                                }
+                            }
+                        }
+                    }
+                }
                 if let Some(nf) = &netfilter {
                     nf.check_soon();
                 }
@@ -700,7 +723,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 // Every state is validated for this node before anything else sees it.
                 Some(Ok(raw)) => {
                     policy = current_policy(&nl, &netconf, &underlay, &opts).await;
-                    Some(policy::validate(&raw, &policy))
+                    let checked = policy::validate(&raw, &policy);
+                    last_raw = Some(raw);
+                    Some(checked)
                 }
                 other => other,
             } {
@@ -725,9 +750,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     // subnet gets its route like any peer, and subnet.env says the new one.
                     let new_cidr = new.own_pod_cidr();
                     warn!(old = %own_cidr, new = %new_cidr, "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
-                    dp.workers.stop_all();
+                    let queues = dp.workers.take_ios();
                     let previous = dp.fdb.load_full();
-                    let (ndp, _) = start_dataplane(&nl, &opts, &netconf, &underlay, &new, Some(&previous), None)
+                    let (ndp, _) = start_dataplane(&nl, &opts, &netconf, &underlay, &new, Some(&previous), queues)
                         .await
                         .context("cannot move the dataplane to the new subnet lease; restart overlayd")?;
                     observed.attach(ndp.fdb.clone(), ndp.workers.stats());
@@ -736,6 +761,14 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     if let Err(e) = nl.remove_other_ipv4_addresses(dp.link_index, new_cidr.network()).await {
                         warn!(error = %e, "cannot remove the old subnet's address from the device");
                     }
+                    // The peer set was checked while the device still had the old subnet's
+                    // address, which made the new holder of that subnet look like it covers
+                    // this node: check it again without it.
+                    policy = current_policy(&nl, &netconf, &underlay, &opts).await;
+                    let new = match last_raw.as_ref().map(|raw| policy::validate(raw, &policy)) {
+                        Some(Ok(v)) => v,
+                        _ => new,
+                    };
                     own_cidr = new_cidr;
                     own_mac = new.own_vtep_mac();
                     state = new;

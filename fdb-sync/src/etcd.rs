@@ -528,13 +528,13 @@ impl Registry {
             let taken: Vec<Ipv4Network> = leases.entries().map(|(_, e)| e.subnet).collect();
             let mut pick = None;
             if let Some(prev) = previous {
-                if !taken.contains(&prev) {
-                    if alloc.compatible(prev) {
-                        info!(subnet = %prev, "found previously leased subnet, reusing");
-                        pick = Some(prev);
-                    } else {
-                        warn!(subnet = %prev, "found previously leased subnet that is not compatible with the etcd network config, ignoring");
-                    }
+                if let Some((_, holder)) = leases.entries().find(|(_, e)| e.subnet == prev) {
+                    warn!(subnet = %prev, "subnet {prev} has been taken by the node with public IP {}; taking a new subnet (its routes go with the old one)", holder.attrs.public_ip);
+                } else if alloc.compatible(prev) {
+                    info!(subnet = %prev, "found previously leased subnet, reusing");
+                    pick = Some(prev);
+                } else {
+                    warn!(subnet = %prev, "found previously leased subnet that is not compatible with the etcd network config, ignoring");
                 }
             }
             let sn = match pick {
@@ -564,9 +564,44 @@ impl Registry {
         }
     }
 
-    /// Flannel's RenewLease: [`Registry::update`] with the same subnet and attributes.
-    pub async fn renew(&self, lease: &OwnLease, ttl: Duration) -> Result<OwnLease, EtcdError> {
-        self.update(lease.subnet, &lease.attrs, ttl).await
+    /// Flannel's RenewLease (a new etcd lease and a put of the same value), but only while
+    /// the key is still on our etcd lease: Flannel's unconditional put would take the subnet
+    /// back from a node that leased it after ours expired. `Ok(None)`: the key expired, was
+    /// deleted or is someone else's now.
+    pub async fn renew(
+        &self,
+        lease: &OwnLease,
+        ttl: Duration,
+    ) -> Result<Option<OwnLease>, EtcdError> {
+        let mut c = self.client.clone();
+        let key = self.lease_key(lease.subnet);
+        let granted = call(&self.endpoints, c.lease_grant(ttl_secs(ttl), None)).await?;
+        let id = granted.id();
+        let txn = Txn::new()
+            .when([Compare::lease(
+                key.clone(),
+                CompareOp::Equal,
+                lease.etcd_lease,
+            )])
+            .and_then([TxnOp::put(
+                key,
+                lease.attrs.json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let ok = match call(&self.endpoints, c.txn(txn)).await {
+            Ok(r) => r.succeeded(),
+            Err(e) => {
+                let _ = call(&self.endpoints, c.lease_revoke(id)).await;
+                return Err(e);
+            }
+        };
+        // The old etcd lease holds nothing any more (or never will again): let it go.
+        let _ = call(
+            &self.endpoints,
+            c.lease_revoke(if ok { lease.etcd_lease } else { id }),
+        )
+        .await;
+        Ok(ok.then(|| OwnLease::new(lease.subnet, lease.attrs.clone(), id, granted.ttl())))
     }
 }
 
@@ -712,8 +747,19 @@ fn set_problem(status: &Status, p: Option<String>) {
     });
 }
 
+/// What a renewal attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    /// Not due, or renewed.
+    Fine,
+    /// etcd did not answer or refused; retried sooner.
+    Failed,
+    /// The key is no longer on our etcd lease (expired, deleted, or taken).
+    Lost,
+}
+
 /// Renews `lease` when due (Flannel's CompleteLease timer); on failure says why and sets the
-/// next attempt sooner. Returns whether it failed.
+/// next attempt sooner.
 async fn renew_if_due(
     reg: &Registry,
     timing: &Timing,
@@ -721,17 +767,18 @@ async fn renew_if_due(
     renew_at: &mut Instant,
     status: &Status,
     down_since: &mut Option<Instant>,
-) -> bool {
+) -> Renewal {
     if Instant::now() < *renew_at {
-        return false;
+        return Renewal::Fine;
     }
     match reg.renew(lease, timing.ttl).await {
-        Ok(l) => {
+        Ok(None) => Renewal::Lost,
+        Ok(Some(l)) => {
             info!(subnet = %l.subnet, ttl_s = timing.ttl.as_secs(), "lease renewed");
             *lease = l;
             status.own.send_replace(Some(lease.clone()));
             *renew_at = timing.renew_at(lease);
-            false
+            Renewal::Fine
         }
         Err(e) => {
             reg.heal(&e).await;
@@ -747,7 +794,7 @@ async fn renew_if_due(
                 )),
             );
             *renew_at = Instant::now() + retry;
-            true
+            Renewal::Failed
         }
     }
 }
@@ -769,6 +816,8 @@ pub async fn run(
     let mut previous = previous;
     let mut own: Option<(OwnLease, Instant)> = None;
     let mut last_sent: Option<Update> = None;
+    // The lease set and the revision it is current at, while the watch is resumable.
+    let mut known: Option<(Leases, i64)> = None;
     loop {
         if tx.is_closed() {
             return;
@@ -793,15 +842,20 @@ pub async fn run(
                 }
             },
         };
-        // 2. Full read, then watch from the next revision. A renewal that is due is tried
-        // also while reading fails: the lease must not run out while the watch is down.
-        let listed = reg.list().await;
-        let (mut leases, rev) = match listed {
+        // 2. Full read, then watch from the next revision; after a broken watch, resume from
+        // the last revision seen (as Flannel's watch cursor), and read everything again only
+        // when etcd compacted that revision away. A renewal that is due is tried also while
+        // reading fails: the lease must not run out while the watch is down.
+        let listed = match known.take() {
+            Some(k) => Ok(k),
+            None => reg.list().await,
+        };
+        let (mut leases, mut rev) = match listed {
             Ok(x) => x,
             Err(e) => {
                 reg.heal(&e).await;
                 fail(&status, &e, "cannot list leases", &mut down_since);
-                renew_if_due(
+                if renew_if_due(
                     &reg,
                     &timing,
                     &mut lease,
@@ -809,7 +863,13 @@ pub async fn run(
                     &status,
                     &mut down_since,
                 )
-                .await;
+                .await
+                    == Renewal::Lost
+                {
+                    let_go(&lease, &expired(&lease), &mut previous, &status);
+                    known = None;
+                    continue;
+                }
                 own = Some((lease, renew_at));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -818,10 +878,7 @@ pub async fn run(
         };
         let own_key = reg.lease_key(lease.subnet);
         if let Err(lost) = check_own(&leases, &own_key, &lease, &me) {
-            warn!(subnet = %lease.subnet, "{lost}");
-            // Take the same subnet again when free, else a new one (acquire does both).
-            previous = Some(lease.subnet);
-            status.own.send_replace(None);
+            let_go(&lease, &lost, &mut previous, &status);
             continue;
         }
         if !send(&tx, leases.state(&own_key, &lease.entry()), &mut last_sent).await {
@@ -843,9 +900,10 @@ pub async fn run(
         let mut stream = match watch {
             Ok(s) => s,
             Err(e) => {
+                known = Some((leases, rev));
                 reg.heal(&e).await;
                 fail(&status, &e, "cannot watch leases", &mut down_since);
-                renew_if_due(
+                if renew_if_due(
                     &reg,
                     &timing,
                     &mut lease,
@@ -853,14 +911,20 @@ pub async fn run(
                     &status,
                     &mut down_since,
                 )
-                .await;
+                .await
+                    == Renewal::Lost
+                {
+                    let_go(&lease, &expired(&lease), &mut previous, &status);
+                    known = None;
+                    continue;
+                }
                 own = Some((lease, renew_at));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
-        if !renew_if_due(
+        match renew_if_due(
             &reg,
             &timing,
             &mut lease,
@@ -870,24 +934,42 @@ pub async fn run(
         )
         .await
         {
-            down_since = None;
-            set_problem(&status, None);
-            backoff = BACKOFF_MIN;
+            Renewal::Fine => {
+                down_since = None;
+                set_problem(&status, None);
+                backoff = BACKOFF_MIN;
+            }
+            Renewal::Failed => {}
+            Renewal::Lost => {
+                let_go(&lease, &expired(&lease), &mut previous, &status);
+                continue;
+            }
         }
         // 3. Apply events until the watch breaks or the lease is lost.
         let lost = loop {
             tokio::select! {
                 () = tokio::time::sleep_until(renew_at.into()) => {
-                    if !renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await
-                        && down_since.take().is_some()
-                    {
-                        set_problem(&status, None);
+                    match renew_if_due(&reg, &timing, &mut lease, &mut renew_at, &status, &mut down_since).await {
+                        Renewal::Fine => {
+                            if down_since.take().is_some() {
+                                set_problem(&status, None);
+                            }
+                        }
+                        Renewal::Failed => {}
+                        Renewal::Lost => break Some(expired(&lease)),
                     }
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(resp)) => {
-                        if resp.canceled() || resp.compact_revision() > 0 {
-                            warn!(compact_revision = resp.compact_revision(), reason = %resp.cancel_reason(), "lease watch canceled (compacted, or no leader); reading all leases again");
+                        if resp.compact_revision() > 0 {
+                            // Like 410 Gone: what happened since `rev` is lost, read it all.
+                            warn!(compact_revision = resp.compact_revision(), from_revision = rev + 1, "lease watch: revision compacted; reading all leases again");
+                            break None;
+                        }
+                        if resp.canceled() {
+                            let e = EtcdError::Etcd { endpoints: reg.endpoints.clone(), source: etcd_client::Error::WatchError(format!("canceled: {}", resp.cancel_reason())) };
+                            fail(&status, &e, "lease watch canceled; resuming it", &mut down_since);
+                            known = Some((leases, rev));
                             break None;
                         }
                         if resp.events().is_empty() {
@@ -895,6 +977,7 @@ pub async fn run(
                         }
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
+                            rev = rev.max(kv.mod_revision());
                             let key = String::from_utf8_lossy(kv.key()).into_owned();
                             match ev.event_type() {
                                 EventType::Put => leases.put(&key, kv.value()),
@@ -909,11 +992,13 @@ pub async fn run(
                         }
                     }
                     Ok(None) => {
+                        known = Some((leases, rev));
                         let e = EtcdError::Etcd { endpoints: reg.endpoints.clone(), source: etcd_client::Error::WatchError("watch stream ended".into()) };
                         fail(&status, &e, "lease watch ended", &mut down_since);
                         break None;
                     }
                     Err(source) => {
+                        known = Some((leases, rev));
                         let e = EtcdError::Etcd { endpoints: reg.endpoints.clone(), source };
                         reg.heal(&e).await;
                         fail(&status, &e, "lease watch failed", &mut down_since);
@@ -924,11 +1009,7 @@ pub async fn run(
             }
         };
         match lost {
-            Some(why) => {
-                warn!(subnet = %lease.subnet, "{why}");
-                previous = Some(lease.subnet);
-                status.own.send_replace(None);
-            }
+            Some(why) => let_go(&lease, &why, &mut previous, &status),
             None => {
                 own = Some((lease, renew_at));
                 if down_since.is_some() {
@@ -938,6 +1019,21 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Gives up `lease` for `why`: the next round takes the same subnet again when free, else a
+/// new one (acquire does both).
+fn let_go(lease: &OwnLease, why: &str, previous: &mut Option<Ipv4Network>, status: &Status) {
+    warn!(subnet = %lease.subnet, "{why}");
+    *previous = Some(lease.subnet);
+    status.own.send_replace(None);
+}
+
+fn expired(lease: &OwnLease) -> String {
+    format!(
+        "lease {} has been revoked or expired; taking the same subnet again if still free, else a new one",
+        lease.subnet
+    )
 }
 
 /// Says what fails (once per change of the message) while forwarding goes on.
@@ -964,10 +1060,7 @@ fn check_own(leases: &Leases, own_key: &str, lease: &OwnLease, me: &Me) -> Resul
             "lease {} was overwritten with an unreadable value ({e}); taking a subnet again",
             lease.subnet
         )),
-        None => Err(format!(
-            "lease {} has been revoked or expired; taking the same subnet again if still free, else a new one",
-            lease.subnet
-        )),
+        None => Err(expired(lease)),
     }
 }
 

@@ -397,8 +397,13 @@ fn etcd_args(e: &Etcd) -> Vec<String> {
 
 /// Starts overlayd in etcd mode on node `i` (test TTL) and waits until it is ready.
 fn start_etcd_node(lab: &mut Lab, i: usize, args: &[String]) {
+    start_etcd_node_ttl(lab, i, args, TTL);
+}
+
+/// As [`start_etcd_node`] with a lease TTL of `ttl` seconds.
+fn start_etcd_node_ttl(lab: &mut Lab, i: usize, args: &[String], ttl: &str) {
     let source: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    lab.daemon_env = vec![("OVERLAYD_TEST_ETCD_LEASE_TTL_SECS".into(), TTL.into())];
+    lab.daemon_env = vec![("OVERLAYD_TEST_ETCD_LEASE_TTL_SECS".into(), ttl.into())];
     lab.spawn(i, &source, &[]);
     lab.wait_ready(i);
 }
@@ -706,22 +711,63 @@ fn etcd_lease_lost_and_taken() {
     );
     let args = etcd_args(&etcd);
     start_etcd_node(&mut lab, 1, &args);
-    start_etcd_node(&mut lab, 2, &args);
+    // Node 2's lease outlives this test: its cut-off below breaks only its watch.
+    start_etcd_node_ttl(&mut lab, 2, &args, "120");
     let sn1 = subnet_of(&lab, 1);
     let ip1 = pod_addr(&lab, 1, 1);
     assert!(lab.ping_within(&lab.pod(2, 1), &ip1, Duration::from_secs(5)));
-    let cut = |on: bool| {
+    let cut_node = |i: usize, on: bool| {
         let verb = if on { "add" } else { "del" };
         sh_ok(&[
             "ip",
             "-n",
-            &lab.node(1),
+            &lab.node(i),
             "route",
             verb,
             "blackhole",
             "198.18.0.251/32",
         ]);
     };
+    let cut = |on: bool| cut_node(1, on);
+
+    // 0. Node 2's watch breaks; meanwhile a lease comes and changes, and etcd compacts its
+    //    history: the watch cannot resume where it broke and node 2 reads everything again
+    //    (Flannel's ErrCompacted), learning the lease it missed.
+    cut_node(2, true);
+    assert!(
+        wait_until(Duration::from_secs(10), || lab
+            .log(2)
+            .contains("lease watch failed")),
+        "{}",
+        lab.log(2)
+    );
+    let late = format!("{PREFIX}/subnets/10.244.201.0-24");
+    etcd.put(&late, r#"{"PublicIP":"198.18.0.201","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:c9"}}"#);
+    etcd.put(&late, r#"{"PublicIP":"198.18.0.202","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:ca"}}"#);
+    etcd.block(|mut c| async move {
+        let rev = c
+            .get("/probe", None)
+            .await?
+            .header()
+            .map_or(0, |h| h.revision());
+        c.compact(rev, None).await.map(|_| ())
+    })
+    .expect("etcd compact");
+    cut_node(2, false);
+    assert!(
+        wait_until(Duration::from_secs(10), || lab
+            .log(2)
+            .contains("revision compacted; reading all leases again")),
+        "{}",
+        lab.log(2)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || lab
+            .neighbours(2, "ovl.1")
+            .contains("10.244.201.0 lladdr 02:00:00:00:00:ca")),
+        "node 2 missed the lease written while it was cut off:\n{}",
+        lab.neighbours(2, "ovl.1")
+    );
 
     // 1. Cut off longer than the TTL: the lease expires (node 2 drops the route), then the
     //    same subnet is taken again.
@@ -792,9 +838,9 @@ fn etcd_lease_lost_and_taken() {
     // of that subnet is not routed over them, and the log says why.
     let old_gw = format!("{}.1", old_net.rsplit_once('.').unwrap().0);
     assert!(
-        wait_until(Duration::from_secs(5), || lab.log(1).contains(&format!(
-            "covers this node's address {old_gw}"
-        ))),
+        wait_until(Duration::from_secs(5), || lab
+            .log(1)
+            .contains(&format!("covers this node's address {old_gw}"))),
         "{}",
         lab.log(1)
     );

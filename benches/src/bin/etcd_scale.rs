@@ -90,7 +90,9 @@ fn with_etcd<T: Send + 'static>(
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let c = Client::connect([ENDPOINT], None).await.expect("etcd connect");
+            let c = Client::connect([ENDPOINT], None)
+                .await
+                .expect("etcd connect");
             f(c).await
         })
     })
@@ -129,7 +131,15 @@ fn main() {
     let etcd_log = std::fs::File::create(dir.join("etcd.log")).unwrap();
     scratch.etcd = Some(
         Command::new("ip")
-            .args(["netns", "exec", &ns, "etcd", "--name", "bench", "--data-dir"])
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "etcd",
+                "--name",
+                "bench",
+                "--data-dir",
+            ])
             .arg(dir.join("etcd.data"))
             .args(["--listen-client-urls", ENDPOINT])
             .args(["--advertise-client-urls", ENDPOINT])
@@ -234,10 +244,7 @@ fn main() {
     let target = n / 2;
     std::thread::sleep(Duration::from_millis(500));
     let (hi, lo) = (target / 256, target % 256);
-    let want = format!(
-        "lladdr 02:{hi:02x}:{lo:02x}:{:02x}:00:07",
-        target % 251
-    );
+    let want = format!("lladdr 02:{hi:02x}:{lo:02x}:{:02x}:00:07", target % 251);
     let (k, v) = lease(target, 7, 1);
     // Timed from the put itself, after the client connected.
     let t1 = with_etcd(&ns, move |mut c| {
@@ -277,7 +284,10 @@ fn main() {
     drop(scratch);
     #[allow(clippy::cast_precision_loss)]
     let mib = |k: u64| k as f64 / 1024.0;
-    println!("leases in etcd                {n} (written in {:.2} s)", fill.as_secs_f64());
+    println!(
+        "leases in etcd                {n} (written in {:.2} s)",
+        fill.as_secs_f64()
+    );
     println!(
         "full sync (start -> ready)    {:.3} s   goal <= 2 s",
         full_sync.as_secs_f64()

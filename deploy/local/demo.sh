@@ -3,12 +3,16 @@
 # each on overlayd, prints a pod-to-pod ping matrix and an iperf3 result, then tears down.
 #   KEEP=1 deploy/local/demo.sh   leaves the cluster up; tear down with
 #                                  deploy/local/cluster.sh down demo
+#   ETCD=1 deploy/local/demo.sh   the nodes lease their subnets from an etcd (Flannel's etcd
+#                                  subnet manager) started in the demo's switch namespace at
+#                                  198.18.0.254:2379, instead of reading a NodeList file;
+#                                  `cluster.sh down demo` stops it with the namespaces
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (network namespaces)" >&2; exit 1; }
 bash deploy/local/install-deps.sh
 cargo build --release --quiet -p overlayd -p cni-shim
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 P=demo DIR=/tmp/overlayd-demo NODES=3 PODS=2
 bash deploy/local/cluster.sh down "$P"
 rm -rf "$DIR"
@@ -18,13 +22,32 @@ cleanup() {
     echo "tear down with: bash deploy/local/cluster.sh down $P"
   else
     bash deploy/local/cluster.sh down "$P"
+    rm -rf "$DIR/etcd"
   fi
 }
 trap cleanup EXIT
 bash deploy/local/cluster.sh up "$P" "$DIR" "$NODES" "$PODS"
+source=(--nodes-file "$DIR/nodes.yaml" --net-config-path "$DIR/net-conf.json")
+if [ "${ETCD:-0}" = 1 ]; then
+  # etcd in the switch namespace (the nodes' gateway address), killed by `cluster.sh down`.
+  EP=http://198.18.0.254:2379
+  ip netns exec "${P}sw" etcd --name demo --data-dir "$DIR/etcd" \
+    --listen-client-urls "$EP" --advertise-client-urls "$EP" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster demo=http://127.0.0.1:2380 >"$DIR/etcd.log" 2>&1 &
+  # net-conf.json at <prefix>/config, through etcd's v3 JSON gateway (keys and values base64).
+  put() { printf '{"key":"%s","value":"%s"}' "$(printf %s "$1" | base64 -w0)" "$(printf %s "$2" | base64 -w0)"; }
+  for _ in $(seq 1 100); do
+    ip netns exec "${P}sw" curl -sf -m 1 -X POST "$EP/v3/kv/put" \
+      -d "$(put /coreos.com/network/config "$(cat "$DIR/net-conf.json")")" >/dev/null && break
+    sleep 0.1
+  done
+  echo "etcd up at $EP (log $DIR/etcd.log); /coreos.com/network/config = $(cat "$DIR/net-conf.json")"
+  source=(--etcd-endpoints "$EP")
+fi
 for i in $(seq 1 $NODES); do
-  ip netns exec "${P}n$i" "$BIN/overlayd" --node-name "node$i" --nodes-file "$DIR/nodes.yaml" \
-    --net-config-path "$DIR/net-conf.json" --subnet-file "$DIR/subnet$i.env" \
+  ip netns exec "${P}n$i" "$BIN/overlayd" --node-name "node$i" "${source[@]}" \
+    --subnet-file "$DIR/subnet$i.env" \
     --http-addr 127.0.0.1:9102 >"$DIR/overlayd$i.log" 2>&1 &
 done
 for i in $(seq 1 $NODES); do
@@ -33,19 +56,23 @@ for i in $(seq 1 $NODES); do
   # Pods are wired by the overlayd-cni plugin from the subnet.env overlayd just wrote.
   OVERLAYD_CNI=$BIN/overlayd-cni bash deploy/local/cluster.sh wire "$P" "$DIR" "$i" "$PODS"
 done
-echo "3 nodes up: $(for i in $(seq 1 $NODES); do printf 'node%s=10.244.%s.0/24 ' "$i" "$i"; done)"
+# Node i's subnet as its subnet.env says (FLANNEL_SUBNET=10.244.X.1/24 -> 10.244.X), and pod j's
+# address in it: the plugin's sequential IPAM gives pod j the host j+1.
+net_of() { sed -n 's/^FLANNEL_SUBNET=\(.*\)\.1\/24$/\1/p' "$DIR/subnet$1.env"; }
+ip_of() { echo "$(net_of "${1%-*}").$(( ${1#*-} + 1 ))"; }
+echo "3 nodes up: $(for i in $(seq 1 $NODES); do printf 'node%s=%s.0/24 ' "$i" "$(net_of "$i")"; done)"
 echo
 echo "ping matrix (rows: from pod, columns: to pod; ok = reply within 1 s)"
 pods=()
 for i in $(seq 1 $NODES); do for j in $(seq 1 $PODS); do pods+=("$i-$j"); done; done
 printf '%-14s' ""
-for d in "${pods[@]}"; do printf '%-13s' "10.244.${d%-*}.$(( ${d#*-} + 1 ))"; done
+for d in "${pods[@]}"; do printf '%-13s' "$(ip_of "$d")"; done
 echo
 fail=0
 for s in "${pods[@]}"; do
-  printf '%-14s' "10.244.${s%-*}.$(( ${s#*-} + 1 ))"
+  printf '%-14s' "$(ip_of "$s")"
   for d in "${pods[@]}"; do
-    if ip netns exec "${P}p$s" ping -c 1 -W 1 "10.244.${d%-*}.$(( ${d#*-} + 1 ))" >/dev/null 2>&1; then
+    if ip netns exec "${P}p$s" ping -c 1 -W 1 "$(ip_of "$d")" >/dev/null 2>&1; then
       printf '%-13s' ok
     else
       printf '%-13s' FAIL; fail=1
@@ -56,6 +83,6 @@ done
 echo
 ip netns exec "${P}p3-1" iperf3 -s -1 -D
 sleep 0.3
-echo "iperf3 TCP 10.244.1.2 (node1) -> 10.244.3.2 (node3), 5 s:"
-ip netns exec "${P}p1-1" iperf3 -c 10.244.3.2 -t 5 | grep -E "sender|receiver"
+echo "iperf3 TCP $(ip_of 1-1) (node1) -> $(ip_of 3-1) (node3), 5 s:"
+ip netns exec "${P}p1-1" iperf3 -c "$(ip_of 3-1)" -t 5 | grep -E "sender|receiver"
 exit $fail

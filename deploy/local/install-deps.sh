@@ -15,6 +15,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v strace >/dev/null || need+=(strace)
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+# etcd mode: etcd-client's build compiles etcd's protos (protoc + the well-known types), the
+# tests and the demo run a real etcd, and the TLS test makes its certificates with openssl.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true

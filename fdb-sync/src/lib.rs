@@ -1,4 +1,4 @@
-//! Node sources and the node model of overlayd.
+//! Node sources (Kubernetes, NodeList file, Flannel's etcd leases) and the node model of overlayd.
 //!
 //! This crate owns the translation from Kubernetes `Node` objects (read from the API server or
 //! from a NodeList file) to the desired forwarding state of one node: its own podCIDR and VtepMAC,
@@ -6,6 +6,7 @@
 //! this crate computes.
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 #[cfg(feature = "fake-apiserver")]
 pub mod fake_apiserver;
 pub mod kube;

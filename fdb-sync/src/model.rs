@@ -794,6 +794,18 @@ impl ClusterState {
             }
         }
         let own = own.ok_or_else(|| ModelError::OwnNodeMissing(own_name.to_string()))?;
+        Self::from_views(own, views, early_skips, filter)
+    }
+
+    /// The same decision over nodes already read into [`NodeView`]s (the etcd source reads
+    /// leases, not Node objects): `own` is this node, `views` the others, `early_skips` those
+    /// that could not be read at all.
+    pub fn from_views(
+        own: NodeView,
+        mut views: Vec<NodeView>,
+        mut early_skips: Vec<Skipped>,
+        filter: PeerFilter,
+    ) -> Result<Self, ModelError> {
         if own.pod_cidr.is_none() {
             return Err(ModelError::NoPodCidr {
                 node: own.name.clone(),

@@ -63,20 +63,20 @@ const fn f(
 
 /// Every flag, flanneld's first (in main.go's order), then overlayd's own.
 pub const FLAGS: &[Flag] = &[
-    f("etcd-endpoints", Kind::Str, true, "http://127.0.0.1:4001,http://127.0.0.1:2379", "etcd endpoints (etcd mode is not implemented yet: refused unless --kube-subnet-mgr or --nodes-file)"),
-    f("etcd-prefix", Kind::Str, true, "/coreos.com/network", "etcd prefix (etcd mode: not implemented yet)"),
-    f("etcd-keyfile", Kind::Str, true, "", "etcd TLS key (etcd mode: not implemented yet)"),
-    f("etcd-certfile", Kind::Str, true, "", "etcd TLS certificate (etcd mode: not implemented yet)"),
-    f("etcd-cafile", Kind::Str, true, "", "etcd TLS CA (etcd mode: not implemented yet)"),
-    f("etcd-username", Kind::Str, true, "", "etcd user (etcd mode: not implemented yet)"),
-    f("etcd-password", Kind::Str, true, "", "etcd password (etcd mode: not implemented yet)"),
+    f("etcd-endpoints", Kind::Str, true, "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd v3 endpoints (etcd mode: the default without --kube-subnet-mgr and --nodes-file)"),
+    f("etcd-prefix", Kind::Str, true, "/coreos.com/network", "etcd prefix: <prefix>/config holds net-conf.json, <prefix>/subnets/ the leases"),
+    f("etcd-keyfile", Kind::Str, true, "", "etcd TLS client key (with --etcd-certfile)"),
+    f("etcd-certfile", Kind::Str, true, "", "etcd TLS client certificate (with --etcd-keyfile)"),
+    f("etcd-cafile", Kind::Str, true, "", "CA that signed the etcd servers' certificates"),
+    f("etcd-username", Kind::Str, true, "", "etcd user (etcd authentication)"),
+    f("etcd-password", Kind::Str, true, "", "etcd user's password"),
     f("iface", Kind::List, true, "", "underlay interface, by name or address; repeatable, the first that exists wins"),
     f("iface-regex", Kind::List, true, "", "regex matching the underlay interface's name or address; repeatable, checked after --iface"),
     f("iface-can-reach", Kind::Str, true, "", "use the interface `ip route get <ip>` would use"),
     f("subnet-file", Kind::Str, true, "/run/flannel/subnet.env", "where FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU... are written"),
     f("public-ip", Kind::Str, true, "", "IPv4 address other nodes reach this one at (default: the interface's first)"),
     f("public-ipv6", Kind::Str, true, "", "IPv6 address for other nodes (accepted; unused until dual-stack)"),
-    f("subnet-lease-renew-margin", Kind::Int, true, "60", "subnet lease renewal margin in minutes, 1..1439 (for the etcd mode)"),
+    f("subnet-lease-renew-margin", Kind::Int, true, "60", "etcd mode: renew the 24 h subnet lease this many minutes before it expires, 1..1439"),
     f("ip-masq", Kind::Bool, true, "false", "masquerade traffic from the pod network to outside it"),
     f("ip-masq-fully-random-disable", Kind::Bool, true, "false", "masquerade without --random-fully"),
     f("kube-subnet-mgr", Kind::Bool, true, "false", "read Node objects from the Kubernetes API server"),
@@ -94,7 +94,7 @@ pub const FLAGS: &[Flag] = &[
     f("v", Kind::Level, true, "0", "log verbosity (klog): 0-3 info, 4-5 debug, 6+ trace (RUST_LOG wins when set)"),
     f("vmodule", Kind::Str, true, "", "klog per-file verbosity: accepted and ignored"),
     f("log_backtrace_at", Kind::Str, true, "", "klog backtrace location: accepted and ignored"),
-    f("node-name", Kind::Str, false, "", "this node's name (env NODE_NAME; else POD_NAME/POD_NAMESPACE with --kube-subnet-mgr)"),
+    f("node-name", Kind::Str, false, "", "this node's name (env NODE_NAME; else POD_NAME/POD_NAMESPACE with --kube-subnet-mgr; in etcd mode the host name)"),
     f("nodes-file", Kind::Str, false, "", "a v1 NodeList (YAML or JSON, as `kubectl get nodes -o yaml` prints); re-read on change"),
     f("device", Kind::Str, false, "ovl.1", "TAP device name"),
     f("queues", Kind::Int, false, "", "TAP queues and worker threads (default: 1 with up to 2 CPUs, else the CPU count)"),
@@ -311,7 +311,18 @@ pub enum Mode {
         api_url: Option<String>,
     },
     NodesFile(PathBuf),
+    /// Flannel's etcd subnet manager (flanneld without `--kube-subnet-mgr`).
+    Etcd {
+        etcd: fdb_sync::etcd::EtcdConfig,
+        /// The etcd lease's TTL: Flannel's fixed 24 h, unless the test-only variable
+        /// `OVERLAYD_TEST_ETCD_LEASE_TTL_SECS` shortens it (renewal tests; not a flag, as
+        /// flanneld has none).
+        lease_ttl: Duration,
+    },
 }
+
+/// The test-only variable that shortens the etcd lease TTL (see [`Mode::Etcd`]).
+pub const TEST_LEASE_TTL_ENV: &str = "OVERLAYD_TEST_ETCD_LEASE_TTL_SECS";
 
 /// The node name as flanneld finds it (pkg/subnet/kube/kube.go NewSubnetManager).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,6 +468,73 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     })
 }
 
+/// The host name, for logs and `/status` in etcd mode (leases carry no node name).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `--etcd-*` as flanneld reads them (main.go newSubnetManager: endpoints split on `,`).
+fn etcd_config(given: &Given) -> Result<fdb_sync::etcd::EtcdConfig, CliError> {
+    let text = given.str_or_default("etcd-endpoints");
+    let endpoints: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(bad(
+            "etcd-endpoints",
+            &text,
+            "no endpoint: give URLs like http://10.0.0.1:2379,http://10.0.0.2:2379",
+        ));
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(bad(
+                "etcd-endpoints",
+                e,
+                "an endpoint is a URL starting with http:// or https:// (e.g. http://10.0.0.1:2379)",
+            ));
+        }
+    }
+    let prefix = given.str_or_default("etcd-prefix");
+    if !prefix.starts_with('/') {
+        return Err(bad(
+            "etcd-prefix",
+            &prefix,
+            "must start with '/' (e.g. /coreos.com/network)",
+        ));
+    }
+    let certfile = opt_str(given, "etcd-certfile").map(PathBuf::from);
+    let keyfile = opt_str(given, "etcd-keyfile").map(PathBuf::from);
+    if certfile.is_some() != keyfile.is_some() {
+        let (flag, v) = if certfile.is_some() {
+            ("etcd-certfile", given.str_or_default("etcd-certfile"))
+        } else {
+            ("etcd-keyfile", given.str_or_default("etcd-keyfile"))
+        };
+        return Err(bad(
+            flag,
+            &v,
+            "a client certificate needs its key: pass --etcd-certfile and --etcd-keyfile together",
+        ));
+    }
+    Ok(fdb_sync::etcd::EtcdConfig {
+        endpoints,
+        prefix,
+        cafile: opt_str(given, "etcd-cafile").map(PathBuf::from),
+        certfile,
+        keyfile,
+        username: opt_str(given, "etcd-username"),
+        password: opt_str(given, "etcd-password"),
+    })
+}
+
 fn refuse(msg: impl Into<String>) -> CliError {
     CliError::Refused(msg.into())
 }
@@ -517,27 +595,33 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             api_url,
         },
         (false, Some(path)) => Mode::NodesFile(path),
-        (false, None) => {
-            let why = if etcd_given.is_empty() {
-                String::new()
-            } else {
-                format!(" (given: --{})", etcd_given.join(", --"))
-            };
-            return Err(refuse(format!(
-                "etcd mode (flanneld without --kube-subnet-mgr) is not implemented yet{why}: pass --kube-subnet-mgr to read Node objects from the API server, or --nodes-file PATH"
-            )));
-        }
+        (false, None) => Mode::Etcd {
+            etcd: etcd_config(given)?,
+            lease_ttl: match env(TEST_LEASE_TTL_ENV).filter(|v| !v.is_empty()) {
+                None => fdb_sync::etcd::SUBNET_TTL,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(s) if s >= 2 => Duration::from_secs(s),
+                    _ => {
+                        return Err(refuse(format!(
+                            "{TEST_LEASE_TTL_ENV}={v:?} is not a number of seconds >= 2 (a test-only setting: unset it to get Flannel's 24 h)"
+                        )))
+                    }
+                },
+            },
+        },
     };
+    let etcd_mode = matches!(mode, Mode::Etcd { .. });
     if !matches!(mode, Mode::Kube { .. }) {
         for name in ["kubeconfig-file", "kube-api-url", "kube-annotation-prefix"] {
             if given.values.contains_key(name) {
                 warnings.push(format!(
-                    "--{name} is used with --kube-subnet-mgr only; ignored with --nodes-file"
+                    "--{name} is used with --kube-subnet-mgr only; ignored with {}",
+                    if etcd_mode { "etcd" } else { "--nodes-file" }
                 ));
             }
         }
     }
-    if !etcd_given.is_empty() {
+    if !etcd_given.is_empty() && !etcd_mode {
         warnings.push(format!(
             "--{} ignored: etcd flags are used only in etcd mode (without --kube-subnet-mgr), as in flanneld",
             etcd_given.join(", --")
@@ -557,6 +641,8 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             (Some(name), Some(namespace)) if matches!(mode, Mode::Kube { .. }) => {
                 NodeName::FromPod { namespace, name }
             }
+            // flanneld's etcd mode needs no node name: leases are keyed by subnet.
+            _ if etcd_mode => NodeName::Given(host_name()),
             _ => {
                 return Err(refuse(
                     "no node name: pass --node-name NAME or set NODE_NAME (with --kube-subnet-mgr, POD_NAME and POD_NAMESPACE also work, as in flanneld)",

@@ -24,6 +24,9 @@ pub struct Health {
     pub device_up: AtomicBool,
     /// The running workers' stats (heartbeat, restarts); empty while no dataplane runs.
     queues: Mutex<Vec<Arc<WorkerStats>>>,
+    /// What the node source cannot do right now (etcd unreachable, no lease), said on
+    /// /readyz; forwarding goes on with the last state meanwhile.
+    source_problem: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -33,6 +36,23 @@ impl Health {
             && self.synced.load(Ordering::Relaxed)
             && self.device_up.load(Ordering::Relaxed)
             && self.not_forwarding().is_empty()
+            && self.source_problem().is_none()
+    }
+
+    /// Sets (or clears, with `None`) what the node source cannot do right now.
+    pub fn set_source_problem(&self, problem: Option<String>) {
+        *self
+            .source_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
+    }
+
+    #[must_use]
+    pub fn source_problem(&self) -> Option<String> {
+        self.source_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Points the heartbeat check at the workers of the dataplane now running (none: empty).
@@ -74,6 +94,7 @@ impl Health {
             m.push("device not up".to_string());
         }
         m.extend(self.not_forwarding());
+        m.extend(self.source_problem());
         m
     }
 }

@@ -157,6 +157,10 @@ fn run(cfg: Config) -> Result<()> {
             api_url: api_url.clone(),
         },
         Mode::NodesFile(path) => SourceKind::NodesFile(path.clone()),
+        Mode::Etcd { etcd, lease_ttl } => SourceKind::Etcd {
+            etcd: etcd.clone(),
+            lease_ttl: *lease_ttl,
+        },
     };
     let queues = cfg.queues.unwrap_or_else(|| {
         overlayd::cli::default_queues(

@@ -428,23 +428,73 @@ fn values_are_checked_with_the_flag_named() {
 }
 
 #[test]
-fn etcd_mode_is_refused_but_its_flags_parse() {
-    let e = fails(&[
-        "--node-name=n",
-        "--etcd-endpoints=http://10.0.0.1:2379",
+fn etcd_mode_is_the_default_and_takes_flanneld_flags() {
+    let c = run(&[
+        "--etcd-endpoints=http://10.0.0.1:2379, https://10.0.0.2:2379",
         "-etcd-prefix",
-        "/x",
+        "/x/net",
+        "--etcd-cafile=/ca.pem",
+        "--etcd-certfile=/c.pem",
+        "--etcd-keyfile=/k.pem",
+        "--etcd-username=flannel",
+        "--etcd-password=secret",
+        "--subnet-lease-renew-margin=30",
     ]);
-    assert!(
-        e.contains("etcd mode")
-            && e.contains("not implemented yet")
-            && e.contains("--etcd-endpoints"),
-        "{e}"
+    let Mode::Etcd { etcd, lease_ttl } = &c.mode else {
+        panic!("{:?}", c.mode)
+    };
+    assert_eq!(
+        etcd.endpoints,
+        ["http://10.0.0.1:2379", "https://10.0.0.2:2379"]
     );
-    assert!(
-        e.contains("--kube-subnet-mgr") && e.contains("--nodes-file"),
-        "{e}"
+    assert_eq!(etcd.prefix, "/x/net");
+    assert_eq!(
+        etcd.cafile.as_deref(),
+        Some(std::path::Path::new("/ca.pem"))
     );
+    assert_eq!(etcd.username.as_deref(), Some("flannel"));
+    assert_eq!(etcd.password.as_deref(), Some("secret"));
+    assert_eq!(*lease_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(30 * 60));
+    // No node name needed: the host name stands in.
+    assert!(matches!(c.node_name, NodeName::Given(ref n) if !n.is_empty()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    // Defaults are flanneld's; FLANNELD_ETCD_* set them too.
+    let c = run(&[]);
+    let Mode::Etcd { etcd, .. } = &c.mode else {
+        panic!()
+    };
+    assert_eq!(
+        etcd.endpoints,
+        ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    );
+    assert_eq!(etcd.prefix, "/coreos.com/network");
+    let env = |k: &str| match k {
+        "FLANNELD_ETCD_ENDPOINTS" => Some("http://192.0.2.1:2379".to_string()),
+        "FLANNELD_ETCD_PREFIX" => Some("/env/prefix".to_string()),
+        "FLANNELD_ETCD_USERNAME" => Some("u".to_string()),
+        super::TEST_LEASE_TTL_ENV => Some("6".to_string()),
+        _ => None,
+    };
+    let Ok(Command::Run(c)) = parse(&[], &env) else {
+        panic!()
+    };
+    let Mode::Etcd { etcd, lease_ttl } = &c.mode else {
+        panic!()
+    };
+    assert_eq!(etcd.endpoints, ["http://192.0.2.1:2379"]);
+    assert_eq!(etcd.prefix, "/env/prefix");
+    assert_eq!(etcd.username.as_deref(), Some("u"));
+    assert_eq!(*lease_ttl, Duration::from_secs(6));
+
+    let e = fails(&["--etcd-endpoints=10.0.0.1:2379"]);
+    assert!(e.contains("http://") && e.contains("10.0.0.1:2379"), "{e}");
+    let e = fails(&["--etcd-certfile=/c.pem"]);
+    assert!(e.contains("--etcd-keyfile"), "{e}");
+    let e = fails(&["--etcd-prefix=coreos.com"]);
+    assert!(e.contains("must start with '/'"), "{e}");
+    // In the other modes the etcd flags are said to be unused.
     let c = run(&with_base(&["--etcd-endpoints=http://e:2379"]));
     assert!(c.warnings[0].contains("--etcd-endpoints ignored"));
 }

@@ -13,6 +13,7 @@
 mod blackhole;
 pub mod cleanup;
 mod direct;
+pub mod etcd;
 pub mod flannel_leftovers;
 mod handover;
 pub mod model;
@@ -179,6 +180,13 @@ pub enum SourceKind {
         /// `--kube-api-url`: replaces the cluster URL.
         api_url: Option<String>,
     },
+    /// Flannel's etcd subnet manager: net-conf from `<prefix>/config`, this node's podCIDR
+    /// from its lease, peers from the other leases.
+    Etcd {
+        etcd: fdb_sync::etcd::EtcdConfig,
+        /// Flannel's 24 h (shorter only in tests, see `cli::TEST_LEASE_TTL_ENV`).
+        lease_ttl: Duration,
+    },
 }
 
 /// Starts the node source. `announce` carries what this node publishes about itself once its
@@ -209,6 +217,7 @@ async fn spawn_source(
                 announce,
             ));
         }
+        SourceKind::Etcd { .. } => unreachable!("the etcd source is started by run()"),
     }
     Ok(rx)
 }
@@ -428,20 +437,27 @@ async fn start_dataplane(
     ))
 }
 
+/// subnet.env for this node's podCIDR (IPv4 only, as the daemon runs), in cni-shim's one
+/// definition of the file.
+fn subnet_env(
+    netconf: &NetConf,
+    own_cidr: ipnetwork::Ipv4Network,
+    mtu: u32,
+    opts: &Options,
+) -> Result<SubnetEnv> {
+    let v4 =
+        NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
+            format!(
+                "cannot describe podCIDR {own_cidr} of Network {} in {}",
+                netconf.network,
+                opts.subnet_file.display()
+            )
+        })?;
+    SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq).context("subnet.env without a subnet")
+}
+
 /// Runs the daemon until a signal arrives.
 pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Result<()> {
-    let text = std::fs::read_to_string(&opts.net_config_path).with_context(|| {
-        format!(
-            "cannot read net-conf {}: pass --net-config-path",
-            opts.net_config_path.display()
-        )
-    })?;
-    let netconf =
-        NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
-    for w in &netconf.warnings {
-        warn!(path = %opts.net_config_path.display(), "{w}");
-    }
-
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -459,21 +475,64 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         None => None,
     };
 
+    // In etcd mode net-conf.json is `<prefix>/config` (waited for, with /readyz saying why).
+    let mut etcd_source = None;
+    let netconf = if let SourceKind::Etcd { etcd: cfg, .. } = &source {
+        let Some((reg, netconf, alloc)) = etcd::wait_for_config(cfg, &health, &mut stop_rx).await
+        else {
+            return Ok(());
+        };
+        etcd_source = Some((reg, alloc));
+        netconf
+    } else {
+        let text = std::fs::read_to_string(&opts.net_config_path).with_context(|| {
+            format!(
+                "cannot read net-conf {}: pass --net-config-path",
+                opts.net_config_path.display()
+            )
+        })?;
+        let netconf =
+            NetConf::parse(&text).with_context(|| format!("{}", opts.net_config_path.display()))?;
+        for w in &netconf.warnings {
+            warn!(path = %opts.net_config_path.display(), "{w}");
+        }
+        netconf
+    };
+
     // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
     let nl = Netlink::connect()?;
     let underlay = find_underlay(&nl, &opts).await?;
     let mut policy = current_policy(&nl, &netconf, &underlay, &opts).await;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
-    let mut updates = spawn_source(&source, &opts.node_name, announce_rx).await?;
+    let mut updates = match (etcd_source, &source) {
+        (Some((reg, alloc)), SourceKind::Etcd { lease_ttl, .. }) => {
+            let (tx, rx) = mpsc::channel(4);
+            etcd::spawn(
+                reg,
+                alloc,
+                underlay.ip,
+                netconf.vni,
+                fdb_sync::etcd::Timing {
+                    ttl: *lease_ttl,
+                    renew_margin: opts.subnet_lease_renew_margin,
+                },
+                &opts.subnet_file,
+                health.clone(),
+                tx,
+            );
+            rx
+        }
+        _ => spawn_source(&source, &opts.node_name, announce_rx).await?,
+    };
     let Some(mut state) =
         wait_for_own_node(&mut updates, &opts.node_name, &mut stop_rx, &policy).await?
     else {
         return Ok(());
     };
     health.own_node_known.store(true, Ordering::Relaxed);
-    let own_cidr = state.own_pod_cidr();
-    let own_mac = state.own_vtep_mac();
+    let mut own_cidr = state.own_pod_cidr();
+    let mut own_mac = state.own_vtep_mac();
     // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
     flannel_leftovers::take_over(&nl, netconf.vni).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
@@ -533,7 +592,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             None
         }
     };
-    let _blackhole = opts
+    let mut blackhole_task = opts
         .ip_blackhole_route
         .then(|| tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
@@ -548,22 +607,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     log_peer_set(&state, &mut reported_skips);
     observed.set_skipped(&state);
     // Masquerade and FORWARD rules before subnet.env, as flanneld orders them (readiness implies them).
-    let netfilter = crate::netfilter::start_from_options(
+    let mut netfilter = crate::netfilter::start_from_options(
         &opts,
         &netconf,
         own_cidr,
         observed.netfilter.clone(),
     )?;
-    let v4 =
-        NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
-            format!(
-                "cannot describe podCIDR {own_cidr} of Network {} in {}",
-                netconf.network,
-                opts.subnet_file.display()
-            )
-        })?;
-    let env = SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq)
-        .context("subnet.env without a subnet")?;
+    let env = subnet_env(&netconf, own_cidr, mtu, &opts)?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
@@ -596,6 +646,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     // A burst of notifications (a flap, our own reconcile) becomes one check.
     let mut heal_at: Option<tokio::time::Instant> = None;
     let mut source_open = true;
+    // The source's last state before validation (validated again when the device moves).
+    let mut last_raw: Option<ClusterState> = None;
     let mut successor = None;
     loop {
         let mut changed = false;
@@ -620,6 +672,27 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             }
             _ = backstop.tick() => {
                 check = true;
+                // A peer skipped because its podCIDR covered an address of this node (after a
+                // lease moved: the old subnet's pod gateway on the bridge, while those pods
+                // exist) is taken once that address is gone.
+                if state.skipped.iter().any(|s| s.kind == fdb_sync::SkipReason::PodCidrCoversUnderlay) {
+                    if let Some(raw) = &last_raw {
+                        let now = current_policy(&nl, &netconf, &underlay, &opts).await;
+                        if now != policy {
+                            policy = now;
+                            if let Ok(new) = policy::validate(raw, &policy) {
+                                if new.own == state.own && new.peers != state.peers {
+                                    let next = Fdb::from_peers_keeping(&model::peers(&new.peers), netconf.port, Some(&dp.fdb.load()));
+                                    dp.fdb.store(Arc::new(next));
+                                    state = new;
+                                    log_peer_set(&state, &mut reported_skips);
+                                    observed.set_skipped(&state);
+                                    changed = true;
+                                }
+                            }
+                        }
+                    }
+                }
                 if let Some(nf) = &netfilter {
                     nf.check_soon();
                 }
@@ -650,7 +723,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 // Every state is validated for this node before anything else sees it.
                 Some(Ok(raw)) => {
                     policy = current_policy(&nl, &netconf, &underlay, &opts).await;
-                    Some(policy::validate(&raw, &policy))
+                    let checked = policy::validate(&raw, &policy);
+                    last_raw = Some(raw);
+                    Some(checked)
                 }
                 other => other,
             } {
@@ -665,6 +740,62 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         observed.sync_failed();
                         last_error = msg;
                     }
+                }
+                Some(Ok(new)) if matches!(source, SourceKind::Etcd { .. })
+                    && (new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac) =>
+                {
+                    // The lease was lost and another node took the subnet: move to the new
+                    // one. The device gets the new address and VtepMAC (workers restarted
+                    // with them), the old address goes, the peer that now holds the old
+                    // subnet gets its route like any peer, and subnet.env says the new one.
+                    let new_cidr = new.own_pod_cidr();
+                    warn!(old = %own_cidr, new = %new_cidr, "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
+                    let queues = dp.workers.take_ios();
+                    let previous = dp.fdb.load_full();
+                    let (ndp, _) = start_dataplane(&nl, &opts, &netconf, &underlay, &new, Some(&previous), queues)
+                        .await
+                        .context("cannot move the dataplane to the new subnet lease; restart overlayd")?;
+                    observed.attach(ndp.fdb.clone(), ndp.workers.stats());
+                    health.set_queues(ndp.workers.stats());
+                    dp = ndp;
+                    if let Err(e) = nl.remove_other_ipv4_addresses(dp.link_index, new_cidr.network()).await {
+                        warn!(error = %e, "cannot remove the old subnet's address from the device");
+                    }
+                    // The peer set was checked while the device still had the old subnet's
+                    // address, which made the new holder of that subnet look like it covers
+                    // this node: check it again without it.
+                    policy = current_policy(&nl, &netconf, &underlay, &opts).await;
+                    let new = match last_raw.as_ref().map(|raw| policy::validate(raw, &policy)) {
+                        Some(Ok(v)) => v,
+                        _ => new,
+                    };
+                    own_cidr = new_cidr;
+                    own_mac = new.own_vtep_mac();
+                    state = new;
+                    subnet_env(&netconf, own_cidr, mtu, &opts)?
+                        .write_atomic(&opts.subnet_file)
+                        .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
+                    drop(netfilter.take());
+                    netfilter = crate::netfilter::start_from_options(&opts, &netconf, own_cidr, observed.netfilter.clone())?;
+                    if let Some(t) = blackhole_task.take() {
+                        t.abort();
+                        blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
+                    }
+                    observed.set_own(OwnNode {
+                        node: opts.node_name.clone(),
+                        pod_cidr: own_cidr,
+                        vtep_ip: underlay.ip,
+                        vtep_mac: model::mac(own_mac),
+                        device: opts.device.clone(),
+                        vni: netconf.vni,
+                        port: netconf.port,
+                        mtu,
+                    });
+                    log_peer_set(&state, &mut reported_skips);
+                    observed.set_skipped(&state);
+                    last_error.clear();
+                    synced = true;
+                    changed = true;
                 }
                 Some(Ok(new)) if new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac => {
                     let msg = format!(

@@ -220,6 +220,21 @@ impl Workers {
         }
     }
 
+    /// Stops every worker and hands the queues' descriptors back, for workers started anew on
+    /// the same device (this node's subnet lease moved: new MAC and decap rules, same queues,
+    /// so nothing is closed or reopened). `None` when a descriptor is still shared, which only
+    /// a worker thread that did not end could do; the workers are stopped either way.
+    pub fn take_ios(&mut self) -> Option<Vec<QueueIo>> {
+        self.stop_all();
+        if self.slots.iter().any(|s| Arc::strong_count(&s.io) != 1) {
+            return None;
+        }
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|s| Arc::try_unwrap(s.io).ok())
+            .collect()
+    }
+
     /// Stops every worker and waits for them; the descriptors stay open until `self` drops.
     pub fn stop_all(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -322,6 +322,42 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Removes every IPv4 address of link `index` except `keep` (a device whose pod subnet
+    /// changed keeps no address of the old one).
+    pub async fn remove_other_ipv4_addresses(
+        &self,
+        index: u32,
+        keep: Ipv4Addr,
+    ) -> Result<usize, NetlinkError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut stale = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            let v4 = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip))
+                | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if v4.is_some_and(|ip| ip != keep) {
+                stale.push((v4, m));
+            }
+        }
+        let n = stale.len();
+        for (ip, m) in stale {
+            self.handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(req(format!("delete address {ip:?} from link #{index}")))?;
+        }
+        Ok(n)
+    }
+
     /// Every address of every link, with its prefix: `(link index, address/prefix)`.
     pub async fn all_addresses(&self) -> Result<Vec<(u32, ipnetwork::IpNetwork)>, NetlinkError> {
         let mut s = self.handle.address().get().execute();

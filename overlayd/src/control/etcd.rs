@@ -1,0 +1,149 @@
+//! The daemon's side of Flannel's etcd subnet manager; the etcd conversation itself is
+//! `fdb_sync::etcd`. Here: wait for etcd and for a usable `<prefix>/config` (said on the log
+//! and on /readyz, never a crash), start the lease source with this node's public IP, and
+//! carry the source's problems to /readyz.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cni_shim::subnet_env::SubnetEnv;
+use fdb_sync::etcd::{Allocation, EtcdConfig, Me, Registry, Status, Timing};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::NetConf;
+use crate::health::Health;
+use fdb_sync::SourceUpdate;
+
+/// Connects to etcd and reads `<prefix>/config` until both work; `None` when asked to stop
+/// first. Each distinct problem is logged once and shown on /readyz.
+pub async fn wait_for_config(
+    cfg: &EtcdConfig,
+    health: &Health,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(Registry, NetConf, Allocation)> {
+    let mut last = String::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut reg: Option<Registry> = None;
+    loop {
+        let problem = match &reg {
+            None => match Registry::connect(cfg).await {
+                Ok(r) => {
+                    info!(endpoints = %cfg.endpoints.join(","), "connected to etcd");
+                    reg = Some(r);
+                    continue;
+                }
+                Err(e) => format!("cannot connect to etcd: {e}; retrying"),
+            },
+            Some(r) => match r.network_config().await {
+                Ok(Some(text)) => match NetConf::parse(&text) {
+                    Ok(nc) => match nc.subnet_allocation() {
+                        Ok(a) => {
+                            for w in nc.warnings.iter().filter(|w| !w.contains("etcd subnet manager only")) {
+                                warn!(key = %format!("{}/config", cfg.prefix), "{w}");
+                            }
+                            let alloc = Allocation {
+                                network: nc.network,
+                                subnet_len: a.subnet_len,
+                                subnet_min: a.subnet_min,
+                                subnet_max: a.subnet_max,
+                            };
+                            health.set_source_problem(None);
+                            info!(network = %nc.network, subnet_len = a.subnet_len, subnet_min = %a.subnet_min, subnet_max = %a.subnet_max, "network config from etcd");
+                            return Some((reg.take().expect("connected"), nc, alloc));
+                        }
+                        Err(e) => format!("{}/config is not usable: {e}; fix it in etcd (waiting)", cfg.prefix),
+                    },
+                    Err(e) => format!("{}/config is not valid net-conf.json: {e}; fix it in etcd (waiting)", cfg.prefix),
+                },
+                Ok(None) => format!(
+                    "flannel config not found in etcd store at {}/config: write net-conf.json there, e.g. {{\"Network\":\"10.244.0.0/16\",\"Backend\":{{\"Type\":\"vxlan\"}}}} (waiting)",
+                    cfg.prefix
+                ),
+                Err(e) => format!("cannot read {}/config: {e}; retrying", cfg.prefix),
+            },
+        };
+        if problem != last {
+            warn!("{problem}");
+            health.set_source_problem(Some(problem.clone()));
+            last = problem;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `FLANNEL_SUBNET` of an existing subnet.env, as flanneld's ReadCIDRFromSubnetFile: the
+/// subnet this node had before a restart, tried first when free.
+/// Read with cni-shim's one definition of the file; an unreadable or broken file means no
+/// previous subnet (a fresh one is leased), never a failure.
+pub fn previous_subnet(path: &Path) -> Option<Ipv4Network> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match SubnetEnv::parse(&text).ok()?.v4()?.subnet {
+        IpNetwork::V4(n) => Some(n),
+        IpNetwork::V6(_) => None,
+    }
+}
+
+/// Starts the lease source; its problems go to /readyz.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    reg: Registry,
+    alloc: Allocation,
+    public_ip: Ipv4Addr,
+    vni: u32,
+    timing: Timing,
+    subnet_file: &Path,
+    health: Arc<Health>,
+    tx: mpsc::Sender<SourceUpdate>,
+) {
+    let previous = previous_subnet(subnet_file);
+    let (own_tx, _own_rx) = watch::channel(None);
+    let (problem_tx, mut problem_rx) = watch::channel(None);
+    tokio::spawn(fdb_sync::etcd::run(
+        reg,
+        alloc,
+        Me { public_ip, vni },
+        timing,
+        previous,
+        tx,
+        Status {
+            own: own_tx,
+            problem: problem_tx,
+        },
+    ));
+    tokio::spawn(async move {
+        while problem_rx.changed().await.is_ok() {
+            let p = problem_rx.borrow_and_update().clone();
+            health.set_source_problem(p);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previous_subnet_is_read_from_subnet_env() {
+        let dir = std::env::temp_dir().join(format!("overlayd-prev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("subnet.env");
+        std::fs::write(
+            &p,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap();
+        assert_eq!(previous_subnet(&p), Some("10.244.7.0/24".parse().unwrap()));
+        std::fs::write(&p, "FLANNEL_SUBNET=junk\n").unwrap();
+        assert_eq!(previous_subnet(&p), None);
+        assert_eq!(previous_subnet(&dir.join("absent")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -410,14 +410,24 @@ mod tests {
             NodeSubnet::for_pod_cidr(net.parse().unwrap(), cidr.parse().unwrap()).unwrap()
         };
         let cases = [
-            (Some(v4("10.244.0.0/16", "10.244.7.0/24")), None, 1450, false),
+            (
+                Some(v4("10.244.0.0/16", "10.244.7.0/24")),
+                None,
+                1450,
+                false,
+            ),
             (
                 Some(v4("10.244.0.0/16", "10.244.7.0/24")),
                 Some(v4("fd00:10:244::/56", "fd00:10:244:7::/64")),
                 1430,
                 true,
             ),
-            (None, Some(v4("fd00:20::/48", "fd00:20:0:3::/64")), 8950, true),
+            (
+                None,
+                Some(v4("fd00:20::/48", "fd00:20:0:3::/64")),
+                8950,
+                true,
+            ),
             (Some(v4("172.16.0.0/12", "172.20.128.0/17")), None, 68, true),
         ];
         for (i, (a, b, mtu, masq)) in cases.into_iter().enumerate() {
@@ -443,7 +453,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dual.v6().unwrap().gateway.to_string(), "fd00:10:244:7::1");
-        assert_eq!(dual.v4().unwrap().gateway_cidr().to_string(), "10.244.7.1/24");
+        assert_eq!(
+            dual.v4().unwrap().gateway_cidr().to_string(),
+            "10.244.7.1/24"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

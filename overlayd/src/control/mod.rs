@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use arc_swap::ArcSwap;
-use fdb_sync::kube::Announcement;
 use cni_shim::subnet_env::{NodeSubnet, SubnetEnv};
+use fdb_sync::kube::Announcement;
 use fdb_sync::{ClusterState, SourceUpdate};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -441,6 +441,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     for w in &netconf.warnings {
         warn!(path = %opts.net_config_path.display(), "{w}");
     }
+    // The node model, annotations and subnet.env understand EnableIPv6, but the dataplane
+    // (TAP, UDP sockets, routes) still carries IPv4 only: starting would give pods IPv6
+    // addresses that lead nowhere.
+    if let Some(v6) = netconf.network_v6 {
+        anyhow::bail!(
+            "{}: EnableIPv6 is true (IPv6Network {v6}), but this overlayd forwards IPv4 pods over an IPv4 underlay only; set EnableIPv6 to false, or keep Flannel on dual-stack nodes",
+            opts.net_config_path.display()
+        );
+    }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -554,13 +563,14 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_cidr,
         observed.netfilter.clone(),
     )?;
-    let v4 = NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
-        format!(
-            "cannot describe podCIDR {own_cidr} of Network {} in {}",
-            netconf.network,
-            opts.subnet_file.display()
-        )
-    })?;
+    let v4 =
+        NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
+            format!(
+                "cannot describe podCIDR {own_cidr} of Network {} in {}",
+                netconf.network,
+                opts.subnet_file.display()
+            )
+        })?;
     let env = SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq)
         .context("subnet.env without a subnet")?;
     env.write_atomic(&opts.subnet_file)
@@ -571,6 +581,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         vtep_mac: own_mac,
         public_ip: underlay.ip,
         vni: netconf.vni,
+        // EnableIPv6 is refused above until the dataplane carries IPv6.
+        v6: None,
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
     observed.set_own(OwnNode {

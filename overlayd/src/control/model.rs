@@ -41,12 +41,14 @@ mod tests {
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
                 vtep_ip: "198.18.0.2".parse().unwrap(),
                 vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+                v6: None,
             },
             fdb_sync::Peer {
                 name: "a".into(),
                 pod_cidr: "10.244.1.0/24".parse().unwrap(),
                 vtep_ip: "198.18.0.1".parse().unwrap(),
                 vtep_mac: fdb_sync::derive_vtep_mac("10.244.1.0/24".parse().unwrap()),
+                v6: None,
             },
         ];
         let ours = peers(&model);

@@ -2,8 +2,8 @@
 //! given (plain) or valid TCP segments that add up to it (super-frame), to the right VTEP, from a
 //! socket fixed per flow, in chunks the kernel takes; and what each errno leads to.
 use super::*;
-use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use crate::fdb::Peer;
+use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
 
 const PEER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];

@@ -24,6 +24,7 @@ fn fdb() -> &'static Fdb {
             pod_cidr: format!("10.244.{n}.0/24").parse().expect("cidr"),
             vtep_ip: Ipv4Addr::new(198, 18, 0, n),
             vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v6: None,
         };
         Fdb::from_peers(&[peer(2), peer(3)], 8472)
     })

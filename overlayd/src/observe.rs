@@ -419,6 +419,7 @@ mod tests {
             pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
             vtep_ip: Ipv4Addr::new(198, 18, 0, n),
             vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v6: None,
         }
     }
 

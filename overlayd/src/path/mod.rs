@@ -12,7 +12,7 @@ pub mod plan;
 pub mod pmtu;
 pub mod tso;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use std::sync::Arc;
 
@@ -236,7 +236,7 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
 /// the inner frame (`&payload[8..]`) to the TAP device.
 pub fn decap<'a>(
     payload: &[u8],
-    from: Ipv4Addr,
+    from: impl Into<IpAddr>,
     fdb: &'a Fdb,
     cfg: &DecapConfig,
 ) -> Result<Deliver<'a>, DropReason> {

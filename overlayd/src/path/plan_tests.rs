@@ -16,6 +16,7 @@ fn fdb() -> Fdb {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: PEER_IP,
             vtep_mac: crate::wire::ethernet::MacAddr(PEER_MAC),
+            v6: None,
         }],
         8472,
     )

@@ -77,6 +77,8 @@ pub struct FdbEntry {
     pub pod_cidr: Ipv4Network,
     /// Where to send: the peer's public IP and the VXLAN port.
     pub vtep: SocketAddrV4,
+    /// The peer's IPv6 side (dual-stack), as the model gave it.
+    pub v6: Option<PeerV6>,
     pub counters: Arc<PeerCounters>,
 }
 
@@ -188,6 +190,7 @@ impl Fdb {
                 node: Arc::from(p.name.as_str()),
                 pod_cidr: p.pod_cidr,
                 vtep: SocketAddrV4::new(p.vtep_ip, port),
+                v6: p.v6,
                 counters,
             };
             if direct.contains_key(&p.vtep_ip) {

@@ -183,6 +183,10 @@ pub struct NodeView {
     pub vtep_mac_v6: Option<MacAddr>,
     /// Whether `vtep_mac_v6` came from `backend-v6-data`.
     pub vtep_mac_v6_annotated: bool,
+    /// Why `backend-v6-data` could not be read. Flannel reads that annotation only with
+    /// `EnableIPv6`, so a bad one makes the node unreadable only then (see
+    /// `ClusterState::validated`), never in an IPv4-only cluster.
+    pub bad_v6_data: Option<String>,
     pub backend_type: Option<String>,
 }
 
@@ -312,9 +316,16 @@ impl NodeView {
         let annotated = read_mac(ANN_BACKEND_DATA)?;
         let vtep_mac_annotated = annotated.is_some();
         let vtep_mac = annotated.or_else(|| pod_cidr.map(derive_vtep_mac));
-        let annotated_v6 = read_mac(ANN_BACKEND_V6_DATA)?;
+        let (annotated_v6, bad_v6_data) = match read_mac(ANN_BACKEND_V6_DATA) {
+            Ok(m) => (m, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         let vtep_mac_v6_annotated = annotated_v6.is_some();
-        let vtep_mac_v6 = annotated_v6.or(vtep_mac);
+        let vtep_mac_v6 = if bad_v6_data.is_some() {
+            None
+        } else {
+            annotated_v6.or(vtep_mac)
+        };
 
         Ok(NodeView {
             name,
@@ -326,6 +337,7 @@ impl NodeView {
             vtep_mac_annotated,
             vtep_mac_v6,
             vtep_mac_v6_annotated,
+            bad_v6_data,
             backend_type: ann.get(ANN_BACKEND_TYPE).cloned(),
         })
     }
@@ -951,6 +963,9 @@ impl ClusterState {
                 }
             }
             let verdict = (|| -> Check {
+                if let Some(why) = v.bad_v6_data.as_ref().filter(|_| v6) {
+                    return fail(SkipReason::Unreadable, why.clone());
+                }
                 // Flannel's nodeToLease fails (and the node is no peer) when EnableIPv6 is on
                 // and the node has no IPv6 podCIDR or no public-ipv6.
                 if v6 && v.pod_cidr_v6.is_none() {
@@ -1780,19 +1795,29 @@ mod tests {
         assert_eq!(v.peers.len(), 6, "{:?}", v.skipped);
         assert!(v.peers.iter().all(|p| p.v6.is_none()));
 
-        // A broken backend-v6-data makes the node unreadable, naming the key.
+        // A broken backend-v6-data makes the node unreadable, naming the key, but only with
+        // IPv6 on: Flannel does not read it otherwise, so IPv4-only clusters are unaffected.
         let bad = dual(
             "h",
             8,
-            &[(
-                ANN_BACKEND_V6_DATA,
-                r#"{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#,
-            )],
+            &[
+                (ANN_PUBLIC_IPV6, "fd00:18::8"),
+                (
+                    ANN_BACKEND_V6_DATA,
+                    r#"{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#,
+                ),
+            ],
         );
-        let e = NodeView::from_node(&bad).unwrap_err().to_string();
+        let with_bad = [nodes[0].clone(), bad];
+        let raw = ClusterState::from_nodes(&with_bad, "a", PeerFilter::AllowUnannotated).unwrap();
+        let off = raw.validated(&policy()).unwrap();
+        assert_eq!(off.peers.len(), 1, "{:?}", off.skipped);
+        let on = raw.validated(&p).unwrap();
+        assert_eq!(kind_of(&on, "h"), Some(R::Unreadable), "{:?}", on.skipped);
+        let why = &on.skipped.iter().find(|s| s.node == "h").unwrap().reason;
         assert!(
-            e.contains("backend-v6-data") && e.contains("unicast"),
-            "{e}"
+            why.contains("backend-v6-data") && why.contains("unicast"),
+            "{why}"
         );
     }
 

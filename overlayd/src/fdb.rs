@@ -3,7 +3,7 @@
 //! in whole (`FdbHandle`), so workers read it without locks.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -122,6 +122,10 @@ type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 #[derive(Debug, Default)]
 pub struct Fdb {
     by_mac: FastMap<[u8; 6], FdbEntry>,
+    /// Dual-stack peers by their IPv6 VtepMAC (often the same MAC as the IPv4 one): inner IPv6
+    /// frames to them leave over the outer IPv6 address (as Flannel's flannel-v6.1 device).
+    /// The entry is the peer's (same counters); the address is its IPv6 VTEP.
+    by_mac_v6: FastMap<[u8; 6], (FdbEntry, SocketAddrV6)>,
     /// Known VTEP addresses (ingress filter), their peer's counters and podCIDR.
     vteps: FastMap<Ipv4Addr, Vtep>,
     /// Known IPv6 VTEP addresses: the same `Vtep` (counters, both podCIDRs) as the peer's
@@ -196,6 +200,12 @@ impl Fdb {
             if direct.contains_key(&p.vtep_ip) {
                 fdb.direct.push((p.vtep_mac, entry));
             } else {
+                if let Some(v6) = p.v6 {
+                    fdb.by_mac_v6.insert(
+                        v6.vtep_mac.0,
+                        (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
+                    );
+                }
                 fdb.by_mac.insert(p.vtep_mac.0, entry);
             }
         }
@@ -206,6 +216,20 @@ impl Fdb {
     #[must_use]
     pub fn lookup(&self, mac: &[u8; 6]) -> Option<&FdbEntry> {
         self.by_mac.get(mac)
+    }
+
+    /// The peer to send a frame for `mac` to, and the outer destination: an inner IPv6 frame
+    /// (`inner_v6`) to a dual-stack peer's IPv6 VtepMAC goes to its IPv6 VTEP; every other frame
+    /// (and an IPv6 frame to a MAC known only for IPv4, as kernel vxlan would) to the IPv4 VTEP.
+    #[inline]
+    #[must_use]
+    pub fn route(&self, mac: &[u8; 6], inner_v6: bool) -> Option<(&FdbEntry, SocketAddr)> {
+        if inner_v6 {
+            if let Some((e, dst)) = self.by_mac_v6.get(mac) {
+                return Some((e, SocketAddr::V6(*dst)));
+            }
+        }
+        self.by_mac.get(mac).map(|e| (e, SocketAddr::V4(e.vtep)))
     }
 
     /// The counters of the peer whose VTEP address (IPv4 or IPv6) is `ip`.

@@ -2,7 +2,7 @@ use super::*;
 use crate::fdb::Peer;
 use crate::wire::vxlan;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 const OWN: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
 const PEER: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];
@@ -111,6 +111,7 @@ fn encap_known_peer() {
     let t = encap(&mut f, &vnet::Header::default(), &fdb).unwrap();
     assert_eq!(&*t.peer.node, "n2");
     assert_eq!(t.peer.vtep, SocketAddrV4::new(PEER_IP, 8472));
+    assert_eq!(t.destination, SocketAddr::from((PEER_IP, 8472)));
     let mut g = tcp_frame(PEER, 100, 40000);
     assert_eq!(
         encap(&mut g, &vnet::Header::default(), &fdb)

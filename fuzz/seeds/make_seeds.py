@@ -173,11 +173,12 @@ def write_egress_plan_seeds():
                 for sc in scripts:
                     write("egress_plan", bytes([len(sc)]) + sc + to)
     # Crafted inner IPv6 TCP to node3 (the captures are IPv4 only): plain, plain with a partial
-    # checksum, and a GSO_TCPV6 super-frame (MSS 1395: 44 segments fit one IPv6 send).
+    # checksum, and a GSO_TCPV6 super-frame (MSS 1407: 44 segments of 1,489 bytes, 65,516 bytes,
+    # fit one IPv6 send but not one IPv4 send).
     for payload_len, hdr in [
         (100, vnet()),
         (100, vnet(1, 0, 0, 0, 54, 16)),
-        (44 * 1395, vnet(1, 4, 74, 1395, 54, 16)),
+        (44 * 1407, vnet(1, 4, 74, 1407, 54, 16)),
     ]:
         frame = ipv6_tcp_frame(bytes([0x0A, 0x58, 10, 244, 3, 0]), payload_len)
         for sc in scripts:

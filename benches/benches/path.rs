@@ -23,6 +23,7 @@ fn peers(n: u32) -> Vec<Peer> {
                 pod_cidr: format!("10.{b}.{c}.0/24").parse().unwrap(),
                 vtep_ip: Ipv4Addr::new(198, 18, b, c),
                 vtep_mac: MacAddr([0x0a, 0x58, 10, b, c, 0]),
+                v6: None,
             }
         })
         .collect()

@@ -228,6 +228,11 @@ fn view_of(key: &str, subnet: Ipv4Network, attrs: &LeaseAttrs) -> Result<NodeVie
         public_ip_v6: None,
         vtep_mac,
         vtep_mac_annotated: true,
+        // The lease's IPv6 half (`PublicIPv6`, `BackendV6Data`, the key's `&<ipv6>-<len>`) is
+        // not read yet: the dataplane refuses EnableIPv6 (issue 14).
+        vtep_mac_v6: None,
+        vtep_mac_v6_annotated: false,
+        bad_v6_data: None,
         backend_type: Some(attrs.backend_type.clone()),
     })
 }

@@ -7,7 +7,7 @@
 //! whole node set, so a delete missed while disconnected cannot leave a stale peer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 
 use crate::model::{
     BackendData, ClusterState, MacAddr, PeerFilter, ANN_BACKEND_DATA, ANN_BACKEND_TYPE,
-    ANN_KUBE_SUBNET_MANAGER, ANN_PUBLIC_IP, ANN_PUBLIC_IP_OVERWRITE,
+    ANN_BACKEND_V6_DATA, ANN_KUBE_SUBNET_MANAGER, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6,
+    ANN_PUBLIC_IPV6_OVERWRITE, ANN_PUBLIC_IP_OVERWRITE,
 };
 
 /// What the source sends: a full state, or why there is none yet.
@@ -166,9 +167,18 @@ pub struct Announcement {
     pub vtep_mac: MacAddr,
     pub public_ip: Ipv4Addr,
     pub vni: u32,
+    /// The IPv6 VTEP when `EnableIPv6` is on: published as `backend-v6-data` and `public-ipv6`.
+    pub v6: Option<AnnouncementV6>,
     /// Set the Node's `NetworkUnavailable` condition to false once published, as flanneld does
     /// with `--set-node-network-unavailable` (its default, true).
     pub set_node_network_unavailable: bool,
+}
+
+/// This node's IPv6 VTEP as Flannel's vxlan backend publishes its `flannel-v6.<VNI>` device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncementV6 {
+    pub vtep_mac: MacAddr,
+    pub public_ip: Ipv6Addr,
 }
 
 /// The condition flanneld's kube subnet manager writes in `CompleteLease`
@@ -212,12 +222,32 @@ pub fn desired_annotations(node: &Node, a: &Announcement) -> BTreeMap<String, St
         vtep_mac: a.vtep_mac.to_string(),
     })
     .expect("BackendData serializes");
-    BTreeMap::from([
+    let mut out = BTreeMap::from([
         (ANN_BACKEND_TYPE.to_string(), "vxlan".to_string()),
         (ANN_BACKEND_DATA.to_string(), data),
         (ANN_PUBLIC_IP.to_string(), public_ip.to_string()),
         (ANN_KUBE_SUBNET_MANAGER.to_string(), "true".to_string()),
-    ])
+    ]);
+    // Flannel (pkg/subnet/kube/kube.go, AcquireLease): backend-v6-data is the same JSON as
+    // backend-data with the v6 device's MAC, and public-ipv6-overwrite wins over the address
+    // found; without IPv6 neither key is written.
+    if let Some(v6) = a.v6 {
+        let public_ipv6 = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|m| m.get(ANN_PUBLIC_IPV6_OVERWRITE))
+            .and_then(|v| v.trim().parse::<Ipv6Addr>().ok())
+            .unwrap_or(v6.public_ip);
+        let data = serde_json::to_string(&BackendData {
+            vni: a.vni,
+            vtep_mac: v6.vtep_mac.to_string(),
+        })
+        .expect("BackendData serializes");
+        out.insert(ANN_BACKEND_V6_DATA.to_string(), data);
+        out.insert(ANN_PUBLIC_IPV6.to_string(), public_ipv6.to_string());
+    }
+    out
 }
 
 /// The JSON merge patch that makes `node`'s annotations match `a`, or `None` when they already

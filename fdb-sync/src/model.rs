@@ -94,6 +94,10 @@ pub enum ModelError {
     NoPublicIp { node: String },
     #[error("node {node} has no IPv4 podCIDR in spec.podCIDR(s)")]
     NoPodCidr { node: String },
+    /// With `EnableIPv6`, this node needs an IPv6 podCIDR too (Flannel: "IPv6 is enabled but
+    /// the lease has no IPv6").
+    #[error("this node {node} has no IPv6 podCIDR in spec.podCIDRs while EnableIPv6 is true: give the Node an IPv6 podCIDR (kube-controller-manager --cluster-cidr with both families) or set EnableIPv6 to false")]
+    NoPodCidrV6 { node: String },
     #[error("node {0} is not in the node list (check --node-name or the NODE_NAME env)")]
     OwnNodeMissing(String),
     /// This node's own podCIDR breaks a rule a peer's would be skipped for; nothing can be
@@ -173,6 +177,16 @@ pub struct NodeView {
     pub vtep_mac: Option<MacAddr>,
     /// Whether `vtep_mac` came from the annotation (true) or was derived (false).
     pub vtep_mac_annotated: bool,
+    /// The VtepMAC of the node's IPv6 VTEP (Flannel's `flannel-v6.<VNI>`, its own random MAC)
+    /// from `backend-v6-data`; when absent, the same MAC as `vtep_mac`. One MAC may serve both
+    /// families: the forwarding table is kept per inner family.
+    pub vtep_mac_v6: Option<MacAddr>,
+    /// Whether `vtep_mac_v6` came from `backend-v6-data`.
+    pub vtep_mac_v6_annotated: bool,
+    /// Why `backend-v6-data` could not be read. Flannel reads that annotation only with
+    /// `EnableIPv6`, so a bad one makes the node unreadable only then (see
+    /// `ClusterState::validated`), never in an IPv4-only cluster.
+    pub bad_v6_data: Option<String>,
     pub backend_type: Option<String>,
 }
 
@@ -275,15 +289,20 @@ impl NodeView {
             }
         }
 
-        let mut vtep_mac = None;
-        let mut vtep_mac_annotated = false;
-        if let Some(raw) = ann.get(ANN_BACKEND_DATA).filter(|v| !v.trim().is_empty()) {
+        let read_mac = |key: &'static str| -> Result<Option<MacAddr>, ModelError> {
+            let Some(raw) = ann.get(key).filter(|v| !v.trim().is_empty()) else {
+                return Ok(None);
+            };
             let bad = |reason: String| ModelError::BadAnnotation {
                 node: name.clone(),
-                key: ANN_BACKEND_DATA,
+                key,
                 value: raw.clone(),
                 reason,
             };
+            // Flannel writes `null` in backend-v6-data when it has no IPv6 VTEP.
+            if raw.trim() == "null" {
+                return Ok(None);
+            }
             let data: BackendData = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
             let mac: MacAddr = data
                 .vtep_mac
@@ -292,12 +311,21 @@ impl NodeView {
             if !mac.is_valid_vtep() {
                 return Err(bad("VtepMAC must be a unicast, non-zero address".into()));
             }
-            vtep_mac = Some(mac);
-            vtep_mac_annotated = true;
-        }
-        if vtep_mac.is_none() {
-            vtep_mac = pod_cidr.map(derive_vtep_mac);
-        }
+            Ok(Some(mac))
+        };
+        let annotated = read_mac(ANN_BACKEND_DATA)?;
+        let vtep_mac_annotated = annotated.is_some();
+        let vtep_mac = annotated.or_else(|| pod_cidr.map(derive_vtep_mac));
+        let (annotated_v6, bad_v6_data) = match read_mac(ANN_BACKEND_V6_DATA) {
+            Ok(m) => (m, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let vtep_mac_v6_annotated = annotated_v6.is_some();
+        let vtep_mac_v6 = if bad_v6_data.is_some() {
+            None
+        } else {
+            annotated_v6.or(vtep_mac)
+        };
 
         Ok(NodeView {
             name,
@@ -307,6 +335,9 @@ impl NodeView {
             public_ip_v6,
             vtep_mac,
             vtep_mac_annotated,
+            vtep_mac_v6,
+            vtep_mac_v6_annotated,
+            bad_v6_data,
             backend_type: ann.get(ANN_BACKEND_TYPE).cloned(),
         })
     }
@@ -374,6 +405,20 @@ pub struct Peer {
     pub name: String,
     pub pod_cidr: Ipv4Network,
     pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// The peer's IPv6 side, present exactly when `EnableIPv6` is on (a peer without one is
+    /// skipped then, as Flannel skips a node whose lease lacks IPv6).
+    pub v6: Option<PeerV6>,
+}
+
+/// A peer's IPv6 VTEP, as Flannel's `flannel-v6.<VNI>` sees it: IPv6 pods behind `pod_cidr`
+/// are reached by VXLAN over IPv6 to `vtep_ip` with inner destination MAC `vtep_mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerV6 {
+    pub pod_cidr: Ipv6Network,
+    /// `public-ipv6` (or its overwrite), else the node's IPv6 InternalIP.
+    pub vtep_ip: Ipv6Addr,
+    /// `backend-v6-data`'s VtepMAC, else the IPv4 VtepMAC.
     pub vtep_mac: MacAddr,
 }
 
@@ -718,6 +763,11 @@ impl PeerPolicy {
     /// The own node's podCIDR(s) must obey the same rules as a peer's (but may hold this
     /// node's own addresses).
     fn check_own(&self, own: &NodeView) -> Result<(), ModelError> {
+        if self.network_v6.is_some() && own.pod_cidr_v6.is_none() {
+            return Err(ModelError::NoPodCidrV6 {
+                node: own.name.clone(),
+            });
+        }
         let mut cidrs: Vec<IpNetwork> = own.pod_cidr.into_iter().map(IpNetwork::V4).collect();
         if self.network_v6.is_some() {
             cidrs.extend(own.pod_cidr_v6.map(IpNetwork::V6));
@@ -887,9 +937,15 @@ impl ClusterState {
         let mut skipped = self.early_skips.clone();
         let mut cidrs = Disjoint::default();
         let mut by_mac: HashMap<MacAddr, &str> = HashMap::new();
+        // IPv6 VTEPs have their own MACs (flannel-v6.1 is a device of its own), so a MAC may
+        // repeat across families of one node, never across nodes within a family.
+        let mut by_mac_v6: HashMap<MacAddr, &str> = HashMap::new();
         let mut by_vtep: HashMap<IpAddr, &str> = HashMap::new();
         if let Some(m) = self.own.vtep_mac {
             by_mac.insert(m, &self.own.name);
+        }
+        if let Some(m) = self.own.vtep_mac_v6.filter(|_| own_v6.is_some()) {
+            by_mac_v6.insert(m, &self.own.name);
         }
         let own_ips = [
             self.own.public_ip.map(IpAddr::V4),
@@ -904,11 +960,38 @@ impl ClusterState {
             let v6 = policy.is_some_and(|p| p.network_v6.is_some());
             let mut nets: Vec<IpNetwork> = vec![pod_cidr.into()];
             let mut vteps: Vec<IpAddr> = vec![vtep_ip.into()];
+            let mut peer_v6 = None;
             if v6 {
                 nets.extend(v.pod_cidr_v6.map(IpNetwork::V6));
                 vteps.extend(v.public_ip_v6.map(IpAddr::V6));
+                if let (Some(pod_cidr), Some(vtep_ip), Some(vtep_mac)) =
+                    (v.pod_cidr_v6, v.public_ip_v6, v.vtep_mac_v6)
+                {
+                    peer_v6 = Some(PeerV6 {
+                        pod_cidr,
+                        vtep_ip,
+                        vtep_mac,
+                    });
+                }
             }
             let verdict = (|| -> Check {
+                if let Some(why) = v.bad_v6_data.as_ref().filter(|_| v6) {
+                    return fail(SkipReason::Unreadable, why.clone());
+                }
+                // Flannel's nodeToLease fails (and the node is no peer) when EnableIPv6 is on
+                // and the node has no IPv6 podCIDR or no public-ipv6.
+                if v6 && v.pod_cidr_v6.is_none() {
+                    return fail(
+                        SkipReason::NoPodCidr,
+                        "no IPv6 podCIDR while EnableIPv6 is true".into(),
+                    );
+                }
+                if v6 && v.public_ip_v6.is_none() {
+                    return fail(
+                        SkipReason::NoPublicIp,
+                        format!("no IPv6 public address while EnableIPv6 is true: set annotation {ANN_PUBLIC_IPV6} or an IPv6 InternalIP in status.addresses"),
+                    );
+                }
                 for &net in &nets {
                     let own = match net {
                         IpNetwork::V4(_) => Some(IpNetwork::V4(own_cidr)),
@@ -963,6 +1046,17 @@ impl ClusterState {
                         format!("VtepMAC {vtep_mac} is already used by node {other}"),
                     );
                 }
+                if let Some(p) = peer_v6 {
+                    if let Some(other) = by_mac_v6.get(&p.vtep_mac) {
+                        return fail(
+                            SkipReason::VtepMacDuplicate,
+                            format!(
+                                "IPv6 VtepMAC {} is already used by node {other}",
+                                p.vtep_mac
+                            ),
+                        );
+                    }
+                }
                 Ok(())
             })();
             if let Err((kind, reason)) = verdict {
@@ -980,11 +1074,15 @@ impl ClusterState {
                 by_vtep.insert(ip, &v.name);
             }
             by_mac.insert(vtep_mac, &v.name);
+            if let Some(p) = peer_v6 {
+                by_mac_v6.insert(p.vtep_mac, &v.name);
+            }
             peers.push(Peer {
                 name: v.name.clone(),
                 pod_cidr,
                 vtep_ip,
                 vtep_mac,
+                v6: peer_v6,
             });
         }
         self.peers = peers;
@@ -1599,5 +1697,153 @@ mod tests {
         // IPv6 disabled: the same nodes are judged by their IPv4 fields only.
         let v = raw.validated(&policy()).unwrap();
         assert_eq!(v.peers.len(), 9, "{:?}", v.skipped);
+    }
+
+    #[test]
+    fn ipv6_peers_carry_their_v6_vtep_and_lack_of_one_skips_them() {
+        fn dual(name: &str, i: u8, ann: &[(&str, &str)]) -> Node {
+            let v4 = format!("10.244.{i}.0/24");
+            let mut n = node(name, Some(&v4), &format!("198.18.0.{i}"), ann);
+            n.spec.as_mut().unwrap().pod_cidrs = Some(vec![v4, format!("fd00:10:244:{i}::/64")]);
+            n
+        }
+        let p = PeerPolicy {
+            network_v6: Some("fd00:10:244::/48".parse().unwrap()),
+            ..policy()
+        };
+        let mac_c = r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:0c"}"#;
+        let mut v4_only = node("e", Some("10.244.5.0/24"), "198.18.0.5", &[]);
+        v4_only.metadata.annotations = Some(BTreeMap::from([(
+            ANN_PUBLIC_IPV6.to_string(),
+            "fd00:18::5".to_string(),
+        )]));
+        let nodes = vec![
+            dual("a", 1, &[(ANN_PUBLIC_IPV6, "fd00:18::1")]),
+            // Derived: the IPv6 VTEP shares the IPv4 VtepMAC.
+            dual("b", 2, &[(ANN_PUBLIC_IPV6, "fd00:18::2")]),
+            // Flannel's own v6 device MAC, from backend-v6-data.
+            dual(
+                "c",
+                3,
+                &[
+                    (ANN_PUBLIC_IPV6, "fd00:18::3"),
+                    (ANN_BACKEND_V6_DATA, mac_c),
+                ],
+            ),
+            // The same IPv6 VtepMAC as c: the later one (by name) is skipped.
+            dual(
+                "d",
+                4,
+                &[
+                    (ANN_PUBLIC_IPV6, "fd00:18::4"),
+                    (ANN_BACKEND_V6_DATA, mac_c),
+                ],
+            ),
+            // No IPv6 podCIDR.
+            v4_only,
+            // No IPv6 address at all.
+            dual("f", 6, &[]),
+            // Flannel writes null when a node has no IPv6 VTEP: derived again.
+            dual(
+                "g",
+                7,
+                &[
+                    (ANN_PUBLIC_IPV6, "fd00:18::7"),
+                    (ANN_BACKEND_V6_DATA, "null"),
+                ],
+            ),
+        ];
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        assert!(
+            raw.peers.iter().all(|p| p.v6.is_none()),
+            "no IPv6 side without a policy that enables it"
+        );
+        let v = raw.validated(&p).unwrap();
+        use SkipReason as R;
+        for (name, want) in [
+            ("b", None),
+            ("c", None),
+            ("d", Some(R::VtepMacDuplicate)),
+            ("e", Some(R::NoPodCidr)),
+            ("f", Some(R::NoPublicIp)),
+            ("g", None),
+        ] {
+            assert_eq!(kind_of(&v, name), want, "{name}: {:?}", v.skipped);
+        }
+        let peer = |n: &str| v.peers.iter().find(|p| p.name == n).unwrap();
+        let b = peer("b");
+        assert_eq!(
+            b.v6,
+            Some(PeerV6 {
+                pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+                vtep_ip: "fd00:18::2".parse().unwrap(),
+                vtep_mac: b.vtep_mac,
+            })
+        );
+        assert_eq!(
+            peer("c").v6.unwrap().vtep_mac.to_string(),
+            "02:00:00:00:00:0c"
+        );
+        assert_ne!(peer("c").vtep_mac.to_string(), "02:00:00:00:00:0c");
+        assert_eq!(peer("g").v6.unwrap().vtep_mac, peer("g").vtep_mac);
+        let why = |n: &str| {
+            v.skipped
+                .iter()
+                .find(|s| s.node == n)
+                .unwrap()
+                .reason
+                .clone()
+        };
+        assert!(why("e").contains("no IPv6 podCIDR"), "{}", why("e"));
+        assert!(why("f").contains(ANN_PUBLIC_IPV6), "{}", why("f"));
+        assert!(
+            why("d").contains("IPv6 VtepMAC 02:00:00:00:00:0c"),
+            "{}",
+            why("d")
+        );
+
+        // IPv6 off: the same nodes are IPv4 peers without an IPv6 side, e and f included.
+        let v = raw.validated(&policy()).unwrap();
+        assert_eq!(v.peers.len(), 6, "{:?}", v.skipped);
+        assert!(v.peers.iter().all(|p| p.v6.is_none()));
+
+        // A broken backend-v6-data makes the node unreadable, naming the key, but only with
+        // IPv6 on: Flannel does not read it otherwise, so IPv4-only clusters are unaffected.
+        let bad = dual(
+            "h",
+            8,
+            &[
+                (ANN_PUBLIC_IPV6, "fd00:18::8"),
+                (
+                    ANN_BACKEND_V6_DATA,
+                    r#"{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#,
+                ),
+            ],
+        );
+        let with_bad = [nodes[0].clone(), bad];
+        let raw = ClusterState::from_nodes(&with_bad, "a", PeerFilter::AllowUnannotated).unwrap();
+        let off = raw.validated(&policy()).unwrap();
+        assert_eq!(off.peers.len(), 1, "{:?}", off.skipped);
+        let on = raw.validated(&p).unwrap();
+        assert_eq!(kind_of(&on, "h"), Some(R::Unreadable), "{:?}", on.skipped);
+        let why = &on.skipped.iter().find(|s| s.node == "h").unwrap().reason;
+        assert!(
+            why.contains("backend-v6-data") && why.contains("unicast"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn own_node_needs_an_ipv6_pod_cidr_when_ipv6_is_on() {
+        let nodes = vec![node("a", Some("10.244.1.0/24"), "198.18.0.1", &[])];
+        let p = PeerPolicy {
+            network_v6: Some("fd00:10:244::/48".parse().unwrap()),
+            ..policy()
+        };
+        let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
+        let e = raw.validated(&p).unwrap_err();
+        assert_eq!(e, ModelError::NoPodCidrV6 { node: "a".into() });
+        assert!(e.to_string().contains("EnableIPv6"), "{e}");
+        assert!(raw.validated(&policy()).is_ok());
     }
 }

@@ -8,8 +8,8 @@ use fdb_sync::fake_apiserver::FakeApiServer;
 use fdb_sync::kube::{self as ks, Announcement, Update};
 use fdb_sync::model::node;
 use fdb_sync::model::{
-    ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_KUBE_SUBNET_MANAGER, ANN_PUBLIC_IP,
-    ANN_PUBLIC_IP_OVERWRITE,
+    NodeView, ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_BACKEND_V6_DATA, ANN_KUBE_SUBNET_MANAGER,
+    ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_PUBLIC_IPV6_OVERWRITE, ANN_PUBLIC_IP_OVERWRITE,
 };
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::{mpsc, watch};
@@ -260,6 +260,7 @@ fn announcement() -> Announcement {
         vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
         public_ip: "198.18.0.1".parse().unwrap(),
         vni: 1,
+        v6: None,
         set_node_network_unavailable: false,
     }
 }
@@ -516,4 +517,68 @@ async fn network_unavailable_condition_left_alone_when_disabled() {
     let patches = server.patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
     assert!(patches[0].body.get("status").is_none(), "{patches:?}");
+}
+
+/// With IPv6 on, the v6 VTEP is published as flanneld's vxlan backend publishes flannel-v6.1:
+/// `backend-v6-data` in backend-data's format, `public-ipv6` (the overwrite winning), and the
+/// model reads both back.
+#[test]
+fn ipv6_vtep_is_published_as_flannel_does_and_read_back() {
+    let a = Announcement {
+        v6: Some(ks::AnnouncementV6 {
+            vtep_mac: "02:11:22:33:44:55".parse().unwrap(),
+            public_ip: "fd00:198:18::1".parse().unwrap(),
+        }),
+        ..announcement()
+    };
+    let n = node(
+        "n1",
+        Some("10.244.1.0/24"),
+        "198.18.0.1",
+        &[(ANN_BACKEND_TYPE, "vxlan")],
+    );
+    let ann = ks::desired_annotations(&n, &a);
+    assert_eq!(
+        ann[ANN_BACKEND_V6_DATA],
+        r#"{"VNI":1,"VtepMAC":"02:11:22:33:44:55"}"#
+    );
+    assert_eq!(ann[ANN_PUBLIC_IPV6], "fd00:198:18::1");
+    assert_eq!(ann.len(), 6, "{ann:?}");
+    // IPv4 only: neither key.
+    let v4 = ks::desired_annotations(&n, &announcement());
+    assert!(!v4.contains_key(ANN_BACKEND_V6_DATA) && !v4.contains_key(ANN_PUBLIC_IPV6));
+
+    let over = node(
+        "n1",
+        Some("10.244.1.0/24"),
+        "198.18.0.1",
+        &[
+            (ANN_BACKEND_TYPE, "vxlan"),
+            (ANN_PUBLIC_IPV6_OVERWRITE, "2001:db8::7"),
+        ],
+    );
+    assert_eq!(
+        ks::desired_annotations(&over, &a)[ANN_PUBLIC_IPV6],
+        "2001:db8::7"
+    );
+
+    let mut spec = n.spec.clone().unwrap();
+    spec.pod_cidrs = Some(vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()]);
+    let published = Node {
+        spec: Some(spec),
+        ..node(
+            "n1",
+            Some("10.244.1.0/24"),
+            "198.18.0.1",
+            &ann.iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let v = NodeView::from_node(&published).unwrap();
+    assert_eq!(v.vtep_mac_v6.unwrap().to_string(), "02:11:22:33:44:55");
+    assert!(v.vtep_mac_v6_annotated);
+    assert_eq!(v.public_ip_v6, Some("fd00:198:18::1".parse().unwrap()));
+    assert_eq!(v.pod_cidr_v6, Some("fd00:10:244:1::/64".parse().unwrap()));
+    assert_eq!(ks::annotation_patch(&published, &a), None);
 }

@@ -103,7 +103,7 @@ def main():
             write("tso_split", vnet(1, 1, hdr, 1, 34, 16) + f)
             write("tso_split", vnet(1, 0x81, hdr, 536, 34, 16) + f)
 
-    # egress_plan: [n][n send results][TAP read] with the frame sent to node2's VtepMAC, each
+    # egress_plan: [n][n send results][TAP read] with the frame sent to node2's or node3's VtepMAC, each
     # read once with no errors and once with a script of errnos (see fuzz_targets::egress_plan).
     write_egress_plan_seeds()
 
@@ -159,7 +159,8 @@ def main():
 
 
 def write_egress_plan_seeds():
-    """From the encap and tso_split seeds (TAP reads), to node2 (0a:58:0a:f4:02:00)."""
+    """From the encap and tso_split seeds (TAP reads), to node2 (0a:58:0a:f4:02:00, IPv4 only)
+    and to node3 (0a:58:0a:f4:03:00, dual-stack: its inner IPv6 frames plan to its IPv6 VTEP)."""
     scripts = [b"", bytes([1, 2, 0, 3, 0, 5, 0, 6, 0, 7, 9, 0, 11])]
     for src in ("encap", "tso_split"):
         d = os.path.join(HERE, src)
@@ -167,9 +168,32 @@ def write_egress_plan_seeds():
             read = open(os.path.join(d, name), "rb").read()
             if len(read) < 10 + 14:
                 continue
-            read = read[:10] + bytes([0x0A, 0x58, 10, 244, 2, 0]) + read[16:]
-            for sc in scripts:
-                write("egress_plan", bytes([len(sc)]) + sc + read)
+            for node in (2, 3):
+                to = read[:10] + bytes([0x0A, 0x58, 10, 244, node, 0]) + read[16:]
+                for sc in scripts:
+                    write("egress_plan", bytes([len(sc)]) + sc + to)
+    # Crafted inner IPv6 TCP to node3 (the captures are IPv4 only): plain, plain with a partial
+    # checksum, and a GSO_TCPV6 super-frame (MSS 1407: 44 segments of 1,489 bytes, 65,516 bytes,
+    # fit one IPv6 send but not one IPv4 send).
+    for payload_len, hdr in [
+        (100, vnet()),
+        (100, vnet(1, 0, 0, 0, 54, 16)),
+        (44 * 1407, vnet(1, 4, 74, 1407, 54, 16)),
+    ]:
+        frame = ipv6_tcp_frame(bytes([0x0A, 0x58, 10, 244, 3, 0]), payload_len)
+        for sc in scripts:
+            write("egress_plan", bytes([len(sc)]) + sc + hdr + frame)
+
+
+def ipv6_tcp_frame(dst_mac, payload_len):
+    """Ethernet + IPv6 (ECT(0)) + TCP (ACK|PSH, checksum left zero) + payload, fd00:10:244:1::2
+    to fd00:10:244:3::2."""
+    payload = bytes(i * 7 % 253 for i in range(payload_len))
+    tcp = struct.pack(">HHIIBBHHH", 40000, 5201, 4000, 9, 5 << 4, 0x18, 512, 0, 0)
+    src = bytes.fromhex("fd000010024400010000000000000002")
+    dst = bytes.fromhex("fd000010024400030000000000000002")
+    ip = struct.pack(">IHBB", (6 << 28) | (2 << 20), len(tcp) + payload_len, 6, 64) + src + dst
+    return dst_mac + bytes([2, 0, 0, 0, 0, 1]) + b"\x86\xdd" + ip + tcp + payload
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 pub const DEFAULT_VNI: u32 = 1;
@@ -19,6 +19,8 @@ pub const DEFAULT_VNI: u32 = 1;
 pub const DEFAULT_PORT: u16 = 8472;
 /// IPv4 + UDP + VXLAN + inner Ethernet.
 pub const VXLAN_OVERHEAD_V4: u32 = 50;
+/// IPv6 + UDP + VXLAN + inner Ethernet: the overhead of an IPv6 underlay.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
 /// Smallest pod MTU accepted (`Backend.MTU` - 50): below it TCP over the overlay is useless.
 pub const MIN_INNER_MTU: u32 = 576;
 /// Largest pod MTU accepted: the TAP's frames must fit a 64 KiB buffer with headers.
@@ -43,6 +45,9 @@ fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConf {
     pub network: Ipv4Network,
+    /// `IPv6Network`, present exactly when `EnableIPv6` is true (Flannel reads it only then and
+    /// refuses `EnableIPv6` without it).
+    pub network_v6: Option<Ipv6Network>,
     pub vni: u32,
     pub port: u16,
     /// `Backend.MTU` as Flannel means it: the MTU of the *outgoing* (outer) packets, default
@@ -356,17 +361,29 @@ impl NetConf {
                 ))
             }
         };
-        // The dataplane forwards IPv4 only so far: accepting IPv6 here and then programming
-        // nothing for it would fail silently, so say so instead.
-        if enable_ipv6 {
-            return Err(field(
-                "EnableIPv6",
-                "IPv6 pod networks are not supported yet; set it to false (the cni plugin handles FLANNEL_IPV6_* for later)",
-            ));
-        }
+        let network_v6 = if enable_ipv6 {
+            // Flannel's CheckNetworkConfig: "please define a correct IPv6Network parameter".
+            match ipv6_network {
+                Some(IpNetwork::V6(n)) => Some(n),
+                Some(IpNetwork::V4(n)) => {
+                    return Err(field(
+                        "IPv6Network",
+                        format!("{n} is not an IPv6 CIDR (IPv4 goes in Network)"),
+                    ))
+                }
+                None => {
+                    return Err(field(
+                        "IPv6Network",
+                        "missing while EnableIPv6 is true; set it to the cluster's IPv6 pod CIDR, e.g. \"fd00:10:244::/56\"",
+                    ))
+                }
+            }
+        } else {
+            None
+        };
         // Flannel reads these only when EnableIPv6 is true.
         let v6_keys: Vec<&str> = [
-            ("IPv6Network", ipv6_network.is_some()),
+            ("IPv6Network", ipv6_network.is_some() && !enable_ipv6),
             (
                 "IPv6SubnetMin",
                 ipv6_subnet_min.is_some_and(|v| *v != Json::Null),
@@ -381,15 +398,24 @@ impl NetConf {
         .filter_map(|(k, set)| set.then_some(k))
         .collect();
         if !v6_keys.is_empty() {
-            warnings.push(format!(
-                "net-conf.json {} ignored while EnableIPv6 is false (as Flannel does)",
-                v6_keys.join(", ")
-            ));
+            warnings.push(if enable_ipv6 {
+                // As SubnetLen/Min/Max below: only Flannel's etcd subnet manager uses them.
+                format!(
+                    "net-conf.json {} are used by the etcd subnet manager only; with --kube-subnet-mgr or --nodes-file each node's IPv6 podCIDR decides",
+                    v6_keys.join(", ")
+                )
+            } else {
+                format!(
+                    "net-conf.json {} ignored while EnableIPv6 is false (as Flannel does)",
+                    v6_keys.join(", ")
+                )
+            });
         }
 
         let b = parse_backend(backend, &mut warnings)?;
         let conf = NetConf {
             network,
+            network_v6,
             vni: b.vni,
             port: b.port,
             mtu: b.mtu,
@@ -425,11 +451,20 @@ impl NetConf {
     /// writes `FLANNEL_MTU` as the same `MTU - encapOverhead(50)`. An explicit `"MTU": 0`
     /// makes Flannel leave the device MTU to the kernel (lower device - 50, the same value)
     /// but write `FLANNEL_MTU=-50`; overlayd uses underlay - 50 for both.
+    ///
+    /// With `EnableIPv6` the IPv6 inner packets ride an IPv6 underlay (70 bytes of overhead).
+    /// Flannel still subtracts 50 there (device.go:63 for `flannel-v6.1` too) and the kernel
+    /// then fragments the outer IPv6 packets at the source; overlayd never fragments the outer
+    /// packet, so a dual-stack pod MTU is `MTU - 70`: one MTU for both families, because a pod
+    /// has one eth0.
     #[must_use]
     pub fn inner_mtu(&self, underlay_mtu: u32) -> u32 {
-        self.mtu
-            .unwrap_or(underlay_mtu)
-            .saturating_sub(VXLAN_OVERHEAD_V4)
+        let overhead = if self.network_v6.is_some() {
+            VXLAN_OVERHEAD_V6
+        } else {
+            VXLAN_OVERHEAD_V4
+        };
+        self.mtu.unwrap_or(underlay_mtu).saturating_sub(overhead)
     }
 
     /// `SubnetLen`, `SubnetMin` and `SubnetMax` checked and defaulted exactly as Flannel's

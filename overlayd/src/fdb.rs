@@ -3,13 +3,13 @@
 //! in whole (`FdbHandle`), so workers read it without locks.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::wire::ethernet::MacAddr;
 
@@ -22,6 +22,17 @@ pub struct Peer {
     pub pod_cidr: Ipv4Network,
     /// The peer's public (underlay) address: where its VXLAN packets go and come from.
     pub vtep_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// The peer's IPv6 VTEP (dual-stack): its IPv6 podCIDR, IPv6 underlay address and the
+    /// VtepMAC its IPv6 pods are reached by.
+    pub v6: Option<PeerV6>,
+}
+
+/// A peer's IPv6 side, as Flannel's `flannel-v6.<VNI>` device describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerV6 {
+    pub pod_cidr: Ipv6Network,
+    pub vtep_ip: Ipv6Addr,
     pub vtep_mac: MacAddr,
 }
 
@@ -66,6 +77,8 @@ pub struct FdbEntry {
     pub pod_cidr: Ipv4Network,
     /// Where to send: the peer's public IP and the VXLAN port.
     pub vtep: SocketAddrV4,
+    /// The peer's IPv6 side (dual-stack), as the model gave it.
+    pub v6: Option<PeerV6>,
     pub counters: Arc<PeerCounters>,
 }
 
@@ -75,6 +88,9 @@ pub struct FdbEntry {
 pub struct Vtep {
     pub counters: Arc<PeerCounters>,
     pod_v4: (u32, u32),
+    /// The IPv6 podCIDR as (network, mask); `None` for an IPv4-only peer, which then speaks
+    /// for no IPv6 source at all.
+    pod_v6: Option<(u128, u128)>,
 }
 
 impl Vtep {
@@ -87,13 +103,14 @@ impl Vtep {
         u32::from_be_bytes(src) & self.pod_v4.1 == self.pod_v4.0
     }
 
-    /// Whether `src` (an inner IPv6 source) lies inside this peer's IPv6 podCIDR. The FDB holds
-    /// none while the dataplane is IPv4-only, so no IPv6 source is the peer's; dual-stack adds
-    /// the IPv6 podCIDR here.
+    /// Whether `src` (an inner IPv6 source) lies inside this peer's IPv6 podCIDR (which holds
+    /// its pods and its device's address, the podCIDR's network address). Link-local sources
+    /// never lie inside a podCIDR (the model refuses podCIDRs in fe80::/10), so they fail.
     #[inline]
     #[must_use]
-    pub fn owns_v6(&self, _src: [u8; 16]) -> bool {
-        false
+    pub fn owns_v6(&self, src: [u8; 16]) -> bool {
+        self.pod_v6
+            .is_some_and(|(net, mask)| u128::from_be_bytes(src) & mask == net)
     }
 }
 
@@ -105,8 +122,15 @@ type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 #[derive(Debug, Default)]
 pub struct Fdb {
     by_mac: FastMap<[u8; 6], FdbEntry>,
+    /// Dual-stack peers by their IPv6 VtepMAC (often the same MAC as the IPv4 one): inner IPv6
+    /// frames to them leave over the outer IPv6 address (as Flannel's flannel-v6.1 device).
+    /// The entry is the peer's (same counters); the address is its IPv6 VTEP.
+    by_mac_v6: FastMap<[u8; 6], (FdbEntry, SocketAddrV6)>,
     /// Known VTEP addresses (ingress filter), their peer's counters and podCIDR.
     vteps: FastMap<Ipv4Addr, Vtep>,
+    /// Known IPv6 VTEP addresses: the same `Vtep` (counters, both podCIDRs) as the peer's
+    /// IPv4 address, so a peer is one set of counters whichever underlay family carries it.
+    vteps_v6: FastMap<Ipv6Addr, Vtep>,
     /// Peers reached by DirectRouting (plain routes, no encapsulation): not in `by_mac`, so
     /// nothing is encapsulated to them, but still accepted on ingress and listed.
     direct: Vec<(MacAddr, FdbEntry)>,
@@ -149,25 +173,39 @@ impl Fdb {
             let counters = old
                 .get(p.name.as_str())
                 .map_or_else(Arc::default, |c| Arc::clone(c));
-            fdb.vteps.insert(
-                p.vtep_ip,
-                Vtep {
-                    counters: counters.clone(),
-                    pod_v4: (
-                        u32::from(p.pod_cidr.network()),
-                        u32::from(p.pod_cidr.mask()),
-                    ),
-                },
-            );
+            let vtep = Vtep {
+                counters: counters.clone(),
+                pod_v4: (
+                    u32::from(p.pod_cidr.network()),
+                    u32::from(p.pod_cidr.mask()),
+                ),
+                pod_v6: p.v6.map(|v6| {
+                    (
+                        u128::from(v6.pod_cidr.network()),
+                        u128::from(v6.pod_cidr.mask()),
+                    )
+                }),
+            };
+            if let Some(v6) = p.v6 {
+                fdb.vteps_v6.insert(v6.vtep_ip, vtep.clone());
+            }
+            fdb.vteps.insert(p.vtep_ip, vtep);
             let entry = FdbEntry {
                 node: Arc::from(p.name.as_str()),
                 pod_cidr: p.pod_cidr,
                 vtep: SocketAddrV4::new(p.vtep_ip, port),
+                v6: p.v6,
                 counters,
             };
             if direct.contains_key(&p.vtep_ip) {
                 fdb.direct.push((p.vtep_mac, entry));
             } else {
+                if let Some(v6) = p.v6 {
+                    fdb.by_mac_v6.insert(
+                        v6.vtep_mac.0,
+                        (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
+                    );
+                }
                 fdb.by_mac.insert(p.vtep_mac.0, entry);
             }
         }
@@ -180,18 +218,40 @@ impl Fdb {
         self.by_mac.get(mac)
     }
 
-    /// The counters of the peer whose VTEP address is `ip`.
+    /// The peer to send a frame for `mac` to, and the outer destination: an inner IPv6 frame
+    /// (`inner_v6`) to a dual-stack peer's IPv6 VtepMAC goes to its IPv6 VTEP; every other frame
+    /// (and an IPv6 frame to a MAC known only for IPv4, as kernel vxlan would) to the IPv4 VTEP.
     #[inline]
     #[must_use]
-    pub fn vtep_counters(&self, ip: Ipv4Addr) -> Option<&Arc<PeerCounters>> {
-        self.vteps.get(&ip).map(|v| &v.counters)
+    pub fn route(&self, mac: &[u8; 6], inner_v6: bool) -> Option<(&FdbEntry, SocketAddr)> {
+        if inner_v6 {
+            if let Some((e, dst)) = self.by_mac_v6.get(mac) {
+                return Some((e, SocketAddr::V6(*dst)));
+            }
+        }
+        self.by_mac.get(mac).map(|e| (e, SocketAddr::V4(e.vtep)))
     }
 
-    /// The peer whose VTEP address is `ip` (the ingress filter and source check).
+    /// The counters of the peer whose VTEP address (IPv4 or IPv6) is `ip`.
     #[inline]
     #[must_use]
-    pub fn vtep(&self, ip: Ipv4Addr) -> Option<&Vtep> {
-        self.vteps.get(&ip)
+    pub fn vtep_counters(&self, ip: impl Into<IpAddr>) -> Option<&Arc<PeerCounters>> {
+        self.vtep(ip).map(|v| &v.counters)
+    }
+
+    /// The peer whose VTEP address (IPv4 or IPv6) is `ip` (the ingress filter and source
+    /// check). An IPv4-mapped IPv6 address is the IPv4 address (a dual-stack socket reports
+    /// IPv4 senders that way).
+    #[inline]
+    #[must_use]
+    pub fn vtep(&self, ip: impl Into<IpAddr>) -> Option<&Vtep> {
+        match ip.into() {
+            IpAddr::V4(a) => self.vteps.get(&a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => self.vteps.get(&v4),
+                None => self.vteps_v6.get(&a),
+            },
+        }
     }
 
     #[must_use]
@@ -232,18 +292,65 @@ mod tests {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: "198.18.0.2".parse().unwrap(),
             vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            v6: None,
         }];
         let fdb = Fdb::from_peers(&peers, 8472);
         let e = fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).unwrap();
         assert_eq!(e.vtep.to_string(), "198.18.0.2:8472");
-        assert!(fdb.vtep_counters("198.18.0.2".parse().unwrap()).is_some());
-        assert!(fdb.vtep_counters("198.18.0.3".parse().unwrap()).is_none());
+        assert!(fdb
+            .vtep_counters("198.18.0.2".parse::<Ipv4Addr>().unwrap())
+            .is_some());
+        assert!(fdb
+            .vtep_counters("198.18.0.3".parse::<Ipv4Addr>().unwrap())
+            .is_none());
         assert!(fdb.lookup(&[0; 6]).is_none());
         assert_eq!(fdb.len(), 1);
-        let v = fdb.vtep("198.18.0.2".parse().unwrap()).unwrap();
+        let v = fdb.vtep("198.18.0.2".parse::<Ipv4Addr>().unwrap()).unwrap();
         assert!(v.owns_v4([10, 244, 2, 0]) && v.owns_v4([10, 244, 2, 255]));
         assert!(!v.owns_v4([10, 244, 3, 1]) && !v.owns_v4([10, 244, 1, 2]));
         assert!(!v.owns_v6([0xfd; 16]));
+    }
+
+    #[test]
+    fn ipv6_vteps_are_known_senders_that_speak_for_their_ipv6_pods_only() {
+        let v6 = PeerV6 {
+            pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+            vtep_ip: "fd00:18::2".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:62".parse().unwrap(),
+        };
+        let peers = vec![
+            Peer {
+                name: "b".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                v6: Some(v6),
+            },
+            Peer {
+                name: "c".into(),
+                pod_cidr: "10.244.3.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.3".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+                v6: None,
+            },
+        ];
+        let fdb = Fdb::from_peers(&peers, 8472);
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let by_v6 = fdb.vtep(ip6("fd00:18::2")).unwrap();
+        let by_v4 = fdb.vtep(Ipv4Addr::new(198, 18, 0, 2)).unwrap();
+        // One peer, one set of counters, whichever underlay family it sends on.
+        assert!(Arc::ptr_eq(&by_v6.counters, &by_v4.counters));
+        assert!(fdb.vtep(ip6("fd00:18::3")).is_none());
+        assert!(fdb.vtep(ip6("::ffff:198.18.0.3")).is_some());
+        for v in [by_v6, by_v4] {
+            assert!(v.owns_v6(ip6("fd00:10:244:2::5").octets()));
+            assert!(v.owns_v6(ip6("fd00:10:244:2::").octets()));
+            assert!(!v.owns_v6(ip6("fd00:10:244:3::5").octets()));
+            assert!(!v.owns_v6(ip6("fe80::1").octets()));
+            assert!(v.owns_v4([10, 244, 2, 7]));
+        }
+        let c = fdb.vtep(Ipv4Addr::new(198, 18, 0, 3)).unwrap();
+        assert!(!c.owns_v6(ip6("fd00:10:244:3::5").octets()));
     }
 
     #[test]
@@ -254,23 +361,27 @@ mod tests {
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
                 vtep_ip: "198.18.0.2".parse().unwrap(),
                 vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                v6: None,
             },
             Peer {
                 name: "c".into(),
                 pod_cidr: "10.244.3.0/24".parse().unwrap(),
                 vtep_ip: "198.19.0.3".parse().unwrap(),
                 vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+                v6: None,
             },
         ];
         let direct: HashMap<Ipv4Addr, u32> = [("198.18.0.2".parse().unwrap(), 2)].into();
         let fdb = Fdb::from_peers_direct(&peers, 8472, None, &direct);
         assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).is_none());
         assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 3, 0]).is_some());
-        assert!(fdb.vtep_counters("198.18.0.2".parse().unwrap()).is_some());
+        assert!(fdb
+            .vtep_counters("198.18.0.2".parse::<Ipv4Addr>().unwrap())
+            .is_some());
         assert_eq!(fdb.entries().len(), 2);
         assert_eq!(fdb.len(), 1);
         // Moving back to VXLAN keeps the peer's counters.
-        fdb.vtep_counters("198.18.0.2".parse().unwrap())
+        fdb.vtep_counters("198.18.0.2".parse::<Ipv4Addr>().unwrap())
             .unwrap()
             .add_rx(1, 100);
         let back = Fdb::from_peers_keeping(&peers, 8472, Some(&fdb));
@@ -285,6 +396,7 @@ mod tests {
             pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
             vtep_ip: Ipv4Addr::new(198, 18, 0, n),
             vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v6: None,
         };
         let first = Fdb::from_peers(&[peer("b", 2)], 8472);
         first

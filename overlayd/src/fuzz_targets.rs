@@ -15,7 +15,11 @@ use crate::wire::{ethernet, vnet, vxlan};
 
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
 
-/// Two peers: node2 (198.18.0.2, 0a:58:0a:f4:02:00) and node3.
+/// node3's IPv6 VTEP address.
+const NODE3_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
+
+/// Two peers: node2 (198.18.0.2, 0a:58:0a:f4:02:00, IPv4 only) and node3, dual-stack (IPv6 VTEP
+/// `NODE3_V6`, the same MAC for both families, IPv6 pods fd00:10:244:3::/64).
 fn fdb() -> &'static Fdb {
     static FDB: OnceLock<Fdb> = OnceLock::new();
     FDB.get_or_init(|| {
@@ -24,6 +28,11 @@ fn fdb() -> &'static Fdb {
             pod_cidr: format!("10.244.{n}.0/24").parse().expect("cidr"),
             vtep_ip: Ipv4Addr::new(198, 18, 0, n),
             vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v6: (n == 3).then(|| crate::fdb::PeerV6 {
+                pod_cidr: "fd00:10:244:3::/64".parse().expect("cidr"),
+                vtep_ip: NODE3_V6,
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            }),
         };
         Fdb::from_peers(&[peer(2), peer(3)], 8472)
     })
@@ -192,9 +201,9 @@ pub fn tso_split(data: &[u8]) {
 /// send outcomes (0: sent, else an errno picked by the byte). The planner either drops the
 /// frame with a reason or plans it; then, driven through the script:
 /// - a plain plan is the VXLAN header followed by the frame, to the VTEP the FDB names for the
-///   destination MAC, from a socket fixed by the flow, with the outer ECN of the inner packet;
+///   destination MAC (node3's IPv6 VTEP for an inner IPv6 frame to it, else the IPv4 one), from a socket fixed by the flow, with the outer ECN of the inner packet;
 /// - a segmented plan's sends cover every segment exactly once, in order, none over 65,507
-///   bytes or 64 segments, every datagram but a chunk's last exactly `segment_size`; the
+///   bytes (65,527 to an IPv6 VTEP) or 64 segments, every datagram but a chunk's last exactly `segment_size`; the
 ///   segments' payloads add up to the frame's; and every segment ends up sent, dropped with a
 ///   reason, or given up, never lost without a count, whatever the errnos (EAGAIN, EINTR,
 ///   EINVAL and EIO lose nothing).
@@ -225,10 +234,14 @@ pub fn egress_plan(data: &[u8]) {
             return;
         };
         let frame = &tap_read[vnet::LEN..];
-        let dst = ethernet::Frame::new_checked(frame)
-            .expect("planned => Ethernet")
-            .dst();
-        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.destination));
+        let eth = ethernet::Frame::new_checked(frame).expect("planned => Ethernet");
+        let dst = eth.dst();
+        let want = if eth.ethertype() == ethernet::ETHERTYPE_IPV6 && dst[4] == 3 {
+            std::net::SocketAddr::from((NODE3_V6, 8472))
+        } else {
+            std::net::SocketAddr::V4(fdb().lookup(&dst).expect("planned => known").vtep)
+        };
+        assert_eq!(t.destination, want);
         assert!(t.socket < 3);
         assert_eq!(t.tos, path::ecn::outer_tos(frame));
         match t.shape.clone() {
@@ -266,15 +279,22 @@ pub fn egress_plan(data: &[u8]) {
                     assert!(i + 1 == segments || h.len() + r.len() == segment_size);
                     assert!(r.len() <= usize::from(hdr.gso_size));
                 }
-                drive(&p, segments, segment_size, script, &ERRNOS);
+                drive(&p, segments, segment_size, &t.destination, script, &ERRNOS);
             }
         }
     });
 }
 
 /// Runs a segmented send through `script` and checks that every segment is accounted for.
-fn drive(p: &plan::Planner, segments: usize, segment_size: usize, script: &[u8], errnos: &[i32]) {
-    let mut send = plan::SegmentedSend::new(segments, segment_size);
+fn drive(
+    p: &plan::Planner,
+    segments: usize,
+    segment_size: usize,
+    destination: &std::net::SocketAddr,
+    script: &[u8],
+    errnos: &[i32],
+) {
+    let mut send = plan::SegmentedSend::to(segments, segment_size, destination);
     let (mut sent, mut dropped) = (0usize, 0usize);
     let mut covered = vec![0u8; segments];
     let mut gso = true;
@@ -296,7 +316,7 @@ fn drive(p: &plan::Planner, segments: usize, segment_size: usize, script: &[u8],
                 h.len() + r.len()
             })
             .sum();
-        assert!(k == 1 || bytes <= plan::MAX_UDP_PAYLOAD);
+        assert!(k == 1 || bytes <= plan::max_udp_payload(destination));
         let result = match script.get(step) {
             Some(&b) if b % 4 != 0 => Err(errnos[usize::from(b) % errnos.len()]),
             _ => Ok(()),

@@ -302,6 +302,7 @@ mod tests {
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
                 vtep_ip: "198.18.0.2".parse().unwrap(),
                 vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                v6: None,
             }],
             8472,
         )));

@@ -5,12 +5,12 @@
 //! Nothing here is on the packet path: workers never see `Observed`; readers load the same
 //! atomics the workers write, at scrape time only.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use crate::fdb::FdbHandle;
@@ -182,6 +182,11 @@ impl Observed {
                     rx_packets: e.counters.rx_packets.load(Ordering::Relaxed),
                     rx_bytes: e.counters.rx_bytes.load(Ordering::Relaxed),
                     last_rx_unix: e.counters.last_rx_unix.load(Ordering::Relaxed),
+                    ipv6: e.v6.map(|v6| PeerStatusV6 {
+                        pod_cidr: v6.pod_cidr,
+                        vtep_ip: v6.vtep_ip,
+                        vtep_mac: v6.vtep_mac,
+                    }),
                 })
                 .collect()
         });
@@ -364,6 +369,21 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Unix seconds of the last packet received from this peer; 0 = never.
     pub last_rx_unix: u64,
+    /// The peer's IPv6 VTEP when dual-stack is on (its traffic is counted in the fields
+    /// above: one peer, one set of counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<PeerStatusV6>,
+}
+
+/// A peer's IPv6 side: IPv6 pods behind `pod_cidr`, reached over IPv6 at `vtep_ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatusV6 {
+    #[serde(rename = "podCIDR", with = "display")]
+    pub pod_cidr: Ipv6Network,
+    #[serde(rename = "vtepIP")]
+    pub vtep_ip: Ipv6Addr,
+    #[serde(rename = "vtepMAC", with = "display")]
+    pub vtep_mac: MacAddr,
 }
 
 /// A node left out of the peer set.
@@ -419,7 +439,59 @@ mod tests {
             pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
             vtep_ip: Ipv4Addr::new(198, 18, 0, n),
             vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v6: None,
         }
+    }
+
+    /// A dual-stack peer shows its IPv6 side, and traffic from its IPv6 VTEP counts on it.
+    #[test]
+    fn status_lists_the_ipv6_side_of_a_peer_and_its_traffic() {
+        let obs = Observed::new(Arc::new(Health::default()));
+        let dual = Peer {
+            v6: Some(crate::fdb::PeerV6 {
+                pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+                vtep_ip: "fd00:18::2".parse().unwrap(),
+                vtep_mac: MacAddr([2, 0, 0, 0, 6, 2]),
+            }),
+            ..peer("b", 2)
+        };
+        let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
+            &[dual, peer("c", 3)],
+            8472,
+        )));
+        obs.attach(fdb.clone(), vec![Arc::new(WorkerStats::default())]);
+        fdb.load()
+            .vtep_counters("fd00:18::2".parse::<Ipv6Addr>().unwrap())
+            .unwrap()
+            .add_rx(3, 300);
+        let s = obs.status();
+        let v6 = s.peers[0].ipv6.as_ref().unwrap();
+        assert_eq!(v6.vtep_ip.to_string(), "fd00:18::2");
+        assert_eq!(v6.pod_cidr.to_string(), "fd00:10:244:2::/64");
+        assert_eq!(s.peers[0].rx_packets, 3);
+        assert!(s.peers[1].ipv6.is_none());
+        // JSON: an "ipv6" object for the dual-stack peer only; it reads back the same.
+        let json = serde_json::to_value(&s.peers).unwrap();
+        assert_eq!(
+            json[0]["ipv6"],
+            serde_json::json!({"podCIDR": "fd00:10:244:2::/64", "vtepIP": "fd00:18::2", "vtepMAC": "02:00:00:00:06:02"})
+        );
+        assert!(json[1].get("ipv6").is_none(), "{json}");
+        let back: Vec<PeerStatus> = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s.peers);
+        let text = crate::status::render(&s, 1000);
+        let at = text.lines().position(|l| l.starts_with("b ")).unwrap();
+        let next: Vec<_> = text
+            .lines()
+            .nth(at + 1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            next,
+            ["fd00:10:244:2::/64", "fd00:18::2", "02:00:00:00:06:02"],
+            "{text}"
+        );
     }
 
     #[test]

@@ -171,6 +171,20 @@ pub fn render(s: &Status, now: u64) -> String {
             p.rx_bytes.to_string(),
             ago(now, p.last_rx_unix),
         ]);
+        // The IPv6 side on a line of its own; its traffic is in the counters above.
+        if let Some(v6) = &p.ipv6 {
+            rows.push(vec![
+                String::new(),
+                v6.pod_cidr.to_string(),
+                v6.vtep_ip.to_string(),
+                v6.vtep_mac.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
     }
     table(&mut out, &rows);
     if s.peers.is_empty() {
@@ -319,6 +333,7 @@ mod tests {
                 rx_packets: 9,
                 rx_bytes: 900,
                 last_rx_unix: 998,
+                ipv6: None,
             }],
             netfilter: Some(crate::netfilter::NetfilterStatus {
                 backend: "nftables".into(),

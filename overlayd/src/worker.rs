@@ -11,7 +11,7 @@
 //! waits for POLLOUT, keeping what it holds.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -291,12 +291,18 @@ impl Worker {
                         continue;
                     }
                 };
+                let SocketAddr::V4(dst) = plan.destination else {
+                    // No IPv6 underlay socket yet: the daemon refuses EnableIPv6 at startup,
+                    // so no running FDB holds an IPv6 VTEP and this is never reached.
+                    self.stats.count_drop(DropReason::TxUnreachable);
+                    continue;
+                };
                 match plan.shape {
                     Shape::Plain { ref bytes } => {
                         peers[i] = Some(&plan.peer.counters);
                         tx.pending.push(Pending {
                             range: off + bytes.start..off + bytes.end,
-                            dst: plan.destination,
+                            dst,
                             sock: plan.socket,
                             tos: plan.tos,
                             peer: i,
@@ -314,7 +320,7 @@ impl Worker {
                                 rx,
                                 off..off + n,
                                 &plan,
-                                SegmentedSend::new(segments, segment_size),
+                                (segments, segment_size),
                                 &mut tally,
                             )
                         {
@@ -446,9 +452,17 @@ impl Worker {
         rx: &mut RxScratch,
         slot: Range<usize>,
         plan: &Transmit<'f>,
-        mut send: SegmentedSend,
+        (segments, segment_size): (usize, usize),
         tally: &mut PeerTally<'f>,
     ) -> bool {
+        let SocketAddr::V4(dst) = plan.destination else {
+            // No IPv6 underlay socket yet (see `egress_batch`).
+            for _ in 0..segments {
+                self.stats.count_drop(DropReason::TxUnreachable);
+            }
+            return true;
+        };
+        let mut send = SegmentedSend::to(segments, segment_size, &plan.destination);
         let sock = &self.io.tx_pool[plan.socket];
         let frame = &tx.txbuf[slot];
         let mut iov = [IoSlice::new(&[]); 2 * plan::MAX_SEGMENTS_PER_SEND];
@@ -461,13 +475,8 @@ impl Worker {
                 iov[2 * k + 1] = IoSlice::new(&frame[payload]);
             }
             let iov = &iov[..2 * chunk.segments.len()];
-            let result = udp::send_gathered(
-                sock,
-                plan.destination,
-                iov,
-                chunk.segment_size.unwrap_or(0),
-                plan.tos,
-            );
+            let result =
+                udp::send_gathered(sock, dst, iov, chunk.segment_size.unwrap_or(0), plan.tos);
             let result = result
                 .map(|_| ())
                 .map_err(|e| e.raw_os_error().unwrap_or(0));
@@ -499,7 +508,7 @@ impl Worker {
                         &mut tx.pmtu,
                         &headers[vxlan::HEADER_LEN..],
                         &frame[payload],
-                        plan.destination,
+                        dst,
                     );
                 }
                 Step::Dropped { reason, .. } => self.stats.count_drop(reason),

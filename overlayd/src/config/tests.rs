@@ -246,8 +246,16 @@ fn errors_name_the_field() {
             "Backend.DirectRouting: is a string",
         ),
         (
-            r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
-            "EnableIPv6: IPv6 pod networks are not supported yet",
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+            "IPv6Network: missing while EnableIPv6 is true",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#,
+            "IPv6Network: 10.245.0.0/16 is not an IPv6 CIDR",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56x","Backend":{"Type":"vxlan"}}"#,
+            "IPv6Network: \"fd00::/56x\" has a bad prefix length",
         ),
         (
             r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
@@ -274,4 +282,42 @@ fn errors_name_the_field() {
         let e = err(text);
         assert!(e.contains(want), "{text}: {e}");
     }
+}
+
+#[test]
+fn dual_stack_carries_the_ipv6_network_and_a_70_byte_overhead() {
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::1/56",
+            "Backend":{"Type":"vxlan"}}"#,
+    );
+    // Host bits cleared, as Go's net.ParseCIDR returns the network.
+    assert_eq!(c.network_v6, Some("fd00:10:244::/56".parse().unwrap()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // One pod MTU for both families: the IPv6 underlay's 70 bytes decide it.
+    assert_eq!(c.inner_mtu(1500), 1430);
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",
+            "Backend":{"Type":"vxlan","MTU":9000}}"#,
+    );
+    assert_eq!(c.inner_mtu(1500), 8930);
+    // Without EnableIPv6 the key is read (and type-checked) but not used.
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(c.network_v6, None);
+    assert_eq!(c.inner_mtu(1500), 1450);
+}
+
+#[test]
+fn ipv6_allocation_keys_are_etcd_only_when_ipv6_is_on() {
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",
+            "IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("IPv6SubnetLen are used by the etcd subnet manager only"),
+        "{:?}",
+        c.warnings
+    );
 }

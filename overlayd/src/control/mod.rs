@@ -498,6 +498,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         }
         netconf
     };
+    // The node model, annotations and subnet.env understand EnableIPv6, but the dataplane
+    // (TAP, UDP sockets, routes) still carries IPv4 only: starting would give pods IPv6
+    // addresses that lead nowhere.
+    if let Some(v6) = netconf.network_v6 {
+        bail!(
+            "{}: EnableIPv6 is true (IPv6Network {v6}), but this overlayd forwards IPv4 pods over an IPv4 underlay only; set EnableIPv6 to false, or keep Flannel on dual-stack nodes",
+            if etcd_source.is_some() { "the etcd network config".to_string() } else { opts.net_config_path.display().to_string() }
+        );
+    }
 
     // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
     let nl = Netlink::connect()?;
@@ -622,6 +631,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         vtep_mac: own_mac,
         public_ip: underlay.ip,
         vni: netconf.vni,
+        // EnableIPv6 is refused above until the dataplane carries IPv6.
+        v6: None,
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
     observed.set_own(OwnNode {

@@ -3,7 +3,7 @@
 //! (`fdb`, `path`, `worker`) and `sys` never import fdb-sync, so a new node source or a change
 //! to the model stops at the control side.
 
-use crate::fdb::Peer;
+use crate::fdb::{Peer, PeerV6};
 use crate::wire::ethernet::MacAddr;
 
 /// The model's Ethernet address as overlayd's.
@@ -20,6 +20,11 @@ pub fn peer(p: &fdb_sync::Peer) -> Peer {
         pod_cidr: p.pod_cidr,
         vtep_ip: p.vtep_ip,
         vtep_mac: mac(p.vtep_mac),
+        v6: p.v6.map(|v6| PeerV6 {
+            pod_cidr: v6.pod_cidr,
+            vtep_ip: v6.vtep_ip,
+            vtep_mac: mac(v6.vtep_mac),
+        }),
     }
 }
 
@@ -41,12 +46,18 @@ mod tests {
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
                 vtep_ip: "198.18.0.2".parse().unwrap(),
                 vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+                v6: Some(fdb_sync::PeerV6 {
+                    pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+                    vtep_ip: "fd00:18::2".parse().unwrap(),
+                    vtep_mac: "02:00:00:00:00:62".parse().unwrap(),
+                }),
             },
             fdb_sync::Peer {
                 name: "a".into(),
                 pod_cidr: "10.244.1.0/24".parse().unwrap(),
                 vtep_ip: "198.18.0.1".parse().unwrap(),
                 vtep_mac: fdb_sync::derive_vtep_mac("10.244.1.0/24".parse().unwrap()),
+                v6: None,
             },
         ];
         let ours = peers(&model);
@@ -59,5 +70,12 @@ mod tests {
             assert_eq!(m.vtep_mac.to_string(), o.vtep_mac.to_string());
         }
         assert_eq!(ours[1].vtep_mac, MacAddr([0x0a, 0x58, 10, 244, 1, 0]));
+        let v6 = ours[0].v6.unwrap();
+        assert_eq!(
+            (v6.pod_cidr.to_string(), v6.vtep_ip.to_string()),
+            ("fd00:10:244:2::/64".into(), "fd00:18::2".into())
+        );
+        assert_eq!(v6.vtep_mac, MacAddr([2, 0, 0, 0, 0, 0x62]));
+        assert!(ours[1].v6.is_none());
     }
 }

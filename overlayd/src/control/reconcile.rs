@@ -250,6 +250,7 @@ mod tests {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: "198.18.0.2".parse().unwrap(),
             vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            v6: None,
         };
         let (r, n, d) = desired(std::slice::from_ref(&p), &DirectPeers::new());
         assert!(d.is_empty());

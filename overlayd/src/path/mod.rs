@@ -12,7 +12,7 @@ pub mod plan;
 pub mod pmtu;
 pub mod tso;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 
 use std::sync::Arc;
 
@@ -161,11 +161,15 @@ pub struct Route<'a> {
     /// Inner flow hash, used to pick the outer UDP source port.
     pub flow_hash: u32,
     pub peer: &'a FdbEntry,
+    /// The outer destination: the peer's IPv6 VTEP for an inner IPv6 frame to its IPv6
+    /// VtepMAC, else its IPv4 VTEP.
+    pub destination: SocketAddr,
 }
 
 impl PartialEq for Route<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.peer.vtep == other.peer.vtep
+            && self.destination == other.destination
             && self.flow_hash == other.flow_hash
             && self.peer.node == other.peer.node
     }
@@ -191,7 +195,10 @@ pub fn encap<'a>(
     if eth.dst_is_group() {
         return Err(DropReason::TxNoFlood);
     }
-    let peer = fdb.lookup(&eth.dst()).ok_or(DropReason::TxUnknownDst)?;
+    let inner_v6 = eth.ethertype() == ethernet::ETHERTYPE_IPV6;
+    let (peer, destination) = fdb
+        .route(&eth.dst(), inner_v6)
+        .ok_or(DropReason::TxUnknownDst)?;
     match hdr.gso_type & !vnet::GSO_ECN {
         vnet::GSO_NONE => {
             if hdr.flags & vnet::F_NEEDS_CSUM != 0 {
@@ -212,6 +219,7 @@ pub fn encap<'a>(
     Ok(Route {
         flow_hash: ip::flow_hash(frame),
         peer,
+        destination,
     })
 }
 
@@ -236,7 +244,7 @@ pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) -> Resul
 /// the inner frame (`&payload[8..]`) to the TAP device.
 pub fn decap<'a>(
     payload: &[u8],
-    from: Ipv4Addr,
+    from: impl Into<IpAddr>,
     fdb: &'a Fdb,
     cfg: &DecapConfig,
 ) -> Result<Deliver<'a>, DropReason> {

@@ -408,3 +408,50 @@ fn an_open_run_closes_on_demand_and_behind_another_flow() {
     assert_eq!(runs[0].count, 3);
     assert_eq!(c.open_first(), Some(3));
 }
+
+/// Inner IPv6 (GSO_TCPV6) gets the run rules IPv4 gets: a sequence gap and PSH end a run,
+/// a corrupted checksum is never merged, kernel-peer seeds coalesce into a valid frame, and
+/// segments whose IPv6 header differs (traffic class, flow label, hop limit) are not merged.
+#[test]
+fn ipv6_runs_follow_the_same_rules() {
+    let mss = 1370; // pod MTU 1430 (IPv6 underlay) - 40 (IPv6) - 20 (TCP)
+    let a = split(&tso_frame(mss * 3, true, 0, false), mss as u16, true);
+    let b = split(
+        &tso_frame(mss * 2, true, mss as u32 * 4, false),
+        mss as u16,
+        true,
+    );
+    let all: Vec<_> = a.iter().chain(b.iter()).cloned().collect();
+    assert_eq!(coalesce(&all).len(), 2, "gap");
+    let mut p = split(&tso_frame(mss * 2, true, 0, true), mss as u16, true);
+    p.extend(split(
+        &tso_frame(mss, true, mss as u32 * 2, false),
+        mss as u16,
+        true,
+    ));
+    assert_eq!(coalesce(&p).len(), 2, "PSH");
+    let mut c = split(&tso_frame(mss * 3, true, 0, false), mss as u16, true);
+    let last = c[1].len() - 1;
+    c[1][last] ^= 0xff;
+    assert_eq!(coalesce(&c).len(), 3, "bad checksum");
+
+    let mut seeds = split(&tso_frame(mss * 4, true, 9, false), mss as u16, true);
+    for s in &mut seeds {
+        let l4 = crate::wire::ip::L4Info::parse(&s[14..]).unwrap();
+        let seed = checksum::fold(l4.pseudo_sum());
+        let at = 14 + l4.l4_offset + 16;
+        s[at..at + 2].copy_from_slice(&seed.to_be_bytes());
+    }
+    let back = coalesce(&seeds);
+    assert_eq!(back.len(), 1, "kernel seeds");
+    let (seq, _, len) = tcp_valid(&back[0]);
+    assert_eq!((seq, len), (9, mss * 4));
+
+    // Flow label (byte 3 of the IPv6 header) and hop limit (byte 7) must match within a run;
+    // neither is covered by the TCP checksum, so no checksum fix is needed.
+    for at in [14 + 3, 14 + 7] {
+        let mut d = split(&tso_frame(mss * 3, true, 0, false), mss as u16, true);
+        d[1][at] ^= 0x01;
+        assert_eq!(coalesce(&d).len(), 3, "IPv6 header byte {at} differs");
+    }
+}

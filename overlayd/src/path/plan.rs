@@ -8,7 +8,7 @@
 //! logs: the worker reads, calls `Planner::plan`, submits what `SegmentedSend::next_chunk`
 //! describes and feeds the result back to `SegmentedSend::on_result`.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::ops::Range;
 
 use super::tso::Segmenter;
@@ -16,8 +16,23 @@ use super::{ecn, encap, DropReason};
 use crate::fdb::{Fdb, FdbEntry};
 use crate::wire::{vnet, vxlan};
 
-/// Largest UDP payload one send may carry (65,535 - 8 UDP - 20 IPv4); more is EMSGSIZE.
+/// Largest UDP payload one send may carry over IPv4 (65,535 - 20 IPv4 - 8 UDP); more is
+/// EMSGSIZE.
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Largest UDP payload one send may carry over IPv6: the IPv6 payload length field (65,535)
+/// counts the UDP header but not the 40-byte IPv6 header, so 65,535 - 8 (no jumbograms).
+/// Measured on loopback (gso_max_size 65,536): a send above 65,474 bytes (IPv4: 65,494) is
+/// still taken but segmented in software before the device, so arrives in several GRO runs.
+pub const MAX_UDP_PAYLOAD_V6: usize = 65_527;
+
+/// The UDP payload limit of one send to `destination`.
+#[must_use]
+pub fn max_udp_payload(destination: &SocketAddr) -> usize {
+    match destination {
+        SocketAddr::V4(_) => MAX_UDP_PAYLOAD,
+        SocketAddr::V6(_) => MAX_UDP_PAYLOAD_V6,
+    }
+}
 /// Most datagrams one UDP_SEGMENT send may carry (the kernel's `UDP_MAX_SEGMENTS`).
 pub const MAX_SEGMENTS_PER_SEND: usize = 64;
 /// Where the VXLAN header goes in a TAP read: it ends where the virtio-net header (10 bytes)
@@ -41,12 +56,14 @@ pub enum Shape {
 #[derive(Debug, Clone)]
 pub struct Transmit<'a> {
     pub peer: &'a FdbEntry,
-    /// The peer's VTEP (outer destination).
-    pub destination: SocketAddrV4,
+    /// The peer's VTEP (outer destination): IPv6 for an inner IPv6 frame to a dual-stack
+    /// peer's IPv6 VtepMAC, else IPv4.
+    pub destination: SocketAddr,
     /// Index of the send socket: its port is the outer source port, picked by the inner flow
     /// hash as kernel vxlan does, so ECMP and RSS spread flows and a flow keeps its order.
     pub socket: usize,
-    /// Outer TOS byte: the ECN field of the inner packet (RFC 6040 normal mode).
+    /// Outer TOS byte (IPv4) or traffic class (IPv6): the ECN field of the inner packet
+    /// (RFC 6040 normal mode).
     pub tos: u8,
     pub shape: Shape,
 }
@@ -93,7 +110,7 @@ impl Planner {
         };
         Ok(Transmit {
             peer: route.peer,
-            destination: route.peer.vtep,
+            destination: route.destination,
             socket,
             tos,
             shape,
@@ -112,10 +129,17 @@ impl Planner {
     }
 }
 
-/// How many segments of `segment_size` bytes one UDP_SEGMENT send may carry.
+/// How many segments of `segment_size` bytes one UDP_SEGMENT send over IPv4 may carry.
 #[must_use]
 pub fn segments_per_send(segment_size: usize) -> usize {
-    (MAX_UDP_PAYLOAD / segment_size.max(1)).clamp(1, MAX_SEGMENTS_PER_SEND)
+    segments_per_send_within(segment_size, MAX_UDP_PAYLOAD)
+}
+
+/// How many segments of `segment_size` bytes one UDP_SEGMENT send may carry when one send holds
+/// at most `max_payload` bytes (`max_udp_payload` of the destination).
+#[must_use]
+pub fn segments_per_send_within(segment_size: usize, max_payload: usize) -> usize {
+    (max_payload / segment_size.max(1)).clamp(1, MAX_SEGMENTS_PER_SEND)
 }
 
 /// What a failed send means (from its errno).
@@ -202,6 +226,8 @@ pub enum Step {
 pub struct SegmentedSend {
     segments: usize,
     segment_size: usize,
+    /// Most bytes one send may carry (`max_udp_payload` of the destination).
+    max_payload: usize,
     /// First segment not sent yet.
     next: usize,
     /// Segments before this index go one datagram each (a chunk the kernel refused to segment).
@@ -209,11 +235,23 @@ pub struct SegmentedSend {
 }
 
 impl SegmentedSend {
+    /// The sends of `segments` segments of `segment_size` bytes to an IPv4 VTEP.
     #[must_use]
     pub fn new(segments: usize, segment_size: usize) -> Self {
+        Self::within(segments, segment_size, MAX_UDP_PAYLOAD)
+    }
+
+    /// The sends of a planned super-frame to `destination` (its family sets the send limit).
+    #[must_use]
+    pub fn to(segments: usize, segment_size: usize, destination: &SocketAddr) -> Self {
+        Self::within(segments, segment_size, max_udp_payload(destination))
+    }
+
+    fn within(segments: usize, segment_size: usize, max_payload: usize) -> Self {
         SegmentedSend {
             segments,
             segment_size,
+            max_payload,
             next: 0,
             single_until: 0,
         }
@@ -227,7 +265,7 @@ impl SegmentedSend {
             return None;
         }
         let per_send = if segmenting && self.next >= self.single_until {
-            segments_per_send(self.segment_size)
+            segments_per_send_within(self.segment_size, self.max_payload)
         } else {
             1
         };

@@ -4,7 +4,7 @@
 use super::*;
 use crate::fdb::Peer;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const PEER_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -16,6 +16,7 @@ fn fdb() -> Fdb {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: PEER_IP,
             vtep_mac: crate::wire::ethernet::MacAddr(PEER_MAC),
+            v6: None,
         }],
         8472,
     )
@@ -37,7 +38,10 @@ fn tcp_frame(payload_len: usize, sport: u16, tos_ecn: u8, v6: bool) -> Vec<u8> {
         .unwrap();
     let mut out = Vec::new();
     b.write(&mut out, &payload).unwrap();
-    if !v6 {
+    if v6 {
+        // ECN field: the low two bits of the traffic class, bits 4..5 of IPv6 byte 1.
+        out[15] |= tos_ecn << 4;
+    } else {
         // ECN field in the TOS byte; fix the header checksum.
         out[15] = tos_ecn;
         out[24..26].copy_from_slice(&[0, 0]);
@@ -107,7 +111,7 @@ fn plain_frame_is_reframed_in_place_for_its_peer() {
     let mut s = slot(&vnet::Header::default(), &frame);
     let mut p = Planner::new(7, 4);
     let t = p.plan(&mut s, &f).unwrap();
-    assert_eq!(t.destination, SocketAddrV4::new(PEER_IP, 8472));
+    assert_eq!(t.destination, SocketAddr::from((PEER_IP, 8472)));
     assert_eq!(t.tos, ecn::ECT_0, "outer ECN copies the inner ECT(0)");
     assert!(t.socket < 4);
     let Shape::Plain { bytes } = t.shape.clone() else {
@@ -172,7 +176,7 @@ fn chunks(p: &Planner, t: &Transmit<'_>, s: &[u8]) -> Vec<(Chunk, Vec<Vec<u8>>)>
     else {
         panic!("{:?}", t.shape)
     };
-    let mut send = SegmentedSend::new(segments, segment_size);
+    let mut send = SegmentedSend::to(segments, segment_size, &t.destination);
     let mut out = Vec::new();
     while let Some(c) = send.next_chunk(true) {
         let dgrams = c
@@ -268,6 +272,184 @@ fn per_send_limits() {
     assert_eq!(segments_per_send(65_507), 1);
     assert_eq!(segments_per_send(70_000), 1);
     assert_eq!(segments_per_send(0), MAX_SEGMENTS_PER_SEND);
+    // IPv6's payload length does not count its 40-byte header: 20 bytes more per send.
+    assert_eq!(MAX_UDP_PAYLOAD_V6, 65_535 - 8);
+    assert_eq!(MAX_UDP_PAYLOAD_V6 - MAX_UDP_PAYLOAD, 40 - 20);
+    assert_eq!(
+        max_udp_payload(&SocketAddr::from((PEER_IP, 1))),
+        MAX_UDP_PAYLOAD
+    );
+    assert_eq!(
+        max_udp_payload(&SocketAddr::from((PEER_IP6, 1))),
+        MAX_UDP_PAYLOAD_V6
+    );
+    assert_eq!(segments_per_send(1489), 43);
+    assert_eq!(segments_per_send_within(1489, MAX_UDP_PAYLOAD_V6), 44);
+    assert_eq!(segments_per_send_within(65_527, MAX_UDP_PAYLOAD_V6), 1);
+}
+
+const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 2);
+const PEER3_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 3, 0];
+const PEER3_MAC6: [u8; 6] = [0x0a, 0x58, 0xfd, 0, 3, 0];
+const PEER3_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const PEER3_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
+
+/// n2: dual-stack, one MAC for both families (as overlayd publishes); n3: dual-stack with its
+/// own IPv6 VtepMAC (as a Flannel node's flannel-v6.1 device); n4: IPv4 only.
+fn dual_stack_fdb() -> Fdb {
+    let peer = |name: &str, n: u8, mac: [u8; 6], v6: Option<(Ipv6Addr, [u8; 6])>| Peer {
+        name: name.into(),
+        pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+        vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+        vtep_mac: crate::wire::ethernet::MacAddr(mac),
+        v6: v6.map(|(ip, mac6)| crate::fdb::PeerV6 {
+            pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            vtep_ip: ip,
+            vtep_mac: crate::wire::ethernet::MacAddr(mac6),
+        }),
+    };
+    Fdb::from_peers(
+        &[
+            peer("n2", 2, PEER_MAC, Some((PEER_IP6, PEER_MAC))),
+            peer("n3", 3, PEER3_MAC, Some((PEER3_IP6, PEER3_MAC6))),
+            peer("n4", 4, [0x0a, 0x58, 10, 244, 4, 0], None),
+        ],
+        8472,
+    )
+}
+
+fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
+}
+
+/// Inner IPv6 leaves over the peer's IPv6 VTEP, inner IPv4 over its IPv4 VTEP, whichever MAC
+/// scheme the peer uses; an IPv4-only peer gets everything over IPv4 as before.
+#[test]
+fn inner_family_picks_the_outer_family() {
+    let f = dual_stack_fdb();
+    let mut p = Planner::new(7, 4);
+    let v6_dst = SocketAddr::from((PEER_IP6, 8472));
+    let cases: [(Vec<u8>, Result<SocketAddr, DropReason>); 6] = [
+        (tcp_frame(100, 1, 0, true), Ok(v6_dst)),
+        (
+            tcp_frame(100, 1, 0, false),
+            Ok(SocketAddr::from((PEER_IP, 8472))),
+        ),
+        (
+            to_mac(tcp_frame(100, 1, 0, true), PEER3_MAC6),
+            Ok(SocketAddr::from((PEER3_IP6, 8472))),
+        ),
+        // n3's IPv6 MAC is only n3's IPv6 device: no IPv4 frame goes there.
+        (
+            to_mac(tcp_frame(100, 1, 0, false), PEER3_MAC6),
+            Err(DropReason::TxUnknownDst),
+        ),
+        // An IPv6 frame to n3's IPv4 MAC: as kernel vxlan (flannel.1) would, over IPv4.
+        (
+            to_mac(tcp_frame(100, 1, 0, true), PEER3_MAC),
+            Ok(SocketAddr::from((PEER3_IP, 8472))),
+        ),
+        (
+            to_mac(tcp_frame(100, 1, 0, true), [0x0a, 0x58, 10, 244, 4, 0]),
+            Ok(SocketAddr::from((Ipv4Addr::new(198, 18, 0, 4), 8472))),
+        ),
+    ];
+    for (i, (frame, want)) in cases.into_iter().enumerate() {
+        let mut s = slot(&vnet::Header::default(), &frame);
+        let got = p.plan(&mut s, &f).map(|t| {
+            let Shape::Plain { bytes } = t.shape.clone() else {
+                panic!("{:?}", t.shape)
+            };
+            assert_eq!(s[bytes.clone()][..8], vxlan::header(7));
+            assert_eq!(
+                &s[bytes][8..],
+                &frame[..],
+                "case {i}: the frame leaves unchanged"
+            );
+            t.destination
+        });
+        assert_eq!(got, want, "case {i}");
+    }
+    // The peer's counters are the same whichever family carries it.
+    let mut a = slot(&vnet::Header::default(), &tcp_frame(10, 1, 0, true));
+    let mut b = slot(&vnet::Header::default(), &tcp_frame(10, 1, 0, false));
+    let ca = std::sync::Arc::clone(&p.plan(&mut a, &f).unwrap().peer.counters);
+    let cb = std::sync::Arc::clone(&p.plan(&mut b, &f).unwrap().peer.counters);
+    assert!(std::sync::Arc::ptr_eq(&ca, &cb));
+}
+
+/// The outer traffic class carries the inner IPv6 ECN field as the outer TOS carries IPv4's
+/// (RFC 6040 normal mode: CE leaves as ECT(0)).
+#[test]
+fn inner_ipv6_ecn_sets_the_outer_traffic_class() {
+    let f = dual_stack_fdb();
+    let mut p = Planner::new(1, 1);
+    for (inner, outer) in [
+        (ecn::NOT_ECT, ecn::NOT_ECT),
+        (ecn::ECT_0, ecn::ECT_0),
+        (ecn::ECT_1, ecn::ECT_1),
+        (ecn::CE, ecn::ECT_0),
+    ] {
+        let frame = tcp_frame(100, 1, inner, true);
+        let mut s = slot(&vnet::Header::default(), &frame);
+        let t = p.plan(&mut s, &f).unwrap();
+        assert!(t.destination.is_ipv6());
+        assert_eq!(t.tos, outer, "inner ECN {inner}");
+        valid_tcp(&frame);
+    }
+}
+
+/// An IPv6 TSO super-frame to an IPv6 VTEP: valid TCP segments (etherparse) adding up to the
+/// frame, in sends up to IPv6's 65,527-byte limit, so 44 segments of 1,489 bytes go in one
+/// send where IPv4 (65,507) needs two.
+#[test]
+fn ipv6_super_frame_uses_the_ipv6_datagram_limit() {
+    let f = dual_stack_fdb();
+    // 1,489 = 8 VXLAN + 14 Ethernet + 40 IPv6 + 32 TCP + 1,395 MSS.
+    let (mss, segs) = (1395u16, 44usize);
+    let len = usize::from(mss) * segs;
+    let frame = tcp_frame(len, 40000, ecn::ECT_0, true);
+    let mut s = slot(&tso(&frame, mss, true), &frame);
+    let mut p = Planner::new(1, 2);
+    let t = p.plan(&mut s, &f).unwrap();
+    assert_eq!(t.destination, SocketAddr::from((PEER_IP6, 8472)));
+    assert_eq!(t.tos, ecn::ECT_0);
+    assert_eq!(
+        t.shape,
+        Shape::Segmented {
+            segments: segs,
+            segment_size: 1489
+        }
+    );
+    let sends = chunks(&p, &t, &s);
+    assert_eq!(sends.len(), 1, "one send over IPv6");
+    let (c, dgrams) = &sends[0];
+    assert_eq!(c.segment_size, Some(1489));
+    let total: usize = dgrams.iter().map(Vec::len).sum();
+    assert_eq!(total, 65_516);
+    assert!(total > MAX_UDP_PAYLOAD && total <= MAX_UDP_PAYLOAD_V6);
+    let mut payload = Vec::new();
+    let mut seq = 4000u32;
+    for d in dgrams {
+        assert_eq!(d.len(), 1489);
+        assert_eq!(d[..8], vxlan::header(1));
+        let (sq, pl) = valid_tcp(&d[8..]);
+        assert_eq!(sq, seq);
+        seq = seq.wrapping_add(pl.len() as u32);
+        payload.extend_from_slice(&pl);
+    }
+    assert_eq!(
+        payload,
+        frame[14 + 40 + 32..],
+        "segments add up to the frame"
+    );
+    // The same frame to an IPv4 VTEP would need two sends.
+    let mut v4 = SegmentedSend::new(segs, 1489);
+    let first = v4.next_chunk(true).unwrap();
+    assert_eq!(first.segments, 0..43);
+    assert_eq!(v4.on_result(&first, Ok(())), Step::Sent { packets: 43 });
+    assert_eq!(v4.next_chunk(true).unwrap().segments, 43..44);
 }
 
 fn seg_send() -> SegmentedSend {

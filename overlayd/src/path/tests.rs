@@ -2,7 +2,7 @@ use super::*;
 use crate::fdb::Peer;
 use crate::wire::vxlan;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 const OWN: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
 const PEER: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];
@@ -15,6 +15,7 @@ fn fdb() -> Fdb {
             pod_cidr: "10.244.2.0/24".parse().unwrap(),
             vtep_ip: PEER_IP,
             vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            v6: None,
         }],
         8472,
     )
@@ -110,6 +111,7 @@ fn encap_known_peer() {
     let t = encap(&mut f, &vnet::Header::default(), &fdb).unwrap();
     assert_eq!(&*t.peer.node, "n2");
     assert_eq!(t.peer.vtep, SocketAddrV4::new(PEER_IP, 8472));
+    assert_eq!(t.destination, SocketAddr::from((PEER_IP, 8472)));
     let mut g = tcp_frame(PEER, 100, 40000);
     assert_eq!(
         encap(&mut g, &vnet::Header::default(), &fdb)
@@ -391,4 +393,76 @@ fn drop_reason_table_is_complete() {
     }
     assert_eq!(DropReason::TxSendError.direction(), "tx");
     assert_eq!(DropReason::RxShort.direction(), "rx");
+}
+
+/// A dual-stack peer: its IPv6 VTEP address is a known sender, it speaks for its IPv6 pods
+/// (and its device address) only, and a kernel-vxlan peer's IPv6 TCP burst arriving as one
+/// datagram goes to the TAP as a GSO_TCPV6 super-frame sized to the inner MTU.
+#[test]
+fn decap_checks_ipv6_vteps_and_ipv6_inner_sources() {
+    let peer_ip6: Ipv6Addr = "fd00:18::2".parse().unwrap();
+    let f = Fdb::from_peers(
+        &[Peer {
+            name: "n2".into(),
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            vtep_ip: PEER_IP,
+            vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            v6: Some(crate::fdb::PeerV6 {
+                pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+                vtep_ip: peer_ip6,
+                vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            }),
+        }],
+        8472,
+    );
+    let c = cfg();
+    let tcp6 = |src: &str, len: usize| {
+        let src: Ipv6Addr = src.parse().unwrap();
+        let dst: Ipv6Addr = "fd00:10:244:1::2".parse().unwrap();
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], OWN)
+            .ipv6(src.octets(), dst.octets(), 64)
+            .tcp(40000, 5201, 1000, 512);
+        let mut out = Vec::new();
+        b.write(&mut out, &vec![3u8; len]).unwrap();
+        out
+    };
+    for src in ["fd00:10:244:2::5", "fd00:10:244:2::"] {
+        let d = decap(&vx(&tcp6(src, 10), 1), peer_ip6, &f, &c).unwrap();
+        assert!(
+            Arc::ptr_eq(d.peer.unwrap(), f.vtep_counters(PEER_IP).unwrap()),
+            "counted on the peer"
+        );
+    }
+    for src in [
+        "fd00:10:244:3::5",
+        "fd00:10:244:1::9",
+        "fe80::1",
+        "2001:db8::1",
+    ] {
+        assert_eq!(
+            decap(&vx(&tcp6(src, 10), 1), peer_ip6, &f, &c),
+            Err(DropReason::RxForeignSource),
+            "{src}"
+        );
+    }
+    let stranger: Ipv6Addr = "fd00:18::99".parse().unwrap();
+    assert_eq!(
+        decap(&vx(&tcp6("fd00:10:244:2::5", 10), 1), stranger, &f, &c),
+        Err(DropReason::RxUnknownSender)
+    );
+    // IPv4 pods keep their check when the peer sends from its IPv6 address too.
+    assert_eq!(
+        decap(&vx(&tcp_from([10, 244, 3, 2]), 1), peer_ip6, &f, &c),
+        Err(DropReason::RxForeignSource)
+    );
+    assert!(decap(&vx(&tcp_from([10, 244, 2, 2]), 1), peer_ip6, &f, &c).is_ok());
+
+    // A 20 KB IPv6 TCP burst in one datagram (fastpath-facts pitfall 2).
+    let mut burst = tcp6("fd00:10:244:2::5", 20_000);
+    make_partial(&mut burst);
+    let h = decap(&vx(&burst, 1), peer_ip6, &f, &c).unwrap().vnet;
+    assert_eq!(h.gso_type & !vnet::GSO_ECN, vnet::GSO_TCPV6);
+    // inner MTU 1450 - 40 (IPv6) - 20 (TCP)
+    assert_eq!(h.gso_size, 1390);
+    assert_ne!(h.flags & vnet::F_NEEDS_CSUM, 0);
 }

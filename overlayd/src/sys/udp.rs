@@ -1,9 +1,11 @@
 //! The VXLAN UDP sockets: one receive socket per worker bound to the VXLAN port with
 //! SO_REUSEPORT, plus a small pool of send sockets whose source ports (49152..65535) carry the
-//! inner flow hash, as kernel vxlan does, so ECMP and RSS spread flows.
+//! inner flow hash, as kernel vxlan does, so ECMP and RSS spread flows. The same for an IPv6
+//! underlay (`bind_vxlan_v6`, `send_gathered_to`, `recv_gro_any`): IPv6-only sockets, so each
+//! underlay family has its own.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -24,7 +26,31 @@ fn base_socket() -> io::Result<Socket> {
         libc::IP_MTU_DISCOVER,
         libc::IP_PMTUDISC_DO,
     )?;
-    // Large buffers absorb bursts; FORCE needs CAP_NET_ADMIN, which we have, else fall back.
+    set_buffers(&s)?;
+    Ok(s)
+}
+
+/// The IPv6 counterpart of `base_socket`: IPv6 only (IPV6_V6ONLY: IPv4 peers stay on the IPv4
+/// sockets, no IPv4-mapped senders), never fragmented (IPV6_MTU_DISCOVER = DO: over the path
+/// MTU is EMSGSIZE, as with DF on IPv4). The UDP checksum is always on: Linux sends a zero
+/// IPv6 UDP checksum only with UDP_NO_CHECK6_TX, which overlayd never sets (RFC 8200 requires
+/// it for VXLAN over IPv6).
+fn base_socket_v6() -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV6, Type::DGRAM.cloexec(), Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_nonblocking(true)?;
+    setsockopt_int(
+        s.as_fd(),
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        libc::IPV6_PMTUDISC_DO,
+    )?;
+    set_buffers(&s)?;
+    Ok(s)
+}
+
+/// Large buffers absorb bursts; FORCE needs CAP_NET_ADMIN, which we have, else fall back.
+fn set_buffers(s: &Socket) -> io::Result<()> {
     #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
     let size = SOCKET_BUFFER as libc::c_int;
     if setsockopt_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
@@ -33,7 +59,7 @@ fn base_socket() -> io::Result<Socket> {
     if setsockopt_int(s.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, size).is_err() {
         s.set_send_buffer_size(SOCKET_BUFFER)?;
     }
-    Ok(s)
+    Ok(())
 }
 
 /// A receive socket on `bind:port` that shares the port with the other workers.
@@ -47,9 +73,26 @@ pub fn bind_vxlan(bind: Ipv4Addr, port: u16) -> io::Result<UdpSocket> {
     Ok(s.into())
 }
 
+/// The IPv6 receive socket on `[bind]:port`, shared with the other workers (SO_REUSEPORT),
+/// reporting each datagram's outer traffic class (IPV6_RECVTCLASS: the ECN field for
+/// decapsulation). Turn on UDP_GRO with `enable_gro`, as for IPv4.
+pub fn bind_vxlan_v6(bind: Ipv6Addr, port: u16) -> io::Result<UdpSocket> {
+    let s = base_socket_v6()?;
+    s.set_reuse_port(true)?;
+    setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_RECVTCLASS, 1)?;
+    s.bind(&SocketAddr::V6(SocketAddrV6::new(bind, port, 0, 0)).into())?;
+    Ok(s.into())
+}
+
 /// `count` send sockets bound to distinct ports in 49152..65535, starting at a port derived
-/// from `seed` and skipping ports in use.
-pub fn bind_source_pool(bind: Ipv4Addr, count: usize, seed: u32) -> io::Result<Vec<UdpSocket>> {
+/// from `seed` and skipping ports in use. An IPv6 `bind` gives IPv6-only sockets (as
+/// `bind_vxlan_v6`).
+pub fn bind_source_pool(
+    bind: impl Into<IpAddr>,
+    count: usize,
+    seed: u32,
+) -> io::Result<Vec<UdpSocket>> {
+    let bind: IpAddr = bind.into();
     let span = u32::from(u16::MAX - SRC_PORT_MIN) + 1;
     let mut out = Vec::with_capacity(count);
     let mut last_err = None;
@@ -59,10 +102,14 @@ pub fn bind_source_pool(bind: Ipv4Addr, count: usize, seed: u32) -> io::Result<V
         }
         #[allow(clippy::cast_possible_truncation)]
         let port = SRC_PORT_MIN + ((seed.wrapping_add(i.wrapping_mul(257))) % span) as u16;
-        let s = base_socket()?;
+        let s = if bind.is_ipv4() {
+            base_socket()?
+        } else {
+            base_socket_v6()?
+        };
         // Peers never send to these ports: keep what may queue here small.
         s.set_recv_buffer_size(4096)?;
-        match s.bind(&SocketAddr::V4(SocketAddrV4::new(bind, port)).into()) {
+        match s.bind(&SocketAddr::new(bind, port).into()) {
             Ok(()) => out.push(s.into()),
             Err(e) => last_err = Some(e),
         }
@@ -102,6 +149,18 @@ fn sockaddr_v4(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
+fn sockaddr_v6(a: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: a.port().to_be(),
+        sin6_flowinfo: a.flowinfo(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.ip().octets(),
+        },
+        sin6_scope_id: a.scope_id(),
+    }
+}
+
 /// Control-message space, 8-aligned: UDP_SEGMENT (`u16`) and IP_TOS (`int`) on send,
 /// UDP_GRO (`int`) and IP_TOS (one byte) on receive; each takes CMSG_SPACE = 24 bytes.
 #[repr(C, align(8))]
@@ -112,15 +171,20 @@ struct CmsgBuf([u8; 64]);
 #[derive(Clone, Copy)]
 struct TosCmsg([u8; 24]);
 
-/// Writes an IP_TOS control message holding `tos` at `c`.
+/// Writes an IP_TOS (IPv4) or IPV6_TCLASS (IPv6) control message holding `tos` at `c`.
 ///
 /// # Safety
 /// `c` must point at a writable, 8-aligned cmsghdr with CMSG_SPACE(sizeof(int)) bytes of room.
-unsafe fn write_tos_cmsg(c: *mut libc::cmsghdr, tos: u8) {
+unsafe fn write_tos_cmsg(c: *mut libc::cmsghdr, tos: u8, v6: bool) {
     // SAFETY: the caller guarantees room for the header and an int payload.
     unsafe {
-        (*c).cmsg_level = libc::IPPROTO_IP;
-        (*c).cmsg_type = libc::IP_TOS;
+        if v6 {
+            (*c).cmsg_level = libc::IPPROTO_IPV6;
+            (*c).cmsg_type = libc::IPV6_TCLASS;
+        } else {
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_TOS;
+        }
         (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
         std::ptr::write_unaligned(
             libc::CMSG_DATA(c).cast::<libc::c_int>(),
@@ -146,11 +210,61 @@ pub fn send_gathered(
     tos: u8,
 ) -> io::Result<usize> {
     let mut addr = sockaddr_v4(dst);
+    send_msg(
+        sock,
+        std::ptr::from_mut(&mut addr).cast(),
+        std::mem::size_of::<libc::sockaddr_in>(),
+        iov,
+        segment,
+        tos,
+        false,
+    )
+}
+
+/// `send_gathered` to an IPv4 or IPv6 destination (on a socket of that family); on IPv6 the
+/// `tos` is the outer traffic class (IPV6_TCLASS control message).
+pub fn send_gathered_to(
+    sock: &UdpSocket,
+    dst: SocketAddr,
+    iov: &[io::IoSlice<'_>],
+    segment: u16,
+    tos: u8,
+) -> io::Result<usize> {
+    match dst {
+        SocketAddr::V4(a) => send_gathered(sock, a, iov, segment, tos),
+        SocketAddr::V6(a) => {
+            let mut addr = sockaddr_v6(a);
+            send_msg(
+                sock,
+                std::ptr::from_mut(&mut addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>(),
+                iov,
+                segment,
+                tos,
+                true,
+            )
+        }
+    }
+}
+
+/// One `sendmsg` to the socket address at `name` (`namelen` bytes, live for the call).
+fn send_msg(
+    sock: &UdpSocket,
+    name: *mut libc::c_void,
+    namelen: usize,
+    iov: &[io::IoSlice<'_>],
+    segment: u16,
+    tos: u8,
+    v6: bool,
+) -> io::Result<usize> {
     let mut cmsg = CmsgBuf([0; 64]);
     // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths); fields are set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = std::ptr::from_mut(&mut addr).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_name = name;
+    #[allow(clippy::cast_possible_truncation)]
+    {
+        msg.msg_namelen = namelen as libc::socklen_t;
+    }
     // IoSlice is guaranteed ABI-compatible with iovec on Unix.
     msg.msg_iov = iov.as_ptr().cast_mut().cast();
     msg.msg_iovlen = iov.len();
@@ -176,9 +290,10 @@ pub fn send_gathered(
         msg.msg_controllen = at + int_cmsg_space();
         // SAFETY: `at` is 0 or the CMSG_SPACE of the UDP_SEGMENT message (a multiple of 8),
         // and `at + int_cmsg_space()` <= 48 fits the 64-byte, 8-aligned `cmsg`.
-        unsafe { write_tos_cmsg(cmsg.0.as_mut_ptr().add(at).cast(), tos) };
+        unsafe { write_tos_cmsg(cmsg.0.as_mut_ptr().add(at).cast(), tos, v6) };
     }
-    // SAFETY: msg points at live buffers for the duration of the call: the address, the iovec
+    // SAFETY: msg points at live buffers for the duration of the call: the address (the
+    // caller's, `namelen` bytes), the iovec
     // array borrowed from `iov` (whose slices outlive the call) and the control buffer.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
     if n < 0 {
@@ -244,6 +359,94 @@ pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
         u16::from_be(addr.sin_port),
     );
     Ok(RecvMeta {
+        len: n.unsigned_abs(),
+        from,
+        gso,
+        tos,
+    })
+}
+
+/// What `recv_gro_any` received: as `RecvMeta`, from an IPv4 or IPv6 sender.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvFrom {
+    pub len: usize,
+    pub from: SocketAddr,
+    pub gso: Option<u16>,
+    /// The outer TOS byte (IPv4) or traffic class (IPv6); 0 when not reported.
+    pub tos: u8,
+}
+
+/// `recv_gro` on a socket of either family (`bind_vxlan_v6` for IPv6): the sender and the
+/// outer traffic class (IPV6_TCLASS) or TOS (IP_TOS) with the data.
+pub fn recv_gro_any(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvFrom> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut cmsg = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = std::ptr::from_mut(&mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg.0.len();
+    // SAFETY: every pointer in msg refers to a live local or to `buf`, with its true length.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut gso = None;
+    let mut tos = 0;
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR walk only
+    // within that length; CMSG_DATA of a UDP_GRO or IPV6_TCLASS message holds an int, of an
+    // IP_TOS message at least one byte.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+            if level == libc::SOL_UDP && kind == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                gso = u16::try_from(v).ok().filter(|s| *s > 0);
+            } else if level == libc::IPPROTO_IP && kind == libc::IP_TOS {
+                tos = *libc::CMSG_DATA(c);
+            } else if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_TCLASS {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                tos = u8::try_from(v & 0xff).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = match libc::c_int::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into the storage, which
+            // is large and aligned enough for it.
+            let a = unsafe { &*std::ptr::from_ref(&addr).cast::<libc::sockaddr_in>() };
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, a sockaddr_in6.
+            let a = unsafe { &*std::ptr::from_ref(&addr).cast::<libc::sockaddr_in6>() };
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        f => {
+            return Err(io::Error::other(format!(
+                "recvmsg returned a sender of address family {f}, neither IPv4 nor IPv6"
+            )))
+        }
+    };
+    Ok(RecvFrom {
         len: n.unsigned_abs(),
         from,
         gso,
@@ -372,7 +575,7 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8], u8)]) -> io::R
             hdrs[i].msg_hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
             hdrs[i].msg_hdr.msg_controllen = int_cmsg_space();
             // SAFETY: `cmsgs[i]` is 8-aligned with CMSG_SPACE(sizeof(int)) = 24 bytes.
-            unsafe { write_tos_cmsg(cmsgs[i].0.as_mut_ptr().cast(), *tos) };
+            unsafe { write_tos_cmsg(cmsgs[i].0.as_mut_ptr().cast(), *tos, false) };
         }
     }
     // SAFETY: the first `n` headers point at live address, iovec and control entries on this
@@ -567,6 +770,134 @@ mod tests {
                 assert_eq!(n, 1000);
                 assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), i, "in order");
             }
+        });
+        t.join().unwrap();
+    }
+
+    /// Root only (a private network namespace, loopback MTU 1600): the IPv6 sockets are
+    /// IPv6-only, never fragment (a 2,000-byte datagram is EMSGSIZE where IPv6's default would
+    /// fragment it), carry the traffic class both ways, and take UDP_SEGMENT sends: 40
+    /// segments of 1,489 bytes come back to the UDP_GRO socket as one run with its segment
+    /// size; 44 of them (65,516 bytes: over IPv4's 65,507 limit, within IPv6's 65,527) go in
+    /// one send and all arrive in order.
+    #[test]
+    fn ipv6_sockets_send_and_receive_gso_runs_without_fragmenting() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ipv6_sockets_send_and_receive_gso_runs_without_fragmenting: needs root, and CI is set"
+            );
+            eprintln!("skipped: needs root (a network namespace)");
+            return;
+        }
+        let t = std::thread::spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) only moves this thread into a new network
+            // namespace, which goes away when the thread and its sockets do.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                io::Error::last_os_error()
+            );
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up", "mtu", "1600"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip link set lo up mtu 1600 failed");
+            let rx = bind_vxlan_v6(Ipv6Addr::UNSPECIFIED, 0).unwrap();
+            enable_gro(&rx).unwrap();
+            assert!(socket2::SockRef::from(&rx).only_v6().unwrap());
+            let port = rx.local_addr().unwrap().port();
+            // IPV6_V6ONLY: the IPv4 port stays free for the IPv4 socket.
+            let v4 = bind_vxlan(Ipv4Addr::UNSPECIFIED, port).unwrap();
+            drop(v4);
+            let tx = bind_source_pool(Ipv6Addr::UNSPECIFIED, 1, 7)
+                .unwrap()
+                .pop()
+                .unwrap();
+            assert!(socket2::SockRef::from(&tx).only_v6().unwrap());
+            let to = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+            let from = SocketAddr::from((Ipv6Addr::LOCALHOST, tx.local_addr().unwrap().port()));
+            let mut buf = vec![0u8; 70_000];
+            let recv = |buf: &mut [u8]| {
+                for _ in 0..1000 {
+                    match recv_gro_any(&rx, buf) {
+                        Ok(m) => return m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                        Err(e) => panic!("recv: {e}"),
+                    }
+                }
+                panic!("nothing arrived in 5 s");
+            };
+
+            // One plain datagram, outer ECT(0).
+            let d = [7u8; 1000];
+            assert_eq!(
+                send_gathered_to(&tx, to, &[io::IoSlice::new(&d)], 0, 2).unwrap(),
+                1000
+            );
+            let m = recv(&mut buf);
+            assert_eq!((m.len, m.from, m.gso, m.tos), (1000, from, None, 2));
+            assert_eq!(buf[..1000], d);
+
+            // Over the MTU (1600 - 40 - 8 = 1552 bytes of payload): EMSGSIZE, never fragments.
+            let big = [1u8; 2000];
+            let e = send_gathered_to(&tx, to, &[io::IoSlice::new(&big)], 0, 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
+            let fits = [1u8; 1552];
+            send_gathered_to(&tx, to, &[io::IoSlice::new(&fits)], 0, 0).unwrap();
+            assert_eq!(recv(&mut buf).len, 1552);
+
+            // 40 segments of 1,489 bytes in one send, gathered from two slices per segment:
+            // the UDP_GRO socket gets them back as one run with the segment size.
+            let (seg, n) = (1489usize, 44usize);
+            let heads: Vec<[u8; 8]> = (0..n).map(|i| [u8::try_from(i).unwrap(); 8]).collect();
+            let body = vec![0xabu8; seg - 8];
+            let iov: Vec<io::IoSlice<'_>> = heads
+                .iter()
+                .flat_map(|h| [io::IoSlice::new(h), io::IoSlice::new(&body)])
+                .collect();
+            let size = u16::try_from(seg).unwrap();
+            assert_eq!(
+                send_gathered_to(&tx, to, &iov[..80], size, 1).unwrap(),
+                59_560
+            );
+            let m = recv(&mut buf);
+            assert_eq!(m.from, from);
+            assert_eq!(m.tos, 1, "outer ECT(1) on every segment");
+            assert_eq!(
+                m.gso,
+                Some(1489),
+                "one GRO run with its segment size: {m:?}"
+            );
+            assert_eq!(m.len, 59_560, "all 40 segments in one receive");
+            let check = |buf: &[u8], first: usize, count: usize| {
+                for i in 0..count {
+                    let d = &buf[i * seg..(i + 1) * seg];
+                    assert_eq!(d[..8], heads[first + i], "segment {} in order", first + i);
+                    assert!(d[8..].iter().all(|b| *b == 0xab));
+                }
+            };
+            check(&buf, 0, 40);
+
+            // All 44 (65,516 bytes) in one send: over IPv4's 65,507 limit, within IPv6's. (The
+            // loopback then segments it in software, being over its gso_max_size of 65,536
+            // with headers, so it arrives in several runs.)
+            assert_eq!(send_gathered_to(&tx, to, &iov, size, 1).unwrap(), 65_516);
+            let mut got = 0;
+            while got < n {
+                let m = recv(&mut buf);
+                assert_eq!(m.len % seg, 0, "{m:?}");
+                let k = m.len / seg;
+                assert!(k == 1 || m.gso == Some(1489), "{m:?}");
+                check(&buf, got, k);
+                got += k;
+            }
+            assert_eq!(got, n);
         });
         t.join().unwrap();
     }

@@ -2,11 +2,11 @@
 //! state, and per peer a permanent neighbour and an onlink route, exactly as flanneld programs
 //! them for kernel vxlan. Routes carry our own protocol number so we can tell them apart.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::wire::ethernet::MacAddr;
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
@@ -167,6 +167,91 @@ pub struct PeerNeighbour {
     pub permanent: bool,
 }
 
+/// A route on the IPv6 TAP device to a peer's IPv6 pod CIDR, as Flannel programs it on
+/// `flannel-v6.<VNI>`: `<v6 subnet> via <v6 subnet's network address> dev <tap> onlink`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerRouteV6 {
+    pub dst: Ipv6Network,
+    pub gateway: Ipv6Addr,
+}
+
+impl PeerRouteV6 {
+    /// Flannel's route for a peer's IPv6 subnet: the gateway is the subnet's own network
+    /// address (`v6Sn.IP`), which the peer's permanent neighbour entry resolves.
+    pub fn for_subnet(dst: Ipv6Network) -> Self {
+        PeerRouteV6 {
+            dst,
+            gateway: dst.network(),
+        }
+    }
+}
+
+/// An IPv6 neighbour entry on the TAP device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerNeighbourV6 {
+    pub ip: Ipv6Addr,
+    pub mac: MacAddr,
+    pub permanent: bool,
+}
+
+/// One of our routes (protocol 77), either family, as a route dump reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OurRoute {
+    dst: IpNetwork,
+    gateway: IpAddr,
+    oif: u32,
+}
+
+/// The destination, gateway and output link of a dumped route carrying our protocol number;
+/// `None` for anyone else's route or one without all three (e.g. a multipath route).
+fn parse_our_route(m: &RouteMessage) -> Option<OurRoute> {
+    if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
+        return None;
+    }
+    let (mut dst, mut gw, mut oif) = (None, None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gw = Some(IpAddr::V6(*g)),
+            RouteAttribute::Oif(o) => oif = Some(*o),
+            _ => {}
+        }
+    }
+    Some(OurRoute {
+        dst: IpNetwork::new(dst?, m.header.destination_prefix_length).ok()?,
+        gateway: gw?,
+        oif: oif?,
+    })
+}
+
+/// A dumped neighbour on link `index` in `family`: its address, MAC and whether it is
+/// permanent; `None` for other links, families, or an entry without a 6-byte MAC.
+fn parse_neighbour(
+    m: &NeighbourMessage,
+    index: u32,
+    family: AddressFamily,
+) -> Option<(IpAddr, MacAddr, bool)> {
+    if m.header.ifindex != index || m.header.family != family {
+        return None;
+    }
+    let (mut ip, mut mac) = (None, None);
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(IpAddr::V4(*d)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => {
+                ip = Some(IpAddr::V6(*d))
+            }
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                mac = Some(MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]));
+            }
+            _ => {}
+        }
+    }
+    Some((ip?, mac?, m.header.state == NeighbourState::Permanent))
+}
+
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
@@ -322,6 +407,39 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The IPv6 addresses of link `index` (link-local ones included).
+    pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = a {
+                    if !out.contains(ip) {
+                        out.push(*ip);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip -6 addr replace <addr>/128 dev <index>`: the IPv6 TAP's address, as Flannel gives
+    /// `flannel-v6.<VNI>` its subnet's network address with prefix 128 (idempotent).
+    pub async fn add_ipv6_address(&self, index: u32, addr: Ipv6Addr) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V6(addr), 128)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {addr}/128 to link #{index}")))
+    }
+
     /// Removes every IPv4 address of link `index` except `keep` (a device whose pod subnet
     /// changed keeps no address of the old one).
     pub async fn remove_other_ipv4_addresses(
@@ -457,12 +575,15 @@ impl Netlink {
         Ok(None)
     }
 
-    fn neighbour_message(index: u32, ip: Ipv4Addr) -> NeighbourMessage {
+    fn neighbour_message(index: u32, ip: IpAddr) -> NeighbourMessage {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
+        m.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
         m.header.ifindex = index;
         m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(ip)));
         m
     }
 
@@ -478,6 +599,16 @@ impl Netlink {
         m
     }
 
+    fn route_message_v6(index: u32, r: PeerRouteV6) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix())
+            .gateway(r.gateway)
+            .output_interface(index)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO))
+            .onlink()
+            .build()
+    }
+
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
     pub async fn replace_neighbour(
         &self,
@@ -485,19 +616,50 @@ impl Netlink {
         ip: Ipv4Addr,
         mac: MacAddr,
     ) -> Result<(), NetlinkError> {
+        self.replace_neighbour_ip(index, IpAddr::V4(ip), mac).await
+    }
+
+    /// `ip -6 neigh replace <ip> lladdr <mac> dev <index> nud permanent`: Flannel's AddV6ARP,
+    /// the peer's IPv6 subnet address to its IPv6 VtepMAC.
+    pub async fn replace_neighbour_v6(
+        &self,
+        index: u32,
+        ip: Ipv6Addr,
+        mac: MacAddr,
+    ) -> Result<(), NetlinkError> {
+        self.replace_neighbour_ip(index, IpAddr::V6(ip), mac).await
+    }
+
+    async fn replace_neighbour_ip(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddr,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await
-            .map_err(req(format!("replace neighbour {ip} lladdr {mac}")))
+            .map_err(req(format!(
+                "replace neighbour {ip} lladdr {mac} on link #{index}"
+            )))
     }
 
     /// Removes a neighbour; absent is fine.
     pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        self.delete_neighbour_ip(index, IpAddr::V4(ip)).await
+    }
+
+    /// Removes an IPv6 neighbour; absent is fine.
+    pub async fn delete_neighbour_v6(&self, index: u32, ip: Ipv6Addr) -> Result<(), NetlinkError> {
+        self.delete_neighbour_ip(index, IpAddr::V6(ip)).await
+    }
+
+    async fn delete_neighbour_ip(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
         match self
             .handle
             .neighbours()
@@ -508,7 +670,40 @@ impl Netlink {
             Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
                 Ok(())
             }
-            r => r.map_err(req(format!("delete neighbour {ip}"))),
+            r => r.map_err(req(format!("delete neighbour {ip} on link #{index}"))),
+        }
+    }
+
+    /// `ip -6 route replace <dst> via <gateway> dev <index> onlink proto 77`.
+    pub async fn replace_route_v6(&self, index: u32, r: PeerRouteV6) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::route_message_v6(index, r))
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!(
+                "replace route {} via {} dev #{index} onlink",
+                r.dst, r.gateway
+            )))
+    }
+
+    /// Removes an IPv6 route; absent is fine.
+    pub async fn delete_route_v6(&self, index: u32, r: PeerRouteV6) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(Self::route_message_v6(index, r))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
+                Ok(())
+            }
+            r2 => r2.map_err(req(format!(
+                "delete route {} via {} dev #{index}",
+                r.dst, r.gateway
+            ))),
         }
     }
 
@@ -602,38 +797,32 @@ impl Netlink {
     /// Our routes (protocol 77) with a gateway on any link but `tap_index`: the DirectRouting
     /// routes.
     pub async fn direct_routes(&self, tap_index: u32) -> Result<Vec<DirectRoute>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut out: Vec<DirectRoute> = self
+            .our_routes(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .await?
+            .into_iter()
+            .filter_map(|r| match (r.dst, r.gateway) {
+                (IpNetwork::V4(dst), IpAddr::V4(gateway)) if r.oif != tap_index => {
+                    Some(DirectRoute {
+                        dst,
+                        gateway,
+                        oif: r.oif,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every route of `dump`'s family carrying our protocol number, on any link.
+    async fn our_routes(&self, dump: RouteMessage) -> Result<Vec<OurRoute>, NetlinkError> {
+        let mut s = self.handle.route().get(dump).execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
-            if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
-                continue;
-            }
-            let (mut dst, mut gw, mut oif) = (None, None, None);
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Oif(o) => oif = Some(*o),
-                    _ => {}
-                }
-            }
-            if let (Some(d), Some(g), Some(o)) = (dst, gw, oif) {
-                if o != tap_index {
-                    if let Ok(net) = Ipv4Network::new(d, m.header.destination_prefix_length) {
-                        out.push(DirectRoute {
-                            dst: net,
-                            gateway: g,
-                            oif: o,
-                        });
-                    }
-                }
-            }
+            out.extend(parse_our_route(&m));
         }
-        out.sort();
         Ok(out)
     }
 
@@ -669,81 +858,96 @@ impl Netlink {
 
     /// Our routes (protocol 77) on link `index`.
     pub async fn routes(&self, index: u32) -> Result<Vec<PeerRoute>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
-            if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
-                continue;
-            }
-            let (mut dst, mut gw, mut oif) = (None, None, None);
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Oif(o) => oif = Some(*o),
-                    _ => {}
+        let mut out: Vec<PeerRoute> = self
+            .our_routes(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .await?
+            .into_iter()
+            .filter_map(|r| match (r.dst, r.gateway) {
+                (IpNetwork::V4(dst), IpAddr::V4(gateway)) if r.oif == index => {
+                    Some(PeerRoute { dst, gateway })
                 }
-            }
-            if let (Some(d), Some(g), Some(o)) = (dst, gw, oif) {
-                if o == index {
-                    if let Ok(net) = Ipv4Network::new(d, m.header.destination_prefix_length) {
-                        out.push(PeerRoute {
-                            dst: net,
-                            gateway: g,
-                        });
-                    }
-                }
-            }
-        }
+                _ => None,
+            })
+            .collect();
         out.sort();
+        Ok(out)
+    }
+
+    /// Our IPv6 routes (protocol 77) on link `index`.
+    pub async fn routes_v6(&self, index: u32) -> Result<Vec<PeerRouteV6>, NetlinkError> {
+        let mut out: Vec<PeerRouteV6> = self
+            .our_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .await?
+            .into_iter()
+            .filter_map(|r| match (r.dst, r.gateway) {
+                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => {
+                    Some(PeerRouteV6 { dst, gateway })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Neighbours of `family` on link `index`.
+    async fn dump_neighbours(
+        &self,
+        index: u32,
+        family: AddressFamily,
+    ) -> Result<Vec<(IpAddr, MacAddr, bool)>, NetlinkError> {
+        let mut s = self.handle.neighbours().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump neighbours"))? {
+            out.extend(parse_neighbour(&m, index, family));
+        }
         Ok(out)
     }
 
     /// IPv4 neighbours on link `index`.
     pub async fn neighbours(&self, index: u32) -> Result<Vec<PeerNeighbour>, NetlinkError> {
-        let mut s = self.handle.neighbours().get().execute();
-        let mut out = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(req("dump neighbours"))? {
-            if m.header.ifindex != index || m.header.family != AddressFamily::Inet {
-                continue;
-            }
-            let (mut ip, mut mac) = (None, None);
-            for a in &m.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
-                    NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                        mac = Some(MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]));
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(ip), Some(mac)) = (ip, mac) {
-                out.push(PeerNeighbour {
-                    ip,
-                    mac,
-                    permanent: m.header.state == NeighbourState::Permanent,
-                });
-            }
-        }
+        let mut out: Vec<PeerNeighbour> = self
+            .dump_neighbours(index, AddressFamily::Inet)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, mac, permanent)| match ip {
+                IpAddr::V4(ip) => Some(PeerNeighbour { ip, mac, permanent }),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         out.sort();
         Ok(out)
     }
 
-    /// Deletes every IPv4 route carrying our protocol number, on any link; returns how many.
+    /// IPv6 neighbours on link `index` (the kernel's own link-local/router entries included:
+    /// callers pick the ones they programmed).
+    pub async fn neighbours_v6(&self, index: u32) -> Result<Vec<PeerNeighbourV6>, NetlinkError> {
+        let mut out: Vec<PeerNeighbourV6> = self
+            .dump_neighbours(index, AddressFamily::Inet6)
+            .await?
+            .into_iter()
+            .filter_map(|(ip, mac, permanent)| match ip {
+                IpAddr::V6(ip) => Some(PeerNeighbourV6 { ip, mac, permanent }),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes every route carrying our protocol number, IPv4 and IPv6, on any link; returns
+    /// how many.
     pub async fn delete_all_our_routes(&self) -> Result<usize, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
         let mut ours = Vec::new();
-        while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
-            if m.header.protocol == RouteProtocol::Other(ROUTE_PROTO) {
-                ours.push(m);
+        for dump in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut s = self.handle.route().get(dump).execute();
+            while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
+                if m.header.protocol == RouteProtocol::Other(ROUTE_PROTO) {
+                    ours.push(m);
+                }
             }
         }
         let n = ours.len();
@@ -845,4 +1049,197 @@ pub fn subscribe() -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, 
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_parser_reads_our_routes_of_both_families_and_skips_others() {
+        let v4 = Netlink::route_message(
+            7,
+            PeerRoute {
+                dst: "10.244.3.0/24".parse().unwrap(),
+                gateway: Ipv4Addr::new(10, 244, 3, 0),
+            },
+        );
+        assert_eq!(
+            parse_our_route(&v4),
+            Some(OurRoute {
+                dst: "10.244.3.0/24".parse().unwrap(),
+                gateway: IpAddr::V4(Ipv4Addr::new(10, 244, 3, 0)),
+                oif: 7,
+            })
+        );
+        let r6 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
+        assert_eq!(r6.gateway, "fd00:10:244:3::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            parse_our_route(&Netlink::route_message_v6(7, r6)),
+            Some(OurRoute {
+                dst: "fd00:10:244:3::/64".parse().unwrap(),
+                gateway: IpAddr::V6(r6.gateway),
+                oif: 7,
+            })
+        );
+        // Someone else's route (the kernel's, protocol boot) is not ours.
+        let mut theirs = Netlink::route_message_v6(7, r6);
+        theirs.header.protocol = RouteProtocol::Boot;
+        assert_eq!(parse_our_route(&theirs), None);
+        // Ours but without a gateway (e.g. multipath): nothing to report.
+        let no_gw = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix("fd00::".parse().unwrap(), 64)
+            .output_interface(7)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO))
+            .build();
+        assert_eq!(parse_our_route(&no_gw), None);
+    }
+
+    #[test]
+    fn neighbour_parser_keeps_the_link_and_family_asked_for() {
+        let mac = MacAddr([0x02, 0, 0, 0, 0, 3]);
+        let ip6: Ipv6Addr = "fd00:10:244:3::".parse().unwrap();
+        let mut m = Netlink::neighbour_message(7, IpAddr::V6(ip6));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        m.header.state = NeighbourState::Permanent;
+        assert_eq!(
+            parse_neighbour(&m, 7, AddressFamily::Inet6),
+            Some((IpAddr::V6(ip6), mac, true))
+        );
+        assert_eq!(parse_neighbour(&m, 7, AddressFamily::Inet), None);
+        assert_eq!(parse_neighbour(&m, 8, AddressFamily::Inet6), None);
+        let v4 = Netlink::neighbour_message(7, IpAddr::V4(Ipv4Addr::new(10, 244, 3, 0)));
+        // No link-layer address (an incomplete entry): nothing to report.
+        assert_eq!(parse_neighbour(&v4, 7, AddressFamily::Inet), None);
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Root only (a private network namespace with a TAP device): programs a peer's IPv6 side
+    /// as Flannel does on `flannel-v6.1` (the TAP's /128, the onlink route via the subnet's
+    /// network address, the permanent neighbour to the IPv6 VtepMAC), reads them back through
+    /// netlink and through `ip`, replaces them idempotently, and removes them again; the IPv4
+    /// route on the same link is listed only as IPv4, and cleanup removes both families.
+    #[test]
+    fn ipv6_routes_neighbours_and_address_are_programmed_listed_and_removed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ipv6_routes_neighbours_and_address_are_programmed_listed_and_removed: needs root, and CI is set"
+            );
+            eprintln!("skipped: needs root (a network namespace)");
+            return;
+        }
+        let t = std::thread::spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) only moves this thread (and the `ip` processes it
+            // spawns) into a new network namespace, which goes away with them.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
+            ip(&["tuntap", "add", "dev", "ovl6", "mode", "tap"]);
+            ip(&["link", "set", "ovl6", "up"]);
+            // The daemon's TAP always has its IPv4 /32: without an address, the kernel
+            // refuses an IPv4 onlink gateway ("Nexthop has invalid gateway").
+            ip(&["addr", "add", "10.244.1.0/32", "dev", "ovl6"]);
+            // Someone else's IPv6 route on the same link, which cleanup must leave.
+            ip(&["-6", "route", "add", "fd00:99::/64", "dev", "ovl6"]);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let nl = Netlink::connect().unwrap();
+                let idx = nl.link_by_name("ovl6").await.unwrap().unwrap().index;
+                let own: Ipv6Addr = "fd00:10:244:1::".parse().unwrap();
+                nl.add_ipv6_address(idx, own).await.unwrap();
+                nl.add_ipv6_address(idx, own).await.unwrap();
+                assert!(nl.ipv6_addresses(idx).await.unwrap().contains(&own));
+                assert!(
+                    ip(&["-6", "addr", "show", "dev", "ovl6"]).contains("fd00:10:244:1::/128"),
+                    "{}",
+                    ip(&["-6", "addr", "show", "dev", "ovl6"])
+                );
+
+                let mac = MacAddr([0x02, 0x42, 0, 0, 0x06, 3]);
+                let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
+                let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap());
+                for r in [r3, r4, r3] {
+                    nl.replace_route_v6(idx, r).await.unwrap();
+                    nl.replace_neighbour_v6(idx, r.gateway, mac).await.unwrap();
+                }
+                let v4 = PeerRoute {
+                    dst: "10.244.3.0/24".parse().unwrap(),
+                    gateway: Ipv4Addr::new(10, 244, 3, 0),
+                };
+                nl.replace_route(idx, v4).await.unwrap();
+
+                assert_eq!(nl.routes_v6(idx).await.unwrap(), vec![r3, r4]);
+                assert_eq!(nl.routes(idx).await.unwrap(), vec![v4]);
+                let shown = ip(&["-6", "route", "show", "dev", "ovl6", "proto", "77"]);
+                assert!(
+                    shown
+                        .lines()
+                        .any(|l| l.starts_with("fd00:10:244:3::/64 via fd00:10:244:3:: ")
+                            && l.contains("onlink")),
+                    "{shown}"
+                );
+                let ours = |n: &Vec<PeerNeighbourV6>| -> Vec<PeerNeighbourV6> {
+                    n.iter()
+                        .filter(|n| n.ip.segments()[0] == 0xfd00)
+                        .copied()
+                        .collect()
+                };
+                let want = |r: PeerRouteV6| PeerNeighbourV6 {
+                    ip: r.gateway,
+                    mac,
+                    permanent: true,
+                };
+                assert_eq!(
+                    ours(&nl.neighbours_v6(idx).await.unwrap()),
+                    vec![want(r3), want(r4)]
+                );
+                // The IPv4 listing does not see them.
+                assert!(nl.neighbours(idx).await.unwrap().is_empty());
+                let shown = ip(&["-6", "neigh", "show", "dev", "ovl6"]);
+                assert!(
+                    shown.contains("fd00:10:244:3:: lladdr 02:42:00:00:06:03 PERMANENT"),
+                    "{shown}"
+                );
+
+                nl.delete_route_v6(idx, r4).await.unwrap();
+                nl.delete_neighbour_v6(idx, r4.gateway).await.unwrap();
+                // Absent is fine.
+                nl.delete_route_v6(idx, r4).await.unwrap();
+                nl.delete_neighbour_v6(idx, r4.gateway).await.unwrap();
+                assert_eq!(nl.routes_v6(idx).await.unwrap(), vec![r3]);
+                assert_eq!(ours(&nl.neighbours_v6(idx).await.unwrap()), vec![want(r3)]);
+
+                // Cleanup takes our routes of both families, and only ours.
+                assert_eq!(nl.delete_all_our_routes().await.unwrap(), 2);
+                assert!(nl.routes_v6(idx).await.unwrap().is_empty());
+                assert!(nl.routes(idx).await.unwrap().is_empty());
+                let left = ip(&["-6", "route", "show", "dev", "ovl6"]);
+                assert!(left.contains("fd00:99::/64"), "{left}");
+            });
+        });
+        t.join().unwrap();
+    }
 }

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use overlayd_benches::scale::{count_lines, rss_kib, sh};
+
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
 
 const PREFIX: &str = "/coreos.com/network";
@@ -27,33 +29,6 @@ fn lease(i: usize, mac_suffix: u8, ip_bump: usize) -> (String, String) {
         i % 251
     );
     (key, value)
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn count_lines(ns: &str, what: &str) -> usize {
-    sh(&["ip", "-n", ns, what, "show", "dev", "ovl.1"])
-        .lines()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The namespace, its etcd and the scratch directory; all removed on drop.

@@ -11,6 +11,8 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use overlayd_benches::scale::{count_lines, rss_kib, sh};
+
 use fdb_sync::fake_apiserver::FakeApiServer;
 use fdb_sync::model::{node, ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_PUBLIC_IP};
 use k8s_openapi::api::core::v1::Node;
@@ -35,33 +37,6 @@ fn peer(i: usize, mac_suffix: u8, ip_bump: usize) -> Node {
             (ANN_PUBLIC_IP, &public_ip),
         ],
     )
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn count_lines(ns: &str, what: &str) -> usize {
-    sh(&["ip", "-n", ns, what, "show", "dev", "ovl.1"])
-        .lines()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 struct Netns(String);

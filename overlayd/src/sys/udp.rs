@@ -315,54 +315,22 @@ pub struct RecvMeta {
     pub tos: u8,
 }
 
-/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf`.
+/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf` from an IPv4 socket.
 pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
-    // SAFETY: all-zero is a valid sockaddr_in and msghdr.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut cmsg = CmsgBuf([0; 64]);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = std::ptr::from_mut(&mut addr).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
-    msg.msg_controllen = cmsg.0.len();
-    // SAFETY: every pointer in msg refers to a live local or to `buf`, with its true length.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut gso = None;
-    let mut tos = 0;
-    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR walk only
-    // within that length; CMSG_DATA of a UDP_GRO message holds an int, of an IP_TOS message
-    // at least one byte.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                gso = u16::try_from(v).ok().filter(|s| *s > 0);
-            } else if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
-                tos = *libc::CMSG_DATA(c);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    let r = recv_gro_any(sock, buf)?;
+    let from = match r.from {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => {
+            return Err(io::Error::other(format!(
+                "an IPv6 sender {a} on an IPv4 socket: use recv_gro_any"
+            )))
         }
-    }
-    let from = SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    );
+    };
     Ok(RecvMeta {
-        len: n.unsigned_abs(),
+        len: r.len,
         from,
-        gso,
-        tos,
+        gso: r.gso,
+        tos: r.tos,
     })
 }
 

@@ -66,3 +66,34 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<[boo
     }
     Ok(out)
 }
+
+/// For tests that need root: runs `f` on a thread of its own moved into a private network
+/// namespace, which goes away with the thread and what it opened. Without root it says so and
+/// skips, unless `CI` is set, where that fails.
+#[cfg(test)]
+pub(crate) fn in_private_netns(test: &str, f: impl FnOnce() + Send + 'static) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: needs root, and CI is set"
+        );
+        eprintln!("{test}: skipped: needs root (a network namespace)");
+        return;
+    }
+    let t = std::thread::spawn(move || {
+        // SAFETY: unshare(CLONE_NEWNET) only moves this thread (and the processes it spawns)
+        // into a new network namespace, which goes away with them.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        f();
+    });
+    if let Err(panic) = t.join() {
+        std::panic::resume_unwind(panic);
+    }
+}

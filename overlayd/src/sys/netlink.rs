@@ -1135,111 +1135,95 @@ mod tests {
     /// route on the same link is listed only as IPv4, and cleanup removes both families.
     #[test]
     fn ipv6_routes_neighbours_and_address_are_programmed_listed_and_removed() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ipv6_routes_neighbours_and_address_are_programmed_listed_and_removed: needs root, and CI is set"
-            );
-            eprintln!("skipped: needs root (a network namespace)");
-            return;
-        }
-        let t = std::thread::spawn(|| {
-            // SAFETY: unshare(CLONE_NEWNET) only moves this thread (and the `ip` processes it
-            // spawns) into a new network namespace, which goes away with them.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            ip(&["tuntap", "add", "dev", "ovl6", "mode", "tap"]);
-            ip(&["link", "set", "ovl6", "up"]);
-            // The daemon's TAP always has its IPv4 /32: without an address, the kernel
-            // refuses an IPv4 onlink gateway ("Nexthop has invalid gateway").
-            ip(&["addr", "add", "10.244.1.0/32", "dev", "ovl6"]);
-            // Someone else's IPv6 route on the same link, which cleanup must leave.
-            ip(&["-6", "route", "add", "fd00:99::/64", "dev", "ovl6"]);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let nl = Netlink::connect().unwrap();
-                let idx = nl.link_by_name("ovl6").await.unwrap().unwrap().index;
-                let own: Ipv6Addr = "fd00:10:244:1::".parse().unwrap();
-                nl.add_ipv6_address(idx, own).await.unwrap();
-                nl.add_ipv6_address(idx, own).await.unwrap();
-                assert!(nl.ipv6_addresses(idx).await.unwrap().contains(&own));
-                assert!(
-                    ip(&["-6", "addr", "show", "dev", "ovl6"]).contains("fd00:10:244:1::/128"),
-                    "{}",
-                    ip(&["-6", "addr", "show", "dev", "ovl6"])
-                );
+        crate::sys::in_private_netns(
+            "ipv6_routes_neighbours_and_address_are_programmed_listed_and_removed",
+            || {
+                ip(&["tuntap", "add", "dev", "ovl6", "mode", "tap"]);
+                ip(&["link", "set", "ovl6", "up"]);
+                // The daemon's TAP always has its IPv4 /32: without an address, the kernel
+                // refuses an IPv4 onlink gateway ("Nexthop has invalid gateway").
+                ip(&["addr", "add", "10.244.1.0/32", "dev", "ovl6"]);
+                // Someone else's IPv6 route on the same link, which cleanup must leave.
+                ip(&["-6", "route", "add", "fd00:99::/64", "dev", "ovl6"]);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let nl = Netlink::connect().unwrap();
+                    let idx = nl.link_by_name("ovl6").await.unwrap().unwrap().index;
+                    let own: Ipv6Addr = "fd00:10:244:1::".parse().unwrap();
+                    nl.add_ipv6_address(idx, own).await.unwrap();
+                    nl.add_ipv6_address(idx, own).await.unwrap();
+                    assert!(nl.ipv6_addresses(idx).await.unwrap().contains(&own));
+                    assert!(
+                        ip(&["-6", "addr", "show", "dev", "ovl6"]).contains("fd00:10:244:1::/128"),
+                        "{}",
+                        ip(&["-6", "addr", "show", "dev", "ovl6"])
+                    );
 
-                let mac = MacAddr([0x02, 0x42, 0, 0, 0x06, 3]);
-                let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
-                let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap());
-                for r in [r3, r4, r3] {
-                    nl.replace_route_v6(idx, r).await.unwrap();
-                    nl.replace_neighbour_v6(idx, r.gateway, mac).await.unwrap();
-                }
-                let v4 = PeerRoute {
-                    dst: "10.244.3.0/24".parse().unwrap(),
-                    gateway: Ipv4Addr::new(10, 244, 3, 0),
-                };
-                nl.replace_route(idx, v4).await.unwrap();
+                    let mac = MacAddr([0x02, 0x42, 0, 0, 0x06, 3]);
+                    let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
+                    let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap());
+                    for r in [r3, r4, r3] {
+                        nl.replace_route_v6(idx, r).await.unwrap();
+                        nl.replace_neighbour_v6(idx, r.gateway, mac).await.unwrap();
+                    }
+                    let v4 = PeerRoute {
+                        dst: "10.244.3.0/24".parse().unwrap(),
+                        gateway: Ipv4Addr::new(10, 244, 3, 0),
+                    };
+                    nl.replace_route(idx, v4).await.unwrap();
 
-                assert_eq!(nl.routes_v6(idx).await.unwrap(), vec![r3, r4]);
-                assert_eq!(nl.routes(idx).await.unwrap(), vec![v4]);
-                let shown = ip(&["-6", "route", "show", "dev", "ovl6", "proto", "77"]);
-                assert!(
-                    shown
-                        .lines()
-                        .any(|l| l.starts_with("fd00:10:244:3::/64 via fd00:10:244:3:: ")
-                            && l.contains("onlink")),
-                    "{shown}"
-                );
-                let ours = |n: &Vec<PeerNeighbourV6>| -> Vec<PeerNeighbourV6> {
-                    n.iter()
-                        .filter(|n| n.ip.segments()[0] == 0xfd00)
-                        .copied()
-                        .collect()
-                };
-                let want = |r: PeerRouteV6| PeerNeighbourV6 {
-                    ip: r.gateway,
-                    mac,
-                    permanent: true,
-                };
-                assert_eq!(
-                    ours(&nl.neighbours_v6(idx).await.unwrap()),
-                    vec![want(r3), want(r4)]
-                );
-                // The IPv4 listing does not see them.
-                assert!(nl.neighbours(idx).await.unwrap().is_empty());
-                let shown = ip(&["-6", "neigh", "show", "dev", "ovl6"]);
-                assert!(
-                    shown.contains("fd00:10:244:3:: lladdr 02:42:00:00:06:03 PERMANENT"),
-                    "{shown}"
-                );
+                    assert_eq!(nl.routes_v6(idx).await.unwrap(), vec![r3, r4]);
+                    assert_eq!(nl.routes(idx).await.unwrap(), vec![v4]);
+                    let shown = ip(&["-6", "route", "show", "dev", "ovl6", "proto", "77"]);
+                    assert!(
+                        shown
+                            .lines()
+                            .any(|l| l.starts_with("fd00:10:244:3::/64 via fd00:10:244:3:: ")
+                                && l.contains("onlink")),
+                        "{shown}"
+                    );
+                    let ours = |n: &Vec<PeerNeighbourV6>| -> Vec<PeerNeighbourV6> {
+                        n.iter()
+                            .filter(|n| n.ip.segments()[0] == 0xfd00)
+                            .copied()
+                            .collect()
+                    };
+                    let want = |r: PeerRouteV6| PeerNeighbourV6 {
+                        ip: r.gateway,
+                        mac,
+                        permanent: true,
+                    };
+                    assert_eq!(
+                        ours(&nl.neighbours_v6(idx).await.unwrap()),
+                        vec![want(r3), want(r4)]
+                    );
+                    // The IPv4 listing does not see them.
+                    assert!(nl.neighbours(idx).await.unwrap().is_empty());
+                    let shown = ip(&["-6", "neigh", "show", "dev", "ovl6"]);
+                    assert!(
+                        shown.contains("fd00:10:244:3:: lladdr 02:42:00:00:06:03 PERMANENT"),
+                        "{shown}"
+                    );
 
-                nl.delete_route_v6(idx, r4).await.unwrap();
-                nl.delete_neighbour_v6(idx, r4.gateway).await.unwrap();
-                // Absent is fine.
-                nl.delete_route_v6(idx, r4).await.unwrap();
-                nl.delete_neighbour_v6(idx, r4.gateway).await.unwrap();
-                assert_eq!(nl.routes_v6(idx).await.unwrap(), vec![r3]);
-                assert_eq!(ours(&nl.neighbours_v6(idx).await.unwrap()), vec![want(r3)]);
+                    nl.delete_route_v6(idx, r4).await.unwrap();
+                    nl.delete_neighbour_v6(idx, r4.gateway).await.unwrap();
+                    // Absent is fine.
+                    nl.delete_route_v6(idx, r4).await.unwrap();
+                    nl.delete_neighbour_v6(idx, r4.gateway).await.unwrap();
+                    assert_eq!(nl.routes_v6(idx).await.unwrap(), vec![r3]);
+                    assert_eq!(ours(&nl.neighbours_v6(idx).await.unwrap()), vec![want(r3)]);
 
-                // Cleanup takes our routes of both families, and only ours.
-                assert_eq!(nl.delete_all_our_routes().await.unwrap(), 2);
-                assert!(nl.routes_v6(idx).await.unwrap().is_empty());
-                assert!(nl.routes(idx).await.unwrap().is_empty());
-                let left = ip(&["-6", "route", "show", "dev", "ovl6"]);
-                assert!(left.contains("fd00:99::/64"), "{left}");
-            });
-        });
-        t.join().unwrap();
+                    // Cleanup takes our routes of both families, and only ours.
+                    assert_eq!(nl.delete_all_our_routes().await.unwrap(), 2);
+                    assert!(nl.routes_v6(idx).await.unwrap().is_empty());
+                    assert!(nl.routes(idx).await.unwrap().is_empty());
+                    let left = ip(&["-6", "route", "show", "dev", "ovl6"]);
+                    assert!(left.contains("fd00:99::/64"), "{left}");
+                });
+            },
+        );
     }
 }

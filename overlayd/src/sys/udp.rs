@@ -662,84 +662,69 @@ mod tests {
     /// order. What the worker does on EAGAIN (`plan::Step::WaitWritable`), with a real socket.
     #[test]
     fn full_send_buffer_waits_for_pollout_and_loses_nothing() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "full_send_buffer_waits_for_pollout_and_loses_nothing: needs root, and CI is set"
-            );
-            eprintln!("skipped: needs root (a network namespace)");
-            return;
-        }
-        let t = std::thread::spawn(|| {
-            // SAFETY: unshare(CLONE_NEWNET) only moves this thread (and what it spawns) into a
-            // new network namespace, which goes away when the thread and its sockets do.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                io::Error::last_os_error()
-            );
-            for args in [
-                &["ip", "link", "set", "lo", "up"][..],
-                &[
-                    "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "4mbit", "burst",
-                    "4kb", "limit", "1mb",
-                ],
-            ] {
-                let st = std::process::Command::new(args[0])
-                    .args(&args[1..])
-                    .status()
+        crate::sys::in_private_netns(
+            "full_send_buffer_waits_for_pollout_and_loses_nothing",
+            || {
+                for args in [
+                    &["ip", "link", "set", "lo", "up"][..],
+                    &[
+                        "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "4mbit", "burst",
+                        "4kb", "limit", "1mb",
+                    ],
+                ] {
+                    let st = std::process::Command::new(args[0])
+                        .args(&args[1..])
+                        .status()
+                        .unwrap();
+                    assert!(st.success(), "{args:?} failed");
+                }
+                let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                setsockopt_int(rx.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20)
                     .unwrap();
-                assert!(st.success(), "{args:?} failed");
-            }
-            let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-            setsockopt_int(rx.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20).unwrap();
-            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-            tx.set_nonblocking(true).unwrap();
-            setsockopt_int(tx.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
-            let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
-                panic!("v4")
-            };
-            let (quiet, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
-            let count = 300u32;
-            let mut eagain = 0;
-            for i in 0..count {
-                let mut d = vec![0u8; 1000];
-                d[..4].copy_from_slice(&i.to_be_bytes());
-                loop {
-                    match send_gathered(&tx, to, &[io::IoSlice::new(&d)], 0, 0) {
-                        Ok(n) => {
-                            assert_eq!(n, d.len());
-                            break;
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                tx.set_nonblocking(true).unwrap();
+                setsockopt_int(tx.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096).unwrap();
+                let SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+                    panic!("v4")
+                };
+                let (quiet, _other_end) = std::os::unix::net::UnixStream::pair().unwrap();
+                let count = 300u32;
+                let mut eagain = 0;
+                for i in 0..count {
+                    let mut d = vec![0u8; 1000];
+                    d[..4].copy_from_slice(&i.to_be_bytes());
+                    loop {
+                        match send_gathered(&tx, to, &[io::IoSlice::new(&d)], 0, 0) {
+                            Ok(n) => {
+                                assert_eq!(n, d.len());
+                                break;
+                            }
+                            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                                eagain += 1;
+                                // Block until POLLOUT (no timeout: the qdisc drains by itself).
+                                while !poll_writable(&tx, [quiet.as_fd(), quiet.as_fd()], -1)
+                                    .unwrap()
+                                    .0
+                                {}
+                            }
+                            Err(e) => panic!("send {i}: {e}"),
                         }
-                        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                            eagain += 1;
-                            // Block until POLLOUT (no timeout: the qdisc drains by itself).
-                            while !poll_writable(&tx, [quiet.as_fd(), quiet.as_fd()], -1)
-                                .unwrap()
-                                .0
-                            {}
-                        }
-                        Err(e) => panic!("send {i}: {e}"),
                     }
                 }
-            }
-            assert!(
-                eagain > 0,
-                "300 KB through a 4 KiB send buffer never saw EAGAIN"
-            );
-            rx.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-                .unwrap();
-            let mut b = [0u8; 2000];
-            for i in 0..count {
-                let n = rx.recv(&mut b).expect("every datagram arrives");
-                assert_eq!(n, 1000);
-                assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), i, "in order");
-            }
-        });
-        t.join().unwrap();
+                assert!(
+                    eagain > 0,
+                    "300 KB through a 4 KiB send buffer never saw EAGAIN"
+                );
+                rx.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                    .unwrap();
+                let mut b = [0u8; 2000];
+                for i in 0..count {
+                    let n = rx.recv(&mut b).expect("every datagram arrives");
+                    assert_eq!(n, 1000);
+                    assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), i, "in order");
+                }
+            },
+        );
     }
 
     /// Root only (a private network namespace, loopback MTU 1600): the IPv6 sockets are
@@ -750,124 +735,108 @@ mod tests {
     /// one send and all arrive in order.
     #[test]
     fn ipv6_sockets_send_and_receive_gso_runs_without_fragmenting() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ipv6_sockets_send_and_receive_gso_runs_without_fragmenting: needs root, and CI is set"
-            );
-            eprintln!("skipped: needs root (a network namespace)");
-            return;
-        }
-        let t = std::thread::spawn(|| {
-            // SAFETY: unshare(CLONE_NEWNET) only moves this thread into a new network
-            // namespace, which goes away when the thread and its sockets do.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                io::Error::last_os_error()
-            );
-            let st = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up", "mtu", "1600"])
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip link set lo up mtu 1600 failed");
-            let rx = bind_vxlan_v6(Ipv6Addr::UNSPECIFIED, 0).unwrap();
-            enable_gro(&rx).unwrap();
-            assert!(socket2::SockRef::from(&rx).only_v6().unwrap());
-            let port = rx.local_addr().unwrap().port();
-            // IPV6_V6ONLY: the IPv4 port stays free for the IPv4 socket.
-            let v4 = bind_vxlan(Ipv4Addr::UNSPECIFIED, port).unwrap();
-            drop(v4);
-            let tx = bind_source_pool(Ipv6Addr::UNSPECIFIED, 1, 7)
-                .unwrap()
-                .pop()
-                .unwrap();
-            assert!(socket2::SockRef::from(&tx).only_v6().unwrap());
-            let to = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-            let from = SocketAddr::from((Ipv6Addr::LOCALHOST, tx.local_addr().unwrap().port()));
-            let mut buf = vec![0u8; 70_000];
-            let recv = |buf: &mut [u8]| {
-                for _ in 0..1000 {
-                    match recv_gro_any(&rx, buf) {
-                        Ok(m) => return m,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(std::time::Duration::from_millis(5));
+        crate::sys::in_private_netns(
+            "ipv6_sockets_send_and_receive_gso_runs_without_fragmenting",
+            || {
+                let st = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up", "mtu", "1600"])
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "ip link set lo up mtu 1600 failed");
+                let rx = bind_vxlan_v6(Ipv6Addr::UNSPECIFIED, 0).unwrap();
+                enable_gro(&rx).unwrap();
+                assert!(socket2::SockRef::from(&rx).only_v6().unwrap());
+                let port = rx.local_addr().unwrap().port();
+                // IPV6_V6ONLY: the IPv4 port stays free for the IPv4 socket.
+                let v4 = bind_vxlan(Ipv4Addr::UNSPECIFIED, port).unwrap();
+                drop(v4);
+                let tx = bind_source_pool(Ipv6Addr::UNSPECIFIED, 1, 7)
+                    .unwrap()
+                    .pop()
+                    .unwrap();
+                assert!(socket2::SockRef::from(&tx).only_v6().unwrap());
+                let to = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+                let from = SocketAddr::from((Ipv6Addr::LOCALHOST, tx.local_addr().unwrap().port()));
+                let mut buf = vec![0u8; 70_000];
+                let recv = |buf: &mut [u8]| {
+                    for _ in 0..1000 {
+                        match recv_gro_any(&rx, buf) {
+                            Ok(m) => return m,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(std::time::Duration::from_millis(5));
+                            }
+                            Err(e) => panic!("recv: {e}"),
                         }
-                        Err(e) => panic!("recv: {e}"),
                     }
-                }
-                panic!("nothing arrived in 5 s");
-            };
+                    panic!("nothing arrived in 5 s");
+                };
 
-            // One plain datagram, outer ECT(0).
-            let d = [7u8; 1000];
-            assert_eq!(
-                send_gathered_to(&tx, to, &[io::IoSlice::new(&d)], 0, 2).unwrap(),
-                1000
-            );
-            let m = recv(&mut buf);
-            assert_eq!((m.len, m.from, m.gso, m.tos), (1000, from, None, 2));
-            assert_eq!(buf[..1000], d);
-
-            // Over the MTU (1600 - 40 - 8 = 1552 bytes of payload): EMSGSIZE, never fragments.
-            let big = [1u8; 2000];
-            let e = send_gathered_to(&tx, to, &[io::IoSlice::new(&big)], 0, 0).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
-            let fits = [1u8; 1552];
-            send_gathered_to(&tx, to, &[io::IoSlice::new(&fits)], 0, 0).unwrap();
-            assert_eq!(recv(&mut buf).len, 1552);
-
-            // 40 segments of 1,489 bytes in one send, gathered from two slices per segment:
-            // the UDP_GRO socket gets them back as one run with the segment size.
-            let (seg, n) = (1489usize, 44usize);
-            let heads: Vec<[u8; 8]> = (0..n).map(|i| [u8::try_from(i).unwrap(); 8]).collect();
-            let body = vec![0xabu8; seg - 8];
-            let iov: Vec<io::IoSlice<'_>> = heads
-                .iter()
-                .flat_map(|h| [io::IoSlice::new(h), io::IoSlice::new(&body)])
-                .collect();
-            let size = u16::try_from(seg).unwrap();
-            assert_eq!(
-                send_gathered_to(&tx, to, &iov[..80], size, 1).unwrap(),
-                59_560
-            );
-            let m = recv(&mut buf);
-            assert_eq!(m.from, from);
-            assert_eq!(m.tos, 1, "outer ECT(1) on every segment");
-            assert_eq!(
-                m.gso,
-                Some(1489),
-                "one GRO run with its segment size: {m:?}"
-            );
-            assert_eq!(m.len, 59_560, "all 40 segments in one receive");
-            let check = |buf: &[u8], first: usize, count: usize| {
-                for i in 0..count {
-                    let d = &buf[i * seg..(i + 1) * seg];
-                    assert_eq!(d[..8], heads[first + i], "segment {} in order", first + i);
-                    assert!(d[8..].iter().all(|b| *b == 0xab));
-                }
-            };
-            check(&buf, 0, 40);
-
-            // All 44 (65,516 bytes) in one send: over IPv4's 65,507 limit, within IPv6's. (The
-            // loopback then segments it in software, being over its gso_max_size of 65,536
-            // with headers, so it arrives in several runs.)
-            assert_eq!(send_gathered_to(&tx, to, &iov, size, 1).unwrap(), 65_516);
-            let mut got = 0;
-            while got < n {
+                // One plain datagram, outer ECT(0).
+                let d = [7u8; 1000];
+                assert_eq!(
+                    send_gathered_to(&tx, to, &[io::IoSlice::new(&d)], 0, 2).unwrap(),
+                    1000
+                );
                 let m = recv(&mut buf);
-                assert_eq!(m.len % seg, 0, "{m:?}");
-                let k = m.len / seg;
-                assert!(k == 1 || m.gso == Some(1489), "{m:?}");
-                check(&buf, got, k);
-                got += k;
-            }
-            assert_eq!(got, n);
-        });
-        t.join().unwrap();
+                assert_eq!((m.len, m.from, m.gso, m.tos), (1000, from, None, 2));
+                assert_eq!(buf[..1000], d);
+
+                // Over the MTU (1600 - 40 - 8 = 1552 bytes of payload): EMSGSIZE, never fragments.
+                let big = [1u8; 2000];
+                let e = send_gathered_to(&tx, to, &[io::IoSlice::new(&big)], 0, 0).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
+                let fits = [1u8; 1552];
+                send_gathered_to(&tx, to, &[io::IoSlice::new(&fits)], 0, 0).unwrap();
+                assert_eq!(recv(&mut buf).len, 1552);
+
+                // 40 segments of 1,489 bytes in one send, gathered from two slices per segment:
+                // the UDP_GRO socket gets them back as one run with the segment size.
+                let (seg, n) = (1489usize, 44usize);
+                let heads: Vec<[u8; 8]> = (0..n).map(|i| [u8::try_from(i).unwrap(); 8]).collect();
+                let body = vec![0xabu8; seg - 8];
+                let iov: Vec<io::IoSlice<'_>> = heads
+                    .iter()
+                    .flat_map(|h| [io::IoSlice::new(h), io::IoSlice::new(&body)])
+                    .collect();
+                let size = u16::try_from(seg).unwrap();
+                assert_eq!(
+                    send_gathered_to(&tx, to, &iov[..80], size, 1).unwrap(),
+                    59_560
+                );
+                let m = recv(&mut buf);
+                assert_eq!(m.from, from);
+                assert_eq!(m.tos, 1, "outer ECT(1) on every segment");
+                assert_eq!(
+                    m.gso,
+                    Some(1489),
+                    "one GRO run with its segment size: {m:?}"
+                );
+                assert_eq!(m.len, 59_560, "all 40 segments in one receive");
+                let check = |buf: &[u8], first: usize, count: usize| {
+                    for i in 0..count {
+                        let d = &buf[i * seg..(i + 1) * seg];
+                        assert_eq!(d[..8], heads[first + i], "segment {} in order", first + i);
+                        assert!(d[8..].iter().all(|b| *b == 0xab));
+                    }
+                };
+                check(&buf, 0, 40);
+
+                // All 44 (65,516 bytes) in one send: over IPv4's 65,507 limit, within IPv6's. (The
+                // loopback then segments it in software, being over its gso_max_size of 65,536
+                // with headers, so it arrives in several runs.)
+                assert_eq!(send_gathered_to(&tx, to, &iov, size, 1).unwrap(), 65_516);
+                let mut got = 0;
+                while got < n {
+                    let m = recv(&mut buf);
+                    assert_eq!(m.len % seg, 0, "{m:?}");
+                    let k = m.len / seg;
+                    assert!(k == 1 || m.gso == Some(1489), "{m:?}");
+                    check(&buf, got, k);
+                    got += k;
+                }
+                assert_eq!(got, n);
+            },
+        );
     }
 
     #[test]

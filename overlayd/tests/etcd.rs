@@ -958,11 +958,13 @@ fn etcd_tls_auth_renewal_and_race() {
         "--etcd-password".into(),
         "flannelpw".into(),
     ]);
-    start_etcd_node(&mut lab, 1, &args);
+    // A 20 s lease: renewals every 13 s leave 6 s to retry a failed one before it runs out
+    // (8 s left 2.7 s, which a loaded CI machine's slow etcd requests used up).
+    start_etcd_node_ttl(&mut lab, 1, &args, "20");
     let sn = subnet_of(&lab, 1);
     let renewed = |lab: &Lab| lab.log(1).matches("lease renewed").count();
     assert!(
-        wait_until(Duration::from_secs(10), || renewed(&lab) >= 1),
+        wait_until(Duration::from_secs(20), || renewed(&lab) >= 1),
         "no renewal:\n{}",
         lab.log(1)
     );
@@ -985,7 +987,7 @@ fn etcd_tls_auth_renewal_and_race() {
     .expect("root reachable")
     .expect("revoke write");
     assert!(
-        wait_until(Duration::from_secs(10), || lab
+        wait_until(Duration::from_secs(20), || lab
             .log(1)
             .contains("cannot renew the lease")),
         "renewal did not fail:\n{}",

@@ -456,6 +456,27 @@ fn subnet_env(
     SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq).context("subnet.env without a subnet")
 }
 
+/// What `overlayd status` shows of this node, at start and after its lease moves.
+fn own_node(
+    opts: &Options,
+    netconf: &NetConf,
+    underlay: &Underlay,
+    own_cidr: ipnetwork::Ipv4Network,
+    own_mac: fdb_sync::MacAddr,
+    mtu: u32,
+) -> OwnNode {
+    OwnNode {
+        node: opts.node_name.clone(),
+        pod_cidr: own_cidr,
+        vtep_ip: underlay.ip,
+        vtep_mac: model::mac(own_mac),
+        device: opts.device.clone(),
+        vni: netconf.vni,
+        port: netconf.port,
+        mtu,
+    }
+}
+
 /// Runs the daemon until a signal arrives.
 pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -635,16 +656,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         v6: None,
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
-    observed.set_own(OwnNode {
-        node: opts.node_name.clone(),
-        pod_cidr: own_cidr,
-        vtep_ip: underlay.ip,
-        vtep_mac: model::mac(own_mac),
-        device: opts.device.clone(),
-        vni: netconf.vni,
-        port: netconf.port,
-        mtu,
-    });
+    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, mtu));
     observed.synced();
     info!(
         node = %opts.node_name, pod_cidr = %own_cidr, vtep_mac = %own_mac, device = %opts.device,
@@ -792,16 +804,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         t.abort();
                         blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
                     }
-                    observed.set_own(OwnNode {
-                        node: opts.node_name.clone(),
-                        pod_cidr: own_cidr,
-                        vtep_ip: underlay.ip,
-                        vtep_mac: model::mac(own_mac),
-                        device: opts.device.clone(),
-                        vni: netconf.vni,
-                        port: netconf.port,
-                        mtu,
-                    });
+                    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, mtu));
                     log_peer_set(&state, &mut reported_skips);
                     observed.set_skipped(&state);
                     last_error.clear();

@@ -139,7 +139,10 @@ for n in $("${KUBECTL[@]}" get nodes -o name); do
     ip6=$(jp "$n" '{.metadata.annotations.flannel\.alpha\.coreos\.com/public-ipv6}')
     cidrs=$(jp "$n" '{.spec.podCIDRs}')
     echo "$n podCIDRs=$cidrs public-ipv6=$ip6 backend-v6-data=$bd6"
-    [ -n "$bd6" ] && [ -n "$ip6" ] || { echo "e2e: $n has no backend-v6-data/public-ipv6 annotation in a dual-stack cluster" >&2; exit 1; }
+    if [ -z "$bd6" ] || [ -z "$ip6" ]; then
+      echo "e2e: $n has no backend-v6-data/public-ipv6 annotation in a dual-stack cluster" >&2
+      exit 1
+    fi
   fi
 done
 

@@ -197,15 +197,16 @@ impl Fdb {
                 v6: p.v6,
                 counters,
             };
+            // DirectRouting is decided for the IPv4 VTEP: IPv6 to a direct peer keeps VXLAN.
+            if let Some(v6) = p.v6 {
+                fdb.by_mac_v6.insert(
+                    v6.vtep_mac.0,
+                    (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
+                );
+            }
             if direct.contains_key(&p.vtep_ip) {
                 fdb.direct.push((p.vtep_mac, entry));
             } else {
-                if let Some(v6) = p.v6 {
-                    fdb.by_mac_v6.insert(
-                        v6.vtep_mac.0,
-                        (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
-                    );
-                }
                 fdb.by_mac.insert(p.vtep_mac.0, entry);
             }
         }

@@ -2,6 +2,11 @@
 //! comparing with what the kernel actually holds (not what we believe we wrote), so the same
 //! pass applies changes and repairs entries someone else removed.
 //!
+//! Both families are handled alike: a dual-stack peer also gets the IPv6 route of its IPv6
+//! podCIDR via that subnet's network address and the permanent neighbour of that address to
+//! its IPv6 VtepMAC (Flannel's `flannel-v6.<VNI>` entries, on the one TAP device here), the
+//! route carrying the IPv6 path MTU (see `PeerRouteV6`).
+//!
 //! DirectRouting peers (`direct`) get a plain route via their node address on the interface
 //! that reaches them instead of the TAP route and neighbour; a peer that moves between the two
 //! has its old entries removed (the direct route replaces the VXLAN route in place, so the peer
@@ -15,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -25,7 +30,9 @@ use tracing::{debug, info, warn};
 use super::direct::DirectPeers;
 use super::model;
 use crate::observe::FailingChange;
-use crate::sys::netlink::{DirectRoute, Netlink, PeerNeighbour, PeerRoute};
+use crate::sys::netlink::{
+    DirectRoute, Netlink, PeerNeighbour, PeerNeighbourV6, PeerRoute, PeerRouteV6,
+};
 use crate::wire::ethernet::MacAddr;
 
 /// First retry delay of a refused entry; doubles per failure up to `MAX_BACKOFF`.
@@ -41,6 +48,10 @@ pub enum Change {
     DeleteDirectRoute(DirectRoute),
     DeleteRoute(PeerRoute),
     DeleteNeighbour(Ipv4Addr),
+    AddNeighbourV6 { ip: Ipv6Addr, mac: MacAddr },
+    AddRouteV6(PeerRouteV6),
+    DeleteRouteV6(PeerRouteV6),
+    DeleteNeighbourV6(Ipv6Addr),
 }
 
 impl fmt::Display for Change {
@@ -54,6 +65,10 @@ impl fmt::Display for Change {
             }
             Self::DeleteRoute(r) => write!(f, "delete route {} via {}", r.dst, r.gateway),
             Self::DeleteNeighbour(ip) => write!(f, "delete neighbour {ip}"),
+            Self::AddNeighbourV6 { ip, mac } => write!(f, "add neighbour {ip} lladdr {mac}"),
+            Self::AddRouteV6(r) => write!(f, "add route {} via {} mtu {}", r.dst, r.gateway, r.mtu),
+            Self::DeleteRouteV6(r) => write!(f, "delete route {} via {}", r.dst, r.gateway),
+            Self::DeleteNeighbourV6(ip) => write!(f, "delete neighbour {ip}"),
         }
     }
 }
@@ -115,13 +130,82 @@ fn desired(
     (routes, neighbours, direct_routes)
 }
 
+/// The desired IPv6 entries for `peers`: for every dual-stack peer a permanent neighbour for
+/// its IPv6 podCIDR's network address (to its IPv6 VtepMAC) and an onlink route of that
+/// podCIDR via that address carrying `mtu` (Flannel's flannel-v6 entries). A peer reached by
+/// DirectRouting over IPv4 keeps VXLAN for IPv6.
+fn desired_v6(peers: &[Peer], mtu: u32) -> (Vec<PeerRouteV6>, Vec<PeerNeighbourV6>) {
+    let v6 = || peers.iter().filter_map(|p| p.v6);
+    let routes = v6()
+        .map(|v6| PeerRouteV6::for_subnet(v6.pod_cidr, mtu))
+        .collect();
+    let neighbours = v6()
+        .map(|v6| PeerNeighbourV6 {
+            ip: v6.pod_cidr.network(),
+            mac: model::mac(v6.vtep_mac),
+            permanent: true,
+        })
+        .collect();
+    (routes, neighbours)
+}
+
+/// What turns the kernel's IPv6 routes and neighbours on the device into the wanted ones:
+/// neighbours added first (a new route never resolves to nothing), then routes; stale routes
+/// before stale neighbours. A route whose MTU differs is replaced in place.
+fn v6_changes(
+    (want_routes, want_neigh): (Vec<PeerRouteV6>, Vec<PeerNeighbourV6>),
+    have_routes: Vec<PeerRouteV6>,
+    have_neigh: Vec<PeerNeighbourV6>,
+) -> Vec<Change> {
+    let have_routes: HashSet<PeerRouteV6> = have_routes.into_iter().collect();
+    let have_neigh: HashSet<PeerNeighbourV6> = have_neigh.into_iter().collect();
+    let want_dsts: HashSet<(ipnetwork::Ipv6Network, Ipv6Addr)> =
+        want_routes.iter().map(|r| (r.dst, r.gateway)).collect();
+    let want_neigh_ips: HashSet<Ipv6Addr> = want_neigh.iter().map(|n| n.ip).collect();
+    let mut changes = Vec::new();
+    for n in want_neigh.iter().filter(|n| !have_neigh.contains(n)) {
+        changes.push(Change::AddNeighbourV6 {
+            ip: n.ip,
+            mac: n.mac,
+        });
+    }
+    for r in want_routes.iter().filter(|r| !have_routes.contains(r)) {
+        changes.push(Change::AddRouteV6(*r));
+    }
+    // A route that is only wanted with another MTU was replaced above, not deleted.
+    for r in have_routes
+        .iter()
+        .filter(|r| !want_dsts.contains(&(r.dst, r.gateway)))
+    {
+        changes.push(Change::DeleteRouteV6(*r));
+    }
+    for n in have_neigh
+        .iter()
+        .filter(|n| !want_neigh_ips.contains(&n.ip))
+    {
+        changes.push(Change::DeleteNeighbourV6(n.ip));
+    }
+    changes
+}
+
 /// Per-entry failure state across passes.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     failures: HashMap<Change, Failure>,
+    /// The MTU metric of the IPv6 peer routes (0: none).
+    route_mtu_v6: u32,
 }
 
 impl Reconciler {
+    /// A reconciler whose IPv6 peer routes carry `route_mtu_v6` (see `PeerRouteV6`).
+    #[must_use]
+    pub fn new(route_mtu_v6: u32) -> Self {
+        Reconciler {
+            failures: HashMap::new(),
+            route_mtu_v6,
+        }
+    }
+
     /// The changes failing now, sorted for display.
     #[must_use]
     pub fn failing(&self) -> Vec<FailingChange> {
@@ -184,6 +268,11 @@ impl Reconciler {
         {
             changes.push(Change::DeleteNeighbour(n.ip));
         }
+        changes.extend(v6_changes(
+            desired_v6(peers, self.route_mtu_v6),
+            nl.routes_v6(index).await?,
+            nl.neighbours_v6(index).await?,
+        ));
 
         // A failure whose change is no longer needed (the peer left, someone fixed it) is over.
         let needed: HashSet<Change> = changes.iter().copied().collect();
@@ -202,6 +291,10 @@ impl Reconciler {
                 Change::DeleteDirectRoute(r) => nl.delete_direct_route(r).await,
                 Change::DeleteRoute(r) => nl.delete_route(index, r).await,
                 Change::DeleteNeighbour(ip) => nl.delete_neighbour(index, ip).await,
+                Change::AddNeighbourV6 { ip, mac } => nl.replace_neighbour_v6(index, ip, mac).await,
+                Change::AddRouteV6(r) => nl.replace_route_v6(index, r).await,
+                Change::DeleteRouteV6(r) => nl.delete_route_v6(index, r).await,
+                Change::DeleteNeighbourV6(ip) => nl.delete_neighbour_v6(index, ip).await,
             };
             match result {
                 Ok(()) => {
@@ -268,5 +361,71 @@ mod tests {
             (d[0].dst.to_string(), d[0].oif),
             ("10.244.2.0/24".into(), 7)
         );
+    }
+
+    #[test]
+    fn dual_stack_peers_get_flannels_v6_route_with_the_path_mtu_and_neighbour() {
+        let v6 = |n: u8| fdb_sync::PeerV6 {
+            pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
+            vtep_mac: format!("02:00:00:00:06:0{n}").parse().unwrap(),
+        };
+        let peer = |n: u8, dual: bool| Peer {
+            name: format!("n{n}"),
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
+            vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            v6: dual.then(|| v6(n)),
+        };
+        let peers = [peer(2, true), peer(3, false), peer(4, true)];
+        let (r, n) = desired_v6(&peers, 1430);
+        assert_eq!(r.len(), 2, "only dual-stack peers: {r:?}");
+        assert_eq!(
+            (r[0].dst.to_string(), r[0].gateway.to_string(), r[0].mtu),
+            ("fd00:10:244:2::/64".into(), "fd00:10:244:2::".into(), 1430)
+        );
+        assert_eq!(
+            (n[1].ip.to_string(), n[1].mac.to_string(), n[1].permanent),
+            ("fd00:10:244:4::".into(), "02:00:00:00:06:04".into(), true)
+        );
+        assert_eq!(
+            Change::AddRouteV6(r[0]).to_string(),
+            "add route fd00:10:244:2::/64 via fd00:10:244:2:: mtu 1430"
+        );
+
+        // From nothing: neighbours first, then routes.
+        let c = v6_changes(desired_v6(&peers, 1430), vec![], vec![]);
+        assert_eq!(c.len(), 4);
+        assert!(matches!(c[0], Change::AddNeighbourV6 { .. }) && matches!(c[1], Change::AddNeighbourV6 { .. }));
+        assert!(matches!(c[2], Change::AddRouteV6(_)) && matches!(c[3], Change::AddRouteV6(_)));
+
+        // In sync: nothing to do.
+        let (hr, hn) = desired_v6(&peers, 1430);
+        assert!(v6_changes(desired_v6(&peers, 1430), hr.clone(), hn.clone()).is_empty());
+
+        // Someone changed node 2's route MTU: replaced in place, not deleted. Node 4 left:
+        // its route and neighbour go. A stranger's neighbour on the device goes too.
+        let mut hr2 = hr.clone();
+        hr2[0].mtu = 1450;
+        let mut hn2 = hn.clone();
+        hn2.push(PeerNeighbourV6 {
+            ip: "fd00:99::".parse().unwrap(),
+            mac: MacAddr([2, 0, 0, 0, 0, 0x99]),
+            permanent: false,
+        });
+        let c = v6_changes(desired_v6(&peers[..2], 1430), hr2, hn2);
+        let mut shown: Vec<String> = c.iter().map(ToString::to_string).collect();
+        shown.sort();
+        assert_eq!(
+            shown,
+            vec![
+                "add route fd00:10:244:2::/64 via fd00:10:244:2:: mtu 1430",
+                "delete neighbour fd00:10:244:4::",
+                "delete neighbour fd00:99::",
+                "delete route fd00:10:244:4::/64 via fd00:10:244:4::",
+            ]
+        );
+        // Routes are changed before neighbours are removed.
+        assert!(matches!(c[0], Change::AddRouteV6(_)) && matches!(c[1], Change::DeleteRouteV6(_)));
     }
 }

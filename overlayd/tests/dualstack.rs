@@ -1,50 +1,147 @@
-//! Dual-stack (issue 14), as far as it goes: until the dataplane carries IPv6, a net-conf with
-//! `EnableIPv6: true` must stop overlayd at startup with a message that says why and what to
-//! do, before it touches the network or hands out subnet.env.
+//! Dual stack (issue 14): a cluster of two overlayd nodes and one kernel-vxlan Flannel node
+//! (flannel.1 and flannel-v6.1, programmed as flanneld programs them, with its own IPv6
+//! VtepMAC), on a dual-stack underlay with dual-stack pods (deploy/local/cluster.sh with
+//! DUALSTACK=1). Needs root; each test builds and removes its own namespaces.
 
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
+use common::{sh_ok, wait_until, Capture, Lab, SCRIPT};
+
+const DEV: &str = "ovl.1";
+
+/// A dual-stack lab: nodes 1 and 2 run overlayd, node 3 is a kernel-vxlan Flannel node with
+/// flannel-v6.1; every node has one pod. `None` when the test must be skipped.
+fn dual_stack_lab(test: &str) -> Option<Lab> {
+    let mut lab = Lab::new_with_env(test, 3, 1, &[("DUALSTACK", "1")])?;
+    let out = common::run(
+        Command::new("bash")
+            .args([SCRIPT, "kernel-node", &lab.prefix, "3", "3"])
+            .arg(&lab.dir)
+            .env("DUALSTACK", "1"),
+    );
+    assert!(
+        out.status.success(),
+        "kernel-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wire(3);
+    lab.start(1);
+    lab.start(2);
+    Some(lab)
+}
+
+/// The IPv6 address of pod `j` of node `i` (overlayd-cni's sequential IPAM, as for IPv4).
+fn pod_ip6(i: usize, j: usize) -> String {
+    format!("fd00:10:244:{i}::{:x}", j + 1)
+}
+
+fn ip(lab: &Lab, i: usize, args: &[&str]) -> String {
+    let mut a = vec!["ip", "-n"];
+    let ns = lab.node(i);
+    a.push(&ns);
+    a.extend_from_slice(args);
+    sh_ok(&a)
+}
+
+/// Kernel state, subnet.env, status and self-healing of the IPv6 side; IPv4 traffic too.
 #[test]
-fn enable_ipv6_is_refused_at_startup_with_the_reason() {
-    if !common::privileged("enable_ipv6_is_refused_at_startup_with_the_reason") {
+fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
+    let Some(lab) =
+        dual_stack_lab("dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env")
+    else {
         return;
+    };
+    for i in 1..=2 {
+        // subnet.env: Flannel's IPv6 pair, the subnet's first host as for IPv4.
+        let env = common::read(&lab.subnet_file(i));
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n")
+                && env.contains(&format!("FLANNEL_IPV6_SUBNET=fd00:10:244:{i}::1/64\n"))
+                && env.contains(&format!("FLANNEL_SUBNET=10.244.{i}.1/24\n"))
+                && env.contains("FLANNEL_MTU=1450\n"),
+            "{env}"
+        );
+        // The device: the IPv6 podCIDR's network address /128 and no link-local address.
+        let addrs = ip(&lab, i, &["-6", "addr", "show", "dev", DEV]);
+        assert!(
+            addrs.contains(&format!("inet6 fd00:10:244:{i}::/128")),
+            "{addrs}"
+        );
+        assert!(!addrs.contains("fe80:"), "link-local address on {DEV}: {addrs}");
+        let mode = sh_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "cat",
+            &format!("/proc/sys/net/ipv6/conf/{DEV}/disable_ipv6"),
+        ]);
+        assert_eq!(mode.trim(), "0");
+        // Routes: Flannel's onlink route per peer IPv6 podCIDR with the IPv6 path MTU
+        // (1500 - 70), and the permanent neighbour to the peer's IPv6 VtepMAC: overlayd
+        // peers use their one device MAC, the kernel node its flannel-v6.1 MAC.
+        let o = 3 - i;
+        let routes = ip(&lab, i, &["-6", "route", "show", "proto", "77"]);
+        for (peer, mac) in [
+            (o, format!("0a:58:0a:f4:0{o}:00")),
+            (3, "02:00:00:00:06:03".to_string()),
+        ] {
+            assert!(
+                routes.lines().any(|l| l.starts_with(&format!(
+                    "fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev {DEV}"
+                )) && l.contains("onlink")
+                    && l.contains("mtu lock 1430")),
+                "node {i}: {routes}"
+            );
+            let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
+            assert!(
+                neigh.contains(&format!("fd00:10:244:{peer}:: lladdr {mac} PERMANENT")),
+                "node {i}: {neigh}"
+            );
+        }
+        // IPv4 is unchanged.
+        let routes4 = lab.routes(i);
+        assert!(
+            routes4.contains(&format!("10.244.{o}.0/24 via 10.244.{o}.0 dev {DEV}")),
+            "{routes4}"
+        );
+        // Status: this node's IPv6 side and each peer's.
+        let st = lab.status_json(i);
+        assert_eq!(st["own"]["ipv6"]["podCIDR"], format!("fd00:10:244:{i}::/64"));
+        assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{i}"));
+        assert_eq!(
+            st["own"]["ipv6"]["vtepMAC"],
+            format!("0a:58:0a:f4:0{i}:00")
+        );
+        let peers = st["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{st}");
+        for p in peers {
+            let n: usize = p["node"].as_str().unwrap()[4..].parse().unwrap();
+            assert_eq!(p["ipv6"]["vtepIP"], format!("fd00:18::{n}"), "{st}");
+            assert_eq!(p["ipv6"]["podCIDR"], format!("fd00:10:244:{n}::/64"));
+        }
     }
-    let dir = std::env::temp_dir().join(format!("overlayd-dualstack-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("net-conf.json"),
-        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("nodes.yaml"),
-        "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: n1}\n  spec: {podCIDRs: [10.244.1.0/24, \"fd00:10:244:1::/64\"]}\n  status: {addresses: [{type: InternalIP, address: 198.18.0.1}]}\n",
-    )
-    .unwrap();
-    // A network namespace of its own (unshare -n): nothing it could touch is the host's.
-    let out = Command::new("timeout")
-        .args(["20", "unshare", "-n", common::OVERLAYD])
-        .args(["--node-name", "n1", "--nodes-file"])
-        .arg(dir.join("nodes.yaml"))
-        .arg("--net-config-path")
-        .arg(dir.join("net-conf.json"))
-        .arg("--subnet-file")
-        .arg(dir.join("subnet.env"))
-        .output()
-        .expect("run overlayd");
-    let wrote_subnet_env = dir.join("subnet.env").exists();
-    let _ = std::fs::remove_dir_all(&dir);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("EnableIPv6 is true (IPv6Network fd00:10:244::/56)")
-            && stderr.contains("set EnableIPv6 to false"),
-        "{stderr}"
-    );
-    assert!(
-        !wrote_subnet_env,
-        "subnet.env written although startup failed"
-    );
+    // IPv4 keeps working between every pair of pods in the dual-stack cluster.
+    for i in 1..=3 {
+        for o in 1..=3 {
+            if i != o {
+                assert!(
+                    lab.ping_within(&lab.pod(i, 1), &Lab::pod_ip(o, 1), Duration::from_secs(5)),
+                    "IPv4 ping pod {i} -> pod {o}"
+                );
+            }
+        }
+    }
+
+    // Self-healing: an IPv6 route and neighbour removed behind overlayd's back come back.
+    ip(&lab, 1, &["-6", "route", "del", "fd00:10:244:3::/64", "dev", DEV]);
+    ip(&lab, 1, &["-6", "neigh", "del", "fd00:10:244:2::", "dev", DEV]);
+    let healed = wait_until(Duration::from_secs(6), || {
+        ip(&lab, 1, &["-6", "route", "show", "proto", "77"]).contains("fd00:10:244:3::/64")
+            && ip(&lab, 1, &["-6", "neigh", "show", "dev", DEV]).contains("fd00:10:244:2:: lladdr")
+    });
+    assert!(healed, "IPv6 route/neighbour not restored:\n{}", lab.log(1));
 }

@@ -145,3 +145,78 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
     });
     assert!(healed, "IPv6 route/neighbour not restored:\n{}", lab.log(1));
 }
+
+/// Traffic: IPv4 and IPv6 ping between every pair of pods both ways, a 2 s iperf3 of each
+/// family between every ordered pair of nodes, and a capture on the underlay that shows inner
+/// IPv6 carried in outer IPv6 UDP to port 8472 with VNI 1.
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
+    let Some(lab) = dual_stack_lab(
+        "dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node",
+    ) else {
+        return;
+    };
+    for i in 1..=3 {
+        let addrs = sh_ok(&["ip", "-n", &lab.pod(i, 1), "-6", "addr", "show", "dev", "eth0"]);
+        assert!(addrs.contains(&pod_ip6(i, 1)), "pod {i}: {addrs}");
+    }
+    // Every pair, both ways, both families.
+    for i in 1..=3 {
+        for o in (1..=3).filter(|o| *o != i) {
+            for dst in [Lab::pod_ip(o, 1), pod_ip6(o, 1)] {
+                assert!(
+                    lab.ping_within(&lab.pod(i, 1), &dst, Duration::from_secs(5)),
+                    "ping pod {i} -> {dst}:\n{}\n{}",
+                    lab.log(1),
+                    lab.log(2)
+                );
+            }
+        }
+    }
+
+    // The wire: inner IPv6 in outer IPv6 UDP to 8472, VNI 1, from node 1 to node 2 and the
+    // kernel node, and back.
+    let mut cap = Capture::start(
+        &lab.node(1),
+        "eth0",
+        lab.dir.join("dualstack.pcap"),
+        &["udp", "port", "8472"],
+    );
+    for o in [2, 3] {
+        assert!(lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)), "ping6 pod 1 -> {o}");
+    }
+    cap.stop();
+    let text = cap.text("ip6 and udp port 8472");
+    for o in [2, 3] {
+        for (src, dst) in [(1, o), (o, 1)] {
+            let outer = format!("fd00:18::{src}.");
+            let want_outer = text.lines().any(|l| {
+                l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472"))
+            });
+            assert!(want_outer, "no outer IPv6 {src} -> {dst}:8472:\n{text}");
+            let inner = format!("{} > {}: ICMP6, echo", pod_ip6(src, 1), pod_ip6(dst, 1));
+            assert!(text.contains(&inner), "no inner {inner}:\n{text}");
+        }
+    }
+    assert!(text.contains("VXLAN, flags [I] (0x08), vni 1"), "{text}");
+    // Inner IPv6 never rides outer IPv4.
+    assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
+
+    // iperf3, 2 s per family and ordered pair of nodes.
+    for i in 1..=3 {
+        for o in (1..=3).filter(|o| *o != i) {
+            for (family, dst) in [("-6", pod_ip6(o, 1)), ("-4", Lab::pod_ip(o, 1))] {
+                let bps = lab.iperf(&lab.pod(i, 1), &lab.pod(o, 1), &dst, 2, &[family]);
+                eprintln!("iperf3 {family} node{i} -> node{o}: {:.2} Gbit/s", bps / 1e9);
+                assert!(bps > 10e6, "iperf3 {family} node{i} -> node{o}: {bps} bit/s");
+            }
+        }
+    }
+    // Nothing was dropped for lack of a peer on the IPv6 side.
+    for i in 1..=2 {
+        let st = lab.status_json(i);
+        for p in st["peers"].as_array().unwrap() {
+            assert!(p["rxPackets"].as_u64().unwrap_or(0) > 0, "{st}");
+        }
+    }
+}

@@ -741,6 +741,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         &opts,
         &netconf,
         own_cidr,
+        own_v6,
         observed.netfilter.clone(),
     )?;
     let env = subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?;
@@ -909,7 +910,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         .write_atomic(&opts.subnet_file)
                         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
                     drop(netfilter.take());
-                    netfilter = crate::netfilter::start_from_options(&opts, &netconf, own_cidr, observed.netfilter.clone())?;
+                    netfilter = crate::netfilter::start_from_options(&opts, &netconf, own_cidr, own_v6, observed.netfilter.clone())?;
                     if let Some(t) = blackhole_task.take() {
                         t.abort();
                         blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, own_v6, opts.iptables_resync)));

@@ -220,3 +220,129 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
         }
     }
 }
+
+/// A TCP server in `ns` on `[::]:port` answering each connection with the peer address it
+/// sees (IPv6 twin of `Lab::whoami_server`).
+fn whoami6_server(lab: &Lab, ns: &str, port: u16) -> common::ChildGuard {
+    let _ = lab;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('::',int(sys.argv[1])));s.listen(64)\n\
+             while True:\n\
+             \x20c,a=s.accept()\n\
+             \x20try:\n\
+             \x20\x20c.settimeout(3);c.recv(4096);b=a[0].encode()\n\
+             \x20\x20c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n'%len(b)+b)\n\
+             \x20except OSError: pass\n\
+             \x20c.close()",
+        )
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 whoami6 server");
+    common::ChildGuard(child)
+}
+
+fn whoami6(lab: &Lab, ns: &str, ip: &str, port: u16, secs: u64) -> Option<String> {
+    let mut seen = None;
+    wait_until(Duration::from_secs(secs), || {
+        let out = lab.exec(
+            ns,
+            &["curl", "-s", "-m", "2", "-g", &format!("http://[{ip}]:{port}/")],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        seen = (out.status.success() && !text.is_empty()).then_some(text);
+        seen.is_some()
+    });
+    seen
+}
+
+/// `--ip-masq` with EnableIPv6, both backends: the IPv6 rules mirror the IPv4 ones (ip6tables
+/// chains or the `ip6 overlayd-ipv6` table), a pod reaches an IPv6 host outside the cluster as
+/// its node's IPv6 address, the rules come back after a flush, and `remove_all` takes both
+/// families.
+#[test]
+fn dual_stack_ip_masq_installs_and_keeps_the_ipv6_rules() {
+    for nftables in [false, true] {
+        let Some(mut lab) = Lab::new_with_env(
+            "dual_stack_ip_masq_installs_and_keeps_the_ipv6_rules",
+            2,
+            1,
+            &[("DUALSTACK", "1")],
+        ) else {
+            return;
+        };
+        std::fs::write(
+            lab.dir.join("net-conf.json"),
+            format!(
+                r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":{nftables},"Backend":{{"Type":"vxlan"}}}}"#
+            ),
+        )
+        .unwrap();
+        lab.start_with(1, &["--ip-masq"]);
+        lab.start_with(2, &["--ip-masq"]);
+        let n1 = lab.node(1);
+        let rules6 = |lab: &Lab| -> String {
+            if nftables {
+                let out = lab.exec(&n1, &["nft", "list", "table", "ip6", "overlayd-ipv6"]);
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            } else {
+                sh_ok(&["ip", "netns", "exec", &n1, "ip6tables-save", "-t", "nat"])
+            }
+        };
+        let complete = |text: &str| {
+            if nftables {
+                text.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade")
+                    && text.contains("ip6 saddr fd00:10:244::/56 accept")
+            } else {
+                text.lines()
+                    .filter(|l| l.starts_with("-A OVERLAYD-POSTRTG "))
+                    .count()
+                    == 6
+                    && text.contains("-A OVERLAYD-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8")
+            }
+        };
+        let now = rules6(&lab);
+        assert!(complete(&now), "nftables={nftables}: {now}");
+        let st = lab.status_json(1);
+        assert_eq!(st["netfilter"]["rulesPresent"], true, "{st}");
+
+        // The switch (fd00:18::fe) has no route to the pod IPv6Network: an answer at all means
+        // the source was rewritten, to node 1's IPv6 address.
+        let _server = whoami6_server(&lab, &format!("{}sw", lab.prefix), 8080);
+        assert_eq!(
+            whoami6(&lab, &lab.pod(1, 1), "fd00:18::fe", 8080, 5).as_deref(),
+            Some("fd00:18::1"),
+            "nftables={nftables}: the outside IPv6 host must see node 1's address"
+        );
+
+        // Flushed behind overlayd's back: restored.
+        if nftables {
+            lab.exec(&n1, &["nft", "flush", "table", "ip6", "overlayd-ipv6"]);
+        } else {
+            lab.exec(&n1, &["ip6tables", "-t", "nat", "-F", "OVERLAYD-POSTRTG"]);
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || complete(&rules6(&lab))),
+            "nftables={nftables}: IPv6 rules not restored:\n{}",
+            lab.log(1)
+        );
+        let env = common::read(&lab.subnet_file(1));
+        assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+
+        // Stopped, the rules stay; remove_all (overlayd cleanup) takes both families.
+        assert!(lab.stop(1));
+        assert!(complete(&rules6(&lab)));
+        let out = lab.cleanup(1, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let left = rules6(&lab);
+        assert!(!left.contains("OVERLAYD") && !left.contains("masquerade"), "{left}");
+        let left4 = sh_ok(&["ip", "netns", "exec", &n1, "iptables-save", "-t", "nat"]);
+        assert!(!left4.contains("OVERLAYD"), "{left4}");
+        assert!(lab.stop(2));
+    }
+}

@@ -136,6 +136,17 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
         }
     }
 
+    // Settled: the kernel's own IPv6 entries on the device (MLD groups) are left alone, so
+    // nothing is re-programmed after the first pass.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 1..=2 {
+        assert!(
+            !lab.log(i).contains("changed behind our back"),
+            "node {i} keeps re-programming:\n{}",
+            lab.log(i)
+        );
+    }
+
     // Self-healing: an IPv6 route and neighbour removed behind overlayd's back come back.
     ip(&lab, 1, &["-6", "route", "del", "fd00:10:244:3::/64", "dev", DEV]);
     ip(&lab, 1, &["-6", "neigh", "del", "fd00:10:244:2::", "dev", DEV]);
@@ -344,5 +355,60 @@ fn dual_stack_ip_masq_installs_and_keeps_the_ipv6_rules() {
         let left4 = sh_ok(&["ip", "netns", "exec", &n1, "iptables-save", "-t", "nat"]);
         assert!(!left4.contains("OVERLAYD"), "{left4}");
         assert!(lab.stop(2));
+    }
+}
+
+/// `Backend.DirectRouting` with EnableIPv6: peers on the same underlay subnets get plain
+/// routes for both families (IPv6: `<IPv6 podCIDR> via <public-ipv6> dev eth0`, as Flannel's
+/// v6DirectRoute) and no IPv6 neighbour on the device; pods reach each other over both
+/// families without VXLAN.
+#[test]
+fn dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address() {
+    let Some(mut lab) = Lab::new_with_env(
+        "dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address",
+        2,
+        1,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
+    std::fs::write(
+        lab.dir.join("net-conf.json"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    )
+    .unwrap();
+    lab.start(1);
+    lab.start(2);
+    for (i, o) in [(1, 2), (2, 1)] {
+        let want = format!("fd00:10:244:{o}::/64 via fd00:18::{o} dev eth0 ");
+        let ok = wait_until(Duration::from_secs(5), || {
+            ip(&lab, i, &["-6", "route", "show", "proto", "77"]).contains(&want)
+        });
+        assert!(
+            ok,
+            "node {i}: {}\n{}",
+            ip(&lab, i, &["-6", "route", "show", "proto", "77"]),
+            lab.log(i)
+        );
+        assert!(lab.routes(i).contains(&format!(
+            "10.244.{o}.0/24 via 198.18.0.{o} dev eth0"
+        )));
+        let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
+        assert!(!neigh.contains("PERMANENT"), "{neigh}");
+        for dst in [Lab::pod_ip(o, 1), pod_ip6(o, 1)] {
+            assert!(
+                lab.ping_within(&lab.pod(i, 1), &dst, Duration::from_secs(5)),
+                "ping pod {i} -> {dst}"
+            );
+        }
+    }
+    // Settled: nothing was re-programmed after the first pass.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 1..=2 {
+        assert!(
+            !lab.log(i).contains("changed behind our back"),
+            "node {i} keeps re-programming:\n{}",
+            lab.log(i)
+        );
     }
 }

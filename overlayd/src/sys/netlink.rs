@@ -150,11 +150,20 @@ pub struct DirectRoute {
     pub oif: u32,
 }
 
+/// A DirectRouting route for a peer's IPv6 pod CIDR via its IPv6 node address (Flannel's
+/// `v6DirectRoute`), protocol 77.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DirectRouteV6 {
+    pub dst: Ipv6Network,
+    pub gateway: Ipv6Addr,
+    pub oif: u32,
+}
+
 /// What the kernel's route lookup (`ip route get`) says about a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTo {
     pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// A unicast route (not local, unreachable, blackhole...).
     pub unicast: bool,
 }
@@ -979,10 +988,15 @@ impl Netlink {
 
     /// The kernel's route lookup for `ip` (`ip route get <ip>`), as Flannel's
     /// `ip.DirectRouting` does it with netlink.RouteGet.
-    pub async fn route_to(&self, ip: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
-            .build();
+    pub async fn route_to(&self, ip: IpAddr) -> Result<Option<RouteTo>, NetlinkError> {
+        let msg = match ip {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
         let mut s = self.handle.route().get(msg).execute();
         match s.try_next().await {
             Ok(Some(m)) => {
@@ -994,7 +1008,12 @@ impl Netlink {
                 for a in &m.attributes {
                     match a {
                         RouteAttribute::Oif(o) => r.oif = Some(*o),
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                            r.gateway = Some(IpAddr::V4(*g));
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
+                            r.gateway = Some(IpAddr::V6(*g));
+                        }
                         _ => {}
                     }
                 }
@@ -1005,6 +1024,74 @@ impl Netlink {
             Err(e) if errno(&e).is_some() => Ok(None),
             Err(e) => Err(req(format!("route get {ip}"))(e)),
         }
+    }
+
+    fn direct_route_message_v6(r: DirectRouteV6) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix())
+            .gateway(r.gateway)
+            .output_interface(r.oif)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO))
+            .build()
+    }
+
+    /// `ip -6 route replace <dst> via <gateway> dev <oif> proto 77` (replaces the peer's
+    /// IPv6 VXLAN route when it becomes directly routable).
+    pub async fn replace_direct_route_v6(&self, r: DirectRouteV6) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::direct_route_message_v6(r))
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!(
+                "replace direct route {} via {} dev #{}",
+                r.dst, r.gateway, r.oif
+            )))
+    }
+
+    /// Removes an IPv6 direct route; absent is fine.
+    pub async fn delete_direct_route_v6(&self, r: DirectRouteV6) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(Self::direct_route_message_v6(r))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
+                Ok(())
+            }
+            r2 => r2.map_err(req(format!(
+                "delete direct route {} via {} dev #{}",
+                r.dst, r.gateway, r.oif
+            ))),
+        }
+    }
+
+    /// Our IPv6 routes (protocol 77) with a gateway on any link but `tap_index`: the IPv6
+    /// DirectRouting routes.
+    pub async fn direct_routes_v6(
+        &self,
+        tap_index: u32,
+    ) -> Result<Vec<DirectRouteV6>, NetlinkError> {
+        let mut out: Vec<DirectRouteV6> = self
+            .our_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .await?
+            .into_iter()
+            .filter_map(|r| match (r.dst, r.gateway) {
+                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif != tap_index => {
+                    Some(DirectRouteV6 {
+                        dst,
+                        gateway,
+                        oif: r.oif,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Our routes (protocol 77) on link `index`.

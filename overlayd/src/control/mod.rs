@@ -673,6 +673,17 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             );
         }
     }
+    if let Some(listed) = state
+        .own
+        .vtep_mac_v6
+        .filter(|m| own_v6.is_some() && state.own.vtep_mac_v6_annotated && *m != own_mac)
+    {
+        warn!(
+            node = %opts.node_name, listed = %listed, device_mac = %own_mac,
+            "this node's backend-v6-data names VtepMAC {listed}, but overlayd's one device answers IPv6 on {own_mac} too: peers that read the old annotation send IPv6 frames this node drops (not_for_us) until it says {own_mac}{}",
+            if matches!(source, SourceKind::Kube { .. }) { " (overlayd rewrites it now)" } else { "; update it in the node source" }
+        );
+    }
     if let Some(listed) = state.own.public_ip.filter(|ip| *ip != underlay.ip) {
         warn!(
             node = %opts.node_name, listed = %listed, sending_from = %underlay.ip,

@@ -198,7 +198,9 @@ impl Fdb {
                 v6: p.v6,
                 counters,
             };
-            if let Some(v6) = p.v6.filter(|v| !direct.contains_key(&IpAddr::V6(v.vtep_ip))) {
+            if let Some(v6) =
+                p.v6.filter(|v| !direct.contains_key(&IpAddr::V6(v.vtep_ip)))
+            {
                 fdb.by_mac_v6.insert(
                     v6.vtep_mac.0,
                     (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),

@@ -618,7 +618,8 @@ impl Manager {
                 Backend::Nftables => nft.as_deref().is_some_and(nft_random_fully),
                 Backend::Iptables => {
                     iptables.as_ref().is_some_and(|i| i.random_fully)
-                        && (rules.v6.is_none() || ip6tables.as_ref().is_some_and(|i| i.random_fully))
+                        && (rules.v6.is_none()
+                            || ip6tables.as_ref().is_some_and(|i| i.random_fully))
                 }
             };
         if rules.masquerade && rules.random_fully && !random_fully {
@@ -1148,18 +1149,24 @@ mod tests {
         assert!(v6.starts_with(
             "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\ntable ip6 overlayd-ipv6 {"
         ), "{s}");
-        assert!(v6.contains(&format!("ip6 saddr != {n} ip6 daddr {p} return")), "{s}");
         assert!(
-            v6.contains(&format!("ip6 saddr {n} ip6 daddr != ff00::/8 masquerade fully-random")),
+            v6.contains(&format!("ip6 saddr != {n} ip6 daddr {p} return")),
+            "{s}"
+        );
+        assert!(
+            v6.contains(&format!(
+                "ip6 saddr {n} ip6 daddr != ff00::/8 masquerade fully-random"
+            )),
             "{s}"
         );
         assert!(v6.contains(&format!("ip6 saddr {n} accept")), "{s}");
         assert!(!v6.contains("ip saddr"), "{s}");
         // IPv6 off: a stale ip6 table from a dual-stack run is deleted, nothing recreated.
         let s4 = nft_script(&rules(), true);
-        assert!(s4.ends_with(
-            "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n"
-        ), "{s4}");
+        assert!(
+            s4.ends_with("table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n"),
+            "{s4}"
+        );
     }
 
     #[test]

@@ -359,7 +359,9 @@ mod tests {
         let text = render(&s, 1000);
         assert!(text.contains("node node1  podCIDR 10.244.1.0/24"), "{text}");
         assert!(
-            text.contains("  IPv6 podCIDR fd00:10:244:1::/64  VTEP fd00:18::1  VtepMAC 0a:58:0a:f4:01:00\n"),
+            text.contains(
+                "  IPv6 podCIDR fd00:10:244:1::/64  VTEP fd00:18::1  VtepMAC 0a:58:0a:f4:01:00\n"
+            ),
             "{text}"
         );
         assert!(text.contains("last sync 5s ago"), "{text}");

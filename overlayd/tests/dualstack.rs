@@ -70,7 +70,10 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
             addrs.contains(&format!("inet6 fd00:10:244:{i}::/128")),
             "{addrs}"
         );
-        assert!(!addrs.contains("fe80:"), "link-local address on {DEV}: {addrs}");
+        assert!(
+            !addrs.contains("fe80:"),
+            "link-local address on {DEV}: {addrs}"
+        );
         let mode = sh_ok(&[
             "ip",
             "netns",
@@ -110,12 +113,12 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
         );
         // Status: this node's IPv6 side and each peer's.
         let st = lab.status_json(i);
-        assert_eq!(st["own"]["ipv6"]["podCIDR"], format!("fd00:10:244:{i}::/64"));
-        assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{i}"));
         assert_eq!(
-            st["own"]["ipv6"]["vtepMAC"],
-            format!("0a:58:0a:f4:0{i}:00")
+            st["own"]["ipv6"]["podCIDR"],
+            format!("fd00:10:244:{i}::/64")
         );
+        assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{i}"));
+        assert_eq!(st["own"]["ipv6"]["vtepMAC"], format!("0a:58:0a:f4:0{i}:00"));
         let peers = st["peers"].as_array().unwrap();
         assert_eq!(peers.len(), 2, "{st}");
         for p in peers {
@@ -148,8 +151,16 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
     }
 
     // Self-healing: an IPv6 route and neighbour removed behind overlayd's back come back.
-    ip(&lab, 1, &["-6", "route", "del", "fd00:10:244:3::/64", "dev", DEV]);
-    ip(&lab, 1, &["-6", "neigh", "del", "fd00:10:244:2::", "dev", DEV]);
+    ip(
+        &lab,
+        1,
+        &["-6", "route", "del", "fd00:10:244:3::/64", "dev", DEV],
+    );
+    ip(
+        &lab,
+        1,
+        &["-6", "neigh", "del", "fd00:10:244:2::", "dev", DEV],
+    );
     let healed = wait_until(Duration::from_secs(6), || {
         ip(&lab, 1, &["-6", "route", "show", "proto", "77"]).contains("fd00:10:244:3::/64")
             && ip(&lab, 1, &["-6", "neigh", "show", "dev", DEV]).contains("fd00:10:244:2:: lladdr")
@@ -162,13 +173,22 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
 /// IPv6 carried in outer IPv6 UDP to port 8472 with VNI 1.
 #[test]
 fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
-    let Some(lab) = dual_stack_lab(
-        "dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node",
-    ) else {
+    let Some(lab) =
+        dual_stack_lab("dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node")
+    else {
         return;
     };
     for i in 1..=3 {
-        let addrs = sh_ok(&["ip", "-n", &lab.pod(i, 1), "-6", "addr", "show", "dev", "eth0"]);
+        let addrs = sh_ok(&[
+            "ip",
+            "-n",
+            &lab.pod(i, 1),
+            "-6",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]);
         assert!(addrs.contains(&pod_ip6(i, 1)), "pod {i}: {addrs}");
     }
     // Every pair, both ways, both families.
@@ -194,16 +214,19 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
         &["udp", "port", "8472"],
     );
     for o in [2, 3] {
-        assert!(lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)), "ping6 pod 1 -> {o}");
+        assert!(
+            lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)),
+            "ping6 pod 1 -> {o}"
+        );
     }
     cap.stop();
     let text = cap.text("ip6 and udp port 8472");
     for o in [2, 3] {
         for (src, dst) in [(1, o), (o, 1)] {
             let outer = format!("fd00:18::{src}.");
-            let want_outer = text.lines().any(|l| {
-                l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472"))
-            });
+            let want_outer = text
+                .lines()
+                .any(|l| l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472")));
             assert!(want_outer, "no outer IPv6 {src} -> {dst}:8472:\n{text}");
             let inner = format!("{} > {}: ICMP6, echo", pod_ip6(src, 1), pod_ip6(dst, 1));
             assert!(text.contains(&inner), "no inner {inner}:\n{text}");
@@ -218,8 +241,14 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
         for o in (1..=3).filter(|o| *o != i) {
             for (family, dst) in [("-6", pod_ip6(o, 1)), ("-4", Lab::pod_ip(o, 1))] {
                 let bps = lab.iperf(&lab.pod(i, 1), &lab.pod(o, 1), &dst, 2, &[family]);
-                eprintln!("iperf3 {family} node{i} -> node{o}: {:.2} Gbit/s", bps / 1e9);
-                assert!(bps > 10e6, "iperf3 {family} node{i} -> node{o}: {bps} bit/s");
+                eprintln!(
+                    "iperf3 {family} node{i} -> node{o}: {:.2} Gbit/s",
+                    bps / 1e9
+                );
+                assert!(
+                    bps > 10e6,
+                    "iperf3 {family} node{i} -> node{o}: {bps} bit/s"
+                );
             }
         }
     }
@@ -263,7 +292,14 @@ fn whoami6(lab: &Lab, ns: &str, ip: &str, port: u16, secs: u64) -> Option<String
     wait_until(Duration::from_secs(secs), || {
         let out = lab.exec(
             ns,
-            &["curl", "-s", "-m", "2", "-g", &format!("http://[{ip}]:{port}/")],
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "-g",
+                &format!("http://[{ip}]:{port}/"),
+            ],
         );
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         seen = (out.status.success() && !text.is_empty()).then_some(text);
@@ -349,9 +385,16 @@ fn dual_stack_ip_masq_installs_and_keeps_the_ipv6_rules() {
         assert!(lab.stop(1));
         assert!(complete(&rules6(&lab)));
         let out = lab.cleanup(1, &[]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let left = rules6(&lab);
-        assert!(!left.contains("OVERLAYD") && !left.contains("masquerade"), "{left}");
+        assert!(
+            !left.contains("OVERLAYD") && !left.contains("masquerade"),
+            "{left}"
+        );
         let left4 = sh_ok(&["ip", "netns", "exec", &n1, "iptables-save", "-t", "nat"]);
         assert!(!left4.contains("OVERLAYD"), "{left4}");
         assert!(lab.stop(2));
@@ -390,9 +433,9 @@ fn dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address() {
             ip(&lab, i, &["-6", "route", "show", "proto", "77"]),
             lab.log(i)
         );
-        assert!(lab.routes(i).contains(&format!(
-            "10.244.{o}.0/24 via 198.18.0.{o} dev eth0"
-        )));
+        assert!(lab
+            .routes(i)
+            .contains(&format!("10.244.{o}.0/24 via 198.18.0.{o} dev eth0")));
         let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
         assert!(!neigh.contains("PERMANENT"), "{neigh}");
         for dst in [Lab::pod_ip(o, 1), pod_ip6(o, 1)] {

@@ -550,15 +550,37 @@ fn kube_dual_stack_annotations_are_written_and_read() {
         let want_route = format!("fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev ovl.1");
         let want_neigh = format!("fd00:10:244:{peer}:: lladdr 0a:58:0a:f4:0{peer}:00 PERMANENT");
         let ok = wait_until(Duration::from_secs(10), || {
-            sh_ok(&["ip", "-n", &lab.node(on), "-6", "route", "show", "proto", "77"])
-                .contains(&want_route)
-                && sh_ok(&["ip", "-n", &lab.node(on), "-6", "neigh", "show", "dev", "ovl.1"])
-                    .contains(&want_neigh)
+            sh_ok(&[
+                "ip",
+                "-n",
+                &lab.node(on),
+                "-6",
+                "route",
+                "show",
+                "proto",
+                "77",
+            ])
+            .contains(&want_route)
+                && sh_ok(&[
+                    "ip",
+                    "-n",
+                    &lab.node(on),
+                    "-6",
+                    "neigh",
+                    "show",
+                    "dev",
+                    "ovl.1",
+                ])
+                .contains(&want_neigh)
         });
         assert!(ok, "node {on} lacks IPv6 peer {peer}:\n{}", lab.log(on));
         let st = lab.status_json(on);
         assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{on}"));
-        assert_eq!(st["peers"][0]["ipv6"]["vtepIP"], format!("fd00:18::{peer}"), "{st}");
+        assert_eq!(
+            st["peers"][0]["ipv6"]["vtepIP"],
+            format!("fd00:18::{peer}"),
+            "{st}"
+        );
     }
     assert!(lab.stop(1) && lab.stop(2));
 }

@@ -484,7 +484,10 @@ async fn ensure_ipv6_address(
     }
     let removed = nl.remove_other_ipv6_addresses(index, addr).await?;
     if removed > 0 {
-        info!(device, removed, "removed other IPv6 addresses from the device");
+        info!(
+            device,
+            removed, "removed other IPv6 addresses from the device"
+        );
     }
     Ok(())
 }
@@ -523,7 +526,10 @@ fn subnet_env(
 
 /// This node's IPv6 podCIDR in `state` when IPv6 is on.
 fn own_v6_of(state: &ClusterState, netconf: &NetConf) -> Option<ipnetwork::Ipv6Network> {
-    state.own.pod_cidr_v6.filter(|_| netconf.network_v6.is_some())
+    state
+        .own
+        .pod_cidr_v6
+        .filter(|_| netconf.network_v6.is_some())
 }
 
 /// The MTU metric of every IPv6 peer route: the TAP's MTU is Flannel's (underlay − 50, for

@@ -35,7 +35,8 @@ pub async fn peer_policy(
             let underlay: Vec<u32> = addrs
                 .iter()
                 .filter(|(_, a)| {
-                    a.ip() == IpAddr::V4(underlay_ip) || Some(a.ip()) == underlay_ip6.map(IpAddr::V6)
+                    a.ip() == IpAddr::V4(underlay_ip)
+                        || Some(a.ip()) == underlay_ip6.map(IpAddr::V6)
                 })
                 .map(|(i, _)| *i)
                 .collect();
@@ -45,7 +46,8 @@ pub async fn peer_policy(
                 }
                 // A link-local prefix (fe80::/64 on every IPv6 link) is no underlay subnet a
                 // podCIDR could capture: IPv6Network never holds it.
-                let link_local = matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+                let link_local =
+                    matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
                 if underlay.contains(index) && !link_local {
                     if let Ok(net) = IpNetwork::new(a.network(), a.prefix()) {
                         if !policy.underlay_subnets.contains(&net) {

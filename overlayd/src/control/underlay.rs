@@ -146,17 +146,19 @@ pub fn select(
                 IpAddr::V6(_) if !sel.ipv6 => {
                     Err("an IPv6 address, but EnableIPv6 is false in net-conf.json".into())
                 }
-                IpAddr::V6(ip) => match snap.ifaces.iter().find(|i| i.v6.iter().any(|a| a.ip == ip)) {
-                    Some(i) => match i.v4.first() {
-                        Some(v4) => Ok(Choice {
-                            index: i.link.index,
-                            addr: Some(*v4),
-                            addr6: Some(ip),
-                        }),
-                        None => Err(format!("{} has no IPv4 address", i.link.name)),
-                    },
-                    None => Err("no interface has this address".into()),
-                },
+                IpAddr::V6(ip) => {
+                    match snap.ifaces.iter().find(|i| i.v6.iter().any(|a| a.ip == ip)) {
+                        Some(i) => match i.v4.first() {
+                            Some(v4) => Ok(Choice {
+                                index: i.link.index,
+                                addr: Some(*v4),
+                                addr6: Some(ip),
+                            }),
+                            None => Err(format!("{} has no IPv4 address", i.link.name)),
+                        },
+                        None => Err("no interface has this address".into()),
+                    }
+                }
             }
         } else {
             match snap.ifaces.iter().find(|i| i.link.name == *want) {
@@ -213,7 +215,10 @@ pub fn select(
                 i,
                 sel.ipv6,
             ),
-            Some(i) => Err(format!("matched {}, which has no IPv4 address", i.link.name)),
+            Some(i) => Err(format!(
+                "matched {}, which has no IPv4 address",
+                i.link.name
+            )),
             None => Err(format!(
                 "matches no interface name or {} address",
                 if sel.ipv6 { "IPv4+IPv6" } else { "IPv4" }
@@ -293,14 +298,14 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<U
         }
     } else {
         let index = match (opts.public_ip, opts.public_ipv6.filter(|_| ipv6)) {
-            (Some(ip), _) => nl
-                .link_with_address(ip)
-                .await?
-                .with_context(|| format!("--public-ip {ip} is not assigned to any interface here: pass --iface too"))?,
-            (None, Some(ip)) => nl
-                .link_with_address(ip)
-                .await?
-                .with_context(|| format!("--public-ipv6 {ip} is not assigned to any interface here: pass --iface too"))?,
+            (Some(ip), _) => nl.link_with_address(ip).await?.with_context(|| {
+                format!("--public-ip {ip} is not assigned to any interface here: pass --iface too")
+            })?,
+            (None, Some(ip)) => nl.link_with_address(ip).await?.with_context(|| {
+                format!(
+                    "--public-ipv6 {ip} is not assigned to any interface here: pass --iface too"
+                )
+            })?,
             (None, None) => {
                 let v4 = nl
                     .default_route_link()
@@ -512,8 +517,14 @@ mod tests {
         let (c, misses) = pick6(&["eth1", "eth2", "ens5", "fd00:5::1", "eth0"], &[], true);
         assert_eq!(c, choice6(2, "198.18.0.1", "fd00:18::1"));
         assert_eq!(misses.len(), 4, "{misses:?}");
-        assert!(misses[0].contains("eth1 has no global IPv6 address"), "{misses:?}");
-        assert!(misses[1].contains("eth2 has no global IPv6 address"), "{misses:?}");
+        assert!(
+            misses[0].contains("eth1 has no global IPv6 address"),
+            "{misses:?}"
+        );
+        assert!(
+            misses[1].contains("eth2 has no global IPv6 address"),
+            "{misses:?}"
+        );
         assert!(misses[2].contains("no IPv4 address"), "{misses:?}");
         assert!(misses[3].contains("ens5 has no IPv4 address"), "{misses:?}");
         // Without EnableIPv6 an IPv6 --iface is a miss that says why.
@@ -532,7 +543,10 @@ mod tests {
         );
         let (c, misses) = pick6(&[], &["^eth1$"], true);
         assert_eq!(c, None);
-        assert!(misses[0].contains("eth1 has no global IPv6 address"), "{misses:?}");
+        assert!(
+            misses[0].contains("eth1 has no global IPv6 address"),
+            "{misses:?}"
+        );
     }
 
     fn pick(iface: &[&str], regex: &[&str]) -> (Option<Choice>, Vec<String>) {

@@ -1118,13 +1118,11 @@ impl Netlink {
             .await?
             .into_iter()
             .filter_map(|r| match (r.dst, r.gateway) {
-                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => {
-                    Some(PeerRouteV6 {
-                        dst,
-                        gateway,
-                        mtu: r.mtu,
-                    })
-                }
+                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => Some(PeerRouteV6 {
+                    dst,
+                    gateway,
+                    mtu: r.mtu,
+                }),
                 _ => None,
             })
             .collect();
@@ -1407,8 +1405,7 @@ mod tests {
                     );
 
                     let mac = MacAddr([0x02, 0x42, 0, 0, 0x06, 3]);
-                    let r3 =
-                        PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap(), 1430);
+                    let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap(), 1430);
                     let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap(), 0);
                     for r in [r3, r4, r3] {
                         nl.replace_route_v6(idx, r).await.unwrap();

@@ -24,6 +24,9 @@ use crate::sys::netlink::{Link, Netlink};
 pub struct Underlay {
     pub iface: String,
     pub ip: Ipv4Addr,
+    /// The IPv6 underlay address (dual-stack): IPv6 VXLAN leaves from and arrives at it.
+    /// `None`: no IPv6 underlay, the queues open no IPv6 sockets.
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -208,6 +211,7 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
     Ok(Underlay {
         iface: link.name,
         ip,
+        ip6: None,
         mtu: link.mtu,
     })
 }

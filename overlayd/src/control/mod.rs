@@ -274,7 +274,8 @@ fn not_adoptable(link: &Link) -> Option<String> {
 }
 
 /// Opens the sockets of each TAP queue and probes the offloads (a refusal means the plain
-/// path, said once per queue).
+/// path, said once per queue). With an IPv6 underlay each queue also gets an IPv6 receive
+/// socket and an IPv6 send pool.
 fn queue_ios(
     opts: &Options,
     netconf: &NetConf,
@@ -292,33 +293,114 @@ fn queue_ios(
                 false
             }
         };
-        let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, netconf.port).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot bind UDP port {}: {e}; is a kernel vxlan device (flannel.1) or another overlayd using it? Remove it or set Backend.Port",
-                netconf.port
-            )
-        })?;
-        let gro = match udp::enable_gro(&rx) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(queue = id, error = %e, "UDP_GRO unavailable; receiving one datagram per read");
-                false
-            }
-        };
-        #[allow(clippy::cast_possible_truncation)]
-        let seed = u32::from(underlay.ip)
-            .wrapping_mul(2_654_435_761)
-            .wrapping_add(id as u32 * 4099);
-        let tx_pool = udp::bind_source_pool(underlay.ip, 16, seed)
-            .with_context(|| format!("cannot bind source ports on {}", underlay.ip))?;
-        out.push(QueueIo {
-            tap: tapq,
-            rx,
-            tx_pool,
-            offloads: Offloads { tso, gro },
-        });
+        out.push(open_queue(
+            tapq,
+            tso,
+            id,
+            netconf.port,
+            underlay.ip,
+            underlay.ip6,
+        )?);
     }
     Ok(out)
+}
+
+/// The sockets of queue `id` around its TAP queue (`tso`: its offloads are on): the IPv4
+/// receive socket on `0.0.0.0:port` (SO_REUSEPORT, UDP_GRO when the kernel has it) and 16
+/// send sockets bound to `ip`; with `ip6`, the IPv6 receive socket and send pool as well
+/// (`open_v6`). Public for the worker-level tests, which build queues exactly as overlayd does.
+pub fn open_queue(
+    tap: tap::TapQueue,
+    tso: bool,
+    id: usize,
+    port: u16,
+    ip: Ipv4Addr,
+    ip6: Option<std::net::Ipv6Addr>,
+) -> Result<QueueIo> {
+    let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, port).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind UDP port {port}: {e}; is a kernel vxlan device (flannel.1) or another overlayd using it? Remove it or set Backend.Port"
+        )
+    })?;
+    let gro = match udp::enable_gro(&rx) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(queue = id, error = %e, "UDP_GRO unavailable; receiving one datagram per read");
+            false
+        }
+    };
+    #[allow(clippy::cast_possible_truncation)]
+    let seed = u32::from(ip)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(id as u32 * 4099);
+    let tx_pool = udp::bind_source_pool(ip, 16, seed)
+        .with_context(|| format!("cannot bind source ports on {ip}"))?;
+    let mut io = QueueIo {
+        tap,
+        rx,
+        tx_pool,
+        rx6: None,
+        tx_pool6: Vec::new(),
+        offloads: Offloads { tso, gro },
+    };
+    if let Some(ip6) = ip6 {
+        open_v6(&mut io, id, ip6, port)?;
+    }
+    Ok(io)
+}
+
+/// Gives queue `id` its IPv6 receive socket (`[::]:port`, IPv6-only, SO_REUSEPORT, UDP_GRO as
+/// the IPv4 one has it) unless it has one, and 16 IPv6 send sockets bound to `ip6` in place of
+/// any it has. If UDP_GRO works on the IPv4 socket but not here, both receive sockets go plain
+/// (one receive mode per queue).
+fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> Result<()> {
+    if io.rx6.is_none() {
+        let rx6 = udp::bind_vxlan_v6(std::net::Ipv6Addr::UNSPECIFIED, port).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind UDP port [::]:{port}: {e}; is a kernel vxlan device (flannel-v6.1) or another overlayd using it? Remove it or set Backend.Port"
+            )
+        })?;
+        if io.offloads.gro {
+            if let Err(e) = udp::enable_gro(&rx6) {
+                warn!(queue = id, error = %e, "UDP_GRO unavailable on the IPv6 socket; receiving one datagram per read");
+                udp::disable_gro(&io.rx)
+                    .context("cannot turn UDP_GRO off again on the IPv4 receive socket")?;
+                io.offloads.gro = false;
+            }
+        }
+        io.rx6 = Some(rx6);
+    }
+    let o = ip6.octets();
+    #[allow(clippy::cast_possible_truncation)]
+    let seed = u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(id as u32 * 4099);
+    io.tx_pool6 = udp::bind_source_pool(ip6, 16, seed)
+        .with_context(|| format!("cannot bind IPv6 source ports on {ip6}"))?;
+    Ok(())
+}
+
+/// Fits queues handed over by a running overlayd to this process's IPv6 underlay: opens the
+/// IPv6 sockets it did not hand over (it had no IPv6 underlay, or is an older overlayd), binds
+/// a new IPv6 send pool when its address differs, and closes the IPv6 sockets when this one
+/// has no IPv6 underlay.
+fn adapt_v6(mut ios: Vec<QueueIo>, netconf: &NetConf, underlay: &Underlay) -> Result<Vec<QueueIo>> {
+    for (id, io) in ios.iter_mut().enumerate() {
+        match underlay.ip6 {
+            None => {
+                io.rx6 = None;
+                io.tx_pool6.clear();
+            }
+            Some(ip6) => {
+                let bound = io.tx_pool6.first().and_then(|s| s.local_addr().ok());
+                if io.rx6.is_none() || bound.map(|a| a.ip()) != Some(ip6.into()) {
+                    info!(queue = id, ip6 = %ip6, "opening IPv6 underlay sockets the previous overlayd did not hand over");
+                    open_v6(io, id, ip6, netconf.port)?;
+                }
+            }
+        }
+    }
+    Ok(ios)
 }
 
 /// Sets up the dataplane for `state`: takes the queues `handed` over by a running overlayd,
@@ -353,7 +435,7 @@ async fn start_dataplane(
         );
     }
     let (origin, mut ios) = match (handed, &existing) {
-        (Some(ios), _) => (Origin::HandedOver, ios),
+        (Some(ios), _) => (Origin::HandedOver, adapt_v6(ios, netconf, underlay)?),
         (None, Some(l)) => {
             let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
             if others > 0 {

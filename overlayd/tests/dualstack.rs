@@ -219,6 +219,9 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
             "ping6 pod 1 -> {o}"
         );
     }
+    // tcpdump hands packets over in blocks (TPACKET_V3, up to 1 s): let the last one close
+    // before it is stopped, or the pings are lost from the file.
+    std::thread::sleep(Duration::from_millis(1500));
     cap.stop();
     let text = cap.text("ip6 and udp port 8472");
     for o in [2, 3] {
@@ -227,12 +230,24 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
             let want_outer = text
                 .lines()
                 .any(|l| l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472")));
-            assert!(want_outer, "no outer IPv6 {src} -> {dst}:8472:\n{text}");
-            let inner = format!("{} > {}: ICMP6, echo", pod_ip6(src, 1), pod_ip6(dst, 1));
-            assert!(text.contains(&inner), "no inner {inner}:\n{text}");
+            assert!(
+                want_outer,
+                "no outer IPv6 {src} -> {dst}:8472:\n{text}\nall:\n{}",
+                cap.text("")
+            );
+            let inner = format!("{} > {}: ", pod_ip6(src, 1), pod_ip6(dst, 1));
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(&inner) && l.contains("ICMP6, echo")),
+                "no inner {inner}ICMP6 echo:\n{text}"
+            );
         }
     }
-    assert!(text.contains("VXLAN, flags [I] (0x08), vni 1"), "{text}");
+    // tcpdump names UDP 8472 OTV (the same header layout as VXLAN): flags I, instance = VNI.
+    assert!(
+        text.contains("flags [I] (0x08), overlay 0, instance 1"),
+        "{text}"
+    );
     // Inner IPv6 never rides outer IPv4.
     assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
 

@@ -150,6 +150,21 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
         );
     }
 
+    // Restart: the next overlayd adopts the device with its IPv6 address, routes and
+    // neighbours as they are (nothing to fix), and IPv6 keeps working.
+    let mut lab = lab;
+    assert!(lab.stop(1));
+    lab.start(1);
+    let log = lab.log(1);
+    assert!(log.contains("adopted the device"), "{log}");
+    assert!(!log.contains("differed from the desired state"), "{log}");
+    assert!(!log.contains("device got its IPv6 address"), "{log}");
+    assert!(
+        ip(&lab, 1, &["-6", "addr", "show", "dev", DEV]).contains("inet6 fd00:10:244:1::/128"),
+        "{}",
+        ip(&lab, 1, &["-6", "addr", "show", "dev", DEV])
+    );
+
     // Self-healing: an IPv6 route and neighbour removed behind overlayd's back come back.
     ip(
         &lab,
@@ -250,6 +265,32 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
     );
     // Inner IPv6 never rides outer IPv4.
     assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
+
+    // Path MTU: pods have Flannel's MTU 1450, but inner IPv6 over an IPv6 underlay fits in
+    // 1430. A 1450-byte IPv6 packet gets ICMPv6 Packet Too Big 1430 from the node (the peer
+    // route's locked MTU); 1430 bytes pass, to an overlayd node and to the kernel node.
+    for o in [2, 3] {
+        let big = lab.exec(
+            &lab.pod(1, 1),
+            &["ping", "-6", "-c", "1", "-W", "1", "-M", "do", "-s", "1402", &pod_ip6(o, 1)],
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&big.stdout),
+            String::from_utf8_lossy(&big.stderr)
+        );
+        assert!(!big.status.success(), "1450-byte IPv6 ping to node {o} passed: {said}");
+        assert!(said.contains("mtu=1430") || said.contains("mtu = 1430"), "{said}");
+        let fits = lab.exec(
+            &lab.pod(1, 1),
+            &["ping", "-6", "-c", "1", "-W", "1", "-M", "do", "-s", "1382", &pod_ip6(o, 1)],
+        );
+        assert!(
+            fits.status.success(),
+            "1430-byte IPv6 ping to node {o}: {}",
+            String::from_utf8_lossy(&fits.stdout)
+        );
+    }
 
     // iperf3, 2 s per family and ordered pair of nodes.
     for i in 1..=3 {
@@ -468,5 +509,47 @@ fn dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address() {
             "node {i} keeps re-programming:\n{}",
             lab.log(i)
         );
+    }
+}
+
+/// EnableIPv6 on a node without an IPv6 underlay stops overlayd at startup with a message
+/// that names what is missing and what to do, before subnet.env is written: without `--iface`
+/// the IPv6 default route is missing, with it the interface's IPv6 address.
+#[test]
+fn enable_ipv6_without_an_ipv6_underlay_stops_with_the_reason() {
+    // An IPv4-only lab (no DUALSTACK) with a dual-stack net-conf and NodeList.
+    let Some(mut lab) = Lab::new(
+        "enable_ipv6_without_an_ipv6_underlay_stops_with_the_reason",
+        1,
+        0,
+    ) else {
+        return;
+    };
+    std::fs::write(
+        lab.dir.join("net-conf.json"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    lab.write_nodes_file(
+        "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: node1}\n  spec: {podCIDRs: [10.244.1.0/24, \"fd00:10:244:1::/64\"]}\n  status: {addresses: [{type: InternalIP, address: 198.18.0.1}]}\n",
+    );
+    let nodes = lab.nodes_file();
+    for (extra, want) in [
+        (
+            &[][..],
+            "no IPv6 default route to pick the underlay interface from (EnableIPv6 is true): pass --iface or --public-ipv6",
+        ),
+        (
+            &["--iface", "eth0"][..],
+            "no interface matches the --iface/--iface-regex/--iface-can-reach given (--iface eth0: eth0 has no global IPv6 address (EnableIPv6 is true))",
+        ),
+    ] {
+        lab.spawn(1, &[std::ffi::OsStr::new("--nodes-file"), nodes.as_os_str()], extra);
+        let exited = wait_until(Duration::from_secs(10), || !lab.is_running(1));
+        let log = lab.log(1);
+        assert!(exited, "overlayd kept running: {log}");
+        assert!(log.contains(want), "{extra:?}: {log}");
+        assert!(!lab.subnet_file(1).exists(), "subnet.env written: {log}");
+        lab.stop(1);
     }
 }

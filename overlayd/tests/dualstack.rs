@@ -181,6 +181,25 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
             && ip(&lab, 1, &["-6", "neigh", "show", "dev", DEV]).contains("fd00:10:244:2:: lladdr")
     });
     assert!(healed, "IPv6 route/neighbour not restored:\n{}", lab.log(1));
+
+    // The device deleted: rebuilt with its IPv6 address, routes and neighbours, and the
+    // kernel node's IPv6 pod is reachable again.
+    ip(&lab, 1, &["link", "del", DEV]);
+    let rebuilt = wait_until(Duration::from_secs(10), || {
+        lab.log(1).contains("dataplane rebuilt")
+            && ip(&lab, 1, &["-6", "route", "show", "proto", "77"]).contains("fd00:10:244:3::/64")
+            && String::from_utf8_lossy(
+                &lab.exec(&lab.node(1), &["ip", "-6", "addr", "show", "dev", DEV])
+                    .stdout,
+            )
+            .contains("inet6 fd00:10:244:1::/128")
+    });
+    assert!(rebuilt, "device not rebuilt with IPv6:\n{}", lab.log(1));
+    assert!(
+        lab.ping_within(&lab.pod(1, 1), &pod_ip6(3, 1), Duration::from_secs(5)),
+        "IPv6 after the rebuild:\n{}",
+        lab.log(1)
+    );
 }
 
 /// Traffic: IPv4 and IPv6 ping between every pair of pods both ways, a 2 s iperf3 of each
@@ -272,18 +291,48 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
     for o in [2, 3] {
         let big = lab.exec(
             &lab.pod(1, 1),
-            &["ping", "-6", "-c", "1", "-W", "1", "-M", "do", "-s", "1402", &pod_ip6(o, 1)],
+            &[
+                "ping",
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                "1402",
+                &pod_ip6(o, 1),
+            ],
         );
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&big.stdout),
             String::from_utf8_lossy(&big.stderr)
         );
-        assert!(!big.status.success(), "1450-byte IPv6 ping to node {o} passed: {said}");
-        assert!(said.contains("mtu=1430") || said.contains("mtu = 1430"), "{said}");
+        assert!(
+            !big.status.success(),
+            "1450-byte IPv6 ping to node {o} passed: {said}"
+        );
+        assert!(
+            said.contains("mtu=1430") || said.contains("mtu = 1430"),
+            "{said}"
+        );
         let fits = lab.exec(
             &lab.pod(1, 1),
-            &["ping", "-6", "-c", "1", "-W", "1", "-M", "do", "-s", "1382", &pod_ip6(o, 1)],
+            &[
+                "ping",
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                "1382",
+                &pod_ip6(o, 1),
+            ],
         );
         assert!(
             fits.status.success(),

@@ -602,3 +602,40 @@ fn enable_ipv6_without_an_ipv6_underlay_stops_with_the_reason() {
         lab.stop(1);
     }
 }
+
+/// `--ip-blackhole-route` with EnableIPv6 keeps a blackhole route for each podCIDR (Flannel's
+/// AddBlackholeV4Route and AddBlackholeV6Route) and puts it back when removed. A node without
+/// pods: Flannel's option is for nodes whose pods do not sit behind a bridge with a connected
+/// route for the podCIDR (the IPv4 blackhole would shadow a bridge route added after it).
+#[test]
+fn dual_stack_blackhole_routes_for_both_pod_cidrs() {
+    let Some(mut lab) = Lab::new_with_env(
+        "dual_stack_blackhole_routes_for_both_pod_cidrs",
+        1,
+        0,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
+    lab.start_with(1, &["--ip-blackhole-route", "--iptables-resync", "1"]);
+    let present = |lab: &Lab| {
+        ip(lab, 1, &["route", "show", "type", "blackhole"]).contains("10.244.1.0/24")
+            && ip(lab, 1, &["-6", "route", "show", "type", "blackhole"])
+                .contains("fd00:10:244:1::/64")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || present(&lab)),
+        "{}",
+        lab.log(1)
+    );
+    ip(
+        &lab,
+        1,
+        &["-6", "route", "del", "blackhole", "fd00:10:244:1::/64"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || present(&lab)),
+        "IPv6 blackhole not restored:\n{}",
+        lab.log(1)
+    );
+}

@@ -557,10 +557,26 @@ fn ipv6_underlay_carries_both_families_and_filters_ipv6_senders() {
     let route = sh_ok(&["ip", "-n", &pair.ns[0], "-6", "route", "get", &pod6(2)]);
     assert!(route.contains("mtu 1430"), "learnt path MTU: {route}");
     assert!(pair.ping(0, &pod6(2), &pod6(1), &["-s", "1402"]));
+    // TCP from a cold start (the learnt MTUs forgotten): its first full-size TSO frames do not
+    // fit, the worker answers them, and the stream goes on at the smaller MSS.
+    // Both nodes: node 2 learnt 1430 toward node 1 from the ping replies, and would advertise
+    // an MSS that fits from the start.
+    for ns in &pair.ns {
+        ip(ns, "-6 route flush cache");
+    }
+    let before = pair.totals(0);
     let (_, bytes) = pair.iperf(true, "1");
     assert!(
         bytes > 1e6,
         "TCP over IPv6 after PMTU discovery: {bytes} bytes"
+    );
+    assert!(
+        pair.totals(0).event_count(PathEvent::Icmpv6PacketTooBig)
+            > before.event_count(PathEvent::Icmpv6PacketTooBig),
+        "the TCP stream met the path MTU: route after flush {}, too_big drops {} -> {}",
+        sh_ok(&["ip", "-n", &pair.ns[0], "-6", "route", "get", &pod6(2)]),
+        before.drop_count(DropReason::TxTooBig),
+        pair.totals(0).drop_count(DropReason::TxTooBig)
     );
     for r in [DropReason::TxUnreachable, DropReason::TxSendError] {
         assert_eq!(pair.totals(0).drop_count(r), 0, "{r:?}");

@@ -384,9 +384,13 @@ fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> R
 /// IPv6 sockets it did not hand over (it had no IPv6 underlay, or is an older overlayd), binds
 /// a new IPv6 send pool when its address differs, and closes the IPv6 sockets when this one
 /// has no IPv6 underlay.
-fn adapt_v6(mut ios: Vec<QueueIo>, netconf: &NetConf, underlay: &Underlay) -> Result<Vec<QueueIo>> {
+pub(crate) fn adapt_v6(
+    mut ios: Vec<QueueIo>,
+    port: u16,
+    ip6: Option<std::net::Ipv6Addr>,
+) -> Result<Vec<QueueIo>> {
     for (id, io) in ios.iter_mut().enumerate() {
-        match underlay.ip6 {
+        match ip6 {
             None => {
                 io.rx6 = None;
                 io.tx_pool6.clear();
@@ -395,7 +399,7 @@ fn adapt_v6(mut ios: Vec<QueueIo>, netconf: &NetConf, underlay: &Underlay) -> Re
                 let bound = io.tx_pool6.first().and_then(|s| s.local_addr().ok());
                 if io.rx6.is_none() || bound.map(|a| a.ip()) != Some(ip6.into()) {
                     info!(queue = id, ip6 = %ip6, "opening IPv6 underlay sockets the previous overlayd did not hand over");
-                    open_v6(io, id, ip6, netconf.port)?;
+                    open_v6(io, id, ip6, port)?;
                 }
             }
         }
@@ -435,7 +439,10 @@ async fn start_dataplane(
         );
     }
     let (origin, mut ios) = match (handed, &existing) {
-        (Some(ios), _) => (Origin::HandedOver, adapt_v6(ios, netconf, underlay)?),
+        (Some(ios), _) => (
+            Origin::HandedOver,
+            adapt_v6(ios, netconf.port, underlay.ip6)?,
+        ),
         (None, Some(l)) => {
             let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
             if others > 0 {

@@ -617,7 +617,24 @@ fn dual_stack_blackhole_routes_for_both_pod_cidrs() {
     ) else {
         return;
     };
+    // With IPv6 forwarding off the node could not route IPv6 pods: overlayd says so.
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node(1),
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=0",
+    ]);
     lab.start_with(1, &["--ip-blackhole-route", "--iptables-resync", "1"]);
+    assert!(
+        lab.log(1)
+            .contains("net.ipv6.conf.all.forwarding is 0 with EnableIPv6"),
+        "{}",
+        lab.log(1)
+    );
+    assert!(!lab.log(1).contains("ip_forward is 0"), "{}", lab.log(1));
     let present = |lab: &Lab| {
         ip(lab, 1, &["route", "show", "type", "blackhole"]).contains("10.244.1.0/24")
             && ip(lab, 1, &["-6", "route", "show", "type", "blackhole"])

@@ -1341,6 +1341,17 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_route_mtu_is_the_underlay_minus_70_capped_by_the_device() {
+        // Flannel's device MTU (1500 - 50) is 20 bytes too big for inner IPv6 over IPv6.
+        assert_eq!(ipv6_route_mtu(1450, 1500), 1430);
+        // Backend.MTU below that is kept.
+        assert_eq!(ipv6_route_mtu(1400, 1500), 1400);
+        assert_eq!(ipv6_route_mtu(8950, 9000), 8930);
+        // A tiny underlay gives a value the startup check refuses (< 1280), never a wrap.
+        assert_eq!(ipv6_route_mtu(1300, 60), 0);
+    }
+
+    #[test]
     fn default_handover_socket_names_the_network_namespace() {
         let p = default_handover_socket();
         let s = p.to_str().unwrap();

@@ -617,7 +617,24 @@ fn dual_stack_blackhole_routes_for_both_pod_cidrs() {
     ) else {
         return;
     };
+    // With IPv6 forwarding off the node could not route IPv6 pods: overlayd says so.
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node(1),
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=0",
+    ]);
     lab.start_with(1, &["--ip-blackhole-route", "--iptables-resync", "1"]);
+    assert!(
+        lab.log(1)
+            .contains("net.ipv6.conf.all.forwarding is 0 with EnableIPv6"),
+        "{}",
+        lab.log(1)
+    );
+    assert!(!lab.log(1).contains("ip_forward is 0"), "{}", lab.log(1));
     let present = |lab: &Lab| {
         ip(lab, 1, &["route", "show", "type", "blackhole"]).contains("10.244.1.0/24")
             && ip(lab, 1, &["-6", "route", "show", "type", "blackhole"])
@@ -638,4 +655,48 @@ fn dual_stack_blackhole_routes_for_both_pod_cidrs() {
         "IPv6 blackhole not restored:\n{}",
         lab.log(1)
     );
+}
+
+/// Peer validation with EnableIPv6: a node whose IPv6 VTEP is one of this node's own
+/// addresses (one only the kernel knows: not in any Node object) is skipped with its reason
+/// and never reaches the kernel; the good peer's IPv6 side is programmed.
+#[test]
+fn dual_stack_peer_with_this_nodes_ipv6_address_as_vtep_is_skipped() {
+    let Some(mut lab) = Lab::new_with_env(
+        "dual_stack_peer_with_this_nodes_ipv6_address_as_vtep_is_skipped",
+        2,
+        0,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
+    sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "-6",
+        "addr",
+        "add",
+        "fd00:77::1/128",
+        "dev",
+        "lo",
+    ]);
+    let mut nodes = common::read(&lab.nodes_file());
+    nodes.push_str(
+        "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: evil\n    annotations:\n      flannel.alpha.coreos.com/public-ipv6: fd00:77::1\n  spec:\n    podCIDRs: [10.244.9.0/24, \"fd00:10:244:9::/64\"]\n  status:\n    addresses:\n    - {type: InternalIP, address: 198.18.0.9}\n",
+    );
+    lab.write_nodes_file(&nodes);
+    lab.start(1);
+    let st = lab.status_json(1);
+    let skipped = st["skipped"].as_array().unwrap();
+    assert!(
+        skipped.iter().any(|s| s["node"] == "evil"
+            && s["reason"] == "vtep_own_address"
+            && s["message"].as_str().unwrap().contains("fd00:77::1")),
+        "{st}"
+    );
+    let routes = ip(&lab, 1, &["-6", "route", "show", "proto", "77"]);
+    assert!(!routes.contains("fd00:10:244:9::"), "{routes}");
+    assert!(routes.contains("fd00:10:244:2::/64"), "{routes}");
+    assert!(!lab.routes(1).contains("10.244.9.0"), "{}", lab.routes(1));
 }

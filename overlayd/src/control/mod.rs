@@ -613,6 +613,18 @@ fn subnet_env(
     SubnetEnv::for_node(Some(v4), v6, mtu, opts.ip_masq).context("subnet.env without a subnet")
 }
 
+/// Pods reach other nodes only when the kernel forwards; like flanneld, overlayd leaves that
+/// to the node's setup (kubelet, sysctl.d), but says so when it is off, per family in use.
+fn warn_if_not_forwarding(ipv6: bool) {
+    let off = |path: &str| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0");
+    if off("/proc/sys/net/ipv4/ip_forward") {
+        warn!("net.ipv4.ip_forward is 0: this node does not forward IPv4 pod traffic; set it to 1 (sysctl -w net.ipv4.ip_forward=1)");
+    }
+    if ipv6 && off("/proc/sys/net/ipv6/conf/all/forwarding") {
+        warn!("net.ipv6.conf.all.forwarding is 0 with EnableIPv6: this node does not forward IPv6 pod traffic; set it to 1 (sysctl -w net.ipv6.conf.all.forwarding=1)");
+    }
+}
+
 /// This node's IPv6 podCIDR in `state` when IPv6 is on.
 fn own_v6_of(state: &ClusterState, netconf: &NetConf) -> Option<ipnetwork::Ipv6Network> {
     state
@@ -751,6 +763,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             underlay.mtu
         );
     }
+    warn_if_not_forwarding(own_v6.is_some());
     let route_mtu_v6 = ipv6_route_mtu(mtu, underlay.mtu);
     if underlay.ip6.is_some() && route_mtu_v6 < 1280 {
         bail!(
@@ -1332,6 +1345,17 @@ mod tests {
             let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
             assert!(why.contains("multi_queue"), "{why}");
         }
+    }
+
+    #[test]
+    fn ipv6_route_mtu_is_the_underlay_minus_70_capped_by_the_device() {
+        // Flannel's device MTU (1500 - 50) is 20 bytes too big for inner IPv6 over IPv6.
+        assert_eq!(ipv6_route_mtu(1450, 1500), 1430);
+        // Backend.MTU below that is kept.
+        assert_eq!(ipv6_route_mtu(1400, 1500), 1400);
+        assert_eq!(ipv6_route_mtu(8950, 9000), 8930);
+        // A tiny underlay gives a value the startup check refuses (< 1280), never a wrap.
+        assert_eq!(ipv6_route_mtu(1300, 60), 0);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The VXLAN UDP sockets: one receive socket per worker bound to the VXLAN port with
 //! SO_REUSEPORT, plus a small pool of send sockets whose source ports (49152..65535) carry the
 //! inner flow hash, as kernel vxlan does, so ECMP and RSS spread flows. The same for an IPv6
-//! underlay (`bind_vxlan_v6`, `send_gathered_to`, `recv_gro_any`): IPv6-only sockets, so each
-//! underlay family has its own.
+//! underlay (`bind_vxlan_v6`, `bind_source_pool` on an IPv6 address): IPv6-only sockets, so
+//! each underlay family has its own; the send and receive calls take and report either family.
+//! The outer IPv6 flow label is the kernel's automatic one (see `base_socket_v6`).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};

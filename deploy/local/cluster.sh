@@ -103,41 +103,27 @@ up() {
     ip -n "$n" addr add "$(node_ip "$i")/24" dev eth0
     # A default route makes the underlay discoverable without --iface, as on a real host.
     ip -n "$n" route add default via "$gw" dev eth0 onlink
+    # The NodeList entry; dual stack adds the IPv6 podCIDR and InternalIP.
+    local cidrs="" addrs=""
     if [ -n "$DUALSTACK" ]; then
       ip netns exec "$n" sysctl -qw net.ipv6.conf.all.forwarding=1
       ip -n "$n" addr add "fd00:18::$i/64" dev eth0 nodad
       ip -n "$n" -6 route add default via fd00:18::fe dev eth0
-      cat >> "$DIR/nodes.yaml" <<YAML
-- apiVersion: v1
-  kind: Node
-  metadata:
-    name: node$i
-  spec:
-    podCIDR: 10.244.$i.0/24
-    podCIDRs:
-    - 10.244.$i.0/24
-    - fd00:10:244:$i::/64
-  status:
-    addresses:
-    - type: InternalIP
-      address: $(node_ip "$i")
-    - type: InternalIP
-      address: fd00:18::$i
-YAML
-    else
-      cat >> "$DIR/nodes.yaml" <<YAML
-- apiVersion: v1
-  kind: Node
-  metadata:
-    name: node$i
-  spec:
-    podCIDR: 10.244.$i.0/24
-  status:
-    addresses:
-    - type: InternalIP
-      address: $(node_ip "$i")
-YAML
+      cidrs=$(printf '\n    podCIDRs:\n    - 10.244.%s.0/24\n    - fd00:10:244:%s::/64' "$i" "$i")
+      addrs=$(printf '\n    - type: InternalIP\n      address: fd00:18::%s' "$i")
     fi
+    cat >> "$DIR/nodes.yaml" <<YAML
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node$i
+  spec:
+    podCIDR: 10.244.$i.0/24$cidrs
+  status:
+    addresses:
+    - type: InternalIP
+      address: $(node_ip "$i")$addrs
+YAML
     for j in $(seq 1 "$PODS"); do pod "$P" "$i" "$j"; done
   done
   if [ -n "$DUALSTACK" ]; then

@@ -127,6 +127,19 @@ pub fn derive_vtep_mac(pod_cidr: Ipv4Network) -> MacAddr {
     MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
 }
 
+/// The VtepMAC derived from an IPv6 podCIDR (IPv6-only nodes): `0a:58:` + the low 32 bits
+/// of the subnet's index (its network address shifted right by the host bits), which differ
+/// between any two subnets of one length in a network of up to 2^32 of them.
+#[must_use]
+pub fn derive_vtep_mac_v6(pod_cidr: Ipv6Network) -> MacAddr {
+    let index = u128::from(pod_cidr.network())
+        .checked_shr(128 - u32::from(pod_cidr.prefix()))
+        .unwrap_or(0);
+    #[allow(clippy::cast_possible_truncation)]
+    let o = (index as u32).to_be_bytes();
+    MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+}
+
 /// A Node with only the fields overlayd reads, as a hand-written NodeList holds them: name,
 /// `spec.podCIDR` (if any), one InternalIP and the given annotations. For tools, tests and
 /// benchmarks that make Node objects.

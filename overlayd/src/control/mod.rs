@@ -542,6 +542,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 reg,
                 alloc,
                 underlay.ip,
+                // This node's IPv6 underlay address once the daemon has one (EnableIPv6 is
+                // refused above until then).
+                None,
                 netconf.vni,
                 fdb_sync::etcd::Timing {
                     ttl: *lease_ttl,
@@ -550,7 +553,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 &opts.subnet_file,
                 health.clone(),
                 tx,
-            );
+            )?;
             rx
         }
         _ => spawn_source(&source, &opts.node_name, announce_rx).await?,

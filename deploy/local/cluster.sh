@@ -25,6 +25,13 @@
 # 10.244.i.(j+1) in namespace PREFIXp<i>-<j>, wired by the overlayd-cni plugin
 # (cni-shim/scripts/wire-pod.sh; set OVERLAYD_CNI to pick the binary).
 #
+# Dual stack (env DUALSTACK=1, for `up` and `kernel-node`): the underlay gets IPv6 too (node i
+# fd00:18::i/64, the switch fd00:18::fe as IPv6 default gateway), node i's podCIDRs are
+# 10.244.i.0/24 and fd00:10:244:i::/64 (IPv6Network fd00:10:244::/56, EnableIPv6 in
+# net-conf.json), the NodeList lists the IPv6 InternalIP, and a kernel node gets Flannel's
+# flannel-v6.VNI (its own VtepMAC 02:00:00:00:06:0i, annotated in backend-v6-data/public-ipv6).
+# Pod j of node i then also has fd00:10:244:i::(j+1). Not combined with REMOTE_NODES.
+#
 # Remote nodes (env REMOTE_NODES="3 4", for `up`): those nodes sit on another subnet,
 # 198.19.0.i/24, behind a router namespace PREFIXr. The switch namespace then routes too: it
 # reaches 198.19.0.0/24 over a link to the router (198.18.255.1/30 - .2/30) whose MTU is RMTU
@@ -38,6 +45,7 @@ UMTU=${UMTU:-1500}
 MTU=$((UMTU - 50))
 RMTU=${RMTU:-$UMTU}
 REMOTE_NODES=${REMOTE_NODES:-}
+DUALSTACK=${DUALSTACK:-}
 
 is_remote() { case " $REMOTE_NODES " in *" $1 "*) return 0 ;; esac; return 1; }
 node_ip() { if is_remote "$1"; then echo "198.19.0.$1"; else echo "198.18.0.$1"; fi; }
@@ -74,6 +82,7 @@ up() {
   ip -n "$sw" link set br0 up
   # The nodes' default gateway; tests bind a fake Kubernetes API server here.
   ip -n "$sw" addr add 198.18.0.254/24 dev br0
+  if [ -n "$DUALSTACK" ]; then ip -n "$sw" addr add fd00:18::fe/64 dev br0 nodad; fi
   if [ -n "$REMOTE_NODES" ]; then router "$P"; fi
   {
     echo "apiVersion: v1"
@@ -94,7 +103,29 @@ up() {
     ip -n "$n" addr add "$(node_ip "$i")/24" dev eth0
     # A default route makes the underlay discoverable without --iface, as on a real host.
     ip -n "$n" route add default via "$gw" dev eth0 onlink
-    cat >> "$DIR/nodes.yaml" <<YAML
+    if [ -n "$DUALSTACK" ]; then
+      ip netns exec "$n" sysctl -qw net.ipv6.conf.all.forwarding=1
+      ip -n "$n" addr add "fd00:18::$i/64" dev eth0 nodad
+      ip -n "$n" -6 route add default via fd00:18::fe dev eth0
+      cat >> "$DIR/nodes.yaml" <<YAML
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node$i
+  spec:
+    podCIDR: 10.244.$i.0/24
+    podCIDRs:
+    - 10.244.$i.0/24
+    - fd00:10:244:$i::/64
+  status:
+    addresses:
+    - type: InternalIP
+      address: $(node_ip "$i")
+    - type: InternalIP
+      address: fd00:18::$i
+YAML
+    else
+      cat >> "$DIR/nodes.yaml" <<YAML
 - apiVersion: v1
   kind: Node
   metadata:
@@ -106,9 +137,14 @@ up() {
     - type: InternalIP
       address: $(node_ip "$i")
 YAML
+    fi
     for j in $(seq 1 "$PODS"); do pod "$P" "$i" "$j"; done
   done
-  echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
+  if [ -n "$DUALSTACK" ]; then
+    echo '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
+  else
+    echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
+  fi
 }
 
 # Creates pod j of node i: an empty network namespace, wired later by `wire`.
@@ -157,19 +193,41 @@ kernel_node() {
     ip -n "$n" route add "10.244.$o.0/24" via "10.244.$o.0" dev "$dev" onlink
     bridge -n "$n" fdb append "$mac" dev "$dev" dst "198.18.0.$o" self permanent
   done
+  [ -n "$DUALSTACK" ] || return 0
+  # flannel-v6.VNI as flanneld programs it (pkg/backend/vxlan: flanneld asks for the same MTU
+  # as flannel.VNI, underlay - 50, and the kernel clamps an IPv6 VTEP's device to
+  # underlay - 70; the IPv6 subnet's network address /128; per peer route, permanent
+  # neighbour and FDB entry to its IPv6 VtepMAC). A peer's IPv6 MAC is 02:00:00:00:06:0<o>
+  # for another kernel node, else overlayd's one device MAC (the derived one).
+  printf 'FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:%s::1/64\n' "$i" >> "$DIR/subnet$i.env"
+  local dev6="flannel-v6.$VNI"
+  ip -n "$n" link add "$dev6" type vxlan id "$VNI" dstport "$PORT" local "fd00:18::$i" dev eth0 nolearning
+  ip -n "$n" link set "$dev6" address "02:00:00:00:06:0$i" mtu $((UMTU - 70)) up
+  ip -n "$n" addr add "fd00:10:244:$i::/128" dev "$dev6" nodad
+  for o in $(seq 1 "$N"); do
+    [ "$o" = "$i" ] && continue
+    local mac; mac=$(printf '0a:58:0a:f4:%02x:00' "$o")
+    case " ${KERNEL_NODES:-} " in *" $o "*) mac="02:00:00:00:06:0$o" ;; esac
+    ip -n "$n" -6 neigh add "fd00:10:244:$o::" lladdr "$mac" dev "$dev6" nud permanent
+    ip -n "$n" -6 route add "fd00:10:244:$o::/64" via "fd00:10:244:$o::" dev "$dev6" onlink
+    bridge -n "$n" fdb append "$mac" dev "$dev6" dst "fd00:18::$o" self permanent
+  done
 }
 
 # Adds the kernel node's annotations to the NodeList, as a Flannel node publishes them.
 annotate_kernel_node() {
   local DIR=$1 i=$2 VNI=${3:-1}
   python3 - "$DIR/nodes.yaml" "$i" "$VNI" <<'PY'
-import sys
+import os, sys
 path, i, vni = sys.argv[1], sys.argv[2], sys.argv[3]
 text = open(path).read()
 ann = (f"    name: node{i}\n    annotations:\n"
        f"      flannel.alpha.coreos.com/backend-type: vxlan\n"
        f"      flannel.alpha.coreos.com/backend-data: '{{\"VNI\":{vni},\"VtepMAC\":\"02:00:00:00:00:0{i}\"}}'\n"
        f"      flannel.alpha.coreos.com/public-ip: 198.18.0.{i}\n")
+if os.environ.get("DUALSTACK"):
+    ann += (f"      flannel.alpha.coreos.com/backend-v6-data: '{{\"VNI\":{vni},\"VtepMAC\":\"02:00:00:00:06:0{i}\"}}'\n"
+            f"      flannel.alpha.coreos.com/public-ipv6: fd00:18::{i}\n")
 text = text.replace(f"    name: node{i}\n", ann, 1)
 open(path, "w").write(text)
 PY

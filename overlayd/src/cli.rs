@@ -75,7 +75,7 @@ pub const FLAGS: &[Flag] = &[
     f("iface-can-reach", Kind::Str, true, "", "use the interface `ip route get <ip>` would use"),
     f("subnet-file", Kind::Str, true, "/run/flannel/subnet.env", "where FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU... are written"),
     f("public-ip", Kind::Str, true, "", "IPv4 address other nodes reach this one at (default: the interface's first)"),
-    f("public-ipv6", Kind::Str, true, "", "IPv6 address for other nodes (accepted; unused until dual-stack)"),
+    f("public-ipv6", Kind::Str, true, "", "IPv6 address for other nodes (with EnableIPv6)"),
     f("subnet-lease-renew-margin", Kind::Int, true, "60", "etcd mode: renew the 24 h subnet lease this many minutes before it expires, 1..1439"),
     f("ip-masq", Kind::Bool, true, "false", "masquerade traffic from the pod network to outside it"),
     f("ip-masq-fully-random-disable", Kind::Bool, true, "false", "masquerade without --random-fully"),
@@ -661,7 +661,7 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
             Ok(IpAddr::V6(_)) => Err(bad(
                 "iface-can-reach",
                 &s,
-                "an IPv6 underlay is not supported until dual-stack; give an IPv4 address",
+                "give an IPv4 address: the interface found for it carries the IPv6 underlay too (or select it with --iface)",
             )),
             Err(e) => Err(bad(
                 "iface-can-reach",
@@ -682,11 +682,6 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
                 .map_err(|e| bad("public-ipv6", &s, format!("not an IPv6 address: {e}")))
         })
         .transpose()?;
-    if let Some(v6) = public_ipv6 {
-        warnings.push(format!(
-            "--public-ipv6 {v6} is accepted but unused: overlayd has no IPv6 dataplane until dual-stack lands"
-        ));
-    }
 
     let margin = given.int("subnet-lease-renew-margin").unwrap_or(60);
     // main.go: `>= 24*60 || <= 0` is fatal.

@@ -618,19 +618,17 @@ impl NetConf {
     /// makes Flannel leave the device MTU to the kernel (lower device - 50, the same value)
     /// but write `FLANNEL_MTU=-50`; overlayd uses underlay - 50 for both.
     ///
-    /// With `EnableIPv6` the IPv6 inner packets ride an IPv6 underlay (70 bytes of overhead).
-    /// Flannel still subtracts 50 there (device.go:63 for `flannel-v6.1` too) and the kernel
-    /// then fragments the outer IPv6 packets at the source; overlayd never fragments the outer
-    /// packet, so a dual-stack pod MTU is `MTU - 70`: one MTU for both families, because a pod
-    /// has one eth0.
+    /// With `EnableIPv6` the same: flanneld asks for `MTU - 50` on `flannel-v6.1` too
+    /// (device.go:63; the kernel clamps an IPv6 VTEP's device to lower device - 70) and writes
+    /// the same `FLANNEL_MTU`, so pods keep Flannel's MTU. Inner IPv6 rides an IPv6 underlay
+    /// (70 bytes) and overlayd never fragments the outer packet: the control plane gives every
+    /// IPv6 peer route the smaller path MTU instead (`control::ipv6_route_mtu`), so the kernel
+    /// tells pods with ICMPv6 Packet Too Big.
     #[must_use]
     pub fn inner_mtu(&self, underlay_mtu: u32) -> u32 {
-        let overhead = if self.network_v6.is_some() {
-            VXLAN_OVERHEAD_V6
-        } else {
-            VXLAN_OVERHEAD_V4
-        };
-        self.mtu.unwrap_or(underlay_mtu).saturating_sub(overhead)
+        self.mtu
+            .unwrap_or(underlay_mtu)
+            .saturating_sub(VXLAN_OVERHEAD_V4)
     }
 
     /// `SubnetLen`, `SubnetMin` and `SubnetMax` checked and defaulted exactly as Flannel's

@@ -150,13 +150,14 @@ impl Fdb {
     }
 
     /// As `from_peers_keeping`, with the peers whose VTEP address is a key of `direct`
-    /// (DirectRouting) left out of the MAC table.
+    /// (DirectRouting) left out of the MAC table; decided per family (a peer's IPv6 VTEP in
+    /// `direct` leaves only its IPv6 entry out).
     #[must_use]
     pub fn from_peers_direct(
         peers: &[Peer],
         port: u16,
         previous: Option<&Fdb>,
-        direct: &HashMap<Ipv4Addr, u32>,
+        direct: &HashMap<IpAddr, u32>,
     ) -> Self {
         let mut old: HashMap<&str, &Arc<PeerCounters>> = HashMap::new();
         if let Some(prev) = previous {
@@ -197,15 +198,17 @@ impl Fdb {
                 v6: p.v6,
                 counters,
             };
-            if direct.contains_key(&p.vtep_ip) {
+            if let Some(v6) =
+                p.v6.filter(|v| !direct.contains_key(&IpAddr::V6(v.vtep_ip)))
+            {
+                fdb.by_mac_v6.insert(
+                    v6.vtep_mac.0,
+                    (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
+                );
+            }
+            if direct.contains_key(&IpAddr::V4(p.vtep_ip)) {
                 fdb.direct.push((p.vtep_mac, entry));
             } else {
-                if let Some(v6) = p.v6 {
-                    fdb.by_mac_v6.insert(
-                        v6.vtep_mac.0,
-                        (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
-                    );
-                }
                 fdb.by_mac.insert(p.vtep_mac.0, entry);
             }
         }
@@ -216,6 +219,12 @@ impl Fdb {
     #[must_use]
     pub fn lookup(&self, mac: &[u8; 6]) -> Option<&FdbEntry> {
         self.by_mac.get(mac)
+    }
+
+    /// The peer whose IPv6 VtepMAC is `mac`, when it is reached over VXLAN for IPv6.
+    #[must_use]
+    pub fn lookup_v6(&self, mac: &[u8; 6]) -> Option<&FdbEntry> {
+        self.by_mac_v6.get(mac).map(|(e, _)| e)
     }
 
     /// The peer to send a frame for `mac` to, and the outer destination: an inner IPv6 frame
@@ -371,7 +380,7 @@ mod tests {
                 v6: None,
             },
         ];
-        let direct: HashMap<Ipv4Addr, u32> = [("198.18.0.2".parse().unwrap(), 2)].into();
+        let direct: HashMap<IpAddr, u32> = [("198.18.0.2".parse().unwrap(), 2)].into();
         let fdb = Fdb::from_peers_direct(&peers, 8472, None, &direct);
         assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).is_none());
         assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 3, 0]).is_some());
@@ -409,5 +418,34 @@ mod tests {
         assert_eq!(b.tx_packets.load(Ordering::Relaxed), 3);
         let c = second.vtep_counters(Ipv4Addr::new(198, 18, 0, 3)).unwrap();
         assert_eq!(c.tx_packets.load(Ordering::Relaxed), 0);
+    }
+
+    /// DirectRouting per family: a peer whose IPv6 VTEP is direct keeps its IPv4 entry and
+    /// loses its IPv6 one; a peer whose IPv4 VTEP is direct keeps its IPv6 entry.
+    #[test]
+    fn direct_routing_leaves_out_only_the_direct_family() {
+        let mac = |n: u8| MacAddr([0x0a, 0x58, 10, 244, n, 0]);
+        let peer = |n: u8| Peer {
+            name: format!("n{n}"),
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
+            vtep_mac: mac(n),
+            v6: Some(PeerV6 {
+                pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+                vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
+                vtep_mac: mac(n),
+            }),
+        };
+        let direct: HashMap<IpAddr, u32> = [
+            ("fd00:18::2".parse().unwrap(), 2),
+            ("198.18.0.3".parse().unwrap(), 2),
+        ]
+        .into();
+        let fdb = Fdb::from_peers_direct(&[peer(2), peer(3)], 8472, None, &direct);
+        assert!(fdb.lookup(&mac(2).0).is_some() && fdb.lookup_v6(&mac(2).0).is_none());
+        assert!(fdb.lookup(&mac(3).0).is_none() && fdb.lookup_v6(&mac(3).0).is_some());
+        // Inner IPv6 to node 3 still goes to its IPv6 VTEP.
+        let (_, dst) = fdb.route(&mac(3).0, true).unwrap();
+        assert_eq!(dst.to_string(), "[fd00:18::3]:8472");
     }
 }

@@ -199,6 +199,7 @@ fn run(cfg: Config) -> Result<()> {
                 iface_regex: cfg.iface_regex,
                 iface_can_reach: cfg.iface_can_reach,
                 public_ip: cfg.public_ip,
+                public_ipv6: cfg.public_ipv6,
                 net_config_path: cfg.net_config_path,
                 subnet_file: cfg.subnet_file,
                 device: cfg.device,

@@ -59,6 +59,56 @@ impl Collector for OverlaydCollector {
         )?;
         ConstGauge::new(1i64).encode(m.encode_family(&[("version", s.version.as_str())])?)?;
 
+        if let Some(o) = &s.own {
+            let mut m = enc.encode_descriptor(
+                "overlayd_node_info",
+                "This node's overlay addresses (IPv6 labels empty without EnableIPv6); the value is always 1.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let v6 = o.ipv6.as_ref();
+            let (pod6, vtep6, mac6) = (
+                v6.map(|v| v.pod_cidr.to_string()).unwrap_or_default(),
+                v6.map(|v| v.vtep_ip.to_string()).unwrap_or_default(),
+                v6.map(|v| v.vtep_mac.to_string()).unwrap_or_default(),
+            );
+            let (pod, vtep, mac) = (
+                o.pod_cidr.to_string(),
+                o.vtep_ip.to_string(),
+                o.vtep_mac.to_string(),
+            );
+            ConstGauge::new(1i64).encode(m.encode_family(&[
+                ("node", o.node.as_str()),
+                ("pod_cidr", pod.as_str()),
+                ("vtep_ip", vtep.as_str()),
+                ("vtep_mac", mac.as_str()),
+                ("pod_cidr_v6", pod6.as_str()),
+                ("vtep_ip6", vtep6.as_str()),
+                ("vtep_mac_v6", mac6.as_str()),
+            ])?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "overlayd_peer_info",
+            "Each peer's overlay addresses (IPv6 labels empty for an IPv4-only peer); the value is always 1.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &s.peers {
+            let v6 = p.ipv6.as_ref();
+            let (pod, vtep) = (p.pod_cidr.to_string(), p.vtep_ip.to_string());
+            let (pod6, vtep6) = (
+                v6.map(|v| v.pod_cidr.to_string()).unwrap_or_default(),
+                v6.map(|v| v.vtep_ip.to_string()).unwrap_or_default(),
+            );
+            ConstGauge::new(1i64).encode(m.encode_family(&[
+                ("peer", p.node.as_str()),
+                ("pod_cidr", pod.as_str()),
+                ("vtep_ip", vtep.as_str()),
+                ("pod_cidr_v6", pod6.as_str()),
+                ("vtep_ip6", vtep6.as_str()),
+            ])?)?;
+        }
+
         gauge(
             &mut enc,
             "overlayd_ready",
@@ -362,6 +412,48 @@ mod tests {
                 r.as_str()
             );
             assert!(text.contains(&series), "missing {series}");
+        }
+    }
+
+    #[test]
+    fn node_and_peer_info_carry_the_ipv6_side() {
+        let obs = Arc::new(Observed::new(Arc::new(Health::default())));
+        let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
+            &[Peer {
+                name: "node2".into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                v6: Some(crate::fdb::PeerV6 {
+                    pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
+                    vtep_ip: "fd00:18::2".parse().unwrap(),
+                    vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                }),
+            }],
+            8472,
+        )));
+        obs.attach(fdb, vec![Arc::new(WorkerStats::default())]);
+        obs.set_own(crate::observe::OwnNode {
+            node: "node1".into(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            vtep_ip: "198.18.0.1".parse().unwrap(),
+            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 1, 0]),
+            device: "ovl.1".into(),
+            vni: 1,
+            port: 8472,
+            mtu: 1450,
+            ipv6: Some(crate::observe::PeerStatusV6 {
+                pod_cidr: "fd00:10:244:1::/64".parse().unwrap(),
+                vtep_ip: "fd00:18::1".parse().unwrap(),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 1, 0]),
+            }),
+        });
+        let text = encode(&registry(obs));
+        for want in [
+            "overlayd_node_info{node=\"node1\",pod_cidr=\"10.244.1.0/24\",vtep_ip=\"198.18.0.1\",vtep_mac=\"0a:58:0a:f4:01:00\",pod_cidr_v6=\"fd00:10:244:1::/64\",vtep_ip6=\"fd00:18::1\",vtep_mac_v6=\"0a:58:0a:f4:01:00\"} 1\n",
+            "overlayd_peer_info{peer=\"node2\",pod_cidr=\"10.244.2.0/24\",vtep_ip=\"198.18.0.2\",pod_cidr_v6=\"fd00:10:244:2::/64\",vtep_ip6=\"fd00:18::2\"} 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
     }
 }

@@ -2,9 +2,15 @@
 //! installs them (Flannel's `pkg/trafficmngr/{iptables,nftables}`), kept in place by a
 //! checker thread and removable in one call (`remove_all`, for `overlayd cleanup`).
 //!
-//! This module owns the nftables table `ip overlayd-ipv4` and the iptables chains
-//! `OVERLAYD-POSTRTG` (nat) and `OVERLAYD-FWD` (filter) with their jumps from POSTROUTING and
-//! FORWARD. It never touches a rule it did not write, and it never runs on the packet path.
+//! This module owns the nftables tables `ip overlayd-ipv4` and `ip6 overlayd-ipv6` and the
+//! iptables/ip6tables chains `OVERLAYD-POSTRTG` (nat) and `OVERLAYD-FWD` (filter) with their
+//! jumps from POSTROUTING and FORWARD. It never touches a rule it did not write, and it never
+//! runs on the packet path.
+//!
+//! **Families.** With EnableIPv6 the same rules are installed for the IPv6 Network and podCIDR
+//! (Flannel's `masqIP6Rules` and IPv6 forward rules: the same shape, multicast `ff00::/8`,
+//! ip6tables, nftables table `ip6 flannel-ipv6`); every rendering and tool call below takes a
+//! [`Family`], so IPv4 and IPv6 share one code path.
 //!
 //! **Backends, and why.** `EnableNFTables` in net-conf.json picks nftables, as it does in
 //! Flannel (`main.go` `newTrafficManager(config.EnableNFTables)`); otherwise iptables, Flannel's
@@ -45,11 +51,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
-/// The nftables table overlayd owns (Flannel's is `flannel-ipv4`).
+/// The nftables table overlayd owns for IPv4 (Flannel's is `flannel-ipv4`).
 pub const NFT_TABLE: &str = "overlayd-ipv4";
+/// The nftables table overlayd owns for IPv6 (Flannel's is `flannel-ipv6`).
+pub const NFT_TABLE_V6: &str = "overlayd-ipv6";
 /// The iptables nat chain for masquerade (Flannel's is `FLANNEL-POSTRTG`).
 pub const POSTRTG_CHAIN: &str = "OVERLAYD-POSTRTG";
 /// The iptables filter chain for FORWARD accepts (Flannel's is `FLANNEL-FWD`).
@@ -58,7 +66,53 @@ const MASQ_COMMENT: &str = "overlayd masq";
 const FWD_COMMENT: &str = "overlayd forward";
 /// kube-proxy marks packets it will masquerade itself (Flannel's `KubeProxyMark`).
 const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
-const MULTICAST: &str = "224.0.0.0/4";
+
+/// An address family: which tools, table and multicast range its rules use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The nftables family (`ip`, `ip6`).
+    #[must_use]
+    pub fn nft_family(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    /// Our nftables table of this family.
+    #[must_use]
+    pub fn nft_table(self) -> &'static str {
+        match self {
+            Family::V4 => NFT_TABLE,
+            Family::V6 => NFT_TABLE_V6,
+        }
+    }
+
+    /// Multicast, never masqueraded (Flannel: `224.0.0.0/4`, `ff00::/8`).
+    #[must_use]
+    pub fn multicast(self) -> &'static str {
+        match self {
+            Family::V4 => "224.0.0.0/4",
+            Family::V6 => "ff00::/8",
+        }
+    }
+
+    /// The iptables tool name of this family (`iptables`, `ip6tables`).
+    #[must_use]
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+}
 /// Checks are at least this far apart, however many notifications arrive.
 const MIN_CHECK_GAP: Duration = Duration::from_millis(500);
 /// How long a command may take before it counts as failed.
@@ -68,6 +122,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum NetfilterError {
     #[error("neither nft nor iptables-restore/iptables-save is installed: install the nftables or iptables package, or run without --ip-masq and with --iptables-forward-rules=false")]
     NoTool,
+    #[error("EnableIPv6 needs the IPv6 rules too, but ip6tables-restore/ip6tables-save is not installed (iptables mode): install the iptables package's ip6tables, or install nftables (nft) and set EnableNFTables")]
+    NoIp6tables,
     #[error("this host's iptables is iptables-legacy, which needs CAP_NET_RAW, and this overlayd runs without it (the container or systemd unit does not grant it): install nftables (nft) and set EnableNFTables, or switch iptables to iptables-nft (update-alternatives --set iptables /usr/sbin/iptables-nft)")]
     LegacyNeedsNetRaw,
     #[error("cannot run {cmd}: {source}; is it installed and executable?")]
@@ -95,6 +151,30 @@ pub struct Rules {
     pub random_fully: bool,
     /// `--iptables-forward-rules`.
     pub forward: bool,
+    /// The same rules for IPv6 when EnableIPv6 is on.
+    pub v6: Option<RulesV6>,
+}
+
+/// The IPv6 Network and podCIDR of [`Rules`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RulesV6 {
+    /// net-conf `IPv6Network`.
+    pub network: Ipv6Network,
+    /// This node's IPv6 podCIDR.
+    pub pod_cidr: Ipv6Network,
+}
+
+impl Rules {
+    /// The Network and podCIDR of `family`, as text; `None` for IPv6 when it is off.
+    #[must_use]
+    pub fn nets(&self, family: Family) -> Option<(String, String)> {
+        match family {
+            Family::V4 => Some((self.network.to_string(), self.pod_cidr.to_string())),
+            Family::V6 => self
+                .v6
+                .map(|v| (v.network.to_string(), v.pod_cidr.to_string())),
+        }
+    }
 }
 
 /// Which tool holds the rules.
@@ -107,10 +187,14 @@ pub enum Backend {
 
 // ---- rendering (pure) ----
 
-/// Flannel's masquerade rules as iptables rule specs for `OVERLAYD-POSTRTG`.
+/// Flannel's masquerade rules of `family` as iptables rule specs for `OVERLAYD-POSTRTG`
+/// (empty for IPv6 when it is off).
 #[must_use]
-pub fn iptables_masq_rules(r: &Rules, random_fully: bool) -> Vec<String> {
-    let (n, p) = (r.network.to_string(), r.pod_cidr.to_string());
+pub fn iptables_masq_rules(r: &Rules, family: Family, random_fully: bool) -> Vec<String> {
+    let Some((n, p)) = r.nets(family) else {
+        return Vec::new();
+    };
+    let mc = family.multicast();
     let c = format!("-m comment --comment \"{MASQ_COMMENT}\"");
     let masq = if random_fully {
         "-j MASQUERADE --random-fully"
@@ -122,15 +206,17 @@ pub fn iptables_masq_rules(r: &Rules, random_fully: bool) -> Vec<String> {
         format!("-s {p} -d {n} {c} -j RETURN"),
         format!("-s {n} -d {p} {c} -j RETURN"),
         format!("! -s {n} -d {p} {c} -j RETURN"),
-        format!("-s {n} ! -d {MULTICAST} {c} {masq}"),
+        format!("-s {n} ! -d {mc} {c} {masq}"),
         format!("! -s {n} -d {n} {c} {masq}"),
     ]
 }
 
-/// Flannel's FORWARD accept rules as iptables rule specs for `OVERLAYD-FWD`.
+/// Flannel's FORWARD accept rules of `family` as iptables rule specs for `OVERLAYD-FWD`.
 #[must_use]
-pub fn iptables_fwd_rules(r: &Rules) -> Vec<String> {
-    let n = r.network;
+pub fn iptables_fwd_rules(r: &Rules, family: Family) -> Vec<String> {
+    let Some((n, _)) = r.nets(family) else {
+        return Vec::new();
+    };
     let c = format!("-m comment --comment \"{FWD_COMMENT}\"");
     vec![
         format!("-s {n} {c} -j ACCEPT"),
@@ -146,44 +232,55 @@ fn fwd_jump() -> String {
     format!("-m comment --comment \"{FWD_COMMENT}\" -j {FWD_CHAIN}")
 }
 
-/// The `nft -f` script that replaces our table with exactly `r`'s rules (one transaction:
-/// the first line makes the delete succeed when the table does not exist yet).
+/// The `nft -f` script that replaces our tables with exactly `r`'s rules, both families in
+/// one transaction (each table's first line makes its delete succeed when it does not exist
+/// yet; the IPv6 table is deleted and not recreated when IPv6 is off).
 #[must_use]
 pub fn nft_script(r: &Rules, random_fully: bool) -> String {
-    let (n, p) = (r.network, r.pod_cidr);
+    let mut s = String::new();
+    for family in Family::ALL {
+        nft_table_script(&mut s, r, family, random_fully);
+    }
+    s
+}
+
+fn nft_table_script(s: &mut String, r: &Rules, family: Family, random_fully: bool) {
+    let (f, table, mc) = (family.nft_family(), family.nft_table(), family.multicast());
+    let _ = writeln!(s, "table {f} {table} {{}}\ndelete table {f} {table}");
+    let Some((n, p)) = r.nets(family) else {
+        return;
+    };
+    if !r.masquerade && !r.forward {
+        return;
+    }
     let masq = if random_fully {
         "masquerade fully-random"
     } else {
         "masquerade"
     };
-    let mut s = format!("table ip {NFT_TABLE} {{}}\ndelete table ip {NFT_TABLE}\n");
-    if !r.masquerade && !r.forward {
-        return s;
-    }
-    let _ = writeln!(s, "table ip {NFT_TABLE} {{");
+    let _ = writeln!(s, "table {f} {table} {{");
     let _ = writeln!(s, "  comment \"rules for overlayd\"");
     if r.masquerade {
         let _ = writeln!(
             s,
             "  chain postrtg {{\n    comment \"{MASQ_COMMENT}\"\n    type nat hook postrouting priority srcnat; policy accept;\n    \
              meta mark & 0x4000 == 0x4000 return\n    \
-             ip saddr {p} ip daddr {n} return\n    \
-             ip saddr {n} ip daddr {p} return\n    \
-             ip saddr != {n} ip daddr {p} return\n    \
-             ip saddr {n} ip daddr != {MULTICAST} {masq}\n    \
-             ip saddr != {n} ip daddr {n} {masq}\n  }}"
+             {f} saddr {p} {f} daddr {n} return\n    \
+             {f} saddr {n} {f} daddr {p} return\n    \
+             {f} saddr != {n} {f} daddr {p} return\n    \
+             {f} saddr {n} {f} daddr != {mc} {masq}\n    \
+             {f} saddr != {n} {f} daddr {n} {masq}\n  }}"
         );
     }
     if r.forward {
         let _ = writeln!(
             s,
             "  chain forward {{\n    comment \"{FWD_COMMENT}\"\n    type filter hook forward priority filter; policy accept;\n    \
-             ip saddr {n} accept\n    \
-             ip daddr {n} accept\n  }}"
+             {f} saddr {n} accept\n    \
+             {f} daddr {n} accept\n  }}"
         );
     }
     s.push_str("}\n");
-    s
 }
 
 /// The lines of an `iptables-save` table that are ours: our chains' declarations and rules,
@@ -378,10 +475,12 @@ struct Iptables {
 }
 
 impl Iptables {
-    fn find() -> Option<Iptables> {
-        let save = find_tool("iptables-save")?;
-        let restore = find_tool("iptables-restore")?;
-        let version = find_tool("iptables")
+    /// The tools of `family` (`iptables*` or `ip6tables*`).
+    fn find(family: Family) -> Option<Iptables> {
+        let tool = family.iptables();
+        let save = find_tool(&format!("{tool}-save"))?;
+        let restore = find_tool(&format!("{tool}-restore"))?;
+        let version = find_tool(tool)
             .and_then(|i| run(&i, &["--version"], None).ok())
             .unwrap_or_default();
         // "iptables v1.8.9 (nf_tables)"; --random-fully needs 1.6.2 (go-iptables' HasRandomFully).
@@ -441,8 +540,13 @@ impl Iptables {
     }
 }
 
-fn nft_list(nft: &Path) -> Result<Option<String>, NetfilterError> {
-    match run(nft, &["list", "table", "ip", NFT_TABLE], None) {
+/// Our nftables table of `family` as `nft list` prints it; `None` when it does not exist.
+fn nft_list(nft: &Path, family: Family) -> Result<Option<String>, NetfilterError> {
+    match run(
+        nft,
+        &["list", "table", family.nft_family(), family.nft_table()],
+        None,
+    ) {
         Ok(s) => Ok(Some(s)),
         Err(NetfilterError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(None),
         Err(e) => Err(e),
@@ -463,6 +567,8 @@ pub struct Manager {
     backend: Backend,
     nft: Option<PathBuf>,
     iptables: Option<Iptables>,
+    /// ip6tables, looked up only when the rules have an IPv6 part.
+    ip6tables: Option<Iptables>,
     /// What a check reads when nothing changed since we applied (see the module doc).
     applied: Option<String>,
     random_fully: bool,
@@ -473,7 +579,8 @@ impl Manager {
     /// iptables; the other one when the chosen tool is missing.
     pub fn new(rules: Rules, prefer_nftables: bool) -> Result<Manager, NetfilterError> {
         let nft = find_tool("nft");
-        let mut iptables = Iptables::find();
+        let mut iptables = Iptables::find(Family::V4);
+        let mut ip6tables = rules.v6.and_then(|_| Iptables::find(Family::V6));
         // iptables-legacy talks to the kernel through a raw socket; without CAP_NET_RAW (kept by
         // `crate::privs` when the process has it, but a runtime may not grant it) every call
         // fails, so it counts as missing.
@@ -482,6 +589,7 @@ impl Manager {
                 .unwrap_or(true);
         if legacy_unusable {
             iptables = None;
+            ip6tables = None;
         }
         let backend = match (prefer_nftables, nft.is_some(), iptables.is_some()) {
             (true, true, _) | (false, true, false) => Backend::Nftables,
@@ -489,6 +597,9 @@ impl Manager {
             (_, false, false) if legacy_unusable => return Err(NetfilterError::LegacyNeedsNetRaw),
             (_, false, false) => return Err(NetfilterError::NoTool),
         };
+        if backend == Backend::Iptables && rules.v6.is_some() && ip6tables.is_none() {
+            return Err(NetfilterError::NoIp6tables);
+        }
         if legacy_unusable {
             tracing::warn!(
                 "iptables is iptables-legacy, which needs CAP_NET_RAW that this process lacks: using nftables only; \
@@ -505,7 +616,11 @@ impl Manager {
         let random_fully = rules.random_fully
             && match backend {
                 Backend::Nftables => nft.as_deref().is_some_and(nft_random_fully),
-                Backend::Iptables => iptables.as_ref().is_some_and(|i| i.random_fully),
+                Backend::Iptables => {
+                    iptables.as_ref().is_some_and(|i| i.random_fully)
+                        && (rules.v6.is_none()
+                            || ip6tables.as_ref().is_some_and(|i| i.random_fully))
+                }
             };
         if rules.masquerade && rules.random_fully && !random_fully {
             tracing::warn!(
@@ -517,6 +632,7 @@ impl Manager {
             backend,
             nft,
             iptables,
+            ip6tables,
             applied: None,
             random_fully,
         })
@@ -537,9 +653,12 @@ impl Manager {
         }
     }
 
-    /// Whether the FORWARD accept also goes to iptables (nftables mode, see the module doc).
-    fn iptables_forward_in_nft_mode(&self) -> bool {
-        self.backend == Backend::Nftables && self.rules.forward && self.iptables.is_some()
+    /// The iptables tools of `family` this manager uses.
+    fn iptables_of(&self, family: Family) -> Option<&Iptables> {
+        match family {
+            Family::V4 => self.iptables.as_ref(),
+            Family::V6 => self.ip6tables.as_ref(),
+        }
     }
 
     /// What a check compares: the state of everything this manager writes.
@@ -547,13 +666,17 @@ impl Manager {
         let mut s = String::new();
         if let Some(nft) = &self.nft {
             if self.backend == Backend::Nftables {
-                s.push_str(&nft_list(nft)?.unwrap_or_default());
+                for family in Family::ALL {
+                    s.push_str(&nft_list(nft, family)?.unwrap_or_default());
+                }
             }
         }
-        if let Some(ipt) = &self.iptables {
-            for l in ipt.ours()? {
-                s.push_str(&l);
-                s.push('\n');
+        for family in Family::ALL {
+            if let Some(ipt) = self.iptables_of(family) {
+                for l in ipt.ours()? {
+                    s.push_str(&l);
+                    s.push('\n');
+                }
             }
         }
         Ok(s)
@@ -562,8 +685,6 @@ impl Manager {
     /// Installs the rules (replacing ours, touching nothing else) and removes what the other
     /// backend may hold from an earlier run, as Flannel's start-up clean-up does.
     pub fn apply(&mut self) -> Result<(), NetfilterError> {
-        let masq = iptables_masq_rules(&self.rules, self.random_fully);
-        let fwd = iptables_fwd_rules(&self.rules);
         match self.backend {
             Backend::Nftables => {
                 let nft = self.nft.as_deref().ok_or(NetfilterError::NoTool)?;
@@ -572,19 +693,34 @@ impl Manager {
                     &["-f", "-"],
                     Some(&nft_script(&self.rules, self.random_fully)),
                 )?;
-                if let Some(ipt) = &self.iptables {
-                    let fwd = self.iptables_forward_in_nft_mode().then_some(&fwd[..]);
-                    ipt.apply(None, fwd)?;
+                // An nftables accept does not overrule iptables' FORWARD policy DROP: the
+                // FORWARD accept goes there too (module doc), per family.
+                for family in Family::ALL {
+                    if let Some(ipt) = self.iptables_of(family) {
+                        let fwd = iptables_fwd_rules(&self.rules, family);
+                        let want = (self.rules.forward && !fwd.is_empty()).then_some(&fwd[..]);
+                        ipt.apply(None, want)?;
+                    }
                 }
             }
             Backend::Iptables => {
-                let ipt = self.iptables.as_ref().ok_or(NetfilterError::NoTool)?;
-                ipt.apply(
-                    self.rules.masquerade.then_some(&masq[..]),
-                    self.rules.forward.then_some(&fwd[..]),
-                )?;
+                for family in Family::ALL {
+                    let Some(ipt) = self.iptables_of(family) else {
+                        continue;
+                    };
+                    let masq = iptables_masq_rules(&self.rules, family, self.random_fully);
+                    let fwd = iptables_fwd_rules(&self.rules, family);
+                    ipt.apply(
+                        (self.rules.masquerade && !masq.is_empty()).then_some(&masq[..]),
+                        (self.rules.forward && !fwd.is_empty()).then_some(&fwd[..]),
+                    )?;
+                }
                 if let Some(nft) = &self.nft {
-                    if nft_list(nft)?.is_some() {
+                    let mut any = false;
+                    for family in Family::ALL {
+                        any |= nft_list(nft, family)?.is_some();
+                    }
+                    if any {
                         run(
                             nft,
                             &["-f", "-"],
@@ -628,17 +764,32 @@ impl Manager {
 pub fn remove_all() -> Result<Vec<String>, NetfilterError> {
     let mut removed = Vec::new();
     if let Some(nft) = find_tool("nft") {
-        if nft_list(&nft)?.is_some() {
-            run(&nft, &["delete", "table", "ip", NFT_TABLE], None)?;
-            removed.push(format!("nftables table ip {NFT_TABLE}"));
+        for family in Family::ALL {
+            if nft_list(&nft, family)?.is_some() {
+                let (f, table) = (family.nft_family(), family.nft_table());
+                run(&nft, &["delete", "table", f, table], None)?;
+                removed.push(format!("nftables table {f} {table}"));
+            }
         }
     }
-    if let Some(ipt) = Iptables::find() {
-        let before = ipt.ours()?;
+    for family in Family::ALL {
+        let Some(ipt) = Iptables::find(family) else {
+            continue;
+        };
+        let before = match ipt.ours() {
+            Ok(b) => b,
+            // A host without IPv6 netfilter support holds no IPv6 rules of ours.
+            Err(e) if family == Family::V6 => {
+                tracing::debug!(error = %e, "ip6tables unusable here; no IPv6 chains to remove");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if !before.is_empty() {
             ipt.apply(None, None)?;
             removed.push(format!(
-                "iptables chains {POSTRTG_CHAIN}/{FWD_CHAIN} and their jumps ({} lines)",
+                "{} chains {POSTRTG_CHAIN}/{FWD_CHAIN} and their jumps ({} lines)",
+                family.iptables(),
                 before.len()
             ));
         }
@@ -754,14 +905,16 @@ pub fn start(
         forward = rules.forward,
         network = %rules.network,
         pod_cidr = %rules.pod_cidr,
+        network_v6 = ?rules.v6.map(|v| v.network),
+        pod_cidr_v6 = ?rules.v6.map(|v| v.pod_cidr),
         "netfilter rules installed"
     );
     let (tx, rx) = mpsc::sync_channel(1);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if m.nft.is_some()
-        || m.iptables
-            .as_ref()
-            .is_some_and(|i| i.variant == "nf_tables")
+        || Family::ALL
+            .iter()
+            .any(|f| m.iptables_of(*f).is_some_and(|i| i.variant == "nf_tables"))
     {
         watch_nf_tables(tx.clone(), stop.clone());
     }
@@ -788,6 +941,7 @@ pub fn start_from_options(
     opts: &crate::control::Options,
     netconf: &crate::config::NetConf,
     pod_cidr: Ipv4Network,
+    pod_cidr_v6: Option<Ipv6Network>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<Option<Handle>> {
     if !opts.ip_masq && !opts.iptables_forward_rules {
@@ -799,6 +953,10 @@ pub fn start_from_options(
         masquerade: opts.ip_masq,
         random_fully: opts.ip_masq_random_fully,
         forward: opts.iptables_forward_rules,
+        v6: netconf
+            .network_v6
+            .zip(pod_cidr_v6)
+            .map(|(network, pod_cidr)| RulesV6 { network, pod_cidr }),
     };
     match start(
         rules,
@@ -940,13 +1098,81 @@ mod tests {
             masquerade: true,
             random_fully: true,
             forward: true,
+            v6: None,
         }
+    }
+
+    fn dual() -> Rules {
+        Rules {
+            v6: Some(RulesV6 {
+                network: "fd00:10:244::/56".parse().unwrap(),
+                pod_cidr: "fd00:10:244:1::/64".parse().unwrap(),
+            }),
+            ..rules()
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_mirror_the_ipv4_ones_as_flannels_masq_ip6_rules() {
+        // pkg/trafficmngr/iptables masqIP6Rules: the same shape, ff00::/8 as multicast.
+        let c = "-m comment --comment \"overlayd masq\"";
+        let (n, p) = ("fd00:10:244::/56", "fd00:10:244:1::/64");
+        assert_eq!(
+            iptables_masq_rules(&dual(), Family::V6, true),
+            [
+                format!("-m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+                format!("-s {p} -d {n} {c} -j RETURN"),
+                format!("-s {n} -d {p} {c} -j RETURN"),
+                format!("! -s {n} -d {p} {c} -j RETURN"),
+                format!("-s {n} ! -d ff00::/8 {c} -j MASQUERADE --random-fully"),
+                format!("! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
+            ]
+        );
+        assert_eq!(
+            iptables_fwd_rules(&dual(), Family::V6),
+            [
+                format!("-s {n} -m comment --comment \"overlayd forward\" -j ACCEPT"),
+                format!("-d {n} -m comment --comment \"overlayd forward\" -j ACCEPT"),
+            ]
+        );
+        // The IPv4 rules are the same with or without IPv6; IPv6 off: no IPv6 rules.
+        assert_eq!(
+            iptables_masq_rules(&dual(), Family::V4, true),
+            iptables_masq_rules(&rules(), Family::V4, true)
+        );
+        assert!(iptables_masq_rules(&rules(), Family::V6, true).is_empty());
+        assert!(iptables_fwd_rules(&rules(), Family::V6).is_empty());
+
+        // nftables: one transaction replacing both tables; the ip6 table uses ip6 matches.
+        let s = nft_script(&dual(), true);
+        let v6 = &s[s.find("table ip6 overlayd-ipv6 {}").expect("ip6 table")..];
+        assert!(v6.starts_with(
+            "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\ntable ip6 overlayd-ipv6 {"
+        ), "{s}");
+        assert!(
+            v6.contains(&format!("ip6 saddr != {n} ip6 daddr {p} return")),
+            "{s}"
+        );
+        assert!(
+            v6.contains(&format!(
+                "ip6 saddr {n} ip6 daddr != ff00::/8 masquerade fully-random"
+            )),
+            "{s}"
+        );
+        assert!(v6.contains(&format!("ip6 saddr {n} accept")), "{s}");
+        assert!(!v6.contains("ip saddr"), "{s}");
+        // IPv6 off: a stale ip6 table from a dual-stack run is deleted, nothing recreated.
+        let s4 = nft_script(&rules(), true);
+        assert!(
+            s4.ends_with("table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n"),
+            "{s4}"
+        );
     }
 
     #[test]
     fn iptables_rules_are_flannels() {
         // pkg/trafficmngr/iptables/iptables.go masqRules / forwardRules, with our chain names.
-        let m = iptables_masq_rules(&rules(), true);
+        let m = iptables_masq_rules(&rules(), Family::V4, true);
         let c = "-m comment --comment \"overlayd masq\"";
         assert_eq!(
             m,
@@ -959,11 +1185,11 @@ mod tests {
                 format!("! -s 10.244.0.0/16 -d 10.244.0.0/16 {c} -j MASQUERADE --random-fully"),
             ]
         );
-        assert!(iptables_masq_rules(&rules(), false)
+        assert!(iptables_masq_rules(&rules(), Family::V4, false)
             .iter()
             .all(|r| !r.contains("random-fully")));
         assert_eq!(
-            iptables_fwd_rules(&rules()),
+            iptables_fwd_rules(&rules(), Family::V4),
             [
                 "-s 10.244.0.0/16 -m comment --comment \"overlayd forward\" -j ACCEPT",
                 "-d 10.244.0.0/16 -m comment --comment \"overlayd forward\" -j ACCEPT",
@@ -1002,7 +1228,8 @@ mod tests {
         );
         assert_eq!(
             none,
-            "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\n"
+            "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\n\
+             table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n"
         );
     }
 
@@ -1023,8 +1250,8 @@ mod tests {
 
     #[test]
     fn restore_input_keeps_one_jump_and_rewrites_the_chain() {
-        let masq = iptables_masq_rules(&rules(), true);
-        let fwd = iptables_fwd_rules(&rules());
+        let masq = iptables_masq_rules(&rules(), Family::V4, true);
+        let fwd = iptables_fwd_rules(&rules(), Family::V4);
         let input = iptables_restore_input(SAVE_NAT, "*filter\nCOMMIT\n", Some(&masq), Some(&fwd));
         let nat = input.split("*filter").next().unwrap();
         assert!(

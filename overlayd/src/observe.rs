@@ -35,6 +35,10 @@ pub struct OwnNode {
     pub vni: u32,
     pub port: u16,
     pub mtu: u32,
+    /// The IPv6 side when EnableIPv6 is on: this node's IPv6 podCIDR, IPv6 VTEP address and
+    /// the VtepMAC announced in `backend-v6-data` (the device's one MAC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<PeerStatusV6>,
 }
 
 /// The dataplane currently running, and the counters of the ones it replaced (a device

@@ -102,6 +102,13 @@ pub fn render(s: &Status, now: u64) -> String {
                 "node {}  podCIDR {}  VTEP {}  VtepMAC {}  device {} (mtu {})  VNI {}  port {}",
                 o.node, o.pod_cidr, o.vtep_ip, o.vtep_mac, o.device, o.mtu, o.vni, o.port
             );
+            if let Some(v6) = &o.ipv6 {
+                let _ = writeln!(
+                    out,
+                    "  IPv6 podCIDR {}  VTEP {}  VtepMAC {}",
+                    v6.pod_cidr, v6.vtep_ip, v6.vtep_mac
+                );
+            }
         }
         None => out.push_str("node: not known yet\n"),
     }
@@ -284,6 +291,11 @@ mod tests {
                 vni: 1,
                 port: 8472,
                 mtu: 1450,
+                ipv6: Some(crate::observe::PeerStatusV6 {
+                    pod_cidr: "fd00:10:244:1::/64".parse().unwrap(),
+                    vtep_ip: "fd00:18::1".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
+                }),
             }),
             ready: true,
             not_ready: vec![],
@@ -346,6 +358,12 @@ mod tests {
         };
         let text = render(&s, 1000);
         assert!(text.contains("node node1  podCIDR 10.244.1.0/24"), "{text}");
+        assert!(
+            text.contains(
+                "  IPv6 podCIDR fd00:10:244:1::/64  VTEP fd00:18::1  VtepMAC 0a:58:0a:f4:01:00\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("last sync 5s ago"), "{text}");
         assert!(
             text.contains(

@@ -9,9 +9,14 @@
 //! `path` (`plan::Planner` on the send side): this file only reads, submits what the plan says
 //! and waits. A full send buffer (EAGAIN) is backpressure: the worker stops reading the TAP and
 //! waits for POLLOUT, keeping what it holds.
+//!
+//! Dual-stack: one TAP serves both families. With an IPv6 underlay each queue also has an
+//! IPv6 receive socket and an IPv6 send pool; inner IPv6 to a peer's IPv6 VtepMAC leaves over
+//! the peer's IPv6 VTEP (as Flannel's flannel-v6.1 device), everything else over IPv4 (as
+//! flannel.1). Both receive sockets feed the same checks and the same TAP queue.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,7 +95,24 @@ pub struct QueueIo {
     pub rx: UdpSocket,
     /// Send sockets; the inner flow hash picks one, so its port is the outer source port.
     pub tx_pool: Vec<UdpSocket>,
+    /// The IPv6 receive socket (IPv6 underlay only; `None` on an IPv4-only node).
+    pub rx6: Option<UdpSocket>,
+    /// The IPv6 send sockets, bound to the IPv6 underlay address (empty without one).
+    pub tx_pool6: Vec<UdpSocket>,
+    /// `gro` covers both receive sockets; `tso` the TAP queue.
     pub offloads: Offloads,
+}
+
+impl QueueIo {
+    /// The send pool toward VTEPs of this family.
+    #[must_use]
+    pub fn pool(&self, v6: bool) -> &[UdpSocket] {
+        if v6 {
+            &self.tx_pool6
+        } else {
+            &self.tx_pool
+        }
+    }
 }
 
 pub struct Worker {
@@ -112,9 +134,10 @@ pub struct Worker {
 /// A plain datagram waiting in `txbuf` for the next sendmmsg.
 struct Pending {
     range: Range<usize>,
-    dst: SocketAddrV4,
+    /// The VTEP, IPv4 or IPv6: `sock` indexes the pool of that family.
+    dst: SocketAddr,
     sock: usize,
-    /// Outer TOS byte (the ECN field copied from the inner packet).
+    /// Outer TOS byte or traffic class (the ECN field copied from the inner packet).
     tos: u8,
     /// Index of its peer's counters in the batch's `peers`.
     peer: usize,
@@ -130,8 +153,9 @@ struct Pmtu {
     out: Box<[u8; pmtu::MAX_FRAME]>,
     limit: pmtu::RateLimit,
     origin: std::time::Instant,
-    /// Asks the kernel for the path MTU toward a peer; opened on first use.
+    /// Ask the kernel for the path MTU toward an IPv4 / IPv6 peer; opened on first use.
     probe: Option<UdpSocket>,
+    probe6: Option<UdpSocket>,
 }
 
 /// Send-side scratch space, allocated once.
@@ -167,13 +191,14 @@ impl Worker {
         let mut tx = TxScratch {
             txbuf: vec![0u8; TXBUF_LEN],
             pending: Vec::with_capacity(BATCH),
-            planner: Planner::new(self.decap.vni, io.tx_pool.len()),
+            planner: Planner::with_pools(self.decap.vni, io.tx_pool.len(), io.tx_pool6.len()),
             gso_send: true,
             pmtu: Pmtu {
                 out: Box::new([0; pmtu::MAX_FRAME]),
                 limit: pmtu::RateLimit::new(PMTU_ICMP_PER_SEC, PMTU_ICMP_BURST),
                 origin: std::time::Instant::now(),
                 probe: None,
+                probe6: None,
             },
         };
         let half_len = if io.offloads.gro {
@@ -185,12 +210,7 @@ impl Worker {
             buf: vec![0u8; 2 * half_len],
             half_len,
             half: 0,
-            metas: [udp::RecvMeta {
-                len: 0,
-                from: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
-                gso: None,
-                tos: 0,
-            }; RECV_SLOTS],
+            metas: [udp::RecvMeta::EMPTY; RECV_SLOTS],
             coalescer: Coalescer::with_capacity(MAX_RUN),
             frames: Vec::with_capacity(2 * MAX_RUN + RECV_SLOTS),
         };
@@ -214,7 +234,7 @@ impl Worker {
             #[cfg(debug_assertions)]
             fault::maybe_panic(self.id, &self.stats);
             let ready = self.wait_readable(if busy { self.busy_poll } else { Duration::ZERO })?;
-            busy = ready[0] || ready[1];
+            busy = ready[0] || ready[1] || ready[3];
             if ready[2] {
                 continue;
             }
@@ -222,44 +242,58 @@ impl Worker {
                 self.egress_batch(&mut tx, &mut rx);
             }
             if ready[1] {
-                self.ingress_batch(&mut rx);
+                self.ingress_batch(&mut rx, &io.rx);
+            }
+            if let (true, Some(rx6)) = (ready[3], &io.rx6) {
+                self.ingress_batch(&mut rx, rx6);
             }
         }
         Ok(())
     }
 
-    /// Sleeps until the TAP queue (`[0]`), the receive socket (`[1]`) or the wake-up
-    /// descriptor (`[2]`) is readable, at most `POLL_MS`.
+    /// Sleeps until the TAP queue (`[0]`), the receive socket (`[1]`), the wake-up
+    /// descriptor (`[2]`) or the IPv6 receive socket (`[3]`, if any) is readable, at most
+    /// `POLL_MS`.
     fn wait_readable(&self, spin: Duration) -> io::Result<[bool; 4]> {
-        wait_ready(
-            &[
-                self.io.tap.file().as_fd(),
-                self.io.rx.as_fd(),
-                self.wake.as_fd(),
-            ],
-            spin,
-        )
+        let io = &*self.io;
+        let fds = [
+            io.tap.file().as_fd(),
+            io.rx.as_fd(),
+            self.wake.as_fd(),
+            io.rx6.as_ref().unwrap_or(&io.rx).as_fd(),
+        ];
+        wait_ready(&fds[..if io.rx6.is_some() { 4 } else { 3 }], spin)
     }
 
-    /// Backpressure: send socket `sock` is full (EAGAIN). Waits for POLLOUT without reading
-    /// the TAP, so the frame in hand and everything queued behind it stay where they are;
-    /// serves the receive side meanwhile. False when the worker must stop instead.
-    fn wait_writable(&self, sock: usize, rx: &mut RxScratch) -> bool {
+    /// Backpressure: send socket `sock` (the one that said EAGAIN) is full. Waits for its
+    /// POLLOUT without reading the TAP, so the frame in hand and everything queued behind it
+    /// stay where they are; serves both receive sockets meanwhile. False when the worker must
+    /// stop instead.
+    fn wait_writable(&self, sock: &UdpSocket, rx: &mut RxScratch) -> bool {
         self.stats.count_event(PathEvent::TxSendBufferFull, 1);
+        let io = &*self.io;
+        let inputs = [
+            self.wake.as_fd(),
+            io.rx.as_fd(),
+            io.rx6.as_ref().unwrap_or(&io.rx).as_fd(),
+        ];
+        let inputs = &inputs[..if io.rx6.is_some() { 3 } else { 2 }];
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return false;
             }
             self.stats.beat();
-            match udp::poll_writable(
-                &self.io.tx_pool[sock],
-                [self.io.rx.as_fd(), self.wake.as_fd()],
-                POLL_MS,
-            ) {
+            match udp::poll_writable(sock, inputs, POLL_MS) {
                 Ok((true, _)) => return true,
-                Ok((false, [_, true])) | Err(_) => return false,
-                Ok((false, [true, false])) => self.ingress_batch(rx),
-                Ok((false, [false, false])) => {}
+                Ok((false, [true, ..])) | Err(_) => return false,
+                Ok((false, [false, v4, v6])) => {
+                    if v4 {
+                        self.ingress_batch(rx, &io.rx);
+                    }
+                    if let (true, Some(rx6)) = (v6, &io.rx6) {
+                        self.ingress_batch(rx, rx6);
+                    }
+                }
             }
         }
     }
@@ -291,18 +325,12 @@ impl Worker {
                         continue;
                     }
                 };
-                let SocketAddr::V4(dst) = plan.destination else {
-                    // No IPv6 underlay socket yet: the daemon refuses EnableIPv6 at startup,
-                    // so no running FDB holds an IPv6 VTEP and this is never reached.
-                    self.stats.count_drop(DropReason::TxUnreachable);
-                    continue;
-                };
                 match plan.shape {
                     Shape::Plain { ref bytes } => {
                         peers[i] = Some(&plan.peer.counters);
                         tx.pending.push(Pending {
                             range: off + bytes.start..off + bytes.end,
-                            dst,
+                            dst: plan.destination,
                             sock: plan.socket,
                             tos: plan.tos,
                             peer: i,
@@ -350,29 +378,29 @@ impl Worker {
             pmtu,
             ..
         } = tx;
-        // Group by socket so interleaved flows still share a sendmmsg. A flow always maps to
-        // one socket and `range.start` grows with arrival, so this keeps per-flow order
-        // (and sort_unstable does not allocate).
-        pending.sort_unstable_by_key(|p| (p.sock, p.range.start));
+        // Group by socket (family, then index) so interleaved flows still share a sendmmsg.
+        // A flow always maps to one socket and `range.start` grows with arrival, so this keeps
+        // per-flow order (and sort_unstable does not allocate).
+        pending.sort_unstable_by_key(|p| (p.dst.is_ipv6(), p.sock, p.range.start));
         let mut i = 0;
         let mut go = true;
         'all: while i < pending.len() {
-            let sock = pending[i].sock;
-            let mut msgs: [(SocketAddrV4, &[u8], u8); udp::MAX_BATCH] = [(
-                SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
-                &[],
-                0,
-            );
-                udp::MAX_BATCH];
+            let (v6, sock) = (pending[i].dst.is_ipv6(), pending[i].sock);
+            let socket = &self.io.pool(v6)[sock];
+            let mut msgs: [(SocketAddr, &[u8], u8); udp::MAX_BATCH] =
+                [(udp::RecvMeta::EMPTY.from, &[], 0); udp::MAX_BATCH];
             let mut k = 0;
-            while i + k < pending.len() && k < udp::MAX_BATCH && pending[i + k].sock == sock {
+            while i + k < pending.len()
+                && k < udp::MAX_BATCH
+                && (pending[i + k].dst.is_ipv6(), pending[i + k].sock) == (v6, sock)
+            {
                 let p = &pending[i + k];
                 msgs[k] = (p.dst, &txbuf[p.range.clone()], p.tos);
                 k += 1;
             }
             let mut done = 0;
             while done < k {
-                match udp::send_batch(&self.io.tx_pool[sock], &msgs[done..k]) {
+                match udp::send_batch(socket, &msgs[done..k]) {
                     Ok(sent) if sent > 0 => {
                         let mut bytes = 0;
                         for p in &pending[i + done..i + done + sent] {
@@ -392,7 +420,7 @@ impl Worker {
                     Err(e) => match plan::plain_step(e.raw_os_error().unwrap_or(0)) {
                         PlainStep::Retry => {}
                         PlainStep::WaitWritable => {
-                            if !self.wait_writable(sock, rx) {
+                            if !self.wait_writable(socket, rx) {
                                 for _ in i + done..pending.len() {
                                     self.stats.count_drop(DropReason::TxWouldBlock);
                                 }
@@ -404,15 +432,14 @@ impl Worker {
                             // Over the path MTU (the datagram is VXLAN header + inner frame):
                             // a packet whose sender allows fragmentation leaves in a fragmented
                             // outer packet, as with kernel vxlan; any other gets an ICMP error.
+                            // (Only inner IPv4 may be fragmented, and it always leaves over
+                            // IPv4; IPv6 never fragments on the way.)
                             let (dst, bytes, tos) = msgs[done];
                             let inner = &bytes[vxlan::HEADER_LEN..];
-                            if pmtu::outer_may_fragment(inner) {
-                                match udp::send_fragmentable(
-                                    &self.io.tx_pool[sock],
-                                    dst,
-                                    bytes,
-                                    tos,
-                                ) {
+                            if let (true, SocketAddr::V4(dst4)) =
+                                (pmtu::outer_may_fragment(inner), dst)
+                            {
+                                match udp::send_fragmentable(socket, dst4, bytes, tos) {
                                     Ok(_) => {
                                         self.stats.count_event(PathEvent::OuterFragmented, 1);
                                         self.stats.tx_many(1, inner.len());
@@ -455,15 +482,9 @@ impl Worker {
         (segments, segment_size): (usize, usize),
         tally: &mut PeerTally<'f>,
     ) -> bool {
-        let SocketAddr::V4(dst) = plan.destination else {
-            // No IPv6 underlay socket yet (see `egress_batch`).
-            for _ in 0..segments {
-                self.stats.count_drop(DropReason::TxUnreachable);
-            }
-            return true;
-        };
-        let mut send = SegmentedSend::to(segments, segment_size, &plan.destination);
-        let sock = &self.io.tx_pool[plan.socket];
+        let dst = plan.destination;
+        let mut send = SegmentedSend::to(segments, segment_size, &dst);
+        let sock = &self.io.pool(dst.is_ipv6())[plan.socket];
         let frame = &tx.txbuf[slot];
         let mut iov = [IoSlice::new(&[]); 2 * plan::MAX_SEGMENTS_PER_SEND];
         while let Some(chunk) = send.next_chunk(tx.gso_send) {
@@ -487,7 +508,7 @@ impl Worker {
                 }
                 Step::Retry => {}
                 Step::WaitWritable => {
-                    if !self.wait_writable(plan.socket, rx) {
+                    if !self.wait_writable(sock, rx) {
                         for _ in 0..send.abandon() {
                             self.stats.count_drop(DropReason::TxWouldBlock);
                         }
@@ -522,19 +543,20 @@ impl Worker {
     /// half of `buf`, the next receive in the other), so a burst the kernel hands over in two
     /// reads still becomes one TAP write; it is written when the next read would block, when
     /// it cannot grow, or at the end of the batch.
-    fn ingress_batch(&self, s: &mut RxScratch) {
+    /// `sock` is either receive socket (IPv4 or IPv6): the same checks apply.
+    fn ingress_batch(&self, s: &mut RxScratch, sock: &UdpSocket) {
         let fdb = self.fdb.load();
         let mut tally = PeerTally::default();
         for _ in 0..BATCH {
             let base = s.half * s.half_len;
             let got = if self.io.offloads.gro {
-                udp::recv_gro(&self.io.rx, &mut s.buf[base..base + BUF_LEN]).map(|m| {
+                udp::recv_gro_any(sock, &mut s.buf[base..base + BUF_LEN]).map(|m| {
                     s.metas[0] = m;
                     1
                 })
             } else {
                 udp::recv_batch(
-                    &self.io.rx,
+                    sock,
                     &mut s.buf[base..base + s.half_len],
                     BUF_LEN,
                     &mut s.metas,
@@ -577,7 +599,7 @@ impl Worker {
         let mut at = start;
         while at < end_all {
             let end = (at + seg).min(end_all);
-            match path::decap(&s.buf[at..end], *from.ip(), fdb, &self.decap) {
+            match path::decap(&s.buf[at..end], from.ip(), fdb, &self.decap) {
                 Ok(d) => {
                     if tos & ecn::ECT_1 != 0 {
                         // Outer ECT(1) or CE: carry it inside (RFC 6040).
@@ -612,8 +634,9 @@ impl Worker {
 
     /// Answers an inner frame (`head` followed by `tail`, Ethernet onward) that the kernel
     /// refused with EMSGSIZE toward `dst`: learns the path MTU from the kernel and writes an
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" into the TAP, rate-limited.
-    fn answer_too_big(&self, pm: &mut Pmtu, head: &[u8], tail: &[u8], dst: SocketAddrV4) {
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" into the TAP, rate-limited. The
+    /// MTU it reports is the path MTU toward `dst` less the overhead of `dst`'s family.
+    fn answer_too_big(&self, pm: &mut Pmtu, head: &[u8], tail: &[u8], dst: SocketAddr) {
         self.stats.count_drop(DropReason::TxTooBig);
         #[allow(clippy::cast_possible_truncation)]
         let now_ms = pm.origin.elapsed().as_millis() as u64;
@@ -621,21 +644,24 @@ impl Worker {
             self.stats.count_event(PathEvent::IcmpRateLimited, 1);
             return;
         }
-        if pm.probe.is_none() {
-            pm.probe = udp::mtu_probe().ok();
+        let v6 = dst.is_ipv6();
+        let probe = if v6 { &mut pm.probe6 } else { &mut pm.probe };
+        if probe.is_none() {
+            *probe = udp::mtu_probe(v6).ok();
         }
-        let Some(path_mtu) = pm.probe.as_ref().and_then(|p| udp::path_mtu(p, dst).ok()) else {
+        let Some(path_mtu) = probe.as_ref().and_then(|p| udp::path_mtu(p, dst).ok()) else {
             return;
         };
-        let Some(n) = pmtu::too_big(&mut pm.out, head, tail, pmtu::inner_mtu(path_mtu)) else {
+        let mtu = pmtu::inner_mtu(path_mtu, v6);
+        let Some(n) = pmtu::too_big(&mut pm.out, head, tail, mtu) else {
             return;
         };
         let vnet_bytes = vnet::Header::default().to_bytes();
         let iov = [IoSlice::new(&vnet_bytes), IoSlice::new(&pm.out[..n])];
         if matches!(self.io.tap.file().write_vectored(&iov), Ok(w) if w == vnet::LEN + n) {
-            let v6 = pm.out[12..14] == ethernet::ETHERTYPE_IPV6.to_be_bytes();
+            let inner_v6 = pm.out[12..14] == ethernet::ETHERTYPE_IPV6.to_be_bytes();
             self.stats.count_event(
-                if v6 {
+                if inner_v6 {
                     PathEvent::Icmpv6PacketTooBig
                 } else {
                     PathEvent::IcmpFragNeeded

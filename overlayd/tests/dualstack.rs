@@ -1,50 +1,457 @@
-//! Dual-stack (issue 14), as far as it goes: until the dataplane carries IPv6, a net-conf with
-//! `EnableIPv6: true` must stop overlayd at startup with a message that says why and what to
-//! do, before it touches the network or hands out subnet.env.
+//! Dual stack (issue 14): a cluster of two overlayd nodes and one kernel-vxlan Flannel node
+//! (flannel.1 and flannel-v6.1, programmed as flanneld programs them, with its own IPv6
+//! VtepMAC), on a dual-stack underlay with dual-stack pods (deploy/local/cluster.sh with
+//! DUALSTACK=1). Needs root; each test builds and removes its own namespaces.
 
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
+use common::{sh_ok, wait_until, Capture, Lab, SCRIPT};
+
+const DEV: &str = "ovl.1";
+
+/// A dual-stack lab: nodes 1 and 2 run overlayd, node 3 is a kernel-vxlan Flannel node with
+/// flannel-v6.1; every node has one pod. `None` when the test must be skipped.
+fn dual_stack_lab(test: &str) -> Option<Lab> {
+    let mut lab = Lab::new_with_env(test, 3, 1, &[("DUALSTACK", "1")])?;
+    let out = common::run(
+        Command::new("bash")
+            .args([SCRIPT, "kernel-node", &lab.prefix, "3", "3"])
+            .arg(&lab.dir)
+            .env("DUALSTACK", "1"),
+    );
+    assert!(
+        out.status.success(),
+        "kernel-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wire(3);
+    lab.start(1);
+    lab.start(2);
+    Some(lab)
+}
+
+/// The IPv6 address of pod `j` of node `i` (overlayd-cni's sequential IPAM, as for IPv4).
+fn pod_ip6(i: usize, j: usize) -> String {
+    format!("fd00:10:244:{i}::{:x}", j + 1)
+}
+
+fn ip(lab: &Lab, i: usize, args: &[&str]) -> String {
+    let mut a = vec!["ip", "-n"];
+    let ns = lab.node(i);
+    a.push(&ns);
+    a.extend_from_slice(args);
+    sh_ok(&a)
+}
+
+/// Kernel state, subnet.env, status and self-healing of the IPv6 side; IPv4 traffic too.
 #[test]
-fn enable_ipv6_is_refused_at_startup_with_the_reason() {
-    if !common::privileged("enable_ipv6_is_refused_at_startup_with_the_reason") {
+fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
+    let Some(lab) =
+        dual_stack_lab("dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env")
+    else {
         return;
+    };
+    for i in 1..=2 {
+        // subnet.env: Flannel's IPv6 pair, the subnet's first host as for IPv4.
+        let env = common::read(&lab.subnet_file(i));
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n")
+                && env.contains(&format!("FLANNEL_IPV6_SUBNET=fd00:10:244:{i}::1/64\n"))
+                && env.contains(&format!("FLANNEL_SUBNET=10.244.{i}.1/24\n"))
+                && env.contains("FLANNEL_MTU=1450\n"),
+            "{env}"
+        );
+        // The device: the IPv6 podCIDR's network address /128 and no link-local address.
+        let addrs = ip(&lab, i, &["-6", "addr", "show", "dev", DEV]);
+        assert!(
+            addrs.contains(&format!("inet6 fd00:10:244:{i}::/128")),
+            "{addrs}"
+        );
+        assert!(
+            !addrs.contains("fe80:"),
+            "link-local address on {DEV}: {addrs}"
+        );
+        let mode = sh_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "cat",
+            &format!("/proc/sys/net/ipv6/conf/{DEV}/disable_ipv6"),
+        ]);
+        assert_eq!(mode.trim(), "0");
+        // Routes: Flannel's onlink route per peer IPv6 podCIDR with the IPv6 path MTU
+        // (1500 - 70), and the permanent neighbour to the peer's IPv6 VtepMAC: overlayd
+        // peers use their one device MAC, the kernel node its flannel-v6.1 MAC.
+        let o = 3 - i;
+        let routes = ip(&lab, i, &["-6", "route", "show", "proto", "77"]);
+        for (peer, mac) in [
+            (o, format!("0a:58:0a:f4:0{o}:00")),
+            (3, "02:00:00:00:06:03".to_string()),
+        ] {
+            assert!(
+                routes.lines().any(|l| l.starts_with(&format!(
+                    "fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev {DEV}"
+                )) && l.contains("onlink")
+                    && l.contains("mtu lock 1430")),
+                "node {i}: {routes}"
+            );
+            let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
+            assert!(
+                neigh.contains(&format!("fd00:10:244:{peer}:: lladdr {mac} PERMANENT")),
+                "node {i}: {neigh}"
+            );
+        }
+        // IPv4 is unchanged.
+        let routes4 = lab.routes(i);
+        assert!(
+            routes4.contains(&format!("10.244.{o}.0/24 via 10.244.{o}.0 dev {DEV}")),
+            "{routes4}"
+        );
+        // Status: this node's IPv6 side and each peer's.
+        let st = lab.status_json(i);
+        assert_eq!(
+            st["own"]["ipv6"]["podCIDR"],
+            format!("fd00:10:244:{i}::/64")
+        );
+        assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{i}"));
+        assert_eq!(st["own"]["ipv6"]["vtepMAC"], format!("0a:58:0a:f4:0{i}:00"));
+        let peers = st["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 2, "{st}");
+        for p in peers {
+            let n: usize = p["node"].as_str().unwrap()[4..].parse().unwrap();
+            assert_eq!(p["ipv6"]["vtepIP"], format!("fd00:18::{n}"), "{st}");
+            assert_eq!(p["ipv6"]["podCIDR"], format!("fd00:10:244:{n}::/64"));
+        }
     }
-    let dir = std::env::temp_dir().join(format!("overlayd-dualstack-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // IPv4 keeps working between every pair of pods in the dual-stack cluster.
+    for i in 1..=3 {
+        for o in 1..=3 {
+            if i != o {
+                assert!(
+                    lab.ping_within(&lab.pod(i, 1), &Lab::pod_ip(o, 1), Duration::from_secs(5)),
+                    "IPv4 ping pod {i} -> pod {o}"
+                );
+            }
+        }
+    }
+
+    // Settled: the kernel's own IPv6 entries on the device (MLD groups) are left alone, so
+    // nothing is re-programmed after the first pass.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 1..=2 {
+        assert!(
+            !lab.log(i).contains("changed behind our back"),
+            "node {i} keeps re-programming:\n{}",
+            lab.log(i)
+        );
+    }
+
+    // Self-healing: an IPv6 route and neighbour removed behind overlayd's back come back.
+    ip(
+        &lab,
+        1,
+        &["-6", "route", "del", "fd00:10:244:3::/64", "dev", DEV],
+    );
+    ip(
+        &lab,
+        1,
+        &["-6", "neigh", "del", "fd00:10:244:2::", "dev", DEV],
+    );
+    let healed = wait_until(Duration::from_secs(6), || {
+        ip(&lab, 1, &["-6", "route", "show", "proto", "77"]).contains("fd00:10:244:3::/64")
+            && ip(&lab, 1, &["-6", "neigh", "show", "dev", DEV]).contains("fd00:10:244:2:: lladdr")
+    });
+    assert!(healed, "IPv6 route/neighbour not restored:\n{}", lab.log(1));
+}
+
+/// Traffic: IPv4 and IPv6 ping between every pair of pods both ways, a 2 s iperf3 of each
+/// family between every ordered pair of nodes, and a capture on the underlay that shows inner
+/// IPv6 carried in outer IPv6 UDP to port 8472 with VNI 1.
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
+    let Some(lab) =
+        dual_stack_lab("dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node")
+    else {
+        return;
+    };
+    for i in 1..=3 {
+        let addrs = sh_ok(&[
+            "ip",
+            "-n",
+            &lab.pod(i, 1),
+            "-6",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ]);
+        assert!(addrs.contains(&pod_ip6(i, 1)), "pod {i}: {addrs}");
+    }
+    // Every pair, both ways, both families.
+    for i in 1..=3 {
+        for o in (1..=3).filter(|o| *o != i) {
+            for dst in [Lab::pod_ip(o, 1), pod_ip6(o, 1)] {
+                assert!(
+                    lab.ping_within(&lab.pod(i, 1), &dst, Duration::from_secs(5)),
+                    "ping pod {i} -> {dst}:\n{}\n{}",
+                    lab.log(1),
+                    lab.log(2)
+                );
+            }
+        }
+    }
+
+    // The wire: inner IPv6 in outer IPv6 UDP to 8472, VNI 1, from node 1 to node 2 and the
+    // kernel node, and back.
+    let mut cap = Capture::start(
+        &lab.node(1),
+        "eth0",
+        lab.dir.join("dualstack.pcap"),
+        &["udp", "port", "8472"],
+    );
+    for o in [2, 3] {
+        assert!(
+            lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)),
+            "ping6 pod 1 -> {o}"
+        );
+    }
+    cap.stop();
+    let text = cap.text("ip6 and udp port 8472");
+    for o in [2, 3] {
+        for (src, dst) in [(1, o), (o, 1)] {
+            let outer = format!("fd00:18::{src}.");
+            let want_outer = text
+                .lines()
+                .any(|l| l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472")));
+            assert!(want_outer, "no outer IPv6 {src} -> {dst}:8472:\n{text}");
+            let inner = format!("{} > {}: ICMP6, echo", pod_ip6(src, 1), pod_ip6(dst, 1));
+            assert!(text.contains(&inner), "no inner {inner}:\n{text}");
+        }
+    }
+    assert!(text.contains("VXLAN, flags [I] (0x08), vni 1"), "{text}");
+    // Inner IPv6 never rides outer IPv4.
+    assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
+
+    // iperf3, 2 s per family and ordered pair of nodes.
+    for i in 1..=3 {
+        for o in (1..=3).filter(|o| *o != i) {
+            for (family, dst) in [("-6", pod_ip6(o, 1)), ("-4", Lab::pod_ip(o, 1))] {
+                let bps = lab.iperf(&lab.pod(i, 1), &lab.pod(o, 1), &dst, 2, &[family]);
+                eprintln!(
+                    "iperf3 {family} node{i} -> node{o}: {:.2} Gbit/s",
+                    bps / 1e9
+                );
+                assert!(
+                    bps > 10e6,
+                    "iperf3 {family} node{i} -> node{o}: {bps} bit/s"
+                );
+            }
+        }
+    }
+    // Nothing was dropped for lack of a peer on the IPv6 side.
+    for i in 1..=2 {
+        let st = lab.status_json(i);
+        for p in st["peers"].as_array().unwrap() {
+            assert!(p["rxPackets"].as_u64().unwrap_or(0) > 0, "{st}");
+        }
+    }
+}
+
+/// A TCP server in `ns` on `[::]:port` answering each connection with the peer address it
+/// sees (IPv6 twin of `Lab::whoami_server`).
+fn whoami6_server(lab: &Lab, ns: &str, port: u16) -> common::ChildGuard {
+    let _ = lab;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c"])
+        .arg(
+            "import socket,sys\n\
+             s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('::',int(sys.argv[1])));s.listen(64)\n\
+             while True:\n\
+             \x20c,a=s.accept()\n\
+             \x20try:\n\
+             \x20\x20c.settimeout(3);c.recv(4096);b=a[0].encode()\n\
+             \x20\x20c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n'%len(b)+b)\n\
+             \x20except OSError: pass\n\
+             \x20c.close()",
+        )
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 whoami6 server");
+    common::ChildGuard(child)
+}
+
+fn whoami6(lab: &Lab, ns: &str, ip: &str, port: u16, secs: u64) -> Option<String> {
+    let mut seen = None;
+    wait_until(Duration::from_secs(secs), || {
+        let out = lab.exec(
+            ns,
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "-g",
+                &format!("http://[{ip}]:{port}/"),
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        seen = (out.status.success() && !text.is_empty()).then_some(text);
+        seen.is_some()
+    });
+    seen
+}
+
+/// `--ip-masq` with EnableIPv6, both backends: the IPv6 rules mirror the IPv4 ones (ip6tables
+/// chains or the `ip6 overlayd-ipv6` table), a pod reaches an IPv6 host outside the cluster as
+/// its node's IPv6 address, the rules come back after a flush, and `remove_all` takes both
+/// families.
+#[test]
+fn dual_stack_ip_masq_installs_and_keeps_the_ipv6_rules() {
+    for nftables in [false, true] {
+        let Some(mut lab) = Lab::new_with_env(
+            "dual_stack_ip_masq_installs_and_keeps_the_ipv6_rules",
+            2,
+            1,
+            &[("DUALSTACK", "1")],
+        ) else {
+            return;
+        };
+        std::fs::write(
+            lab.dir.join("net-conf.json"),
+            format!(
+                r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":{nftables},"Backend":{{"Type":"vxlan"}}}}"#
+            ),
+        )
+        .unwrap();
+        lab.start_with(1, &["--ip-masq"]);
+        lab.start_with(2, &["--ip-masq"]);
+        let n1 = lab.node(1);
+        let rules6 = |lab: &Lab| -> String {
+            if nftables {
+                let out = lab.exec(&n1, &["nft", "list", "table", "ip6", "overlayd-ipv6"]);
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            } else {
+                sh_ok(&["ip", "netns", "exec", &n1, "ip6tables-save", "-t", "nat"])
+            }
+        };
+        let complete = |text: &str| {
+            if nftables {
+                text.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade")
+                    && text.contains("ip6 saddr fd00:10:244::/56 accept")
+            } else {
+                text.lines()
+                    .filter(|l| l.starts_with("-A OVERLAYD-POSTRTG "))
+                    .count()
+                    == 6
+                    && text.contains("-A OVERLAYD-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8")
+            }
+        };
+        let now = rules6(&lab);
+        assert!(complete(&now), "nftables={nftables}: {now}");
+        let st = lab.status_json(1);
+        assert_eq!(st["netfilter"]["rulesPresent"], true, "{st}");
+
+        // The switch (fd00:18::fe) has no route to the pod IPv6Network: an answer at all means
+        // the source was rewritten, to node 1's IPv6 address.
+        let _server = whoami6_server(&lab, &format!("{}sw", lab.prefix), 8080);
+        assert_eq!(
+            whoami6(&lab, &lab.pod(1, 1), "fd00:18::fe", 8080, 5).as_deref(),
+            Some("fd00:18::1"),
+            "nftables={nftables}: the outside IPv6 host must see node 1's address"
+        );
+
+        // Flushed behind overlayd's back: restored.
+        if nftables {
+            lab.exec(&n1, &["nft", "flush", "table", "ip6", "overlayd-ipv6"]);
+        } else {
+            lab.exec(&n1, &["ip6tables", "-t", "nat", "-F", "OVERLAYD-POSTRTG"]);
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || complete(&rules6(&lab))),
+            "nftables={nftables}: IPv6 rules not restored:\n{}",
+            lab.log(1)
+        );
+        let env = common::read(&lab.subnet_file(1));
+        assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+
+        // Stopped, the rules stay; remove_all (overlayd cleanup) takes both families.
+        assert!(lab.stop(1));
+        assert!(complete(&rules6(&lab)));
+        let out = lab.cleanup(1, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left = rules6(&lab);
+        assert!(
+            !left.contains("OVERLAYD") && !left.contains("masquerade"),
+            "{left}"
+        );
+        let left4 = sh_ok(&["ip", "netns", "exec", &n1, "iptables-save", "-t", "nat"]);
+        assert!(!left4.contains("OVERLAYD"), "{left4}");
+        assert!(lab.stop(2));
+    }
+}
+
+/// `Backend.DirectRouting` with EnableIPv6: peers on the same underlay subnets get plain
+/// routes for both families (IPv6: `<IPv6 podCIDR> via <public-ipv6> dev eth0`, as Flannel's
+/// v6DirectRoute) and no IPv6 neighbour on the device; pods reach each other over both
+/// families without VXLAN.
+#[test]
+fn dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address() {
+    let Some(mut lab) = Lab::new_with_env(
+        "dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address",
+        2,
+        1,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
     std::fs::write(
-        dir.join("net-conf.json"),
-        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        lab.dir.join("net-conf.json"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
     )
     .unwrap();
-    std::fs::write(
-        dir.join("nodes.yaml"),
-        "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: n1}\n  spec: {podCIDRs: [10.244.1.0/24, \"fd00:10:244:1::/64\"]}\n  status: {addresses: [{type: InternalIP, address: 198.18.0.1}]}\n",
-    )
-    .unwrap();
-    // A network namespace of its own (unshare -n): nothing it could touch is the host's.
-    let out = Command::new("timeout")
-        .args(["20", "unshare", "-n", common::OVERLAYD])
-        .args(["--node-name", "n1", "--nodes-file"])
-        .arg(dir.join("nodes.yaml"))
-        .arg("--net-config-path")
-        .arg(dir.join("net-conf.json"))
-        .arg("--subnet-file")
-        .arg(dir.join("subnet.env"))
-        .output()
-        .expect("run overlayd");
-    let wrote_subnet_env = dir.join("subnet.env").exists();
-    let _ = std::fs::remove_dir_all(&dir);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("EnableIPv6 is true (IPv6Network fd00:10:244::/56)")
-            && stderr.contains("set EnableIPv6 to false"),
-        "{stderr}"
-    );
-    assert!(
-        !wrote_subnet_env,
-        "subnet.env written although startup failed"
-    );
+    lab.start(1);
+    lab.start(2);
+    for (i, o) in [(1, 2), (2, 1)] {
+        let want = format!("fd00:10:244:{o}::/64 via fd00:18::{o} dev eth0 ");
+        let ok = wait_until(Duration::from_secs(5), || {
+            ip(&lab, i, &["-6", "route", "show", "proto", "77"]).contains(&want)
+        });
+        assert!(
+            ok,
+            "node {i}: {}\n{}",
+            ip(&lab, i, &["-6", "route", "show", "proto", "77"]),
+            lab.log(i)
+        );
+        assert!(lab
+            .routes(i)
+            .contains(&format!("10.244.{o}.0/24 via 198.18.0.{o} dev eth0")));
+        let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
+        assert!(!neigh.contains("PERMANENT"), "{neigh}");
+        for dst in [Lab::pod_ip(o, 1), pod_ip6(o, 1)] {
+            assert!(
+                lab.ping_within(&lab.pod(i, 1), &dst, Duration::from_secs(5)),
+                "ping pod {i} -> {dst}"
+            );
+        }
+    }
+    // Settled: nothing was re-programmed after the first pass.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 1..=2 {
+        assert!(
+            !lab.log(i).contains("changed behind our back"),
+            "node {i} keeps re-programming:\n{}",
+            lab.log(i)
+        );
+    }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::{sh_ok, wait_until, Lab};
 use fdb_sync::fake_apiserver::FakeApiServer;
-use fdb_sync::model::{ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_PUBLIC_IP};
+use fdb_sync::model::{
+    ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_BACKEND_V6_DATA, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6,
+};
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -474,5 +476,111 @@ fn kube_annotation_prefix_is_read_and_written() {
         lab.log(1)
     );
     assert!(lab.ping(&p2, &Lab::pod_ip(1, 1)));
+    assert!(lab.stop(1) && lab.stop(2));
+}
+
+/// Dual stack in Kubernetes mode (cluster.sh DUALSTACK=1): Nodes with podCIDRs and
+/// InternalIPs of both families; each overlayd publishes `backend-v6-data` (its one device
+/// MAC) and `public-ipv6` exactly as Flannel writes them, and the other reads them into its
+/// IPv6 route and neighbour.
+#[test]
+fn kube_dual_stack_annotations_are_written_and_read() {
+    let Some(mut lab) = Lab::new_with_env(
+        "kube_dual_stack_annotations_are_written_and_read",
+        2,
+        1,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
+    let (server, kc) = fake_server_in_switch(&lab);
+    for i in 1..=2 {
+        let mut n = lab_node(i);
+        let spec = n.spec.as_mut().unwrap();
+        spec.pod_cidrs = Some(vec![
+            format!("10.244.{i}.0/24"),
+            format!("fd00:10:244:{i}::/64"),
+        ]);
+        n.status
+            .as_mut()
+            .unwrap()
+            .addresses
+            .as_mut()
+            .unwrap()
+            .push(NodeAddress {
+                type_: "InternalIP".into(),
+                address: format!("fd00:18::{i}"),
+            });
+        server.apply(&n);
+    }
+    lab.start_kube(1, &kc, &[]);
+    lab.start_kube(2, &kc, &[]);
+    let published = |i: usize| {
+        server
+            .node(&format!("node{i}"))
+            .and_then(|n| n.metadata.annotations)
+            .is_some_and(|a| a.contains_key(ANN_PUBLIC_IPV6))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || published(1) && published(2)),
+        "{}",
+        lab.log(1)
+    );
+    for i in 1..=2 {
+        let ann = server
+            .node(&format!("node{i}"))
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap();
+        let mac = format!("0a:58:0a:f4:0{i}:00");
+        assert_eq!(ann[ANN_BACKEND_TYPE], "vxlan");
+        assert_eq!(
+            ann[ANN_BACKEND_DATA],
+            format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)
+        );
+        assert_eq!(
+            ann[ANN_BACKEND_V6_DATA],
+            format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)
+        );
+        assert_eq!(ann[ANN_PUBLIC_IP], format!("198.18.0.{i}"));
+        assert_eq!(ann[ANN_PUBLIC_IPV6], format!("fd00:18::{i}"));
+    }
+    for (on, peer) in [(1, 2), (2, 1)] {
+        let want_route = format!("fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev ovl.1");
+        let want_neigh = format!("fd00:10:244:{peer}:: lladdr 0a:58:0a:f4:0{peer}:00 PERMANENT");
+        let ok = wait_until(Duration::from_secs(10), || {
+            sh_ok(&[
+                "ip",
+                "-n",
+                &lab.node(on),
+                "-6",
+                "route",
+                "show",
+                "proto",
+                "77",
+            ])
+            .contains(&want_route)
+                && sh_ok(&[
+                    "ip",
+                    "-n",
+                    &lab.node(on),
+                    "-6",
+                    "neigh",
+                    "show",
+                    "dev",
+                    "ovl.1",
+                ])
+                .contains(&want_neigh)
+        });
+        assert!(ok, "node {on} lacks IPv6 peer {peer}:\n{}", lab.log(on));
+        let st = lab.status_json(on);
+        assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{on}"));
+        assert_eq!(
+            st["peers"][0]["ipv6"]["vtepIP"],
+            format!("fd00:18::{peer}"),
+            "{st}"
+        );
+    }
     assert!(lab.stop(1) && lab.stop(2));
 }

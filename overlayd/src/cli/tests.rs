@@ -417,7 +417,9 @@ fn values_are_checked_with_the_flag_named() {
         run(&with_base(&["--busy-poll-us", "0"])).busy_poll,
         Duration::ZERO
     );
-    assert!(c.warnings[0].contains("--public-ipv6 fd00::1 is accepted but unused"));
+    // --public-ipv6 is the IPv6 VTEP address now (used with EnableIPv6), without a warning.
+    assert_eq!(c.public_ipv6, Some("fd00::1".parse().unwrap()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     let c = run(&with_base(&[
         "--ip-masq-fully-random-disable",
         "-ip-blackhole-route",

@@ -293,13 +293,13 @@ fn dual_stack_carries_the_ipv6_network_and_a_70_byte_overhead() {
     // Host bits cleared, as Go's net.ParseCIDR returns the network.
     assert_eq!(c.network_v6, Some("fd00:10:244::/56".parse().unwrap()));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    // One pod MTU for both families: the IPv6 underlay's 70 bytes decide it.
-    assert_eq!(c.inner_mtu(1500), 1430);
+    // Flannel's MTU for both families (underlay - 50); IPv6 routes carry underlay - 70.
+    assert_eq!(c.inner_mtu(1500), 1450);
     let c = parse(
         r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",
             "Backend":{"Type":"vxlan","MTU":9000}}"#,
     );
-    assert_eq!(c.inner_mtu(1500), 8930);
+    assert_eq!(c.inner_mtu(1500), 8950);
     // Without EnableIPv6 the key is read (and type-checked) but not used.
     let c = parse(
         r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,

@@ -4,13 +4,17 @@
 //! connected network) gets a plain route `podCIDR via <public IP>` and no neighbour and no
 //! FDB entry, so nothing is encapsulated to it; every other peer keeps VXLAN.
 //!
+//! With IPv6 on, the same is decided for a peer's IPv6 address on its own (Flannel's
+//! `v6DirectRoutingOK` from `ip.DirectRouting(PublicIPv6)`): a directly connected IPv6 peer
+//! gets `IPv6 podCIDR via <public IPv6>` and no IPv6 neighbour or IPv6 FDB entry.
+//!
 //! Unlike flanneld, which decides once per lease event, the decision is cached per peer and
 //! looked up again when the kernel announces a route change that is not ours (an address added
 //! or removed on the underlay adds or removes its connected route), so a peer that moves
 //! between the two is re-programmed; reconcile then removes the old route and neighbour.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use fdb_sync::Peer;
@@ -19,8 +23,14 @@ use tracing::{info, warn};
 use crate::fdb::{Fdb, FdbHandle};
 use crate::sys::netlink::{KernelEvent, Netlink, RouteTo};
 
-/// Which peers are directly routable: VTEP address -> the interface that reaches it.
-pub type DirectPeers = HashMap<Ipv4Addr, u32>;
+/// Which peer VTEP addresses (either family) are directly routable: address -> the interface
+/// that reaches it.
+pub type DirectPeers = HashMap<IpAddr, u32>;
+
+/// A peer's VTEP addresses: IPv4, and IPv6 when it is dual-stack.
+fn vteps(p: &Peer) -> impl Iterator<Item = IpAddr> + '_ {
+    std::iter::once(IpAddr::V4(p.vtep_ip)).chain(p.v6.map(|v| IpAddr::V6(v.vtep_ip)))
+}
 
 /// The interface that reaches a peer directly, from the kernel's route lookup for its public
 /// IP: Flannel's rule (one route, without a gateway), and not through our own device, and a
@@ -37,8 +47,8 @@ pub fn direct_oif(route: Option<RouteTo>, tap_index: u32) -> Option<u32> {
 
 pub struct DirectRouting {
     enabled: bool,
-    /// Every peer's last lookup: `Some(oif)` when directly connected.
-    cache: HashMap<Ipv4Addr, Option<u32>>,
+    /// Every peer VTEP's last lookup: `Some(oif)` when directly connected.
+    cache: HashMap<IpAddr, Option<u32>>,
     direct: DirectPeers,
     /// Look every peer up again at the next `evaluate`.
     stale: bool,
@@ -82,42 +92,37 @@ impl DirectRouting {
             return false;
         }
         let refresh = std::mem::take(&mut self.stale);
-        let current: std::collections::HashSet<Ipv4Addr> =
-            peers.iter().map(|p| p.vtep_ip).collect();
+        let current: std::collections::HashSet<IpAddr> = peers.iter().flat_map(vteps).collect();
         self.cache.retain(|ip, _| current.contains(ip));
         for p in peers {
-            if !refresh && self.cache.contains_key(&p.vtep_ip) {
-                continue;
-            }
-            let oif = match nl.route_to(p.vtep_ip).await {
-                Ok(r) => direct_oif(r, tap_index),
-                Err(e) => {
-                    warn!(peer = %p.name, vtep = %p.vtep_ip, error = %e, "route lookup for DirectRouting failed; keeping VXLAN for this peer");
-                    None
+            for ip in vteps(p) {
+                if !refresh && self.cache.contains_key(&ip) {
+                    continue;
                 }
-            };
-            self.cache.insert(p.vtep_ip, oif);
+                let oif = match nl.route_to(ip).await {
+                    Ok(r) => direct_oif(r, tap_index),
+                    Err(e) => {
+                        warn!(peer = %p.name, vtep = %ip, error = %e, "route lookup for DirectRouting failed; keeping VXLAN for this peer");
+                        None
+                    }
+                };
+                self.cache.insert(ip, oif);
+            }
         }
         let next: DirectPeers = peers
             .iter()
-            .filter_map(|p| {
-                self.cache
-                    .get(&p.vtep_ip)
-                    .copied()
-                    .flatten()
-                    .map(|o| (p.vtep_ip, o))
-            })
+            .flat_map(vteps)
+            .filter_map(|ip| self.cache.get(&ip).copied().flatten().map(|o| (ip, o)))
             .collect();
         if next == self.direct {
             return false;
         }
         for p in peers {
-            let (was, now) = (
-                self.direct.contains_key(&p.vtep_ip),
-                next.contains_key(&p.vtep_ip),
-            );
-            if was != now {
-                info!(peer = %p.name, vtep = %p.vtep_ip, direct = now, "DirectRouting: peer {}", if now { "is directly connected: plain route, no VXLAN" } else { "is not directly connected: VXLAN" });
+            for ip in vteps(p) {
+                let (was, now) = (self.direct.contains_key(&ip), next.contains_key(&ip));
+                if was != now {
+                    info!(peer = %p.name, vtep = %ip, direct = now, "DirectRouting: peer {}", if now { "is directly connected: plain route, no VXLAN" } else { "is not directly connected: VXLAN" });
+                }
             }
         }
         self.direct = next;
@@ -131,9 +136,13 @@ impl DirectRouting {
             return;
         }
         let cur = fdb.load();
-        let agrees = peers
-            .iter()
-            .all(|p| cur.lookup(&p.vtep_mac.0).is_some() != self.direct.contains_key(&p.vtep_ip));
+        let agrees = peers.iter().all(|p| {
+            cur.lookup(&p.vtep_mac.0).is_some() != self.direct.contains_key(&IpAddr::V4(p.vtep_ip))
+                && p.v6.is_none_or(|v| {
+                    cur.lookup_v6(&v.vtep_mac.0).is_some()
+                        != self.direct.contains_key(&IpAddr::V6(v.vtep_ip))
+                })
+        });
         if agrees {
             return;
         }
@@ -156,7 +165,7 @@ mod tests {
                 unicast,
             })
         };
-        let gw = Some(Ipv4Addr::new(198, 18, 0, 254));
+        let gw = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, 254)));
         assert_eq!(direct_oif(r(2, None, true), 9), Some(2), "connected");
         assert_eq!(direct_oif(r(2, gw, true), 9), None, "via a router");
         assert_eq!(direct_oif(r(1, None, false), 9), None, "local address");

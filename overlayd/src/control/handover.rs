@@ -11,9 +11,10 @@
 //!
 //! The exchange (one SEQPACKET message each, JSON, descriptors attached to `Queue`):
 //! ```text
-//! new -> old  Hello {version, pid, netns, device, port, vni}
+//! new -> old  Hello {version, pid, netns, device, port, vni, ipv6}
 //! old -> new  Refuse {reason}                       (different netns, device, port, VNI)
-//!          or Offer {pid, queues} + queues x Queue {id, tso, gro, tx} [tap, rx, tx...]
+//!          or Offer {pid, queues} + queues x Queue {id, tso, gro, tx, rx6, tx6}
+//!                                                  [tap, rx, tx..., rx6?, tx6...]
 //! new         starts its workers on the received descriptors (both processes forward now)
 //! new -> old  Running
 //! old         stops its workers, closes its copies, its listener and its HTTP port
@@ -23,6 +24,14 @@
 //! carries on. The old process then idles until it is told to stop, and leaves everything to
 //! the new one (a Kubernetes container that exited would be restarted and take the dataplane
 //! back).
+//!
+//! IPv6 underlay sockets (dual-stack) were added within version 1, backward-safe both ways:
+//! a Hello says `ipv6: true` when its sender takes them, and only then does a Queue carry
+//! `rx6`/`tx6` and their descriptors; a Hello without the field (an older overlayd) gets the
+//! queues as before, and an older overlayd never sends them. A new process whose IPv6 underlay
+//! differs from what it was handed (none, or another address) opens or drops its own IPv6
+//! sockets afterwards (`control::adapt_v6`); the shared TAP queues and IPv4 sockets are what
+//! keep the handover lossless.
 //!
 //! Only a process of the same user in the same network namespace is served; the socket's
 //! directory is created 0700.
@@ -61,6 +70,9 @@ enum Msg {
         device: String,
         port: u16,
         vni: u32,
+        /// The sender takes IPv6 sockets with each queue (absent from older overlayds).
+        #[serde(default)]
+        ipv6: bool,
     },
     Refuse {
         reason: String,
@@ -74,9 +86,20 @@ enum Msg {
         tso: bool,
         gro: bool,
         tx: usize,
+        /// An IPv6 receive socket follows the IPv4 send sockets (only to an `ipv6` Hello).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rx6: bool,
+        /// IPv6 send sockets after that.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        tx6: usize,
     },
     Running,
     Released,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// What both sides must agree on for descriptors to be usable by the other.
@@ -212,7 +235,7 @@ pub fn offer<'a>(
         warn!(uid, "handover request from another user refused");
         return Ok(None);
     }
-    let (version, pid, their_netns, device, port, vni) = match recv(conn) {
+    let (version, pid, their_netns, device, port, vni, ipv6) = match recv(conn) {
         Ok((
             Msg::Hello {
                 version,
@@ -221,9 +244,10 @@ pub fn offer<'a>(
                 device,
                 port,
                 vni,
+                ipv6,
             },
             _,
-        )) => (version, pid, netns, device, port, vni),
+        )) => (version, pid, netns, device, port, vni, ipv6),
         // `overlayd cleanup` only checks that someone listens.
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Ok((m, _)) => {
@@ -268,6 +292,15 @@ pub fn offer<'a>(
     for (id, q) in queues.into_iter().enumerate() {
         let mut fds = vec![q.tap.file().as_fd(), q.rx.as_fd()];
         fds.extend(q.tx_pool.iter().map(AsFd::as_fd));
+        // An older successor would not expect them; it opens nothing for IPv6 anyway.
+        let (rx6, tx6) = match (&q.rx6, ipv6) {
+            (Some(rx6), true) => {
+                fds.push(rx6.as_fd());
+                fds.extend(q.tx_pool6.iter().map(AsFd::as_fd));
+                (true, q.tx_pool6.len())
+            }
+            _ => (false, 0),
+        };
         send(
             conn,
             &Msg::Queue {
@@ -275,6 +308,8 @@ pub fn offer<'a>(
                 tso: q.offloads.tso,
                 gro: q.offloads.gro,
                 tx: q.tx_pool.len(),
+                rx6,
+                tx6,
             },
             &fds,
         )?;
@@ -331,6 +366,7 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
         device: me.device.clone(),
         port: me.port,
         vni: me.vni,
+        ipv6: true,
     };
     let attempt = || -> io::Result<Result<(u32, Vec<QueueIo>), String>> {
         send(&conn, &hello, &[])?;
@@ -346,24 +382,41 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
         let mut queues = Vec::with_capacity(n);
         for want in 0..n {
             let (m, fds) = recv(&conn)?;
-            let Msg::Queue { id, tso, gro, tx } = m else {
+            let Msg::Queue {
+                id,
+                tso,
+                gro,
+                tx,
+                rx6,
+                tx6,
+            } = m
+            else {
                 return Err(io::Error::other(format!(
                     "expected queue {want}, got {m:?}"
                 )));
             };
-            if id != want || tx == 0 || fds.len() != tx + 2 {
+            if id != want || tx == 0 || fds.len() != 2 + tx + usize::from(rx6) + tx6 {
                 return Err(io::Error::other(format!(
-                    "queue {id}: {} descriptors for {tx} send sockets",
-                    fds.len()
+                    "queue {id}: {} descriptors for {tx} send sockets, {} IPv6 receive socket and {tx6} IPv6 send sockets",
+                    fds.len(),
+                    u8::from(rx6)
                 )));
             }
             let mut fds = fds.into_iter();
             let tap = TapQueue::from_fd(fds.next().unwrap_or_else(|| unreachable!()));
             let rx = UdpSocket::from(fds.next().unwrap_or_else(|| unreachable!()));
+            let tx_pool = fds.by_ref().take(tx).map(UdpSocket::from).collect();
+            let rx6 = if rx6 {
+                fds.next().map(UdpSocket::from)
+            } else {
+                None
+            };
             queues.push(QueueIo {
                 tap,
                 rx,
-                tx_pool: fds.map(UdpSocket::from).collect(),
+                tx_pool,
+                rx6,
+                tx_pool6: fds.map(UdpSocket::from).collect(),
                 offloads: Offloads { tso, gro },
             });
         }

@@ -5,7 +5,14 @@
 //!
 //! It never blocks the packet path: workers only ever see whole FDB snapshots.
 //!
-//! Self-healing: rtnetlink notifications (link, IPv4 route, neighbour) trigger a check at
+//! Dual stack (net-conf `EnableIPv6`): one TAP device and one MAC carry both families (Flannel
+//! uses two kernel devices, `flannel.<VNI>` and `flannel-v6.<VNI>`, each with a MAC of its
+//! own); inner IPv4 travels over the IPv4 underlay (`public-ip`), inner IPv6 over the IPv6
+//! underlay (`public-ipv6`), as Flannel's two devices do. The device gets the IPv6 podCIDR's
+//! network address /128 next to the IPv4 /32, every dual-stack peer an IPv6 route and
+//! neighbour, and the MAC is announced in `backend-v6-data` too.
+//!
+//! Self-healing: rtnetlink notifications (link, IPv4/IPv6 route, neighbour) trigger a check at
 //! once, and a 2 s reconcile is the backstop for anything a notification missed. A device
 //! found down is set up again; a device found deleted gets a new dataplane (workers stopped,
 //! device, sockets and workers created again, peers' counters kept).
@@ -23,7 +30,7 @@ mod supervise;
 pub mod underlay;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,6 +70,8 @@ pub struct Options {
     /// `--iface-can-reach`: the interface `ip route get` uses for it.
     pub iface_can_reach: Option<Ipv4Addr>,
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: the IPv6 VTEP address announced and sent from (EnableIPv6).
+    pub public_ipv6: Option<Ipv6Addr>,
     pub net_config_path: PathBuf,
     pub subnet_file: PathBuf,
     pub device: String,
@@ -265,7 +274,8 @@ fn not_adoptable(link: &Link) -> Option<String> {
 }
 
 /// Opens the sockets of each TAP queue and probes the offloads (a refusal means the plain
-/// path, said once per queue).
+/// path, said once per queue). With an IPv6 underlay each queue also gets an IPv6 receive
+/// socket and an IPv6 send pool.
 fn queue_ios(
     opts: &Options,
     netconf: &NetConf,
@@ -283,33 +293,114 @@ fn queue_ios(
                 false
             }
         };
-        let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, netconf.port).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot bind UDP port {}: {e}; is a kernel vxlan device (flannel.1) or another overlayd using it? Remove it or set Backend.Port",
-                netconf.port
-            )
-        })?;
-        let gro = match udp::enable_gro(&rx) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(queue = id, error = %e, "UDP_GRO unavailable; receiving one datagram per read");
-                false
-            }
-        };
-        #[allow(clippy::cast_possible_truncation)]
-        let seed = u32::from(underlay.ip)
-            .wrapping_mul(2_654_435_761)
-            .wrapping_add(id as u32 * 4099);
-        let tx_pool = udp::bind_source_pool(underlay.ip, 16, seed)
-            .with_context(|| format!("cannot bind source ports on {}", underlay.ip))?;
-        out.push(QueueIo {
-            tap: tapq,
-            rx,
-            tx_pool,
-            offloads: Offloads { tso, gro },
-        });
+        out.push(open_queue(
+            tapq,
+            tso,
+            id,
+            netconf.port,
+            underlay.ip,
+            underlay.ip6,
+        )?);
     }
     Ok(out)
+}
+
+/// The sockets of queue `id` around its TAP queue (`tso`: its offloads are on): the IPv4
+/// receive socket on `0.0.0.0:port` (SO_REUSEPORT, UDP_GRO when the kernel has it) and 16
+/// send sockets bound to `ip`; with `ip6`, the IPv6 receive socket and send pool as well
+/// (`open_v6`). Public for the worker-level tests, which build queues exactly as overlayd does.
+pub fn open_queue(
+    tap: tap::TapQueue,
+    tso: bool,
+    id: usize,
+    port: u16,
+    ip: Ipv4Addr,
+    ip6: Option<std::net::Ipv6Addr>,
+) -> Result<QueueIo> {
+    let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, port).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind UDP port {port}: {e}; is a kernel vxlan device (flannel.1) or another overlayd using it? Remove it or set Backend.Port"
+        )
+    })?;
+    let gro = match udp::enable_gro(&rx) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(queue = id, error = %e, "UDP_GRO unavailable; receiving one datagram per read");
+            false
+        }
+    };
+    #[allow(clippy::cast_possible_truncation)]
+    let seed = u32::from(ip)
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(id as u32 * 4099);
+    let tx_pool = udp::bind_source_pool(ip, 16, seed)
+        .with_context(|| format!("cannot bind source ports on {ip}"))?;
+    let mut io = QueueIo {
+        tap,
+        rx,
+        tx_pool,
+        rx6: None,
+        tx_pool6: Vec::new(),
+        offloads: Offloads { tso, gro },
+    };
+    if let Some(ip6) = ip6 {
+        open_v6(&mut io, id, ip6, port)?;
+    }
+    Ok(io)
+}
+
+/// Gives queue `id` its IPv6 receive socket (`[::]:port`, IPv6-only, SO_REUSEPORT, UDP_GRO as
+/// the IPv4 one has it) unless it has one, and 16 IPv6 send sockets bound to `ip6` in place of
+/// any it has. If UDP_GRO works on the IPv4 socket but not here, both receive sockets go plain
+/// (one receive mode per queue).
+fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> Result<()> {
+    if io.rx6.is_none() {
+        let rx6 = udp::bind_vxlan_v6(std::net::Ipv6Addr::UNSPECIFIED, port).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind UDP port [::]:{port}: {e}; is a kernel vxlan device (flannel-v6.1) or another overlayd using it? Remove it or set Backend.Port"
+            )
+        })?;
+        if io.offloads.gro {
+            if let Err(e) = udp::enable_gro(&rx6) {
+                warn!(queue = id, error = %e, "UDP_GRO unavailable on the IPv6 socket; receiving one datagram per read");
+                udp::disable_gro(&io.rx)
+                    .context("cannot turn UDP_GRO off again on the IPv4 receive socket")?;
+                io.offloads.gro = false;
+            }
+        }
+        io.rx6 = Some(rx6);
+    }
+    let o = ip6.octets();
+    #[allow(clippy::cast_possible_truncation)]
+    let seed = u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(id as u32 * 4099);
+    io.tx_pool6 = udp::bind_source_pool(ip6, 16, seed)
+        .with_context(|| format!("cannot bind IPv6 source ports on {ip6}"))?;
+    Ok(())
+}
+
+/// Fits queues handed over by a running overlayd to this process's IPv6 underlay: opens the
+/// IPv6 sockets it did not hand over (it had no IPv6 underlay, or is an older overlayd), binds
+/// a new IPv6 send pool when its address differs, and closes the IPv6 sockets when this one
+/// has no IPv6 underlay.
+fn adapt_v6(mut ios: Vec<QueueIo>, netconf: &NetConf, underlay: &Underlay) -> Result<Vec<QueueIo>> {
+    for (id, io) in ios.iter_mut().enumerate() {
+        match underlay.ip6 {
+            None => {
+                io.rx6 = None;
+                io.tx_pool6.clear();
+            }
+            Some(ip6) => {
+                let bound = io.tx_pool6.first().and_then(|s| s.local_addr().ok());
+                if io.rx6.is_none() || bound.map(|a| a.ip()) != Some(ip6.into()) {
+                    info!(queue = id, ip6 = %ip6, "opening IPv6 underlay sockets the previous overlayd did not hand over");
+                    open_v6(io, id, ip6, netconf.port)?;
+                }
+            }
+        }
+    }
+    Ok(ios)
 }
 
 /// Sets up the dataplane for `state`: takes the queues `handed` over by a running overlayd,
@@ -344,7 +435,7 @@ async fn start_dataplane(
         );
     }
     let (origin, mut ios) = match (handed, &existing) {
-        (Some(ios), _) => (Origin::HandedOver, ios),
+        (Some(ios), _) => (Origin::HandedOver, adapt_v6(ios, netconf, underlay)?),
         (None, Some(l)) => {
             let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
             if others > 0 {
@@ -382,12 +473,8 @@ async fn start_dataplane(
             .await?
             .with_context(|| format!("TAP device {} vanished after creation", opts.device))?,
     };
-    // IPv6 link-local traffic (RS, MLD) would only be dropped as floods; Flannel's IPv4 overlay
-    // has no use for it. Best effort: the sysctl may be absent.
-    let _ = std::fs::write(
-        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", opts.device),
-        "1",
-    );
+    let own_v6 = own_v6_of(state, netconf);
+    ipv6_sysctls(&opts.device, own_v6.is_some());
     if origin == Origin::Created {
         nl.set_alias(link.index, DEVICE_ALIAS).await?;
         nl.configure_link(link.index, model::mac(own_mac), mtu, own_cidr.network())
@@ -399,6 +486,9 @@ async fn start_dataplane(
         if !changed.is_empty() {
             warn!(device = %opts.device, changed = %changed.join(","), "adopted device differed from the desired state; fixed");
         }
+    }
+    if let Some(v6) = own_v6 {
+        ensure_ipv6_address(nl, link.index, v6, &opts.device).await?;
     }
 
     let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
@@ -437,11 +527,60 @@ async fn start_dataplane(
     ))
 }
 
-/// subnet.env for this node's podCIDR (IPv4 only, as the daemon runs), in cni-shim's one
-/// definition of the file.
+/// The device's IPv6 settings. With IPv6 on: IPv6 enabled, no router advertisements taken
+/// (as Flannel sets `accept_ra` 0 on its devices) and no link-local address generated
+/// (`addr_gen_mode` none), so the kernel sends no router solicitations or link-local traffic
+/// into the overlay, where it would only be dropped as floods. With IPv6 off: IPv6 disabled on
+/// the device altogether. Best effort: the sysctls may be absent (IPv6 compiled out).
+fn ipv6_sysctls(device: &str, ipv6: bool) {
+    let set = |key: &str, v: &str| {
+        let path = format!("/proc/sys/net/ipv6/conf/{device}/{key}");
+        if let Err(e) = std::fs::write(&path, v) {
+            if ipv6 {
+                warn!(path, error = %e, "cannot set an IPv6 sysctl of the device");
+            }
+        }
+    };
+    if ipv6 {
+        set("accept_ra", "0");
+        set("addr_gen_mode", "1");
+        set("disable_ipv6", "0");
+    } else {
+        set("disable_ipv6", "1");
+    }
+}
+
+/// Gives the device this node's IPv6 address, the IPv6 podCIDR's network address /128 (as
+/// Flannel's `ConfigureIPv6(IP6Net{IP: lease.IPv6Subnet.IP, PrefixLen: 128})`), and removes
+/// every other IPv6 address (a link-local one the kernel made before `addr_gen_mode` was set,
+/// an old subnet's).
+async fn ensure_ipv6_address(
+    nl: &Netlink,
+    index: u32,
+    own_v6: ipnetwork::Ipv6Network,
+    device: &str,
+) -> Result<()> {
+    let addr = own_v6.network();
+    if nl.ensure_ipv6_address(index, addr).await? {
+        info!(device, address = %addr, "device got its IPv6 address");
+    }
+    let removed = nl.remove_other_ipv6_addresses(index, addr).await?;
+    if removed > 0 {
+        info!(
+            device,
+            removed, "removed other IPv6 addresses from the device"
+        );
+    }
+    Ok(())
+}
+
+/// subnet.env for this node's podCIDR(s), in cni-shim's one definition of the file:
+/// `FLANNEL_IPV6_NETWORK` / `FLANNEL_IPV6_SUBNET` too when IPv6 is on (Flannel's
+/// WriteSubnetFile: the IPv6 subnet's first host, like the IPv4 one).
 fn subnet_env(
     netconf: &NetConf,
     own_cidr: ipnetwork::Ipv4Network,
+    own_v6: Option<ipnetwork::Ipv6Network>,
     mtu: u32,
     opts: &Options,
 ) -> Result<SubnetEnv> {
@@ -453,7 +592,34 @@ fn subnet_env(
                 opts.subnet_file.display()
             )
         })?;
-    SubnetEnv::for_node(Some(v4), None, mtu, opts.ip_masq).context("subnet.env without a subnet")
+    let v6 = match (netconf.network_v6, own_v6) {
+        (Some(network), Some(cidr)) => Some(
+            NodeSubnet::for_pod_cidr(network.into(), cidr.into()).with_context(|| {
+                format!(
+                    "cannot describe IPv6 podCIDR {cidr} of IPv6Network {network} in {}",
+                    opts.subnet_file.display()
+                )
+            })?,
+        ),
+        _ => None,
+    };
+    SubnetEnv::for_node(Some(v4), v6, mtu, opts.ip_masq).context("subnet.env without a subnet")
+}
+
+/// This node's IPv6 podCIDR in `state` when IPv6 is on.
+fn own_v6_of(state: &ClusterState, netconf: &NetConf) -> Option<ipnetwork::Ipv6Network> {
+    state
+        .own
+        .pod_cidr_v6
+        .filter(|_| netconf.network_v6.is_some())
+}
+
+/// The MTU metric of every IPv6 peer route: the TAP's MTU is Flannel's (underlay − 50, for
+/// both families), but inner IPv6 travels over outer IPv6 (70 bytes) and outer packets are
+/// never fragmented, so inner IPv6 fits in underlay − 70. The kernel then sends pods ICMPv6
+/// Packet Too Big and TCP settles on a segment size that fits.
+fn ipv6_route_mtu(device_mtu: u32, underlay_mtu: u32) -> u32 {
+    device_mtu.min(underlay_mtu.saturating_sub(crate::config::VXLAN_OVERHEAD_V6))
 }
 
 /// What `overlayd status` shows of this node, at start and after its lease moves.
@@ -463,9 +629,17 @@ fn own_node(
     underlay: &Underlay,
     own_cidr: ipnetwork::Ipv4Network,
     own_mac: fdb_sync::MacAddr,
+    own_v6: Option<ipnetwork::Ipv6Network>,
     mtu: u32,
 ) -> OwnNode {
     OwnNode {
+        ipv6: own_v6
+            .zip(underlay.ip6)
+            .map(|(pod_cidr, vtep_ip)| crate::observe::PeerStatusV6 {
+                pod_cidr,
+                vtep_ip,
+                vtep_mac: model::mac(own_mac),
+            }),
         node: opts.node_name.clone(),
         pod_cidr: own_cidr,
         vtep_ip: underlay.ip,
@@ -519,19 +693,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         }
         netconf
     };
-    // The node model, annotations and subnet.env understand EnableIPv6, but the dataplane
-    // (TAP, UDP sockets, routes) still carries IPv4 only: starting would give pods IPv6
-    // addresses that lead nowhere.
-    if let Some(v6) = netconf.network_v6 {
-        bail!(
-            "{}: EnableIPv6 is true (IPv6Network {v6}), but this overlayd forwards IPv4 pods over an IPv4 underlay only; set EnableIPv6 to false, or keep Flannel on dual-stack nodes",
-            if etcd_source.is_some() { "the etcd network config".to_string() } else { opts.net_config_path.display().to_string() }
-        );
-    }
-
     // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
     let nl = Netlink::connect()?;
-    let underlay = find_underlay(&nl, &opts).await?;
+    let underlay = find_underlay(&nl, &opts, netconf.network_v6.is_some()).await?;
     let mut policy = current_policy(&nl, &netconf, &underlay, &opts).await;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
@@ -566,10 +730,12 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     health.own_node_known.store(true, Ordering::Relaxed);
     let mut own_cidr = state.own_pod_cidr();
     let mut own_mac = state.own_vtep_mac();
+    // EnableIPv6 makes an IPv6 podCIDR mandatory for this node (the policy checks it).
+    let mut own_v6 = own_v6_of(&state, &netconf);
     // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
     flannel_leftovers::take_over(&nl, netconf.vni).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
-    info!(iface = %underlay.iface, ip = %underlay.ip, underlay_mtu = underlay.mtu, mtu, "underlay");
+    info!(iface = %underlay.iface, ip = %underlay.ip, ip6 = ?underlay.ip6, underlay_mtu = underlay.mtu, mtu, "underlay");
     if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
         bail!(
             "net-conf Backend.MTU {} (device MTU {mtu}) does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
@@ -579,6 +745,34 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             underlay.mtu,
             crate::config::VXLAN_OVERHEAD_V4,
             underlay.mtu
+        );
+    }
+    let route_mtu_v6 = ipv6_route_mtu(mtu, underlay.mtu);
+    if underlay.ip6.is_some() && route_mtu_v6 < 1280 {
+        bail!(
+            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {route_mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU or set EnableIPv6 to false",
+            underlay.iface,
+            underlay.mtu,
+            crate::config::VXLAN_OVERHEAD_V6
+        );
+    }
+    if let (Some(listed), Some(ours)) = (state.own.public_ip_v6, underlay.ip6) {
+        if listed != ours && netconf.network_v6.is_some() {
+            warn!(
+                node = %opts.node_name, listed = %listed, sending_from = %ours,
+                "peers know this node's IPv6 VTEP as {listed} but VXLAN over IPv6 leaves from {ours}: they will drop it as unknown_sender; pass --public-ipv6 {listed} or fix the node's address"
+            );
+        }
+    }
+    if let Some(listed) = state
+        .own
+        .vtep_mac_v6
+        .filter(|m| own_v6.is_some() && state.own.vtep_mac_v6_annotated && *m != own_mac)
+    {
+        warn!(
+            node = %opts.node_name, listed = %listed, device_mac = %own_mac,
+            "this node's backend-v6-data names VtepMAC {listed}, but overlayd's one device answers IPv6 on {own_mac} too: peers that read the old annotation send IPv6 frames this node drops (not_for_us) until it says {own_mac}{}",
+            if matches!(source, SourceKind::Kube { .. }) { " (overlayd rewrites it now)" } else { "; update it in the node source" }
         );
     }
     if let Some(listed) = state.own.public_ip.filter(|ip| *ip != underlay.ip) {
@@ -625,13 +819,18 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             None
         }
     };
-    let mut blackhole_task = opts
-        .ip_blackhole_route
-        .then(|| tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
+    let mut blackhole_task = opts.ip_blackhole_route.then(|| {
+        tokio::spawn(blackhole::keep(
+            nl.clone(),
+            own_cidr,
+            own_v6,
+            opts.iptables_resync,
+        ))
+    });
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
     // A peer the kernel refuses is retried on its own; only unreadable kernel tables stop us.
-    let mut reconciler = Reconciler::default();
+    let mut reconciler = Reconciler::new(route_mtu_v6);
     let first = reconciler
         .reconcile(&nl, dp.link_index, &state.peers, direct.peers())
         .await?;
@@ -644,9 +843,10 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         &opts,
         &netconf,
         own_cidr,
+        own_v6,
         observed.netfilter.clone(),
     )?;
-    let env = subnet_env(&netconf, own_cidr, mtu, &opts)?;
+    let env = subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
@@ -655,14 +855,21 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         vtep_mac: own_mac,
         public_ip: underlay.ip,
         vni: netconf.vni,
-        // EnableIPv6 is refused above until the dataplane carries IPv6.
-        v6: None,
+        // One device, one MAC: the IPv6 VtepMAC is the device's MAC too.
+        v6: own_v6
+            .and(underlay.ip6)
+            .map(|public_ip| fdb_sync::kube::AnnouncementV6 {
+                vtep_mac: own_mac,
+                public_ip,
+            }),
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
-    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, mtu));
+    observed.set_own(own_node(
+        &opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu,
+    ));
     observed.synced();
     info!(
-        node = %opts.node_name, pod_cidr = %own_cidr, vtep_mac = %own_mac, device = %opts.device,
+        node = %opts.node_name, pod_cidr = %own_cidr, pod_cidr_v6 = ?own_v6, vtep_mac = %own_mac, device = %opts.device,
         queues = dp.workers.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
     );
 
@@ -768,7 +975,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     }
                 }
                 Some(Ok(new)) if matches!(source, SourceKind::Etcd { .. })
-                    && (new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac) =>
+                    && (new.own.pod_cidr != state.own.pod_cidr
+                        || new.own_vtep_mac() != own_mac
+                        || own_v6_of(&new, &netconf) != own_v6) =>
                 {
                     // The lease was lost and another node took the subnet: move to the new
                     // one. The device gets the new address and VtepMAC (workers restarted
@@ -797,27 +1006,30 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     };
                     own_cidr = new_cidr;
                     own_mac = new.own_vtep_mac();
+                    own_v6 = own_v6_of(&new, &netconf);
                     state = new;
-                    subnet_env(&netconf, own_cidr, mtu, &opts)?
+                    subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?
                         .write_atomic(&opts.subnet_file)
                         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
                     drop(netfilter.take());
-                    netfilter = crate::netfilter::start_from_options(&opts, &netconf, own_cidr, observed.netfilter.clone())?;
+                    netfilter = crate::netfilter::start_from_options(&opts, &netconf, own_cidr, own_v6, observed.netfilter.clone())?;
                     if let Some(t) = blackhole_task.take() {
                         t.abort();
-                        blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, opts.iptables_resync)));
+                        blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, own_v6, opts.iptables_resync)));
                     }
-                    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, mtu));
+                    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu));
                     log_peer_set(&state, &mut reported_skips);
                     observed.set_skipped(&state);
                     last_error.clear();
                     synced = true;
                     changed = true;
                 }
-                Some(Ok(new)) if new.own.pod_cidr != state.own.pod_cidr || new.own_vtep_mac() != own_mac => {
+                Some(Ok(new)) if new.own.pod_cidr != state.own.pod_cidr
+                    || new.own_vtep_mac() != own_mac
+                    || own_v6_of(&new, &netconf) != own_v6 => {
                     let msg = format!(
-                        "own node changed (podCIDR {:?} -> {:?}, VtepMAC {} -> {}): restart overlayd to apply; keeping the running state",
-                        state.own.pod_cidr, new.own.pod_cidr, own_mac, new.own_vtep_mac()
+                        "own node changed (podCIDR {:?} -> {:?}, IPv6 podCIDR {:?} -> {:?}, VtepMAC {} -> {}): restart overlayd to apply; keeping the running state",
+                        state.own.pod_cidr, new.own.pod_cidr, own_v6, own_v6_of(&new, &netconf), own_mac, new.own_vtep_mac()
                     );
                     if msg != last_error {
                         error!("{msg}");
@@ -1037,8 +1249,15 @@ async fn current_policy(
     underlay: &Underlay,
     opts: &Options,
 ) -> fdb_sync::PeerPolicy {
-    let (p, err) =
-        policy::peer_policy(nl, netconf.network, underlay.ip, opts.allow_link_local_vtep).await;
+    let (p, err) = policy::peer_policy(
+        nl,
+        netconf.network,
+        netconf.network_v6,
+        underlay.ip,
+        underlay.ip6,
+        opts.allow_link_local_vtep,
+    )
+    .await;
     if let Some(e) = err {
         warn!(error = %e, "cannot read this node's addresses; peers are checked against the Network and the underlay address only");
     }

@@ -3,37 +3,52 @@
 //! subnets. Read from the kernel at start and again before each new node-source state is
 //! applied, so an address added later is protected too.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fdb_sync::{ClusterState, PeerPolicy};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::sys::netlink::Netlink;
 
 /// The policy for this node. A netlink failure leaves the address lists empty (the Network
-/// rules still hold) rather than stopping the node; the caller logs it.
+/// rules still hold) rather than stopping the node; the caller logs it. With IPv6 on, the
+/// IPv6 Network is checked too, the IPv6 VTEP address counts as this node's, and the IPv6
+/// subnets of the underlay interface are underlay subnets like the IPv4 ones.
 pub async fn peer_policy(
     nl: &Netlink,
     network: Ipv4Network,
+    network_v6: Option<Ipv6Network>,
     underlay_ip: Ipv4Addr,
+    underlay_ip6: Option<Ipv6Addr>,
     allow_link_local_vtep: bool,
 ) -> (PeerPolicy, Option<String>) {
     let mut policy = PeerPolicy {
         allow_link_local_vtep,
-        own_addresses: vec![IpAddr::V4(underlay_ip)],
+        network_v6,
+        own_addresses: std::iter::once(IpAddr::V4(underlay_ip))
+            .chain(underlay_ip6.map(IpAddr::V6))
+            .collect(),
         ..PeerPolicy::new(network)
     };
     match nl.all_addresses().await {
         Ok(addrs) => {
-            let underlay_index = addrs
+            let underlay: Vec<u32> = addrs
                 .iter()
-                .find(|(_, a)| a.ip() == IpAddr::V4(underlay_ip))
-                .map(|(i, _)| *i);
+                .filter(|(_, a)| {
+                    a.ip() == IpAddr::V4(underlay_ip)
+                        || Some(a.ip()) == underlay_ip6.map(IpAddr::V6)
+                })
+                .map(|(i, _)| *i)
+                .collect();
             for (index, a) in &addrs {
                 if !policy.own_addresses.contains(&a.ip()) {
                     policy.own_addresses.push(a.ip());
                 }
-                if Some(*index) == underlay_index {
+                // A link-local prefix (fe80::/64 on every IPv6 link) is no underlay subnet a
+                // podCIDR could capture: IPv6Network never holds it.
+                let link_local =
+                    matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+                if underlay.contains(index) && !link_local {
                     if let Ok(net) = IpNetwork::new(a.network(), a.prefix()) {
                         if !policy.underlay_subnets.contains(&net) {
                             policy.underlay_subnets.push(net);

@@ -1,50 +1,123 @@
-//! The underlay: which interface and address VXLAN leaves from, chosen as flanneld chooses it
-//! (main.go, pkg/ipmatch LookupExtIface, IPv4 stack).
+//! The underlay: which interface and addresses VXLAN leaves from, chosen as flanneld chooses
+//! them (main.go, pkg/ipmatch LookupExtIface, IPv4 and dual stack).
 //!
 //! Without `--iface`, `--iface-regex` and `--iface-can-reach`: the interface holding
-//! `--public-ip`, else the interface of the default route. With them: each `--iface` in order
-//! (an address selects the interface holding it and that address, a name selects the interface
-//! and its first IPv4 address), then each `--iface-regex` (first against every interface's IPv4
-//! addresses, then against every name), then `--iface-can-reach` (the interface and source
-//! address of `ip route get`); the first match wins. `--public-ip`, when given, is the address
-//! announced and sent from whatever interface was chosen.
+//! `--public-ip` (else, with IPv6, the one holding `--public-ipv6`), else the interface of the
+//! default route; with IPv6 on, the IPv6 default route must leave through the same interface,
+//! as flanneld requires. With them: each `--iface` in order (an address selects the interface
+//! holding it and that address, a name selects the interface and its first address), then
+//! each `--iface-regex` (first against every interface's addresses, then against every name),
+//! then `--iface-can-reach` (the interface and source address of `ip route get`); the first
+//! match wins. With IPv6 on, an interface matches only when it also has an IPv6 address (a
+//! regex must match one of each family on the same interface), as flanneld's dual stack.
+//! `--public-ip` / `--public-ipv6`, when given, are the addresses announced and sent from,
+//! whatever interface was chosen.
+//!
+//! The IPv6 address is the interface's first usable one in Flannel's order (pkg/ip
+//! GetInterfaceIP6Addrs): not deprecated, global before anything else, configured by hand
+//! before autoconfigured, stable before temporary. Unlike flanneld, which falls back to a
+//! link-local address, overlayd takes global unicast (ULA included) only: a link-local VTEP
+//! has no meaning off its link and peers refuse it by default (`--allow-link-local-vtep`).
 //!
 //! The matching itself is I/O-free ([`select`] over a [`Snapshot`]); only gathering the
 //! snapshot and the route lookups touch netlink.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, Context, Result};
 
 use super::Options;
-use crate::sys::netlink::{Link, Netlink};
+use crate::sys::netlink::{Addr6, Link, Netlink};
 
 /// The underlay: where VXLAN leaves and arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
     pub iface: String,
     pub ip: Ipv4Addr,
+    /// The IPv6 VTEP address (`public-ipv6`) when IPv6 is enabled: inner IPv6 travels over
+    /// outer IPv6 from and to it.
+    pub ip6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
-/// The links and their IPv4 addresses, in index order.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub links: Vec<(Link, Vec<Ipv4Addr>)>,
+/// One interface with its addresses.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    pub link: Link,
+    pub v4: Vec<Ipv4Addr>,
+    /// Every IPv6 address, unfiltered (see [`usable_v6`]).
+    pub v6: Vec<Addr6>,
 }
 
-/// What the interface flags ask for (flanneld's opts.iface, ifaceRegex, ifaceCanReach).
+impl Iface {
+    fn first_v6(&self) -> Option<Ipv6Addr> {
+        usable_v6(&self.v6).first().copied()
+    }
+}
+
+/// The links and their addresses, in index order.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub ifaces: Vec<Iface>,
+}
+
+/// What the interface flags ask for (flanneld's opts.iface, ifaceRegex, ifaceCanReach), and
+/// whether an IPv6 address is needed too (EnableIPv6: flanneld's dual stack).
 #[derive(Debug, Clone, Default)]
 pub struct Selectors<'a> {
     pub iface: &'a [String],
     pub iface_regex: &'a [String],
+    pub ipv6: bool,
 }
 
-/// A chosen interface and the address found with it.
+/// A chosen interface and the addresses found with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
     pub index: u32,
     pub addr: Option<Ipv4Addr>,
+    pub addr6: Option<Ipv6Addr>,
+}
+
+/// Whether `ip` may be a VTEP address found on an interface: global unicast in Go's sense
+/// (not unspecified, loopback, multicast or link-local; unique-local counts), and not
+/// IPv4-mapped.
+fn global_unicast_v6(ip: Ipv6Addr) -> bool {
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.segments()[0] & 0xffc0 == 0xfe80
+        || ip.to_ipv4_mapped().is_some())
+}
+
+/// The usable IPv6 addresses of an interface in Flannel's preference order: not deprecated,
+/// global unicast only, manually configured (permanent) first, then non-temporary first; the
+/// sort is stable, so the kernel's order decides the rest.
+#[must_use]
+pub fn usable_v6(addrs: &[Addr6]) -> Vec<Ipv6Addr> {
+    let mut v: Vec<&Addr6> = addrs
+        .iter()
+        .filter(|a| !a.deprecated && global_unicast_v6(a.ip))
+        .collect();
+    v.sort_by_key(|a| (!a.permanent, a.temporary));
+    v.into_iter().map(|a| a.ip).collect()
+}
+
+/// Completes a choice for `ipv6`: the interface's first usable IPv6 address when none was
+/// chosen with it; `Err` (a miss) when it has none.
+fn with_v6(c: Choice, i: &Iface, ipv6: bool) -> Result<Choice, String> {
+    if !ipv6 || c.addr6.is_some() {
+        return Ok(c);
+    }
+    match i.first_v6() {
+        Some(a) => Ok(Choice {
+            addr6: Some(a),
+            ..c
+        }),
+        None => Err(format!(
+            "{} has no global IPv6 address (EnableIPv6 is true)",
+            i.link.name
+        )),
+    }
 }
 
 /// Tries `--iface` then `--iface-regex` against `snap`; `Ok(None)` when nothing matched (the
@@ -56,133 +129,213 @@ pub fn select(
     misses: &mut Vec<String>,
 ) -> Result<Option<Choice>> {
     for want in sel.iface {
-        if let Ok(ip) = want.parse::<std::net::IpAddr>() {
-            let std::net::IpAddr::V4(ip) = ip else {
-                misses.push(format!(
-                    "--iface {want}: an IPv6 underlay is not supported yet"
-                ));
-                continue;
-            };
-            match snap.links.iter().find(|(_, a)| a.contains(&ip)) {
-                Some((l, _)) => {
-                    return Ok(Some(Choice {
-                        index: l.index,
-                        addr: Some(ip),
-                    }))
+        let found = if let Ok(ip) = want.parse::<IpAddr>() {
+            match ip {
+                IpAddr::V4(ip) => match snap.ifaces.iter().find(|i| i.v4.contains(&ip)) {
+                    Some(i) => with_v6(
+                        Choice {
+                            index: i.link.index,
+                            addr: Some(ip),
+                            addr6: None,
+                        },
+                        i,
+                        sel.ipv6,
+                    ),
+                    None => Err("no interface has this address".into()),
+                },
+                IpAddr::V6(_) if !sel.ipv6 => {
+                    Err("an IPv6 address, but EnableIPv6 is false in net-conf.json".into())
                 }
-                None => misses.push(format!("--iface {want}: no interface has this address")),
+                IpAddr::V6(ip) => {
+                    match snap.ifaces.iter().find(|i| i.v6.iter().any(|a| a.ip == ip)) {
+                        Some(i) => match i.v4.first() {
+                            Some(v4) => Ok(Choice {
+                                index: i.link.index,
+                                addr: Some(*v4),
+                                addr6: Some(ip),
+                            }),
+                            None => Err(format!("{} has no IPv4 address", i.link.name)),
+                        },
+                        None => Err("no interface has this address".into()),
+                    }
+                }
             }
         } else {
-            match snap.links.iter().find(|(l, _)| l.name == *want) {
-                Some((l, addrs)) if !addrs.is_empty() => {
-                    return Ok(Some(Choice {
-                        index: l.index,
-                        addr: Some(addrs[0]),
-                    }))
-                }
-                Some(_) => {
-                    misses.push(format!("--iface {want}: the interface has no IPv4 address"))
-                }
-                None => misses.push(format!("--iface {want}: no such interface")),
+            match snap.ifaces.iter().find(|i| i.link.name == *want) {
+                Some(i) if !i.v4.is_empty() => with_v6(
+                    Choice {
+                        index: i.link.index,
+                        addr: Some(i.v4[0]),
+                        addr6: None,
+                    },
+                    i,
+                    sel.ipv6,
+                ),
+                Some(_) => Err("the interface has no IPv4 address".into()),
+                None => Err("no such interface".into()),
             }
+        };
+        match found {
+            Ok(c) => return Ok(Some(c)),
+            Err(why) => misses.push(format!("--iface {want}: {why}")),
         }
     }
     for pattern in sel.iface_regex {
         let re = regex::Regex::new(pattern)
             .with_context(|| format!("--iface-regex {pattern:?} is not a valid regex"))?;
-        // Flannel checks every interface's addresses first, then the names.
-        let by_addr = snap.links.iter().find_map(|(l, addrs)| {
-            addrs
-                .iter()
-                .find(|a| re.is_match(&a.to_string()))
-                .map(|a| Choice {
-                    index: l.index,
-                    addr: Some(*a),
-                })
+        // Flannel checks every interface's addresses first (with IPv6: an address of each
+        // family on the same interface), then the names.
+        let by_addr = snap.ifaces.iter().find_map(|i| {
+            let a = i.v4.iter().find(|a| re.is_match(&a.to_string()))?;
+            let a6 = if sel.ipv6 {
+                Some(
+                    usable_v6(&i.v6)
+                        .into_iter()
+                        .find(|a| re.is_match(&a.to_string()))?,
+                )
+            } else {
+                None
+            };
+            Some(Choice {
+                index: i.link.index,
+                addr: Some(*a),
+                addr6: a6,
+            })
         });
         if by_addr.is_some() {
             return Ok(by_addr);
         }
-        match snap.links.iter().find(|(l, _)| re.is_match(&l.name)) {
-            Some((l, addrs)) if !addrs.is_empty() => {
-                return Ok(Some(Choice {
-                    index: l.index,
-                    addr: Some(addrs[0]),
-                }))
-            }
-            Some((l, _)) => misses.push(format!(
-                "--iface-regex {pattern}: matched {}, which has no IPv4 address",
-                l.name
+        let found = match snap.ifaces.iter().find(|i| re.is_match(&i.link.name)) {
+            Some(i) if !i.v4.is_empty() => with_v6(
+                Choice {
+                    index: i.link.index,
+                    addr: Some(i.v4[0]),
+                    addr6: None,
+                },
+                i,
+                sel.ipv6,
+            ),
+            Some(i) => Err(format!(
+                "matched {}, which has no IPv4 address",
+                i.link.name
             )),
-            None => misses.push(format!(
-                "--iface-regex {pattern}: matches no interface name or IPv4 address"
+            None => Err(format!(
+                "matches no interface name or {} address",
+                if sel.ipv6 { "IPv4+IPv6" } else { "IPv4" }
             )),
+        };
+        match found {
+            Ok(c) => return Ok(Some(c)),
+            Err(why) => misses.push(format!("--iface-regex {pattern}: {why}")),
         }
     }
     Ok(None)
 }
 
 async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
-    let mut links = Vec::new();
+    let v6 = nl.all_ipv6_addresses().await?;
+    let mut ifaces = Vec::new();
     for l in nl.links().await? {
-        let addrs = nl.ipv4_addresses(l.index).await?;
-        links.push((l, addrs));
+        let v4 = nl.ipv4_addresses(l.index).await?;
+        let v6 = v6
+            .iter()
+            .filter(|(i, _)| *i == l.index)
+            .map(|(_, a)| *a)
+            .collect();
+        ifaces.push(Iface { link: l, v4, v6 });
     }
-    Ok(Snapshot { links })
+    Ok(Snapshot { ifaces })
 }
 
-/// Finds the underlay as flanneld does (see the module documentation).
-pub async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
+/// Finds the underlay as flanneld does (see the module documentation); `ipv6` when
+/// EnableIPv6 is true (an IPv6 VTEP address is then required too).
+pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<Underlay> {
     let explicit =
         !opts.iface.is_empty() || !opts.iface_regex.is_empty() || opts.iface_can_reach.is_some();
+    let snap = snapshot(nl).await?;
+    let describe = || -> String {
+        snap.ifaces
+            .iter()
+            .map(|i| {
+                let mut a: Vec<String> = i.v4.iter().map(ToString::to_string).collect();
+                if ipv6 {
+                    a.extend(i.v6.iter().map(|a| a.ip.to_string()));
+                }
+                format!("{}:[{}]", i.link.name, a.join(" "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let choice = if explicit {
-        let snap = snapshot(nl).await?;
         let mut misses = Vec::new();
         let sel = Selectors {
             iface: &opts.iface,
             iface_regex: &opts.iface_regex,
+            ipv6,
         };
         let mut choice = select(&sel, &snap, &mut misses)?;
         if choice.is_none() {
             if let Some(dst) = opts.iface_can_reach {
                 match nl.route_get(dst).await? {
-                    Some((index, src)) => choice = Some(Choice { index, addr: src }),
+                    Some((index, src)) => {
+                        choice = Some(Choice {
+                            index,
+                            addr: src,
+                            addr6: None,
+                        });
+                    }
                     None => misses.push(format!("--iface-can-reach {dst}: no route to it")),
                 }
             }
         }
         match choice {
             Some(c) => c,
-            None => {
-                let have: Vec<String> = snap
-                    .links
-                    .iter()
-                    .map(|(l, a)| {
-                        let a: Vec<String> = a.iter().map(ToString::to_string).collect();
-                        format!("{}:[{}]", l.name, a.join(" "))
-                    })
-                    .collect();
-                bail!(
-                    "no interface matches the --iface/--iface-regex/--iface-can-reach given ({}); interfaces here: {}",
-                    misses.join("; "),
-                    have.join(", ")
-                );
-            }
+            None => bail!(
+                "no interface matches the --iface/--iface-regex/--iface-can-reach given ({}); interfaces here: {}",
+                misses.join("; "),
+                describe()
+            ),
         }
     } else {
-        let index = match opts.public_ip {
-            Some(ip) => nl
-                .link_with_address(ip)
-                .await?
-                .with_context(|| format!("--public-ip {ip} is not assigned to any interface here: pass --iface too"))?,
-            None => nl
-                .default_route_link()
-                .await?
-                .context("no IPv4 default route to pick the underlay interface from: pass --iface or --public-ip")?,
+        let index = match (opts.public_ip, opts.public_ipv6.filter(|_| ipv6)) {
+            (Some(ip), _) => nl.link_with_address(ip).await?.with_context(|| {
+                format!("--public-ip {ip} is not assigned to any interface here: pass --iface too")
+            })?,
+            (None, Some(ip)) => nl.link_with_address(ip).await?.with_context(|| {
+                format!(
+                    "--public-ipv6 {ip} is not assigned to any interface here: pass --iface too"
+                )
+            })?,
+            (None, None) => {
+                let v4 = nl
+                    .default_route_link()
+                    .await?
+                    .context("no IPv4 default route to pick the underlay interface from: pass --iface or --public-ip")?;
+                if ipv6 {
+                    let v6 = nl.default_route_link_v6().await?.context(
+                        "no IPv6 default route to pick the underlay interface from (EnableIPv6 is true): pass --iface or --public-ipv6",
+                    )?;
+                    if v6 != v4 {
+                        let name = |ix: u32| {
+                            snap.ifaces
+                                .iter()
+                                .find(|i| i.link.index == ix)
+                                .map_or_else(|| format!("#{ix}"), |i| i.link.name.clone())
+                        };
+                        bail!(
+                            "the IPv6 default route leaves through {} but the IPv4 one through {}; both families must share the underlay interface (as in flanneld): pass --iface",
+                            name(v6),
+                            name(v4)
+                        );
+                    }
+                }
+                v4
+            }
         };
         Choice {
             index,
             addr: opts.public_ip,
+            addr6: opts.public_ipv6,
         }
     };
     let link = nl
@@ -205,9 +358,33 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options) -> Result<Underlay> {
                 )
             })?,
     };
+    let ip6 = if ipv6 {
+        let found = choice.addr6.or_else(|| {
+            snap.ifaces
+                .iter()
+                .find(|i| i.link.index == choice.index)
+                .and_then(Iface::first_v6)
+        });
+        Some(opts.public_ipv6.or(found).with_context(|| {
+            let have: Vec<String> = snap
+                .ifaces
+                .iter()
+                .filter(|i| i.link.index == choice.index)
+                .flat_map(|i| i.v6.iter().map(|a| a.ip.to_string()))
+                .collect();
+            format!(
+                "EnableIPv6 is true, but underlay interface {} has no usable IPv6 address (global unicast, not deprecated; it has [{}]): add one, or pass --public-ipv6",
+                link.name,
+                have.join(" ")
+            )
+        })?)
+    } else {
+        None
+    };
     Ok(Underlay {
         iface: link.name,
         ip,
+        ip6,
         mtu: link.mtu,
     })
 }
@@ -229,18 +406,147 @@ mod tests {
         }
     }
 
+    fn a6(ip: &str, permanent: bool, temporary: bool, deprecated: bool) -> Addr6 {
+        Addr6 {
+            ip: ip.parse().unwrap(),
+            permanent,
+            temporary,
+            deprecated,
+        }
+    }
+
+    fn iface(index: u32, name: &str, v4: &[&str], v6: Vec<Addr6>) -> Iface {
+        Iface {
+            link: link(index, name),
+            v4: v4.iter().map(|a| a.parse().unwrap()).collect(),
+            v6,
+        }
+    }
+
     fn snap() -> Snapshot {
         Snapshot {
-            links: vec![
-                (link(1, "lo"), vec!["127.0.0.1".parse().unwrap()]),
-                (link(2, "eth0"), vec!["198.18.0.1".parse().unwrap()]),
-                (
-                    link(3, "eth1"),
-                    vec!["10.0.0.5".parse().unwrap(), "10.0.1.5".parse().unwrap()],
+            ifaces: vec![
+                iface(1, "lo", &["127.0.0.1"], vec![a6("::1", true, false, false)]),
+                iface(
+                    2,
+                    "eth0",
+                    &["198.18.0.1"],
+                    vec![
+                        a6("fe80::1", true, false, false),
+                        a6("2001:db8::99", false, true, false),
+                        a6("2001:db8::1", false, false, false),
+                        a6("fd00:18::1", true, false, false),
+                    ],
                 ),
-                (link(4, "ens5"), vec![]),
+                iface(3, "eth1", &["10.0.0.5", "10.0.1.5"], vec![]),
+                iface(4, "ens5", &[], vec![a6("fd00:5::1", true, false, false)]),
+                iface(
+                    5,
+                    "eth2",
+                    &["10.0.2.5"],
+                    vec![
+                        a6("fd00:2::5", true, false, true),
+                        a6("fe80::5", true, false, false),
+                    ],
+                ),
             ],
         }
+    }
+
+    fn pick6(iface: &[&str], regex: &[&str], ipv6: bool) -> (Option<Choice>, Vec<String>) {
+        let iface: Vec<String> = iface.iter().map(|s| (*s).to_string()).collect();
+        let iface_regex: Vec<String> = regex.iter().map(|s| (*s).to_string()).collect();
+        let mut misses = Vec::new();
+        let c = select(
+            &Selectors {
+                iface: &iface,
+                iface_regex: &iface_regex,
+                ipv6,
+            },
+            &snap(),
+            &mut misses,
+        )
+        .unwrap();
+        (c, misses)
+    }
+
+    fn choice6(index: u32, addr: &str, addr6: &str) -> Option<Choice> {
+        Some(Choice {
+            index,
+            addr: Some(addr.parse().unwrap()),
+            addr6: Some(addr6.parse().unwrap()),
+        })
+    }
+
+    #[test]
+    fn ipv6_address_is_flannels_first_global_permanent_stable_one() {
+        let s = snap();
+        // Hand-configured before autoconfigured, stable before temporary; never link-local.
+        assert_eq!(
+            usable_v6(&s.ifaces[1].v6),
+            vec![
+                "fd00:18::1".parse::<Ipv6Addr>().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::99".parse().unwrap()
+            ]
+        );
+        // Deprecated and link-local ones are not usable; loopback neither.
+        assert!(usable_v6(&s.ifaces[4].v6).is_empty());
+        assert!(usable_v6(&s.ifaces[0].v6).is_empty());
+    }
+
+    #[test]
+    fn dual_stack_selection_needs_both_families_on_one_interface() {
+        // A name: its first IPv4 and its first usable IPv6 address.
+        assert_eq!(
+            pick6(&["eth0"], &[], true).0,
+            choice6(2, "198.18.0.1", "fd00:18::1")
+        );
+        // An IPv6 address selects its interface and that address, with the first IPv4.
+        assert_eq!(
+            pick6(&["2001:db8::99"], &[], true).0,
+            choice6(2, "198.18.0.1", "2001:db8::99")
+        );
+        // An IPv4 address: that address and the interface's IPv6 one.
+        assert_eq!(
+            pick6(&["198.18.0.1"], &[], true).0,
+            choice6(2, "198.18.0.1", "fd00:18::1")
+        );
+        // Interfaces without a usable IPv6 address (eth1: none, eth2: deprecated and
+        // link-local) or without IPv4 (ens5) are misses; the next --iface wins.
+        let (c, misses) = pick6(&["eth1", "eth2", "ens5", "fd00:5::1", "eth0"], &[], true);
+        assert_eq!(c, choice6(2, "198.18.0.1", "fd00:18::1"));
+        assert_eq!(misses.len(), 4, "{misses:?}");
+        assert!(
+            misses[0].contains("eth1 has no global IPv6 address"),
+            "{misses:?}"
+        );
+        assert!(
+            misses[1].contains("eth2 has no global IPv6 address"),
+            "{misses:?}"
+        );
+        assert!(misses[2].contains("no IPv4 address"), "{misses:?}");
+        assert!(misses[3].contains("ens5 has no IPv4 address"), "{misses:?}");
+        // Without EnableIPv6 an IPv6 --iface is a miss that says why.
+        let (c, misses) = pick6(&["fd00:18::1"], &[], false);
+        assert_eq!(c, None);
+        assert!(misses[0].contains("EnableIPv6 is false"), "{misses:?}");
+        // Regex: an address of each family must match on the same interface...
+        assert_eq!(
+            pick6(&[], &["^(198\\.18|fd00:18)"], true).0,
+            choice6(2, "198.18.0.1", "fd00:18::1")
+        );
+        // ...or the name, whose interface then needs an IPv6 address.
+        assert_eq!(
+            pick6(&[], &["^10\\.0\\.0", "^eth0$"], true).0,
+            choice6(2, "198.18.0.1", "fd00:18::1")
+        );
+        let (c, misses) = pick6(&[], &["^eth1$"], true);
+        assert_eq!(c, None);
+        assert!(
+            misses[0].contains("eth1 has no global IPv6 address"),
+            "{misses:?}"
+        );
     }
 
     fn pick(iface: &[&str], regex: &[&str]) -> (Option<Choice>, Vec<String>) {
@@ -251,6 +557,7 @@ mod tests {
             &Selectors {
                 iface: &iface,
                 iface_regex: &iface_regex,
+                ipv6: false,
             },
             &snap(),
             &mut misses,
@@ -263,6 +570,7 @@ mod tests {
         Some(Choice {
             index,
             addr: Some(addr.parse().unwrap()),
+            addr6: None,
         })
     }
 
@@ -302,6 +610,7 @@ mod tests {
             &Selectors {
                 iface: &[],
                 iface_regex: &iface_regex,
+                ipv6: false,
             },
             &snap(),
             &mut Vec::new(),

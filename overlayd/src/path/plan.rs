@@ -59,8 +59,9 @@ pub struct Transmit<'a> {
     /// The peer's VTEP (outer destination): IPv6 for an inner IPv6 frame to a dual-stack
     /// peer's IPv6 VtepMAC, else IPv4.
     pub destination: SocketAddr,
-    /// Index of the send socket: its port is the outer source port, picked by the inner flow
-    /// hash as kernel vxlan does, so ECMP and RSS spread flows and a flow keeps its order.
+    /// Index of the send socket in the pool of the destination's family (IPv4 or IPv6): its
+    /// port is the outer source port, picked by the inner flow hash as kernel vxlan does, so
+    /// ECMP and RSS spread flows and a flow keeps its order.
     pub socket: usize,
     /// Outer TOS byte (IPv4) or traffic class (IPv6): the ECN field of the inner packet
     /// (RFC 6040 normal mode).
@@ -73,16 +74,26 @@ pub struct Planner {
     segmenter: Segmenter,
     vx_header: [u8; vxlan::HEADER_LEN],
     sockets: usize,
+    /// IPv6 send sockets; 0: no IPv6 underlay, frames for IPv6 VTEPs are unreachable.
+    sockets_v6: usize,
 }
 
 impl Planner {
-    /// A planner for VNI `vni` over `sockets` send sockets (at least one).
+    /// A planner for VNI `vni` over `sockets` send sockets (at least one) per underlay family.
     #[must_use]
     pub fn new(vni: u32, sockets: usize) -> Self {
+        Self::with_pools(vni, sockets, sockets)
+    }
+
+    /// A planner over `sockets` IPv4 send sockets (at least one) and `sockets_v6` IPv6 ones
+    /// (none: this node has no IPv6 underlay).
+    #[must_use]
+    pub fn with_pools(vni: u32, sockets: usize, sockets_v6: usize) -> Self {
         Planner {
             segmenter: Segmenter::default(),
             vx_header: vxlan::header(vni),
             sockets: sockets.max(1),
+            sockets_v6,
         }
     }
 
@@ -92,7 +103,16 @@ impl Planner {
     pub fn plan<'f>(&mut self, slot: &mut [u8], fdb: &'f Fdb) -> Result<Transmit<'f>, DropReason> {
         let hdr = vnet::Header::parse(slot).ok_or(DropReason::TxShort)?;
         let route = encap(&mut slot[vnet::LEN..], &hdr, fdb)?;
-        let socket = route.flow_hash as usize % self.sockets;
+        let pool = if route.destination.is_ipv6() {
+            self.sockets_v6
+        } else {
+            self.sockets
+        };
+        if pool == 0 {
+            // An IPv6 VTEP, and no IPv6 underlay here to reach it from.
+            return Err(DropReason::TxUnreachable);
+        }
+        let socket = route.flow_hash as usize % pool;
         let tos = ecn::outer_tos(&slot[vnet::LEN..]);
         let shape = if hdr.gso_type & !vnet::GSO_ECN == vnet::GSO_NONE {
             slot[VX_AT..vnet::LEN].copy_from_slice(&self.vx_header);

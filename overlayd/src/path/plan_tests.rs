@@ -379,6 +379,41 @@ fn inner_family_picks_the_outer_family() {
     assert!(std::sync::Arc::ptr_eq(&ca, &cb));
 }
 
+/// Each family has its own pool of send sockets (`socket` indexes the pool of the
+/// destination's family); with no IPv6 underlay (no IPv6 sockets) a frame for an IPv6 VTEP is
+/// unreachable, counted before any work is done on it, and IPv4 is unaffected.
+#[test]
+fn the_socket_comes_from_the_destination_family_pool() {
+    let f = dual_stack_fdb();
+    let mut p = Planner::with_pools(1, 16, 3);
+    let mut seen6 = std::collections::HashSet::new();
+    for sport in 0..200u16 {
+        let mut s = slot(&vnet::Header::default(), &tcp_frame(10, sport, 0, true));
+        let t = p.plan(&mut s, &f).unwrap();
+        assert!(t.destination.is_ipv6());
+        assert!(t.socket < 3, "{}", t.socket);
+        seen6.insert(t.socket);
+        let mut s = slot(&vnet::Header::default(), &tcp_frame(10, sport, 0, false));
+        let t = p.plan(&mut s, &f).unwrap();
+        assert!(t.socket < 16);
+    }
+    assert_eq!(seen6.len(), 3, "flows spread over the IPv6 pool");
+
+    let mut p = Planner::with_pools(1, 4, 0);
+    let frame = tcp_frame(1395 * 4, 40000, 0, true);
+    let mut s = slot(&tso(&frame, 1395, true), &frame);
+    assert_eq!(
+        p.plan(&mut s, &f).map(|t| t.destination),
+        Err(DropReason::TxUnreachable)
+    );
+    let mut s = slot(&vnet::Header::default(), &tcp_frame(10, 1, 0, false));
+    assert!(p.plan(&mut s, &f).unwrap().destination.is_ipv4());
+    // An IPv6 frame to a peer known only by its IPv4 VTEP still leaves (over IPv4).
+    let frame = to_mac(tcp_frame(100, 1, 0, true), PEER3_MAC);
+    let mut s = slot(&vnet::Header::default(), &frame);
+    assert!(p.plan(&mut s, &f).unwrap().destination.is_ipv4());
+}
+
 /// The outer traffic class carries the inner IPv6 ECN field as the outer TOS carries IPv4's
 /// (RFC 6040 normal mode: CE leaves as ECT(0)).
 #[test]

@@ -31,10 +31,17 @@ const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;
 const IP_DF: u16 = 0x4000;
 
-/// The inner MTU to report for a path MTU to the peer.
+/// IPv6 + UDP + VXLAN + inner Ethernet: the overhead over an IPv6 underlay.
+pub const OVERHEAD_V6: u32 = 70;
+
+/// The inner MTU to report for a path MTU to the peer over an IPv6 (`outer_v6`) or IPv4
+/// underlay: the path MTU less what the tunnel adds. The overhead depends on the outer family
+/// only (an inner IPv6 packet to a peer known only by its IPv4 VTEP costs 50 bytes, as on
+/// Flannel's flannel.1). `too_big` then sends nothing when this is below the inner family's
+/// minimum (576 / 1280), as Linux does.
 #[must_use]
-pub fn inner_mtu(path_mtu: u32) -> u32 {
-    path_mtu.saturating_sub(OVERHEAD_V4)
+pub fn inner_mtu(path_mtu: u32, outer_v6: bool) -> u32 {
+    path_mtu.saturating_sub(if outer_v6 { OVERHEAD_V6 } else { OVERHEAD_V4 })
 }
 
 /// Whether an Ethernet frame that does not fit the path may leave in a fragmented outer
@@ -429,6 +436,19 @@ mod tests {
             too_big(&mut out2, &frame, &[], 1279).is_none(),
             "mtu < 1280"
         );
+    }
+
+    #[test]
+    fn inner_mtu_takes_the_outer_family_overhead() {
+        assert_eq!(inner_mtu(1500, false), 1450);
+        assert_eq!(inner_mtu(1500, true), 1430);
+        assert_eq!(inner_mtu(60, true), 0);
+        // An IPv6 path of 1349 leaves 1279 inside: below IPv6's minimum, so no error at all
+        // (a packet too big of 1279 would be ignored by the sender, RFC 8200 5).
+        let frame = tcp_v6(1400);
+        let mut out = [0u8; MAX_FRAME];
+        assert!(too_big(&mut out, &frame, &[], inner_mtu(1349, true)).is_none());
+        assert!(too_big(&mut out, &frame, &[], inner_mtu(1350, true)).is_some());
     }
 
     #[test]

@@ -7,13 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::wire::ethernet::MacAddr;
 use futures::TryStreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use netlink_packet_route::link::{InfoData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -150,11 +150,20 @@ pub struct DirectRoute {
     pub oif: u32,
 }
 
+/// A DirectRouting route for a peer's IPv6 pod CIDR via its IPv6 node address (Flannel's
+/// `v6DirectRoute`), protocol 77.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DirectRouteV6 {
+    pub dst: Ipv6Network,
+    pub gateway: Ipv6Addr,
+    pub oif: u32,
+}
+
 /// What the kernel's route lookup (`ip route get`) says about a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTo {
     pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// A unicast route (not local, unreachable, blackhole...).
     pub unicast: bool,
 }
@@ -167,21 +176,27 @@ pub struct PeerNeighbour {
     pub permanent: bool,
 }
 
-/// A route on the IPv6 TAP device to a peer's IPv6 pod CIDR, as Flannel programs it on
-/// `flannel-v6.<VNI>`: `<v6 subnet> via <v6 subnet's network address> dev <tap> onlink`.
+/// A route on the TAP device to a peer's IPv6 pod CIDR, as Flannel programs it on
+/// `flannel-v6.<VNI>`: `<v6 subnet> via <v6 subnet's network address> dev <tap> onlink`, plus
+/// a locked MTU metric (`mtu lock N`, 0 = none): the TAP's MTU is Flannel's (underlay - 50)
+/// for both families, but an IPv6 outer header needs 70 bytes and overlayd never fragments,
+/// so the route tells the kernel the real path MTU for inner IPv6. Locked, because IPv6
+/// forwarding ignores an unlocked route MTU (ip6_dst_mtu_maybe_forward).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerRouteV6 {
     pub dst: Ipv6Network,
     pub gateway: Ipv6Addr,
+    pub mtu: u32,
 }
 
 impl PeerRouteV6 {
     /// Flannel's route for a peer's IPv6 subnet: the gateway is the subnet's own network
     /// address (`v6Sn.IP`), which the peer's permanent neighbour entry resolves.
-    pub fn for_subnet(dst: Ipv6Network) -> Self {
+    pub fn for_subnet(dst: Ipv6Network, mtu: u32) -> Self {
         PeerRouteV6 {
             dst,
             gateway: dst.network(),
+            mtu,
         }
     }
 }
@@ -194,12 +209,26 @@ pub struct PeerNeighbourV6 {
     pub permanent: bool,
 }
 
+/// An IPv6 address of a link with what ranks it for the underlay choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr6 {
+    pub ip: Ipv6Addr,
+    /// Configured by hand (IFA_F_PERMANENT), not by SLAAC/DHCP.
+    pub permanent: bool,
+    /// A privacy address (IFA_F_TEMPORARY).
+    pub temporary: bool,
+    /// Preferred lifetime over (IFA_F_DEPRECATED).
+    pub deprecated: bool,
+}
+
 /// One of our routes (protocol 77), either family, as a route dump reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct OurRoute {
     dst: IpNetwork,
     gateway: IpAddr,
     oif: u32,
+    /// The MTU metric (0: none).
+    mtu: u32,
 }
 
 /// The destination, gateway and output link of a dumped route carrying our protocol number;
@@ -208,9 +237,16 @@ fn parse_our_route(m: &RouteMessage) -> Option<OurRoute> {
     if m.header.protocol != RouteProtocol::Other(ROUTE_PROTO) {
         return None;
     }
-    let (mut dst, mut gw, mut oif) = (None, None, None);
+    let (mut dst, mut gw, mut oif, mut mtu) = (None, None, None, 0);
     for a in &m.attributes {
         match a {
+            RouteAttribute::Metrics(ms) => {
+                for x in ms {
+                    if let RouteMetric::Mtu(v) = x {
+                        mtu = *v;
+                    }
+                }
+            }
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
             RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(IpAddr::V4(*g)),
@@ -223,6 +259,7 @@ fn parse_our_route(m: &RouteMessage) -> Option<OurRoute> {
         dst: IpNetwork::new(dst?, m.header.destination_prefix_length).ok()?,
         gateway: gw?,
         oif: oif?,
+        mtu,
     })
 }
 
@@ -428,16 +465,105 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip -6 addr replace <addr>/128 dev <index>`: the IPv6 TAP's address, as Flannel gives
-    /// `flannel-v6.<VNI>` its subnet's network address with prefix 128 (idempotent).
+    /// `ip -6 addr replace <addr>/128 dev <index> nodad`: the TAP's IPv6 address, as Flannel
+    /// gives `flannel-v6.<VNI>` its subnet's network address with prefix 128 (idempotent). No
+    /// duplicate address detection: the address is this node's by its lease, and DAD would
+    /// only send a neighbour solicitation into the overlay that nobody answers.
     pub async fn add_ipv6_address(&self, index: u32, addr: Ipv6Addr) -> Result<(), NetlinkError> {
-        self.handle
+        let mut r = self
+            .handle
             .address()
             .add(index, IpAddr::V6(addr), 128)
-            .replace()
-            .execute()
+            .replace();
+        let m = r.message_mut();
+        m.header.flags |= AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        r.execute()
             .await
             .map_err(req(format!("add address {addr}/128 to link #{index}")))
+    }
+
+    /// Makes `addr`/128 an address of link `index` when it is not (see `add_ipv6_address`);
+    /// returns whether it had to be added.
+    pub async fn ensure_ipv6_address(
+        &self,
+        index: u32,
+        addr: Ipv6Addr,
+    ) -> Result<bool, NetlinkError> {
+        if self.ipv6_addresses(index).await?.contains(&addr) {
+            return Ok(false);
+        }
+        self.add_ipv6_address(index, addr).await?;
+        Ok(true)
+    }
+
+    /// Removes every IPv6 address of link `index` except `keep` (a device whose IPv6 subnet
+    /// changed keeps no address of the old one); link-local ones go too.
+    pub async fn remove_other_ipv6_addresses(
+        &self,
+        index: u32,
+        keep: Ipv6Addr,
+    ) -> Result<usize, NetlinkError> {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut stale = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            let v6 = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            });
+            if v6.is_some_and(|ip| ip != keep) {
+                stale.push((v6, m));
+            }
+        }
+        let n = stale.len();
+        for (ip, m) in stale {
+            match self.handle.address().del(m).execute().await {
+                Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL | libc::ENODEV)) => {}
+                r => r.map_err(req(format!("delete address {ip:?} from link #{index}")))?,
+            }
+        }
+        Ok(n)
+    }
+
+    /// The IPv6 addresses of every link with the flags that rank them (Flannel's
+    /// `GetInterfaceIP6Addrs` order): `(link index, address)`.
+    pub async fn all_ipv6_addresses(&self) -> Result<Vec<(u32, Addr6)>, NetlinkError> {
+        let mut s = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
+            let Some(ip) = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            }) else {
+                continue;
+            };
+            // IFA_FLAGS (32 bits) when present, else the header's 8.
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(f.bits()),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(m.header.flags.bits()));
+            out.push((
+                m.header.index,
+                Addr6 {
+                    ip,
+                    permanent: flags & AddressFlags::Permanent.bits() != 0,
+                    // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit for IPv6.
+                    temporary: flags & AddressFlags::Secondary.bits() != 0,
+                    deprecated: flags & AddressFlags::Deprecated.bits() != 0,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// Removes every IPv4 address of link `index` except `keep` (a device whose pod subnet
@@ -502,13 +628,17 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The link that holds `ip`, if any.
-    pub async fn link_with_address(&self, ip: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+    /// The link that holds `ip` (either family), if any.
+    pub async fn link_with_address(
+        &self,
+        ip: impl Into<IpAddr>,
+    ) -> Result<Option<u32>, NetlinkError> {
+        let ip: IpAddr = ip.into();
         let mut s = self.handle.address().get().execute();
         while let Some(m) = s.try_next().await.map_err(req("dump addresses"))? {
             if m.attributes
                 .iter()
-                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(x)) | AddressAttribute::Address(IpAddr::V4(x)) if *x == ip))
+                .any(|a| matches!(a, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == ip))
             {
                 return Ok(Some(m.header.index));
             }
@@ -558,11 +688,19 @@ impl Netlink {
 
     /// The output interface of the IPv4 default route in the main table.
     pub async fn default_route_link(&self) -> Result<Option<u32>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        self.default_route_link_of(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .await
+    }
+
+    /// The output interface of the IPv6 default route in the main table (Flannel's
+    /// GetDefaultV6GatewayInterface).
+    pub async fn default_route_link_v6(&self) -> Result<Option<u32>, NetlinkError> {
+        self.default_route_link_of(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .await
+    }
+
+    async fn default_route_link_of(&self, dump: RouteMessage) -> Result<Option<u32>, NetlinkError> {
+        let mut s = self.handle.route().get(dump).execute();
         while let Some(m) = s.try_next().await.map_err(req("dump routes"))? {
             if m.header.destination_prefix_length == 0 && m.header.table == 254 {
                 for a in &m.attributes {
@@ -600,13 +738,21 @@ impl Netlink {
     }
 
     fn route_message_v6(index: u32, r: PeerRouteV6) -> RouteMessage {
-        RouteMessageBuilder::<Ipv6Addr>::new()
+        let mut m = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(r.dst.network(), r.dst.prefix())
             .gateway(r.gateway)
             .output_interface(index)
             .protocol(RouteProtocol::Other(ROUTE_PROTO))
             .onlink()
-            .build()
+            .build();
+        if r.mtu > 0 {
+            // RTAX_LOCK takes a bit per metric: 1 << RTAX_MTU (2).
+            m.attributes.push(RouteAttribute::Metrics(vec![
+                RouteMetric::Lock(1 << 2),
+                RouteMetric::Mtu(r.mtu),
+            ]));
+        }
+        m
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
@@ -733,6 +879,20 @@ impl Netlink {
         }
     }
 
+    /// `ip -6 route add blackhole <dst>`, as Flannel's AddBlackholeV6Route; `Ok(false)` when a
+    /// route for `dst` is already there.
+    pub async fn add_blackhole_route_v6(&self, dst: Ipv6Network) -> Result<bool, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .kind(netlink_packet_route::route::RouteType::BlackHole)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(req(format!("add blackhole route {dst}"))(e)),
+        }
+    }
+
     /// Removes a route; absent is fine.
     pub async fn delete_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
         match self
@@ -828,10 +988,15 @@ impl Netlink {
 
     /// The kernel's route lookup for `ip` (`ip route get <ip>`), as Flannel's
     /// `ip.DirectRouting` does it with netlink.RouteGet.
-    pub async fn route_to(&self, ip: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
-            .build();
+    pub async fn route_to(&self, ip: IpAddr) -> Result<Option<RouteTo>, NetlinkError> {
+        let msg = match ip {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
         let mut s = self.handle.route().get(msg).execute();
         match s.try_next().await {
             Ok(Some(m)) => {
@@ -843,7 +1008,12 @@ impl Netlink {
                 for a in &m.attributes {
                     match a {
                         RouteAttribute::Oif(o) => r.oif = Some(*o),
-                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                            r.gateway = Some(IpAddr::V4(*g));
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
+                            r.gateway = Some(IpAddr::V6(*g));
+                        }
                         _ => {}
                     }
                 }
@@ -854,6 +1024,74 @@ impl Netlink {
             Err(e) if errno(&e).is_some() => Ok(None),
             Err(e) => Err(req(format!("route get {ip}"))(e)),
         }
+    }
+
+    fn direct_route_message_v6(r: DirectRouteV6) -> RouteMessage {
+        RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(r.dst.network(), r.dst.prefix())
+            .gateway(r.gateway)
+            .output_interface(r.oif)
+            .protocol(RouteProtocol::Other(ROUTE_PROTO))
+            .build()
+    }
+
+    /// `ip -6 route replace <dst> via <gateway> dev <oif> proto 77` (replaces the peer's
+    /// IPv6 VXLAN route when it becomes directly routable).
+    pub async fn replace_direct_route_v6(&self, r: DirectRouteV6) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::direct_route_message_v6(r))
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!(
+                "replace direct route {} via {} dev #{}",
+                r.dst, r.gateway, r.oif
+            )))
+    }
+
+    /// Removes an IPv6 direct route; absent is fine.
+    pub async fn delete_direct_route_v6(&self, r: DirectRouteV6) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .route()
+            .del(Self::direct_route_message_v6(r))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
+                Ok(())
+            }
+            r2 => r2.map_err(req(format!(
+                "delete direct route {} via {} dev #{}",
+                r.dst, r.gateway, r.oif
+            ))),
+        }
+    }
+
+    /// Our IPv6 routes (protocol 77) with a gateway on any link but `tap_index`: the IPv6
+    /// DirectRouting routes.
+    pub async fn direct_routes_v6(
+        &self,
+        tap_index: u32,
+    ) -> Result<Vec<DirectRouteV6>, NetlinkError> {
+        let mut out: Vec<DirectRouteV6> = self
+            .our_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .await?
+            .into_iter()
+            .filter_map(|r| match (r.dst, r.gateway) {
+                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif != tap_index => {
+                    Some(DirectRouteV6 {
+                        dst,
+                        gateway,
+                        oif: r.oif,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// Our routes (protocol 77) on link `index`.
@@ -880,9 +1118,11 @@ impl Netlink {
             .await?
             .into_iter()
             .filter_map(|r| match (r.dst, r.gateway) {
-                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => {
-                    Some(PeerRouteV6 { dst, gateway })
-                }
+                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => Some(PeerRouteV6 {
+                    dst,
+                    gateway,
+                    mtu: r.mtu,
+                }),
                 _ => None,
             })
             .collect();
@@ -973,13 +1213,13 @@ impl Netlink {
 pub enum KernelEvent {
     /// A link was created, changed (e.g. set down) or deleted.
     Link { index: u32, up: bool, deleted: bool },
-    /// An IPv4 route was added or removed; `ours` when it carries protocol 77.
+    /// A route (either family) was added or removed; `ours` when it carries protocol 77.
     Route {
         oif: Option<u32>,
         ours: bool,
         deleted: bool,
     },
-    /// An IPv4 neighbour was added, changed or removed.
+    /// A neighbour (either family) was added, changed or removed.
     Neighbour { index: u32, deleted: bool },
 }
 
@@ -1020,18 +1260,18 @@ impl KernelEvent {
     }
 }
 
-/// Subscribes to link, IPv4 route and neighbour notifications (RTNLGRP_LINK,
-/// RTNLGRP_IPV4_ROUTE, RTNLGRP_NEIGH). The returned receiver ends when the socket fails (for
+/// Subscribes to link, IPv4 and IPv6 route and neighbour notifications (RTNLGRP_LINK,
+/// RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_NEIGH). The returned receiver ends when the socket fails (for
 /// example ENOBUFS after a burst); the caller subscribes again and reconciles, since events
 /// may have been lost.
 pub fn subscribe() -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, NetlinkError> {
     use futures::StreamExt;
-    use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
+    use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
     use rtnetlink::sys::{AsyncSocket, SocketAddr};
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection()?;
     conn.socket_mut().socket_mut().bind(&SocketAddr::new(
         0,
-        RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH,
+        RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEIGH,
     ))?;
     // A larger buffer rides out bursts (our own reconcile of many peers) without ENOBUFS.
     let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(4 << 20);
@@ -1070,9 +1310,10 @@ mod tests {
                 dst: "10.244.3.0/24".parse().unwrap(),
                 gateway: IpAddr::V4(Ipv4Addr::new(10, 244, 3, 0)),
                 oif: 7,
+                mtu: 0,
             })
         );
-        let r6 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
+        let r6 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap(), 1430);
         assert_eq!(r6.gateway, "fd00:10:244:3::".parse::<Ipv6Addr>().unwrap());
         assert_eq!(
             parse_our_route(&Netlink::route_message_v6(7, r6)),
@@ -1080,6 +1321,7 @@ mod tests {
                 dst: "fd00:10:244:3::/64".parse().unwrap(),
                 gateway: IpAddr::V6(r6.gateway),
                 oif: 7,
+                mtu: 1430,
             })
         );
         // Someone else's route (the kernel's, protocol boot) is not ours.
@@ -1163,8 +1405,8 @@ mod tests {
                     );
 
                     let mac = MacAddr([0x02, 0x42, 0, 0, 0x06, 3]);
-                    let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
-                    let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap());
+                    let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap(), 1430);
+                    let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap(), 0);
                     for r in [r3, r4, r3] {
                         nl.replace_route_v6(idx, r).await.unwrap();
                         nl.replace_neighbour_v6(idx, r.gateway, mac).await.unwrap();
@@ -1182,7 +1424,8 @@ mod tests {
                         shown
                             .lines()
                             .any(|l| l.starts_with("fd00:10:244:3::/64 via fd00:10:244:3:: ")
-                                && l.contains("onlink")),
+                                && l.contains("onlink")
+                                && l.contains("mtu lock 1430")),
                         "{shown}"
                     );
                     let ours = |n: &Vec<PeerNeighbourV6>| -> Vec<PeerNeighbourV6> {

@@ -45,6 +45,12 @@ fn base_socket_v6() -> io::Result<Socket> {
         libc::IPV6_MTU_DISCOVER,
         libc::IPV6_PMTUDISC_DO,
     )?;
+    // The outer flow label: the kernel's automatic one, a hash of the outer addresses and
+    // ports. The source port carries the inner flow hash (one pool socket per hash bucket),
+    // so each inner flow gets a stable label and flows spread over labels as over ports, as
+    // kernel vxlan over IPv6 does. Asked for explicitly so that net.ipv6.auto_flowlabels = 2
+    // (opt-in) still gives labels; kernels before 4.16 lack the option and follow the sysctl.
+    let _ = setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_AUTOFLOWLABEL, 1);
     set_buffers(&s)?;
     Ok(s)
 }
@@ -131,6 +137,12 @@ pub fn enable_gro(sock: &UdpSocket) -> io::Result<()> {
     setsockopt_int(sock.as_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
+/// Turns UDP_GRO off again (a queue whose other receive socket could not have it reads both
+/// in plain mode, which does not expect runs).
+pub fn disable_gro(sock: &UdpSocket) -> io::Result<()> {
+    setsockopt_int(sock.as_fd(), libc::SOL_UDP, libc::UDP_GRO, 0)
+}
+
 /// The start-up probe for UDP_SEGMENT (Linux 4.18+): setting a socket's default segment size
 /// to 0 (no segmentation) fails with ENOPROTOOPT on a kernel without it. Only this probe and an
 /// EIO from a segmented send decide "unsupported".
@@ -159,6 +171,90 @@ fn sockaddr_v6(a: SocketAddrV6) -> libc::sockaddr_in6 {
         },
         sin6_scope_id: a.scope_id(),
     }
+}
+
+/// A socket address of either family as the kernel takes and returns it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl RawAddr {
+    fn zeroed() -> Self {
+        RawAddr {
+            v6: sockaddr_v6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0)),
+        }
+    }
+
+    /// The address and its length for `msg_name`.
+    fn from_addr(a: SocketAddr) -> (Self, libc::socklen_t) {
+        match a {
+            SocketAddr::V4(a) => (
+                RawAddr { v4: sockaddr_v4(a) },
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            SocketAddr::V6(a) => (
+                RawAddr { v6: sockaddr_v6(a) },
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
+
+    /// What the kernel wrote (a sender's address).
+    fn to_addr(self) -> io::Result<SocketAddr> {
+        // SAFETY: both members start with the family field, and every bit pattern is a valid
+        // sockaddr_in and sockaddr_in6 (plain integers), so reading either member is sound; the
+        // family says which one the kernel wrote.
+        unsafe {
+            match libc::c_int::from(self.v4.sin_family) {
+                libc::AF_INET => Ok(SocketAddr::from((
+                    Ipv4Addr::from(u32::from_be(self.v4.sin_addr.s_addr)),
+                    u16::from_be(self.v4.sin_port),
+                ))),
+                libc::AF_INET6 => Ok(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(self.v6.sin6_addr.s6_addr),
+                    u16::from_be(self.v6.sin6_port),
+                    self.v6.sin6_flowinfo,
+                    self.v6.sin6_scope_id,
+                ))),
+                f => Err(io::Error::other(format!(
+                    "the kernel returned a sender of address family {f}, neither IPv4 nor IPv6"
+                ))),
+            }
+        }
+    }
+}
+
+/// The segment size (UDP_GRO) and outer TOS / traffic class of one received message.
+///
+/// # Safety
+/// `msg` must be a header the kernel just filled by a receive: its `msg_control` points at
+/// `msg_controllen` valid bytes.
+unsafe fn received_cmsgs(msg: &libc::msghdr) -> (Option<u16>, u8) {
+    let mut gso = None;
+    let mut tos = 0;
+    // SAFETY: the caller guarantees the control buffer; CMSG_FIRSTHDR/NXTHDR walk only within
+    // msg_controllen; CMSG_DATA of a UDP_GRO or IPV6_TCLASS message holds an int, of an
+    // IP_TOS message at least one byte.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+            if level == libc::SOL_UDP && kind == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                gso = u16::try_from(v).ok().filter(|s| *s > 0);
+            } else if level == libc::IPPROTO_IP && kind == libc::IP_TOS {
+                tos = *libc::CMSG_DATA(c);
+            } else if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_TCLASS {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                tos = u8::try_from(v & 0xff).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    (gso, tos)
 }
 
 /// Control-message space, 8-aligned: UDP_SEGMENT (`u16`) and IP_TOS (`int`) on send,
@@ -199,52 +295,29 @@ fn int_cmsg_space() -> usize {
     unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
 }
 
-/// Sends the gathered `iov` to `dst` in one `sendmsg`. With `segment > 0` the kernel cuts it
-/// into datagrams of `segment` bytes (UDP_SEGMENT; the last may be shorter). A non-zero `tos`
-/// is the outer TOS byte of every datagram (IP_TOS control message; the ECN field).
+/// Sends the gathered `iov` to `dst` (IPv4 or IPv6, on a socket of that family) in one
+/// `sendmsg`. With `segment > 0` the kernel cuts it into datagrams of `segment` bytes
+/// (UDP_SEGMENT; the last may be shorter). A non-zero `tos` is the outer TOS byte (IPv4, an
+/// IP_TOS control message) or traffic class (IPv6, IPV6_TCLASS) of every datagram: the ECN
+/// field.
 pub fn send_gathered(
     sock: &UdpSocket,
-    dst: SocketAddrV4,
+    dst: impl Into<SocketAddr>,
     iov: &[io::IoSlice<'_>],
     segment: u16,
     tos: u8,
 ) -> io::Result<usize> {
-    let mut addr = sockaddr_v4(dst);
+    let dst = dst.into();
+    let (mut addr, len) = RawAddr::from_addr(dst);
     send_msg(
         sock,
         std::ptr::from_mut(&mut addr).cast(),
-        std::mem::size_of::<libc::sockaddr_in>(),
+        len as usize,
         iov,
         segment,
         tos,
-        false,
+        dst.is_ipv6(),
     )
-}
-
-/// `send_gathered` to an IPv4 or IPv6 destination (on a socket of that family); on IPv6 the
-/// `tos` is the outer traffic class (IPV6_TCLASS control message).
-pub fn send_gathered_to(
-    sock: &UdpSocket,
-    dst: SocketAddr,
-    iov: &[io::IoSlice<'_>],
-    segment: u16,
-    tos: u8,
-) -> io::Result<usize> {
-    match dst {
-        SocketAddr::V4(a) => send_gathered(sock, a, iov, segment, tos),
-        SocketAddr::V6(a) => {
-            let mut addr = sockaddr_v6(a);
-            send_msg(
-                sock,
-                std::ptr::from_mut(&mut addr).cast(),
-                std::mem::size_of::<libc::sockaddr_in6>(),
-                iov,
-                segment,
-                tos,
-                true,
-            )
-        }
-    }
 }
 
 /// One `sendmsg` to the socket address at `name` (`namelen` bytes, live for the call).
@@ -303,61 +376,43 @@ fn send_msg(
     }
 }
 
-/// What `recv_gro` (or one message of `recv_batch`) received.
+/// What `recv_gro_any` (or one message of `recv_batch`) received.
 #[derive(Debug, Clone, Copy)]
 pub struct RecvMeta {
     pub len: usize,
-    pub from: SocketAddrV4,
+    /// The sender: IPv4 on an IPv4 socket, IPv6 on an IPv6-only one.
+    pub from: SocketAddr,
     /// The segment size when the kernel coalesced several datagrams (UDP_GRO).
     pub gso: Option<u16>,
-    /// The outer TOS byte (0 when the kernel did not report it). GRO merges only datagrams
-    /// with equal TOS, so one value covers the whole run.
+    /// The outer TOS byte (IPv4) or traffic class (IPv6); 0 when the kernel did not report
+    /// it. GRO merges only datagrams with equal TOS, so one value covers the whole run.
     pub tos: u8,
 }
 
-/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf` from an IPv4 socket.
-pub fn recv_gro(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
-    let r = recv_gro_any(sock, buf)?;
-    let from = match r.from {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(a) => {
-            return Err(io::Error::other(format!(
-                "an IPv6 sender {a} on an IPv4 socket: use recv_gro_any"
-            )))
-        }
+impl RecvMeta {
+    /// A placeholder for receive arrays.
+    pub const EMPTY: RecvMeta = RecvMeta {
+        len: 0,
+        from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+        gso: None,
+        tos: 0,
     };
-    Ok(RecvMeta {
-        len: r.len,
-        from,
-        gso: r.gso,
-        tos: r.tos,
-    })
 }
 
-/// What `recv_gro_any` received: as `RecvMeta`, from an IPv4 or IPv6 sender.
-#[derive(Debug, Clone, Copy)]
-pub struct RecvFrom {
-    pub len: usize,
-    pub from: SocketAddr,
-    pub gso: Option<u16>,
-    /// The outer TOS byte (IPv4) or traffic class (IPv6); 0 when not reported.
-    pub tos: u8,
-}
-
-/// `recv_gro` on a socket of either family (`bind_vxlan_v6` for IPv6): the sender and the
-/// outer traffic class (IPV6_TCLASS) or TOS (IP_TOS) with the data.
-pub fn recv_gro_any(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvFrom> {
-    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+/// Receives one datagram (or, with UDP_GRO, one run of them) into `buf`, on a socket of either
+/// family (`bind_vxlan`, `bind_vxlan_v6`): the sender and the outer TOS (IP_TOS) or traffic
+/// class (IPV6_TCLASS) with the data.
+pub fn recv_gro_any(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    let mut addr = RawAddr::zeroed();
     let mut cmsg = CmsgBuf([0; 64]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: as above.
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths); fields are set below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = std::ptr::from_mut(&mut addr).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_namelen = std::mem::size_of::<RawAddr>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.0.as_mut_ptr().cast();
@@ -367,56 +422,11 @@ pub fn recv_gro_any(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvFrom> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut gso = None;
-    let mut tos = 0;
-    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR/NXTHDR walk only
-    // within that length; CMSG_DATA of a UDP_GRO or IPV6_TCLASS message holds an int, of an
-    // IP_TOS message at least one byte.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
-            if level == libc::SOL_UDP && kind == libc::UDP_GRO {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                gso = u16::try_from(v).ok().filter(|s| *s > 0);
-            } else if level == libc::IPPROTO_IP && kind == libc::IP_TOS {
-                tos = *libc::CMSG_DATA(c);
-            } else if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_TCLASS {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                tos = u8::try_from(v & 0xff).unwrap_or(0);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let from = match libc::c_int::from(addr.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into the storage, which
-            // is large and aligned enough for it.
-            let a = unsafe { &*std::ptr::from_ref(&addr).cast::<libc::sockaddr_in>() };
-            SocketAddr::from((
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, a sockaddr_in6.
-            let a = unsafe { &*std::ptr::from_ref(&addr).cast::<libc::sockaddr_in6>() };
-            SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            ))
-        }
-        f => {
-            return Err(io::Error::other(format!(
-                "recvmsg returned a sender of address family {f}, neither IPv4 nor IPv6"
-            )))
-        }
-    };
-    Ok(RecvFrom {
+    // SAFETY: the kernel just filled `msg`, whose control buffer is `cmsg`.
+    let (gso, tos) = unsafe { received_cmsgs(&msg) };
+    Ok(RecvMeta {
         len: n.unsigned_abs(),
-        from,
+        from: addr.to_addr()?,
         gso,
         tos,
     })
@@ -444,15 +454,14 @@ pub fn recv_batch(
             ),
         ));
     }
-    // SAFETY: all-zero is a valid sockaddr_in, mmsghdr and control buffer.
-    let mut addrs: [libc::sockaddr_in; MAX_RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut addrs = [RawAddr::zeroed(); MAX_RECV_BATCH];
     let mut cmsgs = [TosCmsg([0; 24]); MAX_RECV_BATCH];
     let base = buf.as_mut_ptr();
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; MAX_RECV_BATCH];
-    // SAFETY: as above.
+    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
     let mut hdrs: [libc::mmsghdr; MAX_RECV_BATCH] = unsafe { std::mem::zeroed() };
     for i in 0..n {
         iovs[i] = libc::iovec {
@@ -463,7 +472,7 @@ pub fn recv_batch(
         };
         let h = &mut hdrs[i].msg_hdr;
         h.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
-        h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_namelen = std::mem::size_of::<RawAddr>() as libc::socklen_t;
         h.msg_iov = &mut iovs[i];
         h.msg_iovlen = 1;
         h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
@@ -487,26 +496,12 @@ pub fn recv_batch(
     }
     let got = got.unsigned_abs() as usize;
     for i in 0..got {
-        let mut tos = 0;
-        let h = &hdrs[i].msg_hdr;
-        // SAFETY: the kernel filled msg_control/msg_controllen of message i; CMSG_FIRSTHDR and
-        // CMSG_NXTHDR walk only within that length; an IP_TOS message holds at least one byte.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(h);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TOS {
-                    tos = *libc::CMSG_DATA(c);
-                }
-                c = libc::CMSG_NXTHDR(h, c);
-            }
-        }
+        // SAFETY: the kernel filled message i, whose control buffer is `cmsgs[i]`.
+        let (gso, tos) = unsafe { received_cmsgs(&hdrs[i].msg_hdr) };
         metas[i] = RecvMeta {
             len: (hdrs[i].msg_len as usize).min(slot),
-            from: SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(addrs[i].sin_addr.s_addr)),
-                u16::from_be(addrs[i].sin_port),
-            ),
-            gso: None,
+            from: addrs[i].to_addr()?,
+            gso,
             tos,
         };
     }
@@ -517,12 +512,13 @@ pub fn recv_batch(
 pub const MAX_BATCH: usize = 64;
 
 /// Sends each `(destination, bytes, outer TOS)` as its own datagram with one `sendmmsg`; a
-/// non-zero TOS goes in an IP_TOS control message. Returns how many were sent (the kernel
-/// stops at the first failure; the caller decides about the rest).
-pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8], u8)]) -> io::Result<usize> {
+/// non-zero TOS goes in an IP_TOS (IPv4) or IPV6_TCLASS (IPv6) control message. The
+/// destinations must be of the socket's family. Returns how many were sent (the kernel stops
+/// at the first failure; the caller decides about the rest).
+pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddr, &[u8], u8)]) -> io::Result<usize> {
     let n = msgs.len().min(MAX_BATCH);
     let mut cmsgs = [TosCmsg([0; 24]); MAX_BATCH];
-    let mut addrs = [sockaddr_v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); MAX_BATCH];
+    let mut addrs = [RawAddr::zeroed(); MAX_BATCH];
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -530,20 +526,21 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8], u8)]) -> io::R
     // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
     let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
     for (i, (dst, bytes, tos)) in msgs[..n].iter().enumerate() {
-        addrs[i] = sockaddr_v4(*dst);
+        let (addr, len) = RawAddr::from_addr(*dst);
+        addrs[i] = addr;
         iovs[i] = libc::iovec {
             iov_base: bytes.as_ptr().cast_mut().cast(),
             iov_len: bytes.len(),
         };
         hdrs[i].msg_hdr.msg_name = std::ptr::from_mut(&mut addrs[i]).cast();
-        hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_namelen = len;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
         if *tos != 0 {
             hdrs[i].msg_hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
             hdrs[i].msg_hdr.msg_controllen = int_cmsg_space();
             // SAFETY: `cmsgs[i]` is 8-aligned with CMSG_SPACE(sizeof(int)) = 24 bytes.
-            unsafe { write_tos_cmsg(cmsgs[i].0.as_mut_ptr().cast(), *tos, false) };
+            unsafe { write_tos_cmsg(cmsgs[i].0.as_mut_ptr().cast(), *tos, dst.is_ipv6()) };
         }
     }
     // SAFETY: the first `n` headers point at live address, iovec and control entries on this
@@ -559,18 +556,24 @@ pub fn send_batch(sock: &UdpSocket, msgs: &[(SocketAddrV4, &[u8], u8)]) -> io::R
 }
 
 /// The path MTU the kernel knows toward `dst` (including a PMTU learnt from an ICMP
-/// "fragmentation needed"): `probe` is connected to `dst` and asked for IP_MTU. Works on any
-/// unbound UDP socket; it sends nothing.
-pub fn path_mtu(probe: &UdpSocket, dst: SocketAddrV4) -> io::Result<u32> {
+/// "fragmentation needed" or ICMPv6 "packet too big"): `probe` (from `mtu_probe` of `dst`'s
+/// family) is connected to `dst` and asked for IP_MTU / IPV6_MTU. It sends nothing.
+pub fn path_mtu(probe: &UdpSocket, dst: impl Into<SocketAddr>) -> io::Result<u32> {
+    let dst = dst.into();
     probe.connect(dst)?;
+    let (level, name) = if dst.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `probe` is a live socket; `v` and `len` are valid for writes of their sizes.
     let rc = unsafe {
         libc::getsockopt(
             probe.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
+            level,
+            name,
             std::ptr::from_mut(&mut v).cast(),
             &mut len,
         )
@@ -578,7 +581,7 @@ pub fn path_mtu(probe: &UdpSocket, dst: SocketAddrV4) -> io::Result<u32> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    u32::try_from(v).map_err(|_| io::Error::other(format!("IP_MTU returned {v}")))
+    u32::try_from(v).map_err(|_| io::Error::other(format!("IP_MTU / IPV6_MTU returned {v}")))
 }
 
 /// Sends one datagram with DF off (the kernel fragments it to the path MTU), then turns DF
@@ -605,9 +608,14 @@ pub fn send_fragmentable(
     r
 }
 
-/// An unbound UDP socket for `path_mtu` (never sends or receives).
-pub fn mtu_probe() -> io::Result<UdpSocket> {
-    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+/// An unbound UDP socket for `path_mtu` toward IPv6 (`v6`) or IPv4 destinations (never sends
+/// or receives).
+pub fn mtu_probe(v6: bool) -> io::Result<UdpSocket> {
+    if v6 {
+        UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))
+    } else {
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+    }
 }
 
 /// Waits up to `timeout_ms` until `sock` can take a datagram again (POLLOUT) or one of
@@ -615,33 +623,33 @@ pub fn mtu_probe() -> io::Result<UdpSocket> {
 /// readable (or hung up). An interrupted wait reports nothing ready.
 pub fn poll_writable(
     sock: &UdpSocket,
-    readable: [BorrowedFd<'_>; 2],
+    readable: &[BorrowedFd<'_>],
     timeout_ms: i32,
-) -> io::Result<(bool, [bool; 2])> {
-    let mut pfds = [
-        libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: readable[0].as_raw_fd(),
+) -> io::Result<(bool, [bool; 3])> {
+    assert!(
+        readable.len() <= 3,
+        "poll_writable watches at most 3 inputs"
+    );
+    let mut pfds = [libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    }; 4];
+    for (p, fd) in pfds[1..].iter_mut().zip(readable) {
+        *p = libc::pollfd {
+            fd: fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        },
-        libc::pollfd {
-            fd: readable[1].as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: `pfds` is a valid array of 3 initialised pollfd structs that outlives the call;
-    // the descriptors are borrowed and therefore open.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout_ms) };
+        };
+    }
+    let n = 1 + readable.len();
+    // SAFETY: the first `n` entries of `pfds` are initialised pollfd structs that outlive the
+    // call; the descriptors are borrowed and therefore open.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok((false, [false; 2]));
+            return Ok((false, [false; 3]));
         }
         return Err(e);
     }
@@ -649,7 +657,11 @@ pub fn poll_writable(
     // POLLERR on the send socket (a queued ICMP error) also means "try the send again": the
     // next send reports it.
     let writable = pfds[0].revents & (libc::POLLOUT | libc::POLLERR) != 0;
-    Ok((writable, [input(&pfds[1]), input(&pfds[2])]))
+    let mut ready = [false; 3];
+    for (r, p) in ready.iter_mut().zip(&pfds[1..n]) {
+        *r = input(p);
+    }
+    Ok((writable, ready))
 }
 
 #[cfg(test)]
@@ -702,10 +714,7 @@ mod tests {
                             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                                 eagain += 1;
                                 // Block until POLLOUT (no timeout: the qdisc drains by itself).
-                                while !poll_writable(&tx, [quiet.as_fd(), quiet.as_fd()], -1)
-                                    .unwrap()
-                                    .0
-                                {}
+                                while !poll_writable(&tx, &[quiet.as_fd()], -1).unwrap().0 {}
                             }
                             Err(e) => panic!("send {i}: {e}"),
                         }
@@ -774,7 +783,7 @@ mod tests {
                 // One plain datagram, outer ECT(0).
                 let d = [7u8; 1000];
                 assert_eq!(
-                    send_gathered_to(&tx, to, &[io::IoSlice::new(&d)], 0, 2).unwrap(),
+                    send_gathered(&tx, to, &[io::IoSlice::new(&d)], 0, 2).unwrap(),
                     1000
                 );
                 let m = recv(&mut buf);
@@ -783,10 +792,10 @@ mod tests {
 
                 // Over the MTU (1600 - 40 - 8 = 1552 bytes of payload): EMSGSIZE, never fragments.
                 let big = [1u8; 2000];
-                let e = send_gathered_to(&tx, to, &[io::IoSlice::new(&big)], 0, 0).unwrap_err();
+                let e = send_gathered(&tx, to, &[io::IoSlice::new(&big)], 0, 0).unwrap_err();
                 assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
                 let fits = [1u8; 1552];
-                send_gathered_to(&tx, to, &[io::IoSlice::new(&fits)], 0, 0).unwrap();
+                send_gathered(&tx, to, &[io::IoSlice::new(&fits)], 0, 0).unwrap();
                 assert_eq!(recv(&mut buf).len, 1552);
 
                 // 40 segments of 1,489 bytes in one send, gathered from two slices per segment:
@@ -799,10 +808,7 @@ mod tests {
                     .flat_map(|h| [io::IoSlice::new(h), io::IoSlice::new(&body)])
                     .collect();
                 let size = u16::try_from(seg).unwrap();
-                assert_eq!(
-                    send_gathered_to(&tx, to, &iov[..80], size, 1).unwrap(),
-                    59_560
-                );
+                assert_eq!(send_gathered(&tx, to, &iov[..80], size, 1).unwrap(), 59_560);
                 let m = recv(&mut buf);
                 assert_eq!(m.from, from);
                 assert_eq!(m.tos, 1, "outer ECT(1) on every segment");
@@ -824,7 +830,7 @@ mod tests {
                 // All 44 (65,516 bytes) in one send: over IPv4's 65,507 limit, within IPv6's. (The
                 // loopback then segments it in software, being over its gso_max_size of 65,536
                 // with headers, so it arrives in several runs.)
-                assert_eq!(send_gathered_to(&tx, to, &iov, size, 1).unwrap(), 65_516);
+                assert_eq!(send_gathered(&tx, to, &iov, size, 1).unwrap(), 65_516);
                 let mut got = 0;
                 while got < n {
                     let m = recv(&mut buf);
@@ -850,17 +856,10 @@ mod tests {
             #[allow(clippy::cast_possible_truncation)]
             tx.send_to(&vec![i as u8 + 1; *n], to).unwrap();
         }
-        let SocketAddr::V4(from) = tx.local_addr().unwrap() else {
-            panic!("v4")
-        };
+        let from = tx.local_addr().unwrap();
         let slot = 4096;
         let mut buf = vec![0u8; 4 * slot];
-        let mut metas = [RecvMeta {
-            len: 0,
-            from,
-            gso: None,
-            tos: 0,
-        }; MAX_RECV_BATCH];
+        let mut metas = [RecvMeta::EMPTY; MAX_RECV_BATCH];
         let mut got = Vec::new();
         // Loopback delivers synchronously, so all five are queued; at most 4 slots per call.
         while got.len() < sizes.len() {

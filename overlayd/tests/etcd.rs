@@ -1365,3 +1365,81 @@ fn etcd_dual_stack_leases() {
     );
     eprintln!("dual-stack leases: {:?}", started.elapsed());
 }
+
+/// The global IPv6 address of pod `j` of node `i`, as its namespace shows it.
+fn pod_addr6(lab: &Lab, i: usize, j: usize) -> String {
+    let out = sh_ok(&[
+        "ip",
+        "-n",
+        &lab.pod(i, j),
+        "-6",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "eth0",
+        "scope",
+        "global",
+    ]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv6 address in {out}"))
+        .to_string()
+}
+
+/// Two overlayd daemons in etcd mode with `EnableIPv6` on a dual-stack underlay: each takes
+/// a dual-stack lease with its IPv6 underlay address as PublicIPv6, writes both halves to
+/// subnet.env, and their pods reach each other over IPv6 and IPv4.
+#[test]
+fn etcd_dual_stack_daemons() {
+    let Some(mut lab) = Lab::new_with_env("etcd_dual_stack_daemons", 2, 1, &[("DUALSTACK", "1")])
+    else {
+        return;
+    };
+    let etcd = Etcd::start(&lab, 1, None);
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    let args = etcd_args(&etcd);
+    for i in 1..=2 {
+        start_etcd_node(&mut lab, i, &args);
+    }
+    let leases = etcd.leases();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for i in 1..=2 {
+        let env = common::read(&lab.subnet_file(i));
+        let v6 = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+            .unwrap_or_else(|| panic!("no FLANNEL_IPV6_SUBNET in {env}"));
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"),
+            "{env}"
+        );
+        // fd00:10:244:X::1/64 -> key part fd00:10:244:X::-64
+        let net6 = v6.replace("::1/", "::-");
+        let key = format!("{}&{net6}", key_of(&subnet_of(&lab, i)));
+        let (_, v) = leases
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no lease {key} for node {i}: {leases:?}"));
+        assert_eq!(v["PublicIP"], format!("198.18.0.{i}"));
+        assert_eq!(v["PublicIPv6"], format!("fd00:18::{i}"));
+        assert_eq!(v["BackendV6Data"]["VtepMAC"], v["BackendData"]["VtepMAC"]);
+        assert_eq!(v["BackendV6Data"]["VNI"], 1);
+    }
+    lab.wire(1);
+    lab.wire(2);
+    for (a, b) in [(1, 2), (2, 1)] {
+        for to in [pod_addr6(&lab, b, 1), pod_addr(&lab, b, 1)] {
+            assert!(
+                lab.ping_within(&lab.pod(a, 1), &to, Duration::from_secs(5)),
+                "pod of node {a} cannot reach {to} (node {b}):\n{}",
+                lab.log(a)
+            );
+        }
+    }
+}

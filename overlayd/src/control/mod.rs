@@ -706,9 +706,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 reg,
                 alloc,
                 underlay.ip,
-                // This node's IPv6 underlay address once the daemon has one (EnableIPv6 is
-                // refused above until then).
-                None,
+                underlay.ip6,
                 netconf.vni,
                 fdb_sync::etcd::Timing {
                     ttl: *lease_ttl,

@@ -1140,6 +1140,15 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_derived_mac_is_the_subnet_index() {
+        let m = |s: &str| derive_vtep_mac_v6(s.parse().unwrap()).to_string();
+        assert_eq!(m("fd00:10:244:7::/64"), "0a:58:02:44:00:07");
+        assert_eq!(m("fd00::c0/122"), "0a:58:00:00:00:03");
+        assert_ne!(m("fd00:10:244:7::/64"), m("fd00:10:244:8::/64"));
+        assert!(derive_vtep_mac_v6("::/0".parse().unwrap()).is_valid_vtep());
+    }
+
+    #[test]
     fn mac_parse_roundtrip_and_rejects() {
         let m: MacAddr = "AA:bb:0c:0d:0e:0f".parse().unwrap();
         assert_eq!(m.to_string(), "aa:bb:0c:0d:0e:0f");

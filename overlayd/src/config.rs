@@ -497,10 +497,17 @@ impl NetConf {
         let subnet_len = uint(get_int(subnet_len, "SubnetLen")?, "SubnetLen")?;
         let ipv6_subnet_len = uint(get_int(ipv6_subnet_len, "IPv6SubnetLen")?, "IPv6SubnetLen")?;
 
+        if !enable_ipv4 && !enable_ipv6 {
+            // Flannel's ipmatch.GetIPFamily: "none defined stack".
+            return Err(field(
+                "EnableIPv4",
+                "false while EnableIPv6 is false too: no address family is enabled (Flannel fails with \"none defined stack\"); set EnableIPv4 to true, or EnableIPv6 to true with an IPv6Network",
+            ));
+        }
         if !enable_ipv4 {
             return Err(field(
                 "EnableIPv4",
-                "IPv6-only networks are not supported yet; set it to true",
+                "false (IPv6-only) is not supported by overlayd yet: the daemon still needs IPv4 on the underlay, the device and the pods; set it to true (dual-stack with EnableIPv6 works)",
             ));
         }
         let network = match network {

@@ -1119,7 +1119,8 @@ const FLANNELD_DUAL_LEASE: &str = r#"{"PublicIP":"198.18.0.9","PublicIPv6":"fd00
 /// IPv6Network; a restart reuses the lease (found by PublicIP, and from subnet.env's subnets
 /// when the key is gone); renewal keeps the IPv6 half; flanneld's lease is a peer with its
 /// IPv6 side; an IPv4-only config replaces a dual-stack lease as Flannel does; of nodes that
-/// race for one IPv6 subnet with different IPv4 subnets, exactly one keeps it.
+/// race for one IPv6 subnet with different IPv4 subnets, exactly one keeps it; IPv6-only
+/// leases (`EnableIPv4: false`) as flanneld writes them, each node keeping its own.
 #[test]
 fn etcd_dual_stack_leases() {
     use fdb_sync::etcd::{
@@ -1296,6 +1297,40 @@ fn etcd_dual_stack_leases() {
                 .0;
             assert_eq!(held.len(), 1, "given-up keys left in etcd");
             report.push(format!("one IPv6 subnet, five nodes: {} won", won[0]));
+            // IPv6-only (EnableIPv4 false), as flanneld writes it: key 0.0.0.0-0&<v6>-<len>,
+            // PublicIP 0.0.0.0, no BackendData. Every such lease says PublicIP 0.0.0.0, so
+            // the own lease is found by PublicIPv6 (Flannel's findLeaseByIP would hand the
+            // first node's lease to every later one).
+            let v6_only = Allocation {
+                v4: None,
+                v6: Some(v6),
+            };
+            let v6cfg = EtcdConfig {
+                prefix: "/v6o".into(),
+                ..cfg.clone()
+            };
+            let v6me = |r: u8| Me {
+                public_ip: None,
+                ..me(r)
+            };
+            let reg6 = Registry::connect(&v6cfg).await.unwrap();
+            let mut held = Vec::new();
+            for r in 21..=23u8 {
+                let l = reg6.acquire(&v6_only, &v6me(r), None, ttl).await.unwrap();
+                assert_eq!(l.subnets.v4, None);
+                assert!(l.key().starts_with("0.0.0.0-0&fd00:6:"), "{}", l.key());
+                assert_eq!(l.attrs.backend_data, None, "no IPv4 VTEP without IPv4");
+                assert_eq!(l.attrs.public_ip, "0.0.0.0");
+                held.push(l.subnets);
+            }
+            let mut distinct = held.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "{held:?}");
+            let again = reg6.acquire(&v6_only, &v6me(22), None, ttl).await.unwrap();
+            assert_eq!(again.subnets, held[1], "reuse by PublicIPv6");
+            assert_eq!(reg6.list().await.unwrap().0.len(), 3);
+            report.push(format!("ipv6-only leases: {held:?}"));
             (leases, report)
         })
     });

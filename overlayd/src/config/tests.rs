@@ -434,3 +434,20 @@ fn ipv6_subnet_len_min_max_as_flannel_checks_them() {
         }
     }
 }
+
+#[test]
+fn enable_ipv4_false_is_refused_with_its_reason() {
+    let e = err(r#"{"EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#);
+    assert!(
+        e.contains("EnableIPv4: false while EnableIPv6 is false too")
+            && e.contains("none defined stack"),
+        "{e}"
+    );
+    let e = err(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert!(
+        e.contains("EnableIPv4: false (IPv6-only) is not supported by overlayd yet"),
+        "{e}"
+    );
+}

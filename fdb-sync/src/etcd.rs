@@ -1627,12 +1627,15 @@ mod tests {
         let s = l
             .state("/coreos.com/network/subnets/10.244.7.0-24", &own)
             .unwrap();
-        assert_eq!(s.own_pod_cidr(), net("10.244.7.0/24"));
+        assert_eq!(s.own_pod_cidr(), Some(net("10.244.7.0/24")));
         assert_eq!(s.own_vtep_mac().to_string(), "0a:58:0a:f4:07:00");
         assert_eq!(s.peers.len(), 1);
-        assert_eq!(s.peers[0].vtep_mac.to_string(), "6e:1c:3d:00:11:22");
         assert_eq!(
-            s.peers[0].vtep_ip,
+            s.peers[0].v4.unwrap().vtep_mac.to_string(),
+            "6e:1c:3d:00:11:22"
+        );
+        assert_eq!(
+            s.peers[0].v4.unwrap().vtep_ip,
             "198.18.0.9".parse::<Ipv4Addr>().unwrap()
         );
         let kinds: Vec<_> = s
@@ -1711,7 +1714,7 @@ mod tests {
         assert_eq!(v6.pod_cidr, net6("fd00:10:244:9::/64"));
         assert_eq!(v6.vtep_ip, "fd00:198:18::9".parse::<Ipv6Addr>().unwrap());
         assert_eq!(v6.vtep_mac.to_string(), "7a:4f:00:aa:bb:cc");
-        assert_eq!(peer.vtep_mac.to_string(), "6e:1c:3d:00:11:22");
+        assert_eq!(peer.v4.unwrap().vtep_mac.to_string(), "6e:1c:3d:00:11:22");
         let kinds: Vec<_> = s
             .skipped
             .iter()

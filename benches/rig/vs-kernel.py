@@ -29,9 +29,14 @@ and reports the median, the range (min-max over the rounds) and the ratio overla
                        with `perf stat -e raw_syscalls:sys_enter` in a SEPARATE single-stream
                        run (the tracepoint costs throughput, so the runs above go without it);
                        kernel: none (no daemon). Needs perf; null without it.
+With --ipv6 every cluster is dual-stack (cluster.sh DUALSTACK=1: IPv6 underlay, EnableIPv6, the
+kernel nodes get Flannel's flannel-v6.1) and two more metrics are measured between the same pods
+over IPv6 (inner IPv6 over an outer IPv6 underlay on both sides):
+  tcp1_v6_gbps         single-stream TCP over IPv6 (iperf3 -6)                higher is better
+  rtt6_p50_us          IPv6 ping RTT median                                   lower is better
 
 Usage (root): benches/rig/vs-kernel.py [--rounds 5] [--seconds 4] [--out DIR] [--overlayd BIN]
-              [--queues N] [--variant LABEL=ARGS ...] [--pod-gso cni|off|pod:N|both:N]
+              [--queues N] [--variant LABEL=ARGS ...] [--pod-gso cni|off|pod:N|both:N] [--ipv6]
   --variant  an overlayd cluster started with extra ARGS (e.g. 'bp50=--busy-poll-us 50');
              repeatable; replaces the default single variant "overlayd" (--queues N).
   --variant-bin LABEL=PATH  that variant runs another overlayd binary (a feature build).
@@ -71,6 +76,11 @@ METRICS = [
     ("cs_softirqd_per_gb", "ctx switches per GB, ksoftirqd", False),
     ("cs_system_per_gb", "ctx switches per GB, machine", False),
     ("syscalls_per_gb", "syscalls per GB, overlayd", False),
+]
+# Measured only with --ipv6 (appended to METRICS then).
+METRICS_V6 = [
+    ("tcp1_v6_gbps", "IPv6 single-stream TCP, Gbit/s", True),
+    ("rtt6_p50_us", "IPv6 RTT p50, us", False),
 ]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -159,6 +169,7 @@ class Cluster:
         prefix, kind = self.p, self.kind
         sh("bash", CLUSTER, "down", prefix)
         sh("bash", CLUSTER, "up", prefix, self.dir, "2", "1")
+        self.ipv6 = os.environ.get("DUALSTACK") == "1"
         if kind == "kernel":
             for i in (1, 2):
                 os.environ["KERNEL_NODES"] = "1 2"
@@ -187,12 +198,16 @@ class Cluster:
         for i in (1, 2):
             sh("bash", CLUSTER, "wire", prefix, self.dir, str(i), "1")
         self.src, self.dst, self.dst_ip = f"{prefix}p1-1", f"{prefix}p2-1", "10.244.2.2"
+        # cluster.sh DUALSTACK=1: pod j of node i is also fd00:10:244:i::(j+1).
+        self.dst_ip6 = "fd00:10:244:2::2"
         self._pod_gso(pod_gso)
-        for _ in range(30):
-            if subprocess.run(["ip", "netns", "exec", self.src, "ping", "-c1", "-W1", self.dst_ip],
-                              capture_output=True).returncode == 0:
-                return
-        raise RuntimeError(f"{kind}: pods cannot reach each other")
+        for ip in [self.dst_ip] + ([self.dst_ip6] if self.ipv6 else []):
+            for _ in range(30):
+                if subprocess.run(["ip", "netns", "exec", self.src, "ping", "-c1", "-W1", ip],
+                                  capture_output=True).returncode == 0:
+                    break
+            else:
+                raise RuntimeError(f"{kind}: pods cannot reach each other at {ip}")
 
     def _pod_gso(self, mode):
         """Overrides the TSO limit of every pod veth (both clusters alike), then records it."""
@@ -217,13 +232,14 @@ class Cluster:
     def pids(self):
         return [p.pid for p in self.procs if p.poll() is None]
 
-    def iperf(self, seconds, *extra):
-        """One iperf3 test; retried (twice) when iperf3 reports an error, e.g. the one-shot
-        server of the previous test still holding the port on a loaded machine."""
+    def iperf(self, seconds, *extra, dst=None):
+        """One iperf3 test (to the IPv4 pod address unless `dst`); retried (twice) when iperf3
+        reports an error, e.g. the one-shot server of the previous test still holding the port
+        on a loaded machine."""
         for attempt in range(3):
             nsx(self.dst, "iperf3", "-s", "-1", "-D", "-p", "5201", check=False)
             time.sleep(0.2 + attempt)
-            out = nsx(self.src, "timeout", str(seconds + 20), "iperf3", "-c", self.dst_ip, "-p", "5201",
+            out = nsx(self.src, "timeout", str(seconds + 20), "iperf3", "-c", dst or self.dst_ip, "-p", "5201",
                       "-t", str(seconds), "-J", *extra, check=False, timeout=seconds + 30)
             try:
                 j = json.loads(out)
@@ -263,12 +279,21 @@ class Cluster:
         j = self.iperf(seconds, "-u", "-b", "0", "-l", "64")
         s = j["end"]["sum"]
         m["udp64_kpps"] = (s["packets"] - s["lost_packets"]) / s["seconds"] / 1e3
-        out = nsx(self.src, "ping", "-c", "300", "-i", "0.002", "-n", self.dst_ip, timeout=60)
-        rtts = sorted(float(l.split("time=")[1].split()[0]) * 1000 for l in out.splitlines() if "time=" in l)
+        rtts = self.rtts(self.dst_ip)
         m["rtt_p50_us"] = rtts[len(rtts) // 2]
         m["rtt_p99_us"] = rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
         m["syscalls_per_gb"] = self.syscalls_per_gb(syscall_seconds)
+        if self.ipv6:
+            j = self.iperf(seconds, dst=self.dst_ip6)
+            m["tcp1_v6_gbps"] = j["end"]["sum_received"]["bits_per_second"] / 1e9
+            rtts = self.rtts(self.dst_ip6)
+            m["rtt6_p50_us"] = rtts[len(rtts) // 2]
         return m
+
+    def rtts(self, ip):
+        """300 pings 2 ms apart, RTTs in us, sorted."""
+        out = nsx(self.src, "ping", "-c", "300", "-i", "0.002", "-n", ip, timeout=60)
+        return sorted(float(l.split("time=")[1].split()[0]) * 1000 for l in out.splitlines() if "time=" in l)
 
     def syscalls_per_gb(self, seconds):
         """System calls of the overlayd processes per GB over a separate tcp1 run, by perf."""
@@ -365,6 +390,8 @@ def report(path):
     with open(path) as f:
         res = json.load(f)
     runs = res["runs"]
+    if res.get("ipv6"):
+        METRICS.extend(METRICS_V6)
     print(f"{res['rounds']} interleaved rounds of {res['seconds']} s, {res['date']}, "
           f"kernel {res['kernel']}, {res['cpus']} CPUs; median [min-max]; pod gso: {res['pod_gso']}")
     for l in res["variants"]:
@@ -387,6 +414,8 @@ def main():
                     help="run variant LABEL with this overlayd binary instead of --overlayd "
                          "(e.g. one built with --features io-uring); overlayd-cni stays --overlayd's")
     ap.add_argument("--pod-gso", default="cni")
+    ap.add_argument("--ipv6", action="store_true",
+                    help="dual-stack clusters; also measure IPv6 pod-to-pod TCP and RTT")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
     ap.add_argument("--overlayd", default=os.path.join(ROOT, "target", "release", "overlayd"))
     ap.add_argument("--report", metavar="RESULTS_JSON",
@@ -408,6 +437,9 @@ def main():
     if not os.access(a.overlayd, os.X_OK) or not os.access(cni, os.X_OK):
         sys.exit(f"vs-kernel.py: {a.overlayd} or {cni} not built: cargo build --release -p overlayd -p cni-shim")
     os.environ["OVERLAYD_CNI"] = cni
+    if a.ipv6:
+        os.environ["DUALSTACK"] = "1"
+        METRICS.extend(METRICS_V6)
     variants = []
     for v in a.variant:
         label, _, args = v.partition("=")
@@ -462,6 +494,7 @@ def main():
         print_table(l, stats, ratios[l], ratio_ranges[l])
     first = variants[0][0]
     result = {"rounds": a.rounds, "seconds": a.seconds, "syscall_seconds": a.syscall_seconds,
+              "ipv6": a.ipv6,
               "queues": a.queues, "variants": {l: args for l, args in variants},
               "binaries": {l: binaries.get(l, a.overlayd) for l, _ in variants},
               "pod_gso": a.pod_gso, "pod_gso_seen": gso_seen,

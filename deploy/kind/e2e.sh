@@ -11,8 +11,11 @@
 #   5. runs ping and iperf3 between pods on different nodes and prints the results,
 #   6. deletes the cluster (KEEP=1 keeps it for inspection); on failure it first runs
 #      `kind export logs` and prints the cluster's events.
+# IP_FAMILY=dual makes the cluster dual-stack (kind's ipFamily dual, pod CIDRs 10.244.0.0/16 and
+# fd00:10:244::/56, net-conf EnableIPv6 with that IPv6Network) and adds IPv6 pings and an IPv6
+# iperf3 between the pods.
 #
-#   deploy/kind/e2e.sh            # or: CLUSTER=name IMAGE=overlayd:dev KEEP=1 deploy/kind/e2e.sh
+#   deploy/kind/e2e.sh            # or: CLUSTER=name IMAGE=overlayd:dev KEEP=1 IP_FAMILY=dual deploy/kind/e2e.sh
 set -euo pipefail
 
 CLUSTER=${CLUSTER:-overlayd-e2e}
@@ -20,6 +23,9 @@ IMAGE=${IMAGE:-overlayd:dev}
 # Test pods need ping and iperf3; netshoot has both.
 TOOLS_IMAGE=${TOOLS_IMAGE:-nicolaka/netshoot:v0.13}
 KEEP=${KEEP:-0}
+IP_FAMILY=${IP_FAMILY:-ipv4}
+case "$IP_FAMILY" in ipv4|dual) ;; *) echo "e2e: IP_FAMILY must be ipv4 or dual, not $IP_FAMILY" >&2; exit 1 ;; esac
+IPV6_NETWORK=fd00:10:244::/56
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KUBECTL=(kubectl --context "kind-$CLUSTER")
 
@@ -74,8 +80,15 @@ if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   exit 1
 fi
 
-log "creating kind cluster $CLUSTER (no default CNI, podSubnet 10.244.0.0/16, 3 nodes)"
-kind create cluster --name "$CLUSTER" --config "$ROOT/deploy/kind/kind-config.yaml"
+KIND_CONFIG=$ROOT/deploy/kind/kind-config.yaml
+if [ "$IP_FAMILY" = dual ]; then
+  # The same cluster with kind's dual-stack networking and an IPv6 pod CIDR beside the IPv4 one.
+  KIND_CONFIG=$WORK/kind-config.yaml
+  sed -e "s#^  podSubnet: .*#  ipFamily: dual\n  podSubnet: \"10.244.0.0/16,$IPV6_NETWORK\"\n  serviceSubnet: \"10.96.0.0/16,fd00:10:96::/112\"#" \
+    "$ROOT/deploy/kind/kind-config.yaml" > "$KIND_CONFIG"
+fi
+log "creating kind cluster $CLUSTER (no default CNI, $IP_FAMILY, 3 nodes)"
+kind create cluster --name "$CLUSTER" --config "$KIND_CONFIG"
 trap cleanup EXIT
 
 log "building $IMAGE for $PLATFORM"
@@ -93,8 +106,11 @@ RUNC=$(docker exec "$CLUSTER-control-plane" runc --version 2>/dev/null | sed -n 
 PRIVILEGED=0
 case "$RUNC" in 1.2.0|1.2.1|1.2.2|1.2.3) PRIVILEGED=1 ;; esac
 log "applying deploy/kubernetes/overlayd.yaml (runc ${RUNC:-unknown}, privileged=$PRIVILEGED)"
-sed "s#image: overlayd:dev#image: $IMAGE#" "$ROOT/deploy/kubernetes/overlayd.yaml" \
-  | "${KUBECTL[@]}" apply -f -
+MANIFEST_SED=(-e "s#image: overlayd:dev#image: $IMAGE#")
+if [ "$IP_FAMILY" = dual ]; then
+  MANIFEST_SED+=(-e "s#\"EnableIPv6\": false,#\"EnableIPv6\": true, \"IPv6Network\": \"$IPV6_NETWORK\",#")
+fi
+sed "${MANIFEST_SED[@]}" "$ROOT/deploy/kubernetes/overlayd.yaml" | "${KUBECTL[@]}" apply -f -
 if [ "$PRIVILEGED" = 1 ]; then
   "${KUBECTL[@]}" -n kube-overlayd patch daemonset overlayd --type=json -p \
     '[{"op":"replace","path":"/spec/template/spec/containers/0/securityContext","value":{"privileged":true,"readOnlyRootFilesystem":true}}]'
@@ -118,10 +134,21 @@ for n in $("${KUBECTL[@]}" get nodes -o name); do
   cidr=$(jp "$n" '{.spec.podCIDR}')
   echo "$n podCIDR=$cidr backend-type=$bt public-ip=$ip backend-data=$bd NetworkUnavailable=$nu"
   [ "$ok" = 1 ] || { echo "e2e: $n has no backend-type=vxlan annotation or NetworkUnavailable=False/FlannelIsUp after 60 s" >&2; exit 1; }
+  if [ "$IP_FAMILY" = dual ]; then
+    bd6=$(jp "$n" '{.metadata.annotations.flannel\.alpha\.coreos\.com/backend-v6-data}')
+    ip6=$(jp "$n" '{.metadata.annotations.flannel\.alpha\.coreos\.com/public-ipv6}')
+    cidrs=$(jp "$n" '{.spec.podCIDRs}')
+    echo "$n podCIDRs=$cidrs public-ipv6=$ip6 backend-v6-data=$bd6"
+    if [ -z "$bd6" ] || [ -z "$ip6" ]; then
+      echo "e2e: $n has no backend-v6-data/public-ipv6 annotation in a dual-stack cluster" >&2
+      exit 1
+    fi
+  fi
 done
 
 log "routes programmed by overlayd on $CLUSTER-worker"
 docker exec "$CLUSTER-worker" ip route show dev ovl.1
+if [ "$IP_FAMILY" = dual ]; then docker exec "$CLUSTER-worker" ip -6 route show dev ovl.1; fi
 
 # One pod per node: a server on worker, clients on worker2 and the control plane.
 pod() {
@@ -163,4 +190,16 @@ log "iperf3 TCP worker2 -> worker, 10 s"
 log "iperf3 TCP worker -> worker2 (reverse), 10 s"
 "${KUBECTL[@]}" exec e2e-client -- iperf3 -c "$SERVER_IP" -t 10 -R
 
-log "PASS: pods on different nodes reach each other over overlayd"
+if [ "$IP_FAMILY" = dual ]; then
+  SERVER_IP6=$("${KUBECTL[@]}" get pod e2e-server -o jsonpath='{.status.podIPs[1].ip}')
+  CLIENT_IP6=$("${KUBECTL[@]}" get pod e2e-client -o jsonpath='{.status.podIPs[1].ip}')
+  case "$SERVER_IP6$CLIENT_IP6" in *:*:*) ;; *) echo "e2e: pods have no IPv6 address (podIPs: $SERVER_IP6 $CLIENT_IP6)" >&2; exit 1 ;; esac
+  log "IPv6 ping worker2 -> worker ($SERVER_IP6)"
+  "${KUBECTL[@]}" exec e2e-client -- ping -6 -c 5 -W 2 "$SERVER_IP6"
+  log "IPv6 ping control-plane -> worker2 ($CLIENT_IP6)"
+  "${KUBECTL[@]}" exec e2e-client-cp -- ping -6 -c 5 -W 2 "$CLIENT_IP6"
+  log "iperf3 TCP over IPv6 worker2 -> worker, 10 s"
+  "${KUBECTL[@]}" exec e2e-client -- iperf3 -6 -c "$SERVER_IP6" -t 10
+fi
+
+log "PASS: pods on different nodes reach each other over overlayd ($IP_FAMILY)"

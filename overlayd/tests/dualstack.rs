@@ -150,6 +150,21 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
         );
     }
 
+    // Restart: the next overlayd adopts the device with its IPv6 address, routes and
+    // neighbours as they are (nothing to fix), and IPv6 keeps working.
+    let mut lab = lab;
+    assert!(lab.stop(1));
+    lab.start(1);
+    let log = lab.log(1);
+    assert!(log.contains("adopted the device"), "{log}");
+    assert!(!log.contains("differed from the desired state"), "{log}");
+    assert!(!log.contains("device got its IPv6 address"), "{log}");
+    assert!(
+        ip(&lab, 1, &["-6", "addr", "show", "dev", DEV]).contains("inet6 fd00:10:244:1::/128"),
+        "{}",
+        ip(&lab, 1, &["-6", "addr", "show", "dev", DEV])
+    );
+
     // Self-healing: an IPv6 route and neighbour removed behind overlayd's back come back.
     ip(
         &lab,
@@ -166,6 +181,25 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
             && ip(&lab, 1, &["-6", "neigh", "show", "dev", DEV]).contains("fd00:10:244:2:: lladdr")
     });
     assert!(healed, "IPv6 route/neighbour not restored:\n{}", lab.log(1));
+
+    // The device deleted: rebuilt with its IPv6 address, routes and neighbours, and the
+    // kernel node's IPv6 pod is reachable again.
+    ip(&lab, 1, &["link", "del", DEV]);
+    let rebuilt = wait_until(Duration::from_secs(10), || {
+        lab.log(1).contains("dataplane rebuilt")
+            && ip(&lab, 1, &["-6", "route", "show", "proto", "77"]).contains("fd00:10:244:3::/64")
+            && String::from_utf8_lossy(
+                &lab.exec(&lab.node(1), &["ip", "-6", "addr", "show", "dev", DEV])
+                    .stdout,
+            )
+            .contains("inet6 fd00:10:244:1::/128")
+    });
+    assert!(rebuilt, "device not rebuilt with IPv6:\n{}", lab.log(1));
+    assert!(
+        lab.ping_within(&lab.pod(1, 1), &pod_ip6(3, 1), Duration::from_secs(5)),
+        "IPv6 after the rebuild:\n{}",
+        lab.log(1)
+    );
 }
 
 /// Traffic: IPv4 and IPv6 ping between every pair of pods both ways, a 2 s iperf3 of each
@@ -219,6 +253,9 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
             "ping6 pod 1 -> {o}"
         );
     }
+    // tcpdump hands packets over in blocks (TPACKET_V3, up to 1 s): let the last one close
+    // before it is stopped, or the pings are lost from the file.
+    std::thread::sleep(Duration::from_millis(1500));
     cap.stop();
     let text = cap.text("ip6 and udp port 8472");
     for o in [2, 3] {
@@ -227,14 +264,82 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
             let want_outer = text
                 .lines()
                 .any(|l| l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472")));
-            assert!(want_outer, "no outer IPv6 {src} -> {dst}:8472:\n{text}");
-            let inner = format!("{} > {}: ICMP6, echo", pod_ip6(src, 1), pod_ip6(dst, 1));
-            assert!(text.contains(&inner), "no inner {inner}:\n{text}");
+            assert!(
+                want_outer,
+                "no outer IPv6 {src} -> {dst}:8472:\n{text}\nall:\n{}",
+                cap.text("")
+            );
+            let inner = format!("{} > {}: ", pod_ip6(src, 1), pod_ip6(dst, 1));
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(&inner) && l.contains("ICMP6, echo")),
+                "no inner {inner}ICMP6 echo:\n{text}"
+            );
         }
     }
-    assert!(text.contains("VXLAN, flags [I] (0x08), vni 1"), "{text}");
+    // tcpdump names UDP 8472 OTV (the same header layout as VXLAN): flags I, instance = VNI.
+    assert!(
+        text.contains("flags [I] (0x08), overlay 0, instance 1"),
+        "{text}"
+    );
     // Inner IPv6 never rides outer IPv4.
     assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
+
+    // Path MTU: pods have Flannel's MTU 1450, but inner IPv6 over an IPv6 underlay fits in
+    // 1430. A 1450-byte IPv6 packet gets ICMPv6 Packet Too Big 1430 from the node (the peer
+    // route's locked MTU); 1430 bytes pass, to an overlayd node and to the kernel node.
+    for o in [2, 3] {
+        let big = lab.exec(
+            &lab.pod(1, 1),
+            &[
+                "ping",
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                "1402",
+                &pod_ip6(o, 1),
+            ],
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&big.stdout),
+            String::from_utf8_lossy(&big.stderr)
+        );
+        assert!(
+            !big.status.success(),
+            "1450-byte IPv6 ping to node {o} passed: {said}"
+        );
+        assert!(
+            said.contains("mtu=1430") || said.contains("mtu = 1430"),
+            "{said}"
+        );
+        let fits = lab.exec(
+            &lab.pod(1, 1),
+            &[
+                "ping",
+                "-6",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                "1382",
+                &pod_ip6(o, 1),
+            ],
+        );
+        assert!(
+            fits.status.success(),
+            "1430-byte IPv6 ping to node {o}: {}",
+            String::from_utf8_lossy(&fits.stdout)
+        );
+    }
 
     // iperf3, 2 s per family and ordered pair of nodes.
     for i in 1..=3 {
@@ -454,4 +559,144 @@ fn dual_stack_direct_routing_routes_ipv6_via_the_peers_ipv6_address() {
             lab.log(i)
         );
     }
+}
+
+/// EnableIPv6 on a node without an IPv6 underlay stops overlayd at startup with a message
+/// that names what is missing and what to do, before subnet.env is written: without `--iface`
+/// the IPv6 default route is missing, with it the interface's IPv6 address.
+#[test]
+fn enable_ipv6_without_an_ipv6_underlay_stops_with_the_reason() {
+    // An IPv4-only lab (no DUALSTACK) with a dual-stack net-conf and NodeList.
+    let Some(mut lab) = Lab::new(
+        "enable_ipv6_without_an_ipv6_underlay_stops_with_the_reason",
+        1,
+        0,
+    ) else {
+        return;
+    };
+    std::fs::write(
+        lab.dir.join("net-conf.json"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    lab.write_nodes_file(
+        "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: node1}\n  spec: {podCIDRs: [10.244.1.0/24, \"fd00:10:244:1::/64\"]}\n  status: {addresses: [{type: InternalIP, address: 198.18.0.1}]}\n",
+    );
+    let nodes = lab.nodes_file();
+    for (extra, want) in [
+        (
+            &[][..],
+            "no IPv6 default route to pick the underlay interface from (EnableIPv6 is true): pass --iface or --public-ipv6",
+        ),
+        (
+            &["--iface", "eth0"][..],
+            "no interface matches the --iface/--iface-regex/--iface-can-reach given (--iface eth0: eth0 has no global IPv6 address (EnableIPv6 is true))",
+        ),
+    ] {
+        lab.spawn(1, &[std::ffi::OsStr::new("--nodes-file"), nodes.as_os_str()], extra);
+        let exited = wait_until(Duration::from_secs(10), || !lab.is_running(1));
+        let log = lab.log(1);
+        assert!(exited, "overlayd kept running: {log}");
+        assert!(log.contains(want), "{extra:?}: {log}");
+        assert!(!lab.subnet_file(1).exists(), "subnet.env written: {log}");
+        lab.stop(1);
+    }
+}
+
+/// `--ip-blackhole-route` with EnableIPv6 keeps a blackhole route for each podCIDR (Flannel's
+/// AddBlackholeV4Route and AddBlackholeV6Route) and puts it back when removed. A node without
+/// pods: Flannel's option is for nodes whose pods do not sit behind a bridge with a connected
+/// route for the podCIDR (the IPv4 blackhole would shadow a bridge route added after it).
+#[test]
+fn dual_stack_blackhole_routes_for_both_pod_cidrs() {
+    let Some(mut lab) = Lab::new_with_env(
+        "dual_stack_blackhole_routes_for_both_pod_cidrs",
+        1,
+        0,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
+    // With IPv6 forwarding off the node could not route IPv6 pods: overlayd says so.
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node(1),
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.forwarding=0",
+    ]);
+    lab.start_with(1, &["--ip-blackhole-route", "--iptables-resync", "1"]);
+    assert!(
+        lab.log(1)
+            .contains("net.ipv6.conf.all.forwarding is 0 with EnableIPv6"),
+        "{}",
+        lab.log(1)
+    );
+    assert!(!lab.log(1).contains("ip_forward is 0"), "{}", lab.log(1));
+    let present = |lab: &Lab| {
+        ip(lab, 1, &["route", "show", "type", "blackhole"]).contains("10.244.1.0/24")
+            && ip(lab, 1, &["-6", "route", "show", "type", "blackhole"])
+                .contains("fd00:10:244:1::/64")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || present(&lab)),
+        "{}",
+        lab.log(1)
+    );
+    ip(
+        &lab,
+        1,
+        &["-6", "route", "del", "blackhole", "fd00:10:244:1::/64"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || present(&lab)),
+        "IPv6 blackhole not restored:\n{}",
+        lab.log(1)
+    );
+}
+
+/// Peer validation with EnableIPv6: a node whose IPv6 VTEP is one of this node's own
+/// addresses (one only the kernel knows: not in any Node object) is skipped with its reason
+/// and never reaches the kernel; the good peer's IPv6 side is programmed.
+#[test]
+fn dual_stack_peer_with_this_nodes_ipv6_address_as_vtep_is_skipped() {
+    let Some(mut lab) = Lab::new_with_env(
+        "dual_stack_peer_with_this_nodes_ipv6_address_as_vtep_is_skipped",
+        2,
+        0,
+        &[("DUALSTACK", "1")],
+    ) else {
+        return;
+    };
+    sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "-6",
+        "addr",
+        "add",
+        "fd00:77::1/128",
+        "dev",
+        "lo",
+    ]);
+    let mut nodes = common::read(&lab.nodes_file());
+    nodes.push_str(
+        "- apiVersion: v1\n  kind: Node\n  metadata:\n    name: evil\n    annotations:\n      flannel.alpha.coreos.com/public-ipv6: fd00:77::1\n  spec:\n    podCIDRs: [10.244.9.0/24, \"fd00:10:244:9::/64\"]\n  status:\n    addresses:\n    - {type: InternalIP, address: 198.18.0.9}\n",
+    );
+    lab.write_nodes_file(&nodes);
+    lab.start(1);
+    let st = lab.status_json(1);
+    let skipped = st["skipped"].as_array().unwrap();
+    assert!(
+        skipped.iter().any(|s| s["node"] == "evil"
+            && s["reason"] == "vtep_own_address"
+            && s["message"].as_str().unwrap().contains("fd00:77::1")),
+        "{st}"
+    );
+    let routes = ip(&lab, 1, &["-6", "route", "show", "proto", "77"]);
+    assert!(!routes.contains("fd00:10:244:9::"), "{routes}");
+    assert!(routes.contains("fd00:10:244:2::/64"), "{routes}");
+    assert!(!lab.routes(1).contains("10.244.9.0"), "{}", lab.routes(1));
 }

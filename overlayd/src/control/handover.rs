@@ -455,3 +455,221 @@ impl Taken {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::udp;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::os::fd::AsRawFd;
+
+    fn accept(l: &Socket) -> Socket {
+        for _ in 0..400 {
+            match l.accept() {
+                Ok((c, _)) => {
+                    fdpass::set_timeouts(&c, STEP_TIMEOUT).unwrap();
+                    return c;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        panic!("no connection in 2 s");
+    }
+
+    fn addrs(socks: &[UdpSocket]) -> Vec<SocketAddr> {
+        socks.iter().map(|s| s.local_addr().unwrap()).collect()
+    }
+
+    /// A dual-stack queue as `control::open_queue` builds it, on loopback.
+    fn dual_stack_queue(tap_name: &str) -> QueueIo {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let tap = crate::sys::tap::open_multiqueue(tap_name, 1)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, 0).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        QueueIo {
+            tap,
+            rx,
+            tx_pool: udp::bind_source_pool(Ipv4Addr::LOCALHOST, 3, 1).unwrap(),
+            rx6: Some(udp::bind_vxlan_v6(Ipv6Addr::UNSPECIFIED, port).unwrap()),
+            tx_pool6: udp::bind_source_pool(Ipv6Addr::LOCALHOST, 2, 9).unwrap(),
+            offloads: Offloads {
+                tso: false,
+                gro: true,
+            },
+        }
+    }
+
+    fn socket_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("overlayd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("handover.sock")
+    }
+
+    /// Root only (a private network namespace): a dual-stack queue crosses a handover whole:
+    /// the successor gets the TAP queue, both receive sockets and both send pools (the same
+    /// sockets: same bound addresses), and the old side learns that the new one runs.
+    #[test]
+    fn ipv6_sockets_are_handed_over_with_their_queue() {
+        crate::sys::in_private_netns("ipv6_sockets_are_handed_over_with_their_queue", || {
+            let q = dual_stack_queue("hov6a");
+            let me = Identity {
+                device: "hov6a".into(),
+                port: q.rx.local_addr().unwrap().port(),
+                vni: 1,
+            };
+            let want = (
+                q.rx6.as_ref().unwrap().local_addr().unwrap(),
+                addrs(&q.tx_pool),
+                addrs(&q.tx_pool6),
+            );
+            let path = socket_path("handover-v6");
+            let l = fdpass::listen(&path).unwrap();
+            let me2 = me.clone();
+            let old = std::thread::spawn(move || {
+                let conn = accept(&l);
+                let r = offer(&conn, &me2, std::iter::once(&q)).unwrap();
+                if r.is_some() {
+                    released(&conn).unwrap();
+                }
+                r
+            });
+            let taken = take_over(&path, &me).unwrap().expect("handed over");
+            assert_eq!(taken.queues.len(), 1);
+            let got = &taken.queues[0];
+            assert_eq!(
+                (
+                    got.rx6
+                        .as_ref()
+                        .expect("the IPv6 receive socket")
+                        .local_addr()
+                        .unwrap(),
+                    addrs(&got.tx_pool),
+                    addrs(&got.tx_pool6),
+                ),
+                want
+            );
+            assert!(got.offloads.gro && !got.offloads.tso);
+            taken.confirm().unwrap();
+            assert_eq!(old.join().unwrap(), Some(std::process::id()));
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        });
+    }
+
+    /// Root only: a successor fits handed queues to its own IPv6 underlay: it opens the IPv6
+    /// sockets an older (or IPv4-only) overlayd did not hand over, re-binds the IPv6 send pool
+    /// when its IPv6 address differs while keeping the shared receive socket, and closes them
+    /// when it has no IPv6 underlay.
+    #[test]
+    fn a_successor_fits_handed_queues_to_its_ipv6_underlay() {
+        crate::sys::in_private_netns(
+            "a_successor_fits_handed_queues_to_its_ipv6_underlay",
+            || {
+                let mut q = dual_stack_queue("hov6c");
+                let port = q.rx.local_addr().unwrap().port();
+                for a in ["fd00:6::1/64", "fd00:6::2/64"] {
+                    let st = std::process::Command::new("ip")
+                        .args(["-6", "addr", "add", a, "dev", "lo", "nodad"])
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
+                }
+                q.rx6 = None;
+                q.tx_pool6.clear();
+                let ip1: Ipv6Addr = "fd00:6::1".parse().unwrap();
+                let mut ios = super::super::adapt_v6(vec![q], port, Some(ip1)).unwrap();
+                let rx6 = ios[0].rx6.as_ref().expect("opened").local_addr().unwrap();
+                assert_eq!(rx6.port(), port);
+                assert_eq!(ios[0].tx_pool6.len(), 16);
+                assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip1));
+                assert!(ios[0].offloads.gro, "GRO on the new socket too");
+
+                let ip2: Ipv6Addr = "fd00:6::2".parse().unwrap();
+                let same_rx = ios[0].rx6.as_ref().unwrap().as_raw_fd();
+                ios = super::super::adapt_v6(ios, port, Some(ip2)).unwrap();
+                assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip2));
+                assert_eq!(
+                    ios[0].rx6.as_ref().unwrap().as_raw_fd(),
+                    same_rx,
+                    "the shared receive socket is kept"
+                );
+                // Unchanged: nothing is reopened.
+                let pool = addrs(&ios[0].tx_pool6);
+                ios = super::super::adapt_v6(ios, port, Some(ip2)).unwrap();
+                assert_eq!(addrs(&ios[0].tx_pool6), pool);
+
+                ios = super::super::adapt_v6(ios, port, None).unwrap();
+                assert!(ios[0].rx6.is_none() && ios[0].tx_pool6.is_empty());
+                assert_eq!(ios[0].tx_pool.len(), 3, "IPv4 untouched");
+            },
+        );
+    }
+
+    /// Root only: an older successor (its Hello has no `ipv6`) gets each queue exactly as
+    /// version 1 sent it before IPv6: no rx6/tx6 fields, TAP + IPv4 sockets only; it then
+    /// opens its own IPv6 sockets if it has an IPv6 underlay. And an older predecessor's Queue
+    /// message (no rx6/tx6) reads as a queue without IPv6 sockets.
+    #[test]
+    fn older_overlayds_see_the_protocol_they_know() {
+        let old_queue: Msg =
+            serde_json::from_str(r#"{"msg":"queue","id":0,"tso":true,"gro":true,"tx":16}"#)
+                .unwrap();
+        assert!(matches!(
+            old_queue,
+            Msg::Queue {
+                tx: 16,
+                rx6: false,
+                tx6: 0,
+                ..
+            }
+        ));
+        crate::sys::in_private_netns("older_overlayds_see_the_protocol_they_know", || {
+            let q = dual_stack_queue("hov6b");
+            let me = Identity {
+                device: "hov6b".into(),
+                port: q.rx.local_addr().unwrap().port(),
+                vni: 1,
+            };
+            let path = socket_path("handover-old");
+            let l = fdpass::listen(&path).unwrap();
+            let me2 = me.clone();
+            let old = std::thread::spawn(move || {
+                let conn = accept(&l);
+                offer(&conn, &me2, std::iter::once(&q)).unwrap()
+            });
+            let conn = fdpass::connect(&path, STEP_TIMEOUT).unwrap();
+            // The Hello an overlayd before IPv6 sends.
+            let hello = serde_json::json!({
+                "msg": "hello", "version": 1, "pid": 1, "netns": netns(),
+                "device": me.device, "port": me.port, "vni": 1,
+            });
+            fdpass::send(&conn, hello.to_string().as_bytes(), &[]).unwrap();
+            let mut buf = [0u8; 4096];
+            let (n, _) = fdpass::recv(&conn, &mut buf).unwrap();
+            let offer_msg: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+            assert_eq!(offer_msg["msg"], "offer");
+            let (n, fds) = fdpass::recv(&conn, &mut buf).unwrap();
+            let queue: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+            assert_eq!(
+                queue,
+                serde_json::json!({"msg": "queue", "id": 0, "tso": false, "gro": true, "tx": 3}),
+                "exactly the fields an older overlayd knows"
+            );
+            assert_eq!(fds.len(), 2 + 3, "TAP, IPv4 receive socket, 3 send sockets");
+            // The older successor gives up: the old side keeps forwarding.
+            drop(conn);
+            assert_eq!(old.join().unwrap(), None);
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        });
+    }
+}

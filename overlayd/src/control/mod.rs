@@ -384,9 +384,13 @@ fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> R
 /// IPv6 sockets it did not hand over (it had no IPv6 underlay, or is an older overlayd), binds
 /// a new IPv6 send pool when its address differs, and closes the IPv6 sockets when this one
 /// has no IPv6 underlay.
-fn adapt_v6(mut ios: Vec<QueueIo>, netconf: &NetConf, underlay: &Underlay) -> Result<Vec<QueueIo>> {
+pub(crate) fn adapt_v6(
+    mut ios: Vec<QueueIo>,
+    port: u16,
+    ip6: Option<std::net::Ipv6Addr>,
+) -> Result<Vec<QueueIo>> {
     for (id, io) in ios.iter_mut().enumerate() {
-        match underlay.ip6 {
+        match ip6 {
             None => {
                 io.rx6 = None;
                 io.tx_pool6.clear();
@@ -395,7 +399,7 @@ fn adapt_v6(mut ios: Vec<QueueIo>, netconf: &NetConf, underlay: &Underlay) -> Re
                 let bound = io.tx_pool6.first().and_then(|s| s.local_addr().ok());
                 if io.rx6.is_none() || bound.map(|a| a.ip()) != Some(ip6.into()) {
                     info!(queue = id, ip6 = %ip6, "opening IPv6 underlay sockets the previous overlayd did not hand over");
-                    open_v6(io, id, ip6, netconf.port)?;
+                    open_v6(io, id, ip6, port)?;
                 }
             }
         }
@@ -446,7 +450,10 @@ async fn start_dataplane(
         );
     }
     let (origin, mut ios) = match (handed, &existing) {
-        (Some(ios), _) => (Origin::HandedOver, adapt_v6(ios, netconf, underlay)?),
+        (Some(ios), _) => (
+            Origin::HandedOver,
+            adapt_v6(ios, netconf.port, underlay.ip6)?,
+        ),
         (None, Some(l)) => {
             let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
             if others > 0 {
@@ -617,6 +624,18 @@ fn subnet_env(
     SubnetEnv::for_node(Some(v4), v6, mtu, opts.ip_masq).context("subnet.env without a subnet")
 }
 
+/// Pods reach other nodes only when the kernel forwards; like flanneld, overlayd leaves that
+/// to the node's setup (kubelet, sysctl.d), but says so when it is off, per family in use.
+fn warn_if_not_forwarding(ipv6: bool) {
+    let off = |path: &str| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0");
+    if off("/proc/sys/net/ipv4/ip_forward") {
+        warn!("net.ipv4.ip_forward is 0: this node does not forward IPv4 pod traffic; set it to 1 (sysctl -w net.ipv4.ip_forward=1)");
+    }
+    if ipv6 && off("/proc/sys/net/ipv6/conf/all/forwarding") {
+        warn!("net.ipv6.conf.all.forwarding is 0 with EnableIPv6: this node does not forward IPv6 pod traffic; set it to 1 (sysctl -w net.ipv6.conf.all.forwarding=1)");
+    }
+}
+
 /// This node's IPv6 podCIDR in `state` when IPv6 is on.
 fn own_v6_of(state: &ClusterState, netconf: &NetConf) -> Option<ipnetwork::Ipv6Network> {
     state
@@ -756,6 +775,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             underlay.mtu
         );
     }
+    warn_if_not_forwarding(own_v6.is_some());
     let route_mtu_v6 = ipv6_route_mtu(mtu, underlay.mtu);
     if underlay.ip6.is_some() && route_mtu_v6 < 1280 {
         bail!(
@@ -1337,6 +1357,17 @@ mod tests {
             let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
             assert!(why.contains("multi_queue"), "{why}");
         }
+    }
+
+    #[test]
+    fn ipv6_route_mtu_is_the_underlay_minus_70_capped_by_the_device() {
+        // Flannel's device MTU (1500 - 50) is 20 bytes too big for inner IPv6 over IPv6.
+        assert_eq!(ipv6_route_mtu(1450, 1500), 1430);
+        // Backend.MTU below that is kept.
+        assert_eq!(ipv6_route_mtu(1400, 1500), 1400);
+        assert_eq!(ipv6_route_mtu(8950, 9000), 8930);
+        // A tiny underlay gives a value the startup check refuses (< 1280), never a wrap.
+        assert_eq!(ipv6_route_mtu(1300, 60), 0);
     }
 
     #[test]

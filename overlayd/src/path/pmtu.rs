@@ -438,6 +438,81 @@ mod tests {
         );
     }
 
+    /// An ICMPv6 echo request that does not fit: answered (echo is informational), with the
+    /// original hop limit, from the inner destination, quoting the packet; the frame given as a
+    /// TSO segment's headers plus payload slice gives the same bytes as joined. ICMPv6 errors,
+    /// multicast, loopback and unspecified sources get nothing.
+    #[test]
+    fn ipv6_packet_too_big_for_echo_and_none_for_errors_or_odd_sources() {
+        let mut src = [0u8; 16];
+        src[0] = 0xfd;
+        src[15] = 2;
+        let mut dst = src;
+        dst[14] = 2;
+        let echo = |src: [u8; 16], kind: u8| {
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2(POD, PEER)
+                .ipv6(src, dst, 17)
+                .icmpv6(Icmpv6Type::Unknown {
+                    type_u8: kind,
+                    code_u8: 0,
+                    bytes5to8: [0, 1, 0, 1],
+                })
+                .write(&mut out, &[0x5a; 1402])
+                .unwrap();
+            out
+        };
+        let frame = echo(src, 128);
+        assert_eq!(frame.len(), 14 + 1450);
+        let mut out = [0u8; MAX_FRAME];
+        let n = too_big(&mut out, &frame[..62], &frame[62..], 1430).unwrap();
+        let mut joined = [0u8; MAX_FRAME];
+        assert_eq!(too_big(&mut joined, &frame, &[], 1430), Some(n));
+        assert_eq!(
+            out[..n],
+            joined[..n],
+            "independent of where the frame is cut"
+        );
+        let p = SlicedPacket::from_ethernet(&out[..n]).unwrap();
+        assert_eq!(&out[..6], &POD);
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        let h = ip.header();
+        assert_eq!((h.source(), h.destination(), h.hop_limit()), (dst, src, 17));
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(icmp.icmp_type(), Icmpv6Type::PacketTooBig { mtu: 1430 });
+        assert_eq!(
+            etherparse::Icmpv6Header::with_checksum(
+                icmp.icmp_type(),
+                h.source(),
+                h.destination(),
+                icmp.payload()
+            )
+            .unwrap()
+            .checksum,
+            icmp.checksum(),
+        );
+        assert_eq!(icmp.payload(), &frame[14..14 + 1232]);
+
+        for (what, f) in [
+            ("ICMPv6 error (destination unreachable)", echo(src, 1)),
+            ("ICMPv6 packet too big", echo(src, 2)),
+            ("redirect", echo(src, 137)),
+            ("multicast source", echo([0xff; 16], 128)),
+            ("unspecified source", echo([0; 16], 128)),
+            ("loopback source", {
+                let mut lo = [0u8; 16];
+                lo[15] = 1;
+                echo(lo, 128)
+            }),
+        ] {
+            assert!(too_big(&mut joined, &f, &[], 1430).is_none(), "{what}");
+        }
+    }
+
     #[test]
     fn inner_mtu_takes_the_outer_family_overhead() {
         assert_eq!(inner_mtu(1500, false), 1450);

@@ -1,8 +1,9 @@
 //! The VXLAN UDP sockets: one receive socket per worker bound to the VXLAN port with
 //! SO_REUSEPORT, plus a small pool of send sockets whose source ports (49152..65535) carry the
 //! inner flow hash, as kernel vxlan does, so ECMP and RSS spread flows. The same for an IPv6
-//! underlay (`bind_vxlan_v6`, `send_gathered_to`, `recv_gro_any`): IPv6-only sockets, so each
-//! underlay family has its own.
+//! underlay (`bind_vxlan_v6`, `bind_source_pool` on an IPv6 address): IPv6-only sockets, so
+//! each underlay family has its own; the send and receive calls take and report either family.
+//! The outer IPv6 flow label is the kernel's automatic one (see `base_socket_v6`).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
@@ -843,6 +844,72 @@ mod tests {
                 assert_eq!(got, n);
             },
         );
+    }
+
+    /// Root only (a private network namespace, loopback MTU 1600): the plain batch calls with
+    /// IPv6: one sendmmsg to IPv6 destinations with a traffic class per datagram, one recvmmsg
+    /// that reports IPv6 senders and each traffic class; and the path MTU toward an IPv6
+    /// destination (IPV6_MTU).
+    #[test]
+    fn ipv6_batches_and_path_mtu() {
+        crate::sys::in_private_netns("ipv6_batches_and_path_mtu", || {
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up", "mtu", "1600"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip link set lo up mtu 1600 failed");
+            let rx = bind_vxlan_v6(Ipv6Addr::UNSPECIFIED, 0).unwrap();
+            let to = SocketAddr::from((Ipv6Addr::LOCALHOST, rx.local_addr().unwrap().port()));
+            let tx = bind_source_pool(Ipv6Addr::LOCALHOST, 1, 3)
+                .unwrap()
+                .pop()
+                .unwrap();
+            let from = tx.local_addr().unwrap();
+            let data: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; 100 * usize::from(i)]).collect();
+            let tos = [0u8, 2, 1, 3, 0];
+            let msgs: Vec<(SocketAddr, &[u8], u8)> = data
+                .iter()
+                .zip(tos)
+                .map(|(d, t)| (to, d.as_slice(), t))
+                .collect();
+            assert_eq!(send_batch(&tx, &msgs).unwrap(), 5);
+            let slot = 2048;
+            let mut buf = vec![0u8; 8 * slot];
+            let mut metas = [RecvMeta::EMPTY; 8];
+            let mut got = Vec::new();
+            for _ in 0..100 {
+                match recv_batch(&rx, &mut buf, slot, &mut metas) {
+                    Ok(n) => {
+                        for (i, m) in metas[..n].iter().enumerate() {
+                            assert_eq!(m.from, from, "the IPv6 sender");
+                            got.push((buf[i * slot], m.len, m.tos));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if got.len() == 5 {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("recv_batch: {e}"),
+                }
+            }
+            let want: Vec<(u8, usize, u8)> = (1..=5u8)
+                .zip(tos)
+                .map(|(i, t)| (i, 100 * usize::from(i), t))
+                .collect();
+            assert_eq!(
+                got, want,
+                "every datagram, in order, with its traffic class"
+            );
+            let probe = mtu_probe(true).unwrap();
+            assert_eq!(path_mtu(&probe, to).unwrap(), 1600);
+            let probe4 = mtu_probe(false).unwrap();
+            assert_eq!(
+                path_mtu(&probe4, SocketAddr::from((Ipv4Addr::LOCALHOST, 9))).unwrap(),
+                1600
+            );
+        });
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,14 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::model::{
-    derive_vtep_mac, BackendData, ClusterState, MacAddr, NodeView, PeerFilter, SkipReason, Skipped,
+    derive_vtep_mac, derive_vtep_mac_v6, BackendData, ClusterState, MacAddr, NodeView, PeerFilter,
+    SkipReason, Skipped,
 };
 
 /// What the source sends: a full state, or why there is none.
@@ -81,43 +82,132 @@ pub enum EtcdError {
     },
     #[error("etcd at {endpoints}: no answer within {} s", REQUEST_TIMEOUT.as_secs())]
     Timeout { endpoints: String },
-    #[error("no free subnet left in {min}..={max} (/{len}): {leased} leases held; widen Network or SubnetMin/SubnetMax in {prefix}/config")]
+    #[error("no free subnet left in {min}..={max} (/{len}): {leased} leases held; widen {network_key} or {keys} in {prefix}/config")]
     OutOfSubnets {
-        min: Ipv4Addr,
-        max: Ipv4Addr,
+        min: IpAddr,
+        max: IpAddr,
         len: u8,
         leased: usize,
+        network_key: &'static str,
+        keys: &'static str,
         prefix: String,
     },
     #[error("lost the race for a free subnet {RACE_RETRIES} times in a row; retrying")]
     MaxRetries,
 }
 
-/// The range leases are taken from: net-conf's Network, SubnetLen, SubnetMin and SubnetMax
-/// after Flannel's `CheckNetworkConfig` defaulting (the daemon computes it).
+/// The range one family's leases are taken from: net-conf's `Network`, `SubnetLen`,
+/// `SubnetMin` and `SubnetMax` (or their `IPv6` counterparts) after Flannel's
+/// `CheckNetworkConfig` defaulting (the daemon computes it). Both addresses are of the
+/// network's family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Allocation {
-    pub network: Ipv4Network,
+pub struct SubnetRange {
+    pub network: IpNetwork,
     pub subnet_len: u8,
-    pub subnet_min: Ipv4Addr,
-    pub subnet_max: Ipv4Addr,
+    pub subnet_min: IpAddr,
+    pub subnet_max: IpAddr,
 }
 
-impl Allocation {
-    /// Flannel's `isSubnetConfigCompat`.
-    #[must_use]
-    pub fn compatible(&self, sn: Ipv4Network) -> bool {
-        sn.network() >= self.subnet_min
-            && sn.network() <= self.subnet_max
-            && sn.prefix() == self.subnet_len
+/// An address as an integer (IPv4 in the low 32 bits), and its family's width.
+fn int_of(a: IpAddr) -> (u128, u32) {
+    match a {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
     }
 }
 
-/// What this node publishes in its lease (the VtepMAC follows from the subnet).
+/// First and last address of `n` as integers.
+fn span(n: IpNetwork) -> (u128, u128) {
+    let (start, bits) = int_of(n.network());
+    let host = u128::MAX >> (128 - bits) >> u32::from(n.prefix());
+    (start, start | host)
+}
+
+fn addr_of(v: u128, bits: u32) -> IpAddr {
+    if bits == 32 {
+        #[allow(clippy::cast_possible_truncation)]
+        IpAddr::V4(Ipv4Addr::from(v as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(v))
+    }
+}
+
+impl SubnetRange {
+    /// Flannel's `isSubnetConfigCompat` / `isIPv6SubnetConfigCompat` for a subnet present.
+    #[must_use]
+    pub fn compatible(&self, sn: IpNetwork) -> bool {
+        let ip = int_of(sn.network());
+        sn.is_ipv4() == self.network.is_ipv4()
+            && ip >= int_of(self.subnet_min)
+            && ip <= int_of(self.subnet_max)
+            && sn.prefix() == self.subnet_len
+    }
+
+    fn keys(&self) -> (&'static str, &'static str) {
+        if self.network.is_ipv4() {
+            ("Network", "SubnetMin/SubnetMax")
+        } else {
+            ("IPv6Network", "IPv6SubnetMin/IPv6SubnetMax")
+        }
+    }
+}
+
+/// The ranges leases are taken from, one per enabled family (`EnableIPv4`, `EnableIPv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub v4: Option<SubnetRange>,
+    pub v6: Option<SubnetRange>,
+}
+
+impl Allocation {
+    /// Whether a lease's subnets fit this configuration: each enabled family present and in
+    /// its range, each disabled family absent (Flannel's `isSubnetConfigCompat &&
+    /// isIPv6SubnetConfigCompat`; a dual-stack config refuses an IPv4-only lease and the
+    /// other way round).
+    #[must_use]
+    pub fn compatible(&self, sn: &LeaseSubnets) -> bool {
+        fn fits(r: Option<SubnetRange>, n: Option<IpNetwork>) -> bool {
+            match (r, n) {
+                (Some(r), Some(n)) => r.compatible(n),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        fits(self.v4, sn.v4.map(IpNetwork::V4)) && fits(self.v6, sn.v6.map(IpNetwork::V6))
+    }
+}
+
+/// What this node publishes in its lease (the VtepMAC follows from the subnets). An address
+/// is present exactly when its family is enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Me {
-    pub public_ip: Ipv4Addr,
+    pub public_ip: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
     pub vni: u32,
+}
+
+impl Me {
+    /// Whether a lease says it is this node's: Flannel's findLeaseByIP matches `PublicIP`;
+    /// without IPv4 (where every lease says `PublicIP` 0.0.0.0) `PublicIPv6` is matched.
+    fn owns(&self, attrs: &LeaseAttrs) -> bool {
+        match (self.public_ip, self.public_ipv6) {
+            (Some(ip), _) => attrs.public_ip.parse::<Ipv4Addr>() == Ok(ip),
+            (None, Some(ip6)) => attrs
+                .public_ipv6
+                .as_deref()
+                .is_some_and(|a| a.parse::<Ipv6Addr>() == Ok(ip6)),
+            (None, None) => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.public_ip, self.public_ipv6) {
+            (Some(a), Some(b)) => format!("{a} and {b}"),
+            (Some(a), None) => a.to_string(),
+            (None, Some(b)) => b.to_string(),
+            (None, None) => "none".into(),
+        }
+    }
 }
 
 /// Flannel's `lease.LeaseAttrs` as it marshals them: `PublicIP`, `PublicIPv6` (null when
@@ -148,19 +238,31 @@ pub struct LeaseAttrs {
     pub backend_v6_data: Option<serde_json::Value>,
 }
 
+/// The MAC overlayd's device has for a lease of `sn`: one device and one MAC for both
+/// families, derived from the IPv4 subnet (from the IPv6 one without IPv4).
+#[must_use]
+pub fn vtep_mac_of(sn: &LeaseSubnets) -> Option<MacAddr> {
+    sn.v4
+        .map(derive_vtep_mac)
+        .or_else(|| sn.v6.map(derive_vtep_mac_v6))
+}
+
 impl LeaseAttrs {
-    /// The value overlayd writes for `subnet`: what flanneld's vxlan backend writes.
+    /// The value overlayd writes for `sn`: what flanneld's vxlan backend writes
+    /// (newSubnetAttrs): `BackendData` with the IPv4 VTEP, `PublicIPv6` and `BackendV6Data`
+    /// with the IPv6 one. Without IPv4, `PublicIP` is Go's zero `ip.IP4`, 0.0.0.0.
     #[must_use]
-    pub fn of(me: &Me, subnet: Ipv4Network) -> Self {
+    pub fn of(me: &Me, sn: &LeaseSubnets) -> Self {
+        let data = |mac: MacAddr| serde_json::json!({ "VNI": me.vni, "VtepMAC": mac.to_string() });
+        let mac = vtep_mac_of(sn);
+        let v4 = me.public_ip.filter(|_| sn.v4.is_some());
+        let v6 = me.public_ipv6.filter(|_| sn.v6.is_some());
         LeaseAttrs {
-            public_ip: me.public_ip.to_string(),
-            public_ipv6: None,
+            public_ip: v4.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+            public_ipv6: v6.map(|a| a.to_string()),
             backend_type: "vxlan".into(),
-            backend_data: Some(serde_json::json!({
-                "VNI": me.vni,
-                "VtepMAC": derive_vtep_mac(subnet).to_string(),
-            })),
-            backend_v6_data: None,
+            backend_data: v4.and(mac).map(data),
+            backend_v6_data: v6.and(mac).map(data),
         }
     }
 
@@ -169,22 +271,99 @@ impl LeaseAttrs {
     }
 }
 
-/// `10.244.7.0/24` -> `10.244.7.0-24` (Flannel's MakeSubnetKey, IPv4 only).
+/// The subnets a lease key names (Flannel's MakeSubnetKey / ParseSubnetKey):
+/// `10.244.7.0-24`, `10.244.7.0-24&fd00:10:244:7::-64` with `EnableIPv6`, and
+/// `0.0.0.0-0&fd00:10:244:7::-64` without IPv4 (Flannel's empty `ip.IP4Net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseSubnets {
+    pub v4: Option<Ipv4Network>,
+    pub v6: Option<Ipv6Network>,
+}
+
+impl LeaseSubnets {
+    /// The key's last path element.
+    #[must_use]
+    pub fn key(&self) -> String {
+        let (ip, len) = self
+            .v4
+            .map_or((Ipv4Addr::UNSPECIFIED, 0), |n| (n.network(), n.prefix()));
+        match self.v6 {
+            None => format!("{ip}-{len}"),
+            Some(n) => format!("{ip}-{len}&{}-{}", n.network(), n.prefix()),
+        }
+    }
+
+    /// Whether `self` and `other` share an address of either family.
+    fn overlaps(&self, other: &LeaseSubnets) -> bool {
+        let meet = |a: Option<IpNetwork>, b: Option<IpNetwork>| match (a, b) {
+            (Some(a), Some(b)) => {
+                let ((a0, a1), (b0, b1)) = (span(a), span(b));
+                a0 <= b1 && b0 <= a1
+            }
+            _ => false,
+        };
+        meet(self.v4.map(Into::into), other.v4.map(Into::into))
+            || meet(self.v6.map(Into::into), other.v6.map(Into::into))
+    }
+}
+
+impl std::fmt::Display for LeaseSubnets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.v4, self.v6) {
+            (Some(a), Some(b)) => write!(f, "{a} + {b}"),
+            (Some(a), None) => write!(f, "{a}"),
+            (None, Some(b)) => write!(f, "{b}"),
+            (None, None) => f.write_str("no subnet"),
+        }
+    }
+}
+
+/// `10.244.7.0/24` -> `10.244.7.0-24` (Flannel's MakeSubnetKey for an IPv4-only lease).
 #[must_use]
 pub fn subnet_key(sn: Ipv4Network) -> String {
-    format!("{}-{}", sn.network(), sn.prefix())
+    LeaseSubnets {
+        v4: Some(sn),
+        v6: None,
+    }
+    .key()
 }
 
 /// Flannel's ParseSubnetKey: the key's last path element `a.b.c.d-len`, optionally followed by
-/// `&<ipv6>-<len>` (ignored: no IPv6 dataplane yet). `None` for anything else.
+/// `&<ipv6>-<len>`; `0.0.0.0-0` is no IPv4 subnet. `None` for anything else (and for a key
+/// with neither family), as well as for host bits set.
 #[must_use]
-pub fn parse_subnet_key(key: &str) -> Option<Ipv4Network> {
+pub fn parse_subnet_key(key: &str) -> Option<LeaseSubnets> {
     let last = key.rsplit('/').next()?;
-    let v4 = last.split('&').next()?;
+    let (v4, v6) = match last.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (last, None),
+    };
     let (ip, len) = v4.rsplit_once('-')?;
     let ip: Ipv4Addr = ip.parse().ok()?;
     let len: u8 = len.parse().ok()?;
-    Ipv4Network::new(ip, len).ok().filter(|n| n.network() == ip)
+    let v4 = if ip.is_unspecified() && len == 0 {
+        None
+    } else {
+        Some(
+            Ipv4Network::new(ip, len)
+                .ok()
+                .filter(|n| n.network() == ip)?,
+        )
+    };
+    let v6 = match v6 {
+        None => None,
+        Some(t) => {
+            let (ip, len) = t.rsplit_once('-')?;
+            let ip: Ipv6Addr = ip.parse().ok()?;
+            let len: u8 = len.parse().ok()?;
+            Some(
+                Ipv6Network::new(ip, len)
+                    .ok()
+                    .filter(|n| n.network() == ip)?,
+            )
+        }
+    };
+    (v4.is_some() || v6.is_some()).then_some(LeaseSubnets { v4, v6 })
 }
 
 /// `path.Join(prefix, parts...)` for the keys used here.
@@ -192,47 +371,78 @@ fn join(prefix: &str, rest: &str) -> String {
     format!("{}/{rest}", prefix.trim_end_matches('/'))
 }
 
-/// A lease as read from etcd: its subnet and what it says.
+/// A lease as read from etcd: its subnets and what it says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaseEntry {
-    pub subnet: Ipv4Network,
+    pub subnets: LeaseSubnets,
     pub attrs: LeaseAttrs,
 }
 
+/// `BackendData`/`BackendV6Data` read as flanneld's vxlanLeaseAttrs.
+fn read_vtep_mac(what: &str, raw: &serde_json::Value) -> Result<MacAddr, String> {
+    let data: BackendData = serde_json::from_value(raw.clone())
+        .map_err(|e| format!("{what} {raw} is not {{\"VNI\":..,\"VtepMAC\":..}}: {e}"))?;
+    let mac: MacAddr = data.vtep_mac.parse().map_err(|e| format!("{what}: {e}"))?;
+    if !mac.is_valid_vtep() {
+        return Err(format!(
+            "{what} VtepMAC {mac} must be a unicast, non-zero address"
+        ));
+    }
+    Ok(mac)
+}
+
 /// A lease read into the node model. The name is the lease key (`10.244.7.0-24`): etcd
-/// leases name no node.
-fn view_of(key: &str, subnet: Ipv4Network, attrs: &LeaseAttrs) -> Result<NodeView, String> {
+/// leases name no node. The IPv6 half (the key's `&<ipv6>-<len>`, `PublicIPv6`,
+/// `BackendV6Data`) is read as Flannel's vxlan backend reads it with `EnableIPv6`: a bad or
+/// missing `BackendV6Data` leaves the lease out then (`bad_v6_data`), and is no matter in an
+/// IPv4-only network.
+fn view_of(key: &str, sn: &LeaseSubnets, attrs: &LeaseAttrs) -> Result<NodeView, String> {
+    // Flannel unmarshals the whole value first: a bad address fails the lease.
     let public_ip = attrs
         .public_ip
         .parse::<Ipv4Addr>()
         .map_err(|e| format!("PublicIP {:?} is not an IPv4 address: {e}", attrs.public_ip))?;
-    let mut vtep_mac = None;
+    let public_ip_v6 = attrs
+        .public_ipv6
+        .as_deref()
+        .map(|a| {
+            a.parse::<Ipv6Addr>()
+                .map_err(|e| format!("PublicIPv6 {a:?} is not an IPv6 address: {e}"))
+        })
+        .transpose()?;
+    let (mut vtep_mac, mut vtep_mac_v6, mut bad_v6_data) = (None, None, None);
     if attrs.backend_type == "vxlan" {
-        let raw = attrs
-            .backend_data
-            .clone()
-            .ok_or_else(|| "BackendType vxlan without BackendData".to_string())?;
-        let data: BackendData = serde_json::from_value(raw.clone())
-            .map_err(|e| format!("BackendData {raw} is not {{\"VNI\":..,\"VtepMAC\":..}}: {e}"))?;
-        let mac: MacAddr = data.vtep_mac.parse().map_err(|e| format!("{e}"))?;
-        if !mac.is_valid_vtep() {
-            return Err(format!("VtepMAC {mac} must be a unicast, non-zero address"));
+        match (&attrs.backend_data, sn.v4) {
+            (Some(raw), _) => vtep_mac = Some(read_vtep_mac("BackendData", raw)?),
+            (None, Some(_)) => return Err("BackendType vxlan without BackendData".into()),
+            (None, None) => {}
         }
-        vtep_mac = Some(mac);
+        if let Some(v6) = sn.v6 {
+            match &attrs.backend_v6_data {
+                Some(raw) => match read_vtep_mac("BackendV6Data", raw) {
+                    Ok(m) => vtep_mac_v6 = Some(m),
+                    Err(e) => bad_v6_data = Some(e),
+                },
+                None => {
+                    bad_v6_data = Some(format!(
+                        "BackendType vxlan with IPv6 subnet {v6} but without BackendV6Data"
+                    ));
+                }
+            }
+        }
     }
     Ok(NodeView {
         name: key.to_string(),
-        pod_cidr: Some(subnet),
-        pod_cidr_v6: None,
-        public_ip: Some(public_ip),
-        public_ip_v6: None,
+        pod_cidr: sn.v4,
+        pod_cidr_v6: sn.v6,
+        // A lease without IPv4 says 0.0.0.0 (Go's zero ip.IP4): no address.
+        public_ip: Some(public_ip).filter(|_| sn.v4.is_some()),
+        public_ip_v6,
         vtep_mac,
-        vtep_mac_annotated: true,
-        // The lease's IPv6 half (`PublicIPv6`, `BackendV6Data`, the key's `&<ipv6>-<len>`) is
-        // not read yet: the dataplane refuses EnableIPv6 (issue 14).
-        vtep_mac_v6: None,
-        vtep_mac_v6_annotated: false,
-        bad_v6_data: None,
+        vtep_mac_annotated: vtep_mac.is_some(),
+        vtep_mac_v6,
+        vtep_mac_v6_annotated: vtep_mac_v6.is_some(),
+        bad_v6_data,
         backend_type: Some(attrs.backend_type.clone()),
     })
 }
@@ -246,12 +456,12 @@ pub struct Leases {
 
 impl Leases {
     fn put(&mut self, key: &str, value: &[u8]) {
-        let Some(subnet) = parse_subnet_key(key) else {
+        let Some(subnets) = parse_subnet_key(key) else {
             debug!(key, "not a subnet lease key; ignored");
             return;
         };
         let entry = serde_json::from_slice::<LeaseAttrs>(value)
-            .map(|attrs| LeaseEntry { subnet, attrs })
+            .map(|attrs| LeaseEntry { subnets, attrs })
             .map_err(|e| {
                 format!(
                     "lease value {:?} is not Flannel's lease JSON: {e}",
@@ -284,7 +494,7 @@ impl Leases {
 
     /// The desired state for the node holding `own` (key, subnet, attributes).
     pub fn state(&self, own_key: &str, own: &LeaseEntry) -> Update {
-        let own_view = view_of(own_key, own.subnet, &own.attrs)
+        let own_view = view_of(own_key, &own.subnets, &own.attrs)
             .map_err(|e| format!("own lease {own_key}: {e}"))?;
         let mut views = Vec::with_capacity(self.by_key.len());
         let mut skips = Vec::new();
@@ -296,7 +506,7 @@ impl Leases {
             match v
                 .as_ref()
                 .map_err(Clone::clone)
-                .and_then(|e| view_of(name, e.subnet, &e.attrs))
+                .and_then(|e| view_of(name, &e.subnets, &e.attrs))
             {
                 Ok(view) => views.push(view),
                 Err(reason) => skips.push(Skipped {
@@ -416,8 +626,8 @@ impl Registry {
         join(&self.prefix, "subnets/")
     }
 
-    fn lease_key(&self, sn: Ipv4Network) -> String {
-        join(&self.prefix, &format!("subnets/{}", subnet_key(sn)))
+    fn lease_key(&self, sn: &LeaseSubnets) -> String {
+        join(&self.prefix, &format!("subnets/{}", sn.key()))
     }
 
     /// Every lease under `<prefix>/subnets/`, and the revision they were read at.
@@ -437,15 +647,22 @@ impl Registry {
     }
 
     /// Flannel's createSubnet: a new etcd lease of `ttl`, and the key put only if it does not
-    /// exist. `Ok(false)` when another node holds the key (the etcd lease is revoked again).
+    /// exist. `Ok(None)` when another node holds the key (the etcd lease is revoked again).
+    ///
+    /// A dual-stack key names two subnets, and the transaction only guards the exact key: two
+    /// nodes that chose the same IPv6 subnet with different IPv4 ones would both succeed
+    /// (Flannel has this race). So after the put the leases are read again, and a lease that
+    /// overlaps ours in either family and was created first (lower create revision) wins: ours
+    /// is given up and `Ok(None)` makes the caller try again with a fresh list. Of two racers
+    /// the later one always sees the earlier, so exactly one keeps the subnet.
     pub async fn create(
         &self,
-        sn: Ipv4Network,
+        sn: LeaseSubnets,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<OwnLease>, EtcdError> {
         let mut c = self.client.clone();
-        let key = self.lease_key(sn);
+        let key = self.lease_key(&sn);
         let granted = call(&self.endpoints, c.lease_grant(ttl_secs(ttl), None)).await?;
         let id = granted.id();
         let txn = Txn::new()
@@ -456,25 +673,62 @@ impl Registry {
                 Some(PutOptions::new().with_lease(id)),
             )]);
         let outcome = call(&self.endpoints, c.txn(txn)).await;
-        let ok = match outcome {
-            Ok(r) => r.succeeded(),
+        let created_at = match outcome {
+            Ok(r) if r.succeeded() => r.header().map_or(0, |h| h.revision()),
+            Ok(_) => {
+                let _ = call(&self.endpoints, c.lease_revoke(id)).await;
+                return Ok(None);
+            }
             Err(e) => {
                 let _ = call(&self.endpoints, c.lease_revoke(id)).await;
                 return Err(e);
             }
         };
-        if !ok {
+        let earlier = match self.earlier_overlap(&key, &sn, created_at).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = call(&self.endpoints, c.lease_revoke(id)).await;
+                return Err(e);
+            }
+        };
+        if let Some(other) = earlier {
+            debug!(subnet = %sn, other = %other, "a lease created just before ours overlaps it; giving ours up");
             let _ = call(&self.endpoints, c.lease_revoke(id)).await;
             return Ok(None);
         }
         Ok(Some(OwnLease::new(sn, attrs.clone(), id, granted.ttl())))
     }
 
+    /// The key of a lease other than `own_key` that overlaps `sn` in either family and was
+    /// created before revision `created_at`.
+    async fn earlier_overlap(
+        &self,
+        own_key: &str,
+        sn: &LeaseSubnets,
+        created_at: i64,
+    ) -> Result<Option<String>, EtcdError> {
+        let mut c = self.client.clone();
+        let resp = call(
+            &self.endpoints,
+            c.get(
+                self.subnets_prefix(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+        )
+        .await?;
+        Ok(resp.kvs().iter().find_map(|kv| {
+            let key = String::from_utf8_lossy(kv.key());
+            let theirs = parse_subnet_key(&key)?;
+            (key != own_key && kv.create_revision() < created_at && theirs.overlaps(sn))
+                .then(|| key.into_owned())
+        }))
+    }
+
     /// Flannel's updateSubnet: a new etcd lease of `ttl` and a put of the key on it (whoever
     /// held the key). Renewal and the reuse of a lease found by public IP both do this.
     pub async fn update(
         &self,
-        sn: Ipv4Network,
+        sn: LeaseSubnets,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<OwnLease, EtcdError> {
@@ -484,7 +738,7 @@ impl Registry {
         if let Err(e) = call(
             &self.endpoints,
             c.put(
-                self.lease_key(sn),
+                self.lease_key(&sn),
                 attrs.json(),
                 Some(PutOptions::new().with_lease(id)),
             ),
@@ -498,44 +752,53 @@ impl Registry {
     }
 
     /// Flannel's deleteSubnet.
-    pub async fn delete(&self, sn: Ipv4Network) -> Result<(), EtcdError> {
+    pub async fn delete(&self, sn: &LeaseSubnets) -> Result<(), EtcdError> {
         let mut c = self.client.clone();
         call(&self.endpoints, c.delete(self.lease_key(sn), None)).await?;
         Ok(())
     }
 
     /// Flannel's AcquireLease/tryAcquireLease: reuse the lease that holds this node's public
-    /// IP (when it fits the configuration; otherwise delete it), else the previous subnet
-    /// (from subnet.env) when free and fitting, else a random free subnet among the first
-    /// 100 in [SubnetMin, SubnetMax]; the create is a transaction that fails when the key
-    /// exists, and a lost race is retried with a fresh list up to 10 times.
+    /// IP (when it fits the configuration; otherwise delete it), else the previous subnets
+    /// (from subnet.env) when free and fitting, else, per enabled family, a random free subnet
+    /// among the first 100 in [SubnetMin, SubnetMax] (the IPv6 one chosen independently of
+    /// the IPv4 one, as Flannel's allocateSubnet); the create is a transaction that fails
+    /// when the key exists, and a lost race is retried with a fresh list up to 10 times.
     pub async fn acquire(
         &self,
         alloc: &Allocation,
         me: &Me,
-        previous: Option<Ipv4Network>,
+        previous: Option<LeaseSubnets>,
         ttl: Duration,
     ) -> Result<OwnLease, EtcdError> {
         for _ in 0..RACE_RETRIES {
             let (leases, _) = self.list().await?;
             let mine = leases
                 .entries()
-                .find(|(_, e)| e.attrs.public_ip == me.public_ip.to_string())
-                .map(|(_, e)| e.subnet);
+                .find(|(_, e)| me.owns(&e.attrs))
+                .map(|(_, e)| e.subnets);
             if let Some(sn) = mine {
-                if alloc.compatible(sn) {
-                    info!(subnet = %sn, public_ip = %me.public_ip, "found lease for current IP, reusing");
-                    return self.update(sn, &LeaseAttrs::of(me, sn), ttl).await;
+                if alloc.compatible(&sn) {
+                    info!(subnet = %sn, public_ip = %me.describe(), "found lease for current IP, reusing");
+                    return self.update(sn, &LeaseAttrs::of(me, &sn), ttl).await;
                 }
-                info!(subnet = %sn, public_ip = %me.public_ip, "found lease for current IP but not compatible with current config, deleting");
-                self.delete(sn).await?;
+                info!(subnet = %sn, public_ip = %me.describe(), "found lease for current IP but not compatible with current config, deleting");
+                self.delete(&sn).await?;
             }
-            let taken: Vec<Ipv4Network> = leases.entries().map(|(_, e)| e.subnet).collect();
             let mut pick = None;
             if let Some(prev) = previous {
-                if let Some((_, holder)) = leases.entries().find(|(_, e)| e.subnet == prev) {
-                    warn!(subnet = %prev, "subnet {prev} has been taken by the node with public IP {}; taking a new subnet (its routes go with the old one)", holder.attrs.public_ip);
-                } else if alloc.compatible(prev) {
+                // Every key counts, an unreadable one too: create() would give way to it.
+                let holder = leases.by_key.iter().find(|(k, v)| {
+                    parse_subnet_key(k).is_some_and(|s| s.overlaps(&prev))
+                        && !v.as_ref().is_ok_and(|e| me.owns(&e.attrs))
+                });
+                if let Some((key, v)) = holder {
+                    let who = v.as_ref().map_or_else(
+                        |_| format!("an unreadable lease {key}"),
+                        |e| format!("the node with public IP {}", e.attrs.public_ip),
+                    );
+                    warn!(subnet = %prev, "subnet {prev} has been taken by {who}; taking a new subnet (its routes go with the old one)");
+                } else if alloc.compatible(&prev) {
                     info!(subnet = %prev, "found previously leased subnet, reusing");
                     pick = Some(prev);
                 } else {
@@ -544,10 +807,41 @@ impl Registry {
             }
             let sn = match pick {
                 Some(sn) => sn,
-                None => allocate(alloc, &taken, self.prefix())?,
+                None => {
+                    // The subnets of every key, readable or not (as above).
+                    let taken: Vec<LeaseSubnets> = leases
+                        .by_key
+                        .keys()
+                        .filter_map(|k| parse_subnet_key(k))
+                        .collect();
+                    let pick =
+                        |r: Option<SubnetRange>, family: fn(&LeaseSubnets) -> Option<IpNetwork>| {
+                            r.map(|r| {
+                                allocate(
+                                    &r,
+                                    taken.iter().filter_map(family),
+                                    taken.len(),
+                                    self.prefix(),
+                                )
+                            })
+                            .transpose()
+                        };
+                    let v4 = pick(alloc.v4, |s| s.v4.map(IpNetwork::V4))?;
+                    let v6 = pick(alloc.v6, |s| s.v6.map(IpNetwork::V6))?;
+                    LeaseSubnets {
+                        v4: v4.and_then(|n| match n {
+                            IpNetwork::V4(n) => Some(n),
+                            IpNetwork::V6(_) => None,
+                        }),
+                        v6: v6.and_then(|n| match n {
+                            IpNetwork::V6(n) => Some(n),
+                            IpNetwork::V4(_) => None,
+                        }),
+                    }
+                }
             };
-            if let Some(lease) = self.create(sn, &LeaseAttrs::of(me, sn), ttl).await? {
-                info!(subnet = %sn, public_ip = %me.public_ip, "allocated lease");
+            if let Some(lease) = self.create(sn, &LeaseAttrs::of(me, &sn), ttl).await? {
+                info!(subnet = %sn, public_ip = %me.describe(), "allocated lease");
                 return Ok(lease);
             }
             debug!(subnet = %sn, "subnet taken meanwhile; trying again");
@@ -579,7 +873,7 @@ impl Registry {
         ttl: Duration,
     ) -> Result<Option<OwnLease>, EtcdError> {
         let mut c = self.client.clone();
-        let key = self.lease_key(lease.subnet);
+        let key = self.lease_key(&lease.subnets);
         let granted = call(&self.endpoints, c.lease_grant(ttl_secs(ttl), None)).await?;
         let id = granted.id();
         let txn = Txn::new()
@@ -606,7 +900,7 @@ impl Registry {
             c.lease_revoke(if ok { lease.etcd_lease } else { id }),
         )
         .await;
-        Ok(ok.then(|| OwnLease::new(lease.subnet, lease.attrs.clone(), id, granted.ttl())))
+        Ok(ok.then(|| OwnLease::new(lease.subnets, lease.attrs.clone(), id, granted.ttl())))
     }
 }
 
@@ -627,60 +921,65 @@ fn rand_below(n: usize) -> usize {
     r % n.max(1)
 }
 
-/// Flannel's allocateSubnet: the first 100 subnets from SubnetMin to SubnetMax that overlap
-/// no lease, one of them at random.
+/// Flannel's allocateSubnet for one family: the first 100 subnets from SubnetMin to
+/// SubnetMax that overlap no lease, one of them at random. `leased` is the number of leases
+/// held (for the message).
 pub fn allocate(
-    alloc: &Allocation,
-    taken: &[Ipv4Network],
+    range: &SubnetRange,
+    taken: impl Iterator<Item = IpNetwork>,
+    leased: usize,
     prefix: &str,
-) -> Result<Ipv4Network, EtcdError> {
-    let size = 1u64 << (32 - u32::from(alloc.subnet_len));
-    let mut taken_ranges: Vec<(u64, u64)> = taken
-        .iter()
-        .map(|n| {
-            let s = u64::from(u32::from(n.network()));
-            (s, s + (1u64 << (32 - u32::from(n.prefix()))) - 1)
-        })
+) -> Result<IpNetwork, EtcdError> {
+    let (min, bits) = int_of(range.subnet_min);
+    let (max, _) = int_of(range.subnet_max);
+    let size = 1u128 << (bits - u32::from(range.subnet_len));
+    let mut taken_ranges: Vec<(u128, u128)> = taken
+        .filter(|n| n.is_ipv4() == (bits == 32))
+        .map(span)
         .collect();
     taken_ranges.sort_unstable();
     let mut free = Vec::new();
-    let mut ip = u64::from(u32::from(alloc.subnet_min));
-    let max = u64::from(u32::from(alloc.subnet_max));
+    let mut ip = min;
     while ip <= max && free.len() < CANDIDATES {
-        let end = ip + size - 1;
+        let end = ip + (size - 1);
         let overlapping = taken_ranges.iter().any(|(s, e)| *s <= end && ip <= *e);
         if !overlapping {
             free.push(ip);
         }
-        ip += size;
+        match ip.checked_add(size) {
+            Some(next) => ip = next,
+            None => break,
+        }
     }
     if free.is_empty() {
+        let (network_key, keys) = range.keys();
         return Err(EtcdError::OutOfSubnets {
-            min: alloc.subnet_min,
-            max: alloc.subnet_max,
-            len: alloc.subnet_len,
-            leased: taken.len(),
+            min: range.subnet_min,
+            max: range.subnet_max,
+            len: range.subnet_len,
+            leased,
+            network_key,
+            keys,
             prefix: prefix.to_string(),
         });
     }
     let chosen = free[rand_below(free.len())];
-    #[allow(clippy::cast_possible_truncation)]
-    Ok(Ipv4Network::new(Ipv4Addr::from(chosen as u32), alloc.subnet_len).expect("valid prefix"))
+    Ok(IpNetwork::new(addr_of(chosen, bits), range.subnet_len).expect("valid prefix"))
 }
 
-/// This node's lease: its subnet, what it says, and when it expires.
+/// This node's lease: its subnets, what it says, and when it expires.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnLease {
-    pub subnet: Ipv4Network,
+    pub subnets: LeaseSubnets,
     pub attrs: LeaseAttrs,
     pub etcd_lease: i64,
     pub expires: Instant,
 }
 
 impl OwnLease {
-    fn new(subnet: Ipv4Network, attrs: LeaseAttrs, etcd_lease: i64, ttl_secs: i64) -> Self {
+    fn new(subnets: LeaseSubnets, attrs: LeaseAttrs, etcd_lease: i64, ttl_secs: i64) -> Self {
         OwnLease {
-            subnet,
+            subnets,
             attrs,
             etcd_lease,
             expires: Instant::now() + Duration::from_secs(ttl_secs.max(0).unsigned_abs()),
@@ -689,12 +988,12 @@ impl OwnLease {
 
     #[must_use]
     pub fn key(&self) -> String {
-        subnet_key(self.subnet)
+        self.subnets.key()
     }
 
     fn entry(&self) -> LeaseEntry {
         LeaseEntry {
-            subnet: self.subnet,
+            subnets: self.subnets,
             attrs: self.attrs.clone(),
         }
     }
@@ -779,7 +1078,7 @@ async fn renew_if_due(
     match reg.renew(lease, timing.ttl).await {
         Ok(None) => Renewal::Lost,
         Ok(Some(l)) => {
-            info!(subnet = %l.subnet, ttl_s = timing.ttl.as_secs(), "lease renewed");
+            info!(subnet = %l.subnets, ttl_s = timing.ttl.as_secs(), "lease renewed");
             *lease = l;
             status.own.send_replace(Some(lease.clone()));
             *renew_at = timing.renew_at(lease);
@@ -793,7 +1092,7 @@ async fn renew_if_due(
                 status,
                 Some(format!(
                     "cannot renew the lease of {} (retrying in {} ms): {e} (for {} s; forwarding continues with the last state)",
-                    lease.subnet,
+                    lease.subnets,
                     retry.as_millis(),
                     t.elapsed().as_secs()
                 )),
@@ -812,7 +1111,7 @@ pub async fn run(
     alloc: Allocation,
     me: Me,
     timing: Timing,
-    previous: Option<Ipv4Network>,
+    previous: Option<LeaseSubnets>,
     tx: mpsc::Sender<Update>,
     status: Status,
 ) {
@@ -832,8 +1131,8 @@ pub async fn run(
             Some(l) => l,
             None => match reg.acquire(&alloc, &me, previous, timing.ttl).await {
                 Ok(l) => {
-                    info!(subnet = %l.subnet, key = %l.key(), public_ip = %me.public_ip, "holding lease");
-                    previous = Some(l.subnet);
+                    info!(subnet = %l.subnets, key = %l.key(), public_ip = %me.describe(), "holding lease");
+                    previous = Some(l.subnets);
                     status.own.send_replace(Some(l.clone()));
                     let at = timing.renew_at(&l);
                     (l, at)
@@ -881,7 +1180,7 @@ pub async fn run(
                 continue;
             }
         };
-        let own_key = reg.lease_key(lease.subnet);
+        let own_key = reg.lease_key(&lease.subnets);
         if let Err(lost) = check_own(&leases, &own_key, &lease, &me) {
             let_go(&lease, &lost, &mut previous, &status);
             continue;
@@ -1028,16 +1327,16 @@ pub async fn run(
 
 /// Gives up `lease` for `why`: the next round takes the same subnet again when free, else a
 /// new one (acquire does both).
-fn let_go(lease: &OwnLease, why: &str, previous: &mut Option<Ipv4Network>, status: &Status) {
-    warn!(subnet = %lease.subnet, "{why}");
-    *previous = Some(lease.subnet);
+fn let_go(lease: &OwnLease, why: &str, previous: &mut Option<LeaseSubnets>, status: &Status) {
+    warn!(subnet = %lease.subnets, "{why}");
+    *previous = Some(lease.subnets);
     status.own.send_replace(None);
 }
 
 fn expired(lease: &OwnLease) -> String {
     format!(
         "lease {} has been revoked or expired; taking the same subnet again if still free, else a new one",
-        lease.subnet
+        lease.subnets
     )
 }
 
@@ -1056,14 +1355,15 @@ fn fail(status: &Status, e: &EtcdError, what: &str, since: &mut Option<Instant>)
 /// Whether the lease set still holds our lease. The message says what happened otherwise.
 fn check_own(leases: &Leases, own_key: &str, lease: &OwnLease, me: &Me) -> Result<(), String> {
     match leases.by_key.get(own_key) {
-        Some(Ok(e)) if e.attrs.public_ip == me.public_ip.to_string() => Ok(()),
+        Some(Ok(e)) if me.owns(&e.attrs) => Ok(()),
         Some(Ok(e)) => Err(format!(
             "lease {} has been taken by the node with public IP {}; taking a new subnet (its routes go with the old one)",
-            lease.subnet, e.attrs.public_ip
+            lease.subnets,
+            if me.public_ip.is_some() { e.attrs.public_ip.clone() } else { e.attrs.public_ipv6.clone().unwrap_or_default() }
         )),
         Some(Err(e)) => Err(format!(
             "lease {} was overwritten with an unreadable value ({e}); taking a subnet again",
-            lease.subnet
+            lease.subnets
         )),
         None => Err(expired(lease)),
     }
@@ -1085,40 +1385,111 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn net6(s: &str) -> Ipv6Network {
+        s.parse().unwrap()
+    }
+
+    fn dual(v4: &str, v6: &str) -> LeaseSubnets {
+        LeaseSubnets {
+            v4: Some(net(v4)),
+            v6: Some(net6(v6)),
+        }
+    }
+
+    fn v4_only(v4: &str) -> LeaseSubnets {
+        LeaseSubnets {
+            v4: Some(net(v4)),
+            v6: None,
+        }
+    }
+
+    fn me(v4: &str, v6: Option<&str>) -> Me {
+        Me {
+            public_ip: Some(v4.parse().unwrap()),
+            public_ipv6: v6.map(|a| a.parse().unwrap()),
+            vni: 1,
+        }
+    }
+
     #[test]
     fn keys_are_flannels() {
         assert_eq!(subnet_key(net("10.244.7.0/24")), "10.244.7.0-24");
         assert_eq!(
             parse_subnet_key("/coreos.com/network/subnets/10.244.7.0-24"),
-            Some(net("10.244.7.0/24"))
+            Some(v4_only("10.244.7.0/24"))
         );
+        // MakeSubnetKey with an IPv6 subnet: `&` and Go's net.IP text of it.
+        let sn = dual("10.244.7.0/24", "fd00:10:244:7::/64");
+        assert_eq!(sn.key(), "10.244.7.0-24&fd00:10:244:7::-64");
         assert_eq!(
-            parse_subnet_key("/coreos.com/network/subnets/10.244.7.0-24&fd00:1::-64"),
-            Some(net("10.244.7.0/24"))
+            parse_subnet_key("/coreos.com/network/subnets/10.244.7.0-24&fd00:10:244:7::-64"),
+            Some(sn)
         );
-        assert_eq!(parse_subnet_key("/x/subnets/10.244.7.1-24"), None);
-        assert_eq!(parse_subnet_key("/x/subnets/garbage"), None);
-        assert_eq!(parse_subnet_key("/x/subnets/10.244.7.0-33"), None);
+        // IPv6-only: Flannel's empty ip.IP4Net is 0.0.0.0-0.
+        let v6 = LeaseSubnets {
+            v4: None,
+            v6: Some(net6("fd00:10:244:7::/64")),
+        };
+        assert_eq!(v6.key(), "0.0.0.0-0&fd00:10:244:7::-64");
+        assert_eq!(
+            parse_subnet_key(&format!("/p/subnets/{}", v6.key())),
+            Some(v6)
+        );
+        for bad in [
+            "/x/subnets/10.244.7.1-24",
+            "/x/subnets/garbage",
+            "/x/subnets/10.244.7.0-33",
+            "/x/subnets/10.244.7.0-24&fd00::1-64",
+            "/x/subnets/10.244.7.0-24&fd00::-129",
+            "/x/subnets/10.244.7.0-24&10.0.0.0-8",
+            "/x/subnets/10.244.7.0-24&",
+            "/x/subnets/0.0.0.0-0",
+        ] {
+            assert_eq!(parse_subnet_key(bad), None, "{bad}");
+        }
     }
 
     #[test]
     fn lease_json_is_what_flanneld_writes() {
-        let me = Me {
-            public_ip: "198.18.0.7".parse().unwrap(),
-            vni: 1,
-        };
-        let a = LeaseAttrs::of(&me, net("10.244.7.0/24"));
+        let a = LeaseAttrs::of(&me("198.18.0.7", None), &v4_only("10.244.7.0/24"));
         assert_eq!(
             a.json(),
             r#"{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:07:00"}}"#
         );
         let back: LeaseAttrs = serde_json::from_str(&a.json()).unwrap();
         assert_eq!(back, a);
+        // flanneld's newSubnetAttrs with both families, json.Marshal'ed: PublicIPv6 as text,
+        // BackendV6Data after BackendData, the same vxlanLeaseAttrs shape. One device here,
+        // so one MAC for both.
+        let a = LeaseAttrs::of(
+            &me("198.18.0.7", Some("fd00:198:18::7")),
+            &dual("10.244.7.0/24", "fd00:10:244:7::/64"),
+        );
+        assert_eq!(
+            a.json(),
+            r#"{"PublicIP":"198.18.0.7","PublicIPv6":"fd00:198:18::7","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:0a:f4:07:00"},"BackendV6Data":{"VNI":1,"VtepMAC":"0a:58:0a:f4:07:00"}}"#
+        );
+        // IPv6-only (ExtAddr nil): PublicIP is Go's zero ip.IP4, no BackendData.
+        let a = LeaseAttrs::of(
+            &Me {
+                public_ip: None,
+                public_ipv6: Some("fd00:198:18::7".parse().unwrap()),
+                vni: 1,
+            },
+            &LeaseSubnets {
+                v4: None,
+                v6: Some(net6("fd00:10:244:7::/64")),
+            },
+        );
+        assert_eq!(
+            a.json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198:18::7","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0a:58:02:44:00:07"}}"#
+        );
     }
 
-    fn alloc(netw: &str, len: u8, min: &str, max: &str) -> Allocation {
-        Allocation {
-            network: net(netw),
+    fn range(netw: &str, len: u8, min: &str, max: &str) -> SubnetRange {
+        SubnetRange {
+            network: netw.parse().unwrap(),
             subnet_len: len,
             subnet_min: min.parse().unwrap(),
             subnet_max: max.parse().unwrap(),
@@ -1127,23 +1498,111 @@ mod tests {
 
     #[test]
     fn allocation_skips_taken_and_runs_out() {
-        let a = alloc("10.5.0.0/20", 24, "10.5.1.0", "10.5.15.0");
-        let mut taken = Vec::new();
+        let a = range("10.5.0.0/20", 24, "10.5.1.0", "10.5.15.0");
+        let mut taken: Vec<IpNetwork> = Vec::new();
         for _ in 0..15 {
-            let sn = allocate(&a, &taken, "/p").unwrap();
+            let sn = allocate(&a, taken.iter().copied(), taken.len(), "/p").unwrap();
             assert!(a.compatible(sn), "{sn}");
             assert!(!taken.contains(&sn), "{sn} twice");
             taken.push(sn);
         }
-        let e = allocate(&a, &taken, "/p").unwrap_err().to_string();
+        let e = allocate(&a, taken.iter().copied(), 15, "/p")
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("no free subnet left in 10.5.1.0..=10.5.15.0"),
+            e.contains("no free subnet left in 10.5.1.0..=10.5.15.0")
+                && e.contains("widen Network or SubnetMin/SubnetMax in /p/config"),
             "{e}"
         );
         // A wider lease held by someone else blocks every subnet it overlaps.
-        let e = allocate(&a, &[net("10.5.0.0/20")], "/p").unwrap_err();
+        let e = allocate(&a, ["10.5.0.0/20".parse().unwrap()].into_iter(), 1, "/p").unwrap_err();
         assert!(matches!(e, EtcdError::OutOfSubnets { .. }));
+        // Leases of the other family take nothing away.
+        let sn = allocate(&a, ["::/0".parse().unwrap()].into_iter(), 1, "/p").unwrap();
+        assert!(a.compatible(sn));
     }
+
+    #[test]
+    fn ipv6_allocation_is_its_own_range() {
+        // /64s of a /56: 255 candidates, the first 100 free ones considered.
+        let a = range(
+            "fd00:10:244::/56",
+            64,
+            "fd00:10:244:1::",
+            "fd00:10:244:ff::",
+        );
+        let mut taken: Vec<IpNetwork> = Vec::new();
+        for _ in 0..50 {
+            let sn = allocate(&a, taken.iter().copied(), taken.len(), "/p").unwrap();
+            assert!(a.compatible(sn) && !sn.is_ipv4(), "{sn}");
+            assert!(!taken.contains(&sn), "{sn} twice");
+            taken.push(sn);
+        }
+        // Four subnets only; a lease of the whole network blocks them.
+        let small = range("fd00::/120", 122, "fd00::40", "fd00::c0");
+        let mut taken: Vec<IpNetwork> = Vec::new();
+        for _ in 0..3 {
+            taken.push(allocate(&small, taken.iter().copied(), taken.len(), "/p").unwrap());
+        }
+        taken.sort();
+        assert_eq!(
+            taken.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["fd00::40/122", "fd00::80/122", "fd00::c0/122"]
+        );
+        let e = allocate(&small, taken.iter().copied(), 3, "/p")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no free subnet left in fd00::40..=fd00::c0 (/122)")
+                && e.contains("widen IPv6Network or IPv6SubnetMin/IPv6SubnetMax"),
+            "{e}"
+        );
+        // The top of the address space does not overflow.
+        let top = range(
+            "ffff::/16",
+            64,
+            "ffff:ffff:ffff:ffff::",
+            "ffff:ffff:ffff:ffff::",
+        );
+        assert_eq!(
+            allocate(&top, std::iter::empty(), 0, "/p")
+                .unwrap()
+                .to_string(),
+            "ffff:ffff:ffff:ffff::/64"
+        );
+    }
+
+    #[test]
+    fn compatibility_needs_exactly_the_enabled_families() {
+        let v4 = range("10.244.0.0/16", 24, "10.244.1.0", "10.244.255.0");
+        let v6 = range(
+            "fd00:10:244::/56",
+            64,
+            "fd00:10:244:1::",
+            "fd00:10:244:ff::",
+        );
+        let dual_alloc = Allocation {
+            v4: Some(v4),
+            v6: Some(v6),
+        };
+        let v4_alloc = Allocation {
+            v4: Some(v4),
+            v6: None,
+        };
+        let d = dual("10.244.7.0/24", "fd00:10:244:7::/64");
+        assert!(dual_alloc.compatible(&d));
+        assert!(
+            !v4_alloc.compatible(&d),
+            "IPv4-only config keeps a v6 lease"
+        );
+        assert!(v4_alloc.compatible(&v4_only("10.244.7.0/24")));
+        assert!(!dual_alloc.compatible(&v4_only("10.244.7.0/24")));
+        assert!(!dual_alloc.compatible(&dual("10.244.7.0/24", "fd00:10:244:7::/80")));
+        assert!(!dual_alloc.compatible(&dual("10.244.7.0/24", "fd00:10:245::/64")));
+        assert!(!dual_alloc.compatible(&dual("10.244.0.0/24", "fd00:10:244:7::/64")));
+    }
+
+    const FLANNELD_DUAL: &[u8] = br#"{"PublicIP":"198.18.0.9","PublicIPv6":"fd00:198:18::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1c:3d:00:11:22"},"BackendV6Data":{"VNI":1,"VtepMAC":"7a:4f:00:aa:bb:cc"}}"#;
 
     #[test]
     fn leases_become_the_same_model() {
@@ -1155,13 +1614,11 @@ mod tests {
             "/coreos.com/network/subnets/10.244.6.0-24",
             br#"{"PublicIP":"198.18.0.6","BackendType":"host-gw"}"#,
         );
-        let me = Me {
-            public_ip: "198.18.0.7".parse().unwrap(),
-            vni: 1,
-        };
+        let me = me("198.18.0.7", None);
+        let sn = v4_only("10.244.7.0/24");
         let own = LeaseEntry {
-            subnet: net("10.244.7.0/24"),
-            attrs: LeaseAttrs::of(&me, net("10.244.7.0/24")),
+            subnets: sn,
+            attrs: LeaseAttrs::of(&me, &sn),
         };
         l.put(
             "/coreos.com/network/subnets/10.244.7.0-24",
@@ -1170,12 +1627,15 @@ mod tests {
         let s = l
             .state("/coreos.com/network/subnets/10.244.7.0-24", &own)
             .unwrap();
-        assert_eq!(s.own_pod_cidr(), net("10.244.7.0/24"));
+        assert_eq!(s.own_pod_cidr(), Some(net("10.244.7.0/24")));
         assert_eq!(s.own_vtep_mac().to_string(), "0a:58:0a:f4:07:00");
         assert_eq!(s.peers.len(), 1);
-        assert_eq!(s.peers[0].vtep_mac.to_string(), "6e:1c:3d:00:11:22");
         assert_eq!(
-            s.peers[0].vtep_ip,
+            s.peers[0].v4.unwrap().vtep_mac.to_string(),
+            "6e:1c:3d:00:11:22"
+        );
+        assert_eq!(
+            s.peers[0].v4.unwrap().vtep_ip,
             "198.18.0.9".parse::<Ipv4Addr>().unwrap()
         );
         let kinds: Vec<_> = s
@@ -1193,7 +1653,7 @@ mod tests {
         );
         // Another node taking our key is noticed.
         l.put("/coreos.com/network/subnets/10.244.7.0-24", flanneld);
-        let lease = OwnLease::new(own.subnet, own.attrs.clone(), 1, 10);
+        let lease = OwnLease::new(own.subnets, own.attrs.clone(), 1, 10);
         let e =
             check_own(&l, "/coreos.com/network/subnets/10.244.7.0-24", &lease, &me).unwrap_err();
         assert!(
@@ -1207,16 +1667,125 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_leases_carry_their_ipv6_side() {
+        let p = "/coreos.com/network/subnets/";
+        let mut l = Leases::default();
+        // flanneld, dual-stack: its own flannel-v6.1 MAC.
+        l.put(
+            &format!("{p}10.244.9.0-24&fd00:10:244:9::-64"),
+            FLANNELD_DUAL,
+        );
+        // An IPv4-only lease (a flanneld without EnableIPv6).
+        l.put(
+            &format!("{p}10.244.5.0-24"),
+            br#"{"PublicIP":"198.18.0.5","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1c:3d:00:00:05"}}"#,
+        );
+        // IPv6 subnet in the key but no BackendV6Data: Flannel's json.Unmarshal of it fails.
+        l.put(
+            &format!("{p}10.244.4.0-24&fd00:10:244:4::-64"),
+            br#"{"PublicIP":"198.18.0.4","PublicIPv6":"fd00:198:18::4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1c:3d:00:00:04"}}"#,
+        );
+        // A bad PublicIPv6 fails the whole value, as Go's Unmarshal does.
+        l.put(
+            &format!("{p}10.244.3.0-24&fd00:10:244:3::-64"),
+            br#"{"PublicIP":"198.18.0.3","PublicIPv6":"fd00::zz","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1c:3d:00:00:03"},"BackendV6Data":{"VNI":1,"VtepMAC":"6e:1c:3d:00:00:33"}}"#,
+        );
+        let me = me("198.18.0.7", Some("fd00:198:18::7"));
+        let sn = dual("10.244.7.0/24", "fd00:10:244:7::/64");
+        let own_key = format!("{p}{}", sn.key());
+        let own = LeaseEntry {
+            subnets: sn,
+            attrs: LeaseAttrs::of(&me, &sn),
+        };
+        l.put(&own_key, own.attrs.json().as_bytes());
+        let s = l.state(&own_key, &own).unwrap();
+        // The own node's IPv6 side reaches the daemon (subnet.env, TAP address).
+        assert_eq!(s.own.pod_cidr_v6, Some(net6("fd00:10:244:7::/64")));
+        assert_eq!(s.own.public_ip_v6, Some("fd00:198:18::7".parse().unwrap()));
+        assert_eq!(s.own.vtep_mac_v6, Some(s.own_vtep_mac()));
+        // Decided under a dual-stack policy, as the daemon does.
+        let mut policy = crate::model::PeerPolicy::new(net("10.244.0.0/16"));
+        policy.network_v6 = Some(net6("fd00:10:244::/56"));
+        let s = s.validated(&policy).unwrap();
+        assert_eq!(s.peers.len(), 1, "{:?}", s.skipped);
+        let peer = &s.peers[0];
+        assert_eq!(peer.name, "10.244.9.0-24&fd00:10:244:9::-64");
+        let v6 = peer.v6.expect("IPv6 side");
+        assert_eq!(v6.pod_cidr, net6("fd00:10:244:9::/64"));
+        assert_eq!(v6.vtep_ip, "fd00:198:18::9".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.vtep_mac.to_string(), "7a:4f:00:aa:bb:cc");
+        assert_eq!(peer.v4.unwrap().vtep_mac.to_string(), "6e:1c:3d:00:11:22");
+        let kinds: Vec<_> = s
+            .skipped
+            .iter()
+            .map(|k| (k.node.as_str(), k.kind, k.reason.as_str()))
+            .collect();
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        assert!(
+            kinds.iter().any(|(n, k, r)| *n == "10.244.5.0-24"
+                && *k == SkipReason::NoPodCidr
+                && r.contains("no IPv6 podCIDR")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.iter().any(|(n, k, r)| n.starts_with("10.244.4.0-24")
+                && *k == SkipReason::Unreadable
+                && r.contains("without BackendV6Data")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.iter().any(|(n, k, r)| n.starts_with("10.244.3.0-24")
+                && *k == SkipReason::Unreadable
+                && r.contains("PublicIPv6 \"fd00::zz\"")),
+            "{kinds:?}"
+        );
+        // In an IPv4-only network the IPv6 halves change nothing: all three are peers.
+        let v4_state = Leases::state(&l, &own_key, &own)
+            .unwrap()
+            .validated(&crate::model::PeerPolicy::new(net("10.244.0.0/16")))
+            .unwrap();
+        let names: Vec<_> = v4_state.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?} {:?}", v4_state.skipped);
+        assert!(v4_state.peers.iter().all(|p| p.v6.is_none()));
+    }
+
+    #[test]
+    fn own_lease_is_matched_by_public_ip_then_public_ipv6() {
+        let dual_me = me("198.18.0.9", Some("fd00:198:18::1"));
+        let attrs: LeaseAttrs = serde_json::from_slice(FLANNELD_DUAL).unwrap();
+        // Flannel's findLeaseByIP compares PublicIP only.
+        assert!(dual_me.owns(&attrs));
+        let v6_me = Me {
+            public_ip: None,
+            public_ipv6: Some("fd00:198:18::9".parse().unwrap()),
+            vni: 1,
+        };
+        assert!(v6_me.owns(&attrs));
+        let v6_other = Me {
+            public_ipv6: Some("fd00:198:18::8".parse().unwrap()),
+            ..v6_me
+        };
+        assert!(!v6_other.owns(&attrs));
+        // Every IPv6-only lease says PublicIP 0.0.0.0: that must not make them ours.
+        let zero = LeaseAttrs::of(
+            &Me {
+                public_ip: None,
+                ..v6_other
+            },
+            &LeaseSubnets {
+                v4: None,
+                v6: Some(net6("fd00::/64")),
+            },
+        );
+        assert!(!v6_me.owns(&zero));
+    }
+
+    #[test]
     fn renewal_is_margin_before_expiry() {
+        let sn = v4_only("10.244.7.0/24");
         let lease = OwnLease::new(
-            net("10.244.7.0/24"),
-            LeaseAttrs::of(
-                &Me {
-                    public_ip: Ipv4Addr::LOCALHOST,
-                    vni: 1,
-                },
-                net("10.244.7.0/24"),
-            ),
+            sn,
+            LeaseAttrs::of(&me("127.0.0.1", None), &sn),
             1,
             24 * 3600,
         );
@@ -1233,7 +1802,7 @@ mod tests {
             ttl: Duration::from_secs(6),
             renew_margin: Duration::from_secs(3600),
         };
-        let lease = OwnLease::new(lease.subnet, lease.attrs, 1, 6);
+        let lease = OwnLease::new(lease.subnets, lease.attrs, 1, 6);
         let d = short
             .renew_at(&lease)
             .saturating_duration_since(Instant::now());

@@ -15,7 +15,7 @@ pub mod nodes_file;
 
 pub use model::{
     derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, PeerPolicy,
-    PeerV6, SkipReason, Skipped,
+    PeerV4, PeerV6, SkipReason, Skipped,
 };
 pub use nodes_file::{parse_node_list, NodesFileError};
 

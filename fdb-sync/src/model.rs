@@ -92,7 +92,7 @@ pub enum ModelError {
     },
     #[error("node {node} has no IPv4 public address: set annotation {ANN_PUBLIC_IP} or an InternalIP in status.addresses")]
     NoPublicIp { node: String },
-    #[error("node {node} has no IPv4 podCIDR in spec.podCIDR(s)")]
+    #[error("node {node} has no IPv4 podCIDR in spec.podCIDR(s) while EnableIPv4 is true (the default): give the Node an IPv4 podCIDR, or set EnableIPv4 to false for an IPv6-only cluster")]
     NoPodCidr { node: String },
     /// With `EnableIPv6`, this node needs an IPv6 podCIDR too (Flannel: "IPv6 is enabled but
     /// the lease has no IPv6").
@@ -124,6 +124,19 @@ pub struct BackendData {
 #[must_use]
 pub fn derive_vtep_mac(pod_cidr: Ipv4Network) -> MacAddr {
     let o = pod_cidr.network().octets();
+    MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+}
+
+/// The VtepMAC derived from an IPv6 podCIDR (IPv6-only nodes): `0a:58:` + the low 32 bits
+/// of the subnet's index (its network address shifted right by the host bits), which differ
+/// between any two subnets of one length in a network of up to 2^32 of them.
+#[must_use]
+pub fn derive_vtep_mac_v6(pod_cidr: Ipv6Network) -> MacAddr {
+    let index = u128::from(pod_cidr.network())
+        .checked_shr(128 - u32::from(pod_cidr.prefix()))
+        .unwrap_or(0);
+    #[allow(clippy::cast_possible_truncation)]
+    let o = (index as u32).to_be_bytes();
     MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
 }
 
@@ -399,16 +412,23 @@ impl Disjoint {
     }
 }
 
-/// A remote node this node forwards to.
+/// A remote node this node forwards to: one side per enabled family, each present exactly
+/// when its family is enabled (`EnableIPv4`, `EnableIPv6`): a node lacking an enabled family
+/// is skipped, as Flannel skips a node whose lease lacks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Peer {
     pub name: String,
+    pub v4: Option<PeerV4>,
+    pub v6: Option<PeerV6>,
+}
+
+/// A peer's IPv4 VTEP (Flannel's `flannel.<VNI>`): IPv4 pods behind `pod_cidr` are reached by
+/// VXLAN over IPv4 to `vtep_ip` with inner destination MAC `vtep_mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerV4 {
     pub pod_cidr: Ipv4Network,
     pub vtep_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
-    /// The peer's IPv6 side, present exactly when `EnableIPv6` is on (a peer without one is
-    /// skipped then, as Flannel skips a node whose lease lacks IPv6).
-    pub v6: Option<PeerV6>,
 }
 
 /// A peer's IPv6 VTEP, as Flannel's `flannel-v6.<VNI>` sees it: IPv6 pods behind `pod_cidr`
@@ -540,8 +560,9 @@ pub struct Skipped {
 /// (a route over an underlay subnet, a VTEP on loopback, ...) away from the kernel and the FDB.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPolicy {
-    /// net-conf.json `Network`: every IPv4 podCIDR must lie inside it, no VTEP may.
-    pub network: Ipv4Network,
+    /// net-conf.json `Network` with `EnableIPv4` (`None`: IPv6-only): every IPv4 podCIDR must
+    /// lie inside it, no VTEP may.
+    pub network: Option<Ipv4Network>,
     /// net-conf.json `IPv6Network` when IPv6 is enabled; `None` leaves IPv6 fields unchecked
     /// (and unused).
     pub network_v6: Option<Ipv6Network>,
@@ -594,11 +615,21 @@ impl PeerPolicy {
     #[must_use]
     pub fn new(network: Ipv4Network) -> Self {
         PeerPolicy {
-            network,
+            network: Some(network),
             network_v6: None,
             own_addresses: Vec::new(),
             underlay_subnets: Vec::new(),
             allow_link_local_vtep: false,
+        }
+    }
+
+    /// An IPv6-only policy (`EnableIPv4: false`) that knows only the IPv6Network.
+    #[must_use]
+    pub fn ipv6_only(network_v6: Ipv6Network) -> Self {
+        PeerPolicy {
+            network: None,
+            network_v6: Some(network_v6),
+            ..Self::new(Ipv4Network::from(Ipv4Addr::UNSPECIFIED))
         }
     }
 
@@ -646,13 +677,13 @@ impl PeerPolicy {
                         format!("VTEP address {ip} is link-local (169.254.0.0/16)"),
                     );
                 }
-                if self.network.contains(a) && !self.in_underlay(ip) {
+                if let Some(n) = self
+                    .network
+                    .filter(|n| n.contains(a) && !self.in_underlay(ip))
+                {
                     return fail(
                         SkipReason::VtepInPodNetwork,
-                        format!(
-                            "VTEP address {ip} is inside the pod Network {}",
-                            self.network
-                        ),
+                        format!("VTEP address {ip} is inside the pod Network {n}"),
                     );
                 }
             }
@@ -710,7 +741,7 @@ impl PeerPolicy {
             );
         }
         let network = match net {
-            IpNetwork::V4(_) => Some(IpNetwork::V4(self.network)),
+            IpNetwork::V4(_) => self.network.map(IpNetwork::V4),
             IpNetwork::V6(_) => self.network_v6.map(IpNetwork::V6),
         };
         match network {
@@ -724,7 +755,10 @@ impl PeerPolicy {
             None => {
                 return fail(
                     SkipReason::PodCidrOutsideNetwork,
-                    format!("podCIDR {net}: IPv6 is not enabled in net-conf.json"),
+                    format!(
+                        "podCIDR {net}: {} is not enabled in net-conf.json",
+                        if net.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
                 )
             }
         }
@@ -745,10 +779,13 @@ impl PeerPolicy {
         Ok(())
     }
 
-    /// The rules a peer must pass on its own, IPv4 first, then IPv6 when enabled.
-    fn check_peer(&self, v: &NodeView, pod_cidr: Ipv4Network, vtep_ip: Ipv4Addr) -> Check {
-        self.check_pod_cidr(pod_cidr.into(), true)?;
-        self.check_vtep(vtep_ip.into())?;
+    /// The rules a peer must pass on its own, IPv4 first (when enabled), then IPv6 when
+    /// enabled.
+    fn check_peer(&self, v: &NodeView, v4: Option<PeerV4>) -> Check {
+        if let Some(p) = v4 {
+            self.check_pod_cidr(p.pod_cidr.into(), true)?;
+            self.check_vtep(p.vtep_ip.into())?;
+        }
         if self.network_v6.is_some() {
             if let Some(c) = v.pod_cidr_v6 {
                 self.check_pod_cidr(c.into(), true)?;
@@ -763,12 +800,22 @@ impl PeerPolicy {
     /// The own node's podCIDR(s) must obey the same rules as a peer's (but may hold this
     /// node's own addresses).
     fn check_own(&self, own: &NodeView) -> Result<(), ModelError> {
+        if self.network.is_some() && own.pod_cidr.is_none() {
+            return Err(ModelError::NoPodCidr {
+                node: own.name.clone(),
+            });
+        }
         if self.network_v6.is_some() && own.pod_cidr_v6.is_none() {
             return Err(ModelError::NoPodCidrV6 {
                 node: own.name.clone(),
             });
         }
-        let mut cidrs: Vec<IpNetwork> = own.pod_cidr.into_iter().map(IpNetwork::V4).collect();
+        let mut cidrs: Vec<IpNetwork> = own
+            .pod_cidr
+            .filter(|_| self.network.is_some())
+            .into_iter()
+            .map(IpNetwork::V4)
+            .collect();
         if self.network_v6.is_some() {
             cidrs.extend(own.pod_cidr_v6.map(IpNetwork::V6));
         }
@@ -856,7 +903,9 @@ impl ClusterState {
         mut early_skips: Vec<Skipped>,
         filter: PeerFilter,
     ) -> Result<Self, ModelError> {
-        if own.pod_cidr.is_none() {
+        // Which families are enabled is the policy's (see `validated`); a node without any
+        // podCIDR is unusable under every policy.
+        if own.pod_cidr.is_none() && own.pod_cidr_v6.is_none() {
             return Err(ModelError::NoPodCidr {
                 node: own.name.clone(),
             });
@@ -889,18 +938,7 @@ impl ClusterState {
                     continue;
                 }
             }
-            if v.pod_cidr.is_none() || v.vtep_mac.is_none() {
-                skip(SkipReason::NoPodCidr, "no IPv4 podCIDR".into());
-                continue;
-            }
-            if v.public_ip.is_none() {
-                let msg = ModelError::NoPublicIp {
-                    node: v.name.clone(),
-                }
-                .to_string();
-                skip(SkipReason::NoPublicIp, msg);
-                continue;
-            }
+            // Whether the node has every enabled family is decided with the policy (`decide`).
             candidates.push(v);
         }
         let mut state = ClusterState {
@@ -928,7 +966,9 @@ impl ClusterState {
     /// Chooses the peers among `candidates` in name order: each must pass `policy` (when
     /// given), then not conflict with this node or an earlier peer.
     fn decide(&mut self, policy: Option<&PeerPolicy>) {
-        let own_cidr = self.own_pod_cidr();
+        // Without a policy IPv4 is on (the Nodes alone decide), IPv6 off.
+        let v4 = policy.is_none_or(|p| p.network.is_some());
+        let own_cidr = self.own.pod_cidr.filter(|_| v4);
         let own_v6 = self
             .own
             .pod_cidr_v6
@@ -941,7 +981,7 @@ impl ClusterState {
         // repeat across families of one node, never across nodes within a family.
         let mut by_mac_v6: HashMap<MacAddr, &str> = HashMap::new();
         let mut by_vtep: HashMap<IpAddr, &str> = HashMap::new();
-        if let Some(m) = self.own.vtep_mac {
+        if let Some(m) = self.own.vtep_mac.filter(|_| v4) {
             by_mac.insert(m, &self.own.name);
         }
         if let Some(m) = self.own.vtep_mac_v6.filter(|_| own_v6.is_some()) {
@@ -952,14 +992,17 @@ impl ClusterState {
             self.own.public_ip_v6.map(IpAddr::V6),
         ];
         for (i, v) in self.candidates.iter().enumerate() {
-            let (Some(pod_cidr), Some(vtep_ip), Some(vtep_mac)) =
-                (v.pod_cidr, v.public_ip, v.vtep_mac)
-            else {
-                continue; // from_node_iter admits only complete candidates
-            };
             let v6 = policy.is_some_and(|p| p.network_v6.is_some());
-            let mut nets: Vec<IpNetwork> = vec![pod_cidr.into()];
-            let mut vteps: Vec<IpAddr> = vec![vtep_ip.into()];
+            let peer_v4 = match (v.pod_cidr, v.public_ip, v.vtep_mac) {
+                (Some(pod_cidr), Some(vtep_ip), Some(vtep_mac)) if v4 => Some(PeerV4 {
+                    pod_cidr,
+                    vtep_ip,
+                    vtep_mac,
+                }),
+                _ => None,
+            };
+            let mut nets: Vec<IpNetwork> = peer_v4.map(|p| p.pod_cidr.into()).into_iter().collect();
+            let mut vteps: Vec<IpAddr> = peer_v4.map(|p| p.vtep_ip.into()).into_iter().collect();
             let mut peer_v6 = None;
             if v6 {
                 nets.extend(v.pod_cidr_v6.map(IpNetwork::V6));
@@ -975,6 +1018,16 @@ impl ClusterState {
                 }
             }
             let verdict = (|| -> Check {
+                if v4 && (v.pod_cidr.is_none() || v.vtep_mac.is_none()) {
+                    return fail(SkipReason::NoPodCidr, "no IPv4 podCIDR".into());
+                }
+                if v4 && v.public_ip.is_none() {
+                    let msg = ModelError::NoPublicIp {
+                        node: v.name.clone(),
+                    }
+                    .to_string();
+                    return fail(SkipReason::NoPublicIp, msg);
+                }
                 if let Some(why) = v.bad_v6_data.as_ref().filter(|_| v6) {
                     return fail(SkipReason::Unreadable, why.clone());
                 }
@@ -994,7 +1047,7 @@ impl ClusterState {
                 }
                 for &net in &nets {
                     let own = match net {
-                        IpNetwork::V4(_) => Some(IpNetwork::V4(own_cidr)),
+                        IpNetwork::V4(_) => own_cidr.map(IpNetwork::V4),
                         IpNetwork::V6(_) => own_v6.map(IpNetwork::V6),
                     };
                     if let Some(own) = own.filter(|o| overlaps(net, *o)) {
@@ -1007,7 +1060,7 @@ impl ClusterState {
                 // After the own-podCIDR rule (whose message is the clearer one for a peer that
                 // claims this node's range) and before conflicts with other peers.
                 if let Some(p) = policy {
-                    p.check_peer(v, pod_cidr, vtep_ip)?;
+                    p.check_peer(v, peer_v4)?;
                 }
                 for &net in &nets {
                     if let Some(j) = cidrs.conflict(net) {
@@ -1040,10 +1093,12 @@ impl ClusterState {
                         );
                     }
                 }
-                if let Some(other) = by_mac.get(&vtep_mac) {
+                if let Some((p, other)) =
+                    peer_v4.and_then(|p| by_mac.get(&p.vtep_mac).map(|o| (p, o)))
+                {
                     return fail(
                         SkipReason::VtepMacDuplicate,
-                        format!("VtepMAC {vtep_mac} is already used by node {other}"),
+                        format!("VtepMAC {} is already used by node {other}", p.vtep_mac),
                     );
                 }
                 if let Some(p) = peer_v6 {
@@ -1073,15 +1128,15 @@ impl ClusterState {
             for ip in vteps {
                 by_vtep.insert(ip, &v.name);
             }
-            by_mac.insert(vtep_mac, &v.name);
+            if let Some(p) = peer_v4 {
+                by_mac.insert(p.vtep_mac, &v.name);
+            }
             if let Some(p) = peer_v6 {
                 by_mac_v6.insert(p.vtep_mac, &v.name);
             }
             peers.push(Peer {
                 name: v.name.clone(),
-                pod_cidr,
-                vtep_ip,
-                vtep_mac,
+                v4: peer_v4,
                 v6: peer_v6,
             });
         }
@@ -1098,20 +1153,24 @@ impl ClusterState {
             .collect()
     }
 
-    /// This node's IPv4 pod CIDR (validated present by `from_nodes`).
+    /// This node's IPv4 pod CIDR; `None` only for an IPv6-only node (a policy with IPv4
+    /// enabled refuses such a node in `validated`).
     #[must_use]
-    pub fn own_pod_cidr(&self) -> Ipv4Network {
-        self.own
-            .pod_cidr
-            .expect("from_nodes checks the own podCIDR")
+    pub fn own_pod_cidr(&self) -> Option<Ipv4Network> {
+        self.own.pod_cidr
     }
 
-    /// This node's VtepMAC (always known once the podCIDR is).
+    /// This node's VtepMAC: annotated, else derived from the IPv4 podCIDR, else (IPv6-only)
+    /// from the IPv6 one.
     #[must_use]
     pub fn own_vtep_mac(&self) -> MacAddr {
         self.own
             .vtep_mac
-            .unwrap_or_else(|| derive_vtep_mac(self.own_pod_cidr()))
+            .unwrap_or_else(|| match (self.own.pod_cidr, self.own.pod_cidr_v6) {
+                (Some(c), _) => derive_vtep_mac(c),
+                (None, Some(c)) => derive_vtep_mac_v6(c),
+                (None, None) => unreachable!("from_views refuses an own node without podCIDR"),
+            })
     }
 }
 
@@ -1124,6 +1183,115 @@ mod tests {
         let mac = derive_vtep_mac("10.244.1.0/24".parse().unwrap());
         assert_eq!(mac.to_string(), "0a:58:0a:f4:01:00");
         assert!(mac.is_valid_vtep());
+    }
+
+    /// `EnableIPv4: false`: an IPv6-only own node is fine, peers carry only their IPv6 side,
+    /// a peer lacking IPv6 is skipped with its reason, and an IPv4-only NodeList is refused
+    /// for this node with a message that says what to do.
+    #[test]
+    fn ipv6_only_cluster_model() {
+        let bd = |m: &str| format!(r#"{{"VNI":1,"VtepMAC":"{m}"}}"#);
+        let v6_node = |name: &str, i: u8| {
+            node(
+                name,
+                Some(&format!("fd00:10:244:{i}::/64")),
+                &format!("fd00:18::{i}"),
+                &[
+                    (ANN_BACKEND_TYPE, "vxlan"),
+                    (ANN_BACKEND_V6_DATA, &bd(&format!("02:00:00:00:06:0{i}"))),
+                ],
+            )
+        };
+        let mut dual = node(
+            "c-dual",
+            Some("10.244.3.0/24"),
+            "198.18.0.3",
+            &[
+                (ANN_BACKEND_TYPE, "vxlan"),
+                (ANN_PUBLIC_IPV6, "fd00:18::3"),
+                (ANN_BACKEND_V6_DATA, &bd("02:00:00:00:06:03")),
+            ],
+        );
+        dual.spec.as_mut().unwrap().pod_cidrs =
+            Some(vec!["10.244.3.0/24".into(), "fd00:10:244:3::/64".into()]);
+        let v4_only = node(
+            "d-v4",
+            Some("10.244.4.0/24"),
+            "198.18.0.4",
+            &[(ANN_BACKEND_TYPE, "vxlan")],
+        );
+        let nodes = vec![
+            v6_node("a-own", 1),
+            v6_node("b-v6", 2),
+            dual,
+            v4_only.clone(),
+        ];
+        let policy = PeerPolicy::ipv6_only("fd00:10:244::/56".parse().unwrap());
+        let s = ClusterState::from_nodes(&nodes, "a-own", PeerFilter::RequireVxlanAnnotation)
+            .unwrap()
+            .validated(&policy)
+            .unwrap();
+        assert_eq!(s.own_pod_cidr(), None);
+        // No IPv4 podCIDR to derive it from: the IPv6 one's index.
+        assert_eq!(s.own_vtep_mac().to_string(), "0a:58:02:44:00:01");
+        let names: Vec<_> = s.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["b-v6", "c-dual"], "{:?}", s.skipped);
+        assert!(s.peers.iter().all(|p| p.v4.is_none() && p.v6.is_some()));
+        assert_eq!(
+            s.peers[1].v6.unwrap().vtep_ip,
+            "fd00:18::3".parse::<Ipv6Addr>().unwrap()
+        );
+        let skip = s.skipped.iter().find(|k| k.node == "d-v4").unwrap();
+        assert_eq!(skip.kind, SkipReason::NoPodCidr);
+        assert!(skip.reason.contains("no IPv6 podCIDR"), "{}", skip.reason);
+
+        // An IPv4-only NodeList: this node cannot run IPv6-only.
+        let e = ClusterState::from_nodes(
+            std::slice::from_ref(&v4_only),
+            "d-v4",
+            PeerFilter::AllowUnannotated,
+        )
+        .unwrap()
+        .validated(&policy)
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ModelError::NoPodCidrV6 {
+                node: "d-v4".into()
+            }
+        );
+        assert!(
+            e.to_string().contains("give the Node an IPv6 podCIDR"),
+            "{e}"
+        );
+        // And an IPv6-only own node under a policy with IPv4 enabled is refused too.
+        let e = ClusterState::from_nodes(&nodes, "a-own", PeerFilter::RequireVxlanAnnotation)
+            .unwrap()
+            .validated(&PeerPolicy::new("10.244.0.0/16".parse().unwrap()))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ModelError::NoPodCidr {
+                node: "a-own".into()
+            }
+        );
+        // A node with no podCIDR at all is refused before any policy.
+        let e = ClusterState::from_nodes(
+            &[node("x", None, "fd00:18::9", &[])],
+            "x",
+            PeerFilter::AllowUnannotated,
+        )
+        .unwrap_err();
+        assert_eq!(e, ModelError::NoPodCidr { node: "x".into() });
+    }
+
+    #[test]
+    fn ipv6_derived_mac_is_the_subnet_index() {
+        let m = |s: &str| derive_vtep_mac_v6(s.parse().unwrap()).to_string();
+        assert_eq!(m("fd00:10:244:7::/64"), "0a:58:02:44:00:07");
+        assert_eq!(m("fd00::c0/122"), "0a:58:00:00:00:03");
+        assert_ne!(m("fd00:10:244:7::/64"), m("fd00:10:244:8::/64"));
+        assert!(derive_vtep_mac_v6("::/0".parse().unwrap()).is_valid_vtep());
     }
 
     #[test]
@@ -1304,7 +1472,7 @@ mod tests {
 
     fn policy() -> PeerPolicy {
         PeerPolicy {
-            network: "10.244.0.0/16".parse().unwrap(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
             network_v6: None,
             own_addresses: ["198.18.0.1", "10.244.1.0", "10.244.1.1", "127.0.0.1"]
                 .iter()
@@ -1486,7 +1654,7 @@ mod tests {
         // A Network that contains the underlay (10.0.0.0/8 over 10.1.0.0/24): only the
         // underlay rules keep VXLAN itself out of the device.
         let p = PeerPolicy {
-            network: "10.0.0.0/8".parse().unwrap(),
+            network: Some("10.0.0.0/8".parse().unwrap()),
             own_addresses: vec!["10.1.0.1".parse().unwrap(), "10.77.0.1".parse().unwrap()],
             underlay_subnets: vec!["10.1.0.0/24".parse().unwrap()],
             ..PeerPolicy::new("10.0.0.0/8".parse().unwrap())
@@ -1577,7 +1745,7 @@ mod tests {
         }
         let nodes = vec![node("a", Some("198.18.0.0/25"), "198.18.0.1", &[])];
         let p = PeerPolicy {
-            network: "198.18.0.0/16".parse().unwrap(),
+            network: Some("198.18.0.0/16".parse().unwrap()),
             ..policy()
         };
         let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::AllowUnannotated).unwrap();
@@ -1777,15 +1945,21 @@ mod tests {
             Some(PeerV6 {
                 pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
                 vtep_ip: "fd00:18::2".parse().unwrap(),
-                vtep_mac: b.vtep_mac,
+                vtep_mac: b.v4.unwrap().vtep_mac,
             })
         );
         assert_eq!(
             peer("c").v6.unwrap().vtep_mac.to_string(),
             "02:00:00:00:00:0c"
         );
-        assert_ne!(peer("c").vtep_mac.to_string(), "02:00:00:00:00:0c");
-        assert_eq!(peer("g").v6.unwrap().vtep_mac, peer("g").vtep_mac);
+        assert_ne!(
+            peer("c").v4.unwrap().vtep_mac.to_string(),
+            "02:00:00:00:00:0c"
+        );
+        assert_eq!(
+            peer("g").v6.unwrap().vtep_mac,
+            peer("g").v4.unwrap().vtep_mac
+        );
         let why = |n: &str| {
             v.skipped
                 .iter()

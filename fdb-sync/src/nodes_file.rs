@@ -486,8 +486,11 @@ items:
         assert_eq!(nodes.len(), 2);
         let s = ClusterState::from_nodes(&nodes, "n2", PeerFilter::AllowUnannotated).unwrap();
         assert_eq!(s.peers.len(), 1);
-        assert_eq!(s.peers[0].vtep_mac.to_string(), "02:00:00:00:00:01");
-        assert_eq!(s.peers[0].vtep_ip.to_string(), "198.18.0.1");
+        assert_eq!(
+            s.peers[0].v4.unwrap().vtep_mac.to_string(),
+            "02:00:00:00:00:01"
+        );
+        assert_eq!(s.peers[0].v4.unwrap().vtep_ip.to_string(), "198.18.0.1");
         assert_eq!(s.own_vtep_mac().to_string(), "0a:58:0a:f4:02:00");
     }
 

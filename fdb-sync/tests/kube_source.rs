@@ -109,8 +109,11 @@ async fn list_then_add_modify_delete() {
     let mut r = start(&server, "n1").await;
     let s = until_peers(&mut r, &["n2"]).await;
     assert_eq!(s.own.name, "n1");
-    assert_eq!(s.peers[0].vtep_ip.to_string(), "198.18.0.2");
-    assert_eq!(s.peers[0].vtep_mac.to_string(), "0a:58:0a:f4:02:00");
+    assert_eq!(s.peers[0].v4.unwrap().vtep_ip.to_string(), "198.18.0.2");
+    assert_eq!(
+        s.peers[0].v4.unwrap().vtep_mac.to_string(),
+        "0a:58:0a:f4:02:00"
+    );
     assert!(
         s.skipped
             .iter()
@@ -136,7 +139,7 @@ async fn list_then_add_modify_delete() {
         u.as_ref().is_ok_and(|s| {
             s.peers
                 .iter()
-                .any(|p| p.name == "n2" && p.vtep_ip.to_string() == "198.18.0.42")
+                .any(|p| p.name == "n2" && p.v4.unwrap().vtep_ip.to_string() == "198.18.0.42")
         })
     })
     .await;
@@ -146,7 +149,7 @@ async fn list_then_add_modify_delete() {
         .into_iter()
         .find(|p| p.name == "n2")
         .unwrap();
-    assert_eq!(p.vtep_mac.to_string(), "02:00:00:00:00:42");
+    assert_eq!(p.v4.unwrap().vtep_mac.to_string(), "02:00:00:00:00:42");
 
     // Flannel starts on n3: it becomes a peer.
     server.apply(&node(

@@ -9,7 +9,7 @@
 //! module does the same, except that a key Flannel ignores is reported as a warning (returned
 //! in [`NetConf::warnings`], for the caller to log once) instead of vanishing.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -65,6 +65,13 @@ pub struct NetConf {
     pub subnet_min: Option<Ipv4Addr>,
     /// `SubnetMax` as written (`None` = not set or 0.0.0.0).
     pub subnet_max: Option<Ipv4Addr>,
+    /// `IPv6SubnetLen` as written (0 = not set); read only with `EnableIPv6`, used by the etcd
+    /// subnet manager only, see [`NetConf::subnet_allocation_v6`].
+    pub ipv6_subnet_len: u32,
+    /// `IPv6SubnetMin` as written (`None` = not set, null or `::`, as Flannel's `ip.IsEmpty`).
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    /// `IPv6SubnetMax` as written (`None` = not set, null or `::`).
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
     /// Keys that were read but change nothing here (each said once, with what to do); the
     /// caller logs them.
     pub warnings: Vec<String>,
@@ -77,6 +84,152 @@ pub struct SubnetAllocation {
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+}
+
+/// The IPv6 range (`IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax` after defaulting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetAllocationV6 {
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+/// The keys and limits of one family in Flannel's `CheckNetworkConfig`: the same rules with
+/// other names and numbers.
+struct FamilyRules {
+    bits: u32,
+    network: &'static str,
+    len: &'static str,
+    min: &'static str,
+    max: &'static str,
+    /// Longest SubnetLen allowed (a subnet needs room for the device and a bridge address).
+    longest: u32,
+    /// Longest Network prefix that still splits into four subnets.
+    smallest_network: u32,
+    /// SubnetLen given to networks of at most `default_len - 2` bits of prefix.
+    default_len: u32,
+}
+
+const RULES_V4: FamilyRules = FamilyRules {
+    bits: 32,
+    network: "Network",
+    len: "SubnetLen",
+    min: "SubnetMin",
+    max: "SubnetMax",
+    longest: 30,
+    smallest_network: 28,
+    default_len: 24,
+};
+
+const RULES_V6: FamilyRules = FamilyRules {
+    bits: 128,
+    network: "IPv6Network",
+    len: "IPv6SubnetLen",
+    min: "IPv6SubnetMin",
+    max: "IPv6SubnetMax",
+    longest: 126,
+    smallest_network: 124,
+    default_len: 64,
+};
+
+/// An address as an integer of 32 or 128 bits.
+fn to_int(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+impl FamilyRules {
+    fn addr(&self, v: u128) -> IpAddr {
+        if self.bits == 32 {
+            #[allow(clippy::cast_possible_truncation)]
+            IpAddr::V4(Ipv4Addr::from(v as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(v))
+        }
+    }
+
+    /// `CheckNetworkConfig` for one family: the subnet length, first and last subnet.
+    /// Flannel computes IPv4 in `ip.IP4` (uint32, wrapping) and IPv6 in big integers; both
+    /// come out the same as arithmetic modulo 2^bits here.
+    fn check(
+        &self,
+        network: IpNetwork,
+        subnet_len: u32,
+        min: Option<IpAddr>,
+        max: Option<IpAddr>,
+    ) -> Result<(u8, u128, u128), ConfigError> {
+        let plen = u32::from(network.prefix());
+        let len = if subnet_len > 0 {
+            if subnet_len > self.longest {
+                return Err(field(
+                    self.len,
+                    format!("must be less than /{}", self.longest + 1),
+                ));
+            }
+            if subnet_len < plen + 2 {
+                return Err(field(
+                    self.len,
+                    format!(
+                        "/{subnet_len} leaves {} {network} room for fewer than four subnets; use /{} or longer",
+                        self.network,
+                        plen + 2
+                    ),
+                ));
+            }
+            subnet_len
+        } else if plen > self.smallest_network {
+            return Err(field(
+                self.network,
+                format!(
+                    "{network} is too small: the minimum useful prefix is /{}",
+                    self.smallest_network
+                ),
+            ));
+        } else if plen <= self.default_len - 2 {
+            self.default_len
+        } else {
+            plen + 2
+        };
+        let top = u128::MAX >> (128 - self.bits);
+        let size = 1u128 << (self.bits - len);
+        let net = to_int(network.network());
+        let next = net.wrapping_add(1u128.checked_shl(self.bits - plen).unwrap_or(0)) & top;
+        let inside = |key: &'static str, a: IpAddr| {
+            if network.contains(a) {
+                Ok(to_int(a))
+            } else {
+                Err(field(
+                    key,
+                    format!("{a} is not in the range of the {} {network}", self.network),
+                ))
+            }
+        };
+        let min = match min {
+            None => net.wrapping_add(size) & top,
+            Some(a) => inside(self.min, a)?,
+        };
+        let max = match max {
+            None => next.wrapping_sub(size) & top,
+            Some(a) => inside(self.max, a)?,
+        };
+        let mask = (top << (self.bits - len)) & top;
+        for (key, v) in [(self.min, min), (self.max, max)] {
+            if v & mask != v {
+                return Err(field(
+                    key,
+                    format!(
+                        "{} is not on a {} (/{len}) boundary",
+                        self.addr(v),
+                        self.len
+                    ),
+                ));
+            }
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        Ok((len as u8, min, max))
+    }
 }
 
 // ---- a JSON value that keeps object members in document order (Go assigns in that order) ----
@@ -327,23 +480,34 @@ impl NetConf {
             .map(|s| parse_ipv4(s, "SubnetMax"))
             .transpose()?
             .filter(|a| !a.is_unspecified());
-        // *ip.IP6 pointers: null is allowed there.
-        for (v, name) in [
-            (ipv6_subnet_min, "IPv6SubnetMin"),
-            (ipv6_subnet_max, "IPv6SubnetMax"),
+        // *ip.IP6 pointers: null is allowed there; `::` is empty (ip.IsEmpty) as null is.
+        let mut v6_bounds = [None, None];
+        for (slot, v, name) in [
+            (0, ipv6_subnet_min, "IPv6SubnetMin"),
+            (1, ipv6_subnet_max, "IPv6SubnetMax"),
         ] {
             if let Some(s) = get_str(v.filter(|v| **v != Json::Null), name)? {
-                s.parse::<std::net::Ipv6Addr>()
+                let a = s
+                    .parse::<Ipv6Addr>()
                     .map_err(|e| field(name, format!("{s:?} is not an IPv6 address: {e}")))?;
+                v6_bounds[slot] = Some(a).filter(|a| !a.is_unspecified());
             }
         }
+        let [ipv6_subnet_min, ipv6_subnet_max_addr] = v6_bounds;
         let subnet_len = uint(get_int(subnet_len, "SubnetLen")?, "SubnetLen")?;
         let ipv6_subnet_len = uint(get_int(ipv6_subnet_len, "IPv6SubnetLen")?, "IPv6SubnetLen")?;
 
+        if !enable_ipv4 && !enable_ipv6 {
+            // Flannel's ipmatch.GetIPFamily: "none defined stack".
+            return Err(field(
+                "EnableIPv4",
+                "false while EnableIPv6 is false too: no address family is enabled (Flannel fails with \"none defined stack\"); set EnableIPv4 to true, or EnableIPv6 to true with an IPv6Network",
+            ));
+        }
         if !enable_ipv4 {
             return Err(field(
                 "EnableIPv4",
-                "IPv6-only networks are not supported yet; set it to true",
+                "false (IPv6-only) is not supported by overlayd yet: the daemon still needs IPv4 on the underlay, the device and the pods; set it to true (dual-stack with EnableIPv6 works)",
             ));
         }
         let network = match network {
@@ -384,32 +548,23 @@ impl NetConf {
         // Flannel reads these only when EnableIPv6 is true.
         let v6_keys: Vec<&str> = [
             ("IPv6Network", ipv6_network.is_some() && !enable_ipv6),
-            (
-                "IPv6SubnetMin",
-                ipv6_subnet_min.is_some_and(|v| *v != Json::Null),
-            ),
-            (
-                "IPv6SubnetMax",
-                ipv6_subnet_max.is_some_and(|v| *v != Json::Null),
-            ),
+            ("IPv6SubnetMin", ipv6_subnet_min.is_some()),
+            ("IPv6SubnetMax", ipv6_subnet_max_addr.is_some()),
             ("IPv6SubnetLen", ipv6_subnet_len != 0),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
         .collect();
-        if !v6_keys.is_empty() {
-            warnings.push(if enable_ipv6 {
-                // As SubnetLen/Min/Max below: only Flannel's etcd subnet manager uses them.
-                format!(
-                    "net-conf.json {} are used by the etcd subnet manager only; with --kube-subnet-mgr or --nodes-file each node's IPv6 podCIDR decides",
-                    v6_keys.join(", ")
-                )
-            } else {
-                format!(
-                    "net-conf.json {} ignored while EnableIPv6 is false (as Flannel does)",
-                    v6_keys.join(", ")
-                )
-            });
+        let (ipv6_subnet_len, ipv6_subnet_min, ipv6_subnet_max) = if enable_ipv6 {
+            (ipv6_subnet_len, ipv6_subnet_min, ipv6_subnet_max_addr)
+        } else {
+            (0, None, None)
+        };
+        if !v6_keys.is_empty() && !enable_ipv6 {
+            warnings.push(format!(
+                "net-conf.json {} ignored while EnableIPv6 is false (as Flannel does)",
+                v6_keys.join(", ")
+            ));
         }
 
         let b = parse_backend(backend, &mut warnings)?;
@@ -424,6 +579,9 @@ impl NetConf {
             subnet_len,
             subnet_min,
             subnet_max,
+            ipv6_subnet_len,
+            ipv6_subnet_min,
+            ipv6_subnet_max,
             warnings: Vec::new(),
         };
         if subnet_len != 0 || subnet_min.is_some() || subnet_max.is_some() {
@@ -439,6 +597,21 @@ impl NetConf {
             };
             warnings.push(format!(
                 "net-conf.json SubnetLen/SubnetMin/SubnetMax are used by the etcd subnet manager only ({verdict}); with --kube-subnet-mgr or --nodes-file each node's podCIDR decides"
+            ));
+        }
+        if !v6_keys.is_empty() && enable_ipv6 {
+            // The same for the IPv6 keys (CheckNetworkConfig checks them with EnableIPv6).
+            let verdict = match conf.subnet_allocation_v6() {
+                Ok(Some(a)) => format!(
+                    "valid: /{} from {} to {}",
+                    a.subnet_len, a.subnet_min, a.subnet_max
+                ),
+                Ok(None) => String::new(),
+                Err(e) => format!("and invalid for it: {e}"),
+            };
+            warnings.push(format!(
+                "net-conf.json {} are used by the etcd subnet manager only ({verdict}); with --kube-subnet-mgr or --nodes-file each node's IPv6 podCIDR decides",
+                v6_keys.join(", ")
             ));
         }
         Ok(NetConf { warnings, ..conf })
@@ -469,86 +642,38 @@ impl NetConf {
     /// `CheckNetworkConfig` does (pkg/subnet/config.go), for a subnet manager that leases
     /// subnets itself (the etcd source).
     pub fn subnet_allocation(&self) -> Result<SubnetAllocation, ConfigError> {
-        let plen = u32::from(self.network.prefix());
-        let len = if self.subnet_len > 0 {
-            if self.subnet_len > 30 {
-                return Err(field("SubnetLen", "must be less than /31"));
-            }
-            if self.subnet_len < plen + 2 {
-                return Err(field(
-                    "SubnetLen",
-                    format!(
-                        "/{} leaves Network {} room for fewer than four subnets; use /{} or longer",
-                        self.subnet_len,
-                        self.network,
-                        plen + 2
-                    ),
-                ));
-            }
-            self.subnet_len
-        } else if plen > 28 {
-            return Err(field(
-                "Network",
-                format!(
-                    "{} is too small: the minimum useful prefix is /28",
-                    self.network
-                ),
-            ));
-        } else if plen <= 22 {
-            24
-        } else {
-            plen + 2
-        };
-        // Flannel computes in ip.IP4 (uint32) arithmetic, wrapping.
-        let size = 1u32 << (32 - len);
-        let net = u32::from(self.network.network());
-        let next = net.wrapping_add(1u32.checked_shl(32 - plen).unwrap_or(0));
-        let contains = |a: Ipv4Addr| self.network.contains(a);
-        let min = match self.subnet_min {
-            None => net.wrapping_add(size),
-            Some(a) if contains(a) => u32::from(a),
-            Some(a) => {
-                return Err(field(
-                    "SubnetMin",
-                    format!("{a} is not in the range of the Network {}", self.network),
-                ))
-            }
-        };
-        let max = match self.subnet_max {
-            None => next.wrapping_sub(size),
-            Some(a) if contains(a) => u32::from(a),
-            Some(a) => {
-                return Err(field(
-                    "SubnetMax",
-                    format!("{a} is not in the range of the Network {}", self.network),
-                ))
-            }
-        };
-        let mask = u32::MAX << (32 - len);
-        if min & mask != min {
-            return Err(field(
-                "SubnetMin",
-                format!(
-                    "{} is not on a SubnetLen (/{len}) boundary",
-                    Ipv4Addr::from(min)
-                ),
-            ));
-        }
-        if max & mask != max {
-            return Err(field(
-                "SubnetMax",
-                format!(
-                    "{} is not on a SubnetLen (/{len}) boundary",
-                    Ipv4Addr::from(max)
-                ),
-            ));
-        }
+        let (subnet_len, min, max) = RULES_V4.check(
+            IpNetwork::V4(self.network),
+            self.subnet_len,
+            self.subnet_min.map(IpAddr::V4),
+            self.subnet_max.map(IpAddr::V4),
+        )?;
         #[allow(clippy::cast_possible_truncation)]
         Ok(SubnetAllocation {
-            subnet_len: len as u8,
-            subnet_min: Ipv4Addr::from(min),
-            subnet_max: Ipv4Addr::from(max),
+            subnet_len,
+            subnet_min: Ipv4Addr::from(min as u32),
+            subnet_max: Ipv4Addr::from(max as u32),
         })
+    }
+
+    /// `IPv6SubnetLen`, `IPv6SubnetMin` and `IPv6SubnetMax` checked and defaulted as Flannel's
+    /// `CheckNetworkConfig` does for `EnableIPv6` (a /64 per node from networks up to /62,
+    /// else prefix + 2; the first and last subnet skipped). `None` without IPv6.
+    pub fn subnet_allocation_v6(&self) -> Result<Option<SubnetAllocationV6>, ConfigError> {
+        let Some(network) = self.network_v6 else {
+            return Ok(None);
+        };
+        let (subnet_len, min, max) = RULES_V6.check(
+            IpNetwork::V6(network),
+            self.ipv6_subnet_len,
+            self.ipv6_subnet_min.map(IpAddr::V6),
+            self.ipv6_subnet_max.map(IpAddr::V6),
+        )?;
+        Ok(Some(SubnetAllocationV6 {
+            subnet_len,
+            subnet_min: Ipv6Addr::from(min),
+            subnet_max: Ipv6Addr::from(max),
+        }))
     }
 }
 

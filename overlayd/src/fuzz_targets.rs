@@ -511,15 +511,14 @@ pub fn nodes_file(data: &[u8]) {
             );
             let _ = Fdb::from_peers(&crate::control::model::peers(&v.peers), 8472);
         } else {
-            // Only the own node can make validation fail.
-            assert!(
-                !policy.network.contains(raw.own_pod_cidr().network())
-                    || raw.own_pod_cidr().prefix() < policy.network.prefix()
-                    || reserved_v4(raw.own_pod_cidr())
-                    || raw
-                        .own_pod_cidr()
-                        .overlaps("198.18.0.0/24".parse().expect("net"))
-            );
+            // Only the own node can make validation fail (IPv4 is enabled: it needs one).
+            let network: ipnetwork::Ipv4Network = "10.244.0.0/16".parse().expect("net");
+            assert!(raw.own_pod_cidr().is_none_or(|own| {
+                !network.contains(own.network())
+                    || own.prefix() < network.prefix()
+                    || reserved_v4(own)
+                    || own.overlaps("198.18.0.0/24".parse().expect("net"))
+            }));
         }
     }
 }
@@ -556,15 +555,21 @@ fn check_promises(
     let mut macs = HashSet::from([s.own_vtep_mac()]);
     let mut vteps = HashSet::new();
     let mut cidrs: Vec<ipnetwork::Ipv4Network> = Vec::new();
-    for p in &s.peers {
+    for peer in &s.peers {
+        // Without a policy, and with the fuzz policy, IPv4 is enabled: every peer has it.
+        let p = peer
+            .v4
+            .expect("IPv4 is enabled: every peer has its IPv4 side");
         assert!(macs.insert(p.vtep_mac), "duplicate VtepMAC {}", p.vtep_mac);
         assert!(vteps.insert(p.vtep_ip), "duplicate VTEP {}", p.vtep_ip);
         assert!(p.vtep_mac.is_valid_vtep());
-        assert!(
-            !p.pod_cidr.overlaps(own),
-            "{} overlaps own {own}",
-            p.pod_cidr
-        );
+        if let Some(own) = own {
+            assert!(
+                !p.pod_cidr.overlaps(own),
+                "{} overlaps own {own}",
+                p.pod_cidr
+            );
+        }
         assert!(
             cidrs.iter().all(|c| !c.overlaps(p.pod_cidr)),
             "{} overlaps another peer",
@@ -577,9 +582,10 @@ fn check_promises(
             "a peer uses this node's VTEP"
         );
         let Some(pol) = policy else { continue };
+        let network = pol.network.expect("the fuzz policy enables IPv4");
         let c = p.pod_cidr;
         assert!(
-            pol.network.contains(c.network()) && c.prefix() >= pol.network.prefix(),
+            network.contains(c.network()) && c.prefix() >= network.prefix(),
             "{c} outside the Network"
         );
         assert!(!reserved_v4(c), "{c} reserved");
@@ -609,7 +615,7 @@ fn check_promises(
         );
         assert!(!pol.own_addresses.contains(&v.into()), "VTEP {v} is ours");
         assert!(
-            !pol.network.contains(v) || pol.underlay_subnets.iter().any(|u| u.contains(v.into())),
+            !network.contains(v) || pol.underlay_subnets.iter().any(|u| u.contains(v.into())),
             "VTEP {v} in the pod Network"
         );
         assert!(

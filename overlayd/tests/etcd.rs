@@ -2,7 +2,8 @@
 //! namespace: a 3-member cluster for the overlay, its leader killed and the whole cluster
 //! stopped for 30 s under iperf3 load; a kernel-vxlan node whose lease the test writes as
 //! flanneld writes it; leases lost and taken by others; renewal failures; TLS with client
-//! certificates and user/password authentication; 20 nodes racing for 15 subnets.
+//! certificates and user/password authentication; 20 nodes racing for 15 subnets; dual-stack
+//! leases (`EnableIPv6`) taken, reused, renewed and read back beside one flanneld wrote.
 //!
 //! Needs root (namespaces), `etcd`, `openssl`, `iperf3`; skipped without root, failed under CI.
 
@@ -1035,10 +1036,13 @@ fn etcd_tls_auth_renewal_and_race() {
             .unwrap();
         rt.block_on(async move {
             let alloc = fdb_sync::etcd::Allocation {
-                network: "10.5.0.0/20".parse().unwrap(),
-                subnet_len: 24,
-                subnet_min: "10.5.1.0".parse().unwrap(),
-                subnet_max: "10.5.15.0".parse().unwrap(),
+                v4: Some(fdb_sync::etcd::SubnetRange {
+                    network: "10.5.0.0/20".parse().unwrap(),
+                    subnet_len: 24,
+                    subnet_min: "10.5.1.0".parse().unwrap(),
+                    subnet_max: "10.5.15.0".parse().unwrap(),
+                }),
+                v6: None,
             };
             let mut racers = Vec::new();
             for r in 0..20u8 {
@@ -1046,12 +1050,13 @@ fn etcd_tls_auth_renewal_and_race() {
                 racers.push(tokio::spawn(async move {
                     let reg = fdb_sync::etcd::Registry::connect(&cfg).await.unwrap();
                     let me = fdb_sync::etcd::Me {
-                        public_ip: std::net::Ipv4Addr::new(198, 18, 1, r + 1),
+                        public_ip: Some(std::net::Ipv4Addr::new(198, 18, 1, r + 1)),
+                        public_ipv6: None,
                         vni: 1,
                     };
                     reg.acquire(&alloc, &me, None, Duration::from_secs(60))
                         .await
-                        .map(|l| l.subnet)
+                        .map(|l| l.subnets)
                         .map_err(|e| e.to_string())
                 }));
             }
@@ -1103,4 +1108,373 @@ fn etcd_tls_auth_renewal_and_race() {
         won.len(),
         lost.len()
     );
+}
+
+/// flanneld's dual-stack lease value as its vxlan backend writes it (newSubnetAttrs,
+/// json.Marshal of lease.LeaseAttrs): two devices, two MACs.
+const FLANNELD_DUAL_LEASE: &str = r#"{"PublicIP":"198.18.0.9","PublicIPv6":"fd00:198:18::9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1c:3d:00:11:22"},"BackendV6Data":{"VNI":1,"VtepMAC":"7a:4f:00:aa:bb:cc"}}"#;
+
+/// Lease level, `EnableIPv6`: six nodes take dual-stack leases at once beside one flanneld
+/// wrote; keys and values are flanneld's format, the IPv6 subnets distinct and inside
+/// IPv6Network; a restart reuses the lease (found by PublicIP, and from subnet.env's subnets
+/// when the key is gone); renewal keeps the IPv6 half; flanneld's lease is a peer with its
+/// IPv6 side; an IPv4-only config replaces a dual-stack lease as Flannel does; of nodes that
+/// race for one IPv6 subnet with different IPv4 subnets, exactly one keeps it; IPv6-only
+/// leases (`EnableIPv4: false`) as flanneld writes them, each node keeping its own.
+#[test]
+fn etcd_dual_stack_leases() {
+    use fdb_sync::etcd::{
+        Allocation, EtcdConfig, LeaseEntry, LeaseSubnets, Me, Registry, SubnetRange,
+    };
+    let Some(lab) = Lab::new("etcd_dual_stack_leases", 0, 0) else {
+        return;
+    };
+    let etcd = Etcd::start(&lab, 1, None);
+    let flanneld_key = "/ds/subnets/10.6.9.0-24&fd00:6:0:9::-64";
+    etcd.put(flanneld_key, FLANNELD_DUAL_LEASE);
+    let cfg = EtcdConfig {
+        endpoints: etcd.endpoints(),
+        prefix: "/ds".into(),
+        cafile: None,
+        certfile: None,
+        keyfile: None,
+        username: None,
+        password: None,
+    };
+    let v4 = SubnetRange {
+        network: "10.6.0.0/16".parse().unwrap(),
+        subnet_len: 24,
+        subnet_min: "10.6.1.0".parse().unwrap(),
+        subnet_max: "10.6.255.0".parse().unwrap(),
+    };
+    let v6 = SubnetRange {
+        network: "fd00:6::/48".parse().unwrap(),
+        subnet_len: 64,
+        subnet_min: "fd00:6:0:1::".parse().unwrap(),
+        subnet_max: "fd00:6:0:ffff::".parse().unwrap(),
+    };
+    let dual = Allocation {
+        v4: Some(v4),
+        v6: Some(v6),
+    };
+    let me = |r: u8| Me {
+        public_ip: Some(std::net::Ipv4Addr::new(198, 18, 1, r)),
+        public_ipv6: Some(format!("fd00:198:18::1:{r}").parse().unwrap()),
+        vni: 1,
+    };
+    let ttl = Duration::from_secs(60);
+    let started = Instant::now();
+    let (leases, report) = in_ns(&etcd.ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut racers = Vec::new();
+            for r in 1..=6u8 {
+                let cfg = cfg.clone();
+                racers.push(tokio::spawn(async move {
+                    let reg = Registry::connect(&cfg).await.unwrap();
+                    reg.acquire(&dual, &me(r), None, ttl).await.unwrap()
+                }));
+            }
+            let mut leases = Vec::new();
+            for r in racers {
+                leases.push(r.await.unwrap());
+            }
+            let reg = Registry::connect(&cfg).await.unwrap();
+            let mut report = Vec::new();
+            // A restart finds its lease by PublicIP and keeps both halves.
+            let again = reg.acquire(&dual, &me(1), None, ttl).await.unwrap();
+            report.push(format!("reuse {} -> {}", leases[0].subnets, again.subnets));
+            assert_eq!(again.subnets, leases[0].subnets);
+            // Renewal puts the same key and value on a new etcd lease.
+            let renewed = reg.renew(&again, ttl).await.unwrap().expect("still ours");
+            assert_eq!(
+                (renewed.subnets, &renewed.attrs),
+                (again.subnets, &again.attrs)
+            );
+            // Gone from etcd, a restart takes the subnets subnet.env names again.
+            reg.delete(&leases[1].subnets).await.unwrap();
+            let prev = reg
+                .acquire(&dual, &me(2), Some(leases[1].subnets), ttl)
+                .await
+                .unwrap();
+            assert_eq!(prev.subnets, leases[1].subnets);
+            // flanneld's lease, read back, is a peer with its IPv6 side.
+            let (all, _) = reg.list().await.unwrap();
+            let own_key = format!("/ds/subnets/{}", again.key());
+            let state = all
+                .state(
+                    &own_key,
+                    &LeaseEntry {
+                        subnets: again.subnets,
+                        attrs: again.attrs.clone(),
+                    },
+                )
+                .unwrap();
+            let mut policy = fdb_sync::model::PeerPolicy::new("10.6.0.0/16".parse().unwrap());
+            policy.network_v6 = Some("fd00:6::/48".parse().unwrap());
+            let state = state.validated(&policy).unwrap();
+            assert_eq!(state.peers.len(), 6, "{:?}", state.skipped);
+            let f = state
+                .peers
+                .iter()
+                .find(|p| p.name == "10.6.9.0-24&fd00:6:0:9::-64")
+                .expect("flanneld's lease is a peer");
+            let f6 = f.v6.expect("with its IPv6 side");
+            assert_eq!(
+                (
+                    f6.pod_cidr.to_string(),
+                    f6.vtep_ip.to_string(),
+                    f6.vtep_mac.to_string()
+                ),
+                (
+                    "fd00:6:0:9::/64".to_string(),
+                    "fd00:198:18::9".to_string(),
+                    "7a:4f:00:aa:bb:cc".to_string()
+                )
+            );
+            assert!(state.peers.iter().all(|p| p.v6.is_some()));
+            // An IPv4-only config: the dual-stack lease found by PublicIP does not fit
+            // (isIPv6SubnetConfigCompat) and is deleted; a new IPv4-only lease is taken.
+            let v4_only = Allocation {
+                v4: Some(v4),
+                v6: None,
+            };
+            let me3 = Me {
+                public_ipv6: None,
+                ..me(3)
+            };
+            let l4 = reg.acquire(&v4_only, &me3, None, ttl).await.unwrap();
+            assert_eq!(l4.subnets.v6, None);
+            report.push(format!(
+                "ipv4-only config: {} -> {}",
+                leases[2].subnets, l4.subnets
+            ));
+            let (after, _) = reg.list().await.unwrap();
+            assert_eq!(after.len(), 7, "one lease per node and flanneld's");
+            // One IPv6 subnet for five nodes with IPv4 subnets to spare: the create-if-absent
+            // transaction guards the whole key only (`<v4>&<v6>` differs), so the later of
+            // two nodes with the same IPv6 subnet must give way. Exactly one may keep it.
+            let one = Allocation {
+                v4: Some(v4),
+                v6: Some(SubnetRange {
+                    subnet_max: v6.subnet_min,
+                    ..v6
+                }),
+            };
+            let single = EtcdConfig {
+                prefix: "/ds1".into(),
+                ..cfg.clone()
+            };
+            let mut racers = Vec::new();
+            for r in 11..=15u8 {
+                let single = single.clone();
+                racers.push(tokio::spawn(async move {
+                    let reg = Registry::connect(&single).await.unwrap();
+                    reg.acquire(&one, &me(r), None, ttl).await
+                }));
+            }
+            let mut won = Vec::new();
+            for r in racers {
+                match r.await.unwrap() {
+                    Ok(l) => won.push(l.subnets),
+                    Err(e) => assert!(
+                        e.to_string()
+                            .contains("no free subnet left in fd00:6:0:1::"),
+                        "{e}"
+                    ),
+                }
+            }
+            assert_eq!(won.len(), 1, "one IPv6 subnet held twice: {won:?}");
+            let held = Registry::connect(&single)
+                .await
+                .unwrap()
+                .list()
+                .await
+                .unwrap()
+                .0;
+            assert_eq!(held.len(), 1, "given-up keys left in etcd");
+            report.push(format!("one IPv6 subnet, five nodes: {} won", won[0]));
+            // IPv6-only (EnableIPv4 false), as flanneld writes it: key 0.0.0.0-0&<v6>-<len>,
+            // PublicIP 0.0.0.0, no BackendData. Every such lease says PublicIP 0.0.0.0, so
+            // the own lease is found by PublicIPv6 (Flannel's findLeaseByIP would hand the
+            // first node's lease to every later one).
+            let v6_only = Allocation {
+                v4: None,
+                v6: Some(v6),
+            };
+            let v6cfg = EtcdConfig {
+                prefix: "/v6o".into(),
+                ..cfg.clone()
+            };
+            let v6me = |r: u8| Me {
+                public_ip: None,
+                ..me(r)
+            };
+            let reg6 = Registry::connect(&v6cfg).await.unwrap();
+            let mut held = Vec::new();
+            for r in 21..=23u8 {
+                let l = reg6.acquire(&v6_only, &v6me(r), None, ttl).await.unwrap();
+                assert_eq!(l.subnets.v4, None);
+                assert!(l.key().starts_with("0.0.0.0-0&fd00:6:"), "{}", l.key());
+                assert_eq!(l.attrs.backend_data, None, "no IPv4 VTEP without IPv4");
+                assert_eq!(l.attrs.public_ip, "0.0.0.0");
+                held.push(l.subnets);
+            }
+            let mut distinct = held.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 3, "{held:?}");
+            let again = reg6.acquire(&v6_only, &v6me(22), None, ttl).await.unwrap();
+            assert_eq!(again.subnets, held[1], "reuse by PublicIPv6");
+            assert_eq!(reg6.list().await.unwrap().0.len(), 3);
+            report.push(format!("ipv6-only leases: {held:?}"));
+            (leases, report)
+        })
+    });
+    eprintln!("{}", report.join("\n"));
+    // Keys and values, as etcd holds them.
+    let kvs = etcd.block(|mut c| async move {
+        c.get("/ds/subnets/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap()
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8(kv.key().to_vec()).unwrap(),
+                    String::from_utf8(kv.value().to_vec()).unwrap(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    });
+    let mut v6s = Vec::new();
+    for (r, l) in (1..=6u8).zip(&leases) {
+        let (Some(sn4), Some(sn6)) = (l.subnets.v4, l.subnets.v6) else {
+            panic!("lease {r} lacks a family: {}", l.subnets);
+        };
+        assert!(
+            v6.compatible(sn6.into()) && v4.compatible(sn4.into()),
+            "{}",
+            l.subnets
+        );
+        assert_ne!(
+            sn6.to_string(),
+            "fd00:6:0:9::/64",
+            "flanneld's subnet taken"
+        );
+        v6s.push(sn6);
+        if r == 3 {
+            continue; // replaced by the IPv4-only lease
+        }
+        let key = format!("/ds/subnets/{}-24&{}-64", sn4.network(), sn6.network());
+        let o = sn4.network().octets();
+        let mac = format!("0a:58:{:02x}:{:02x}:{:02x}:00", o[0], o[1], o[2]);
+        // Byte for byte what flanneld writes (the format of FLANNELD_DUAL_LEASE), with the
+        // one MAC of overlayd's one device in both halves.
+        let want = format!(
+            r#"{{"PublicIP":"198.18.1.{r}","PublicIPv6":"fd00:198:18::1:{r}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        );
+        assert_eq!(kvs.get(&key), Some(&want), "{key} in {kvs:#?}");
+        assert_eq!(
+            LeaseSubnets {
+                v4: Some(sn4),
+                v6: Some(sn6)
+            }
+            .key(),
+            key.trim_start_matches("/ds/subnets/")
+        );
+    }
+    v6s.sort();
+    v6s.dedup();
+    assert_eq!(v6s.len(), 6, "IPv6 subnets shared: {leases:?}");
+    assert_eq!(
+        kvs.get(flanneld_key).map(String::as_str),
+        Some(FLANNELD_DUAL_LEASE)
+    );
+    assert!(
+        kvs.keys().filter(|k| !k.contains('&')).count() == 1,
+        "exactly the IPv4-only lease lacks '&': {kvs:#?}"
+    );
+    eprintln!("dual-stack leases: {:?}", started.elapsed());
+}
+
+/// The global IPv6 address of pod `j` of node `i`, as its namespace shows it.
+fn pod_addr6(lab: &Lab, i: usize, j: usize) -> String {
+    let out = sh_ok(&[
+        "ip",
+        "-n",
+        &lab.pod(i, j),
+        "-6",
+        "-o",
+        "addr",
+        "show",
+        "dev",
+        "eth0",
+        "scope",
+        "global",
+    ]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv6 address in {out}"))
+        .to_string()
+}
+
+/// Two overlayd daemons in etcd mode with `EnableIPv6` on a dual-stack underlay: each takes
+/// a dual-stack lease with its IPv6 underlay address as PublicIPv6, writes both halves to
+/// subnet.env, and their pods reach each other over IPv6 and IPv4.
+#[test]
+fn etcd_dual_stack_daemons() {
+    let Some(mut lab) = Lab::new_with_env("etcd_dual_stack_daemons", 2, 1, &[("DUALSTACK", "1")])
+    else {
+        return;
+    };
+    let etcd = Etcd::start(&lab, 1, None);
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    let args = etcd_args(&etcd);
+    for i in 1..=2 {
+        start_etcd_node(&mut lab, i, &args);
+    }
+    let leases = etcd.leases();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for i in 1..=2 {
+        let env = common::read(&lab.subnet_file(i));
+        let v6 = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+            .unwrap_or_else(|| panic!("no FLANNEL_IPV6_SUBNET in {env}"));
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"),
+            "{env}"
+        );
+        // fd00:10:244:X::1/64 -> key part fd00:10:244:X::-64
+        let net6 = v6.replace("::1/", "::-");
+        let key = format!("{}&{net6}", key_of(&subnet_of(&lab, i)));
+        let (_, v) = leases
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no lease {key} for node {i}: {leases:?}"));
+        assert_eq!(v["PublicIP"], format!("198.18.0.{i}"));
+        assert_eq!(v["PublicIPv6"], format!("fd00:18::{i}"));
+        assert_eq!(v["BackendV6Data"]["VtepMAC"], v["BackendData"]["VtepMAC"]);
+        assert_eq!(v["BackendV6Data"]["VNI"], 1);
+    }
+    lab.wire(1);
+    lab.wire(2);
+    for (a, b) in [(1, 2), (2, 1)] {
+        for to in [pod_addr6(&lab, b, 1), pod_addr(&lab, b, 1)] {
+            assert!(
+                lab.ping_within(&lab.pod(a, 1), &to, Duration::from_secs(5)),
+                "pod of node {a} cannot reach {to} (node {b}):\n{}",
+                lab.log(a)
+            );
+        }
+    }
 }

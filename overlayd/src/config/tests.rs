@@ -321,3 +321,133 @@ fn ipv6_allocation_keys_are_etcd_only_when_ipv6_is_on() {
         c.warnings
     );
 }
+
+#[test]
+fn ipv6_subnet_len_min_max_as_flannel_checks_them() {
+    // Defaults: /64 for networks up to /62, else prefix + 2; the first and last subnet skipped.
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",
+            "Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(
+        c.subnet_allocation_v6().unwrap(),
+        Some(SubnetAllocationV6 {
+            subnet_len: 64,
+            subnet_min: "fd00:10:244:1::".parse().unwrap(),
+            subnet_max: "fd00:10:244:ff::".parse().unwrap(),
+        })
+    );
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/120",
+            "Backend":{"Type":"vxlan"}}"#,
+    );
+    let a = c.subnet_allocation_v6().unwrap().unwrap();
+    assert_eq!(
+        (
+            a.subnet_len,
+            a.subnet_min.to_string(),
+            a.subnet_max.to_string()
+        ),
+        (122, "fd00::40".into(), "fd00::c0".into())
+    );
+    // A /0 network: Flannel's big integers do not wrap, the last subnet is 2^128 - size.
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"::/0",
+            "Backend":{"Type":"vxlan"}}"#,
+    );
+    let a = c.subnet_allocation_v6().unwrap().unwrap();
+    assert_eq!(
+        (
+            a.subnet_len,
+            a.subnet_min.to_string(),
+            a.subnet_max.to_string()
+        ),
+        (64, "0:0:0:1::".into(), "ffff:ffff:ffff:ffff::".into())
+    );
+    // Given values are kept; `::` and null are unset, as Flannel's ip.IsEmpty.
+    let c = parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48",
+            "IPv6SubnetLen":80,"IPv6SubnetMin":"fd00:10:244:7::","IPv6SubnetMax":"::",
+            "Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(c.ipv6_subnet_max, None);
+    let a = c.subnet_allocation_v6().unwrap().unwrap();
+    assert_eq!(
+        (
+            a.subnet_len,
+            a.subnet_min.to_string(),
+            a.subnet_max.to_string()
+        ),
+        (
+            80,
+            "fd00:10:244:7::".into(),
+            "fd00:10:244:ffff:ffff::".into()
+        )
+    );
+    assert!(
+        c.warnings[0].contains("etcd subnet manager only (valid: /80"),
+        "{:?}",
+        c.warnings
+    );
+    // Without EnableIPv6 nothing of it is read.
+    let c = parse(r#"{"Network":"10.244.0.0/16","IPv6SubnetLen":80,"Backend":{"Type":"vxlan"}}"#);
+    assert_eq!((c.ipv6_subnet_len, c.subnet_allocation_v6()), (0, Ok(None)));
+
+    let bad = [
+        (
+            r#""IPv6SubnetLen":127"#,
+            "/56",
+            "IPv6SubnetLen: must be less than /127",
+        ),
+        (r#""IPv6SubnetLen":57"#, "/56", "fewer than four subnets"),
+        ("", "/125", "IPv6Network: fd00:10:244::/125 is too small"),
+        (
+            r#""IPv6SubnetMin":"fd00:10:245::""#,
+            "/56",
+            "IPv6SubnetMin: fd00:10:245:: is not in the range",
+        ),
+        (
+            r#""IPv6SubnetMax":"fd00::""#,
+            "/56",
+            "IPv6SubnetMax: fd00:: is not in the range",
+        ),
+        (
+            r#""IPv6SubnetMin":"fd00:10:244:1::1""#,
+            "/56",
+            "IPv6SubnetMin: fd00:10:244:1::1 is not on a IPv6SubnetLen (/64) boundary",
+        ),
+    ];
+    for (extra, plen, want) in bad {
+        let sep = if extra.is_empty() { "" } else { "," };
+        let text = format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::{plen}"{sep}{extra},"Backend":{{"Type":"vxlan"}}}}"#
+        );
+        let c = parse(&text);
+        let e = c.subnet_allocation_v6().unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+        if !extra.is_empty() {
+            assert!(
+                c.warnings.iter().any(|w| w.contains(want)),
+                "{text}: {:?}",
+                c.warnings
+            );
+        }
+    }
+}
+
+#[test]
+fn enable_ipv4_false_is_refused_with_its_reason() {
+    let e = err(r#"{"EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#);
+    assert!(
+        e.contains("EnableIPv4: false while EnableIPv6 is false too")
+            && e.contains("none defined stack"),
+        "{e}"
+    );
+    let e = err(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert!(
+        e.contains("EnableIPv4: false (IPv6-only) is not supported by overlayd yet"),
+        "{e}"
+    );
+}

@@ -27,9 +27,11 @@ use crate::sys::netlink::{KernelEvent, Netlink, RouteTo};
 /// that reaches it.
 pub type DirectPeers = HashMap<IpAddr, u32>;
 
-/// A peer's VTEP addresses: IPv4, and IPv6 when it is dual-stack.
+/// A peer's VTEP addresses: one per family it has.
 fn vteps(p: &Peer) -> impl Iterator<Item = IpAddr> + '_ {
-    std::iter::once(IpAddr::V4(p.vtep_ip)).chain(p.v6.map(|v| IpAddr::V6(v.vtep_ip)))
+    p.v4.map(|v| IpAddr::V4(v.vtep_ip))
+        .into_iter()
+        .chain(p.v6.map(|v| IpAddr::V6(v.vtep_ip)))
 }
 
 /// The interface that reaches a peer directly, from the kernel's route lookup for its public
@@ -137,11 +139,13 @@ impl DirectRouting {
         }
         let cur = fdb.load();
         let agrees = peers.iter().all(|p| {
-            cur.lookup(&p.vtep_mac.0).is_some() != self.direct.contains_key(&IpAddr::V4(p.vtep_ip))
-                && p.v6.is_none_or(|v| {
-                    cur.lookup_v6(&v.vtep_mac.0).is_some()
-                        != self.direct.contains_key(&IpAddr::V6(v.vtep_ip))
-                })
+            p.v4.is_none_or(|v| {
+                cur.lookup(&v.vtep_mac.0).is_some()
+                    != self.direct.contains_key(&IpAddr::V4(v.vtep_ip))
+            }) && p.v6.is_none_or(|v| {
+                cur.lookup_v6(&v.vtep_mac.0).is_some()
+                    != self.direct.contains_key(&IpAddr::V6(v.vtep_ip))
+            })
         });
         if agrees {
             return;

@@ -407,6 +407,17 @@ pub(crate) fn adapt_v6(
     Ok(ios)
 }
 
+/// This node's IPv4 podCIDR. The daemon runs with `EnableIPv4` (net-conf refuses IPv6-only),
+/// and its policy refuses an own node without one, so every state it uses has it.
+fn own_v4(state: &fdb_sync::ClusterState) -> Result<ipnetwork::Ipv4Network> {
+    state.own_pod_cidr().with_context(|| {
+        format!(
+            "node {} has no IPv4 podCIDR: give it one (EnableIPv4 is on; IPv6-only is not supported yet)",
+            state.own.name
+        )
+    })
+}
+
 /// Sets up the dataplane for `state`: takes the queues `handed` over by a running overlayd,
 /// or adopts the device a previous overlayd left, or creates it; then starts the workers.
 /// Peers' counters carry over from `previous` (a rebuild).
@@ -420,7 +431,7 @@ async fn start_dataplane(
     previous: Option<&Fdb>,
     handed: Option<Vec<QueueIo>>,
 ) -> Result<(Dataplane, Origin)> {
-    let own_cidr = state.own_pod_cidr();
+    let own_cidr = own_v4(state)?;
     let own_mac = state.own_vtep_mac();
     let mtu = netconf.inner_mtu(underlay.mtu);
     let existing = nl.link_by_name(&opts.device).await?;
@@ -725,6 +736,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 reg,
                 alloc,
                 underlay.ip,
+                underlay.ip6,
                 netconf.vni,
                 fdb_sync::etcd::Timing {
                     ttl: *lease_ttl,
@@ -733,7 +745,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                 &opts.subnet_file,
                 health.clone(),
                 tx,
-            );
+            )?;
             rx
         }
         _ => spawn_source(&source, &opts.node_name, announce_rx).await?,
@@ -744,7 +756,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         return Ok(());
     };
     health.own_node_known.store(true, Ordering::Relaxed);
-    let mut own_cidr = state.own_pod_cidr();
+    let mut own_cidr = own_v4(&state)?;
     let mut own_mac = state.own_vtep_mac();
     // EnableIPv6 makes an IPv6 podCIDR mandatory for this node (the policy checks it).
     let mut own_v6 = own_v6_of(&state, &netconf);
@@ -1000,7 +1012,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     // one. The device gets the new address and VtepMAC (workers restarted
                     // with them), the old address goes, the peer that now holds the old
                     // subnet gets its route like any peer, and subnet.env says the new one.
-                    let new_cidr = new.own_pod_cidr();
+                    let new_cidr = own_v4(&new)?;
                     warn!(old = %own_cidr, new = %new_cidr, "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
                     let queues = dp.workers.take_ios();
                     let previous = dp.fdb.load_full();

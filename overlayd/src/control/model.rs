@@ -12,26 +12,28 @@ pub fn mac(m: fdb_sync::MacAddr) -> MacAddr {
     MacAddr(m.0)
 }
 
-/// One model peer as the FDB's.
+/// One model peer as the FDB's. The FDB's peers have an IPv4 side (the daemon runs with
+/// `EnableIPv4`, so every model peer has one); a peer without it is `None`.
 #[must_use]
-pub fn peer(p: &fdb_sync::Peer) -> Peer {
-    Peer {
+pub fn peer(p: &fdb_sync::Peer) -> Option<Peer> {
+    let v4 = p.v4?;
+    Some(Peer {
         name: p.name.clone(),
-        pod_cidr: p.pod_cidr,
-        vtep_ip: p.vtep_ip,
-        vtep_mac: mac(p.vtep_mac),
+        pod_cidr: v4.pod_cidr,
+        vtep_ip: v4.vtep_ip,
+        vtep_mac: mac(v4.vtep_mac),
         v6: p.v6.map(|v6| PeerV6 {
             pod_cidr: v6.pod_cidr,
             vtep_ip: v6.vtep_ip,
             vtep_mac: mac(v6.vtep_mac),
         }),
-    }
+    })
 }
 
 /// The model's peer set as the FDB's, in the same order.
 #[must_use]
 pub fn peers(ps: &[fdb_sync::Peer]) -> Vec<Peer> {
-    ps.iter().map(peer).collect()
+    ps.iter().filter_map(peer).collect()
 }
 
 #[cfg(test)]
@@ -43,9 +45,11 @@ mod tests {
         let model = [
             fdb_sync::Peer {
                 name: "b".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.2".parse().unwrap(),
-                vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+                v4: Some(fdb_sync::PeerV4 {
+                    pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.2".parse().unwrap(),
+                    vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+                }),
                 v6: Some(fdb_sync::PeerV6 {
                     pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
                     vtep_ip: "fd00:18::2".parse().unwrap(),
@@ -54,20 +58,23 @@ mod tests {
             },
             fdb_sync::Peer {
                 name: "a".into(),
-                pod_cidr: "10.244.1.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.1".parse().unwrap(),
-                vtep_mac: fdb_sync::derive_vtep_mac("10.244.1.0/24".parse().unwrap()),
+                v4: Some(fdb_sync::PeerV4 {
+                    pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.1".parse().unwrap(),
+                    vtep_mac: fdb_sync::derive_vtep_mac("10.244.1.0/24".parse().unwrap()),
+                }),
                 v6: None,
             },
         ];
         let ours = peers(&model);
         assert_eq!(ours.len(), 2);
         for (m, o) in model.iter().zip(&ours) {
+            let m4 = m.v4.unwrap();
             assert_eq!(
-                (&m.name, m.pod_cidr, m.vtep_ip),
+                (&m.name, m4.pod_cidr, m4.vtep_ip),
                 (&o.name, o.pod_cidr, o.vtep_ip)
             );
-            assert_eq!(m.vtep_mac.to_string(), o.vtep_mac.to_string());
+            assert_eq!(m4.vtep_mac.to_string(), o.vtep_mac.to_string());
         }
         assert_eq!(ours[1].vtep_mac, MacAddr([0x0a, 0x58, 10, 244, 1, 0]));
         let v6 = ours[0].v6.unwrap();

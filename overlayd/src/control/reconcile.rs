@@ -111,8 +111,9 @@ fn desired(
     peers: &[Peer],
     direct: &DirectPeers,
 ) -> (Vec<PeerRoute>, Vec<PeerNeighbour>, Vec<DirectRoute>) {
-    let direct_routes = peers
-        .iter()
+    // The IPv4 sides; a peer without one (IPv6-only) has no IPv4 entry.
+    let v4 = || peers.iter().filter_map(|p| p.v4);
+    let direct_routes = v4()
         .filter_map(|p| {
             direct.get(&IpAddr::V4(p.vtep_ip)).map(|&oif| DirectRoute {
                 dst: p.pod_cidr,
@@ -121,11 +122,7 @@ fn desired(
             })
         })
         .collect();
-    let vxlan = || {
-        peers
-            .iter()
-            .filter(|p| !direct.contains_key(&IpAddr::V4(p.vtep_ip)))
-    };
+    let vxlan = || v4().filter(|p| !direct.contains_key(&IpAddr::V4(p.vtep_ip)));
     let routes = vxlan()
         .map(|p| PeerRoute {
             dst: p.pod_cidr,
@@ -385,9 +382,11 @@ mod tests {
     fn desired_entries_are_flannels_onlink_route_and_permanent_neighbour() {
         let p = Peer {
             name: "b".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: "198.18.0.2".parse().unwrap(),
-            vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            v4: Some(fdb_sync::PeerV4 {
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            }),
             v6: None,
         };
         let (r, n, d) = desired(std::slice::from_ref(&p), &DirectPeers::new());
@@ -398,7 +397,7 @@ mod tests {
         assert_eq!(c.to_string(), "add route 10.244.2.0/24 via 10.244.2.0");
 
         // The same peer reached directly: a plain route via its node address, no neighbour.
-        let direct: DirectPeers = [(IpAddr::V4(p.vtep_ip), 7)].into();
+        let direct: DirectPeers = [(IpAddr::V4(p.v4.unwrap().vtep_ip), 7)].into();
         let (r, n, d) = desired(&[p], &direct);
         assert!(r.is_empty() && n.is_empty(), "{r:?} {n:?}");
         assert_eq!(d[0].gateway.to_string(), "198.18.0.2");
@@ -417,9 +416,11 @@ mod tests {
         };
         let peer = |n: u8, dual: bool| Peer {
             name: format!("n{n}"),
-            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-            vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
-            vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            v4: Some(fdb_sync::PeerV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
+                vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            }),
             v6: dual.then(|| v6(n)),
         };
         let peers = [peer(2, true), peer(3, false), peer(4, true)];
@@ -491,9 +492,11 @@ mod tests {
     fn ipv6_direct_routing_is_decided_per_family() {
         let p = Peer {
             name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: "198.19.0.2".parse().unwrap(),
-            vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            v4: Some(fdb_sync::PeerV4 {
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.19.0.2".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            }),
             v6: Some(fdb_sync::PeerV6 {
                 pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
                 vtep_ip: "fd00:18::2".parse().unwrap(),

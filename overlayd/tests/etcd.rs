@@ -387,6 +387,9 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         for k in 0..self.members.len() {
             self.kill(k);
+            // The data directories (100-300 MB each) go even when a failed test keeps the
+            // lab's directory for its logs; the members' logs stay.
+            let _ = std::fs::remove_dir_all(self.dir.join(format!("m{k}.data")));
         }
     }
 }

@@ -1183,7 +1183,13 @@ mod tests {
         // nf_tables IPv6 would refuse all of it), and the IPv4 table is as with IPv6 on.
         let only4 = nft_script(&rules(), true, false);
         assert!(!only4.contains("ip6"), "{only4}");
-        assert_eq!(only4, s4.replace("table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n", ""));
+        assert_eq!(
+            only4,
+            s4.replace(
+                "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n",
+                ""
+            )
+        );
         assert!(only4.contains("masquerade fully-random"), "{only4}");
     }
 

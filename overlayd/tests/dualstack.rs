@@ -208,8 +208,20 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
         &lab,
         1,
         &[
-            "-6", "route", "replace", "fd00:10:244:2::/64", "via", "fd00:10:244:2::", "dev", DEV,
-            "onlink", "proto", "77", "mtu", "lock", "1430",
+            "-6",
+            "route",
+            "replace",
+            "fd00:10:244:2::/64",
+            "via",
+            "fd00:10:244:2::",
+            "dev",
+            DEV,
+            "onlink",
+            "proto",
+            "77",
+            "mtu",
+            "lock",
+            "1430",
         ],
     );
     let route2 = |lab: &Lab| {

@@ -582,7 +582,25 @@ pub struct Manager {
     ip6tables: Option<Iptables>,
     /// What a check reads when nothing changed since we applied (see the module doc).
     applied: Option<String>,
-    random_fully: bool,
+    /// Per family (`Family as usize`): whether its masquerade is `--random-fully`.
+    random_fully: [bool; 2],
+}
+
+/// Whether masquerading gets `--random-fully` / `fully-random`: asked for, and supported by
+/// the tool in use: nft (`nft_ok`, one probe for both families), or the iptables tool of
+/// the family, decided per family as Flannel does (iptables.go masqRules / masqIP6Rules
+/// each ask their own tool's HasRandomFully): an old ip6tables does not take it from IPv4.
+fn random_fully_of(
+    wanted: bool,
+    backend: Backend,
+    nft_ok: bool,
+    family_tool: Option<&Iptables>,
+) -> bool {
+    wanted
+        && match backend {
+            Backend::Nftables => nft_ok,
+            Backend::Iptables => family_tool.is_some_and(|i| i.random_fully),
+        }
 }
 
 impl Manager {
@@ -624,19 +642,24 @@ impl Manager {
                 "the netfilter tool EnableNFTables selects is not installed; using the other one"
             );
         }
-        let random_fully = rules.random_fully
-            && match backend {
-                Backend::Nftables => nft.as_deref().is_some_and(nft_random_fully),
-                Backend::Iptables => {
-                    iptables.as_ref().is_some_and(|i| i.random_fully)
-                        && (rules.v6.is_none()
-                            || ip6tables.as_ref().is_some_and(|i| i.random_fully))
-                }
-            };
-        if rules.masquerade && rules.random_fully && !random_fully {
-            tracing::warn!(
-                "MASQUERADE --random-fully is not supported here; masquerading without it"
-            );
+        let nft_ok = backend == Backend::Nftables && nft.as_deref().is_some_and(nft_random_fully);
+        let random_fully = [
+            random_fully_of(rules.random_fully, backend, nft_ok, iptables.as_ref()),
+            random_fully_of(rules.random_fully, backend, nft_ok, ip6tables.as_ref()),
+        ];
+        for family in Family::ALL {
+            let on = family == Family::V4 || rules.v6.is_some();
+            if on && rules.masquerade && rules.random_fully && !random_fully[family as usize] {
+                tracing::warn!(
+                    tool = if backend == Backend::Nftables {
+                        "nft"
+                    } else {
+                        family.iptables()
+                    },
+                    "MASQUERADE --random-fully is not supported here; masquerading {} without it",
+                    if family == Family::V4 { "IPv4" } else { "IPv6" }
+                );
+            }
         }
         Ok(Manager {
             rules,
@@ -703,7 +726,7 @@ impl Manager {
                 run(
                     nft,
                     &["-f", "-"],
-                    Some(&nft_script(&self.rules, self.random_fully, stale_v6)),
+                    Some(&nft_script(&self.rules, self.random_fully[0], stale_v6)),
                 )?;
                 // An nftables accept does not overrule iptables' FORWARD policy DROP: the
                 // FORWARD accept goes there too (module doc), per family.
@@ -720,7 +743,11 @@ impl Manager {
                     let Some(ipt) = self.iptables_of(family) else {
                         continue;
                     };
-                    let masq = iptables_masq_rules(&self.rules, family, self.random_fully);
+                    let masq = iptables_masq_rules(
+                        &self.rules,
+                        family,
+                        self.random_fully[family as usize],
+                    );
                     let fwd = iptables_fwd_rules(&self.rules, family);
                     ipt.apply(
                         (self.rules.masquerade && !masq.is_empty()).then_some(&masq[..]),
@@ -913,7 +940,8 @@ pub fn start(
     tracing::info!(
         backend = %m.backend_name(),
         masquerade = rules.masquerade,
-        random_fully = m.random_fully,
+        random_fully = m.random_fully[0],
+        random_fully_v6 = m.rules.v6.is_some() && m.random_fully[1],
         forward = rules.forward,
         network = %rules.network,
         pod_cidr = %rules.pod_cidr,
@@ -1219,6 +1247,45 @@ mod tests {
                 "-d 10.244.0.0/16 -m comment --comment \"overlayd forward\" -j ACCEPT",
             ]
         );
+    }
+
+    /// --random-fully per family, as Flannel: an ip6tables without it (older than 1.6.2)
+    /// costs only IPv6 masquerading the flag, and the IPv4 rules keep it.
+    #[test]
+    fn random_fully_is_decided_per_family() {
+        let tool = |random_fully| Iptables {
+            save: "iptables-save".into(),
+            restore: "iptables-restore".into(),
+            variant: "nf_tables".into(),
+            random_fully,
+        };
+        let (new, old) = (tool(true), tool(false));
+        let ipt = Backend::Iptables;
+        assert!(random_fully_of(true, ipt, false, Some(&new)));
+        assert!(!random_fully_of(true, ipt, false, Some(&old)));
+        assert!(!random_fully_of(true, ipt, false, None));
+        assert!(!random_fully_of(false, ipt, true, Some(&new)), "disabled");
+        // nftables: the nft probe decides, for both families.
+        assert!(random_fully_of(true, Backend::Nftables, true, None));
+        assert!(!random_fully_of(true, Backend::Nftables, false, Some(&new)));
+        // What each family's rules then say.
+        let v4 = iptables_masq_rules(
+            &dual(),
+            Family::V4,
+            random_fully_of(true, ipt, false, Some(&new)),
+        );
+        let v6 = iptables_masq_rules(
+            &dual(),
+            Family::V6,
+            random_fully_of(true, ipt, false, Some(&old)),
+        );
+        assert!(
+            v4.iter()
+                .any(|r| r.ends_with("-j MASQUERADE --random-fully")),
+            "{v4:?}"
+        );
+        assert!(v6.iter().any(|r| r.ends_with("-j MASQUERADE")), "{v6:?}");
+        assert!(!v6.iter().any(|r| r.contains("random-fully")), "{v6:?}");
     }
 
     #[test]

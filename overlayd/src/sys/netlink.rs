@@ -42,6 +42,12 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// Whether a delete failed only because the entry (or its link) is already gone (ENOENT,
+/// ESRCH, ENODEV): every delete here takes that as done.
+fn already_gone(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV))
+}
+
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -807,9 +813,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r => r.map_err(req(format!("delete neighbour {ip} on link #{index}"))),
         }
     }
@@ -837,9 +841,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!(
                 "delete route {} via {} dev #{index}",
                 r.dst, r.gateway
@@ -896,9 +898,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!("delete route {} via {}", r.dst, r.gateway))),
         }
     }
@@ -938,9 +938,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!(
                 "delete direct route {} via {} dev #{}",
                 r.dst, r.gateway, r.oif
@@ -1053,9 +1051,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!(
                 "delete direct route {} via {} dev #{}",
                 r.dst, r.gateway, r.oif
@@ -1187,7 +1183,7 @@ impl Netlink {
         let n = ours.len();
         for m in ours {
             match self.handle.route().del(m).execute().await {
-                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {}
+                Err(e) if already_gone(&e) => {}
                 r => r.map_err(req("delete route (protocol 77)"))?,
             }
         }
@@ -1288,6 +1284,22 @@ pub fn subscribe() -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A delete that finds nothing (ENOENT, ESRCH, or ENODEV for a gone link) is done; any
+    /// other NACK (EPERM here) or a non-NACK error is a failure.
+    #[test]
+    fn already_gone_is_enoent_esrch_or_enodev_only() {
+        let nack = |errno: i32| {
+            let mut m = rtnetlink::packet_core::ErrorMessage::default();
+            m.code = std::num::NonZeroI32::new(-errno);
+            rtnetlink::Error::NetlinkError(m)
+        };
+        for e in [libc::ENOENT, libc::ESRCH, libc::ENODEV] {
+            assert!(already_gone(&nack(e)), "errno {e}");
+        }
+        assert!(!already_gone(&nack(libc::EPERM)));
+        assert!(!already_gone(&rtnetlink::Error::RequestFailed));
+    }
 
     #[test]
     fn one_parser_reads_our_routes_of_both_families_and_skips_others() {

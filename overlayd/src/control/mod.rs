@@ -329,10 +329,7 @@ pub fn open_queue(
             false
         }
     };
-    #[allow(clippy::cast_possible_truncation)]
-    let seed = u32::from(ip)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(id as u32 * 4099);
+    let seed = source_port_seed(ip.into(), id);
     let tx_pool = udp::bind_source_pool(ip, 16, seed)
         .with_context(|| format!("cannot bind source ports on {ip}"))?;
     let mut io = QueueIo {
@@ -347,6 +344,21 @@ pub fn open_queue(
         open_v6(&mut io, id, ip6, port)?;
     }
     Ok(io)
+}
+
+/// Where queue `queue`'s send sockets on `ip` start looking for source ports: spread by the
+/// address's last 32 bits (so nodes differ) and by queue (so queues do not collide).
+#[allow(clippy::cast_possible_truncation)]
+fn source_port_seed(ip: std::net::IpAddr, queue: usize) -> u32 {
+    let low = match ip {
+        std::net::IpAddr::V4(a) => u32::from(a),
+        std::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        }
+    };
+    low.wrapping_mul(2_654_435_761)
+        .wrapping_add(queue as u32 * 4099)
 }
 
 /// Gives queue `id` its IPv6 receive socket (`[::]:port`, IPv6-only, SO_REUSEPORT, UDP_GRO as
@@ -370,11 +382,7 @@ fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> R
         }
         io.rx6 = Some(rx6);
     }
-    let o = ip6.octets();
-    #[allow(clippy::cast_possible_truncation)]
-    let seed = u32::from_be_bytes([o[12], o[13], o[14], o[15]])
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(id as u32 * 4099);
+    let seed = source_port_seed(ip6.into(), id);
     io.tx_pool6 = udp::bind_source_pool(ip6, 16, seed)
         .with_context(|| format!("cannot bind IPv6 source ports on {ip6}"))?;
     Ok(())
@@ -1381,6 +1389,24 @@ mod tests {
             let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
             assert!(why.contains("multi_queue"), "{why}");
         }
+    }
+
+    /// Both families' send pools seed from the address's last 32 bits and the queue, as
+    /// before they shared this function: an IPv6 address ending in the IPv4 one's bits seeds
+    /// the same, and queues of one address differ by 4099.
+    #[test]
+    fn source_port_seed_is_one_formula_for_both_families() {
+        let v4: std::net::IpAddr = "198.18.0.2".parse().unwrap();
+        let v6: std::net::IpAddr = "fd00:18::c612:2".parse().unwrap();
+        assert_eq!(
+            source_port_seed(v4, 0),
+            0xc612_0002_u32.wrapping_mul(2_654_435_761)
+        );
+        assert_eq!(source_port_seed(v6, 3), source_port_seed(v4, 3));
+        assert_eq!(
+            source_port_seed(v4, 1).wrapping_sub(source_port_seed(v4, 0)),
+            4099
+        );
     }
 
     #[test]

@@ -628,9 +628,9 @@ impl NetConf {
     /// With `EnableIPv6` the same: flanneld asks for `MTU - 50` on `flannel-v6.1` too
     /// (device.go:63; the kernel clamps an IPv6 VTEP's device to lower device - 70) and writes
     /// the same `FLANNEL_MTU`, so pods keep Flannel's MTU. Inner IPv6 rides an IPv6 underlay
-    /// (70 bytes) and overlayd never fragments the outer packet: the control plane gives every
-    /// IPv6 peer route the smaller path MTU instead (`control::ipv6_route_mtu`), so the kernel
-    /// tells pods with ICMPv6 Packet Too Big.
+    /// (70 bytes) and overlayd never fragments the outer packet: the control plane sets the
+    /// device's IPv6 MTU (`net.ipv6.conf.<device>.mtu`) to the smaller path MTU instead
+    /// (`control::ipv6_device_mtu`), so the kernel tells pods with ICMPv6 Packet Too Big.
     #[must_use]
     pub fn inner_mtu(&self, underlay_mtu: u32) -> u32 {
         self.mtu

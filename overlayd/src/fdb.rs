@@ -263,17 +263,20 @@ impl Fdb {
         }
     }
 
+    /// The peers in the snapshot, each once: every peer is in `by_mac` (VXLAN for IPv4) or in
+    /// `direct` (DirectRouting for IPv4), whatever carries its IPv6 side (`by_mac_v6` holds
+    /// only peers also in one of them), as [`Fdb::entries`] lists them.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.by_mac.len()
+        self.by_mac.len() + self.direct.len()
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.by_mac.is_empty()
+        self.len() == 0
     }
 
-    /// Entries sorted by node name, for inspection.
+    /// Entries sorted by node name, for inspection: every peer once, as [`Fdb::len`] counts.
     #[must_use]
     pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
         let mut v: Vec<_> = self
@@ -362,6 +365,52 @@ mod tests {
         assert!(!c.owns_v6(ip6("fd00:10:244:3::5").octets()));
     }
 
+    /// DirectRouting per family: a peer direct for IPv4 but VXLAN for IPv6, one VXLAN for
+    /// IPv4 but direct for IPv6, one VXLAN for both and one direct for both are each counted
+    /// and listed once, with their IPv6 side.
+    #[test]
+    fn every_peer_is_counted_and_listed_once_whatever_carries_each_family() {
+        let peer = |n: u8| Peer {
+            name: format!("n{n}"),
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
+            vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            v6: Some(PeerV6 {
+                pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+                vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
+                vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            }),
+        };
+        let peers: Vec<Peer> = (2..=5).map(peer).collect();
+        let direct: HashMap<IpAddr, u32> = [
+            ("198.18.0.2".parse().unwrap(), 2),
+            ("fd00:18::3".parse().unwrap(), 2),
+            ("198.18.0.5".parse().unwrap(), 2),
+            ("fd00:18::5".parse().unwrap(), 2),
+        ]
+        .into();
+        let fdb = Fdb::from_peers_direct(&peers, 8472, None, &direct);
+        // n2: IPv4 direct, IPv6 VXLAN.
+        assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).is_none());
+        assert!(fdb.lookup_v6(&[0x0a, 0x58, 10, 244, 2, 0]).is_some());
+        // n3: IPv4 VXLAN, IPv6 direct.
+        assert!(fdb.lookup(&[0x0a, 0x58, 10, 244, 3, 0]).is_some());
+        assert!(fdb.lookup_v6(&[0x0a, 0x58, 10, 244, 3, 0]).is_none());
+        assert_eq!(fdb.len(), 4);
+        assert!(!fdb.is_empty());
+        let listed: Vec<(String, bool)> = fdb
+            .entries()
+            .iter()
+            .map(|(_, e)| (e.node.to_string(), e.v6.is_some()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("n2", true), ("n3", true), ("n4", true), ("n5", true)]
+                .map(|(n, v6)| (n.to_string(), v6))
+        );
+        assert!(Fdb::default().is_empty());
+    }
+
     #[test]
     fn direct_peers_are_not_encapsulated_to_but_accepted_and_listed() {
         let peers = vec![
@@ -388,7 +437,7 @@ mod tests {
             .vtep_counters("198.18.0.2".parse::<Ipv4Addr>().unwrap())
             .is_some());
         assert_eq!(fdb.entries().len(), 2);
-        assert_eq!(fdb.len(), 1);
+        assert_eq!(fdb.len(), 2, "a DirectRouting peer is still a peer");
         // Moving back to VXLAN keeps the peer's counters.
         fdb.vtep_counters("198.18.0.2".parse::<Ipv4Addr>().unwrap())
             .unwrap()

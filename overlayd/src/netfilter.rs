@@ -234,11 +234,16 @@ fn fwd_jump() -> String {
 
 /// The `nft -f` script that replaces our tables with exactly `r`'s rules, both families in
 /// one transaction (each table's first line makes its delete succeed when it does not exist
-/// yet; the IPv6 table is deleted and not recreated when IPv6 is off).
+/// yet). With IPv6 off the IPv6 table is only deleted, and only when `v6_table_exists` (a
+/// dual-stack run's leftover): an IPv4-only node never names `ip6` in the transaction, which
+/// a kernel without nf_tables IPv6 would refuse whole.
 #[must_use]
-pub fn nft_script(r: &Rules, random_fully: bool) -> String {
+pub fn nft_script(r: &Rules, random_fully: bool, v6_table_exists: bool) -> String {
     let mut s = String::new();
     for family in Family::ALL {
+        if family == Family::V6 && r.v6.is_none() && !v6_table_exists {
+            continue;
+        }
         nft_table_script(&mut s, r, family, random_fully);
     }
     s
@@ -541,6 +546,8 @@ impl Iptables {
 }
 
 /// Our nftables table of `family` as `nft list` prints it; `None` when it does not exist.
+/// An IPv6 listing that fails otherwise counts as absent too: a kernel without nf_tables
+/// IPv6 holds no IPv6 table of ours (as `remove_all` treats ip6tables).
 fn nft_list(nft: &Path, family: Family) -> Result<Option<String>, NetfilterError> {
     match run(
         nft,
@@ -549,6 +556,10 @@ fn nft_list(nft: &Path, family: Family) -> Result<Option<String>, NetfilterError
     ) {
         Ok(s) => Ok(Some(s)),
         Err(NetfilterError::Failed { stderr, .. }) if stderr.contains("No such file") => Ok(None),
+        Err(e) if family == Family::V6 => {
+            tracing::debug!(error = %e, "nft cannot list IPv6 tables here; no IPv6 table of ours");
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -571,7 +582,25 @@ pub struct Manager {
     ip6tables: Option<Iptables>,
     /// What a check reads when nothing changed since we applied (see the module doc).
     applied: Option<String>,
-    random_fully: bool,
+    /// Per family (`Family as usize`): whether its masquerade is `--random-fully`.
+    random_fully: [bool; 2],
+}
+
+/// Whether masquerading gets `--random-fully` / `fully-random`: asked for, and supported by
+/// the tool in use: nft (`nft_ok`, one probe for both families), or the iptables tool of
+/// the family, decided per family as Flannel does (iptables.go masqRules / masqIP6Rules
+/// each ask their own tool's HasRandomFully): an old ip6tables does not take it from IPv4.
+fn random_fully_of(
+    wanted: bool,
+    backend: Backend,
+    nft_ok: bool,
+    family_tool: Option<&Iptables>,
+) -> bool {
+    wanted
+        && match backend {
+            Backend::Nftables => nft_ok,
+            Backend::Iptables => family_tool.is_some_and(|i| i.random_fully),
+        }
 }
 
 impl Manager {
@@ -613,19 +642,24 @@ impl Manager {
                 "the netfilter tool EnableNFTables selects is not installed; using the other one"
             );
         }
-        let random_fully = rules.random_fully
-            && match backend {
-                Backend::Nftables => nft.as_deref().is_some_and(nft_random_fully),
-                Backend::Iptables => {
-                    iptables.as_ref().is_some_and(|i| i.random_fully)
-                        && (rules.v6.is_none()
-                            || ip6tables.as_ref().is_some_and(|i| i.random_fully))
-                }
-            };
-        if rules.masquerade && rules.random_fully && !random_fully {
-            tracing::warn!(
-                "MASQUERADE --random-fully is not supported here; masquerading without it"
-            );
+        let nft_ok = backend == Backend::Nftables && nft.as_deref().is_some_and(nft_random_fully);
+        let random_fully = [
+            random_fully_of(rules.random_fully, backend, nft_ok, iptables.as_ref()),
+            random_fully_of(rules.random_fully, backend, nft_ok, ip6tables.as_ref()),
+        ];
+        for family in Family::ALL {
+            let on = family == Family::V4 || rules.v6.is_some();
+            if on && rules.masquerade && rules.random_fully && !random_fully[family as usize] {
+                tracing::warn!(
+                    tool = if backend == Backend::Nftables {
+                        "nft"
+                    } else {
+                        family.iptables()
+                    },
+                    "MASQUERADE --random-fully is not supported here; masquerading {} without it",
+                    if family == Family::V4 { "IPv4" } else { "IPv6" }
+                );
+            }
         }
         Ok(Manager {
             rules,
@@ -688,10 +722,11 @@ impl Manager {
         match self.backend {
             Backend::Nftables => {
                 let nft = self.nft.as_deref().ok_or(NetfilterError::NoTool)?;
+                let stale_v6 = self.rules.v6.is_none() && nft_list(nft, Family::V6)?.is_some();
                 run(
                     nft,
                     &["-f", "-"],
-                    Some(&nft_script(&self.rules, self.random_fully)),
+                    Some(&nft_script(&self.rules, self.random_fully[0], stale_v6)),
                 )?;
                 // An nftables accept does not overrule iptables' FORWARD policy DROP: the
                 // FORWARD accept goes there too (module doc), per family.
@@ -708,7 +743,11 @@ impl Manager {
                     let Some(ipt) = self.iptables_of(family) else {
                         continue;
                     };
-                    let masq = iptables_masq_rules(&self.rules, family, self.random_fully);
+                    let masq = iptables_masq_rules(
+                        &self.rules,
+                        family,
+                        self.random_fully[family as usize],
+                    );
                     let fwd = iptables_fwd_rules(&self.rules, family);
                     ipt.apply(
                         (self.rules.masquerade && !masq.is_empty()).then_some(&masq[..]),
@@ -716,15 +755,13 @@ impl Manager {
                     )?;
                 }
                 if let Some(nft) = &self.nft {
-                    let mut any = false;
-                    for family in Family::ALL {
-                        any |= nft_list(nft, family)?.is_some();
-                    }
-                    if any {
+                    let v4 = nft_list(nft, Family::V4)?.is_some();
+                    let v6 = nft_list(nft, Family::V6)?.is_some();
+                    if v4 || v6 {
                         run(
                             nft,
                             &["-f", "-"],
-                            Some(&nft_script(&self.rules_none(), false)),
+                            Some(&nft_script(&self.rules_none(), false, v6)),
                         )?;
                     }
                 }
@@ -734,10 +771,12 @@ impl Manager {
         Ok(())
     }
 
+    /// No rules of either family (the IPv6 table named only when it exists).
     fn rules_none(&self) -> Rules {
         Rules {
             masquerade: false,
             forward: false,
+            v6: None,
             ..self.rules.clone()
         }
     }
@@ -901,7 +940,8 @@ pub fn start(
     tracing::info!(
         backend = %m.backend_name(),
         masquerade = rules.masquerade,
-        random_fully = m.random_fully,
+        random_fully = m.random_fully[0],
+        random_fully_v6 = m.rules.v6.is_some() && m.random_fully[1],
         forward = rules.forward,
         network = %rules.network,
         pod_cidr = %rules.pod_cidr,
@@ -1144,7 +1184,7 @@ mod tests {
         assert!(iptables_fwd_rules(&rules(), Family::V6).is_empty());
 
         // nftables: one transaction replacing both tables; the ip6 table uses ip6 matches.
-        let s = nft_script(&dual(), true);
+        let s = nft_script(&dual(), true, false);
         let v6 = &s[s.find("table ip6 overlayd-ipv6 {}").expect("ip6 table")..];
         assert!(v6.starts_with(
             "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\ntable ip6 overlayd-ipv6 {"
@@ -1162,11 +1202,23 @@ mod tests {
         assert!(v6.contains(&format!("ip6 saddr {n} accept")), "{s}");
         assert!(!v6.contains("ip saddr"), "{s}");
         // IPv6 off: a stale ip6 table from a dual-stack run is deleted, nothing recreated.
-        let s4 = nft_script(&rules(), true);
+        let s4 = nft_script(&rules(), true, true);
         assert!(
             s4.ends_with("table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n"),
             "{s4}"
         );
+        // IPv6 off and no ip6 table: the transaction never names ip6 (a kernel without
+        // nf_tables IPv6 would refuse all of it), and the IPv4 table is as with IPv6 on.
+        let only4 = nft_script(&rules(), true, false);
+        assert!(!only4.contains("ip6"), "{only4}");
+        assert_eq!(
+            only4,
+            s4.replace(
+                "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n",
+                ""
+            )
+        );
+        assert!(only4.contains("masquerade fully-random"), "{only4}");
     }
 
     #[test]
@@ -1197,9 +1249,48 @@ mod tests {
         );
     }
 
+    /// --random-fully per family, as Flannel: an ip6tables without it (older than 1.6.2)
+    /// costs only IPv6 masquerading the flag, and the IPv4 rules keep it.
+    #[test]
+    fn random_fully_is_decided_per_family() {
+        let tool = |random_fully| Iptables {
+            save: "iptables-save".into(),
+            restore: "iptables-restore".into(),
+            variant: "nf_tables".into(),
+            random_fully,
+        };
+        let (new, old) = (tool(true), tool(false));
+        let ipt = Backend::Iptables;
+        assert!(random_fully_of(true, ipt, false, Some(&new)));
+        assert!(!random_fully_of(true, ipt, false, Some(&old)));
+        assert!(!random_fully_of(true, ipt, false, None));
+        assert!(!random_fully_of(false, ipt, true, Some(&new)), "disabled");
+        // nftables: the nft probe decides, for both families.
+        assert!(random_fully_of(true, Backend::Nftables, true, None));
+        assert!(!random_fully_of(true, Backend::Nftables, false, Some(&new)));
+        // What each family's rules then say.
+        let v4 = iptables_masq_rules(
+            &dual(),
+            Family::V4,
+            random_fully_of(true, ipt, false, Some(&new)),
+        );
+        let v6 = iptables_masq_rules(
+            &dual(),
+            Family::V6,
+            random_fully_of(true, ipt, false, Some(&old)),
+        );
+        assert!(
+            v4.iter()
+                .any(|r| r.ends_with("-j MASQUERADE --random-fully")),
+            "{v4:?}"
+        );
+        assert!(v6.iter().any(|r| r.ends_with("-j MASQUERADE")), "{v6:?}");
+        assert!(!v6.iter().any(|r| r.contains("random-fully")), "{v6:?}");
+    }
+
     #[test]
     fn nft_script_replaces_the_table_atomically() {
-        let s = nft_script(&rules(), true);
+        let s = nft_script(&rules(), true, false);
         assert!(s.starts_with(
             "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\ntable ip overlayd-ipv4 {"
         ));
@@ -1215,15 +1306,17 @@ mod tests {
                 ..rules()
             },
             false,
+            false,
         );
         assert!(!plain.contains("fully-random") && !plain.contains("chain forward"));
-        // Nothing wanted: the script only deletes.
+        // Nothing wanted: the script only deletes (both tables, when an ip6 one exists).
         let none = nft_script(
             &Rules {
                 masquerade: false,
                 forward: false,
                 ..rules()
             },
+            true,
             true,
         );
         assert_eq!(

@@ -103,7 +103,21 @@ pub struct QueueIo {
     pub offloads: Offloads,
 }
 
+/// The receive sockets' descriptors, IPv4 first, and how many there are (1, or 2 with an
+/// IPv6 one): a poll set takes `fds[..n]`; without `rx6` the second slot repeats `rx`.
+fn rx_fds<'a>(rx: &'a UdpSocket, rx6: Option<&'a UdpSocket>) -> ([BorrowedFd<'a>; 2], usize) {
+    (
+        [rx.as_fd(), rx6.unwrap_or(rx).as_fd()],
+        1 + usize::from(rx6.is_some()),
+    )
+}
+
 impl QueueIo {
+    /// [`rx_fds`] of this queue.
+    fn rx_fds(&self) -> ([BorrowedFd<'_>; 2], usize) {
+        rx_fds(&self.rx, self.rx6.as_ref())
+    }
+
     /// The send pool toward VTEPs of this family.
     #[must_use]
     pub fn pool(&self, v6: bool) -> &[UdpSocket] {
@@ -256,13 +270,9 @@ impl Worker {
     /// `POLL_MS`.
     fn wait_readable(&self, spin: Duration) -> io::Result<[bool; 4]> {
         let io = &*self.io;
-        let fds = [
-            io.tap.file().as_fd(),
-            io.rx.as_fd(),
-            self.wake.as_fd(),
-            io.rx6.as_ref().unwrap_or(&io.rx).as_fd(),
-        ];
-        wait_ready(&fds[..if io.rx6.is_some() { 4 } else { 3 }], spin)
+        let (rx, n) = io.rx_fds();
+        let fds = [io.tap.file().as_fd(), rx[0], self.wake.as_fd(), rx[1]];
+        wait_ready(&fds[..2 + n], spin)
     }
 
     /// Backpressure: send socket `sock` (the one that said EAGAIN) is full. Waits for its
@@ -272,12 +282,9 @@ impl Worker {
     fn wait_writable(&self, sock: &UdpSocket, rx: &mut RxScratch) -> bool {
         self.stats.count_event(PathEvent::TxSendBufferFull, 1);
         let io = &*self.io;
-        let inputs = [
-            self.wake.as_fd(),
-            io.rx.as_fd(),
-            io.rx6.as_ref().unwrap_or(&io.rx).as_fd(),
-        ];
-        let inputs = &inputs[..if io.rx6.is_some() { 3 } else { 2 }];
+        let (rx_fds, n) = io.rx_fds();
+        let inputs = [self.wake.as_fd(), rx_fds[0], rx_fds[1]];
+        let inputs = &inputs[..1 + n];
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return false;
@@ -807,5 +814,27 @@ mod fault {
         {
             panic!("injected worker fault ({ENV}) on queue {id}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The poll set of receive sockets: one without an IPv6 socket, both (IPv4 first) with.
+    #[test]
+    fn rx_fds_lists_the_receive_sockets_in_use() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx6 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (fds, n) = rx_fds(&rx, None);
+        assert_eq!(n, 1);
+        assert_eq!(fds[0].as_raw_fd(), rx.as_raw_fd());
+        let (fds, n) = rx_fds(&rx, Some(&rx6));
+        assert_eq!(n, 2);
+        assert_eq!(
+            fds.map(|f| f.as_raw_fd()),
+            [rx.as_raw_fd(), rx6.as_raw_fd()]
+        );
     }
 }

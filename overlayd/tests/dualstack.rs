@@ -38,6 +38,15 @@ fn pod_ip6(i: usize, j: usize) -> String {
     format!("fd00:10:244:{i}::{:x}", j + 1)
 }
 
+/// `net.ipv6.conf.<DEV>.mtu` of node `i`.
+fn mtu6(lab: &Lab, i: usize) -> String {
+    let out = lab.exec(
+        &lab.node(i),
+        &["cat", &format!("/proc/sys/net/ipv6/conf/{DEV}/mtu")],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn ip(lab: &Lab, i: usize, args: &[&str]) -> String {
     let mut a = vec!["ip", "-n"];
     let ns = lab.node(i);
@@ -83,9 +92,17 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
             &format!("/proc/sys/net/ipv6/conf/{DEV}/disable_ipv6"),
         ]);
         assert_eq!(mode.trim(), "0");
-        // Routes: Flannel's onlink route per peer IPv6 podCIDR with the IPv6 path MTU
-        // (1500 - 70), and the permanent neighbour to the peer's IPv6 VtepMAC: overlayd
-        // peers use their one device MAC, the kernel node its flannel-v6.1 MAC.
+        // The device's IPv6 MTU is the IPv6 path MTU (1500 - 70), as flannel-v6.1's device
+        // MTU is; the link MTU stays Flannel's 1450 for IPv4.
+        assert_eq!(mtu6(&lab, i), "1430", "node {i}");
+        assert!(
+            ip(&lab, i, &["link", "show", "dev", DEV]).contains(" mtu 1450 "),
+            "node {i}"
+        );
+        // Routes: Flannel's onlink route per peer IPv6 podCIDR, no MTU metric (a locked one
+        // would keep the kernel from learning a smaller path MTU), and the permanent
+        // neighbour to the peer's IPv6 VtepMAC: overlayd peers use their one device MAC, the
+        // kernel node its flannel-v6.1 MAC.
         let o = 3 - i;
         let routes = ip(&lab, i, &["-6", "route", "show", "proto", "77"]);
         for (peer, mac) in [
@@ -96,7 +113,7 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
                 routes.lines().any(|l| l.starts_with(&format!(
                     "fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev {DEV}"
                 )) && l.contains("onlink")
-                    && l.contains("mtu lock 1430")),
+                    && !l.contains("mtu")),
                 "node {i}: {routes}"
             );
             let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
@@ -181,6 +198,50 @@ fn dual_stack_node_programs_ipv6_routes_neighbours_address_and_subnet_env() {
             && ip(&lab, 1, &["-6", "neigh", "show", "dev", DEV]).contains("fd00:10:244:2:: lladdr")
     });
     assert!(healed, "IPv6 route/neighbour not restored:\n{}", lab.log(1));
+
+    // A link MTU change resets the device's IPv6 MTU to the link MTU: set back (and said),
+    // and a route given a locked MTU metric (as an older overlayd programmed) is replaced by
+    // one without.
+    ip(&lab, 1, &["link", "set", "dev", DEV, "mtu", "1400"]);
+    ip(&lab, 1, &["link", "set", "dev", DEV, "mtu", "1450"]);
+    ip(
+        &lab,
+        1,
+        &[
+            "-6",
+            "route",
+            "replace",
+            "fd00:10:244:2::/64",
+            "via",
+            "fd00:10:244:2::",
+            "dev",
+            DEV,
+            "onlink",
+            "proto",
+            "77",
+            "mtu",
+            "lock",
+            "1430",
+        ],
+    );
+    let route2 = |lab: &Lab| {
+        ip(lab, 1, &["-6", "route", "show", "proto", "77"])
+            .lines()
+            .find(|l| l.starts_with("fd00:10:244:2::/64 "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let healed = wait_until(Duration::from_secs(6), || {
+        mtu6(&lab, 1) == "1430" && !route2(&lab).is_empty() && !route2(&lab).contains("mtu")
+    });
+    assert!(
+        healed,
+        "IPv6 MTU {} / route {:?} not restored:\n{}",
+        mtu6(&lab, 1),
+        route2(&lab),
+        lab.log(1)
+    );
+    assert!(lab.log(1).contains("IPv6 MTU was reset"), "{}", lab.log(1));
 
     // The device deleted: rebuilt with its IPv6 address, routes and neighbours, and the
     // kernel node's IPv6 pod is reachable again.
@@ -286,8 +347,8 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
     assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
 
     // Path MTU: pods have Flannel's MTU 1450, but inner IPv6 over an IPv6 underlay fits in
-    // 1430. A 1450-byte IPv6 packet gets ICMPv6 Packet Too Big 1430 from the node (the peer
-    // route's locked MTU); 1430 bytes pass, to an overlayd node and to the kernel node.
+    // 1430. A 1450-byte IPv6 packet gets ICMPv6 Packet Too Big 1430 from the node (the
+    // device's IPv6 MTU); 1430 bytes pass, to an overlayd node and to the kernel node.
     for o in [2, 3] {
         let big = lab.exec(
             &lab.pod(1, 1),

@@ -329,10 +329,7 @@ pub fn open_queue(
             false
         }
     };
-    #[allow(clippy::cast_possible_truncation)]
-    let seed = u32::from(ip)
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(id as u32 * 4099);
+    let seed = source_port_seed(ip.into(), id);
     let tx_pool = udp::bind_source_pool(ip, 16, seed)
         .with_context(|| format!("cannot bind source ports on {ip}"))?;
     let mut io = QueueIo {
@@ -347,6 +344,21 @@ pub fn open_queue(
         open_v6(&mut io, id, ip6, port)?;
     }
     Ok(io)
+}
+
+/// Where queue `queue`'s send sockets on `ip` start looking for source ports: spread by the
+/// address's last 32 bits (so nodes differ) and by queue (so queues do not collide).
+#[allow(clippy::cast_possible_truncation)]
+fn source_port_seed(ip: std::net::IpAddr, queue: usize) -> u32 {
+    let low = match ip {
+        std::net::IpAddr::V4(a) => u32::from(a),
+        std::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        }
+    };
+    low.wrapping_mul(2_654_435_761)
+        .wrapping_add(queue as u32 * 4099)
 }
 
 /// Gives queue `id` its IPv6 receive socket (`[::]:port`, IPv6-only, SO_REUSEPORT, UDP_GRO as
@@ -370,11 +382,7 @@ fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> R
         }
         io.rx6 = Some(rx6);
     }
-    let o = ip6.octets();
-    #[allow(clippy::cast_possible_truncation)]
-    let seed = u32::from_be_bytes([o[12], o[13], o[14], o[15]])
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(id as u32 * 4099);
+    let seed = source_port_seed(ip6.into(), id);
     io.tx_pool6 = udp::bind_source_pool(ip6, 16, seed)
         .with_context(|| format!("cannot bind IPv6 source ports on {ip6}"))?;
     Ok(())
@@ -507,6 +515,8 @@ async fn start_dataplane(
     }
     if let Some(v6) = own_v6 {
         ensure_ipv6_address(nl, link.index, v6, &opts.device).await?;
+        // After the link MTU, which resets it.
+        apply_ipv6_mtu(&opts.device, netconf, underlay, false);
     }
 
     let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers_keeping(
@@ -644,12 +654,43 @@ fn own_v6_of(state: &ClusterState, netconf: &NetConf) -> Option<ipnetwork::Ipv6N
         .filter(|_| netconf.network_v6.is_some())
 }
 
-/// The MTU metric of every IPv6 peer route: the TAP's MTU is Flannel's (underlay − 50, for
-/// both families), but inner IPv6 travels over outer IPv6 (70 bytes) and outer packets are
-/// never fragmented, so inner IPv6 fits in underlay − 70. The kernel then sends pods ICMPv6
-/// Packet Too Big and TCP settles on a segment size that fits.
-fn ipv6_route_mtu(device_mtu: u32, underlay_mtu: u32) -> u32 {
+/// The device's IPv6 MTU (`net.ipv6.conf.<device>.mtu`): the TAP's MTU is Flannel's
+/// (underlay − 50, for both families), but inner IPv6 travels over outer IPv6 (70 bytes) and
+/// outer packets are never fragmented, so inner IPv6 fits in underlay − 70 (as Flannel's
+/// flannel-v6 device has MTU underlay − 70). The kernel uses it for forwarded and locally sent
+/// IPv6 alike (`ip6_dst_mtu_maybe_forward`, `ip6_mtu`), sends pods ICMPv6 Packet Too Big above
+/// it, and, being no locked route MTU, still learns a smaller path MTU from a Packet Too Big.
+fn ipv6_device_mtu(device_mtu: u32, underlay_mtu: u32) -> u32 {
     device_mtu.min(underlay_mtu.saturating_sub(crate::config::VXLAN_OVERHEAD_V6))
+}
+
+/// Makes the IPv6 MTU of `device` `want`; true when it was something else. The kernel resets
+/// it to the link MTU whenever the link MTU changes, so the backstop checks it too.
+fn ensure_ipv6_mtu(device: &str, want: u32) -> std::io::Result<bool> {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/mtu");
+    let now = std::fs::read_to_string(&path)?;
+    if now.trim().parse::<u32>().ok() == Some(want) {
+        return Ok(false);
+    }
+    std::fs::write(&path, want.to_string())?;
+    Ok(true)
+}
+
+/// [`ensure_ipv6_mtu`] for this node when IPv6 is on, saying what it did (`heal`: a change
+/// is someone else's doing, e.g. a link MTU change, and is warned about).
+fn apply_ipv6_mtu(device: &str, netconf: &NetConf, underlay: &Underlay, heal: bool) {
+    let want = ipv6_device_mtu(netconf.inner_mtu(underlay.mtu), underlay.mtu);
+    match ensure_ipv6_mtu(device, want) {
+        Ok(false) => {}
+        Ok(true) if heal => {
+            warn!(device, mtu = want, "the device's IPv6 MTU was reset (its link MTU changed?); set it back to the underlay's MTU minus 70");
+        }
+        Ok(true) => info!(device, mtu = want, "device IPv6 MTU set"),
+        Err(e) => warn!(
+            device, mtu = want, error = %e,
+            "cannot set net.ipv6.conf.{device}.mtu to {want}: pods' IPv6 packets above it reach overlayd, which answers them with Packet Too Big; check that IPv6 is enabled on the device"
+        ),
+    }
 }
 
 /// What `overlayd status` shows of this node, at start and after its lease moves.
@@ -776,10 +817,10 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         );
     }
     warn_if_not_forwarding(own_v6.is_some());
-    let route_mtu_v6 = ipv6_route_mtu(mtu, underlay.mtu);
-    if underlay.ip6.is_some() && route_mtu_v6 < 1280 {
+    let mtu_v6 = ipv6_device_mtu(mtu, underlay.mtu);
+    if underlay.ip6.is_some() && mtu_v6 < 1280 {
         bail!(
-            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {route_mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU or set EnableIPv6 to false",
+            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU or set EnableIPv6 to false",
             underlay.iface,
             underlay.mtu,
             crate::config::VXLAN_OVERHEAD_V6
@@ -859,7 +900,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     // Subscribe before the first reconcile, so nothing removed after it goes unnoticed.
     let mut events = subscribe_events();
     // A peer the kernel refuses is retried on its own; only unreadable kernel tables stop us.
-    let mut reconciler = Reconciler::new(route_mtu_v6);
+    let mut reconciler = Reconciler::default();
     let first = reconciler
         .reconcile(&nl, dp.link_index, &state.peers, direct.peers())
         .await?;
@@ -1233,6 +1274,9 @@ async fn heal_device(
     let health = &observed.health;
     match nl.link_by_index(dp.link_index).await {
         Ok(Some(link)) if link.name == opts.device => {
+            if own_v6_of(state, netconf).is_some() {
+                apply_ipv6_mtu(&opts.device, netconf, underlay, true);
+            }
             if link.up {
                 return;
             }
@@ -1359,15 +1403,33 @@ mod tests {
         }
     }
 
+    /// Both families' send pools seed from the address's last 32 bits and the queue, as
+    /// before they shared this function: an IPv6 address ending in the IPv4 one's bits seeds
+    /// the same, and queues of one address differ by 4099.
     #[test]
-    fn ipv6_route_mtu_is_the_underlay_minus_70_capped_by_the_device() {
+    fn source_port_seed_is_one_formula_for_both_families() {
+        let v4: std::net::IpAddr = "198.18.0.2".parse().unwrap();
+        let v6: std::net::IpAddr = "fd00:18::c612:2".parse().unwrap();
+        assert_eq!(
+            source_port_seed(v4, 0),
+            0xc612_0002_u32.wrapping_mul(2_654_435_761)
+        );
+        assert_eq!(source_port_seed(v6, 3), source_port_seed(v4, 3));
+        assert_eq!(
+            source_port_seed(v4, 1).wrapping_sub(source_port_seed(v4, 0)),
+            4099
+        );
+    }
+
+    #[test]
+    fn ipv6_device_mtu_is_the_underlay_minus_70_capped_by_the_device() {
         // Flannel's device MTU (1500 - 50) is 20 bytes too big for inner IPv6 over IPv6.
-        assert_eq!(ipv6_route_mtu(1450, 1500), 1430);
+        assert_eq!(ipv6_device_mtu(1450, 1500), 1430);
         // Backend.MTU below that is kept.
-        assert_eq!(ipv6_route_mtu(1400, 1500), 1400);
-        assert_eq!(ipv6_route_mtu(8950, 9000), 8930);
+        assert_eq!(ipv6_device_mtu(1400, 1500), 1400);
+        assert_eq!(ipv6_device_mtu(8950, 9000), 8930);
         // A tiny underlay gives a value the startup check refuses (< 1280), never a wrap.
-        assert_eq!(ipv6_route_mtu(1300, 60), 0);
+        assert_eq!(ipv6_device_mtu(1300, 60), 0);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl fmt::Display for Change {
             Self::DeleteRoute(r) => write!(f, "delete route {} via {}", r.dst, r.gateway),
             Self::DeleteNeighbour(ip) => write!(f, "delete neighbour {ip}"),
             Self::AddNeighbourV6 { ip, mac } => write!(f, "add neighbour {ip} lladdr {mac}"),
-            Self::AddRouteV6(r) => write!(f, "add route {} via {} mtu {}", r.dst, r.gateway, r.mtu),
+            Self::AddRouteV6(r) => write!(f, "add route {} via {}", r.dst, r.gateway),
             Self::DeleteRouteV6(r) => write!(f, "delete route {} via {}", r.dst, r.gateway),
             Self::DeleteNeighbourV6(ip) => write!(f, "delete neighbour {ip}"),
             Self::AddDirectRouteV6(r) => {
@@ -141,14 +141,14 @@ fn desired(
 
 /// The desired IPv6 entries for `peers`: for every dual-stack peer a permanent neighbour for
 /// its IPv6 podCIDR's network address (to its IPv6 VtepMAC) and an onlink route of that
-/// podCIDR via that address carrying `mtu` (Flannel's flannel-v6 entries); for one whose IPv6
+/// podCIDR via that address, no MTU metric (Flannel's flannel-v6 entries); for one whose IPv6
 /// VTEP is in `direct` (DirectRouting), a plain route of its IPv6 podCIDR via that address.
-fn desired_v6(peers: &[Peer], direct: &DirectPeers, mtu: u32) -> WantV6 {
+fn desired_v6(peers: &[Peer], direct: &DirectPeers) -> WantV6 {
     let all = || peers.iter().filter_map(|p| p.v6);
     let vxlan = || all().filter(|v| !direct.contains_key(&IpAddr::V6(v.vtep_ip)));
     WantV6 {
         routes: vxlan()
-            .map(|v6| PeerRouteV6::for_subnet(v6.pod_cidr, mtu))
+            .map(|v6| PeerRouteV6::for_subnet(v6.pod_cidr))
             .collect(),
         neighbours: vxlan()
             .map(|v6| PeerNeighbourV6 {
@@ -228,20 +228,9 @@ fn v6_changes(want: WantV6, have: WantV6) -> Vec<Change> {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     failures: HashMap<Change, Failure>,
-    /// The MTU metric of the IPv6 peer routes (0: none).
-    route_mtu_v6: u32,
 }
 
 impl Reconciler {
-    /// A reconciler whose IPv6 peer routes carry `route_mtu_v6` (see `PeerRouteV6`).
-    #[must_use]
-    pub fn new(route_mtu_v6: u32) -> Self {
-        Reconciler {
-            failures: HashMap::new(),
-            route_mtu_v6,
-        }
-    }
-
     /// The changes failing now, sorted for display.
     #[must_use]
     pub fn failing(&self) -> Vec<FailingChange> {
@@ -305,7 +294,7 @@ impl Reconciler {
             changes.push(Change::DeleteNeighbour(n.ip));
         }
         changes.extend(v6_changes(
-            desired_v6(peers, direct, self.route_mtu_v6),
+            desired_v6(peers, direct),
             WantV6 {
                 routes: nl.routes_v6(index).await?,
                 neighbours: nl.neighbours_v6(index).await?,
@@ -408,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_peers_get_flannels_v6_route_with_the_path_mtu_and_neighbour() {
+    fn dual_stack_peers_get_flannels_v6_route_without_an_mtu_metric_and_neighbour() {
         let v6 = |n: u8| fdb_sync::PeerV6 {
             pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
             vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
@@ -425,13 +414,13 @@ mod tests {
         };
         let peers = [peer(2, true), peer(3, false), peer(4, true)];
         let none = DirectPeers::new();
-        let want = desired_v6(&peers, &none, 1430);
+        let want = desired_v6(&peers, &none);
         let (r, n) = (&want.routes, &want.neighbours);
         assert!(want.direct.is_empty());
         assert_eq!(r.len(), 2, "only dual-stack peers: {r:?}");
         assert_eq!(
             (r[0].dst.to_string(), r[0].gateway.to_string(), r[0].mtu),
-            ("fd00:10:244:2::/64".into(), "fd00:10:244:2::".into(), 1430)
+            ("fd00:10:244:2::/64".into(), "fd00:10:244:2::".into(), 0)
         );
         assert_eq!(
             (n[1].ip.to_string(), n[1].mac.to_string(), n[1].permanent),
@@ -439,11 +428,11 @@ mod tests {
         );
         assert_eq!(
             Change::AddRouteV6(r[0]).to_string(),
-            "add route fd00:10:244:2::/64 via fd00:10:244:2:: mtu 1430"
+            "add route fd00:10:244:2::/64 via fd00:10:244:2::"
         );
 
         // From nothing: neighbours first, then routes.
-        let c = v6_changes(desired_v6(&peers, &none, 1430), WantV6::default());
+        let c = v6_changes(desired_v6(&peers, &none), WantV6::default());
         assert_eq!(c.len(), 4);
         assert!(
             matches!(c[0], Change::AddNeighbourV6 { .. })
@@ -452,9 +441,10 @@ mod tests {
         assert!(matches!(c[2], Change::AddRouteV6(_)) && matches!(c[3], Change::AddRouteV6(_)));
 
         // In sync: nothing to do.
-        assert!(v6_changes(desired_v6(&peers, &none, 1430), want.clone()).is_empty());
+        assert!(v6_changes(desired_v6(&peers, &none), want.clone()).is_empty());
 
-        // Someone changed node 2's route MTU: replaced in place, not deleted. Node 4 left:
+        // Node 2's route has an MTU metric (an older overlayd's `mtu lock`, or someone's):
+        // replaced in place by one without, not deleted. Node 4 left:
         // its route and neighbour go. A stranger's neighbour on the device goes too.
         let mut have = want.clone();
         have.routes[0].mtu = 1450;
@@ -469,13 +459,13 @@ mod tests {
             mac: MacAddr([0x33, 0x33, 0, 0, 0, 0x16]),
             permanent: false,
         });
-        let c = v6_changes(desired_v6(&peers[..2], &none, 1430), have);
+        let c = v6_changes(desired_v6(&peers[..2], &none), have);
         let mut shown: Vec<String> = c.iter().map(ToString::to_string).collect();
         shown.sort();
         assert_eq!(
             shown,
             vec![
-                "add route fd00:10:244:2::/64 via fd00:10:244:2:: mtu 1430",
+                "add route fd00:10:244:2::/64 via fd00:10:244:2::",
                 "delete neighbour fd00:10:244:4::",
                 "delete neighbour fd00:99::",
                 "delete route fd00:10:244:4::/64 via fd00:10:244:4::",
@@ -507,7 +497,7 @@ mod tests {
         let peers = std::slice::from_ref(&p);
         let (r4, n4, d4) = desired(peers, &direct);
         assert_eq!((r4.len(), n4.len(), d4.len()), (1, 1, 0));
-        let want = desired_v6(peers, &direct, 1430);
+        let want = desired_v6(peers, &direct);
         assert!(want.routes.is_empty() && want.neighbours.is_empty());
         assert_eq!(
             want.direct,
@@ -518,7 +508,7 @@ mod tests {
             }]
         );
         // From VXLAN: the direct route replaces the route in place, then the neighbour goes.
-        let vxlan = desired_v6(peers, &DirectPeers::new(), 1430);
+        let vxlan = desired_v6(peers, &DirectPeers::new());
         let c: Vec<String> = v6_changes(want.clone(), vxlan.clone())
             .iter()
             .map(ToString::to_string)
@@ -540,7 +530,7 @@ mod tests {
             c,
             [
                 "add neighbour fd00:10:244:2:: lladdr 0a:58:0a:f4:02:00",
-                "add route fd00:10:244:2::/64 via fd00:10:244:2:: mtu 1430",
+                "add route fd00:10:244:2::/64 via fd00:10:244:2::",
                 "delete direct route fd00:10:244:2::/64 via fd00:18::2",
             ]
         );

@@ -259,8 +259,11 @@ pub fn decap<'a>(
     if vx.vni() != cfg.vni {
         return Err(DropReason::RxWrongVni);
     }
+    let from = from.into();
     let vtep = fdb.vtep(from);
-    if vtep.is_none() && !cfg.allow_any_sender {
+    // An unspecified sender is no VTEP, even with allow_any_sender: it is also how the
+    // socket layer marks a datagram whose sender was of no IP family (`udp::RecvMeta`).
+    if vtep.is_none() && (!cfg.allow_any_sender || from.is_unspecified()) {
         return Err(DropReason::RxUnknownSender);
     }
     if frame.dst() != cfg.own_mac {

@@ -169,6 +169,32 @@ fn total_ip(head: &[u8], tail: &[u8]) -> usize {
     (head.len() + tail.len()).saturating_sub(ethernet::HEADER_LEN)
 }
 
+/// The upper-layer protocol of an IPv6 packet whose first next-header is `next` and whose
+/// extension headers start at frame offset `at`, with that protocol's offset: Linux's
+/// `ipv6_skip_exthdr` (Hop-by-Hop 0, Routing 43, Fragment 44, AH 51, Destination Options 60).
+/// `None` for No Next Header (59), headers cut off by the frame's end, or a fragment whose
+/// offset is not 0 (its upper-layer header is in another fragment).
+fn skip_ext_headers(head: &[u8], tail: &[u8], mut next: u8, mut at: usize) -> Option<(u8, usize)> {
+    loop {
+        let len = match next {
+            0 | 43 | 60 => (usize::from(byte(head, tail, at + 1)?) + 1) * 8,
+            51 => (usize::from(byte(head, tail, at + 1)?) + 2) * 4,
+            44 => {
+                let off =
+                    u16::from_be_bytes([byte(head, tail, at + 2)?, byte(head, tail, at + 3)?]);
+                if off & !7 != 0 {
+                    return None;
+                }
+                8
+            }
+            59 => return None,
+            _ => return Some((next, at)),
+        };
+        next = byte(head, tail, at)?;
+        at += len;
+    }
+}
+
 fn too_big_v6(out: &mut [u8; MAX_FRAME], head: &[u8], tail: &[u8], mtu: u32) -> Option<usize> {
     const IP: usize = ethernet::HEADER_LEN;
     if (mtu as usize) < IPV6_MIN_MTU {
@@ -189,12 +215,14 @@ fn too_big_v6(out: &mut [u8; MAX_FRAME], head: &[u8], tail: &[u8], mtu: u32) -> 
     if unspecified || loopback || src[0] == 0xff {
         return None;
     }
-    if h[6] == PROTO_ICMPV6 {
-        // Errors (type < 128) and redirects (137) trigger nothing.
-        match byte(head, tail, IP + 40) {
-            None => return None,
-            Some(t) if t < 128 || t == 137 => return None,
-            Some(_) => {}
+    // As Linux's iptunnel_pmtud_check_icmpv6: past the extension headers (ipv6_skip_exthdr),
+    // no error for a non-first fragment, and ICMPv6 errors (type < 128) and redirects (137)
+    // trigger nothing.
+    let (proto, at) = skip_ext_headers(head, tail, h[6], IP + 40)?;
+    if proto == PROTO_ICMPV6 {
+        match byte(head, tail, at)? {
+            t if t < 128 || t == 137 => return None,
+            _ => {}
         }
     }
     let ip_len = (40 + usize::from(u16::from_be_bytes([h[4], h[5]]))).min(total_ip(head, tail));
@@ -511,6 +539,123 @@ mod tests {
         ] {
             assert!(too_big(&mut joined, &f, &[], 1430).is_none(), "{what}");
         }
+    }
+
+    /// Extension headers are walked as Linux's ipv6_skip_exthdr does: an ICMPv6 error behind
+    /// Hop-by-Hop and Destination Options gets no Packet Too Big, an echo request behind them
+    /// does (quoting the headers), and of a fragmented packet only the first fragment does.
+    #[test]
+    fn ipv6_packet_too_big_skips_extension_headers_and_non_first_fragments() {
+        let mut src = [0u8; 16];
+        src[0] = 0xfd;
+        src[15] = 2;
+        let mut dst = src;
+        dst[14] = 2;
+        // An ICMPv6 message of `kind` after `exts` (each: its next-header value and bytes,
+        // whose first byte is filled with the following header's number).
+        let frame = |kind: u8, exts: &[(u8, Vec<u8>)]| {
+            let mut icmp = vec![kind, 0, 0, 0, 0, 1, 0, 1];
+            icmp.extend_from_slice(&[0x5a; 1400]);
+            let mut body = Vec::new();
+            let mut first = PROTO_ICMPV6;
+            for (i, (_, bytes)) in exts.iter().enumerate().rev() {
+                let mut b = bytes.clone();
+                b[0] = if i + 1 < exts.len() {
+                    exts[i + 1].0
+                } else {
+                    PROTO_ICMPV6
+                };
+                b.extend_from_slice(&body);
+                body = b;
+                first = exts[i].0;
+            }
+            body.extend_from_slice(&icmp);
+            let mut f = Vec::new();
+            f.extend_from_slice(&POD);
+            f.extend_from_slice(&PEER);
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+            f.extend_from_slice(&[first, 17]);
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&dst);
+            f.extend_from_slice(&body);
+            f
+        };
+        // Hop-by-Hop and Destination Options, 8 bytes each (PadN filling them).
+        let opts = |code: u8| (code, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+        let frag = |offset: u16, more: bool| {
+            let fo = (offset << 3) | u16::from(more);
+            let b = fo.to_be_bytes();
+            (44u8, vec![0, 0, b[0], b[1], 0, 0, 0x12, 0x34])
+        };
+        let mut out = [0u8; MAX_FRAME];
+
+        // etherparse sees the headers as built: the ICMPv6 type behind the options.
+        let err = frame(1, &[opts(0), opts(60)]);
+        let p = SlicedPacket::from_ethernet(&err).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        assert_eq!(
+            ip.extensions().first_header(),
+            Some(etherparse::IpNumber(0))
+        );
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6 behind the options: {:?}", p.transport)
+        };
+        assert_eq!(icmp.type_u8(), 1);
+        assert!(
+            too_big(&mut out, &err, &[], 1430).is_none(),
+            "error behind options"
+        );
+        // ...also when the frame is cut inside the options (a TSO segment's headers).
+        assert!(too_big(&mut out, &err[..60], &err[60..], 1430).is_none());
+        assert!(
+            too_big(&mut out, &frame(137, &[opts(60)]), &[], 1430).is_none(),
+            "redirect"
+        );
+
+        // An echo request behind them is answered, quoting the extension headers.
+        let echo = frame(128, &[opts(0), opts(60)]);
+        let mut answer = [0u8; MAX_FRAME];
+        let n = too_big(&mut answer, &echo, &[], 1430).expect("echo behind options");
+        let p = SlicedPacket::from_ethernet(&answer[..n]).unwrap();
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(icmp.icmp_type(), Icmpv6Type::PacketTooBig { mtu: 1430 });
+        assert_eq!(icmp.payload(), &echo[14..14 + 1232]);
+
+        // Fragments: the first one (offset 0) is answered, a later one is not.
+        let first = frame(128, &[frag(0, true)]);
+        let p = SlicedPacket::from_ethernet(&first).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        assert!(ip.is_payload_fragmented(), "etherparse sees a fragment");
+        assert!(
+            too_big(&mut out, &first, &[], 1430).is_some(),
+            "first fragment"
+        );
+        let later = frame(128, &[frag(1448 / 8, true)]);
+        assert!(
+            too_big(&mut out, &later, &[], 1430).is_none(),
+            "non-first fragment"
+        );
+        let last = frame(128, &[opts(0), frag(2896 / 8, false)]);
+        assert!(
+            too_big(&mut out, &last, &[], 1430).is_none(),
+            "non-first fragment behind options"
+        );
+        // An ICMPv6 error in a first fragment behind options is still an error.
+        assert!(too_big(&mut out, &frame(1, &[opts(0), frag(0, true)]), &[], 1430).is_none());
+        // No Next Header: nothing to answer.
+        let mut none = frame(128, &[opts(0)]);
+        none[14 + 40] = 59;
+        assert!(
+            too_big(&mut out, &none, &[], 1430).is_none(),
+            "no next header"
+        );
     }
 
     #[test]

@@ -274,6 +274,16 @@ fn decap_drops_by_reason() {
         ..c
     };
     assert!(decap(&vx(&good, 1), stranger, &f, &any).is_ok());
+    // A sender of no IP family (marked unspecified by the socket layer) is never accepted.
+    for nobody in [
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    ] {
+        assert_eq!(
+            decap(&vx(&good, 1), nobody, &f, &any),
+            Err(DropReason::RxUnknownSender)
+        );
+    }
     assert_eq!(
         decap(&vx(&tcp_frame(PEER, 10, 1), 1), PEER_IP, &f, &c),
         Err(DropReason::RxNotForUs)

@@ -42,6 +42,12 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// Whether a delete failed only because the entry (or its link) is already gone (ENOENT,
+/// ESRCH, ENODEV): every delete here takes that as done.
+fn already_gone(e: &rtnetlink::Error) -> bool {
+    matches!(errno(e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV))
+}
+
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -177,26 +183,27 @@ pub struct PeerNeighbour {
 }
 
 /// A route on the TAP device to a peer's IPv6 pod CIDR, as Flannel programs it on
-/// `flannel-v6.<VNI>`: `<v6 subnet> via <v6 subnet's network address> dev <tap> onlink`, plus
-/// a locked MTU metric (`mtu lock N`, 0 = none): the TAP's MTU is Flannel's (underlay - 50)
-/// for both families, but an IPv6 outer header needs 70 bytes and overlayd never fragments,
-/// so the route tells the kernel the real path MTU for inner IPv6. Locked, because IPv6
-/// forwarding ignores an unlocked route MTU (ip6_dst_mtu_maybe_forward).
+/// `flannel-v6.<VNI>`: `<v6 subnet> via <v6 subnet's network address> dev <tap> onlink`.
+/// overlayd programs no MTU metric: the path MTU of inner IPv6 (underlay − 70) is the
+/// device's IPv6 MTU (`net.ipv6.conf.<tap>.mtu`), which forwarding and local output both use
+/// and which, unlike a locked route MTU, lets ICMPv6 Packet Too Big lower it per destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerRouteV6 {
     pub dst: Ipv6Network,
     pub gateway: Ipv6Addr,
+    /// The MTU metric the kernel lists for the route (0: none). Programmed routes have none;
+    /// a route with one (e.g. `mtu lock` from an older overlayd) differs and is replaced.
     pub mtu: u32,
 }
 
 impl PeerRouteV6 {
     /// Flannel's route for a peer's IPv6 subnet: the gateway is the subnet's own network
     /// address (`v6Sn.IP`), which the peer's permanent neighbour entry resolves.
-    pub fn for_subnet(dst: Ipv6Network, mtu: u32) -> Self {
+    pub fn for_subnet(dst: Ipv6Network) -> Self {
         PeerRouteV6 {
             dst,
             gateway: dst.network(),
-            mtu,
+            mtu: 0,
         }
     }
 }
@@ -737,22 +744,15 @@ impl Netlink {
         m
     }
 
+    /// No metrics: a replace of a route that had an MTU metric drops it.
     fn route_message_v6(index: u32, r: PeerRouteV6) -> RouteMessage {
-        let mut m = RouteMessageBuilder::<Ipv6Addr>::new()
+        RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(r.dst.network(), r.dst.prefix())
             .gateway(r.gateway)
             .output_interface(index)
             .protocol(RouteProtocol::Other(ROUTE_PROTO))
             .onlink()
-            .build();
-        if r.mtu > 0 {
-            // RTAX_LOCK takes a bit per metric: 1 << RTAX_MTU (2).
-            m.attributes.push(RouteAttribute::Metrics(vec![
-                RouteMetric::Lock(1 << 2),
-                RouteMetric::Mtu(r.mtu),
-            ]));
-        }
-        m
+            .build()
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
@@ -813,9 +813,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r => r.map_err(req(format!("delete neighbour {ip} on link #{index}"))),
         }
     }
@@ -843,9 +841,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!(
                 "delete route {} via {} dev #{index}",
                 r.dst, r.gateway
@@ -902,9 +898,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!("delete route {} via {}", r.dst, r.gateway))),
         }
     }
@@ -944,9 +938,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!(
                 "delete direct route {} via {} dev #{}",
                 r.dst, r.gateway, r.oif
@@ -1059,9 +1051,7 @@ impl Netlink {
             .execute()
             .await
         {
-            Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {
-                Ok(())
-            }
+            Err(e) if already_gone(&e) => Ok(()),
             r2 => r2.map_err(req(format!(
                 "delete direct route {} via {} dev #{}",
                 r.dst, r.gateway, r.oif
@@ -1193,7 +1183,7 @@ impl Netlink {
         let n = ours.len();
         for m in ours {
             match self.handle.route().del(m).execute().await {
-                Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::ESRCH | libc::ENODEV)) => {}
+                Err(e) if already_gone(&e) => {}
                 r => r.map_err(req("delete route (protocol 77)"))?,
             }
         }
@@ -1295,6 +1285,22 @@ pub fn subscribe() -> Result<tokio::sync::mpsc::UnboundedReceiver<KernelEvent>, 
 mod tests {
     use super::*;
 
+    /// A delete that finds nothing (ENOENT, ESRCH, or ENODEV for a gone link) is done; any
+    /// other NACK (EPERM here) or a non-NACK error is a failure.
+    #[test]
+    fn already_gone_is_enoent_esrch_or_enodev_only() {
+        let nack = |errno: i32| {
+            let mut m = rtnetlink::packet_core::ErrorMessage::default();
+            m.code = std::num::NonZeroI32::new(-errno);
+            rtnetlink::Error::NetlinkError(m)
+        };
+        for e in [libc::ENOENT, libc::ESRCH, libc::ENODEV] {
+            assert!(already_gone(&nack(e)), "errno {e}");
+        }
+        assert!(!already_gone(&nack(libc::EPERM)));
+        assert!(!already_gone(&rtnetlink::Error::RequestFailed));
+    }
+
     #[test]
     fn one_parser_reads_our_routes_of_both_families_and_skips_others() {
         let v4 = Netlink::route_message(
@@ -1313,7 +1319,7 @@ mod tests {
                 mtu: 0,
             })
         );
-        let r6 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap(), 1430);
+        let r6 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
         assert_eq!(r6.gateway, "fd00:10:244:3::".parse::<Ipv6Addr>().unwrap());
         assert_eq!(
             parse_our_route(&Netlink::route_message_v6(7, r6)),
@@ -1321,9 +1327,16 @@ mod tests {
                 dst: "fd00:10:244:3::/64".parse().unwrap(),
                 gateway: IpAddr::V6(r6.gateway),
                 oif: 7,
-                mtu: 1430,
+                mtu: 0,
             })
         );
+        // A route listed with an MTU metric (an older overlayd's `mtu lock`) shows it, so it
+        // differs from the programmed one.
+        let mut locked = Netlink::route_message_v6(7, r6);
+        locked
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(1430)]));
+        assert_eq!(parse_our_route(&locked).map(|r| r.mtu), Some(1430));
         // Someone else's route (the kernel's, protocol boot) is not ours.
         let mut theirs = Netlink::route_message_v6(7, r6);
         theirs.header.protocol = RouteProtocol::Boot;
@@ -1405,8 +1418,8 @@ mod tests {
                     );
 
                     let mac = MacAddr([0x02, 0x42, 0, 0, 0x06, 3]);
-                    let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap(), 1430);
-                    let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap(), 0);
+                    let r3 = PeerRouteV6::for_subnet("fd00:10:244:3::/64".parse().unwrap());
+                    let r4 = PeerRouteV6::for_subnet("fd00:10:244:4::/64".parse().unwrap());
                     for r in [r3, r4, r3] {
                         nl.replace_route_v6(idx, r).await.unwrap();
                         nl.replace_neighbour_v6(idx, r.gateway, mac).await.unwrap();
@@ -1425,7 +1438,7 @@ mod tests {
                             .lines()
                             .any(|l| l.starts_with("fd00:10:244:3::/64 via fd00:10:244:3:: ")
                                 && l.contains("onlink")
-                                && l.contains("mtu lock 1430")),
+                                && !l.contains("mtu")),
                         "{shown}"
                     );
                     let ours = |n: &Vec<PeerNeighbourV6>| -> Vec<PeerNeighbourV6> {

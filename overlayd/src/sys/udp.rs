@@ -203,6 +203,13 @@ impl RawAddr {
         }
     }
 
+    /// [`RawAddr::to_addr`], or the unspecified `RecvMeta::EMPTY.from` for an address of
+    /// neither family, which the receive path drops as `unknown_sender`: the kernel already
+    /// took the datagram (and the others of its batch), so nothing is failed for it.
+    fn sender(self) -> SocketAddr {
+        self.to_addr().unwrap_or(RecvMeta::EMPTY.from)
+    }
+
     /// What the kernel wrote (a sender's address).
     fn to_addr(self) -> io::Result<SocketAddr> {
         // SAFETY: both members start with the family field, and every bit pattern is a valid
@@ -381,7 +388,9 @@ fn send_msg(
 #[derive(Debug, Clone, Copy)]
 pub struct RecvMeta {
     pub len: usize,
-    /// The sender: IPv4 on an IPv4 socket, IPv6 on an IPv6-only one.
+    /// The sender: IPv4 on an IPv4 socket, IPv6 on an IPv6-only one. Unspecified (0.0.0.0:0)
+    /// when the kernel reported an address of neither family: the datagram is still handed
+    /// on, and the decap path drops it as `unknown_sender` (no batch is failed for it).
     pub from: SocketAddr,
     /// The segment size when the kernel coalesced several datagrams (UDP_GRO).
     pub gso: Option<u16>,
@@ -427,7 +436,7 @@ pub fn recv_gro_any(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<RecvMeta> {
     let (gso, tos) = unsafe { received_cmsgs(&msg) };
     Ok(RecvMeta {
         len: n.unsigned_abs(),
-        from: addr.to_addr()?,
+        from: addr.sender(),
         gso,
         tos,
     })
@@ -501,7 +510,7 @@ pub fn recv_batch(
         let (gso, tos) = unsafe { received_cmsgs(&hdrs[i].msg_hdr) };
         metas[i] = RecvMeta {
             len: (hdrs[i].msg_len as usize).min(slot),
-            from: addrs[i].to_addr()?,
+            from: addrs[i].sender(),
             gso,
             tos,
         };
@@ -668,6 +677,28 @@ pub fn poll_writable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sender address of neither family (what `recvmmsg` could report) becomes the
+    /// unspecified address the decap path drops as unknown_sender, instead of an error that
+    /// would lose the whole batch the kernel already returned; both families read back.
+    #[test]
+    fn a_sender_of_no_ip_family_is_marked_unspecified_not_an_error() {
+        for ok in [
+            SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 8472)),
+            SocketAddr::V6(SocketAddrV6::new("fd00:18::2".parse().unwrap(), 8472, 0, 0)),
+        ] {
+            assert_eq!(RawAddr::from_addr(ok).0.sender(), ok);
+        }
+        let (mut odd, _) =
+            RawAddr::from_addr(SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), 8472)));
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            odd.v4.sin_family = libc::AF_UNIX as libc::sa_family_t;
+        }
+        assert!(odd.to_addr().is_err());
+        assert_eq!(odd.sender(), RecvMeta::EMPTY.from);
+        assert!(odd.sender().ip().is_unspecified());
+    }
 
     /// Root only (a private network namespace): a send socket with a tiny SO_SNDBUF into a
     /// rate-limited loopback (tbf holds datagrams, charged to the socket) must hit EAGAIN;

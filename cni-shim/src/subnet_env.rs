@@ -398,6 +398,14 @@ mod tests {
              FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n\
              FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
         );
+        // IPv6-only (EnableIPv4 false): Flannel's WriteSubnetFile omits the IPv4 pair.
+        let only6 = SubnetEnv::for_node(None, Some(v6), 1450, false).unwrap();
+        assert_eq!(
+            only6.render(),
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(SubnetEnv::parse(&only6.render()).unwrap(), only6);
     }
 
     /// Writer -> file -> reader gives back exactly what was written, for IPv4, IPv6 and dual

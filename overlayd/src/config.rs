@@ -44,7 +44,8 @@ fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
 /// The validated network configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConf {
-    pub network: Ipv4Network,
+    /// `Network`, present exactly when `EnableIPv4` is true (`None`: an IPv6-only cluster).
+    pub network: Option<Ipv4Network>,
     /// `IPv6Network`, present exactly when `EnableIPv6` is true (Flannel reads it only then and
     /// refuses `EnableIPv6` without it).
     pub network_v6: Option<Ipv6Network>,
@@ -504,25 +505,29 @@ impl NetConf {
                 "false while EnableIPv6 is false too: no address family is enabled (Flannel fails with \"none defined stack\"); set EnableIPv4 to true, or EnableIPv6 to true with an IPv6Network",
             ));
         }
-        if !enable_ipv4 {
-            return Err(field(
-                "EnableIPv4",
-                "false (IPv6-only) is not supported by overlayd yet: the daemon still needs IPv4 on the underlay, the device and the pods; set it to true (dual-stack with EnableIPv6 works)",
-            ));
-        }
-        let network = match network {
-            Some(IpNetwork::V4(n)) => n,
-            Some(IpNetwork::V6(n)) => {
+        // Flannel reads Network only when EnableIPv4 is true (CheckNetworkConfig).
+        let network = match (enable_ipv4, network) {
+            (true, Some(IpNetwork::V4(n))) => Some(n),
+            // Go's Unmarshal into ip.IP4Net fails on it whatever EnableIPv4 says.
+            (_, Some(IpNetwork::V6(n))) => {
                 return Err(field(
                     "Network",
                     format!("{n} is not an IPv4 CIDR (IPv6 goes in IPv6Network)"),
                 ))
             }
-            None => {
+            (true, None) => {
                 return Err(field(
                     "Network",
-                    "missing; set it to the cluster pod CIDR, e.g. \"10.244.0.0/16\"",
+                    "missing; set it to the cluster pod CIDR, e.g. \"10.244.0.0/16\" (or EnableIPv4 to false for an IPv6-only cluster)",
                 ))
+            }
+            (false, n) => {
+                if let Some(n) = n {
+                    warnings.push(format!(
+                        "net-conf.json Network {n} ignored while EnableIPv4 is false (as Flannel does)"
+                    ));
+                }
+                None
             }
         };
         let network_v6 = if enable_ipv6 {
@@ -584,7 +589,7 @@ impl NetConf {
             ipv6_subnet_max,
             warnings: Vec::new(),
         };
-        if subnet_len != 0 || subnet_min.is_some() || subnet_max.is_some() {
+        if network.is_some() && (subnet_len != 0 || subnet_min.is_some() || subnet_max.is_some()) {
             // Flannel validates these in CheckNetworkConfig, which only its local (etcd)
             // manager calls (pkg/subnet/config.go:73-74); with the Kubernetes manager a bad
             // value changes nothing, so it is a warning here too, with the reason.
@@ -642,8 +647,14 @@ impl NetConf {
     /// `CheckNetworkConfig` does (pkg/subnet/config.go), for a subnet manager that leases
     /// subnets itself (the etcd source).
     pub fn subnet_allocation(&self) -> Result<SubnetAllocation, ConfigError> {
+        let network = self.network.ok_or_else(|| {
+            field(
+                "EnableIPv4",
+                "false: there is no IPv4 Network to lease IPv4 subnets from; set EnableIPv4 to true with a Network for IPv4 subnets",
+            )
+        })?;
         let (subnet_len, min, max) = RULES_V4.check(
-            IpNetwork::V4(self.network),
+            IpNetwork::V4(network),
             self.subnet_len,
             self.subnet_min.map(IpAddr::V4),
             self.subnet_max.map(IpAddr::V4),

@@ -988,7 +988,11 @@ pub fn start_from_options(
         return Ok(None);
     }
     let rules = Rules {
-        network: netconf.network,
+        network: netconf.network.ok_or_else(|| {
+            anyhow::anyhow!(
+                "masquerade and forward rules need the IPv4 Network (EnableIPv4 is false)"
+            )
+        })?,
         pod_cidr,
         masquerade: opts.ip_masq,
         random_fully: opts.ip_masq_random_fully,

@@ -274,7 +274,7 @@ fn config_map_holds_a_valid_net_conf_and_conflist() {
     let data = d.config_maps[0].data.as_ref().unwrap();
     let nc = overlayd::config::NetConf::parse(&data["net-conf.json"]).unwrap();
     assert_eq!((nc.vni, nc.port), (1, 8472));
-    assert_eq!(nc.network.to_string(), "10.244.0.0/16");
+    assert_eq!(nc.network.unwrap().to_string(), "10.244.0.0/16");
     let conf: serde_json::Value = serde_json::from_str(&data["cni-conf.json"]).unwrap();
     let plugins = conf["plugins"].as_array().unwrap();
     assert_eq!(plugins[0]["type"], "overlayd-cni");

@@ -14,7 +14,7 @@ fn flannel_default_file() {
     let c =
         parse(r#"{"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}}"#);
     assert_eq!((c.vni, c.port, c.mtu), (1, 8472, None));
-    assert_eq!(c.network.to_string(), "10.244.0.0/16");
+    assert_eq!(c.network.unwrap().to_string(), "10.244.0.0/16");
     assert_eq!(c.inner_mtu(1500), 1450);
     assert!(!c.enable_nftables && !c.direct_routing);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -81,7 +81,7 @@ fn mtu_is_the_outer_mtu_as_in_flannel() {
 #[test]
 fn network_host_bits_are_cleared_as_go_parsecidr_does() {
     let c = parse(r#"{"Network":"10.244.3.7/16","Backend":{"Type":"vxlan"}}"#);
-    assert_eq!(c.network.to_string(), "10.244.0.0/16");
+    assert_eq!(c.network.unwrap().to_string(), "10.244.0.0/16");
 }
 
 #[test]
@@ -436,18 +436,61 @@ fn ipv6_subnet_len_min_max_as_flannel_checks_them() {
 }
 
 #[test]
-fn enable_ipv4_false_is_refused_with_its_reason() {
+fn enable_ipv4_false_without_ipv6_is_refused_with_its_reason() {
     let e = err(r#"{"EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#);
     assert!(
         e.contains("EnableIPv4: false while EnableIPv6 is false too")
             && e.contains("none defined stack"),
         "{e}"
     );
-    let e = err(
-        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
-    );
+    // Flannel's CheckNetworkConfig: EnableIPv6 needs an IPv6Network, IPv6-only too.
+    let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#);
     assert!(
-        e.contains("EnableIPv4: false (IPv6-only) is not supported by overlayd yet"),
+        e.contains("IPv6Network: missing while EnableIPv6 is true"),
         "{e}"
     );
+}
+
+#[test]
+fn ipv6_only_is_accepted_without_network() {
+    let c = parse(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(c.network, None);
+    assert_eq!(c.network_v6.unwrap().to_string(), "fd00:10:244::/56");
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // The IPv6 ranges are Flannel's; there is no IPv4 range to lease from.
+    let a = c.subnet_allocation_v6().unwrap().unwrap();
+    assert_eq!(a.subnet_len, 64);
+    let e = c.subnet_allocation().unwrap_err().to_string();
+    assert!(
+        e.contains("EnableIPv4: false: there is no IPv4 Network"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ipv6_only_ignores_the_ipv4_keys_as_flannel_does() {
+    // Flannel reads Network, SubnetLen/Min/Max only with EnableIPv4: even a bad one is ignored.
+    let c = parse(
+        r#"{"EnableIPv4":false,"Network":"10.244.0.0/16","SubnetLen":40,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(c.network, None);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("Network 10.244.0.0/16 ignored while EnableIPv4 is false")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        !c.warnings.iter().any(|w| w.contains("SubnetLen")),
+        "{:?}",
+        c.warnings
+    );
+    // An IPv6 Network fails Flannel's JSON decoding (ip.IP4Net) whatever EnableIPv4 says.
+    let e = err(
+        r#"{"EnableIPv4":false,"Network":"fd00::/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+    );
+    assert!(e.contains("Network: fd00::/16 is not an IPv4 CIDR"), "{e}");
 }

@@ -81,15 +81,21 @@ pub async fn wait_for_config(
 /// The ranges of `<prefix>/config`, checked as Flannel's `CheckNetworkConfig` (IPv6 only
 /// with `EnableIPv6`).
 fn allocation(nc: &NetConf) -> Result<Allocation, crate::config::ConfigError> {
-    let a = nc.subnet_allocation()?;
+    let v4 = match nc.network {
+        Some(network) => {
+            let a = nc.subnet_allocation()?;
+            Some(SubnetRange {
+                network: IpNetwork::V4(network),
+                subnet_len: a.subnet_len,
+                subnet_min: IpAddr::V4(a.subnet_min),
+                subnet_max: IpAddr::V4(a.subnet_max),
+            })
+        }
+        None => None,
+    };
     let v6 = nc.subnet_allocation_v6()?;
     Ok(Allocation {
-        v4: Some(SubnetRange {
-            network: IpNetwork::V4(nc.network),
-            subnet_len: a.subnet_len,
-            subnet_min: IpAddr::V4(a.subnet_min),
-            subnet_max: IpAddr::V4(a.subnet_max),
-        }),
+        v4,
         v6: v6.zip(nc.network_v6).map(|(a, network)| SubnetRange {
             network: IpNetwork::V6(network),
             subnet_len: a.subnet_len,

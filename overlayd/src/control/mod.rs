@@ -607,31 +607,37 @@ async fn ensure_ipv6_address(
 /// WriteSubnetFile: the IPv6 subnet's first host, like the IPv4 one).
 fn subnet_env(
     netconf: &NetConf,
-    own_cidr: ipnetwork::Ipv4Network,
+    own_cidr: Option<ipnetwork::Ipv4Network>,
     own_v6: Option<ipnetwork::Ipv6Network>,
     mtu: u32,
     opts: &Options,
 ) -> Result<SubnetEnv> {
-    let v4 =
-        NodeSubnet::for_pod_cidr(netconf.network.into(), own_cidr.into()).with_context(|| {
-            format!(
-                "cannot describe podCIDR {own_cidr} of Network {} in {}",
-                netconf.network,
-                opts.subnet_file.display()
-            )
-        })?;
-    let v6 = match (netconf.network_v6, own_v6) {
-        (Some(network), Some(cidr)) => Some(
-            NodeSubnet::for_pod_cidr(network.into(), cidr.into()).with_context(|| {
-                format!(
-                    "cannot describe IPv6 podCIDR {cidr} of IPv6Network {network} in {}",
-                    opts.subnet_file.display()
-                )
-            })?,
-        ),
-        _ => None,
-    };
-    SubnetEnv::for_node(Some(v4), v6, mtu, opts.ip_masq).context("subnet.env without a subnet")
+    // One family's pair, when the family is on and the node has a podCIDR of it.
+    let describe =
+        |network: Option<ipnetwork::IpNetwork>, cidr: Option<ipnetwork::IpNetwork>, what: &str| {
+            let (Some(network), Some(cidr)) = (network, cidr) else {
+                return Ok(None);
+            };
+            NodeSubnet::for_pod_cidr(network, cidr)
+                .map(Some)
+                .with_context(|| {
+                    format!(
+                        "cannot describe {what} podCIDR {cidr} of {what} network {network} in {}",
+                        opts.subnet_file.display()
+                    )
+                })
+        };
+    let v4 = describe(
+        netconf.network.map(Into::into),
+        own_cidr.map(Into::into),
+        "IPv4",
+    )?;
+    let v6 = describe(
+        netconf.network_v6.map(Into::into),
+        own_v6.map(Into::into),
+        "IPv6",
+    )?;
+    SubnetEnv::for_node(v4, v6, mtu, opts.ip_masq).context("subnet.env without a subnet")
 }
 
 /// Pods reach other nodes only when the kernel forwards; like flanneld, overlayd leaves that
@@ -764,6 +770,11 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         }
         netconf
     };
+    if netconf.network.is_none() {
+        bail!(
+            "net-conf.json has EnableIPv4 false (an IPv6-only cluster): the configuration is valid, but this overlayd daemon does not run IPv6-only yet (it still needs IPv4 on the underlay, the device and the pods); set EnableIPv4 to true with a Network (dual-stack with EnableIPv6 works)"
+        );
+    }
     // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
     let nl = Netlink::connect()?;
     let underlay = find_underlay(&nl, &opts, netconf.network_v6.is_some()).await?;
@@ -916,7 +927,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_v6,
         observed.netfilter.clone(),
     )?;
-    let env = subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?;
+    let env = subnet_env(&netconf, Some(own_cidr), own_v6, mtu, &opts)?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
@@ -1078,7 +1089,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     own_mac = new.own_vtep_mac();
                     own_v6 = own_v6_of(&new, &netconf);
                     state = new;
-                    subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?
+                    subnet_env(&netconf, Some(own_cidr), own_v6, mtu, &opts)?
                         .write_atomic(&opts.subnet_file)
                         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
                     drop(netfilter.take());

@@ -16,7 +16,7 @@ use crate::sys::netlink::Netlink;
 /// subnets of the underlay interface are underlay subnets like the IPv4 ones.
 pub async fn peer_policy(
     nl: &Netlink,
-    network: Ipv4Network,
+    network: Option<Ipv4Network>,
     network_v6: Option<Ipv6Network>,
     underlay_ip: Ipv4Addr,
     underlay_ip6: Option<Ipv6Addr>,
@@ -24,11 +24,12 @@ pub async fn peer_policy(
 ) -> (PeerPolicy, Option<String>) {
     let mut policy = PeerPolicy {
         allow_link_local_vtep,
+        network,
         network_v6,
         own_addresses: std::iter::once(IpAddr::V4(underlay_ip))
             .chain(underlay_ip6.map(IpAddr::V6))
             .collect(),
-        ..PeerPolicy::new(network)
+        underlay_subnets: Vec::new(),
     };
     match nl.all_addresses().await {
         Ok(addrs) => {

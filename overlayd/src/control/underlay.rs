@@ -120,6 +120,19 @@ fn with_v6(c: Choice, i: &Iface, ipv6: bool) -> Result<Choice, String> {
     }
 }
 
+/// An interface chosen by its name (`--iface NAME`, a `--iface-regex` matching a name): its
+/// first IPv4 address, and with IPv6 on its first usable IPv6 one. `None` when it has no IPv4
+/// address (the caller says how it was chosen).
+fn by_name(i: &Iface, ipv6: bool) -> Option<Result<Choice, String>> {
+    let addr = *i.v4.first()?;
+    let c = Choice {
+        index: i.link.index,
+        addr: Some(addr),
+        addr6: None,
+    };
+    Some(with_v6(c, i, ipv6))
+}
+
 /// Tries `--iface` then `--iface-regex` against `snap`; `Ok(None)` when nothing matched (the
 /// caller tries `--iface-can-reach` next). Each miss is described in `misses`, as flanneld
 /// logs it.
@@ -162,16 +175,8 @@ pub fn select(
             }
         } else {
             match snap.ifaces.iter().find(|i| i.link.name == *want) {
-                Some(i) if !i.v4.is_empty() => with_v6(
-                    Choice {
-                        index: i.link.index,
-                        addr: Some(i.v4[0]),
-                        addr6: None,
-                    },
-                    i,
-                    sel.ipv6,
-                ),
-                Some(_) => Err("the interface has no IPv4 address".into()),
+                Some(i) => by_name(i, sel.ipv6)
+                    .unwrap_or_else(|| Err("the interface has no IPv4 address".into())),
                 None => Err("no such interface".into()),
             }
         };
@@ -206,19 +211,12 @@ pub fn select(
             return Ok(by_addr);
         }
         let found = match snap.ifaces.iter().find(|i| re.is_match(&i.link.name)) {
-            Some(i) if !i.v4.is_empty() => with_v6(
-                Choice {
-                    index: i.link.index,
-                    addr: Some(i.v4[0]),
-                    addr6: None,
-                },
-                i,
-                sel.ipv6,
-            ),
-            Some(i) => Err(format!(
-                "matched {}, which has no IPv4 address",
-                i.link.name
-            )),
+            Some(i) => by_name(i, sel.ipv6).unwrap_or_else(|| {
+                Err(format!(
+                    "matched {}, which has no IPv4 address",
+                    i.link.name
+                ))
+            }),
             None => Err(format!(
                 "matches no interface name or {} address",
                 if sel.ipv6 { "IPv4+IPv6" } else { "IPv4" }

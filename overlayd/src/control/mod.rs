@@ -726,9 +726,15 @@ fn own_node(
     own_mac: fdb_sync::MacAddr,
     own_v6: Option<ipnetwork::Ipv6Network>,
     mtu: u32,
-) -> Option<OwnNode> {
-    let (own_cidr, vtep_ip) = own_cidr.zip(underlay.ip)?;
-    Some(OwnNode {
+) -> OwnNode {
+    OwnNode {
+        ipv4: own_cidr
+            .zip(underlay.ip)
+            .map(|(pod_cidr, vtep_ip)| crate::observe::PeerStatusV4 {
+                pod_cidr,
+                vtep_ip,
+                vtep_mac: model::mac(own_mac),
+            }),
         ipv6: own_v6
             .zip(underlay.ip6)
             .map(|(pod_cidr, vtep_ip)| crate::observe::PeerStatusV6 {
@@ -737,14 +743,11 @@ fn own_node(
                 vtep_mac: model::mac(own_mac),
             }),
         node: opts.node_name.clone(),
-        pod_cidr: own_cidr,
-        vtep_ip,
-        vtep_mac: model::mac(own_mac),
         device: opts.device.clone(),
         vni: netconf.vni,
         port: netconf.port,
         mtu,
-    })
+    }
 }
 
 /// Runs the daemon until a signal arrives.
@@ -968,9 +971,9 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             }),
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
-    if let Some(own) = own_node(&opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu) {
-        observed.set_own(own);
-    }
+    observed.set_own(own_node(
+        &opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu,
+    ));
     observed.synced();
     info!(
         node = %opts.node_name, pod_cidr = ?own_cidr, pod_cidr_v6 = ?own_v6, vtep_mac = %own_mac, device = %opts.device,
@@ -1121,9 +1124,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         t.abort();
                         blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, own_v6, opts.iptables_resync)));
                     }
-                    if let Some(own) = own_node(&opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu) {
-                        observed.set_own(own);
-                    }
+                    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu));
                     log_peer_set(&state, &mut reported_skips);
                     observed.set_skipped(&state);
                     last_error.clear();

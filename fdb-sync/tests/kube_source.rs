@@ -633,7 +633,9 @@ fn ipv6_only_vtep_is_published_without_the_ipv4_keys() {
     let patch = ks::annotation_patch(&n, &a).unwrap();
     let keys = patch["metadata"]["annotations"].as_object().unwrap();
     assert!(
-        !keys.keys().any(|k| k.ends_with("/backend-data") || k.ends_with("/public-ip")),
+        !keys
+            .keys()
+            .any(|k| k.ends_with("/backend-data") || k.ends_with("/public-ip")),
         "{patch}"
     );
 

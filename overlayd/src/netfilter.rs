@@ -753,8 +753,8 @@ impl Manager {
                 let nft = self.nft.as_deref().ok_or(NetfilterError::NoTool)?;
                 let mut stale = [false; 2];
                 for family in Family::ALL {
-                    stale[family as usize] = self.rules.nets(family).is_none()
-                        && nft_list(nft, family)?.is_some();
+                    stale[family as usize] =
+                        self.rules.nets(family).is_none() && nft_list(nft, family)?.is_some();
                 }
                 let random_fully = self.random_fully[usize::from(self.rules.v4.is_none())];
                 run(
@@ -1264,10 +1264,7 @@ mod tests {
     /// left by an IPv4 run is deleted), the IPv6 rules as in dual stack.
     #[test]
     fn ipv6_only_rules_never_name_ipv4() {
-        let v6only = Rules {
-            v4: None,
-            ..dual()
-        };
+        let v6only = Rules { v4: None, ..dual() };
         assert!(iptables_masq_rules(&v6only, Family::V4, true).is_empty());
         assert!(iptables_fwd_rules(&v6only, Family::V4).is_empty());
         assert_eq!(
@@ -1286,7 +1283,11 @@ mod tests {
             ),
             "{stale}"
         );
-        assert_eq!(stale.matches("table ip overlayd-ipv4").count(), 2, "{stale}");
+        assert_eq!(
+            stale.matches("table ip overlayd-ipv4").count(),
+            2,
+            "{stale}"
+        );
     }
 
     #[test]

@@ -843,14 +843,32 @@ fn ipv6_only_cluster() {
         }
         // No IPv4 VXLAN socket: only the IPv6 one listens on 8472.
         let udp4 = sh_ok(&[
-            "ip", "netns", "exec", &lab.node(i), "ss", "-H", "-u", "-a", "-n", "-4",
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "ss",
+            "-H",
+            "-u",
+            "-a",
+            "-n",
+            "-4",
         ]);
         assert!(
             !udp4.lines().any(|l| l.contains(":8472 ")),
             "node {i}: IPv4 UDP 8472 socket: {udp4}"
         );
         let udp6 = sh_ok(&[
-            "ip", "netns", "exec", &lab.node(i), "ss", "-H", "-u", "-a", "-n", "-6",
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "ss",
+            "-H",
+            "-u",
+            "-a",
+            "-n",
+            "-6",
         ]);
         assert!(udp6.contains(":8472 "), "node {i}: {udp6}");
         // Status: no IPv4 side (absent or null, never 0.0.0.0), the IPv6 side as in dual stack.
@@ -874,7 +892,10 @@ fn ipv6_only_cluster() {
         let r4 = sh_ok(&["ip", "-n", &pod, "-4", "route", "show"]);
         assert!(r4.trim().is_empty(), "pod {i}: {r4}");
         let v6 = sh_ok(&["ip", "-n", &pod, "-6", "addr", "show", "dev", "eth0"]);
-        assert!(v6.contains(&format!("inet6 {}/64", pod_ip6(i, 1))), "pod {i}: {v6}");
+        assert!(
+            v6.contains(&format!("inet6 {}/64", pod_ip6(i, 1))),
+            "pod {i}: {v6}"
+        );
         let r6 = sh_ok(&["ip", "-n", &pod, "-6", "route", "show"]);
         assert!(
             r6.contains(&format!("fd00:10:244::/56 via fd00:10:244:{i}::1 dev eth0")),

@@ -135,11 +135,7 @@ fn with_v6(c: Choice, i: &Iface, ipv6: bool) -> Result<Choice, String> {
 /// first IPv4 address (with IPv4 on), and with IPv6 on its first usable IPv6 one. `None` when
 /// IPv4 is on and it has no IPv4 address (the caller says how it was chosen).
 fn by_name(i: &Iface, sel: &Selectors<'_>) -> Option<Result<Choice, String>> {
-    let addr = if sel.ipv4 {
-        Some(*i.v4.first()?)
-    } else {
-        None
-    };
+    let addr = if sel.ipv4 { Some(*i.v4.first()?) } else { None };
     let c = Choice {
         index: i.link.index,
         addr,

@@ -958,4 +958,59 @@ fn ipv6_only_cluster() {
         eprintln!("iperf3 -6 node{i} -> node{o}: {:.2} Gbit/s", bps / 1e9);
         assert!(bps > 10e6, "iperf3 -6 node{i} -> node{o}: {bps} bit/s");
     }
+
+    // Netfilter: the FORWARD accepts (on by default, iptables as Flannel's default) exist for
+    // IPv6 only; the IPv4 tools hold nothing of overlayd's.
+    let n1 = lab.node(1);
+    let save = |tool: &str| sh_ok(&["ip", "netns", "exec", &n1, tool]);
+    let v4 = save("iptables-save");
+    assert!(!v4.contains("OVERLAYD"), "{v4}");
+    let v6 = save("ip6tables-save");
+    assert!(v6.contains("-A OVERLAYD-FWD -s fd00:10:244::/56"), "{v6}");
+    // With EnableNFTables and --ip-masq: only the ip6 table, never an ip one; traffic flows;
+    // `overlayd cleanup` removes the table and the IPv6 chains.
+    let mut lab = lab;
+    assert!(lab.stop(1));
+    std::fs::write(
+        lab.dir.join("net-conf.json"),
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    lab.start_with(1, &["--ip-masq"]);
+    let tables = sh_ok(&["ip", "netns", "exec", &n1, "nft", "list", "tables"]);
+    assert!(
+        tables.contains("table ip6 overlayd-ipv6") && !tables.contains("overlayd-ipv4"),
+        "{tables}"
+    );
+    let table = sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "nft",
+        "list",
+        "table",
+        "ip6",
+        "overlayd-ipv6",
+    ]);
+    assert!(
+        table.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade"),
+        "{table}"
+    );
+    assert!(
+        lab.ping_within(&lab.pod(1, 1), &pod_ip6(2, 1), Duration::from_secs(5)),
+        "ping -6 after the restart:\n{}",
+        lab.log(1)
+    );
+    assert!(lab.stop(1));
+    let out = lab.cleanup(1, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables = sh_ok(&["ip", "netns", "exec", &n1, "nft", "list", "tables"]);
+    assert!(!tables.contains("overlayd"), "{tables}");
+    assert!(!save("ip6tables-save").contains("OVERLAYD"));
+    assert!(!save("iptables-save").contains("OVERLAYD"));
 }

@@ -855,10 +855,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     let mtu_v6 = ipv6_device_mtu(mtu, underlay.mtu);
     if underlay.ip6.is_some() && mtu_v6 < 1280 {
         bail!(
-            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU or set EnableIPv6 to false",
+            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU{}",
             underlay.iface,
             underlay.mtu,
-            crate::config::VXLAN_OVERHEAD_V6
+            crate::config::VXLAN_OVERHEAD_V6,
+            if underlay.ip.is_some() {
+                " or set EnableIPv6 to false"
+            } else {
+                " (an IPv6-only cluster has no other family to fall back on)"
+            }
         );
     }
     if let (Some(listed), Some(ours)) = (state.own.public_ip_v6, underlay.ip6) {

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use overlayd::fdb::{Fdb, Peer};
+use overlayd::fdb::{Fdb, Peer, PeerV4};
 use overlayd::path::gro::{Coalescer, InnerFrame};
 use overlayd::path::tso::Segmenter;
 use overlayd::path::{decap, encap, DecapConfig};
@@ -20,9 +20,11 @@ fn peers(n: u32) -> Vec<Peer> {
             let [_, _, b, c] = (i + 2).to_be_bytes();
             Peer {
                 name: format!("node{i}"),
-                pod_cidr: format!("10.{b}.{c}.0/24").parse().unwrap(),
-                vtep_ip: Ipv4Addr::new(198, 18, b, c),
-                vtep_mac: MacAddr([0x0a, 0x58, 10, b, c, 0]),
+                v4: Some(PeerV4 {
+                    pod_cidr: format!("10.{b}.{c}.0/24").parse().unwrap(),
+                    vtep_ip: Ipv4Addr::new(198, 18, b, c),
+                    vtep_mac: MacAddr([0x0a, 0x58, 10, b, c, 0]),
+                }),
                 v6: None,
             }
         })
@@ -69,7 +71,7 @@ fn bench_path(c: &mut Criterion) {
         let mut f = frame.clone();
         b.iter(|| {
             encap(black_box(&mut f), &vnet::Header::default(), &fdb)
-                .map(|t| t.peer.vtep)
+                .map(|t| t.destination)
                 .ok()
         });
     });

@@ -15,17 +15,40 @@ use crate::wire::ethernet::MacAddr;
 
 /// One peer as the FDB needs it: overlayd's own type, built by the control plane from the node
 /// model's peers (`control::model`), so the dataplane does not depend on how nodes are
-/// described or where they come from.
+/// described or where they come from. A peer has an IPv4 side, an IPv6 side or both (an
+/// IPv6-only cluster's peers have no IPv4 side); the model never gives one with neither.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
+    /// The peer's IPv4 VTEP (Flannel's `flannel.<VNI>`).
+    pub v4: Option<PeerV4>,
+    /// The peer's IPv6 VTEP (Flannel's `flannel-v6.<VNI>`).
+    pub v6: Option<PeerV6>,
+}
+
+impl Peer {
+    /// An IPv4-only peer.
+    #[must_use]
+    pub fn ipv4(name: &str, pod_cidr: Ipv4Network, vtep_ip: Ipv4Addr, vtep_mac: MacAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            v4: Some(PeerV4 {
+                pod_cidr,
+                vtep_ip,
+                vtep_mac,
+            }),
+            v6: None,
+        }
+    }
+}
+
+/// A peer's IPv4 side: its IPv4 podCIDR, the public (underlay) address its VXLAN packets go to
+/// and come from, and the VtepMAC its IPv4 pods are reached by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerV4 {
     pub pod_cidr: Ipv4Network,
-    /// The peer's public (underlay) address: where its VXLAN packets go and come from.
     pub vtep_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
-    /// The peer's IPv6 VTEP (dual-stack): its IPv6 podCIDR, IPv6 underlay address and the
-    /// VtepMAC its IPv6 pods are reached by.
-    pub v6: Option<PeerV6>,
 }
 
 /// A peer's IPv6 side, as Flannel's `flannel-v6.<VNI>` device describes it.
@@ -71,23 +94,23 @@ impl PeerCounters {
     }
 }
 
+/// One peer in a snapshot: its sides as the model gave them and its counters.
 #[derive(Debug, Clone)]
 pub struct FdbEntry {
     pub node: Arc<str>,
-    pub pod_cidr: Ipv4Network,
-    /// Where to send: the peer's public IP and the VXLAN port.
-    pub vtep: SocketAddrV4,
-    /// The peer's IPv6 side (dual-stack), as the model gave it.
+    pub v4: Option<PeerV4>,
     pub v6: Option<PeerV6>,
     pub counters: Arc<PeerCounters>,
 }
 
-/// What ingress knows about a sending VTEP: its peer's counters and the podCIDR it may speak
+/// What ingress knows about a sending VTEP: its peer's counters and the podCIDRs it may speak
 /// for (network and mask as integers, so the per-packet check is one AND and one compare).
 #[derive(Debug, Clone)]
 pub struct Vtep {
     pub counters: Arc<PeerCounters>,
-    pod_v4: (u32, u32),
+    /// The IPv4 podCIDR as (network, mask); `None` for a peer without an IPv4 side, which
+    /// then speaks for no IPv4 source at all.
+    pod_v4: Option<(u32, u32)>,
     /// The IPv6 podCIDR as (network, mask); `None` for an IPv4-only peer, which then speaks
     /// for no IPv6 source at all.
     pod_v6: Option<(u128, u128)>,
@@ -100,7 +123,8 @@ impl Vtep {
     #[inline]
     #[must_use]
     pub fn owns_v4(&self, src: [u8; 4]) -> bool {
-        u32::from_be_bytes(src) & self.pod_v4.1 == self.pod_v4.0
+        self.pod_v4
+            .is_some_and(|(net, mask)| u32::from_be_bytes(src) & mask == net)
     }
 
     /// Whether `src` (an inner IPv6 source) lies inside this peer's IPv6 podCIDR (which holds
@@ -121,19 +145,20 @@ type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 #[derive(Debug, Default)]
 pub struct Fdb {
-    by_mac: FastMap<[u8; 6], FdbEntry>,
-    /// Dual-stack peers by their IPv6 VtepMAC (often the same MAC as the IPv4 one): inner IPv6
-    /// frames to them leave over the outer IPv6 address (as Flannel's flannel-v6.1 device).
-    /// The entry is the peer's (same counters); the address is its IPv6 VTEP.
+    /// Peers reached over VXLAN for inner IPv4, by their IPv4 VtepMAC, with the outer IPv4
+    /// destination (as Flannel's flannel.1 device).
+    by_mac: FastMap<[u8; 6], (FdbEntry, SocketAddrV4)>,
+    /// Peers reached over VXLAN for inner IPv6, by their IPv6 VtepMAC (often the same MAC as
+    /// the IPv4 one), with the outer IPv6 destination (as Flannel's flannel-v6.1 device).
     by_mac_v6: FastMap<[u8; 6], (FdbEntry, SocketAddrV6)>,
-    /// Known VTEP addresses (ingress filter), their peer's counters and podCIDR.
+    /// Known IPv4 VTEP addresses (ingress filter), their peer's counters and podCIDRs.
     vteps: FastMap<Ipv4Addr, Vtep>,
     /// Known IPv6 VTEP addresses: the same `Vtep` (counters, both podCIDRs) as the peer's
     /// IPv4 address, so a peer is one set of counters whichever underlay family carries it.
     vteps_v6: FastMap<Ipv6Addr, Vtep>,
-    /// Peers reached by DirectRouting (plain routes, no encapsulation): not in `by_mac`, so
-    /// nothing is encapsulated to them, but still accepted on ingress and listed.
-    direct: Vec<(MacAddr, FdbEntry)>,
+    /// Every peer once, sorted by name, whatever carries each of its families (VXLAN or
+    /// DirectRouting's plain routes): for counting, listing and keeping counters.
+    peers: Vec<FdbEntry>,
 }
 
 impl Fdb {
@@ -149,9 +174,10 @@ impl Fdb {
         Self::from_peers_direct(peers, port, previous, &HashMap::new())
     }
 
-    /// As `from_peers_keeping`, with the peers whose VTEP address is a key of `direct`
-    /// (DirectRouting) left out of the MAC table; decided per family (a peer's IPv6 VTEP in
-    /// `direct` leaves only its IPv6 entry out).
+    /// As `from_peers_keeping`, with the peers' sides whose VTEP address is a key of `direct`
+    /// (DirectRouting) left out of that family's MAC table: nothing is encapsulated to them,
+    /// but they are still accepted on ingress and listed. Decided per family (a peer's IPv6
+    /// VTEP in `direct` leaves only its IPv6 entry out).
     #[must_use]
     pub fn from_peers_direct(
         peers: &[Peer],
@@ -159,16 +185,9 @@ impl Fdb {
         previous: Option<&Fdb>,
         direct: &HashMap<IpAddr, u32>,
     ) -> Self {
-        let mut old: HashMap<&str, &Arc<PeerCounters>> = HashMap::new();
-        if let Some(prev) = previous {
-            for e in prev
-                .by_mac
-                .values()
-                .chain(prev.direct.iter().map(|(_, e)| e))
-            {
-                old.insert(&e.node, &e.counters);
-            }
-        }
+        let old: HashMap<&str, &Arc<PeerCounters>> = previous
+            .map(|prev| prev.peers.iter().map(|e| (&*e.node, &e.counters)).collect())
+            .unwrap_or_default();
         let mut fdb = Fdb::default();
         for p in peers {
             let counters = old
@@ -176,10 +195,12 @@ impl Fdb {
                 .map_or_else(Arc::default, |c| Arc::clone(c));
             let vtep = Vtep {
                 counters: counters.clone(),
-                pod_v4: (
-                    u32::from(p.pod_cidr.network()),
-                    u32::from(p.pod_cidr.mask()),
-                ),
+                pod_v4: p.v4.map(|v4| {
+                    (
+                        u32::from(v4.pod_cidr.network()),
+                        u32::from(v4.pod_cidr.mask()),
+                    )
+                }),
                 pod_v6: p.v6.map(|v6| {
                     (
                         u128::from(v6.pod_cidr.network()),
@@ -187,38 +208,37 @@ impl Fdb {
                     )
                 }),
             };
-            if let Some(v6) = p.v6 {
-                fdb.vteps_v6.insert(v6.vtep_ip, vtep.clone());
-            }
-            fdb.vteps.insert(p.vtep_ip, vtep);
             let entry = FdbEntry {
                 node: Arc::from(p.name.as_str()),
-                pod_cidr: p.pod_cidr,
-                vtep: SocketAddrV4::new(p.vtep_ip, port),
+                v4: p.v4,
                 v6: p.v6,
                 counters,
             };
-            if let Some(v6) =
-                p.v6.filter(|v| !direct.contains_key(&IpAddr::V6(v.vtep_ip)))
-            {
-                fdb.by_mac_v6.insert(
-                    v6.vtep_mac.0,
-                    (entry.clone(), SocketAddrV6::new(v6.vtep_ip, port, 0, 0)),
-                );
+            if let Some(v4) = p.v4 {
+                fdb.vteps.insert(v4.vtep_ip, vtep.clone());
+                if !direct.contains_key(&IpAddr::V4(v4.vtep_ip)) {
+                    let dst = SocketAddrV4::new(v4.vtep_ip, port);
+                    fdb.by_mac.insert(v4.vtep_mac.0, (entry.clone(), dst));
+                }
             }
-            if direct.contains_key(&IpAddr::V4(p.vtep_ip)) {
-                fdb.direct.push((p.vtep_mac, entry));
-            } else {
-                fdb.by_mac.insert(p.vtep_mac.0, entry);
+            if let Some(v6) = p.v6 {
+                fdb.vteps_v6.insert(v6.vtep_ip, vtep);
+                if !direct.contains_key(&IpAddr::V6(v6.vtep_ip)) {
+                    let dst = SocketAddrV6::new(v6.vtep_ip, port, 0, 0);
+                    fdb.by_mac_v6.insert(v6.vtep_mac.0, (entry.clone(), dst));
+                }
             }
+            fdb.peers.push(entry);
         }
+        fdb.peers.sort_by(|a, b| a.node.cmp(&b.node));
         fdb
     }
 
+    /// The peer whose IPv4 VtepMAC is `mac`, when it is reached over VXLAN for IPv4.
     #[inline]
     #[must_use]
     pub fn lookup(&self, mac: &[u8; 6]) -> Option<&FdbEntry> {
-        self.by_mac.get(mac)
+        self.by_mac.get(mac).map(|(e, _)| e)
     }
 
     /// The peer whose IPv6 VtepMAC is `mac`, when it is reached over VXLAN for IPv6.
@@ -228,8 +248,8 @@ impl Fdb {
     }
 
     /// The peer to send a frame for `mac` to, and the outer destination: an inner IPv6 frame
-    /// (`inner_v6`) to a dual-stack peer's IPv6 VtepMAC goes to its IPv6 VTEP; every other frame
-    /// (and an IPv6 frame to a MAC known only for IPv4, as kernel vxlan would) to the IPv4 VTEP.
+    /// (`inner_v6`) to a peer's IPv6 VtepMAC goes to its IPv6 VTEP; every other frame (and an
+    /// IPv6 frame to a MAC known only for IPv4, as kernel vxlan would) to the IPv4 VTEP.
     #[inline]
     #[must_use]
     pub fn route(&self, mac: &[u8; 6], inner_v6: bool) -> Option<(&FdbEntry, SocketAddr)> {
@@ -238,7 +258,9 @@ impl Fdb {
                 return Some((e, SocketAddr::V6(*dst)));
             }
         }
-        self.by_mac.get(mac).map(|e| (e, SocketAddr::V4(e.vtep)))
+        self.by_mac
+            .get(mac)
+            .map(|(e, dst)| (e, SocketAddr::V4(*dst)))
     }
 
     /// The counters of the peer whose VTEP address (IPv4 or IPv6) is `ip`.
@@ -263,30 +285,21 @@ impl Fdb {
         }
     }
 
-    /// The peers in the snapshot, each once: every peer is in `by_mac` (VXLAN for IPv4) or in
-    /// `direct` (DirectRouting for IPv4), whatever carries its IPv6 side (`by_mac_v6` holds
-    /// only peers also in one of them), as [`Fdb::entries`] lists them.
+    /// The number of peers, each counted once.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.by_mac.len() + self.direct.len()
+        self.peers.len()
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.peers.is_empty()
     }
 
-    /// Entries sorted by node name, for inspection: every peer once, as [`Fdb::len`] counts.
+    /// Every peer once, sorted by node name, for inspection.
     #[must_use]
-    pub fn entries(&self) -> Vec<(MacAddr, FdbEntry)> {
-        let mut v: Vec<_> = self
-            .by_mac
-            .iter()
-            .map(|(m, e)| (MacAddr(*m), e.clone()))
-            .chain(self.direct.iter().cloned())
-            .collect();
-        v.sort_by(|a, b| a.1.node.cmp(&b.1.node));
-        v
+    pub fn entries(&self) -> &[FdbEntry] {
+        &self.peers
     }
 }
 
@@ -301,14 +314,18 @@ mod tests {
     fn lookup_and_vtep_set() {
         let peers = vec![Peer {
             name: "b".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: "198.18.0.2".parse().unwrap(),
-            vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            v4: Some(PeerV4 {
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.2".parse().unwrap(),
+                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+            }),
             v6: None,
         }];
         let fdb = Fdb::from_peers(&peers, 8472);
         let e = fdb.lookup(&[0x0a, 0x58, 10, 244, 2, 0]).unwrap();
-        assert_eq!(e.vtep.to_string(), "198.18.0.2:8472");
+        assert_eq!(&*e.node, "b");
+        let (_, dst) = fdb.route(&[0x0a, 0x58, 10, 244, 2, 0], false).unwrap();
+        assert_eq!(dst.to_string(), "198.18.0.2:8472");
         assert!(fdb
             .vtep_counters("198.18.0.2".parse::<Ipv4Addr>().unwrap())
             .is_some());
@@ -333,16 +350,20 @@ mod tests {
         let peers = vec![
             Peer {
                 name: "b".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.2".parse().unwrap(),
-                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                v4: Some(PeerV4 {
+                    pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.2".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                }),
                 v6: Some(v6),
             },
             Peer {
                 name: "c".into(),
-                pod_cidr: "10.244.3.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.3".parse().unwrap(),
-                vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+                v4: Some(PeerV4 {
+                    pod_cidr: "10.244.3.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.3".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+                }),
                 v6: None,
             },
         ];
@@ -372,9 +393,11 @@ mod tests {
     fn every_peer_is_counted_and_listed_once_whatever_carries_each_family() {
         let peer = |n: u8| Peer {
             name: format!("n{n}"),
-            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-            vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
-            vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            v4: Some(PeerV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
+                vtep_mac: format!("0a:58:0a:f4:0{n}:00").parse().unwrap(),
+            }),
             v6: Some(PeerV6 {
                 pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
                 vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
@@ -401,7 +424,7 @@ mod tests {
         let listed: Vec<(String, bool)> = fdb
             .entries()
             .iter()
-            .map(|(_, e)| (e.node.to_string(), e.v6.is_some()))
+            .map(|e| (e.node.to_string(), e.v6.is_some()))
             .collect();
         assert_eq!(
             listed,
@@ -416,16 +439,20 @@ mod tests {
         let peers = vec![
             Peer {
                 name: "b".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.2".parse().unwrap(),
-                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                v4: Some(PeerV4 {
+                    pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.2".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                }),
                 v6: None,
             },
             Peer {
                 name: "c".into(),
-                pod_cidr: "10.244.3.0/24".parse().unwrap(),
-                vtep_ip: "198.19.0.3".parse().unwrap(),
-                vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+                v4: Some(PeerV4 {
+                    pod_cidr: "10.244.3.0/24".parse().unwrap(),
+                    vtep_ip: "198.19.0.3".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:03:00".parse().unwrap(),
+                }),
                 v6: None,
             },
         ];
@@ -451,9 +478,11 @@ mod tests {
     fn counters_survive_snapshots_by_peer_name() {
         let peer = |name: &str, n: u8| Peer {
             name: name.into(),
-            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
-            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v4: Some(PeerV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            }),
             v6: None,
         };
         let first = Fdb::from_peers(&[peer("b", 2)], 8472);
@@ -469,6 +498,51 @@ mod tests {
         assert_eq!(c.tx_packets.load(Ordering::Relaxed), 0);
     }
 
+    /// An IPv6-only peer (IPv6-only cluster): inner IPv6 to its VtepMAC goes to its IPv6 VTEP,
+    /// inner IPv4 to it has no route, it speaks for its IPv6 pods and no IPv4 source, and it is
+    /// counted and listed once also when DirectRouting carries it.
+    #[test]
+    fn an_ipv6_only_peer_is_reached_over_ipv6_only() {
+        let mac = MacAddr([2, 0, 0, 0, 6, 4]);
+        let peer = Peer {
+            name: "v6only".into(),
+            v4: None,
+            v6: Some(PeerV6 {
+                pod_cidr: "fd00:10:244:4::/64".parse().unwrap(),
+                vtep_ip: "fd00:18::4".parse().unwrap(),
+                vtep_mac: mac,
+            }),
+        };
+        let fdb = Fdb::from_peers(std::slice::from_ref(&peer), 8472);
+        let (e, dst) = fdb.route(&mac.0, true).unwrap();
+        assert_eq!(
+            (&*e.node, dst.to_string()),
+            ("v6only", "[fd00:18::4]:8472".into())
+        );
+        assert!(
+            fdb.route(&mac.0, false).is_none(),
+            "no IPv4 side, no IPv4 route"
+        );
+        assert!(fdb.lookup(&mac.0).is_none());
+        let v = fdb.vtep("fd00:18::4".parse::<Ipv6Addr>().unwrap()).unwrap();
+        assert!(v.owns_v6("fd00:10:244:4::9".parse::<Ipv6Addr>().unwrap().octets()));
+        assert!(!v.owns_v4([10, 244, 4, 9]) && !v.owns_v4([0, 0, 0, 0]));
+        assert_eq!((fdb.len(), fdb.entries().len()), (1, 1));
+        assert!(fdb.entries()[0].v4.is_none());
+
+        let direct: HashMap<IpAddr, u32> = [("fd00:18::4".parse().unwrap(), 2)].into();
+        let fdb = Fdb::from_peers_direct(&[peer], 8472, Some(&fdb), &direct);
+        assert!(fdb.route(&mac.0, true).is_none());
+        assert!(fdb
+            .vtep("fd00:18::4".parse::<Ipv6Addr>().unwrap())
+            .is_some());
+        assert_eq!(
+            fdb.len(),
+            1,
+            "a DirectRouting IPv6-only peer is still a peer"
+        );
+    }
+
     /// DirectRouting per family: a peer whose IPv6 VTEP is direct keeps its IPv4 entry and
     /// loses its IPv6 one; a peer whose IPv4 VTEP is direct keeps its IPv6 entry.
     #[test]
@@ -476,9 +550,11 @@ mod tests {
         let mac = |n: u8| MacAddr([0x0a, 0x58, 10, 244, n, 0]);
         let peer = |n: u8| Peer {
             name: format!("n{n}"),
-            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-            vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
-            vtep_mac: mac(n),
+            v4: Some(PeerV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_ip: format!("198.18.0.{n}").parse().unwrap(),
+                vtep_mac: mac(n),
+            }),
             v6: Some(PeerV6 {
                 pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
                 vtep_ip: format!("fd00:18::{n}").parse().unwrap(),

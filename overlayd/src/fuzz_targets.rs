@@ -8,33 +8,38 @@
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-use crate::fdb::{Fdb, Peer};
+use crate::fdb::{Fdb, Peer, PeerV4};
 use crate::path::{self, gro, plan, tso, DecapConfig};
 use crate::wire::ethernet::MacAddr;
 use crate::wire::{ethernet, vnet, vxlan};
 
 const OWN_MAC: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
 
-/// node3's IPv6 VTEP address.
-const NODE3_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
+/// node N's IPv6 VTEP address (nodes 3 and 4).
+fn node_v6(n: u8) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, n.into())
+}
 
-/// Two peers: node2 (198.18.0.2, 0a:58:0a:f4:02:00, IPv4 only) and node3, dual-stack (IPv6 VTEP
-/// `NODE3_V6`, the same MAC for both families, IPv6 pods fd00:10:244:3::/64).
+/// Three peers: node2 (198.18.0.2, 0a:58:0a:f4:02:00, IPv4 only), node3, dual-stack (IPv6
+/// VTEP fd00:18::3, the same MAC for both families, IPv6 pods fd00:10:244:3::/64) and node4,
+/// IPv6-only (fd00:18::4, 0a:58:0a:f4:04:00, fd00:10:244:4::/64).
 fn fdb() -> &'static Fdb {
     static FDB: OnceLock<Fdb> = OnceLock::new();
     FDB.get_or_init(|| {
         let peer = |n: u8| Peer {
             name: format!("node{n}"),
-            pod_cidr: format!("10.244.{n}.0/24").parse().expect("cidr"),
-            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
-            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
-            v6: (n == 3).then(|| crate::fdb::PeerV6 {
-                pod_cidr: "fd00:10:244:3::/64".parse().expect("cidr"),
-                vtep_ip: NODE3_V6,
+            v4: (n < 4).then(|| PeerV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().expect("cidr"),
+                vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            }),
+            v6: (n >= 3).then(|| crate::fdb::PeerV6 {
+                pod_cidr: format!("fd00:10:244:{n}::/64").parse().expect("cidr"),
+                vtep_ip: node_v6(n),
                 vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
             }),
         };
-        Fdb::from_peers(&[peer(2), peer(3)], 8472)
+        Fdb::from_peers(&[peer(2), peer(3), peer(4)], 8472)
     })
 }
 
@@ -128,10 +133,14 @@ pub fn encap(data: &[u8]) {
     };
     too_big(&data[vnet::LEN..], u32::from(hdr.gso_size));
     let mut frame = data[vnet::LEN..].to_vec();
-    let dst = ethernet::Frame::new_checked(&frame[..]).map(|e| e.dst());
+    let eth = ethernet::Frame::new_checked(&frame[..]).map(|e| (e.dst(), e.ethertype()));
     if let Ok(t) = path::encap(&mut frame, &hdr, fdb()) {
-        let dst = dst.expect("sent => has Ethernet");
-        assert_eq!(fdb().lookup(&dst).map(|e| e.vtep), Some(t.peer.vtep));
+        let (dst, ethertype) = eth.expect("sent => has Ethernet");
+        let routed = fdb().route(&dst, ethertype == ethernet::ETHERTYPE_IPV6);
+        assert_eq!(
+            routed.map(|(e, to)| (&*e.node, to)),
+            Some((&*t.peer.node, t.destination))
+        );
         // Completing a checksum must never touch the Ethernet header (regression:
         // fuzz/regressions/encap/csum-start-in-ethernet-header).
         assert_eq!(
@@ -236,10 +245,11 @@ pub fn egress_plan(data: &[u8]) {
         let frame = &tap_read[vnet::LEN..];
         let eth = ethernet::Frame::new_checked(frame).expect("planned => Ethernet");
         let dst = eth.dst();
-        let want = if eth.ethertype() == ethernet::ETHERTYPE_IPV6 && dst[4] == 3 {
-            std::net::SocketAddr::from((NODE3_V6, 8472))
+        let want = if eth.ethertype() == ethernet::ETHERTYPE_IPV6 && dst[4] >= 3 {
+            std::net::SocketAddr::from((node_v6(dst[4]), 8472))
         } else {
-            std::net::SocketAddr::V4(fdb().lookup(&dst).expect("planned => known").vtep)
+            let v4 = fdb().lookup(&dst).expect("planned => known").v4;
+            std::net::SocketAddr::from((v4.expect("in the IPv4 table").vtep_ip, 8472))
         };
         assert_eq!(t.destination, want);
         assert!(t.socket < 3);

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::observe::Observed;
+use crate::observe::{Observed, PeerStatusV4, PeerStatusV6};
 use crate::stats::OffloadMode;
 
 /// `Content-Type` of what `encode` returns.
@@ -62,21 +62,12 @@ impl Collector for OverlaydCollector {
         if let Some(o) = &s.own {
             let mut m = enc.encode_descriptor(
                 "overlayd_node_info",
-                "This node's overlay addresses (IPv6 labels empty without EnableIPv6); the value is always 1.",
+                "This node's overlay addresses (IPv4 labels empty on an IPv6-only node, IPv6 labels empty without EnableIPv6); the value is always 1.",
                 None,
                 MetricType::Gauge,
             )?;
-            let v6 = o.ipv6.as_ref();
-            let (pod6, vtep6, mac6) = (
-                v6.map(|v| v.pod_cidr.to_string()).unwrap_or_default(),
-                v6.map(|v| v.vtep_ip.to_string()).unwrap_or_default(),
-                v6.map(|v| v.vtep_mac.to_string()).unwrap_or_default(),
-            );
-            let (pod, vtep, mac) = (
-                o.pod_cidr.to_string(),
-                o.vtep_ip.to_string(),
-                o.vtep_mac.to_string(),
-            );
+            let [pod, vtep, mac] = o.ipv4.as_ref().map(PeerStatusV4::texts).unwrap_or_default();
+            let [pod6, vtep6, mac6] = o.ipv6.as_ref().map(PeerStatusV6::texts).unwrap_or_default();
             ConstGauge::new(1i64).encode(m.encode_family(&[
                 ("node", o.node.as_str()),
                 ("pod_cidr", pod.as_str()),
@@ -89,17 +80,13 @@ impl Collector for OverlaydCollector {
         }
         let mut m = enc.encode_descriptor(
             "overlayd_peer_info",
-            "Each peer's overlay addresses (IPv6 labels empty for an IPv4-only peer); the value is always 1.",
+            "Each peer's overlay addresses (IPv4 labels empty for an IPv6-only peer, IPv6 labels empty for an IPv4-only peer); the value is always 1.",
             None,
             MetricType::Gauge,
         )?;
         for p in &s.peers {
-            let v6 = p.ipv6.as_ref();
-            let (pod, vtep) = (p.pod_cidr.to_string(), p.vtep_ip.to_string());
-            let (pod6, vtep6) = (
-                v6.map(|v| v.pod_cidr.to_string()).unwrap_or_default(),
-                v6.map(|v| v.vtep_ip.to_string()).unwrap_or_default(),
-            );
+            let [pod, vtep, _] = p.ipv4.as_ref().map(PeerStatusV4::texts).unwrap_or_default();
+            let [pod6, vtep6, _] = p.ipv6.as_ref().map(PeerStatusV6::texts).unwrap_or_default();
             ConstGauge::new(1i64).encode(m.encode_family(&[
                 ("peer", p.node.as_str()),
                 ("pod_cidr", pod.as_str()),
@@ -336,7 +323,7 @@ pub fn encode(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdb::{Fdb, FdbHandle, Peer};
+    use crate::fdb::{Fdb, FdbHandle, Peer, PeerV4};
     use crate::health::Health;
     use crate::path::DropReason;
     use crate::stats::WorkerStats;
@@ -349,9 +336,11 @@ mod tests {
         let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
             &[Peer {
                 name: "node2".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.2".parse().unwrap(),
-                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                v4: Some(PeerV4 {
+                    pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.2".parse().unwrap(),
+                    vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                }),
                 v6: None,
             }],
             8472,
@@ -421,9 +410,11 @@ mod tests {
         let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(
             &[Peer {
                 name: "node2".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.2".parse().unwrap(),
-                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                v4: Some(PeerV4 {
+                    pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.2".parse().unwrap(),
+                    vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 2, 0]),
+                }),
                 v6: Some(crate::fdb::PeerV6 {
                     pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
                     vtep_ip: "fd00:18::2".parse().unwrap(),
@@ -435,9 +426,11 @@ mod tests {
         obs.attach(fdb, vec![Arc::new(WorkerStats::default())]);
         obs.set_own(crate::observe::OwnNode {
             node: "node1".into(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-            vtep_ip: "198.18.0.1".parse().unwrap(),
-            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 1, 0]),
+            ipv4: Some(crate::observe::PeerStatusV4 {
+                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                vtep_ip: "198.18.0.1".parse().unwrap(),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, 1, 0]),
+            }),
             device: "ovl.1".into(),
             vni: 1,
             port: 8472,
@@ -452,6 +445,45 @@ mod tests {
         for want in [
             "overlayd_node_info{node=\"node1\",pod_cidr=\"10.244.1.0/24\",vtep_ip=\"198.18.0.1\",vtep_mac=\"0a:58:0a:f4:01:00\",pod_cidr_v6=\"fd00:10:244:1::/64\",vtep_ip6=\"fd00:18::1\",vtep_mac_v6=\"0a:58:0a:f4:01:00\"} 1\n",
             "overlayd_peer_info{peer=\"node2\",pod_cidr=\"10.244.2.0/24\",vtep_ip=\"198.18.0.2\",pod_cidr_v6=\"fd00:10:244:2::/64\",vtep_ip6=\"fd00:18::2\"} 1\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    /// IPv6-only: the IPv4 labels are empty (never 0.0.0.0) for the node and its peers.
+    #[test]
+    fn node_and_peer_info_of_an_ipv6_only_node() {
+        let obs = Arc::new(Observed::new(Arc::new(Health::default())));
+        let v6 = |n: u8| crate::fdb::PeerV6 {
+            pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 6, n]),
+        };
+        let peer = Peer {
+            name: "node2".into(),
+            v4: None,
+            v6: Some(v6(2)),
+        };
+        let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(&[peer], 8472)));
+        obs.attach(fdb, vec![Arc::new(WorkerStats::default())]);
+        let own = v6(1);
+        obs.set_own(crate::observe::OwnNode {
+            node: "node1".into(),
+            ipv4: None,
+            device: "ovl.1".into(),
+            vni: 1,
+            port: 8472,
+            mtu: 1450,
+            ipv6: Some(crate::observe::PeerStatusV6 {
+                pod_cidr: own.pod_cidr,
+                vtep_ip: own.vtep_ip,
+                vtep_mac: own.vtep_mac,
+            }),
+        });
+        let text = encode(&registry(obs));
+        for want in [
+            "overlayd_node_info{node=\"node1\",pod_cidr=\"\",vtep_ip=\"\",vtep_mac=\"\",pod_cidr_v6=\"fd00:10:244:1::/64\",vtep_ip6=\"fd00:18::1\",vtep_mac_v6=\"02:00:00:00:06:01\"} 1\n",
+            "overlayd_peer_info{peer=\"node2\",pod_cidr=\"\",vtep_ip=\"\",pod_cidr_v6=\"fd00:10:244:2::/64\",vtep_ip6=\"fd00:18::2\"} 1\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }

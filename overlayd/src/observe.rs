@@ -25,12 +25,10 @@ use crate::wire::ethernet::MacAddr;
 #[serde(rename_all = "camelCase")]
 pub struct OwnNode {
     pub node: String,
-    #[serde(rename = "podCIDR", with = "display")]
-    pub pod_cidr: Ipv4Network,
-    #[serde(rename = "vtepIP")]
-    pub vtep_ip: Ipv4Addr,
-    #[serde(rename = "vtepMAC", with = "display")]
-    pub vtep_mac: MacAddr,
+    /// The IPv4 side when EnableIPv4 is on (`podCIDR`, `vtepIP`, `vtepMAC` at the top level;
+    /// absent on an IPv6-only node).
+    #[serde(flatten)]
+    pub ipv4: Option<PeerStatusV4>,
     pub device: String,
     pub vni: u32,
     pub port: u16,
@@ -175,12 +173,14 @@ impl Observed {
         let peers = d.fdb.as_ref().map_or_else(Vec::new, |f| {
             f.load()
                 .entries()
-                .into_iter()
-                .map(|(mac, e)| PeerStatus {
+                .iter()
+                .map(|e| PeerStatus {
                     node: e.node.to_string(),
-                    pod_cidr: e.pod_cidr,
-                    vtep_ip: *e.vtep.ip(),
-                    vtep_mac: mac,
+                    ipv4: e.v4.map(|v4| PeerStatusV4 {
+                        pod_cidr: v4.pod_cidr,
+                        vtep_ip: v4.vtep_ip,
+                        vtep_mac: v4.vtep_mac,
+                    }),
                     tx_packets: e.counters.tx_packets.load(Ordering::Relaxed),
                     tx_bytes: e.counters.tx_bytes.load(Ordering::Relaxed),
                     rx_packets: e.counters.rx_packets.load(Ordering::Relaxed),
@@ -361,12 +361,10 @@ pub struct QueueStatus {
 #[serde(rename_all = "camelCase")]
 pub struct PeerStatus {
     pub node: String,
-    #[serde(rename = "podCIDR", with = "display")]
-    pub pod_cidr: Ipv4Network,
-    #[serde(rename = "vtepIP")]
-    pub vtep_ip: Ipv4Addr,
-    #[serde(rename = "vtepMAC", with = "display")]
-    pub vtep_mac: MacAddr,
+    /// The peer's IPv4 VTEP (`podCIDR`, `vtepIP`, `vtepMAC` at the top level; absent for an
+    /// IPv6-only peer).
+    #[serde(flatten)]
+    pub ipv4: Option<PeerStatusV4>,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -379,7 +377,20 @@ pub struct PeerStatus {
     pub ipv6: Option<PeerStatusV6>,
 }
 
-/// A peer's IPv6 side: IPv6 pods behind `pod_cidr`, reached over IPv6 at `vtep_ip`.
+/// A peer's (or this node's) IPv4 side: IPv4 pods behind `pod_cidr`, reached over IPv4 at
+/// `vtep_ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatusV4 {
+    #[serde(rename = "podCIDR", with = "display")]
+    pub pod_cidr: Ipv4Network,
+    #[serde(rename = "vtepIP")]
+    pub vtep_ip: Ipv4Addr,
+    #[serde(rename = "vtepMAC", with = "display")]
+    pub vtep_mac: MacAddr,
+}
+
+/// A peer's (or this node's) IPv6 side: IPv6 pods behind `pod_cidr`, reached over IPv6 at
+/// `vtep_ip`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatusV6 {
     #[serde(rename = "podCIDR", with = "display")]
@@ -388,6 +399,30 @@ pub struct PeerStatusV6 {
     pub vtep_ip: Ipv6Addr,
     #[serde(rename = "vtepMAC", with = "display")]
     pub vtep_mac: MacAddr,
+}
+
+impl PeerStatusV4 {
+    /// podCIDR, VTEP address and VtepMAC as text (the status table, the info metrics).
+    #[must_use]
+    pub fn texts(&self) -> [String; 3] {
+        [
+            self.pod_cidr.to_string(),
+            self.vtep_ip.to_string(),
+            self.vtep_mac.to_string(),
+        ]
+    }
+}
+
+impl PeerStatusV6 {
+    /// podCIDR, VTEP address and VtepMAC as text (the status table, the info metrics).
+    #[must_use]
+    pub fn texts(&self) -> [String; 3] {
+        [
+            self.pod_cidr.to_string(),
+            self.vtep_ip.to_string(),
+            self.vtep_mac.to_string(),
+        ]
+    }
 }
 
 /// A node left out of the peer set.
@@ -433,16 +468,18 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fdb::{Fdb, Peer};
+    use crate::fdb::{Fdb, Peer, PeerV4};
     use crate::stats::OffloadMode;
     use arc_swap::ArcSwap;
 
     fn peer(name: &str, n: u8) -> Peer {
         Peer {
             name: name.into(),
-            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
-            vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            v4: Some(PeerV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            }),
             v6: None,
         }
     }
@@ -495,6 +532,64 @@ mod tests {
             next,
             ["fd00:10:244:2::/64", "fd00:18::2", "02:00:00:00:06:02"],
             "{text}"
+        );
+    }
+
+    /// IPv6-only: a peer and an own node without an IPv4 side have no IPv4 keys in the JSON
+    /// (never 0.0.0.0), read back the same, and show their IPv6 side on their line.
+    #[test]
+    fn ipv6_only_peer_and_node_have_no_ipv4_fields() {
+        let obs = Observed::new(Arc::new(Health::default()));
+        let v6 = |n: u8| crate::fdb::PeerV6 {
+            pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            vtep_ip: format!("fd00:18::{n}").parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 6, n]),
+        };
+        let only6 = Peer {
+            name: "b".into(),
+            v4: None,
+            v6: Some(v6(2)),
+        };
+        let fdb: FdbHandle = Arc::new(ArcSwap::from_pointee(Fdb::from_peers(&[only6], 8472)));
+        obs.attach(fdb, vec![Arc::new(WorkerStats::default())]);
+        obs.set_own(OwnNode {
+            node: "a".into(),
+            ipv4: None,
+            device: "ovl.1".into(),
+            vni: 1,
+            port: 8472,
+            mtu: 1450,
+            ipv6: Some(PeerStatusV6 {
+                pod_cidr: "fd00:10:244:1::/64".parse().unwrap(),
+                vtep_ip: "fd00:18::1".parse().unwrap(),
+                vtep_mac: MacAddr([2, 0, 0, 0, 6, 1]),
+            }),
+        });
+        let s = obs.status();
+        assert!(s.peers[0].ipv4.is_none());
+        let json = serde_json::to_value(&s).unwrap();
+        for doc in [&json["own"], &json["peers"][0]] {
+            for key in ["podCIDR", "vtepIP", "vtepMAC"] {
+                assert!(doc.get(key).is_none(), "{key} in {doc}");
+            }
+            assert!(doc["ipv6"]["vtepIP"].is_string(), "{doc}");
+        }
+        assert_eq!(serde_json::from_value::<Status>(json).unwrap(), s);
+        let text = crate::status::render(&s, 1000);
+        assert!(
+            text.starts_with("node a  device ovl.1 (mtu 1450)  VNI 1  port 8472\n  IPv6 podCIDR fd00:10:244:1::/64  VTEP fd00:18::1"),
+            "{text}"
+        );
+        let row: Vec<_> = text
+            .lines()
+            .find(|l| l.starts_with("b "))
+            .unwrap()
+            .split_whitespace()
+            .take(4)
+            .collect();
+        assert_eq!(
+            row,
+            ["b", "fd00:10:244:2::/64", "fd00:18::2", "02:00:00:00:06:02"]
         );
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
-use crate::observe::Status;
+use crate::observe::{PeerStatusV4, PeerStatusV6, Status};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -97,10 +97,18 @@ pub fn render(s: &Status, now: u64) -> String {
     let mut out = String::new();
     match &s.own {
         Some(o) => {
+            let _ = write!(out, "node {}", o.node);
+            if let Some(v4) = &o.ipv4 {
+                let _ = write!(
+                    out,
+                    "  podCIDR {}  VTEP {}  VtepMAC {}",
+                    v4.pod_cidr, v4.vtep_ip, v4.vtep_mac
+                );
+            }
             let _ = writeln!(
                 out,
-                "node {}  podCIDR {}  VTEP {}  VtepMAC {}  device {} (mtu {})  VNI {}  port {}",
-                o.node, o.pod_cidr, o.vtep_ip, o.vtep_mac, o.device, o.mtu, o.vni, o.port
+                "  device {} (mtu {})  VNI {}  port {}",
+                o.device, o.mtu, o.vni, o.port
             );
             if let Some(v6) = &o.ipv6 {
                 let _ = writeln!(
@@ -167,30 +175,26 @@ pub fn render(s: &Status, now: u64) -> String {
     .map(String::from)
     .to_vec()];
     for p in &s.peers {
+        // The first side (IPv4 when the peer has one) on the peer's line with its counters;
+        // the IPv6 side of a dual-stack peer on a line of its own (its traffic is counted above).
+        let sides = p.ipv4.iter().map(PeerStatusV4::texts);
+        let mut sides = sides.chain(p.ipv6.iter().map(PeerStatusV6::texts));
+        let [pod, vtep, mac] = sides.next().unwrap_or_default();
         rows.push(vec![
             p.node.clone(),
-            p.pod_cidr.to_string(),
-            p.vtep_ip.to_string(),
-            p.vtep_mac.to_string(),
+            pod,
+            vtep,
+            mac,
             p.tx_packets.to_string(),
             p.tx_bytes.to_string(),
             p.rx_packets.to_string(),
             p.rx_bytes.to_string(),
             ago(now, p.last_rx_unix),
         ]);
-        // The IPv6 side on a line of its own; its traffic is in the counters above.
-        if let Some(v6) = &p.ipv6 {
-            rows.push(vec![
-                String::new(),
-                v6.pod_cidr.to_string(),
-                v6.vtep_ip.to_string(),
-                v6.vtep_mac.to_string(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+        for [pod, vtep, mac] in sides {
+            let mut row = vec![String::new(), pod, vtep, mac];
+            row.resize(9, String::new());
+            rows.push(row);
         }
     }
     table(&mut out, &rows);
@@ -284,9 +288,11 @@ mod tests {
             version: "0.1.0".into(),
             own: Some(OwnNode {
                 node: "node1".into(),
-                pod_cidr: "10.244.1.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.1".parse().unwrap(),
-                vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
+                ipv4: Some(crate::observe::PeerStatusV4 {
+                    pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.1".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
+                }),
                 device: "ovl.1".into(),
                 vni: 1,
                 port: 8472,
@@ -337,9 +343,11 @@ mod tests {
             }],
             peers: vec![PeerStatus {
                 node: "node2".into(),
-                pod_cidr: "10.244.2.0/24".parse().unwrap(),
-                vtep_ip: "198.18.0.2".parse().unwrap(),
-                vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                ipv4: Some(crate::observe::PeerStatusV4 {
+                    pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                    vtep_ip: "198.18.0.2".parse().unwrap(),
+                    vtep_mac: "0a:58:0a:f4:02:00".parse().unwrap(),
+                }),
                 tx_packets: 10,
                 tx_bytes: 1000,
                 rx_packets: 9,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use overlayd::fdb::{Fdb, Peer, PeerV6};
+use overlayd::fdb::{Fdb, Peer, PeerV4, PeerV6};
 use overlayd::path::event::PathEvent;
 use overlayd::path::{DecapConfig, DropReason};
 use overlayd::stats::{OffloadMode, Totals, WorkerStats};
@@ -61,9 +61,11 @@ fn pod6(n: u8) -> String {
 fn peer(n: u8) -> Peer {
     Peer {
         name: format!("n{n}"),
-        pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-        vtep_ip: underlay4(n).parse().unwrap(),
-        vtep_mac: mac_text(n).parse().unwrap(),
+        v4: Some(PeerV4 {
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: underlay4(n).parse().unwrap(),
+            vtep_mac: mac_text(n).parse().unwrap(),
+        }),
         v6: Some(PeerV6 {
             pod_cidr: format!("fd00:244:{n}::/64").parse().unwrap(),
             vtep_ip: underlay6(n).parse().unwrap(),

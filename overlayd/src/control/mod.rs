@@ -753,12 +753,19 @@ fn own_node(
     opts: &Options,
     netconf: &NetConf,
     underlay: &Underlay,
-    own_cidr: ipnetwork::Ipv4Network,
+    own_cidr: Option<ipnetwork::Ipv4Network>,
     own_mac: fdb_sync::MacAddr,
     own_v6: Option<ipnetwork::Ipv6Network>,
     mtu: u32,
 ) -> OwnNode {
     OwnNode {
+        ipv4: own_cidr.zip(Some(underlay.ip)).map(|(pod_cidr, vtep_ip)| {
+            crate::observe::PeerStatusV4 {
+                pod_cidr,
+                vtep_ip,
+                vtep_mac: model::mac(own_mac),
+            }
+        }),
         ipv6: own_v6
             .zip(underlay.ip6)
             .map(|(pod_cidr, vtep_ip)| crate::observe::PeerStatusV6 {
@@ -767,9 +774,6 @@ fn own_node(
                 vtep_mac: model::mac(own_mac),
             }),
         node: opts.node_name.clone(),
-        pod_cidr: own_cidr,
-        vtep_ip: underlay.ip,
-        vtep_mac: model::mac(own_mac),
         device: opts.device.clone(),
         vni: netconf.vni,
         port: netconf.port,
@@ -995,7 +999,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
     observed.set_own(own_node(
-        &opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu,
+        &opts,
+        &netconf,
+        &underlay,
+        Some(own_cidr),
+        own_mac,
+        own_v6,
+        mtu,
     ));
     observed.synced();
     info!(
@@ -1147,7 +1157,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         t.abort();
                         blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, own_v6, opts.iptables_resync)));
                     }
-                    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu));
+                    observed.set_own(own_node(&opts, &netconf, &underlay, Some(own_cidr), own_mac, own_v6, mtu));
                     log_peer_set(&state, &mut reported_skips);
                     observed.set_skipped(&state);
                     last_error.clear();

@@ -3,7 +3,7 @@
 //! (`fdb`, `path`, `worker`) and `sys` never import fdb-sync, so a new node source or a change
 //! to the model stops at the control side.
 
-use crate::fdb::{Peer, PeerV6};
+use crate::fdb::{Peer, PeerV4, PeerV6};
 use crate::wire::ethernet::MacAddr;
 
 /// The model's Ethernet address as overlayd's.
@@ -12,28 +12,28 @@ pub fn mac(m: fdb_sync::MacAddr) -> MacAddr {
     MacAddr(m.0)
 }
 
-/// One model peer as the FDB's. The FDB's peers have an IPv4 side (the daemon runs with
-/// `EnableIPv4`, so every model peer has one); a peer without it is `None`.
+/// One model peer as the FDB's, each side as the model has it.
 #[must_use]
-pub fn peer(p: &fdb_sync::Peer) -> Option<Peer> {
-    let v4 = p.v4?;
-    Some(Peer {
+pub fn peer(p: &fdb_sync::Peer) -> Peer {
+    Peer {
         name: p.name.clone(),
-        pod_cidr: v4.pod_cidr,
-        vtep_ip: v4.vtep_ip,
-        vtep_mac: mac(v4.vtep_mac),
+        v4: p.v4.map(|v4| PeerV4 {
+            pod_cidr: v4.pod_cidr,
+            vtep_ip: v4.vtep_ip,
+            vtep_mac: mac(v4.vtep_mac),
+        }),
         v6: p.v6.map(|v6| PeerV6 {
             pod_cidr: v6.pod_cidr,
             vtep_ip: v6.vtep_ip,
             vtep_mac: mac(v6.vtep_mac),
         }),
-    })
+    }
 }
 
 /// The model's peer set as the FDB's, in the same order.
 #[must_use]
 pub fn peers(ps: &[fdb_sync::Peer]) -> Vec<Peer> {
-    ps.iter().filter_map(peer).collect()
+    ps.iter().map(peer).collect()
 }
 
 #[cfg(test)]
@@ -65,18 +65,35 @@ mod tests {
                 }),
                 v6: None,
             },
+            fdb_sync::Peer {
+                name: "c".into(),
+                v4: None,
+                v6: Some(fdb_sync::PeerV6 {
+                    pod_cidr: "fd00:10:244:3::/64".parse().unwrap(),
+                    vtep_ip: "fd00:18::3".parse().unwrap(),
+                    vtep_mac: "02:00:00:00:00:63".parse().unwrap(),
+                }),
+            },
         ];
         let ours = peers(&model);
-        assert_eq!(ours.len(), 2);
+        assert_eq!(ours.len(), 3, "an IPv6-only peer is a peer");
         for (m, o) in model.iter().zip(&ours) {
-            let m4 = m.v4.unwrap();
-            assert_eq!(
-                (&m.name, m4.pod_cidr, m4.vtep_ip),
-                (&o.name, o.pod_cidr, o.vtep_ip)
-            );
-            assert_eq!(m4.vtep_mac.to_string(), o.vtep_mac.to_string());
+            assert_eq!(m.name, o.name);
+            let (Some(m4), Some(o4)) = (m.v4, o.v4) else {
+                assert!(m.v4.is_none() && o.v4.is_none());
+                continue;
+            };
+            assert_eq!((m4.pod_cidr, m4.vtep_ip), (o4.pod_cidr, o4.vtep_ip));
+            assert_eq!(m4.vtep_mac.to_string(), o4.vtep_mac.to_string());
         }
-        assert_eq!(ours[1].vtep_mac, MacAddr([0x0a, 0x58, 10, 244, 1, 0]));
+        assert_eq!(
+            ours[1].v4.unwrap().vtep_mac,
+            MacAddr([0x0a, 0x58, 10, 244, 1, 0])
+        );
+        assert_eq!(
+            ours[2].v6.unwrap().vtep_ip.to_string(),
+            "fd00:18::3".to_string()
+        );
         let v6 = ours[0].v6.unwrap();
         assert_eq!(
             (v6.pod_cidr.to_string(), v6.vtep_ip.to_string()),

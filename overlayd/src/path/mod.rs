@@ -169,8 +169,7 @@ pub struct Route<'a> {
 
 impl PartialEq for Route<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.peer.vtep == other.peer.vtep
-            && self.destination == other.destination
+        self.destination == other.destination
             && self.flow_hash == other.flow_hash
             && self.peer.node == other.peer.node
     }

@@ -2,7 +2,7 @@
 //! given (plain) or valid TCP segments that add up to it (super-frame), to the right VTEP, from a
 //! socket fixed per flow, in chunks the kernel takes; and what each errno leads to.
 use super::*;
-use crate::fdb::Peer;
+use crate::fdb::{Peer, PeerV4};
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -13,9 +13,11 @@ fn fdb() -> Fdb {
     Fdb::from_peers(
         &[Peer {
             name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: PEER_IP,
-            vtep_mac: crate::wire::ethernet::MacAddr(PEER_MAC),
+            v4: Some(PeerV4 {
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: PEER_IP,
+                vtep_mac: crate::wire::ethernet::MacAddr(PEER_MAC),
+            }),
             v6: None,
         }],
         8472,
@@ -299,9 +301,11 @@ const PEER3_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x18, 0, 0, 0, 0, 0, 3);
 fn dual_stack_fdb() -> Fdb {
     let peer = |name: &str, n: u8, mac: [u8; 6], v6: Option<(Ipv6Addr, [u8; 6])>| Peer {
         name: name.into(),
-        pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
-        vtep_ip: Ipv4Addr::new(198, 18, 0, n),
-        vtep_mac: crate::wire::ethernet::MacAddr(mac),
+        v4: Some(PeerV4 {
+            pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_ip: Ipv4Addr::new(198, 18, 0, n),
+            vtep_mac: crate::wire::ethernet::MacAddr(mac),
+        }),
         v6: v6.map(|(ip, mac6)| crate::fdb::PeerV6 {
             pod_cidr: format!("fd00:10:244:{n}::/64").parse().unwrap(),
             vtep_ip: ip,

@@ -1,8 +1,8 @@
 use super::*;
-use crate::fdb::Peer;
+use crate::fdb::{Peer, PeerV4};
 use crate::wire::vxlan;
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const OWN: [u8; 6] = [0x0a, 0x58, 10, 244, 1, 0];
 const PEER: [u8; 6] = [0x0a, 0x58, 10, 244, 2, 0];
@@ -12,9 +12,11 @@ fn fdb() -> Fdb {
     Fdb::from_peers(
         &[Peer {
             name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: PEER_IP,
-            vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            v4: Some(PeerV4 {
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: PEER_IP,
+                vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            }),
             v6: None,
         }],
         8472,
@@ -110,7 +112,6 @@ fn encap_known_peer() {
     let mut f = tcp_frame(PEER, 100, 40000);
     let t = encap(&mut f, &vnet::Header::default(), &fdb).unwrap();
     assert_eq!(&*t.peer.node, "n2");
-    assert_eq!(t.peer.vtep, SocketAddrV4::new(PEER_IP, 8472));
     assert_eq!(t.destination, SocketAddr::from((PEER_IP, 8472)));
     let mut g = tcp_frame(PEER, 100, 40000);
     assert_eq!(
@@ -414,9 +415,11 @@ fn decap_checks_ipv6_vteps_and_ipv6_inner_sources() {
     let f = Fdb::from_peers(
         &[Peer {
             name: "n2".into(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            vtep_ip: PEER_IP,
-            vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            v4: Some(PeerV4 {
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                vtep_ip: PEER_IP,
+                vtep_mac: crate::wire::ethernet::MacAddr(PEER),
+            }),
             v6: Some(crate::fdb::PeerV6 {
                 pod_cidr: "fd00:10:244:2::/64".parse().unwrap(),
                 vtep_ip: peer_ip6,

@@ -75,6 +75,14 @@ fn peer(n: u8) -> Peer {
     }
 }
 
+/// Node `n` as an IPv6-only cluster sees it: no IPv4 side at all.
+fn peer_v6_only(n: u8) -> Peer {
+    Peer {
+        v4: None,
+        ..peer(n)
+    }
+}
+
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -92,6 +100,8 @@ struct Pair {
     veth: [String; 2],
     tap: [String; 2],
     stats: [Arc<WorkerStats>; 2],
+    /// Each worker's FDB, replaceable as the control plane replaces it.
+    fdb: [overlayd::fdb::FdbHandle; 2],
     stop: Arc<AtomicBool>,
     doorbell: Option<UnixStream>,
     threads: Vec<JoinHandle<()>>,
@@ -133,6 +143,10 @@ impl Pair {
             veth: veth.clone(),
             tap: tap.clone(),
             stats: [Arc::default(), Arc::default()],
+            fdb: [
+                Arc::new(arc_swap::ArcSwap::from_pointee(Fdb::from_peers(&[], PORT))),
+                Arc::new(arc_swap::ArcSwap::from_pointee(Fdb::from_peers(&[], PORT))),
+            ],
             stop: Arc::new(AtomicBool::new(false)),
             doorbell: Some(doorbell),
             threads: Vec::new(),
@@ -168,6 +182,14 @@ impl Pair {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (ns_t, tap_t) = (ns_i.clone(), t.clone());
             let (stats, stop, wake) = (pair.stats[i].clone(), pair.stop.clone(), wake.clone());
+            // An IPv6-only node's peers are IPv6-only too.
+            let other_peer = if v4 {
+                peer(other)
+            } else {
+                peer_v6_only(other)
+            };
+            pair.fdb[i].store(Arc::new(Fdb::from_peers(&[other_peer], PORT)));
+            let fdb = pair.fdb[i].clone();
             pair.threads.push(std::thread::spawn(move || {
                 enter(&ns_t);
                 let mut q = tap::open_multiqueue(&tap_t, 1).unwrap();
@@ -194,11 +216,10 @@ impl Pair {
                     }
                     io.offloads.gro = false;
                 }
-                let fdb = Fdb::from_peers(&[peer(other)], PORT);
                 let w = Worker {
                     id: 0,
                     io: Arc::new(io),
-                    fdb: Arc::new(arc_swap::ArcSwap::from_pointee(fdb)),
+                    fdb,
                     decap: DecapConfig {
                         vni: VNI,
                         own_mac: mac(n),
@@ -717,10 +738,11 @@ fn ipv6_only_pair_forwards(pair: &Pair, mode: OffloadMode, secs: &str) -> f64 {
 }
 
 /// An IPv6-only node (`EnableIPv4: false`, as Flannel's lone flannel-v6.1) with TSO and
-/// UDP_GRO: queues opened with no IPv4 underlay address bind no IPv4 socket, IPv6 pods talk
-/// both ways over the IPv6-only underlay, and an IPv4 frame routed into the TAP toward a peer
-/// that still has an IPv4 VTEP is counted as an `unreachable` drop (no IPv4 send socket to
-/// reach it from), without harming the worker: IPv6 goes on.
+/// UDP_GRO, its peer IPv6-only too: queues opened with no IPv4 underlay address bind no IPv4
+/// socket, IPv6 pods talk both ways over the IPv6-only underlay. Then, with the peer given an
+/// IPv4 side in the FDB (a dual-stack node seen from an IPv6-only one), an IPv4 frame routed
+/// into the TAP toward it is counted as an `unreachable` drop (no IPv4 send socket to reach
+/// it from), without harming the worker: IPv6 goes on.
 #[test]
 fn ipv6_only_nodes_forward_ipv6_pods_with_no_ipv4_socket() {
     if !common::privileged("ipv6_only_nodes_forward_ipv6_pods_with_no_ipv4_socket") {
@@ -733,7 +755,8 @@ fn ipv6_only_nodes_forward_ipv6_pods_with_no_ipv4_socket() {
     let bytes = ipv6_only_pair_forwards(&pair, OffloadMode::Offload, "2");
     assert!(bytes > 5e6, "{bytes} bytes");
 
-    // An IPv4 route into the TAP anyway (the FDB peer has an IPv4 VTEP too).
+    // An IPv4 route into the TAP anyway, and the peer with an IPv4 VTEP.
+    pair.fdb[0].store(Arc::new(Fdb::from_peers(&[peer(2)], PORT)));
     pair.ipv4_pods(0);
     let before = pair.totals(0).drop_count(DropReason::TxUnreachable);
     let _ = pair.exec(

@@ -183,11 +183,7 @@ impl Pair {
             let (ns_t, tap_t) = (ns_i.clone(), t.clone());
             let (stats, stop, wake) = (pair.stats[i].clone(), pair.stop.clone(), wake.clone());
             // An IPv6-only node's peers are IPv6-only too.
-            let other_peer = if v4 {
-                peer(other)
-            } else {
-                peer_v6_only(other)
-            };
+            let other_peer = if v4 { peer(other) } else { peer_v6_only(other) };
             pair.fdb[i].store(Arc::new(Fdb::from_peers(&[other_peer], PORT)));
             let fdb = pair.fdb[i].clone();
             pair.threads.push(std::thread::spawn(move || {
@@ -294,7 +290,14 @@ impl Pair {
     fn udp_ports(&self, i: usize, v6: bool) -> Vec<u16> {
         let out = self.exec(
             i,
-            &["cat", if v6 { "/proc/net/udp6" } else { "/proc/net/udp" }],
+            &[
+                "cat",
+                if v6 {
+                    "/proc/net/udp6"
+                } else {
+                    "/proc/net/udp"
+                },
+            ],
         );
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout)
@@ -696,8 +699,17 @@ fn ipv6_only_pair_forwards(pair: &Pair, mode: OffloadMode, secs: &str) -> f64 {
             pair.udp_ports(i, true)
         );
         assert!(
-            !sh_ok(&["ip", "-n", &pair.ns[i], "-4", "addr", "show", "dev", &pair.veth[i]])
-                .contains("inet "),
+            !sh_ok(&[
+                "ip",
+                "-n",
+                &pair.ns[i],
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                &pair.veth[i]
+            ])
+            .contains("inet "),
             "node {i}: an IPv6-only underlay"
         );
     }
@@ -761,7 +773,18 @@ fn ipv6_only_nodes_forward_ipv6_pods_with_no_ipv4_socket() {
     let before = pair.totals(0).drop_count(DropReason::TxUnreachable);
     let _ = pair.exec(
         0,
-        &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", &pod4(1), &pod4(2)],
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            &pod4(1),
+            &pod4(2),
+        ],
     );
     let after = pair.totals(0).drop_count(DropReason::TxUnreachable);
     assert!(after >= before + 3, "unreachable drops {before} -> {after}");

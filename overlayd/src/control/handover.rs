@@ -689,7 +689,9 @@ mod tests {
                 q.rx6 = None;
                 q.tx_pool6.clear();
                 let ip1: Ipv6Addr = "fd00:6::1".parse().unwrap();
-                let mut ios = super::super::adapt(vec![q], port, Some(Ipv4Addr::LOCALHOST), Some(ip1)).unwrap();
+                let mut ios =
+                    super::super::adapt(vec![q], port, Some(Ipv4Addr::LOCALHOST), Some(ip1))
+                        .unwrap();
                 let rx6 = ios[0].rx6.as_ref().expect("opened").local_addr().unwrap();
                 assert_eq!(rx6.port(), port);
                 assert_eq!(ios[0].tx_pool6.len(), 16);
@@ -894,8 +896,7 @@ mod tests {
                 assert!(bound_udp_ports(false).is_empty());
 
                 // Without IPv4 -> with: the IPv4 sockets are opened, on the VXLAN port.
-                ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip6))
-                    .unwrap();
+                ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip6)).unwrap();
                 let rx = ios[0].rx.as_ref().expect("IPv4 receive socket opened");
                 assert_eq!(
                     rx.local_addr().unwrap(),
@@ -945,8 +946,8 @@ mod tests {
                 let mut taken = take_over(&path, &me).unwrap().expect("handed over");
                 let queues = std::mem::take(&mut taken.queues);
                 assert!(queues[0].rx.is_some() && queues[0].tx_pool.len() == 3);
-                let ios = super::super::adapt(queues, port, None, Some(Ipv6Addr::LOCALHOST))
-                    .unwrap();
+                let ios =
+                    super::super::adapt(queues, port, None, Some(Ipv6Addr::LOCALHOST)).unwrap();
                 taken.confirm().unwrap();
                 assert_eq!(old.join().unwrap(), Some(std::process::id()));
                 let _ = std::fs::remove_dir_all(path.parent().unwrap());
@@ -1002,10 +1003,7 @@ mod tests {
                 let (n, fds) = fdpass::recv(&conn, &mut buf).unwrap();
                 let m: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
                 assert_eq!(m["msg"], "refuse", "{m}");
-                assert!(
-                    m["reason"].as_str().unwrap().contains("IPv6-only"),
-                    "{m}"
-                );
+                assert!(m["reason"].as_str().unwrap().contains("IPv6-only"), "{m}");
                 assert!(fds.is_empty());
                 assert_eq!(old.join().unwrap(), None, "the old side keeps forwarding");
                 let _ = std::fs::remove_dir_all(path.parent().unwrap());

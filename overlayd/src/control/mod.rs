@@ -446,7 +446,10 @@ pub(crate) fn adapt(
         bail!("no underlay address of either family for the handed-over queues; give the node an IPv4 or IPv6 address on the underlay interface");
     }
     for (id, io) in ios.iter_mut().enumerate() {
-        for (want, v6) in [(ip.map(std::net::IpAddr::from), false), (ip6.map(std::net::IpAddr::from), true)] {
+        for (want, v6) in [
+            (ip.map(std::net::IpAddr::from), false),
+            (ip6.map(std::net::IpAddr::from), true),
+        ] {
             let Some(want) = want else {
                 if has_rx(io, v6) {
                     info!(queue = id, family = if v6 { "IPv6" } else { "IPv4" }, "closing the handed-over underlay sockets of a family this overlayd has no address of");
@@ -1471,6 +1474,42 @@ mod tests {
             let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
             assert!(why.contains("multi_queue"), "{why}");
         }
+    }
+
+    /// Root only (a private network namespace): an IPv6-only queue has the IPv6 sockets
+    /// alone, no IPv4 UDP socket exists in the namespace, and UDP_GRO is on; a queue with no
+    /// underlay address of either family is refused with what to do.
+    #[test]
+    fn open_queue_opens_only_the_families_it_is_given() {
+        crate::sys::in_private_netns("open_queue_opens_only_the_families_it_is_given", || {
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let mut taps = tap::open_multiqueue("oq6t", 2).unwrap();
+            let e = open_queue(taps.pop().unwrap(), false, 1, 0, None, None).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("queue 1: no underlay address of either family"),
+                "{e}"
+            );
+            let io = open_queue(
+                taps.pop().unwrap(),
+                false,
+                0,
+                0,
+                None,
+                Some(Ipv6Addr::LOCALHOST),
+            )
+            .unwrap();
+            assert!(io.rx.is_none() && io.tx_pool.is_empty(), "{io:?}");
+            assert!(io.rx6.is_some() && io.tx_pool6.len() == 16);
+            assert_eq!(io.rx_sockets().count(), 1);
+            assert!(io.offloads.gro);
+            let udp4 = std::fs::read_to_string("/proc/thread-self/net/udp").unwrap();
+            assert_eq!(udp4.lines().count(), 1, "no IPv4 UDP socket: {udp4}");
+        });
     }
 
     /// Both families' send pools seed from the address's last 32 bits and the queue, as

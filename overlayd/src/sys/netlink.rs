@@ -818,89 +818,90 @@ impl Netlink {
         }
     }
 
-    /// `ip -6 route replace <dst> via <gateway> dev <index> onlink proto 77`.
-    pub async fn replace_route_v6(&self, index: u32, r: PeerRouteV6) -> Result<(), NetlinkError> {
+    /// `ip route replace` of `msg` (either family); `what` names it in an error.
+    async fn replace_route_message(
+        &self,
+        msg: RouteMessage,
+        what: String,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .route()
-            .add(Self::route_message_v6(index, r))
+            .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(req(format!(
-                "replace route {} via {} dev #{index} onlink",
-                r.dst, r.gateway
-            )))
+            .map_err(req(format!("replace {what}")))
+    }
+
+    /// `ip route del` of `msg` (either family); absent (or already replaced by another route)
+    /// is fine.
+    async fn delete_route_message(
+        &self,
+        msg: RouteMessage,
+        what: String,
+    ) -> Result<(), NetlinkError> {
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if already_gone(&e) => Ok(()),
+            r => r.map_err(req(format!("delete {what}"))),
+        }
+    }
+
+    /// `ip route add blackhole <dst>` in the main table (either family), as Flannel's
+    /// AddBlackholeV4Route / AddBlackholeV6Route. `Ok(false)` when a route for `dst` is already
+    /// there (the blackhole itself, or e.g. a bridge's connected route, which then keeps
+    /// carrying the traffic).
+    async fn add_blackhole(&self, msg: RouteMessage, dst: IpNetwork) -> Result<bool, NetlinkError> {
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(req(format!("add blackhole route {dst}"))(e)),
+        }
+    }
+
+    /// `ip -6 route replace <dst> via <gateway> dev <index> onlink proto 77`.
+    pub async fn replace_route_v6(&self, index: u32, r: PeerRouteV6) -> Result<(), NetlinkError> {
+        let what = format!("route {} via {} dev #{index} onlink", r.dst, r.gateway);
+        self.replace_route_message(Self::route_message_v6(index, r), what)
+            .await
     }
 
     /// Removes an IPv6 route; absent is fine.
     pub async fn delete_route_v6(&self, index: u32, r: PeerRouteV6) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .route()
-            .del(Self::route_message_v6(index, r))
-            .execute()
+        let what = format!("route {} via {} dev #{index}", r.dst, r.gateway);
+        self.delete_route_message(Self::route_message_v6(index, r), what)
             .await
-        {
-            Err(e) if already_gone(&e) => Ok(()),
-            r2 => r2.map_err(req(format!(
-                "delete route {} via {} dev #{index}",
-                r.dst, r.gateway
-            ))),
-        }
     }
 
     /// `ip route replace <dst> via <gateway> dev <index> onlink proto 77`.
     pub async fn replace_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
-        self.handle
-            .route()
-            .add(Self::route_message(index, r))
-            .replace()
-            .execute()
+        let what = format!("route {} via {} dev #{index} onlink", r.dst, r.gateway);
+        self.replace_route_message(Self::route_message(index, r), what)
             .await
-            .map_err(req(format!("replace route {} via {}", r.dst, r.gateway)))
     }
 
-    /// `ip route add blackhole <dst>` in the main table, as Flannel's AddBlackholeV4Route.
-    /// `Ok(false)` when a route for `dst` is already there (the blackhole itself, or e.g. a
-    /// bridge's connected route, which then keeps carrying the traffic).
+    /// `ip route add blackhole <dst>`; see `add_blackhole`.
     pub async fn add_blackhole_route(&self, dst: Ipv4Network) -> Result<bool, NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix())
             .kind(netlink_packet_route::route::RouteType::BlackHole)
             .build();
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(req(format!("add blackhole route {dst}"))(e)),
-        }
+        self.add_blackhole(msg, dst.into()).await
     }
 
-    /// `ip -6 route add blackhole <dst>`, as Flannel's AddBlackholeV6Route; `Ok(false)` when a
-    /// route for `dst` is already there.
+    /// `ip -6 route add blackhole <dst>`; see `add_blackhole`.
     pub async fn add_blackhole_route_v6(&self, dst: Ipv6Network) -> Result<bool, NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(dst.network(), dst.prefix())
             .kind(netlink_packet_route::route::RouteType::BlackHole)
             .build();
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(req(format!("add blackhole route {dst}"))(e)),
-        }
+        self.add_blackhole(msg, dst.into()).await
     }
 
     /// Removes a route; absent is fine.
     pub async fn delete_route(&self, index: u32, r: PeerRoute) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .route()
-            .del(Self::route_message(index, r))
-            .execute()
+        let what = format!("route {} via {} dev #{index}", r.dst, r.gateway);
+        self.delete_route_message(Self::route_message(index, r), what)
             .await
-        {
-            Err(e) if already_gone(&e) => Ok(()),
-            r2 => r2.map_err(req(format!("delete route {} via {}", r.dst, r.gateway))),
-        }
     }
 
     fn direct_route_message(r: DirectRoute) -> RouteMessage {
@@ -917,52 +918,48 @@ impl Netlink {
     /// `ip route replace <dst> via <gateway> dev <oif> proto 77`: replaces whatever route the
     /// main table has for `dst` (the peer's VXLAN route when it becomes directly routable).
     pub async fn replace_direct_route(&self, r: DirectRoute) -> Result<(), NetlinkError> {
-        self.handle
-            .route()
-            .add(Self::direct_route_message(r))
-            .replace()
-            .execute()
+        let what = format!("direct route {} via {} dev #{}", r.dst, r.gateway, r.oif);
+        self.replace_route_message(Self::direct_route_message(r), what)
             .await
-            .map_err(req(format!(
-                "replace direct route {} via {} dev #{}",
-                r.dst, r.gateway, r.oif
-            )))
     }
 
     /// Removes a direct route; absent (or already replaced by another route) is fine.
     pub async fn delete_direct_route(&self, r: DirectRoute) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .route()
-            .del(Self::direct_route_message(r))
-            .execute()
+        let what = format!("direct route {} via {} dev #{}", r.dst, r.gateway, r.oif);
+        self.delete_route_message(Self::direct_route_message(r), what)
             .await
-        {
-            Err(e) if already_gone(&e) => Ok(()),
-            r2 => r2.map_err(req(format!(
-                "delete direct route {} via {} dev #{}",
-                r.dst, r.gateway, r.oif
-            ))),
-        }
     }
 
     /// Our routes (protocol 77) with a gateway on any link but `tap_index`: the DirectRouting
     /// routes.
     pub async fn direct_routes(&self, tap_index: u32) -> Result<Vec<DirectRoute>, NetlinkError> {
-        let mut out: Vec<DirectRoute> = self
-            .our_routes(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        self.our_routes_as(false, |r| match (r.dst, r.gateway) {
+            (IpNetwork::V4(dst), IpAddr::V4(gateway)) if r.oif != tap_index => Some(DirectRoute {
+                dst,
+                gateway,
+                oif: r.oif,
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Our routes of one family (`v6`) that `pick` turns into `T`, sorted.
+    async fn our_routes_as<T: Ord>(
+        &self,
+        v6: bool,
+        pick: impl Fn(OurRoute) -> Option<T>,
+    ) -> Result<Vec<T>, NetlinkError> {
+        let dump = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut out: Vec<T> = self
+            .our_routes(dump)
             .await?
             .into_iter()
-            .filter_map(|r| match (r.dst, r.gateway) {
-                (IpNetwork::V4(dst), IpAddr::V4(gateway)) if r.oif != tap_index => {
-                    Some(DirectRoute {
-                        dst,
-                        gateway,
-                        oif: r.oif,
-                    })
-                }
-                _ => None,
-            })
+            .filter_map(pick)
             .collect();
         out.sort();
         Ok(out)
@@ -1030,33 +1027,16 @@ impl Netlink {
     /// `ip -6 route replace <dst> via <gateway> dev <oif> proto 77` (replaces the peer's
     /// IPv6 VXLAN route when it becomes directly routable).
     pub async fn replace_direct_route_v6(&self, r: DirectRouteV6) -> Result<(), NetlinkError> {
-        self.handle
-            .route()
-            .add(Self::direct_route_message_v6(r))
-            .replace()
-            .execute()
+        let what = format!("direct route {} via {} dev #{}", r.dst, r.gateway, r.oif);
+        self.replace_route_message(Self::direct_route_message_v6(r), what)
             .await
-            .map_err(req(format!(
-                "replace direct route {} via {} dev #{}",
-                r.dst, r.gateway, r.oif
-            )))
     }
 
     /// Removes an IPv6 direct route; absent is fine.
     pub async fn delete_direct_route_v6(&self, r: DirectRouteV6) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .route()
-            .del(Self::direct_route_message_v6(r))
-            .execute()
+        let what = format!("direct route {} via {} dev #{}", r.dst, r.gateway, r.oif);
+        self.delete_route_message(Self::direct_route_message_v6(r), what)
             .await
-        {
-            Err(e) if already_gone(&e) => Ok(()),
-            r2 => r2.map_err(req(format!(
-                "delete direct route {} via {} dev #{}",
-                r.dst, r.gateway, r.oif
-            ))),
-        }
     }
 
     /// Our IPv6 routes (protocol 77) with a gateway on any link but `tap_index`: the IPv6
@@ -1065,59 +1045,41 @@ impl Netlink {
         &self,
         tap_index: u32,
     ) -> Result<Vec<DirectRouteV6>, NetlinkError> {
-        let mut out: Vec<DirectRouteV6> = self
-            .our_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .await?
-            .into_iter()
-            .filter_map(|r| match (r.dst, r.gateway) {
-                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif != tap_index => {
-                    Some(DirectRouteV6 {
-                        dst,
-                        gateway,
-                        oif: r.oif,
-                    })
-                }
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+        self.our_routes_as(true, |r| match (r.dst, r.gateway) {
+            (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif != tap_index => {
+                Some(DirectRouteV6 {
+                    dst,
+                    gateway,
+                    oif: r.oif,
+                })
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// Our routes (protocol 77) on link `index`.
     pub async fn routes(&self, index: u32) -> Result<Vec<PeerRoute>, NetlinkError> {
-        let mut out: Vec<PeerRoute> = self
-            .our_routes(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .await?
-            .into_iter()
-            .filter_map(|r| match (r.dst, r.gateway) {
-                (IpNetwork::V4(dst), IpAddr::V4(gateway)) if r.oif == index => {
-                    Some(PeerRoute { dst, gateway })
-                }
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+        self.our_routes_as(false, |r| match (r.dst, r.gateway) {
+            (IpNetwork::V4(dst), IpAddr::V4(gateway)) if r.oif == index => {
+                Some(PeerRoute { dst, gateway })
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// Our IPv6 routes (protocol 77) on link `index`.
     pub async fn routes_v6(&self, index: u32) -> Result<Vec<PeerRouteV6>, NetlinkError> {
-        let mut out: Vec<PeerRouteV6> = self
-            .our_routes(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .await?
-            .into_iter()
-            .filter_map(|r| match (r.dst, r.gateway) {
-                (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => Some(PeerRouteV6 {
-                    dst,
-                    gateway,
-                    mtu: r.mtu,
-                }),
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        Ok(out)
+        self.our_routes_as(true, |r| match (r.dst, r.gateway) {
+            (IpNetwork::V6(dst), IpAddr::V6(gateway)) if r.oif == index => Some(PeerRouteV6 {
+                dst,
+                gateway,
+                mtu: r.mtu,
+            }),
+            _ => None,
+        })
+        .await
     }
 
     /// Neighbours of `family` on link `index`.

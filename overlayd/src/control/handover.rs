@@ -671,52 +671,57 @@ mod tests {
     /// Root only: a successor fits handed queues to its own IPv6 underlay: it opens the IPv6
     /// sockets an older (or IPv4-only) overlayd did not hand over, re-binds the IPv6 send pool
     /// when its IPv6 address differs while keeping the shared receive socket, and closes them
-    /// when it has no IPv6 underlay.
+    /// when it has no IPv6 underlay; another IPv4 address re-binds the IPv4 send pool alike.
     #[test]
-    fn a_successor_fits_handed_queues_to_its_ipv6_underlay() {
-        crate::sys::in_private_netns(
-            "a_successor_fits_handed_queues_to_its_ipv6_underlay",
-            || {
-                let mut q = dual_stack_queue("hov6c");
-                let port = q.rx.as_ref().unwrap().local_addr().unwrap().port();
-                for a in ["fd00:6::1/64", "fd00:6::2/64"] {
-                    let st = std::process::Command::new("ip")
-                        .args(["-6", "addr", "add", a, "dev", "lo", "nodad"])
-                        .status()
-                        .unwrap();
-                    assert!(st.success());
-                }
-                q.rx6 = None;
-                q.tx_pool6.clear();
-                let ip1: Ipv6Addr = "fd00:6::1".parse().unwrap();
-                let mut ios =
-                    super::super::adapt(vec![q], port, Some(Ipv4Addr::LOCALHOST), Some(ip1))
-                        .unwrap();
-                let rx6 = ios[0].rx6.as_ref().expect("opened").local_addr().unwrap();
-                assert_eq!(rx6.port(), port);
-                assert_eq!(ios[0].tx_pool6.len(), 16);
-                assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip1));
-                assert!(ios[0].offloads.gro, "GRO on the new socket too");
+    fn a_successor_fits_handed_queues_to_its_underlay() {
+        crate::sys::in_private_netns("a_successor_fits_handed_queues_to_its_underlay", || {
+            let mut q = dual_stack_queue("hov6c");
+            let port = q.rx.as_ref().unwrap().local_addr().unwrap().port();
+            for a in ["fd00:6::1/64", "fd00:6::2/64"] {
+                let st = std::process::Command::new("ip")
+                    .args(["-6", "addr", "add", a, "dev", "lo", "nodad"])
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+            q.rx6 = None;
+            q.tx_pool6.clear();
+            let ip1: Ipv6Addr = "fd00:6::1".parse().unwrap();
+            let mut ios =
+                super::super::adapt(vec![q], port, Some(Ipv4Addr::LOCALHOST), Some(ip1)).unwrap();
+            let rx6 = ios[0].rx6.as_ref().expect("opened").local_addr().unwrap();
+            assert_eq!(rx6.port(), port);
+            assert_eq!(ios[0].tx_pool6.len(), 16);
+            assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip1));
+            assert!(ios[0].offloads.gro, "GRO on the new socket too");
 
-                let ip2: Ipv6Addr = "fd00:6::2".parse().unwrap();
-                let same_rx = ios[0].rx6.as_ref().unwrap().as_raw_fd();
-                ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip2)).unwrap();
-                assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip2));
-                assert_eq!(
-                    ios[0].rx6.as_ref().unwrap().as_raw_fd(),
-                    same_rx,
-                    "the shared receive socket is kept"
-                );
-                // Unchanged: nothing is reopened.
-                let pool = addrs(&ios[0].tx_pool6);
-                ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip2)).unwrap();
-                assert_eq!(addrs(&ios[0].tx_pool6), pool);
+            let ip2: Ipv6Addr = "fd00:6::2".parse().unwrap();
+            let same_rx = ios[0].rx6.as_ref().unwrap().as_raw_fd();
+            ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip2)).unwrap();
+            assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip2));
+            assert_eq!(
+                ios[0].rx6.as_ref().unwrap().as_raw_fd(),
+                same_rx,
+                "the shared receive socket is kept"
+            );
+            // Unchanged: nothing is reopened.
+            let pool = addrs(&ios[0].tx_pool6);
+            ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip2)).unwrap();
+            assert_eq!(addrs(&ios[0].tx_pool6), pool);
 
-                ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), None).unwrap();
-                assert!(ios[0].rx6.is_none() && ios[0].tx_pool6.is_empty());
-                assert_eq!(ios[0].tx_pool.len(), 3, "IPv4 untouched");
-            },
-        );
+            ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), None).unwrap();
+            assert!(ios[0].rx6.is_none() && ios[0].tx_pool6.is_empty());
+            assert_eq!(ios[0].tx_pool.len(), 3, "IPv4 untouched");
+
+            // The same for IPv4: another IPv4 underlay address re-binds the IPv4 send pool
+            // and keeps the shared receive socket.
+            let rx_fd = ios[0].rx.as_ref().unwrap().as_raw_fd();
+            let ip4 = Ipv4Addr::new(127, 0, 0, 2);
+            ios = super::super::adapt(ios, port, Some(ip4), None).unwrap();
+            assert_eq!(ios[0].tx_pool.len(), 16);
+            assert!(addrs(&ios[0].tx_pool).iter().all(|a| a.ip() == ip4));
+            assert_eq!(ios[0].rx.as_ref().unwrap().as_raw_fd(), rx_fd);
+        });
     }
 
     /// Root only: an older successor (its Hello has no `ipv6`) gets each queue exactly as

@@ -2,7 +2,9 @@
 //! namespaces joined by a dual-stack veth, each with a TAP device and one overlayd worker on
 //! queues built as the daemon builds them (`control::open_queue`: IPv4 and IPv6 receive
 //! sockets, both source-port pools, TSO on the TAP, UDP_GRO), and a static FDB holding the
-//! other node as a dual-stack peer. Root only: skips without it, fails under CI.
+//! other node as a dual-stack peer. The IPv6-only tests (`EnableIPv4: false`) build the same
+//! pair without any IPv4 address, queues opened with no IPv4 underlay address (IPv6 sockets
+//! only) and IPv6-only peers. Root only: skips without it, fails under CI.
 //!
 //! One TAP carries both families, as the lead decided for overlayd: inner IPv6 leaves over
 //! the outer IPv6 underlay (Flannel's flannel-v6.1), inner IPv4 over IPv4 (flannel.1).

@@ -13,7 +13,9 @@
 //! Dual-stack: one TAP serves both families. With an IPv6 underlay each queue also has an
 //! IPv6 receive socket and an IPv6 send pool; inner IPv6 to a peer's IPv6 VtepMAC leaves over
 //! the peer's IPv6 VTEP (as Flannel's flannel-v6.1 device), everything else over IPv4 (as
-//! flannel.1). Both receive sockets feed the same checks and the same TAP queue.
+//! flannel.1). Both receive sockets feed the same checks and the same TAP queue. An IPv6-only
+//! node (`EnableIPv4: false`) has no IPv4 sockets at all: its queues carry only the IPv6 ones,
+//! and a frame for an IPv4 VTEP is counted as unreachable (`plan::Planner` sees the empty pool).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -92,30 +94,44 @@ pub struct Offloads {
 #[derive(Debug)]
 pub struct QueueIo {
     pub tap: TapQueue,
-    pub rx: UdpSocket,
-    /// Send sockets; the inner flow hash picks one, so its port is the outer source port.
+    /// The IPv4 receive socket (`None` on an IPv6-only node, which binds no IPv4 port).
+    pub rx: Option<UdpSocket>,
+    /// IPv4 send sockets (empty without an IPv4 underlay); the inner flow hash picks one, so
+    /// its port is the outer source port.
     pub tx_pool: Vec<UdpSocket>,
     /// The IPv6 receive socket (IPv6 underlay only; `None` on an IPv4-only node).
     pub rx6: Option<UdpSocket>,
     /// The IPv6 send sockets, bound to the IPv6 underlay address (empty without one).
     pub tx_pool6: Vec<UdpSocket>,
-    /// `gro` covers both receive sockets; `tso` the TAP queue.
+    /// `gro` covers every receive socket of the queue; `tso` the TAP queue.
     pub offloads: Offloads,
 }
 
-/// The receive sockets' descriptors, IPv4 first, and how many there are (1, or 2 with an
-/// IPv6 one): a poll set takes `fds[..n]`; without `rx6` the second slot repeats `rx`.
-fn rx_fds<'a>(rx: &'a UdpSocket, rx6: Option<&'a UdpSocket>) -> ([BorrowedFd<'a>; 2], usize) {
-    (
-        [rx.as_fd(), rx6.unwrap_or(rx).as_fd()],
-        1 + usize::from(rx6.is_some()),
-    )
+/// The descriptors of the receive sockets in use (`socks`, IPv4 first), and how many there
+/// are: a poll set takes `fds[..n]`; the slots past `n` hold `pad`.
+fn rx_fds<'a>(
+    socks: impl Iterator<Item = &'a UdpSocket>,
+    pad: BorrowedFd<'a>,
+) -> ([BorrowedFd<'a>; 2], usize) {
+    let mut fds = [pad; 2];
+    let mut n = 0;
+    for (slot, s) in fds.iter_mut().zip(socks) {
+        *slot = s.as_fd();
+        n += 1;
+    }
+    (fds, n)
 }
 
 impl QueueIo {
-    /// [`rx_fds`] of this queue.
+    /// The receive sockets in use, IPv4 first: one or both families. Index `k` of this
+    /// matches slot `k` of [`QueueIo::rx_fds`].
+    pub fn rx_sockets(&self) -> impl Iterator<Item = &UdpSocket> {
+        self.rx.iter().chain(self.rx6.as_ref())
+    }
+
+    /// [`rx_fds`] of this queue (padded with the TAP queue's descriptor).
     fn rx_fds(&self) -> ([BorrowedFd<'_>; 2], usize) {
-        rx_fds(&self.rx, self.rx6.as_ref())
+        rx_fds(self.rx_sockets(), self.tap.file().as_fd())
     }
 
     /// The send pool toward VTEPs of this family.
@@ -228,7 +244,13 @@ impl Worker {
             coalescer: Coalescer::with_capacity(MAX_RUN),
             frames: Vec::with_capacity(2 * MAX_RUN + RECV_SLOTS),
         };
-        tx.gso_send = io.tx_pool.first().is_some_and(udp::probe_segmentation);
+        // Any send socket tells whether this kernel segments UDP (an IPv6-only node has
+        // only IPv6 ones).
+        tx.gso_send = io
+            .tx_pool
+            .first()
+            .or(io.tx_pool6.first())
+            .is_some_and(udp::probe_segmentation);
         if !tx.gso_send {
             tracing::warn!(
                 queue = self.id,
@@ -248,36 +270,34 @@ impl Worker {
             #[cfg(debug_assertions)]
             fault::maybe_panic(self.id, &self.stats);
             let ready = self.wait_readable(if busy { self.busy_poll } else { Duration::ZERO })?;
-            busy = ready[0] || ready[1] || ready[3];
-            if ready[2] {
+            busy = ready[0] || ready[2] || ready[3];
+            if ready[1] {
                 continue;
             }
             if ready[0] {
                 self.egress_batch(&mut tx, &mut rx);
             }
-            if ready[1] {
-                self.ingress_batch(&mut rx, &io.rx);
-            }
-            if let (true, Some(rx6)) = (ready[3], &io.rx6) {
-                self.ingress_batch(&mut rx, rx6);
+            for (sock, ready) in io.rx_sockets().zip(&ready[2..]) {
+                if *ready {
+                    self.ingress_batch(&mut rx, sock);
+                }
             }
         }
         Ok(())
     }
 
-    /// Sleeps until the TAP queue (`[0]`), the receive socket (`[1]`), the wake-up
-    /// descriptor (`[2]`) or the IPv6 receive socket (`[3]`, if any) is readable, at most
-    /// `POLL_MS`.
+    /// Sleeps until the TAP queue (`[0]`), the wake-up descriptor (`[1]`) or a receive socket
+    /// (`[2..]`, in the order of [`QueueIo::rx_sockets`]) is readable, at most `POLL_MS`.
     fn wait_readable(&self, spin: Duration) -> io::Result<[bool; 4]> {
         let io = &*self.io;
         let (rx, n) = io.rx_fds();
-        let fds = [io.tap.file().as_fd(), rx[0], self.wake.as_fd(), rx[1]];
+        let fds = [io.tap.file().as_fd(), self.wake.as_fd(), rx[0], rx[1]];
         wait_ready(&fds[..2 + n], spin)
     }
 
     /// Backpressure: send socket `sock` (the one that said EAGAIN) is full. Waits for its
     /// POLLOUT without reading the TAP, so the frame in hand and everything queued behind it
-    /// stay where they are; serves both receive sockets meanwhile. False when the worker must
+    /// stay where they are; serves the receive sockets meanwhile. False when the worker must
     /// stop instead.
     fn wait_writable(&self, sock: &UdpSocket, rx: &mut RxScratch) -> bool {
         self.stats.count_event(PathEvent::TxSendBufferFull, 1);
@@ -293,12 +313,11 @@ impl Worker {
             match udp::poll_writable(sock, inputs, POLL_MS) {
                 Ok((true, _)) => return true,
                 Ok((false, [true, ..])) | Err(_) => return false,
-                Ok((false, [false, v4, v6])) => {
-                    if v4 {
-                        self.ingress_batch(rx, &io.rx);
-                    }
-                    if let (true, Some(rx6)) = (v6, &io.rx6) {
-                        self.ingress_batch(rx, rx6);
+                Ok((false, [false, ready @ ..])) => {
+                    for (s, ready) in io.rx_sockets().zip(ready) {
+                        if ready {
+                            self.ingress_batch(rx, s);
+                        }
                     }
                 }
             }
@@ -822,19 +841,21 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    /// The poll set of receive sockets: one without an IPv6 socket, both (IPv4 first) with.
+    /// The poll set of receive sockets: IPv4 only, IPv6 only (an IPv6-only node: its socket
+    /// takes the first slot), both (IPv4 first); slots past the count hold the pad.
     #[test]
     fn rx_fds_lists_the_receive_sockets_in_use() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let rx6 = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (fds, n) = rx_fds(&rx, None);
-        assert_eq!(n, 1);
-        assert_eq!(fds[0].as_raw_fd(), rx.as_raw_fd());
-        let (fds, n) = rx_fds(&rx, Some(&rx6));
-        assert_eq!(n, 2);
-        assert_eq!(
-            fds.map(|f| f.as_raw_fd()),
-            [rx.as_raw_fd(), rx6.as_raw_fd()]
-        );
+        let pad = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let raw = |(fds, n): ([BorrowedFd<'_>; 2], usize)| (fds.map(|f| f.as_raw_fd()), n);
+        let of = |a: Option<&UdpSocket>, b: Option<&UdpSocket>| {
+            raw(rx_fds(a.into_iter().chain(b), pad.as_fd()))
+        };
+        let (r4, r6, p) = (rx.as_raw_fd(), rx6.as_raw_fd(), pad.as_raw_fd());
+        assert_eq!(of(Some(&rx), None), ([r4, p], 1));
+        assert_eq!(of(None, Some(&rx6)), ([r6, p], 1));
+        assert_eq!(of(Some(&rx), Some(&rx6)), ([r4, r6], 2));
+        assert_eq!(of(None, None), ([p, p], 0));
     }
 }

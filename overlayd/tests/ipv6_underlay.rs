@@ -2,7 +2,9 @@
 //! namespaces joined by a dual-stack veth, each with a TAP device and one overlayd worker on
 //! queues built as the daemon builds them (`control::open_queue`: IPv4 and IPv6 receive
 //! sockets, both source-port pools, TSO on the TAP, UDP_GRO), and a static FDB holding the
-//! other node as a dual-stack peer. Root only: skips without it, fails under CI.
+//! other node as a dual-stack peer. The IPv6-only tests (`EnableIPv4: false`) build the same
+//! pair without any IPv4 address, queues opened with no IPv4 underlay address (IPv6 sockets
+//! only) and IPv6-only peers. Root only: skips without it, fails under CI.
 //!
 //! One TAP carries both families, as the lead decided for overlayd: inner IPv6 leaves over
 //! the outer IPv6 underlay (Flannel's flannel-v6.1), inner IPv4 over IPv4 (flannel.1).
@@ -75,6 +77,14 @@ fn peer(n: u8) -> Peer {
     }
 }
 
+/// Node `n` as an IPv6-only cluster sees it: no IPv4 side at all.
+fn peer_v6_only(n: u8) -> Peer {
+    Peer {
+        v4: None,
+        ..peer(n)
+    }
+}
+
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -92,6 +102,8 @@ struct Pair {
     veth: [String; 2],
     tap: [String; 2],
     stats: [Arc<WorkerStats>; 2],
+    /// Each worker's FDB, replaceable as the control plane replaces it.
+    fdb: [overlayd::fdb::FdbHandle; 2],
     stop: Arc<AtomicBool>,
     doorbell: Option<UnixStream>,
     threads: Vec<JoinHandle<()>>,
@@ -116,8 +128,10 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Pair {
     /// Two nodes; `offloads`: TSO on the TAP and UDP_GRO on the receive sockets, as overlayd
     /// runs normally; without, the plain path (one datagram per frame, recvmmsg/sendmmsg).
-    /// `tag` (one character) keeps the names of the tests apart.
-    fn new(tag: char, offloads: bool) -> Pair {
+    /// `tag` (one character) keeps the names of the tests apart. `v4`: a dual-stack underlay
+    /// and pods; without, an IPv6-only node (`EnableIPv4: false`): no IPv4 address on the
+    /// veth or the TAP, queues opened with no IPv4 underlay address (no IPv4 socket at all).
+    fn new(tag: char, offloads: bool, v4: bool) -> Pair {
         let id = std::process::id() % 100_000;
         let ns = [
             format!("ovl-dp6-{id}-{tag}1"),
@@ -131,6 +145,10 @@ impl Pair {
             veth: veth.clone(),
             tap: tap.clone(),
             stats: [Arc::default(), Arc::default()],
+            fdb: [
+                Arc::new(arc_swap::ArcSwap::from_pointee(Fdb::from_peers(&[], PORT))),
+                Arc::new(arc_swap::ArcSwap::from_pointee(Fdb::from_peers(&[], PORT))),
+            ],
             stop: Arc::new(AtomicBool::new(false)),
             doorbell: Some(doorbell),
             threads: Vec::new(),
@@ -153,7 +171,9 @@ impl Pair {
             let other = 3 - n;
             let (ns_i, v, t) = (&ns[i], &veth[i], &tap[i]);
             ip(ns_i, "link set lo up");
-            ip(ns_i, &format!("addr add {}/24 dev {v}", underlay4(n)));
+            if v4 {
+                ip(ns_i, &format!("addr add {}/24 dev {v}", underlay4(n)));
+            }
             ip(
                 ns_i,
                 &format!("-6 addr add {}/64 dev {v} nodad", underlay6(n)),
@@ -164,6 +184,10 @@ impl Pair {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let (ns_t, tap_t) = (ns_i.clone(), t.clone());
             let (stats, stop, wake) = (pair.stats[i].clone(), pair.stop.clone(), wake.clone());
+            // An IPv6-only node's peers are IPv6-only too.
+            let other_peer = if v4 { peer(other) } else { peer_v6_only(other) };
+            pair.fdb[i].store(Arc::new(Fdb::from_peers(&[other_peer], PORT)));
+            let fdb = pair.fdb[i].clone();
             pair.threads.push(std::thread::spawn(move || {
                 enter(&ns_t);
                 let mut q = tap::open_multiqueue(&tap_t, 1).unwrap();
@@ -176,22 +200,24 @@ impl Pair {
                     offloads,
                     0,
                     PORT,
-                    underlay4(n).parse().unwrap(),
+                    v4.then(|| underlay4(n).parse().unwrap()),
                     Some(underlay6(n).parse().unwrap()),
                 )
                 .unwrap();
                 assert!(io.rx6.is_some() && io.tx_pool6.len() == 16);
-                assert!(io.offloads.gro, "UDP_GRO on both receive sockets");
+                assert_eq!(io.rx.is_some(), v4);
+                assert_eq!(io.tx_pool.len(), if v4 { 16 } else { 0 });
+                assert!(io.offloads.gro, "UDP_GRO on every receive socket");
                 if !offloads {
-                    overlayd::sys::udp::disable_gro(&io.rx).unwrap();
-                    overlayd::sys::udp::disable_gro(io.rx6.as_ref().unwrap()).unwrap();
+                    for s in io.rx_sockets() {
+                        overlayd::sys::udp::disable_gro(s).unwrap();
+                    }
                     io.offloads.gro = false;
                 }
-                let fdb = Fdb::from_peers(&[peer(other)], PORT);
                 let w = Worker {
                     id: 0,
                     io: Arc::new(io),
-                    fdb: Arc::new(arc_swap::ArcSwap::from_pointee(fdb)),
+                    fdb,
                     decap: DecapConfig {
                         vni: VNI,
                         own_mac: mac(n),
@@ -214,24 +240,11 @@ impl Pair {
                 ns_i,
                 &format!("link set {t} address {} mtu {TAP_MTU} up", mac_text(n)),
             );
-            ip(ns_i, &format!("addr add {}/32 dev {t}", pod4(n)));
             ip(ns_i, &format!("-6 addr add {}/128 dev {t} nodad", pod6(n)));
             // What flanneld programs for a peer (flannel.1 and flannel-v6.1), on one device.
-            ip(
-                ns_i,
-                &format!(
-                    "route add 10.244.{other}.0/24 via {} dev {t} onlink",
-                    pod4(other)
-                ),
-            );
-            ip(
-                ns_i,
-                &format!(
-                    "neigh add {} lladdr {} dev {t} nud permanent",
-                    pod4(other),
-                    mac_text(other)
-                ),
-            );
+            if v4 {
+                pair.ipv4_pods(i);
+            }
             ip(
                 ns_i,
                 &format!(
@@ -249,6 +262,54 @@ impl Pair {
             );
         }
         pair
+    }
+
+    /// Node `i`'s IPv4 pod side: the TAP's IPv4 address, and the route and permanent
+    /// neighbour flanneld programs on flannel.1 for the other node.
+    fn ipv4_pods(&self, i: usize) {
+        let (n, t) = (i as u8 + 1, &self.tap[i]);
+        let other = 3 - n;
+        ip(&self.ns[i], &format!("addr add {}/32 dev {t}", pod4(n)));
+        ip(
+            &self.ns[i],
+            &format!(
+                "route add 10.244.{other}.0/24 via {} dev {t} onlink",
+                pod4(other)
+            ),
+        );
+        ip(
+            &self.ns[i],
+            &format!(
+                "neigh add {} lladdr {} dev {t} nud permanent",
+                pod4(other),
+                mac_text(other)
+            ),
+        );
+    }
+
+    /// The local ports of the UDP sockets bound in node `i`'s namespace, IPv4
+    /// (`/proc/net/udp`) or IPv6 (`udp6`).
+    fn udp_ports(&self, i: usize, v6: bool) -> Vec<u16> {
+        let out = self.exec(
+            i,
+            &[
+                "cat",
+                if v6 {
+                    "/proc/net/udp6"
+                } else {
+                    "/proc/net/udp"
+                },
+            ],
+        );
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let local = l.split_whitespace().nth(1).unwrap();
+                u16::from_str_radix(local.rsplit(':').next().unwrap(), 16).unwrap()
+            })
+            .collect()
     }
 
     fn exec(&self, i: usize, args: &[&str]) -> std::process::Output {
@@ -438,7 +499,7 @@ fn ipv6_underlay_carries_both_families_and_filters_ipv6_senders() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let pair = Pair::new('o', true);
+    let pair = Pair::new('o', true, true);
 
     assert!(
         pair.ping(0, &pod6(2), &pod6(1), &[]),
@@ -596,7 +657,7 @@ fn plain_path_carries_both_families_over_both_underlays() {
     let _one = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let pair = Pair::new('p', false);
+    let pair = Pair::new('p', false, true);
     assert!(pair.ping(0, &pod6(2), &pod6(1), &[]), "IPv6 ping");
     assert!(pair.ping(0, &pod4(2), &pod4(1), &[]), "IPv4 ping");
     for i in 0..2 {
@@ -621,4 +682,128 @@ fn plain_path_carries_both_families_over_both_underlays() {
             assert_eq!(t.drop_count(r), 0, "node {i}: {r:?}");
         }
     }
+}
+
+/// Checks an IPv6-only pair (`Pair::new(.., false)`): neither namespace has any IPv4 UDP
+/// socket (no IPv4 8472, no IPv4 source ports) while the IPv6 VXLAN port is bound; IPv6 pods
+/// reach each other both ways and a TCP stream crosses in each direction. Returns the bytes
+/// of the stream from node 1 to node 2.
+fn ipv6_only_pair_forwards(pair: &Pair, mode: OffloadMode, secs: &str) -> f64 {
+    for i in 0..2 {
+        assert_eq!(
+            pair.udp_ports(i, false),
+            Vec::<u16>::new(),
+            "node {i}: no IPv4 UDP socket at all"
+        );
+        assert!(
+            pair.udp_ports(i, true).contains(&PORT),
+            "node {i}: the IPv6 VXLAN port is bound: {:?}",
+            pair.udp_ports(i, true)
+        );
+        assert!(
+            !sh_ok(&[
+                "ip",
+                "-n",
+                &pair.ns[i],
+                "-4",
+                "addr",
+                "show",
+                "dev",
+                &pair.veth[i]
+            ])
+            .contains("inet "),
+            "node {i}: an IPv6-only underlay"
+        );
+    }
+    assert!(
+        pair.ping(0, &pod6(2), &pod6(1), &[]),
+        "IPv6 ping 1 -> 2 over an IPv6-only underlay"
+    );
+    assert!(
+        pair.ping(1, &pod6(1), &pod6(2), &[]),
+        "IPv6 ping 2 -> 1 over an IPv6-only underlay"
+    );
+    for i in 0..2 {
+        assert_eq!(pair.stats[i].mode(), mode, "node {i}");
+    }
+    let (bps, bytes) = pair.iperf(true, secs);
+    eprintln!(
+        "IPv6-only node, single TCP stream ({mode:?}): {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bytes > 1e6, "{bytes} bytes");
+    for i in 0..2 {
+        let t = pair.totals(i);
+        assert!(t.tx_packets > 0 && t.rx_packets > 0, "node {i}: {t:?}");
+        for r in [
+            DropReason::TxUnreachable,
+            DropReason::TxSendError,
+            DropReason::RxUnknownSender,
+            DropReason::RxForeignSource,
+        ] {
+            assert_eq!(t.drop_count(r), 0, "node {i}: {r:?}");
+        }
+    }
+    // Still none after the traffic (no socket was opened on the way, e.g. for PMTU).
+    for i in 0..2 {
+        assert_eq!(pair.udp_ports(i, false), Vec::<u16>::new(), "node {i}");
+    }
+    bytes
+}
+
+/// An IPv6-only node (`EnableIPv4: false`, as Flannel's lone flannel-v6.1) with TSO and
+/// UDP_GRO, its peer IPv6-only too: queues opened with no IPv4 underlay address bind no IPv4
+/// socket, IPv6 pods talk both ways over the IPv6-only underlay. Then, with the peer given an
+/// IPv4 side in the FDB (a dual-stack node seen from an IPv6-only one), an IPv4 frame routed
+/// into the TAP toward it is counted as an `unreachable` drop (no IPv4 send socket to reach
+/// it from), without harming the worker: IPv6 goes on.
+#[test]
+fn ipv6_only_nodes_forward_ipv6_pods_with_no_ipv4_socket() {
+    if !common::privileged("ipv6_only_nodes_forward_ipv6_pods_with_no_ipv4_socket") {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pair = Pair::new('s', true, false);
+    let bytes = ipv6_only_pair_forwards(&pair, OffloadMode::Offload, "2");
+    assert!(bytes > 5e6, "{bytes} bytes");
+
+    // An IPv4 route into the TAP anyway, and the peer with an IPv4 VTEP.
+    pair.fdb[0].store(Arc::new(Fdb::from_peers(&[peer(2)], PORT)));
+    pair.ipv4_pods(0);
+    let before = pair.totals(0).drop_count(DropReason::TxUnreachable);
+    let _ = pair.exec(
+        0,
+        &[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            &pod4(1),
+            &pod4(2),
+        ],
+    );
+    let after = pair.totals(0).drop_count(DropReason::TxUnreachable);
+    assert!(after >= before + 3, "unreachable drops {before} -> {after}");
+    assert!(pair.ping(0, &pod6(2), &pod6(1), &[]), "IPv6 still flows");
+    assert_eq!(pair.udp_ports(0, false), Vec::<u16>::new());
+}
+
+/// The plain path on an IPv6-only node (no TSO, no UDP_GRO: sendmmsg/recvmmsg on the IPv6
+/// sockets alone): IPv6 pods talk both ways, no IPv4 socket is bound.
+#[test]
+fn plain_path_on_ipv6_only_nodes() {
+    if !common::privileged("plain_path_on_ipv6_only_nodes") {
+        return;
+    }
+    let _one = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pair = Pair::new('q', false, false);
+    ipv6_only_pair_forwards(&pair, OffloadMode::Plain, "1");
 }

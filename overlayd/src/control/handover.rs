@@ -11,10 +11,10 @@
 //!
 //! The exchange (one SEQPACKET message each, JSON, descriptors attached to `Queue`):
 //! ```text
-//! new -> old  Hello {version, pid, netns, device, port, vni, ipv6}
+//! new -> old  Hello {version, pid, netns, device, port, vni, ipv6, ipv4_optional}
 //! old -> new  Refuse {reason}                       (different netns, device, port, VNI)
-//!          or Offer {pid, queues} + queues x Queue {id, tso, gro, tx, rx6, tx6}
-//!                                                  [tap, rx, tx..., rx6?, tx6...]
+//!          or Offer {pid, queues} + queues x Queue {id, tso, gro, rx, tx, rx6, tx6}
+//!                                                  [tap, rx?, tx..., rx6?, tx6...]
 //! new         starts its workers on the received descriptors (both processes forward now)
 //! new -> old  Running
 //! old         stops its workers, closes its copies, its listener and its HTTP port
@@ -30,8 +30,15 @@
 //! `rx6`/`tx6` and their descriptors; a Hello without the field (an older overlayd) gets the
 //! queues as before, and an older overlayd never sends them. A new process whose IPv6 underlay
 //! differs from what it was handed (none, or another address) opens or drops its own IPv6
-//! sockets afterwards (`control::adapt_v6`); the shared TAP queues and IPv4 sockets are what
-//! keep the handover lossless.
+//! sockets afterwards (`control::adapt`); the shared TAP queues are what keep the handover
+//! lossless.
+//!
+//! IPv6-only queues (no IPv4 sockets) came the same way: a Hello says `ipv4_optional: true`
+//! when its sender takes a queue without them, and only then may a Queue say `rx: false`
+//! (no IPv4 receive socket, `tx: 0`); a Queue without the field has its IPv4 sockets, as
+//! before. An IPv6-only overlayd refuses a Hello without `ipv4_optional` (an older overlayd
+//! could not use its queues, and cannot run IPv6-only anyway). Like IPv6, a successor opens
+//! the IPv4 sockets it was not handed, or drops those it has no IPv4 underlay for, itself.
 //!
 //! Only a process of the same user in the same network namespace is served; the socket's
 //! directory is created 0700.
@@ -73,6 +80,10 @@ enum Msg {
         /// The sender takes IPv6 sockets with each queue (absent from older overlayds).
         #[serde(default)]
         ipv6: bool,
+        /// The sender takes queues without IPv4 sockets (an IPv6-only predecessor's; absent
+        /// from older overlayds).
+        #[serde(default)]
+        ipv4_optional: bool,
     },
     Refuse {
         reason: String,
@@ -85,6 +96,10 @@ enum Msg {
         id: usize,
         tso: bool,
         gro: bool,
+        /// An IPv4 receive socket follows the TAP queue; false only for an IPv6-only queue
+        /// (then `tx` is 0), and only to an `ipv4_optional` Hello.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        rx: bool,
         tx: usize,
         /// An IPv6 receive socket follows the IPv4 send sockets (only to an `ipv6` Hello).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -100,6 +115,30 @@ enum Msg {
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// Checks a Queue message's layout against the descriptors that came with it
+/// (`[tap, rx?, tx..., rx6?, tx6...]`): each family's receive socket comes with its send
+/// sockets or neither does, and at least one family is there.
+fn check_layout(rx: bool, tx: usize, rx6: bool, tx6: usize, fds: usize) -> Result<(), String> {
+    let want = 1 + usize::from(rx) + tx + usize::from(rx6) + tx6;
+    if rx != (tx > 0) || rx6 != (tx6 > 0) || !(rx || rx6) || fds != want {
+        return Err(format!(
+            "{fds} descriptors for {} IPv4 receive socket, {tx} IPv4 send sockets, {} IPv6 receive socket and {tx6} IPv6 send sockets",
+            u8::from(rx),
+            u8::from(rx6)
+        ));
+    }
+    Ok(())
 }
 
 /// What both sides must agree on for descriptors to be usable by the other.
@@ -235,7 +274,7 @@ pub fn offer<'a>(
         warn!(uid, "handover request from another user refused");
         return Ok(None);
     }
-    let (version, pid, their_netns, device, port, vni, ipv6) = match recv(conn) {
+    let (version, pid, their_netns, device, port, vni, ipv6, ipv4_optional) = match recv(conn) {
         Ok((
             Msg::Hello {
                 version,
@@ -245,9 +284,10 @@ pub fn offer<'a>(
                 port,
                 vni,
                 ipv6,
+                ipv4_optional,
             },
             _,
-        )) => (version, pid, netns, device, port, vni, ipv6),
+        )) => (version, pid, netns, device, port, vni, ipv6, ipv4_optional),
         // `overlayd cleanup` only checks that someone listens.
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Ok((m, _)) => {
@@ -257,6 +297,8 @@ pub fn offer<'a>(
         Err(e) => return Err(e),
     };
     let them = Identity { device, port, vni };
+    let queues: Vec<&QueueIo> = queues.collect();
+    let ipv6_only = queues.iter().any(|q| q.rx.is_none());
     let refuse = if their_netns != netns() {
         Some(format!(
             "{OTHER_NETNS}: {their_netns}, this overlayd runs in {}",
@@ -271,6 +313,10 @@ pub fn offer<'a>(
             "device {} port {} VNI {}, this overlayd runs device {} port {} VNI {}",
             them.device, them.port, them.vni, me.device, me.port, me.vni
         ))
+    } else if ipv6_only && !(ipv4_optional && ipv6) {
+        Some(
+            "this overlayd runs IPv6-only (its queues have no IPv4 sockets) and the new one is too old to take such queues; upgrade to a version that supports EnableIPv4: false".to_string()
+        )
     } else {
         None
     };
@@ -280,7 +326,6 @@ pub fn offer<'a>(
         return Ok(None);
     }
     info!(pid, "handing the dataplane over to a new overlayd");
-    let queues: Vec<&QueueIo> = queues.collect();
     send(
         conn,
         &Msg::Offer {
@@ -290,7 +335,9 @@ pub fn offer<'a>(
         &[],
     )?;
     for (id, q) in queues.into_iter().enumerate() {
-        let mut fds = vec![q.tap.file().as_fd(), q.rx.as_fd()];
+        let mut fds = vec![q.tap.file().as_fd()];
+        // Without an IPv4 receive socket the successor said it takes such queues (above).
+        fds.extend(q.rx.as_ref().map(AsFd::as_fd));
         fds.extend(q.tx_pool.iter().map(AsFd::as_fd));
         // An older successor would not expect them; it opens nothing for IPv6 anyway.
         let (rx6, tx6) = match (&q.rx6, ipv6) {
@@ -307,6 +354,7 @@ pub fn offer<'a>(
                 id,
                 tso: q.offloads.tso,
                 gro: q.offloads.gro,
+                rx: q.rx.is_some(),
                 tx: q.tx_pool.len(),
                 rx6,
                 tx6,
@@ -367,6 +415,7 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
         port: me.port,
         vni: me.vni,
         ipv6: true,
+        ipv4_optional: true,
     };
     let attempt = || -> io::Result<Result<(u32, Vec<QueueIo>), String>> {
         send(&conn, &hello, &[])?;
@@ -386,6 +435,7 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
                 id,
                 tso,
                 gro,
+                rx,
                 tx,
                 rx6,
                 tx6,
@@ -395,16 +445,20 @@ pub fn take_over(path: &Path, me: &Identity) -> Result<Option<Taken>> {
                     "expected queue {want}, got {m:?}"
                 )));
             };
-            if id != want || tx == 0 || fds.len() != 2 + tx + usize::from(rx6) + tx6 {
+            if id != want {
                 return Err(io::Error::other(format!(
-                    "queue {id}: {} descriptors for {tx} send sockets, {} IPv6 receive socket and {tx6} IPv6 send sockets",
-                    fds.len(),
-                    u8::from(rx6)
+                    "expected queue {want}, got queue {id}"
                 )));
             }
+            check_layout(rx, tx, rx6, tx6, fds.len())
+                .map_err(|e| io::Error::other(format!("queue {id}: {e}")))?;
             let mut fds = fds.into_iter();
             let tap = TapQueue::from_fd(fds.next().unwrap_or_else(|| unreachable!()));
-            let rx = UdpSocket::from(fds.next().unwrap_or_else(|| unreachable!()));
+            let rx = if rx {
+                fds.next().map(UdpSocket::from)
+            } else {
+                None
+            };
             let tx_pool = fds.by_ref().take(tx).map(UdpSocket::from).collect();
             let rx6 = if rx6 {
                 fds.next().map(UdpSocket::from)
@@ -498,7 +552,7 @@ mod tests {
         let port = rx.local_addr().unwrap().port();
         QueueIo {
             tap,
-            rx,
+            rx: Some(rx),
             tx_pool: udp::bind_source_pool(Ipv4Addr::LOCALHOST, 3, 1).unwrap(),
             rx6: Some(udp::bind_vxlan_v6(Ipv6Addr::UNSPECIFIED, port).unwrap()),
             tx_pool6: udp::bind_source_pool(Ipv6Addr::LOCALHOST, 2, 9).unwrap(),
@@ -507,6 +561,54 @@ mod tests {
                 gro: true,
             },
         }
+    }
+
+    /// An IPv6-only queue as `control::open_queue(.., None, Some(::1))` builds it: no IPv4
+    /// socket at all.
+    fn ipv6_only_queue(tap_name: &str) -> QueueIo {
+        let mut q = dual_stack_queue(tap_name);
+        q.rx = None;
+        q.tx_pool.clear();
+        q
+    }
+
+    /// The local ports of the UDP sockets bound in this thread's network namespace, IPv4
+    /// (`/proc/net/udp`) or IPv6 (`udp6`).
+    fn bound_udp_ports(v6: bool) -> Vec<u16> {
+        let table = std::fs::read_to_string(format!(
+            "/proc/thread-self/net/udp{}",
+            if v6 { "6" } else { "" }
+        ))
+        .unwrap();
+        table
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let local = l.split_whitespace().nth(1).unwrap();
+                let port = local.rsplit(':').next().unwrap();
+                u16::from_str_radix(port, 16).unwrap()
+            })
+            .collect()
+    }
+
+    /// Runs the old side's `offer` for `q` on a thread and returns it with the path to ask.
+    fn serve(
+        name: &str,
+        me: &Identity,
+        q: QueueIo,
+    ) -> (PathBuf, std::thread::JoinHandle<Option<u32>>) {
+        let path = socket_path(name);
+        let l = fdpass::listen(&path).unwrap();
+        let me2 = me.clone();
+        let old = std::thread::spawn(move || {
+            let conn = accept(&l);
+            let r = offer(&conn, &me2, std::iter::once(&q)).unwrap();
+            if r.is_some() {
+                released(&conn).unwrap();
+            }
+            r
+        });
+        (path, old)
     }
 
     fn socket_path(name: &str) -> PathBuf {
@@ -525,7 +627,7 @@ mod tests {
             let q = dual_stack_queue("hov6a");
             let me = Identity {
                 device: "hov6a".into(),
-                port: q.rx.local_addr().unwrap().port(),
+                port: q.rx.as_ref().unwrap().local_addr().unwrap().port(),
                 vni: 1,
             };
             let want = (
@@ -569,50 +671,57 @@ mod tests {
     /// Root only: a successor fits handed queues to its own IPv6 underlay: it opens the IPv6
     /// sockets an older (or IPv4-only) overlayd did not hand over, re-binds the IPv6 send pool
     /// when its IPv6 address differs while keeping the shared receive socket, and closes them
-    /// when it has no IPv6 underlay.
+    /// when it has no IPv6 underlay; another IPv4 address re-binds the IPv4 send pool alike.
     #[test]
-    fn a_successor_fits_handed_queues_to_its_ipv6_underlay() {
-        crate::sys::in_private_netns(
-            "a_successor_fits_handed_queues_to_its_ipv6_underlay",
-            || {
-                let mut q = dual_stack_queue("hov6c");
-                let port = q.rx.local_addr().unwrap().port();
-                for a in ["fd00:6::1/64", "fd00:6::2/64"] {
-                    let st = std::process::Command::new("ip")
-                        .args(["-6", "addr", "add", a, "dev", "lo", "nodad"])
-                        .status()
-                        .unwrap();
-                    assert!(st.success());
-                }
-                q.rx6 = None;
-                q.tx_pool6.clear();
-                let ip1: Ipv6Addr = "fd00:6::1".parse().unwrap();
-                let mut ios = super::super::adapt_v6(vec![q], port, Some(ip1)).unwrap();
-                let rx6 = ios[0].rx6.as_ref().expect("opened").local_addr().unwrap();
-                assert_eq!(rx6.port(), port);
-                assert_eq!(ios[0].tx_pool6.len(), 16);
-                assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip1));
-                assert!(ios[0].offloads.gro, "GRO on the new socket too");
+    fn a_successor_fits_handed_queues_to_its_underlay() {
+        crate::sys::in_private_netns("a_successor_fits_handed_queues_to_its_underlay", || {
+            let mut q = dual_stack_queue("hov6c");
+            let port = q.rx.as_ref().unwrap().local_addr().unwrap().port();
+            for a in ["fd00:6::1/64", "fd00:6::2/64"] {
+                let st = std::process::Command::new("ip")
+                    .args(["-6", "addr", "add", a, "dev", "lo", "nodad"])
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+            q.rx6 = None;
+            q.tx_pool6.clear();
+            let ip1: Ipv6Addr = "fd00:6::1".parse().unwrap();
+            let mut ios =
+                super::super::adapt(vec![q], port, Some(Ipv4Addr::LOCALHOST), Some(ip1)).unwrap();
+            let rx6 = ios[0].rx6.as_ref().expect("opened").local_addr().unwrap();
+            assert_eq!(rx6.port(), port);
+            assert_eq!(ios[0].tx_pool6.len(), 16);
+            assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip1));
+            assert!(ios[0].offloads.gro, "GRO on the new socket too");
 
-                let ip2: Ipv6Addr = "fd00:6::2".parse().unwrap();
-                let same_rx = ios[0].rx6.as_ref().unwrap().as_raw_fd();
-                ios = super::super::adapt_v6(ios, port, Some(ip2)).unwrap();
-                assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip2));
-                assert_eq!(
-                    ios[0].rx6.as_ref().unwrap().as_raw_fd(),
-                    same_rx,
-                    "the shared receive socket is kept"
-                );
-                // Unchanged: nothing is reopened.
-                let pool = addrs(&ios[0].tx_pool6);
-                ios = super::super::adapt_v6(ios, port, Some(ip2)).unwrap();
-                assert_eq!(addrs(&ios[0].tx_pool6), pool);
+            let ip2: Ipv6Addr = "fd00:6::2".parse().unwrap();
+            let same_rx = ios[0].rx6.as_ref().unwrap().as_raw_fd();
+            ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip2)).unwrap();
+            assert!(addrs(&ios[0].tx_pool6).iter().all(|a| a.ip() == ip2));
+            assert_eq!(
+                ios[0].rx6.as_ref().unwrap().as_raw_fd(),
+                same_rx,
+                "the shared receive socket is kept"
+            );
+            // Unchanged: nothing is reopened.
+            let pool = addrs(&ios[0].tx_pool6);
+            ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip2)).unwrap();
+            assert_eq!(addrs(&ios[0].tx_pool6), pool);
 
-                ios = super::super::adapt_v6(ios, port, None).unwrap();
-                assert!(ios[0].rx6.is_none() && ios[0].tx_pool6.is_empty());
-                assert_eq!(ios[0].tx_pool.len(), 3, "IPv4 untouched");
-            },
-        );
+            ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), None).unwrap();
+            assert!(ios[0].rx6.is_none() && ios[0].tx_pool6.is_empty());
+            assert_eq!(ios[0].tx_pool.len(), 3, "IPv4 untouched");
+
+            // The same for IPv4: another IPv4 underlay address re-binds the IPv4 send pool
+            // and keeps the shared receive socket.
+            let rx_fd = ios[0].rx.as_ref().unwrap().as_raw_fd();
+            let ip4 = Ipv4Addr::new(127, 0, 0, 2);
+            ios = super::super::adapt(ios, port, Some(ip4), None).unwrap();
+            assert_eq!(ios[0].tx_pool.len(), 16);
+            assert!(addrs(&ios[0].tx_pool).iter().all(|a| a.ip() == ip4));
+            assert_eq!(ios[0].rx.as_ref().unwrap().as_raw_fd(), rx_fd);
+        });
     }
 
     /// Root only: an older successor (its Hello has no `ipv6`) gets each queue exactly as
@@ -637,7 +746,7 @@ mod tests {
             let q = dual_stack_queue("hov6b");
             let me = Identity {
                 device: "hov6b".into(),
-                port: q.rx.local_addr().unwrap().port(),
+                port: q.rx.as_ref().unwrap().local_addr().unwrap().port(),
                 vni: 1,
             };
             let path = socket_path("handover-old");
@@ -670,6 +779,240 @@ mod tests {
             drop(conn);
             assert_eq!(old.join().unwrap(), None);
             let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        });
+    }
+
+    /// A Queue's layout must match its descriptors, each family's receive socket comes with
+    /// its send sockets, and a queue has at least one family; an older overlayd's Queue (no
+    /// `rx`) has its IPv4 sockets, and a dual-stack Queue is written without `rx` (exactly
+    /// the fields an older successor knows).
+    #[test]
+    fn queue_layouts_are_checked_and_rx_defaults_to_present() {
+        assert_eq!(check_layout(true, 16, false, 0, 18), Ok(()));
+        assert_eq!(check_layout(true, 16, true, 16, 35), Ok(()));
+        assert_eq!(check_layout(false, 0, true, 16, 18), Ok(()));
+        for (rx, tx, rx6, tx6, fds) in [
+            (true, 16, false, 0, 17),
+            (true, 0, false, 0, 2),
+            (false, 16, true, 16, 34),
+            (false, 0, true, 0, 2),
+            (false, 0, false, 0, 1),
+            (false, 0, true, 16, 19),
+        ] {
+            let e = check_layout(rx, tx, rx6, tx6, fds).unwrap_err();
+            assert!(e.starts_with(&format!("{fds} descriptors for")), "{e}");
+        }
+        let old: Msg =
+            serde_json::from_str(r#"{"msg":"queue","id":0,"tso":true,"gro":true,"tx":16}"#)
+                .unwrap();
+        assert!(matches!(old, Msg::Queue { rx: true, .. }));
+        let q = Msg::Queue {
+            id: 0,
+            tso: true,
+            gro: true,
+            rx: true,
+            tx: 16,
+            rx6: true,
+            tx6: 16,
+        };
+        assert_eq!(
+            serde_json::to_value(&q).unwrap(),
+            serde_json::json!({"msg": "queue", "id": 0, "tso": true, "gro": true, "tx": 16, "rx6": true, "tx6": 16})
+        );
+        let q = Msg::Queue {
+            id: 0,
+            tso: true,
+            gro: false,
+            rx: false,
+            tx: 0,
+            rx6: true,
+            tx6: 16,
+        };
+        assert_eq!(
+            serde_json::to_value(&q).unwrap(),
+            serde_json::json!({"msg": "queue", "id": 0, "tso": true, "gro": false, "rx": false, "tx": 0, "rx6": true, "tx6": 16})
+        );
+        let hello: Msg = serde_json::from_str(
+            r#"{"msg":"hello","version":1,"pid":1,"netns":"n","device":"d","port":1,"vni":1,"ipv6":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            hello,
+            Msg::Hello {
+                ipv6: true,
+                ipv4_optional: false,
+                ..
+            }
+        ));
+    }
+
+    /// Root only: an IPv6-only queue (no IPv4 socket) crosses a handover as it is: the
+    /// successor gets the TAP queue and the IPv6 sockets (the same ones), and no IPv4 socket
+    /// appears. An IPv6-only successor then keeps them untouched; one with an IPv4 underlay
+    /// opens the IPv4 receive socket on the VXLAN port and an IPv4 send pool; and dropping
+    /// IPv4 again (a dual-stack predecessor, an IPv6-only successor) closes them, so the
+    /// namespace has no IPv4 UDP socket left.
+    #[test]
+    fn ipv6_only_queues_cross_a_handover_in_every_combination() {
+        crate::sys::in_private_netns(
+            "ipv6_only_queues_cross_a_handover_in_every_combination",
+            || {
+                let q = ipv6_only_queue("hov6d");
+                let port = q.rx6.as_ref().unwrap().local_addr().unwrap().port();
+                let me = Identity {
+                    device: "hov6d".into(),
+                    port,
+                    vni: 1,
+                };
+                let want = (
+                    q.rx6.as_ref().unwrap().local_addr().unwrap(),
+                    addrs(&q.tx_pool6),
+                );
+                assert!(bound_udp_ports(false).is_empty());
+                let (path, old) = serve("handover-v6only", &me, q);
+                let mut taken = take_over(&path, &me).unwrap().expect("handed over");
+                let queues = std::mem::take(&mut taken.queues);
+                assert_eq!(queues.len(), 1);
+                let got = &queues[0];
+                assert!(got.rx.is_none() && got.tx_pool.is_empty(), "{got:?}");
+                assert_eq!(
+                    (
+                        got.rx6.as_ref().unwrap().local_addr().unwrap(),
+                        addrs(&got.tx_pool6)
+                    ),
+                    want
+                );
+                taken.confirm().unwrap();
+                assert_eq!(old.join().unwrap(), Some(std::process::id()));
+                let _ = std::fs::remove_dir_all(path.parent().unwrap());
+                assert!(
+                    bound_udp_ports(false).is_empty(),
+                    "no IPv4 socket: {:?}",
+                    bound_udp_ports(false)
+                );
+
+                // Without IPv4 -> without: nothing changes.
+                let ip6 = Ipv6Addr::LOCALHOST;
+                let rx6_fd = queues[0].rx6.as_ref().unwrap().as_raw_fd();
+                let mut ios = super::super::adapt(queues, port, None, Some(ip6)).unwrap();
+                assert!(ios[0].rx.is_none() && ios[0].tx_pool.is_empty());
+                assert_eq!(ios[0].rx6.as_ref().unwrap().as_raw_fd(), rx6_fd);
+                assert_eq!(addrs(&ios[0].tx_pool6), want.1);
+                assert!(bound_udp_ports(false).is_empty());
+
+                // Without IPv4 -> with: the IPv4 sockets are opened, on the VXLAN port.
+                ios = super::super::adapt(ios, port, Some(Ipv4Addr::LOCALHOST), Some(ip6)).unwrap();
+                let rx = ios[0].rx.as_ref().expect("IPv4 receive socket opened");
+                assert_eq!(
+                    rx.local_addr().unwrap(),
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+                );
+                assert_eq!(ios[0].tx_pool.len(), 16);
+                assert!(addrs(&ios[0].tx_pool)
+                    .iter()
+                    .all(|a| a.ip() == Ipv4Addr::LOCALHOST));
+                assert!(ios[0].offloads.gro, "GRO on the new IPv4 socket too");
+                assert_eq!(ios[0].rx6.as_ref().unwrap().as_raw_fd(), rx6_fd);
+                assert!(bound_udp_ports(false).contains(&port));
+
+                // With IPv4 -> without: they are closed again.
+                ios = super::super::adapt(ios, port, None, Some(ip6)).unwrap();
+                assert!(ios[0].rx.is_none() && ios[0].tx_pool.is_empty());
+                assert_eq!(ios[0].rx6.as_ref().unwrap().as_raw_fd(), rx6_fd);
+                assert!(
+                    bound_udp_ports(false).is_empty(),
+                    "IPv4 sockets closed: {:?}",
+                    bound_udp_ports(false)
+                );
+                assert!(bound_udp_ports(true).contains(&port));
+                // Neither family: refused, with what to do.
+                let e = super::super::adapt(ios, port, None, None).unwrap_err();
+                assert!(e.to_string().contains("IPv4 or IPv6 address"), "{e}");
+            },
+        );
+    }
+
+    /// Root only: a dual-stack overlayd hands its queues (IPv4 sockets included) to an
+    /// IPv6-only successor, which closes the IPv4 ones and keeps the IPv6 ones.
+    #[test]
+    fn a_dual_stack_queue_handed_to_an_ipv6_only_successor_loses_its_ipv4_sockets() {
+        crate::sys::in_private_netns(
+            "a_dual_stack_queue_handed_to_an_ipv6_only_successor_loses_its_ipv4_sockets",
+            || {
+                let q = dual_stack_queue("hov6e");
+                let port = q.rx.as_ref().unwrap().local_addr().unwrap().port();
+                let me = Identity {
+                    device: "hov6e".into(),
+                    port,
+                    vni: 1,
+                };
+                let pool6 = addrs(&q.tx_pool6);
+                let (path, old) = serve("handover-to-v6only", &me, q);
+                let mut taken = take_over(&path, &me).unwrap().expect("handed over");
+                let queues = std::mem::take(&mut taken.queues);
+                assert!(queues[0].rx.is_some() && queues[0].tx_pool.len() == 3);
+                let ios =
+                    super::super::adapt(queues, port, None, Some(Ipv6Addr::LOCALHOST)).unwrap();
+                taken.confirm().unwrap();
+                assert_eq!(old.join().unwrap(), Some(std::process::id()));
+                let _ = std::fs::remove_dir_all(path.parent().unwrap());
+                assert!(ios[0].rx.is_none() && ios[0].tx_pool.is_empty());
+                assert_eq!(addrs(&ios[0].tx_pool6), pool6);
+                // The old side closed its copies when it released: no IPv4 socket is left.
+                assert!(
+                    bound_udp_ports(false).is_empty(),
+                    "{:?}",
+                    bound_udp_ports(false)
+                );
+                assert!(bound_udp_ports(true).contains(&port));
+            },
+        );
+    }
+
+    /// Root only: an IPv6-only overlayd refuses a successor that cannot take queues without
+    /// IPv4 sockets (an older Hello: no `ipv4_optional`), saying why, and keeps forwarding.
+    #[test]
+    fn an_ipv6_only_overlayd_refuses_an_older_successor() {
+        crate::sys::in_private_netns("an_ipv6_only_overlayd_refuses_an_older_successor", || {
+            let me = Identity {
+                device: "hov6f".into(),
+                port: 8472,
+                vni: 1,
+            };
+            for (k, hello) in [
+                // Before IPv6.
+                serde_json::json!({
+                    "msg": "hello", "version": 1, "pid": 1, "netns": netns(),
+                    "device": me.device, "port": me.port, "vni": 1,
+                }),
+                // Dual-stack, before IPv6-only.
+                serde_json::json!({
+                    "msg": "hello", "version": 1, "pid": 1, "netns": netns(),
+                    "device": me.device, "port": me.port, "vni": 1, "ipv6": true,
+                }),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let path = socket_path(&format!("handover-v6only-old{k}"));
+                let l = fdpass::listen(&path).unwrap();
+                let (me2, q) = (me.clone(), ipv6_only_queue(&format!("hov6f{k}")));
+                assert!(q.rx.is_none());
+                let old = std::thread::spawn(move || {
+                    let conn = accept(&l);
+                    offer(&conn, &me2, std::iter::once(&q)).unwrap()
+                });
+                let conn = fdpass::connect(&path, STEP_TIMEOUT).unwrap();
+                fdpass::send(&conn, hello.to_string().as_bytes(), &[]).unwrap();
+                let mut buf = [0u8; 4096];
+                let (n, fds) = fdpass::recv(&conn, &mut buf).unwrap();
+                let m: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+                assert_eq!(m["msg"], "refuse", "{m}");
+                assert!(m["reason"].as_str().unwrap().contains("IPv6-only"), "{m}");
+                assert!(fds.is_empty());
+                assert_eq!(old.join().unwrap(), None, "the old side keeps forwarding");
+                let _ = std::fs::remove_dir_all(path.parent().unwrap());
+            }
         });
     }
 }

@@ -299,50 +299,47 @@ fn queue_ios(
             tso,
             id,
             netconf.port,
-            underlay.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            underlay.ip,
             underlay.ip6,
         )?);
     }
     Ok(out)
 }
 
-/// The sockets of queue `id` around its TAP queue (`tso`: its offloads are on): the IPv4
-/// receive socket on `0.0.0.0:port` (SO_REUSEPORT, UDP_GRO when the kernel has it) and 16
-/// send sockets bound to `ip`; with `ip6`, the IPv6 receive socket and send pool as well
-/// (`open_v6`). Public for the worker-level tests, which build queues exactly as overlayd does.
+/// The sockets of queue `id` around its TAP queue (`tso`: its offloads are on), for each
+/// underlay family this node has an address of: with `ip`, the IPv4 receive socket on
+/// `0.0.0.0:port` (SO_REUSEPORT, UDP_GRO when the kernel has it) and 16 send sockets bound to
+/// `ip`; with `ip6`, the IPv6 receive socket on `[::]:port` and 16 send sockets bound to
+/// `ip6`. An IPv6-only node (`ip` None) binds no IPv4 socket at all, as Flannel's lone
+/// flannel-v6.1. Public for the worker-level tests, which build queues exactly as overlayd
+/// does.
 pub fn open_queue(
     tap: tap::TapQueue,
     tso: bool,
     id: usize,
     port: u16,
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     ip6: Option<std::net::Ipv6Addr>,
 ) -> Result<QueueIo> {
-    let rx = udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, port).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot bind UDP port {port}: {e}; is a kernel vxlan device (flannel.1) or another overlayd using it? Remove it or set Backend.Port"
-        )
-    })?;
-    let gro = match udp::enable_gro(&rx) {
-        Ok(()) => true,
-        Err(e) => {
-            warn!(queue = id, error = %e, "UDP_GRO unavailable; receiving one datagram per read");
-            false
-        }
-    };
-    let seed = source_port_seed(ip.into(), id);
-    let tx_pool = udp::bind_source_pool(ip, 16, seed)
-        .with_context(|| format!("cannot bind source ports on {ip}"))?;
+    if ip.is_none() && ip6.is_none() {
+        bail!(
+            "queue {id}: no underlay address of either family to send VXLAN from; give the node an IPv4 or IPv6 address on the underlay interface (or pass --iface/--public-ip)"
+        );
+    }
     let mut io = QueueIo {
         tap,
-        rx,
-        tx_pool,
+        rx: None,
+        tx_pool: Vec::new(),
         rx6: None,
         tx_pool6: Vec::new(),
-        offloads: Offloads { tso, gro },
+        // UDP_GRO unless a receive socket refuses it (`open_family`).
+        offloads: Offloads { tso, gro: true },
     };
+    if let Some(ip) = ip {
+        open_family(&mut io, id, ip.into(), port)?;
+    }
     if let Some(ip6) = ip6 {
-        open_v6(&mut io, id, ip6, port)?;
+        open_family(&mut io, id, ip6.into(), port)?;
     }
     Ok(io)
 }
@@ -362,54 +359,109 @@ fn source_port_seed(ip: std::net::IpAddr, queue: usize) -> u32 {
         .wrapping_add(queue as u32 * 4099)
 }
 
-/// Gives queue `id` its IPv6 receive socket (`[::]:port`, IPv6-only, SO_REUSEPORT, UDP_GRO as
-/// the IPv4 one has it) unless it has one, and 16 IPv6 send sockets bound to `ip6` in place of
-/// any it has. If UDP_GRO works on the IPv4 socket but not here, both receive sockets go plain
-/// (one receive mode per queue).
-fn open_v6(io: &mut QueueIo, id: usize, ip6: std::net::Ipv6Addr, port: u16) -> Result<()> {
-    if io.rx6.is_none() {
-        let rx6 = udp::bind_vxlan_v6(std::net::Ipv6Addr::UNSPECIFIED, port).map_err(|e| {
+/// Gives queue `id` the receive socket of `ip`'s family (`0.0.0.0:port` or `[::]:port`,
+/// IPv6-only, SO_REUSEPORT, UDP_GRO as the queue has it) unless it has one, and 16 send
+/// sockets bound to `ip` in place of any it has of that family. One receive mode per queue:
+/// if UDP_GRO works on the queue's other receive socket but not on this one, both go plain.
+fn open_family(io: &mut QueueIo, id: usize, ip: std::net::IpAddr, port: u16) -> Result<()> {
+    let v6 = ip.is_ipv6();
+    let (family, device) = if v6 {
+        ("IPv6", "flannel-v6.1")
+    } else {
+        ("IPv4", "flannel.1")
+    };
+    if !has_rx(io, v6) {
+        let bound = match ip {
+            std::net::IpAddr::V4(_) => udp::bind_vxlan(Ipv4Addr::UNSPECIFIED, port),
+            std::net::IpAddr::V6(_) => udp::bind_vxlan_v6(std::net::Ipv6Addr::UNSPECIFIED, port),
+        };
+        let rx = bound.map_err(|e| {
+            let at = if v6 { "[::]" } else { "0.0.0.0" };
             anyhow::anyhow!(
-                "cannot bind UDP port [::]:{port}: {e}; is a kernel vxlan device (flannel-v6.1) or another overlayd using it? Remove it or set Backend.Port"
+                "cannot bind UDP port {at}:{port}: {e}; is a kernel vxlan device ({device}) or another overlayd using it? Remove it or set Backend.Port"
             )
         })?;
         if io.offloads.gro {
-            if let Err(e) = udp::enable_gro(&rx6) {
-                warn!(queue = id, error = %e, "UDP_GRO unavailable on the IPv6 socket; receiving one datagram per read");
-                udp::disable_gro(&io.rx)
-                    .context("cannot turn UDP_GRO off again on the IPv4 receive socket")?;
+            if let Err(e) = udp::enable_gro(&rx) {
+                warn!(queue = id, error = %e, "UDP_GRO unavailable on the {family} receive socket; receiving one datagram per read");
+                if let Some(other) = if v6 { &io.rx } else { &io.rx6 } {
+                    udp::disable_gro(other).with_context(|| {
+                        format!(
+                            "cannot turn UDP_GRO off again on the {} receive socket",
+                            if v6 { "IPv4" } else { "IPv6" }
+                        )
+                    })?;
+                }
                 io.offloads.gro = false;
             }
         }
-        io.rx6 = Some(rx6);
+        if v6 {
+            io.rx6 = Some(rx);
+        } else {
+            io.rx = Some(rx);
+        }
     }
-    let seed = source_port_seed(ip6.into(), id);
-    io.tx_pool6 = udp::bind_source_pool(ip6, 16, seed)
-        .with_context(|| format!("cannot bind IPv6 source ports on {ip6}"))?;
+    let pool = udp::bind_source_pool(ip, 16, source_port_seed(ip, id))
+        .with_context(|| format!("cannot bind {family} source ports on {ip}"))?;
+    if v6 {
+        io.tx_pool6 = pool;
+    } else {
+        io.tx_pool = pool;
+    }
     Ok(())
 }
 
-/// Fits queues handed over by a running overlayd to this process's IPv6 underlay: opens the
-/// IPv6 sockets it did not hand over (it had no IPv6 underlay, or is an older overlayd), binds
-/// a new IPv6 send pool when its address differs, and closes the IPv6 sockets when this one
-/// has no IPv6 underlay.
-pub(crate) fn adapt_v6(
+/// Whether queue `io` has the receive socket of one family.
+fn has_rx(io: &QueueIo, v6: bool) -> bool {
+    if v6 {
+        io.rx6.is_some()
+    } else {
+        io.rx.is_some()
+    }
+}
+
+/// Closes queue `io`'s sockets of one family (the node has no underlay address of it now).
+fn close_family(io: &mut QueueIo, v6: bool) {
+    if v6 {
+        io.rx6 = None;
+        io.tx_pool6.clear();
+    } else {
+        io.rx = None;
+        io.tx_pool.clear();
+    }
+}
+
+/// Fits queues handed over by a running overlayd to this process's underlay, per family:
+/// opens the sockets it did not hand over (it had no underlay of that family, or is an older
+/// overlayd without IPv6 sockets), binds a new send pool where its address differs (keeping
+/// the shared receive socket), and closes the sockets of a family this process has no
+/// underlay address of (an IPv6-only successor drops the IPv4 ones, an IPv4-only one the IPv6
+/// ones). The TAP queues are what keep the handover lossless.
+pub(crate) fn adapt(
     mut ios: Vec<QueueIo>,
     port: u16,
+    ip: Option<Ipv4Addr>,
     ip6: Option<std::net::Ipv6Addr>,
 ) -> Result<Vec<QueueIo>> {
+    if ip.is_none() && ip6.is_none() {
+        bail!("no underlay address of either family for the handed-over queues; give the node an IPv4 or IPv6 address on the underlay interface");
+    }
     for (id, io) in ios.iter_mut().enumerate() {
-        match ip6 {
-            None => {
-                io.rx6 = None;
-                io.tx_pool6.clear();
-            }
-            Some(ip6) => {
-                let bound = io.tx_pool6.first().and_then(|s| s.local_addr().ok());
-                if io.rx6.is_none() || bound.map(|a| a.ip()) != Some(ip6.into()) {
-                    info!(queue = id, ip6 = %ip6, "opening IPv6 underlay sockets the previous overlayd did not hand over");
-                    open_v6(io, id, ip6, port)?;
+        for (want, v6) in [
+            (ip.map(std::net::IpAddr::from), false),
+            (ip6.map(std::net::IpAddr::from), true),
+        ] {
+            let Some(want) = want else {
+                if has_rx(io, v6) {
+                    info!(queue = id, family = if v6 { "IPv6" } else { "IPv4" }, "closing the handed-over underlay sockets of a family this overlayd has no address of");
                 }
+                close_family(io, v6);
+                continue;
+            };
+            let bound = io.pool(v6).first().and_then(|s| s.local_addr().ok());
+            if !has_rx(io, v6) || bound.map(|a| a.ip()) != Some(want) {
+                info!(queue = id, ip = %want, "opening underlay sockets the previous overlayd did not hand over");
+                open_family(io, id, want, port)?;
             }
         }
     }
@@ -468,7 +520,7 @@ async fn start_dataplane(
     let (origin, mut ios) = match (handed, &existing) {
         (Some(ios), _) => (
             Origin::HandedOver,
-            adapt_v6(ios, netconf.port, underlay.ip6)?,
+            adapt(ios, netconf.port, underlay.ip, underlay.ip6)?,
         ),
         (None, Some(l)) => {
             let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
@@ -1443,6 +1495,42 @@ mod tests {
             let why = not_adoptable(&link("tun", Some(t), Some("overlayd"))).unwrap();
             assert!(why.contains("multi_queue"), "{why}");
         }
+    }
+
+    /// Root only (a private network namespace): an IPv6-only queue has the IPv6 sockets
+    /// alone, no IPv4 UDP socket exists in the namespace, and UDP_GRO is on; a queue with no
+    /// underlay address of either family is refused with what to do.
+    #[test]
+    fn open_queue_opens_only_the_families_it_is_given() {
+        crate::sys::in_private_netns("open_queue_opens_only_the_families_it_is_given", || {
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let mut taps = tap::open_multiqueue("oq6t", 2).unwrap();
+            let e = open_queue(taps.pop().unwrap(), false, 1, 0, None, None).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("queue 1: no underlay address of either family"),
+                "{e}"
+            );
+            let io = open_queue(
+                taps.pop().unwrap(),
+                false,
+                0,
+                0,
+                None,
+                Some(Ipv6Addr::LOCALHOST),
+            )
+            .unwrap();
+            assert!(io.rx.is_none() && io.tx_pool.is_empty(), "{io:?}");
+            assert!(io.rx6.is_some() && io.tx_pool6.len() == 16);
+            assert_eq!(io.rx_sockets().count(), 1);
+            assert!(io.offloads.gro);
+            let udp4 = std::fs::read_to_string("/proc/thread-self/net/udp").unwrap();
+            assert_eq!(udp4.lines().count(), 1, "no IPv4 UDP socket: {udp4}");
+        });
     }
 
     /// Both families' send pools seed from the address's last 32 bits and the queue, as

@@ -38,7 +38,8 @@ pub enum DropReason {
     /// Egress: the send buffer stayed full (EAGAIN) until the worker stopped; only then is a
     /// held frame given up (backpressure otherwise waits, it never drops).
     TxWouldBlock,
-    /// Egress: the peer's VTEP is unreachable (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH).
+    /// Egress: the peer's VTEP is unreachable (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH), or of
+    /// an underlay family this node has no address (no send socket) of.
     TxUnreachable,
     /// Egress: the packet does not fit the path MTU to the peer (EMSGSIZE); an ICMP
     /// "fragmentation needed" / "packet too big" went back to the sender unless it was

@@ -73,26 +73,28 @@ pub struct Transmit<'a> {
 pub struct Planner {
     segmenter: Segmenter,
     vx_header: [u8; vxlan::HEADER_LEN],
+    /// IPv4 send sockets; 0: no IPv4 underlay (IPv6-only), frames for IPv4 VTEPs are
+    /// unreachable.
     sockets: usize,
     /// IPv6 send sockets; 0: no IPv6 underlay, frames for IPv6 VTEPs are unreachable.
     sockets_v6: usize,
 }
 
 impl Planner {
-    /// A planner for VNI `vni` over `sockets` send sockets (at least one) per underlay family.
+    /// A planner for VNI `vni` over `sockets` send sockets per underlay family.
     #[must_use]
     pub fn new(vni: u32, sockets: usize) -> Self {
         Self::with_pools(vni, sockets, sockets)
     }
 
-    /// A planner over `sockets` IPv4 send sockets (at least one) and `sockets_v6` IPv6 ones
-    /// (none: this node has no IPv6 underlay).
+    /// A planner over `sockets` IPv4 send sockets and `sockets_v6` IPv6 ones (none: this
+    /// node has no underlay of that family, as an IPv4-only or an IPv6-only node).
     #[must_use]
     pub fn with_pools(vni: u32, sockets: usize, sockets_v6: usize) -> Self {
         Planner {
             segmenter: Segmenter::default(),
             vx_header: vxlan::header(vni),
-            sockets: sockets.max(1),
+            sockets,
             sockets_v6,
         }
     }
@@ -109,7 +111,8 @@ impl Planner {
             self.sockets
         };
         if pool == 0 {
-            // An IPv6 VTEP, and no IPv6 underlay here to reach it from.
+            // A VTEP of a family this node has no underlay (no send socket) of: an IPv6 VTEP
+            // on an IPv4-only node, an IPv4 one on an IPv6-only node.
             return Err(DropReason::TxUnreachable);
         }
         let socket = route.flow_hash as usize % pool;

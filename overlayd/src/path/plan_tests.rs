@@ -418,6 +418,43 @@ fn the_socket_comes_from_the_destination_family_pool() {
     assert!(p.plan(&mut s, &f).unwrap().destination.is_ipv4());
 }
 
+/// An IPv6-only node (no IPv4 send sockets): frames for IPv4 VTEPs, plain or super-frames,
+/// are unreachable drops, never an index into an empty pool; inner IPv6 to an IPv6 VTEP
+/// leaves over the IPv6 pool as on a dual-stack node.
+#[test]
+fn without_ipv4_sockets_frames_for_ipv4_vteps_are_unreachable() {
+    let f = dual_stack_fdb();
+    let mut p = Planner::with_pools(1, 0, 4);
+    let mut s = slot(&vnet::Header::default(), &tcp_frame(10, 1, 0, false));
+    assert_eq!(
+        p.plan(&mut s, &f).map(|t| t.destination),
+        Err(DropReason::TxUnreachable)
+    );
+    let frame = tcp_frame(1395 * 4, 40000, 0, false);
+    let mut s = slot(&tso(&frame, 1395, false), &frame);
+    assert_eq!(
+        p.plan(&mut s, &f).map(|t| t.destination),
+        Err(DropReason::TxUnreachable)
+    );
+    // Inner IPv6 to a peer known only by its IPv4 VTEP has no way out either.
+    let frame = to_mac(tcp_frame(100, 1, 0, true), PEER3_MAC);
+    let mut s = slot(&vnet::Header::default(), &frame);
+    assert_eq!(
+        p.plan(&mut s, &f).map(|t| t.destination),
+        Err(DropReason::TxUnreachable)
+    );
+    for sport in 0..50u16 {
+        let mut s = slot(&vnet::Header::default(), &tcp_frame(10, sport, 0, true));
+        let t = p.plan(&mut s, &f).unwrap();
+        assert!(t.destination.is_ipv6() && t.socket < 4, "{}", t.destination);
+    }
+    let frame = tcp_frame(1395 * 4, 40000, 0, true);
+    let mut s = slot(&tso(&frame, 1395, true), &frame);
+    let t = p.plan(&mut s, &f).unwrap();
+    assert!(t.destination.is_ipv6());
+    assert!(matches!(t.shape, Shape::Segmented { segments: 4, .. }));
+}
+
 /// The outer traffic class carries the inner IPv6 ECN field as the outer TOS carries IPv4's
 /// (RFC 6040 normal mode: CE leaves as ECT(0)).
 #[test]

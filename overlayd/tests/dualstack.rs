@@ -789,7 +789,8 @@ fn ipv6_only_lab(test: &str) -> Option<Lab> {
 /// node on an IPv6-only underlay with IPv6-only pods. No IPv4 anywhere overlayd manages
 /// (subnet.env, device address, routes, UDP socket, pod addresses and routes); IPv6 pods reach
 /// each other both ways between every pair, iperf3 -6 runs both ways between the overlayd
-/// nodes, and the underlay carries outer IPv6 UDP to 8472 with VNI 1.
+/// nodes, and the underlay carries outer IPv6 UDP to 8472 with VNI 1. Then a handover, and
+/// netfilter (IPv6 rules only, no `ip` nftables table, removed by `overlayd cleanup`).
 #[test]
 fn ipv6_only_cluster() {
     let Some(lab) = ipv6_only_lab("ipv6_only_cluster") else {
@@ -967,9 +968,27 @@ fn ipv6_only_cluster() {
     assert!(!v4.contains("OVERLAYD"), "{v4}");
     let v6 = save("ip6tables-save");
     assert!(v6.contains("-A OVERLAYD-FWD -s fd00:10:244::/56"), "{v6}");
+    // A rolling update hands the IPv6-only queues over (no IPv4 socket to pass or open), and
+    // the new overlayd forwards.
+    let mut lab = lab;
+    lab.start_overlapping(1);
+    assert!(
+        lab.log(1).contains("took the dataplane over"),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.stop_retired(1), "{}", lab.retired_log(1));
+    assert!(
+        lab.ping_within(&lab.pod(2, 1), &pod_ip6(1, 1), Duration::from_secs(5)),
+        "ping -6 after the handover:\n{}",
+        lab.log(1)
+    );
+    let udp4 = sh_ok(&[
+        "ip", "netns", "exec", &n1, "ss", "-H", "-u", "-a", "-n", "-4",
+    ]);
+    assert!(!udp4.contains(":8472 "), "after the handover: {udp4}");
     // With EnableNFTables and --ip-masq: only the ip6 table, never an ip one; traffic flows;
     // `overlayd cleanup` removes the table and the IPv6 chains.
-    let mut lab = lab;
     assert!(lab.stop(1));
     std::fs::write(
         lab.dir.join("net-conf.json"),

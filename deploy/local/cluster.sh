@@ -32,6 +32,16 @@
 # flannel-v6.VNI (its own VtepMAC 02:00:00:00:06:0i, annotated in backend-v6-data/public-ipv6).
 # Pod j of node i then also has fd00:10:244:i::(j+1). Not combined with REMOTE_NODES.
 #
+# IPv6-only (env IPV6ONLY=1, for `up` and `kernel-node`): as dual stack without IPv4 on the
+# underlay (the nodes' eth0 and the switch have only fd00:18::i/64 and fd00:18::fe/64, the IPv6
+# default route is the only one), node i's one podCIDR is fd00:10:244:i::/64, the NodeList lists
+# only the IPv6 InternalIP, and net-conf.json has EnableIPv4 false (Flannel's ipv6 stack). Pod j
+# of node i has only fd00:10:244:i::(j+1). A kernel node gets only flannel-v6.VNI and is
+# annotated as flanneld annotates an IPv6-only node (backend-type, backend-v6-data,
+# public-ipv6; no backend-data, no public-ip); a peer's IPv6 VtepMAC is then the one overlayd
+# derives from an IPv6 podCIDR, 0a:58:02:44:00:0<o>, unless it is listed in KERNEL_NODES.
+# Not combined with DUALSTACK or REMOTE_NODES.
+#
 # Remote nodes (env REMOTE_NODES="3 4", for `up`): those nodes sit on another subnet,
 # 198.19.0.i/24, behind a router namespace PREFIXr. The switch namespace then routes too: it
 # reaches 198.19.0.0/24 over a link to the router (198.18.255.1/30 - .2/30) whose MTU is RMTU
@@ -46,6 +56,7 @@ MTU=$((UMTU - 50))
 RMTU=${RMTU:-$UMTU}
 REMOTE_NODES=${REMOTE_NODES:-}
 DUALSTACK=${DUALSTACK:-}
+IPV6ONLY=${IPV6ONLY:-}
 
 is_remote() { case " $REMOTE_NODES " in *" $1 "*) return 0 ;; esac; return 1; }
 node_ip() { if is_remote "$1"; then echo "198.19.0.$1"; else echo "198.18.0.$1"; fi; }
@@ -81,8 +92,8 @@ up() {
   ip -n "$sw" link add br0 type bridge
   ip -n "$sw" link set br0 up
   # The nodes' default gateway; tests bind a fake Kubernetes API server here.
-  ip -n "$sw" addr add 198.18.0.254/24 dev br0
-  if [ -n "$DUALSTACK" ]; then ip -n "$sw" addr add fd00:18::fe/64 dev br0 nodad; fi
+  [ -n "$IPV6ONLY" ] || ip -n "$sw" addr add 198.18.0.254/24 dev br0
+  if [ -n "$DUALSTACK$IPV6ONLY" ]; then ip -n "$sw" addr add fd00:18::fe/64 dev br0 nodad; fi
   if [ -n "$REMOTE_NODES" ]; then router "$P"; fi
   {
     echo "apiVersion: v1"
@@ -100,6 +111,28 @@ up() {
     ip -n "$ns_sw" link set "u$i" master "$bridge" mtu "$UMTU" up
     ip -n "$n" link set "${P}u$i" name eth0
     ip -n "$n" link set eth0 mtu "$UMTU" up
+    if [ -n "$IPV6ONLY" ]; then
+      ip netns exec "$n" sysctl -qw net.ipv6.conf.all.forwarding=1
+      ip -n "$n" addr add "fd00:18::$i/64" dev eth0 nodad
+      # The only default route: the underlay is found from it, as flanneld's ipv6 stack does.
+      ip -n "$n" -6 route add default via fd00:18::fe dev eth0
+      cat >> "$DIR/nodes.yaml" <<YAML
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: node$i
+  spec:
+    podCIDR: fd00:10:244:$i::/64
+    podCIDRs:
+    - fd00:10:244:$i::/64
+  status:
+    addresses:
+    - type: InternalIP
+      address: fd00:18::$i
+YAML
+      for j in $(seq 1 "$PODS"); do pod "$P" "$i" "$j"; done
+      continue
+    fi
     ip -n "$n" addr add "$(node_ip "$i")/24" dev eth0
     # A default route makes the underlay discoverable without --iface, as on a real host.
     ip -n "$n" route add default via "$gw" dev eth0 onlink
@@ -126,7 +159,9 @@ up() {
 YAML
     for j in $(seq 1 "$PODS"); do pod "$P" "$i" "$j"; done
   done
-  if [ -n "$DUALSTACK" ]; then
+  if [ -n "$IPV6ONLY" ]; then
+    echo '{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
+  elif [ -n "$DUALSTACK" ]; then
     echo '{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
   else
     echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":8472}}' > "$DIR/net-conf.json"
@@ -165,6 +200,15 @@ wire() {
 kernel_node() {
   local P=$1 i=$2 N=$3 DIR=$4 VNI=${5:-1} PORT=${6:-8472}
   local n; n=$(ns_node "$P" "$i")
+  if [ -n "$IPV6ONLY" ]; then
+    # flanneld's WriteSubnetFile without IPv4: no FLANNEL_NETWORK/FLANNEL_SUBNET; FLANNEL_MTU
+    # is still its Backend MTU - 50 (vxlan_network.go MTU()), whatever the kernel clamps
+    # flannel-v6.VNI to.
+    printf 'FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:%s::1/64\nFLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n' \
+      "$i" "$MTU" > "$DIR/subnet$i.env"
+    kernel_node_v6 "$P" "$i" "$N" "$VNI" "$PORT"
+    return 0
+  fi
   local dev="flannel.$VNI"
   printf 'FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.%s.1/24\nFLANNEL_MTU=%s\nFLANNEL_IPMASQ=false\n' \
     "$i" "$MTU" > "$DIR/subnet$i.env"
@@ -186,6 +230,13 @@ kernel_node() {
   # neighbour and FDB entry to its IPv6 VtepMAC). A peer's IPv6 MAC is 02:00:00:00:06:0<o>
   # for another kernel node, else overlayd's one device MAC (the derived one).
   printf 'FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:%s::1/64\n' "$i" >> "$DIR/subnet$i.env"
+  kernel_node_v6 "$P" "$i" "$N" "$VNI" "$PORT"
+}
+
+# flannel-v6.VNI of kernel node i (see kernel_node).
+kernel_node_v6() {
+  local P=$1 i=$2 N=$3 VNI=$4 PORT=$5
+  local n; n=$(ns_node "$P" "$i")
   local dev6="flannel-v6.$VNI"
   ip -n "$n" link add "$dev6" type vxlan id "$VNI" dstport "$PORT" local "fd00:18::$i" dev eth0 nolearning
   ip -n "$n" link set "$dev6" address "02:00:00:00:06:0$i" mtu $((UMTU - 70)) up
@@ -193,6 +244,8 @@ kernel_node() {
   for o in $(seq 1 "$N"); do
     [ "$o" = "$i" ] && continue
     local mac; mac=$(printf '0a:58:0a:f4:%02x:00' "$o")
+    # IPv6-only overlayd nodes derive their MAC from the IPv6 podCIDR's subnet index.
+    if [ -n "$IPV6ONLY" ]; then mac=$(printf '0a:58:02:44:00:%02x' "$o"); fi
     case " ${KERNEL_NODES:-} " in *" $o "*) mac="02:00:00:00:06:0$o" ;; esac
     ip -n "$n" -6 neigh add "fd00:10:244:$o::" lladdr "$mac" dev "$dev6" nud permanent
     ip -n "$n" -6 route add "fd00:10:244:$o::/64" via "fd00:10:244:$o::" dev "$dev6" onlink
@@ -208,10 +261,12 @@ import os, sys
 path, i, vni = sys.argv[1], sys.argv[2], sys.argv[3]
 text = open(path).read()
 ann = (f"    name: node{i}\n    annotations:\n"
-       f"      flannel.alpha.coreos.com/backend-type: vxlan\n"
-       f"      flannel.alpha.coreos.com/backend-data: '{{\"VNI\":{vni},\"VtepMAC\":\"02:00:00:00:00:0{i}\"}}'\n"
-       f"      flannel.alpha.coreos.com/public-ip: 198.18.0.{i}\n")
-if os.environ.get("DUALSTACK"):
+       f"      flannel.alpha.coreos.com/backend-type: vxlan\n")
+# IPv6-only: flanneld writes neither backend-data nor public-ip (its BackendData is null).
+if not os.environ.get("IPV6ONLY"):
+    ann += (f"      flannel.alpha.coreos.com/backend-data: '{{\"VNI\":{vni},\"VtepMAC\":\"02:00:00:00:00:0{i}\"}}'\n"
+            f"      flannel.alpha.coreos.com/public-ip: 198.18.0.{i}\n")
+if os.environ.get("DUALSTACK") or os.environ.get("IPV6ONLY"):
     ann += (f"      flannel.alpha.coreos.com/backend-v6-data: '{{\"VNI\":{vni},\"VtepMAC\":\"02:00:00:00:06:0{i}\"}}'\n"
             f"      flannel.alpha.coreos.com/public-ipv6: fd00:18::{i}\n")
 text = text.replace(f"    name: node{i}\n", ann, 1)

@@ -165,7 +165,10 @@ pub fn to_wire_key(key: &str, prefix: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Announcement {
     pub vtep_mac: MacAddr,
-    pub public_ip: Ipv4Addr,
+    /// The IPv4 VTEP address (`public-ip`, with `backend-data`); `None` in an IPv6-only cluster,
+    /// where flanneld writes neither key (its vxlan backend has no IPv4 device, so its
+    /// `BackendData` marshals to `null`, which kube.go's AcquireLease skips).
+    pub public_ip: Option<Ipv4Addr>,
     pub vni: u32,
     /// The IPv6 VTEP when `EnableIPv6` is on: published as `backend-v6-data` and `public-ipv6`.
     pub v6: Option<AnnouncementV6>,
@@ -206,28 +209,32 @@ pub fn network_available_patch(now: jiff::Timestamp) -> serde_json::Value {
 }
 
 /// The annotations Flannel's vxlan backend writes for `a` on `node`. Like flanneld, an operator's
-/// `public-ip-overwrite` becomes the published `public-ip`.
+/// `public-ip-overwrite` becomes the published `public-ip`. IPv6-only (`a.public_ip` `None`):
+/// `backend-type`, `kube-subnet-manager` and the IPv6 pair only, as flanneld (no
+/// `backend-data`, no `public-ip`, whatever `public-ip-overwrite` says).
 #[must_use]
 pub fn desired_annotations(node: &Node, a: &Announcement) -> BTreeMap<String, String> {
-    let public_ip = node
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|m| m.get(ANN_PUBLIC_IP_OVERWRITE))
-        .and_then(|v| v.trim().parse::<Ipv4Addr>().ok())
-        .unwrap_or(a.public_ip);
-    // Field order and format exactly as Go's json.Marshal of flannel's vxlanLeaseAttrs.
-    let data = serde_json::to_string(&BackendData {
-        vni: a.vni,
-        vtep_mac: a.vtep_mac.to_string(),
-    })
-    .expect("BackendData serializes");
     let mut out = BTreeMap::from([
         (ANN_BACKEND_TYPE.to_string(), "vxlan".to_string()),
-        (ANN_BACKEND_DATA.to_string(), data),
-        (ANN_PUBLIC_IP.to_string(), public_ip.to_string()),
         (ANN_KUBE_SUBNET_MANAGER.to_string(), "true".to_string()),
     ]);
+    if let Some(own) = a.public_ip {
+        let public_ip = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|m| m.get(ANN_PUBLIC_IP_OVERWRITE))
+            .and_then(|v| v.trim().parse::<Ipv4Addr>().ok())
+            .unwrap_or(own);
+        // Field order and format exactly as Go's json.Marshal of flannel's vxlanLeaseAttrs.
+        let data = serde_json::to_string(&BackendData {
+            vni: a.vni,
+            vtep_mac: a.vtep_mac.to_string(),
+        })
+        .expect("BackendData serializes");
+        out.insert(ANN_BACKEND_DATA.to_string(), data);
+        out.insert(ANN_PUBLIC_IP.to_string(), public_ip.to_string());
+    }
     // Flannel (pkg/subnet/kube/kube.go, AcquireLease): backend-v6-data is the same JSON as
     // backend-data with the v6 device's MAC, and public-ipv6-overwrite wins over the address
     // found; without IPv6 neither key is written.

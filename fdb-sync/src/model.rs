@@ -334,10 +334,15 @@ impl NodeView {
             Err(e) => (None, Some(e.to_string())),
         };
         let vtep_mac_v6_annotated = annotated_v6.is_some();
+        // Without backend-v6-data: the node's one MAC, which for a node with no IPv4 side (an
+        // unannotated IPv6-only node) is derived from its IPv6 podCIDR, as
+        // `ClusterState::own_vtep_mac` derives the MAC such a node gives itself.
         let vtep_mac_v6 = if bad_v6_data.is_some() {
             None
         } else {
-            annotated_v6.or(vtep_mac)
+            annotated_v6
+                .or(vtep_mac)
+                .or_else(|| pod_cidr_v6.map(derive_vtep_mac_v6))
         };
 
         Ok(NodeView {
@@ -1244,6 +1249,22 @@ mod tests {
         let skip = s.skipped.iter().find(|k| k.node == "d-v4").unwrap();
         assert_eq!(skip.kind, SkipReason::NoPodCidr);
         assert!(skip.reason.contains("no IPv6 podCIDR"), "{}", skip.reason);
+
+        // An unannotated IPv6-only peer (a hand-written NodeList) is reached at the MAC it
+        // gives itself: the one derived from its IPv6 podCIDR.
+        let bare = node("e-bare", Some("fd00:10:244:5::/64"), "fd00:18::5", &[]);
+        let s = ClusterState::from_nodes(
+            &[v6_node("a-own", 1), bare],
+            "a-own",
+            PeerFilter::AllowUnannotated,
+        )
+        .unwrap()
+        .validated(&policy)
+        .unwrap();
+        assert_eq!(s.peers.len(), 1, "{:?}", s.skipped);
+        let e = s.peers[0].v6.unwrap();
+        assert_eq!(e.vtep_mac.to_string(), "0a:58:02:44:00:05");
+        assert_eq!(e.vtep_ip, "fd00:18::5".parse::<Ipv6Addr>().unwrap());
 
         // An IPv4-only NodeList: this node cannot run IPv6-only.
         let e = ClusterState::from_nodes(

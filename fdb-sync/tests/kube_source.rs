@@ -261,7 +261,7 @@ async fn api_server_restart_keeps_state_and_recovers() {
 fn announcement() -> Announcement {
     Announcement {
         vtep_mac: "0a:58:0a:f4:01:00".parse().unwrap(),
-        public_ip: "198.18.0.1".parse().unwrap(),
+        public_ip: Some("198.18.0.1".parse().unwrap()),
         vni: 1,
         v6: None,
         set_node_network_unavailable: false,
@@ -583,5 +583,75 @@ fn ipv6_vtep_is_published_as_flannel_does_and_read_back() {
     assert!(v.vtep_mac_v6_annotated);
     assert_eq!(v.public_ip_v6, Some("fd00:198:18::1".parse().unwrap()));
     assert_eq!(v.pod_cidr_v6, Some("fd00:10:244:1::/64".parse().unwrap()));
+    assert_eq!(ks::annotation_patch(&published, &a), None);
+}
+
+/// IPv6-only (EnableIPv4 false): flanneld's vxlan backend has no IPv4 device, its BackendData
+/// marshals to `null` and kube.go's AcquireLease then writes neither `backend-data` nor
+/// `public-ip` (not even from `public-ip-overwrite`): only `backend-type`,
+/// `kube-subnet-manager`, `backend-v6-data` and `public-ipv6`. The model reads such a node
+/// back as an IPv6-only peer.
+#[test]
+fn ipv6_only_vtep_is_published_without_the_ipv4_keys() {
+    let a = Announcement {
+        public_ip: None,
+        vtep_mac: "0a:58:00:00:00:00".parse().unwrap(),
+        v6: Some(ks::AnnouncementV6 {
+            vtep_mac: "02:11:22:33:44:55".parse().unwrap(),
+            public_ip: "fd00:18::1".parse().unwrap(),
+        }),
+        ..announcement()
+    };
+    let n = node(
+        "n1",
+        Some("fd00:10:244:1::/64"),
+        "fd00:18::1",
+        &[(ANN_PUBLIC_IP_OVERWRITE, "198.18.0.9")],
+    );
+    let ann = ks::desired_annotations(&n, &a);
+    assert_eq!(
+        ann.keys().map(String::as_str).collect::<Vec<_>>(),
+        {
+            let mut k = vec![
+                ANN_BACKEND_TYPE,
+                ANN_KUBE_SUBNET_MANAGER,
+                ANN_BACKEND_V6_DATA,
+                ANN_PUBLIC_IPV6,
+            ];
+            k.sort_unstable();
+            k
+        },
+        "{ann:?}"
+    );
+    assert_eq!(ann[ANN_BACKEND_TYPE], "vxlan");
+    assert_eq!(ann[ANN_KUBE_SUBNET_MANAGER], "true");
+    assert_eq!(
+        ann[ANN_BACKEND_V6_DATA],
+        r#"{"VNI":1,"VtepMAC":"02:11:22:33:44:55"}"#
+    );
+    assert_eq!(ann[ANN_PUBLIC_IPV6], "fd00:18::1");
+    let patch = ks::annotation_patch(&n, &a).unwrap();
+    let keys = patch["metadata"]["annotations"].as_object().unwrap();
+    assert!(
+        !keys
+            .keys()
+            .any(|k| k.ends_with("/backend-data") || k.ends_with("/public-ip")),
+        "{patch}"
+    );
+
+    let published = node(
+        "n1",
+        Some("fd00:10:244:1::/64"),
+        "fd00:18::1",
+        &ann.iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let v = NodeView::from_node(&published).unwrap();
+    assert_eq!(v.pod_cidr, None);
+    assert_eq!(v.public_ip, None);
+    assert_eq!(v.pod_cidr_v6, Some("fd00:10:244:1::/64".parse().unwrap()));
+    assert_eq!(v.public_ip_v6, Some("fd00:18::1".parse().unwrap()));
+    assert_eq!(v.vtep_mac_v6.unwrap().to_string(), "02:11:22:33:44:55");
     assert_eq!(ks::annotation_patch(&published, &a), None);
 }

@@ -342,7 +342,7 @@ pub struct Config {
     pub annotation_prefix: String,
     pub iface: Vec<String>,
     pub iface_regex: Vec<String>,
-    pub iface_can_reach: Option<Ipv4Addr>,
+    pub iface_can_reach: Option<IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
     pub subnet_file: PathBuf,
@@ -655,19 +655,12 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
     for r in &iface_regex {
         regex::Regex::new(r).map_err(|e| bad("iface-regex", r, e.to_string()))?;
     }
+    // Either family, as flanneld's: which one fits is decided with net-conf.json (see
+    // control::underlay: an IPv6 address needs EnableIPv4 false).
     let iface_can_reach = opt_str(given, "iface-can-reach")
-        .map(|s| match s.parse::<IpAddr>() {
-            Ok(IpAddr::V4(a)) => Ok(a),
-            Ok(IpAddr::V6(_)) => Err(bad(
-                "iface-can-reach",
-                &s,
-                "give an IPv4 address: the interface found for it carries the IPv6 underlay too (or select it with --iface)",
-            )),
-            Err(e) => Err(bad(
-                "iface-can-reach",
-                &s,
-                format!("not an IP address: {e}"),
-            )),
+        .map(|s| {
+            s.parse::<IpAddr>()
+                .map_err(|e| bad("iface-can-reach", &s, format!("not an IP address: {e}")))
         })
         .transpose()?;
     let public_ip = opt_str(given, "public-ip")

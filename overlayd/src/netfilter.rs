@@ -141,10 +141,9 @@ pub enum NetfilterError {
 /// What to install, fixed for the daemon's lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
-    /// The cluster Network (net-conf `Network`).
-    pub network: Ipv4Network,
-    /// This node's podCIDR.
-    pub pod_cidr: Ipv4Network,
+    /// The IPv4 Network and podCIDR when EnableIPv4 is on (`None`: an IPv6-only cluster, no
+    /// IPv4 rules and no IPv4 nftables table).
+    pub v4: Option<RulesV4>,
     /// `--ip-masq`.
     pub masquerade: bool,
     /// Not `--ip-masq-fully-random-disable`.
@@ -153,6 +152,15 @@ pub struct Rules {
     pub forward: bool,
     /// The same rules for IPv6 when EnableIPv6 is on.
     pub v6: Option<RulesV6>,
+}
+
+/// The IPv4 Network and podCIDR of [`Rules`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RulesV4 {
+    /// The cluster Network (net-conf `Network`).
+    pub network: Ipv4Network,
+    /// This node's podCIDR.
+    pub pod_cidr: Ipv4Network,
 }
 
 /// The IPv6 Network and podCIDR of [`Rules`].
@@ -165,11 +173,13 @@ pub struct RulesV6 {
 }
 
 impl Rules {
-    /// The Network and podCIDR of `family`, as text; `None` for IPv6 when it is off.
+    /// The Network and podCIDR of `family`, as text; `None` for a family that is off.
     #[must_use]
     pub fn nets(&self, family: Family) -> Option<(String, String)> {
         match family {
-            Family::V4 => Some((self.network.to_string(), self.pod_cidr.to_string())),
+            Family::V4 => self
+                .v4
+                .map(|v| (v.network.to_string(), v.pod_cidr.to_string())),
             Family::V6 => self
                 .v6
                 .map(|v| (v.network.to_string(), v.pod_cidr.to_string())),
@@ -234,14 +244,15 @@ fn fwd_jump() -> String {
 
 /// The `nft -f` script that replaces our tables with exactly `r`'s rules, both families in
 /// one transaction (each table's first line makes its delete succeed when it does not exist
-/// yet). With IPv6 off the IPv6 table is only deleted, and only when `v6_table_exists` (a
-/// dual-stack run's leftover): an IPv4-only node never names `ip6` in the transaction, which
-/// a kernel without nf_tables IPv6 would refuse whole.
+/// yet). A family that is off has its table only deleted, and only when `exists` says it is
+/// there (indexed by `Family as usize`: a leftover of a run with that family on): an
+/// IPv4-only node never names `ip6` in the transaction, which a kernel without nf_tables
+/// IPv6 would refuse whole, and an IPv6-only node never creates an `ip` table.
 #[must_use]
-pub fn nft_script(r: &Rules, random_fully: bool, v6_table_exists: bool) -> String {
+pub fn nft_script(r: &Rules, random_fully: bool, exists: [bool; 2]) -> String {
     let mut s = String::new();
     for family in Family::ALL {
-        if family == Family::V6 && r.v6.is_none() && !v6_table_exists {
+        if r.nets(family).is_none() && !exists[family as usize] {
             continue;
         }
         nft_table_script(&mut s, r, family, random_fully);
@@ -566,9 +577,13 @@ fn nft_list(nft: &Path, family: Family) -> Result<Option<String>, NetfilterError
 
 /// Whether this kernel and `nft` accept `masquerade fully-random` (Flannel's
 /// `checkRandomfully`): a dry run (`nft -c`) of a throwaway table.
-fn nft_random_fully(nft: &Path) -> bool {
-    let probe = "table ip overlayd-probe {\n  chain p {\n    type nat hook postrouting priority srcnat;\n    ip saddr != 127.0.0.1 masquerade fully-random\n  }\n}\n";
-    run(nft, &["-c", "-f", "-"], Some(probe)).is_ok()
+fn nft_random_fully(nft: &Path, family: Family) -> bool {
+    let (f, lo) = match family {
+        Family::V4 => ("ip", "127.0.0.1"),
+        Family::V6 => ("ip6", "::1"),
+    };
+    let probe = format!("table {f} overlayd-probe {{\n  chain p {{\n    type nat hook postrouting priority srcnat;\n    {f} saddr != {lo} masquerade fully-random\n  }}\n}}\n");
+    run(nft, &["-c", "-f", "-"], Some(&probe)).is_ok()
 }
 
 /// Installs and checks one `Rules` set with one backend.
@@ -608,6 +623,7 @@ impl Manager {
     /// iptables; the other one when the chosen tool is missing.
     pub fn new(rules: Rules, prefer_nftables: bool) -> Result<Manager, NetfilterError> {
         let nft = find_tool("nft");
+        // iptables is looked up in IPv6-only too: its chains of an earlier IPv4 run are removed.
         let mut iptables = Iptables::find(Family::V4);
         let mut ip6tables = rules.v6.and_then(|_| Iptables::find(Family::V6));
         // iptables-legacy talks to the kernel through a raw socket; without CAP_NET_RAW (kept by
@@ -620,7 +636,13 @@ impl Manager {
             iptables = None;
             ip6tables = None;
         }
-        let backend = match (prefer_nftables, nft.is_some(), iptables.is_some()) {
+        // The iptables backend needs the tool of each family in use (checked for IPv6 below).
+        let have_iptables = if rules.v4.is_some() {
+            iptables.is_some()
+        } else {
+            ip6tables.is_some()
+        };
+        let backend = match (prefer_nftables, nft.is_some(), have_iptables) {
             (true, true, _) | (false, true, false) => Backend::Nftables,
             (false, _, true) | (true, false, true) => Backend::Iptables,
             (_, false, false) if legacy_unusable => return Err(NetfilterError::LegacyNeedsNetRaw),
@@ -642,13 +664,20 @@ impl Manager {
                 "the netfilter tool EnableNFTables selects is not installed; using the other one"
             );
         }
-        let nft_ok = backend == Backend::Nftables && nft.as_deref().is_some_and(nft_random_fully);
+        // The probe's family is one in use: an IPv6-only node never names `ip`.
+        let probe = if rules.v4.is_some() {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        let nft_ok = backend == Backend::Nftables
+            && nft.as_deref().is_some_and(|n| nft_random_fully(n, probe));
         let random_fully = [
             random_fully_of(rules.random_fully, backend, nft_ok, iptables.as_ref()),
             random_fully_of(rules.random_fully, backend, nft_ok, ip6tables.as_ref()),
         ];
         for family in Family::ALL {
-            let on = family == Family::V4 || rules.v6.is_some();
+            let on = rules.nets(family).is_some();
             if on && rules.masquerade && rules.random_fully && !random_fully[family as usize] {
                 tracing::warn!(
                     tool = if backend == Backend::Nftables {
@@ -722,11 +751,16 @@ impl Manager {
         match self.backend {
             Backend::Nftables => {
                 let nft = self.nft.as_deref().ok_or(NetfilterError::NoTool)?;
-                let stale_v6 = self.rules.v6.is_none() && nft_list(nft, Family::V6)?.is_some();
+                let mut stale = [false; 2];
+                for family in Family::ALL {
+                    stale[family as usize] =
+                        self.rules.nets(family).is_none() && nft_list(nft, family)?.is_some();
+                }
+                let random_fully = self.random_fully[usize::from(self.rules.v4.is_none())];
                 run(
                     nft,
                     &["-f", "-"],
-                    Some(&nft_script(&self.rules, self.random_fully[0], stale_v6)),
+                    Some(&nft_script(&self.rules, random_fully, stale)),
                 )?;
                 // An nftables accept does not overrule iptables' FORWARD policy DROP: the
                 // FORWARD accept goes there too (module doc), per family.
@@ -761,7 +795,7 @@ impl Manager {
                         run(
                             nft,
                             &["-f", "-"],
-                            Some(&nft_script(&self.rules_none(), false, v6)),
+                            Some(&nft_script(&self.rules_none(), false, [v4, v6])),
                         )?;
                     }
                 }
@@ -771,11 +805,12 @@ impl Manager {
         Ok(())
     }
 
-    /// No rules of either family (the IPv6 table named only when it exists).
+    /// No rules of either family (each table named only when it exists).
     fn rules_none(&self) -> Rules {
         Rules {
             masquerade: false,
             forward: false,
+            v4: None,
             v6: None,
             ..self.rules.clone()
         }
@@ -940,11 +975,11 @@ pub fn start(
     tracing::info!(
         backend = %m.backend_name(),
         masquerade = rules.masquerade,
-        random_fully = m.random_fully[0],
+        random_fully = m.rules.v4.is_some() && m.random_fully[0],
         random_fully_v6 = m.rules.v6.is_some() && m.random_fully[1],
         forward = rules.forward,
-        network = %rules.network,
-        pod_cidr = %rules.pod_cidr,
+        network = ?rules.v4.map(|v| v.network),
+        pod_cidr = ?rules.v4.map(|v| v.pod_cidr),
         network_v6 = ?rules.v6.map(|v| v.network),
         pod_cidr_v6 = ?rules.v6.map(|v| v.pod_cidr),
         "netfilter rules installed"
@@ -980,7 +1015,7 @@ pub fn start(
 pub fn start_from_options(
     opts: &crate::control::Options,
     netconf: &crate::config::NetConf,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     pod_cidr_v6: Option<Ipv6Network>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<Option<Handle>> {
@@ -988,12 +1023,10 @@ pub fn start_from_options(
         return Ok(None);
     }
     let rules = Rules {
-        network: netconf.network.ok_or_else(|| {
-            anyhow::anyhow!(
-                "masquerade and forward rules need the IPv4 Network (EnableIPv4 is false)"
-            )
-        })?,
-        pod_cidr,
+        v4: netconf
+            .network
+            .zip(pod_cidr)
+            .map(|(network, pod_cidr)| RulesV4 { network, pod_cidr }),
         masquerade: opts.ip_masq,
         random_fully: opts.ip_masq_random_fully,
         forward: opts.iptables_forward_rules,
@@ -1137,8 +1170,10 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
-            network: "10.244.0.0/16".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            v4: Some(RulesV4 {
+                network: "10.244.0.0/16".parse().unwrap(),
+                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            }),
             masquerade: true,
             random_fully: true,
             forward: true,
@@ -1188,7 +1223,7 @@ mod tests {
         assert!(iptables_fwd_rules(&rules(), Family::V6).is_empty());
 
         // nftables: one transaction replacing both tables; the ip6 table uses ip6 matches.
-        let s = nft_script(&dual(), true, false);
+        let s = nft_script(&dual(), true, [false; 2]);
         let v6 = &s[s.find("table ip6 overlayd-ipv6 {}").expect("ip6 table")..];
         assert!(v6.starts_with(
             "table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\ntable ip6 overlayd-ipv6 {"
@@ -1206,14 +1241,14 @@ mod tests {
         assert!(v6.contains(&format!("ip6 saddr {n} accept")), "{s}");
         assert!(!v6.contains("ip saddr"), "{s}");
         // IPv6 off: a stale ip6 table from a dual-stack run is deleted, nothing recreated.
-        let s4 = nft_script(&rules(), true, true);
+        let s4 = nft_script(&rules(), true, [false, true]);
         assert!(
             s4.ends_with("table ip6 overlayd-ipv6 {}\ndelete table ip6 overlayd-ipv6\n"),
             "{s4}"
         );
         // IPv6 off and no ip6 table: the transaction never names ip6 (a kernel without
         // nf_tables IPv6 would refuse all of it), and the IPv4 table is as with IPv6 on.
-        let only4 = nft_script(&rules(), true, false);
+        let only4 = nft_script(&rules(), true, [false; 2]);
         assert!(!only4.contains("ip6"), "{only4}");
         assert_eq!(
             only4,
@@ -1223,6 +1258,36 @@ mod tests {
             )
         );
         assert!(only4.contains("masquerade fully-random"), "{only4}");
+    }
+
+    /// IPv6-only (EnableIPv4 false): no IPv4 rule of either tool, no `ip` table created (one
+    /// left by an IPv4 run is deleted), the IPv6 rules as in dual stack.
+    #[test]
+    fn ipv6_only_rules_never_name_ipv4() {
+        let v6only = Rules { v4: None, ..dual() };
+        assert!(iptables_masq_rules(&v6only, Family::V4, true).is_empty());
+        assert!(iptables_fwd_rules(&v6only, Family::V4).is_empty());
+        assert_eq!(
+            iptables_masq_rules(&v6only, Family::V6, true),
+            iptables_masq_rules(&dual(), Family::V6, true)
+        );
+        let s = nft_script(&v6only, true, [false; 2]);
+        assert!(!s.contains("table ip "), "{s}");
+        assert!(s.starts_with("table ip6 overlayd-ipv6 {}\n"), "{s}");
+        assert!(s.contains("ip6 saddr fd00:10:244::/56 accept"), "{s}");
+        // A stale IPv4 table is deleted, not filled.
+        let stale = nft_script(&v6only, true, [true, false]);
+        assert!(
+            stale.starts_with(
+                "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\ntable ip6 overlayd-ipv6 {}\n"
+            ),
+            "{stale}"
+        );
+        assert_eq!(
+            stale.matches("table ip overlayd-ipv4").count(),
+            2,
+            "{stale}"
+        );
     }
 
     #[test]
@@ -1294,7 +1359,7 @@ mod tests {
 
     #[test]
     fn nft_script_replaces_the_table_atomically() {
-        let s = nft_script(&rules(), true, false);
+        let s = nft_script(&rules(), true, [false; 2]);
         assert!(s.starts_with(
             "table ip overlayd-ipv4 {}\ndelete table ip overlayd-ipv4\ntable ip overlayd-ipv4 {"
         ));
@@ -1310,7 +1375,7 @@ mod tests {
                 ..rules()
             },
             false,
-            false,
+            [false; 2],
         );
         assert!(!plain.contains("fully-random") && !plain.contains("chain forward"));
         // Nothing wanted: the script only deletes (both tables, when an ip6 one exists).
@@ -1321,7 +1386,7 @@ mod tests {
                 ..rules()
             },
             true,
-            true,
+            [true, true],
         );
         assert_eq!(
             none,

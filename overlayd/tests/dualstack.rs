@@ -761,3 +761,275 @@ fn dual_stack_peer_with_this_nodes_ipv6_address_as_vtep_is_skipped() {
     assert!(routes.contains("fd00:10:244:2::/64"), "{routes}");
     assert!(!lab.routes(1).contains("10.244.9.0"), "{}", lab.routes(1));
 }
+
+/// An IPv6-only lab (cluster.sh with IPV6ONLY=1: no IPv4 on the underlay, IPv6 podCIDRs only,
+/// EnableIPv4 false): nodes 1 and 2 run overlayd, node 3 is a kernel Flannel node with only
+/// flannel-v6.1, annotated as flanneld annotates an IPv6-only node. One pod per node.
+fn ipv6_only_lab(test: &str) -> Option<Lab> {
+    let env = [("IPV6ONLY", "1")];
+    let mut lab = Lab::new_with_env(test, 3, 1, &env)?;
+    let out = common::run(
+        Command::new("bash")
+            .args([SCRIPT, "kernel-node", &lab.prefix, "3", "3"])
+            .arg(&lab.dir)
+            .envs(env),
+    );
+    assert!(
+        out.status.success(),
+        "kernel-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wire(3);
+    lab.start(1);
+    lab.start(2);
+    Some(lab)
+}
+
+/// IPv6-only (EnableIPv4 false), end to end: two overlayd nodes and a kernel flannel-v6.1
+/// node on an IPv6-only underlay with IPv6-only pods. No IPv4 anywhere overlayd manages
+/// (subnet.env, device address, routes, UDP socket, pod addresses and routes); IPv6 pods reach
+/// each other both ways between every pair, iperf3 -6 runs both ways between the overlayd
+/// nodes, and the underlay carries outer IPv6 UDP to 8472 with VNI 1. Then a handover, and
+/// netfilter (IPv6 rules only, no `ip` nftables table, removed by `overlayd cleanup`).
+#[test]
+fn ipv6_only_cluster() {
+    let Some(lab) = ipv6_only_lab("ipv6_only_cluster") else {
+        return;
+    };
+    for i in 1..=2 {
+        // subnet.env: the IPv6 pair only, as Flannel's WriteSubnetFile without IPv4; the MTU
+        // is Flannel's (Backend MTU - 50).
+        let env = common::read(&lab.subnet_file(i));
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n")
+                && env.contains(&format!("FLANNEL_IPV6_SUBNET=fd00:10:244:{i}::1/64\n"))
+                && env.contains("FLANNEL_MTU=1450\n"),
+            "{env}"
+        );
+        assert!(
+            !env.contains("FLANNEL_NETWORK=") && !env.contains("FLANNEL_SUBNET="),
+            "{env}"
+        );
+        // The device: no IPv4 address, the IPv6 podCIDR's network address /128, the IPv6
+        // MTU of an IPv6 underlay (1500 - 70).
+        let v4 = ip(&lab, i, &["-4", "addr", "show", "dev", DEV]);
+        assert!(!v4.contains("inet "), "node {i}: IPv4 on {DEV}: {v4}");
+        assert!(
+            ip(&lab, i, &["-6", "addr", "show", "dev", DEV])
+                .contains(&format!("inet6 fd00:10:244:{i}::/128")),
+            "node {i}"
+        );
+        assert_eq!(mtu6(&lab, i), "1430", "node {i}");
+        // No IPv4 route of overlayd's; an IPv6 route and permanent neighbour per peer (the
+        // overlayd peer's MAC derived from its IPv6 podCIDR, the kernel node's annotated).
+        let routes4 = lab.routes(i);
+        assert!(routes4.trim().is_empty(), "node {i}: {routes4}");
+        let routes = ip(&lab, i, &["-6", "route", "show", "proto", "77"]);
+        let neigh = ip(&lab, i, &["-6", "neigh", "show", "dev", DEV]);
+        let o = 3 - i;
+        for (peer, mac) in [
+            (o, format!("0a:58:02:44:00:0{o}")),
+            (3, "02:00:00:00:06:03".to_string()),
+        ] {
+            assert!(
+                routes.contains(&format!(
+                    "fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev {DEV}"
+                )),
+                "node {i}: {routes}"
+            );
+            assert!(
+                neigh.contains(&format!("fd00:10:244:{peer}:: lladdr {mac} PERMANENT")),
+                "node {i}: {neigh}"
+            );
+        }
+        // No IPv4 VXLAN socket: only the IPv6 one listens on 8472.
+        let udp4 = sh_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "ss",
+            "-H",
+            "-u",
+            "-a",
+            "-n",
+            "-4",
+        ]);
+        assert!(
+            !udp4.lines().any(|l| l.contains(":8472 ")),
+            "node {i}: IPv4 UDP 8472 socket: {udp4}"
+        );
+        let udp6 = sh_ok(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.node(i),
+            "ss",
+            "-H",
+            "-u",
+            "-a",
+            "-n",
+            "-6",
+        ]);
+        assert!(udp6.contains(":8472 "), "node {i}: {udp6}");
+        // Status: no IPv4 side (absent or null, never 0.0.0.0), the IPv6 side as in dual stack.
+        let st = lab.status_json(i);
+        assert!(!st.to_string().contains("0.0.0.0"), "{st}");
+        assert!(st["own"]["vtepIP"].is_null(), "{st}");
+        assert!(st["own"]["podCIDR"].is_null(), "{st}");
+        assert_eq!(st["own"]["ipv6"]["vtepIP"], format!("fd00:18::{i}"), "{st}");
+        assert_eq!(
+            st["own"]["ipv6"]["podCIDR"],
+            format!("fd00:10:244:{i}::/64")
+        );
+        assert_eq!(st["peers"].as_array().map(Vec::len), Some(2), "{st}");
+    }
+    // Pods (overlayd-cni and, on node 3, the same plugin from Flannel's subnet.env): only an
+    // IPv6 address and IPv6 routes.
+    for i in 1..=3 {
+        let pod = lab.pod(i, 1);
+        let v4 = sh_ok(&["ip", "-n", &pod, "-4", "addr", "show", "dev", "eth0"]);
+        assert!(!v4.contains("inet "), "pod {i}: {v4}");
+        let r4 = sh_ok(&["ip", "-n", &pod, "-4", "route", "show"]);
+        assert!(r4.trim().is_empty(), "pod {i}: {r4}");
+        let v6 = sh_ok(&["ip", "-n", &pod, "-6", "addr", "show", "dev", "eth0"]);
+        assert!(
+            v6.contains(&format!("inet6 {}/64", pod_ip6(i, 1))),
+            "pod {i}: {v6}"
+        );
+        let r6 = sh_ok(&["ip", "-n", &pod, "-6", "route", "show"]);
+        assert!(
+            r6.contains(&format!("fd00:10:244::/56 via fd00:10:244:{i}::1 dev eth0")),
+            "pod {i}: {r6}"
+        );
+    }
+    // Every pair of pods, both ways.
+    for i in 1..=3 {
+        for o in (1..=3).filter(|o| *o != i) {
+            assert!(
+                lab.ping_within(&lab.pod(i, 1), &pod_ip6(o, 1), Duration::from_secs(5)),
+                "ping -6 pod {i} -> pod {o}:\n{}\n{}",
+                lab.log(1),
+                lab.log(2)
+            );
+        }
+    }
+    // The wire: outer IPv6 UDP to 8472 with VNI 1 both ways, nothing over IPv4.
+    let mut cap = Capture::start(
+        &lab.node(1),
+        "eth0",
+        lab.dir.join("ipv6only.pcap"),
+        &["udp", "port", "8472"],
+    );
+    for o in [2, 3] {
+        assert!(
+            lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)),
+            "ping6 pod 1 -> {o}"
+        );
+    }
+    // tcpdump hands packets over in blocks: let the last one close before it stops.
+    std::thread::sleep(Duration::from_millis(1500));
+    cap.stop();
+    let text = cap.text("ip6 and udp port 8472");
+    for o in [2, 3] {
+        for (src, dst) in [(1, o), (o, 1)] {
+            assert!(
+                text.lines().any(|l| l.contains(&format!("fd00:18::{src}."))
+                    && l.contains(&format!("> fd00:18::{dst}.8472"))),
+                "no outer IPv6 {src} -> {dst}:8472:\n{text}"
+            );
+            let inner = format!("{} > {}: ", pod_ip6(src, 1), pod_ip6(dst, 1));
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(&inner) && l.contains("ICMP6, echo")),
+                "no inner {inner}ICMP6 echo:\n{text}"
+            );
+        }
+    }
+    // tcpdump names UDP 8472 OTV (VXLAN's layout): flags I, instance = VNI.
+    assert!(
+        text.contains("flags [I] (0x08), overlay 0, instance 1"),
+        "{text}"
+    );
+    assert_eq!(cap.count("ip"), 0, "{}", cap.text("ip"));
+
+    // iperf3 -6, 2 s each way between the overlayd nodes.
+    for (i, o) in [(1, 2), (2, 1)] {
+        let bps = lab.iperf(&lab.pod(i, 1), &lab.pod(o, 1), &pod_ip6(o, 1), 2, &["-6"]);
+        eprintln!("iperf3 -6 node{i} -> node{o}: {:.2} Gbit/s", bps / 1e9);
+        assert!(bps > 10e6, "iperf3 -6 node{i} -> node{o}: {bps} bit/s");
+    }
+
+    // Netfilter: the FORWARD accepts (on by default, iptables as Flannel's default) exist for
+    // IPv6 only; the IPv4 tools hold nothing of overlayd's.
+    let n1 = lab.node(1);
+    let save = |tool: &str| sh_ok(&["ip", "netns", "exec", &n1, tool]);
+    let v4 = save("iptables-save");
+    assert!(!v4.contains("OVERLAYD"), "{v4}");
+    let v6 = save("ip6tables-save");
+    assert!(v6.contains("-A OVERLAYD-FWD -s fd00:10:244::/56"), "{v6}");
+    // A rolling update hands the IPv6-only queues over (no IPv4 socket to pass or open), and
+    // the new overlayd forwards.
+    let mut lab = lab;
+    lab.start_overlapping(1);
+    assert!(
+        lab.log(1).contains("took the dataplane over"),
+        "{}",
+        lab.log(1)
+    );
+    assert!(lab.stop_retired(1), "{}", lab.retired_log(1));
+    assert!(
+        lab.ping_within(&lab.pod(2, 1), &pod_ip6(1, 1), Duration::from_secs(5)),
+        "ping -6 after the handover:\n{}",
+        lab.log(1)
+    );
+    let udp4 = sh_ok(&[
+        "ip", "netns", "exec", &n1, "ss", "-H", "-u", "-a", "-n", "-4",
+    ]);
+    assert!(!udp4.contains(":8472 "), "after the handover: {udp4}");
+    // With EnableNFTables and --ip-masq: only the ip6 table, never an ip one; traffic flows;
+    // `overlayd cleanup` removes the table and the IPv6 chains.
+    assert!(lab.stop(1));
+    std::fs::write(
+        lab.dir.join("net-conf.json"),
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    lab.start_with(1, &["--ip-masq"]);
+    let tables = sh_ok(&["ip", "netns", "exec", &n1, "nft", "list", "tables"]);
+    assert!(
+        tables.contains("table ip6 overlayd-ipv6") && !tables.contains("overlayd-ipv4"),
+        "{tables}"
+    );
+    let table = sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "nft",
+        "list",
+        "table",
+        "ip6",
+        "overlayd-ipv6",
+    ]);
+    assert!(
+        table.contains("ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade"),
+        "{table}"
+    );
+    assert!(
+        lab.ping_within(&lab.pod(1, 1), &pod_ip6(2, 1), Duration::from_secs(5)),
+        "ping -6 after the restart:\n{}",
+        lab.log(1)
+    );
+    assert!(lab.stop(1));
+    let out = lab.cleanup(1, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables = sh_ok(&["ip", "netns", "exec", &n1, "nft", "list", "tables"]);
+    assert!(!tables.contains("overlayd"), "{tables}");
+    assert!(!save("ip6tables-save").contains("OVERLAYD"));
+    assert!(!save("iptables-save").contains("OVERLAYD"));
+}

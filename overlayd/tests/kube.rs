@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::{sh_ok, wait_until, Lab};
 use fdb_sync::fake_apiserver::FakeApiServer;
 use fdb_sync::model::{
-    ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_BACKEND_V6_DATA, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6,
+    ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_BACKEND_V6_DATA, ANN_KUBE_SUBNET_MANAGER,
+    ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_PUBLIC_IP_OVERWRITE,
 };
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -580,6 +581,107 @@ fn kube_dual_stack_annotations_are_written_and_read() {
             st["peers"][0]["ipv6"]["vtepIP"],
             format!("fd00:18::{peer}"),
             "{st}"
+        );
+    }
+    assert!(lab.stop(1) && lab.stop(2));
+}
+
+/// IPv6-only (`EnableIPv4: false`, cluster.sh IPV6ONLY=1, the API server on the switch's
+/// IPv6 address): each overlayd publishes what flanneld publishes for an IPv6-only node,
+/// `backend-type`, `kube-subnet-manager`, `backend-v6-data` and `public-ipv6`, and neither
+/// `backend-data` nor `public-ip` (not even from `public-ip-overwrite`); each reads the other
+/// back from those annotations and their IPv6 pods reach each other.
+#[test]
+fn kube_ipv6_only_annotations_are_written_as_flanneld_writes_them() {
+    let Some(mut lab) = Lab::new_with_env(
+        "kube_ipv6_only_annotations_are_written_as_flanneld_writes_them",
+        2,
+        1,
+        &[("IPV6ONLY", "1")],
+    ) else {
+        return;
+    };
+    let ns = PathBuf::from(format!("/run/netns/{}sw", lab.prefix));
+    let binder = move || -> std::io::Result<TcpListener> {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            TcpListener::bind("[fd00:18::fe]:6443")
+        })
+        .join()
+        .expect("bind thread")
+    };
+    let server = FakeApiServer::start(Box::new(binder)).expect("fake API server in the switch ns");
+    let kc = server.write_kubeconfig(&lab.dir).unwrap();
+    for i in 1..=2 {
+        let cidr = format!("fd00:10:244:{i}::/64");
+        let mut annotations = std::collections::BTreeMap::new();
+        if i == 1 {
+            annotations.insert(
+                ANN_PUBLIC_IP_OVERWRITE.to_string(),
+                "198.18.0.9".to_string(),
+            );
+        }
+        server.apply(&Node {
+            metadata: ObjectMeta {
+                name: Some(format!("node{i}")),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(cidr.clone()),
+                pod_cidrs: Some(vec![cidr]),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: format!("fd00:18::{i}"),
+                }]),
+                ..Default::default()
+            }),
+        });
+    }
+    lab.start_kube(1, &kc, &[]);
+    lab.start_kube(2, &kc, &[]);
+    let published = |i: usize| {
+        server
+            .node(&format!("node{i}"))
+            .and_then(|n| n.metadata.annotations)
+            .is_some_and(|a| a.contains_key(ANN_PUBLIC_IPV6))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || published(1) && published(2)),
+        "{}",
+        lab.log(1)
+    );
+    for i in 1..=2 {
+        let ann = server
+            .node(&format!("node{i}"))
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap();
+        assert_eq!(ann[ANN_BACKEND_TYPE], "vxlan");
+        assert_eq!(ann[ANN_KUBE_SUBNET_MANAGER], "true");
+        assert_eq!(
+            ann[ANN_BACKEND_V6_DATA],
+            format!(r#"{{"VNI":1,"VtepMAC":"0a:58:02:44:00:0{i}"}}"#)
+        );
+        assert_eq!(ann[ANN_PUBLIC_IPV6], format!("fd00:18::{i}"));
+        assert!(
+            !ann.contains_key(ANN_BACKEND_DATA) && !ann.contains_key(ANN_PUBLIC_IP),
+            "node{i}: {ann:?}"
+        );
+    }
+    let pod6 = |i: usize| format!("fd00:10:244:{i}::2");
+    for (a, b) in [(1, 2), (2, 1)] {
+        assert!(
+            lab.ping_within(&lab.pod(a, 1), &pod6(b), Duration::from_secs(5)),
+            "ping -6 pod {a} -> pod {b}:\n{}",
+            lab.log(a)
         );
     }
     assert!(lab.stop(1) && lab.stop(2));

@@ -1,5 +1,5 @@
-//! `--ip-blackhole-route`: keeps a blackhole route for this node's podCIDR (and its IPv6
-//! podCIDR when IPv6 is on) in the main table, checked every `--iptables-resync` period, as
+//! `--ip-blackhole-route`: keeps a blackhole route for this node's podCIDR (with IPv4 on) and
+//! its IPv6 podCIDR (with IPv6 on) in the main table, checked every `--iptables-resync` period, as
 //! flanneld does (main.go, `opts.blackholeRoute`; pkg/ip AddBlackholeV4Route and
 //! AddBlackholeV6Route). Traffic to an unused pod address of this node is then dropped
 //! here instead of following the default route out. A more specific or equal route (the CNI
@@ -15,11 +15,13 @@ use crate::sys::netlink::Netlink;
 /// Ensures the routes now and every `period`; runs until the task is dropped.
 pub async fn keep(
     nl: Netlink,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     pod_cidr_v6: Option<Ipv6Network>,
     period: Duration,
 ) {
-    let cidrs: Vec<IpNetwork> = std::iter::once(IpNetwork::V4(pod_cidr))
+    let cidrs: Vec<IpNetwork> = pod_cidr
+        .map(IpNetwork::V4)
+        .into_iter()
         .chain(pod_cidr_v6.map(IpNetwork::V6))
         .collect();
     let mut last_error = vec![String::new(); cidrs.len()];

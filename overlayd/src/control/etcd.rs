@@ -132,7 +132,7 @@ pub fn previous_subnets(path: &Path) -> Option<LeaseSubnets> {
 pub fn spawn(
     reg: Registry,
     alloc: Allocation,
-    public_ip: Ipv4Addr,
+    public_ip: Option<Ipv4Addr>,
     public_ipv6: Option<Ipv6Addr>,
     vni: u32,
     timing: Timing,
@@ -153,7 +153,7 @@ pub fn spawn(
         reg,
         alloc,
         Me {
-            public_ip: Some(public_ip),
+            public_ip: public_ip.filter(|_| alloc.v4.is_some()),
             public_ipv6: public_ipv6.filter(|_| alloc.v6.is_some()),
             vni,
         },

@@ -67,8 +67,9 @@ pub struct Options {
     pub iface: Vec<String>,
     /// `--iface-regex`, checked after `iface`.
     pub iface_regex: Vec<String>,
-    /// `--iface-can-reach`: the interface `ip route get` uses for it.
-    pub iface_can_reach: Option<Ipv4Addr>,
+    /// `--iface-can-reach`: the interface `ip route get` uses for it (an IPv6 address only
+    /// in an IPv6-only cluster).
+    pub iface_can_reach: Option<std::net::IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
     /// `--public-ipv6`: the IPv6 VTEP address announced and sent from (EnableIPv6).
     pub public_ipv6: Option<Ipv6Addr>,
@@ -298,7 +299,7 @@ fn queue_ios(
             tso,
             id,
             netconf.port,
-            Some(underlay.ip),
+            underlay.ip,
             underlay.ip6,
         )?);
     }
@@ -467,12 +468,19 @@ pub(crate) fn adapt(
     Ok(ios)
 }
 
-/// This node's IPv4 podCIDR. The daemon runs with `EnableIPv4` (net-conf refuses IPv6-only),
-/// and its policy refuses an own node without one, so every state it uses has it.
-fn own_v4(state: &fdb_sync::ClusterState) -> Result<ipnetwork::Ipv4Network> {
-    state.own_pod_cidr().with_context(|| {
+/// This node's IPv4 podCIDR when IPv4 is on; `None` in an IPv6-only cluster (`EnableIPv4`
+/// false), where the device gets no IPv4 address and the kernel no IPv4 route. With IPv4 on
+/// the policy refuses an own node without one, so every state used here has it.
+fn own_v4(
+    state: &fdb_sync::ClusterState,
+    netconf: &NetConf,
+) -> Result<Option<ipnetwork::Ipv4Network>> {
+    if netconf.network.is_none() {
+        return Ok(None);
+    }
+    state.own_pod_cidr().map(Some).with_context(|| {
         format!(
-            "node {} has no IPv4 podCIDR: give it one (EnableIPv4 is on; IPv6-only is not supported yet)",
+            "node {} has no IPv4 podCIDR: give it one (EnableIPv4 is true), or set EnableIPv4 to false for an IPv6-only cluster",
             state.own.name
         )
     })
@@ -491,7 +499,7 @@ async fn start_dataplane(
     previous: Option<&Fdb>,
     handed: Option<Vec<QueueIo>>,
 ) -> Result<(Dataplane, Origin)> {
-    let own_cidr = own_v4(state)?;
+    let own_cidr = own_v4(state, netconf)?;
     let own_mac = state.own_vtep_mac();
     let mtu = netconf.inner_mtu(underlay.mtu);
     let existing = nl.link_by_name(&opts.device).await?;
@@ -512,7 +520,7 @@ async fn start_dataplane(
     let (origin, mut ios) = match (handed, &existing) {
         (Some(ios), _) => (
             Origin::HandedOver,
-            adapt(ios, netconf.port, Some(underlay.ip), underlay.ip6)?,
+            adapt(ios, netconf.port, underlay.ip, underlay.ip6)?,
         ),
         (None, Some(l)) => {
             let others = l.tun.and_then(|t| t.queues).unwrap_or(0);
@@ -555,11 +563,21 @@ async fn start_dataplane(
     ipv6_sysctls(&opts.device, own_v6.is_some());
     if origin == Origin::Created {
         nl.set_alias(link.index, DEVICE_ALIAS).await?;
-        nl.configure_link(link.index, model::mac(own_mac), mtu, own_cidr.network())
-            .await?;
+        nl.configure_link(
+            link.index,
+            model::mac(own_mac),
+            mtu,
+            own_cidr.map(|c| c.network()),
+        )
+        .await?;
     } else {
         let changed = nl
-            .ensure_link_config(&link, model::mac(own_mac), mtu, own_cidr.network())
+            .ensure_link_config(
+                &link,
+                model::mac(own_mac),
+                mtu,
+                own_cidr.map(|c| c.network()),
+            )
             .await?;
         if !changed.is_empty() {
             warn!(device = %opts.device, changed = %changed.join(","), "adopted device differed from the desired state; fixed");
@@ -694,9 +712,9 @@ fn subnet_env(
 
 /// Pods reach other nodes only when the kernel forwards; like flanneld, overlayd leaves that
 /// to the node's setup (kubelet, sysctl.d), but says so when it is off, per family in use.
-fn warn_if_not_forwarding(ipv6: bool) {
+fn warn_if_not_forwarding(ipv4: bool, ipv6: bool) {
     let off = |path: &str| std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0");
-    if off("/proc/sys/net/ipv4/ip_forward") {
+    if ipv4 && off("/proc/sys/net/ipv4/ip_forward") {
         warn!("net.ipv4.ip_forward is 0: this node does not forward IPv4 pod traffic; set it to 1 (sysctl -w net.ipv4.ip_forward=1)");
     }
     if ipv6 && off("/proc/sys/net/ipv6/conf/all/forwarding") {
@@ -762,13 +780,13 @@ fn own_node(
     mtu: u32,
 ) -> OwnNode {
     OwnNode {
-        ipv4: own_cidr.zip(Some(underlay.ip)).map(|(pod_cidr, vtep_ip)| {
-            crate::observe::PeerStatusV4 {
+        ipv4: own_cidr
+            .zip(underlay.ip)
+            .map(|(pod_cidr, vtep_ip)| crate::observe::PeerStatusV4 {
                 pod_cidr,
                 vtep_ip,
                 vtep_mac: model::mac(own_mac),
-            }
-        }),
+            }),
         ipv6: own_v6
             .zip(underlay.ip6)
             .map(|(pod_cidr, vtep_ip)| crate::observe::PeerStatusV6 {
@@ -826,14 +844,16 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         }
         netconf
     };
-    if netconf.network.is_none() {
-        bail!(
-            "net-conf.json has EnableIPv4 false (an IPv6-only cluster): the configuration is valid, but this overlayd daemon does not run IPv6-only yet (it still needs IPv4 on the underlay, the device and the pods); set EnableIPv4 to true with a Network (dual-stack with EnableIPv6 works)"
-        );
-    }
     // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
+    // IPv6-only (EnableIPv4 false): no IPv4 address is looked for (flanneld's ipv6 stack).
     let nl = Netlink::connect()?;
-    let underlay = find_underlay(&nl, &opts, netconf.network_v6.is_some()).await?;
+    let underlay = find_underlay(
+        &nl,
+        &opts,
+        netconf.network.is_some(),
+        netconf.network_v6.is_some(),
+    )
+    .await?;
     let mut policy = current_policy(&nl, &netconf, &underlay, &opts).await;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);
@@ -864,14 +884,14 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         return Ok(());
     };
     health.own_node_known.store(true, Ordering::Relaxed);
-    let mut own_cidr = own_v4(&state)?;
+    let mut own_cidr = own_v4(&state, &netconf)?;
     let mut own_mac = state.own_vtep_mac();
     // EnableIPv6 makes an IPv6 podCIDR mandatory for this node (the policy checks it).
     let mut own_v6 = own_v6_of(&state, &netconf);
     // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
     flannel_leftovers::take_over(&nl, netconf.vni).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
-    info!(iface = %underlay.iface, ip = %underlay.ip, ip6 = ?underlay.ip6, underlay_mtu = underlay.mtu, mtu, "underlay");
+    info!(iface = %underlay.iface, ip = ?underlay.ip, ip6 = ?underlay.ip6, underlay_mtu = underlay.mtu, mtu, "underlay");
     if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
         bail!(
             "net-conf Backend.MTU {} (device MTU {mtu}) does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
@@ -883,14 +903,19 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             underlay.mtu
         );
     }
-    warn_if_not_forwarding(own_v6.is_some());
+    warn_if_not_forwarding(own_cidr.is_some(), own_v6.is_some());
     let mtu_v6 = ipv6_device_mtu(mtu, underlay.mtu);
     if underlay.ip6.is_some() && mtu_v6 < 1280 {
         bail!(
-            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU or set EnableIPv6 to false",
+            "IPv6 needs a path MTU of at least 1280, but inner IPv6 over the IPv6 underlay gets {mtu_v6} ({} has MTU {} and VXLAN over IPv6 adds {} bytes): raise the underlay MTU{}",
             underlay.iface,
             underlay.mtu,
-            crate::config::VXLAN_OVERHEAD_V6
+            crate::config::VXLAN_OVERHEAD_V6,
+            if underlay.ip.is_some() {
+                " or set EnableIPv6 to false"
+            } else {
+                " (an IPv6-only cluster has no other family to fall back on)"
+            }
         );
     }
     if let (Some(listed), Some(ours)) = (state.own.public_ip_v6, underlay.ip6) {
@@ -912,12 +937,13 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
             if matches!(source, SourceKind::Kube { .. }) { " (overlayd rewrites it now)" } else { "; update it in the node source" }
         );
     }
-    if let Some(listed) = state.own.public_ip.filter(|ip| *ip != underlay.ip) {
-        warn!(
-            node = %opts.node_name, listed = %listed, sending_from = %underlay.ip,
-            "peers know this node as {listed} but VXLAN leaves from {}: they will drop it as unknown_sender; pass --public-ip {listed} (and --iface) or fix the node's address",
-            underlay.ip
-        );
+    if let (Some(listed), Some(ours)) = (state.own.public_ip, underlay.ip) {
+        if listed != ours {
+            warn!(
+                node = %opts.node_name, listed = %listed, sending_from = %ours,
+                "peers know this node as {listed} but VXLAN leaves from {ours}: they will drop it as unknown_sender; pass --public-ip {listed} (and --iface) or fix the node's address"
+            );
+        }
     }
     let identity = handover::Identity {
         device: opts.device.clone(),
@@ -983,14 +1009,15 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         own_v6,
         observed.netfilter.clone(),
     )?;
-    let env = subnet_env(&netconf, Some(own_cidr), own_v6, mtu, &opts)?;
+    let env = subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?;
     env.write_atomic(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     health.synced.store(true, Ordering::Relaxed);
     health.device_up.store(true, Ordering::Relaxed);
     announce.send_replace(Some(Announcement {
         vtep_mac: own_mac,
-        public_ip: underlay.ip,
+        // IPv6-only: no IPv4 VTEP, so no backend-data and public-ip (as flanneld).
+        public_ip: underlay.ip.filter(|_| own_cidr.is_some()),
         vni: netconf.vni,
         // One device, one MAC: the IPv6 VtepMAC is the device's MAC too.
         v6: own_v6
@@ -1002,17 +1029,11 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         set_node_network_unavailable: opts.set_node_network_unavailable,
     }));
     observed.set_own(own_node(
-        &opts,
-        &netconf,
-        &underlay,
-        Some(own_cidr),
-        own_mac,
-        own_v6,
-        mtu,
+        &opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu,
     ));
     observed.synced();
     info!(
-        node = %opts.node_name, pod_cidr = %own_cidr, pod_cidr_v6 = ?own_v6, vtep_mac = %own_mac, device = %opts.device,
+        node = %opts.node_name, pod_cidr = ?own_cidr, pod_cidr_v6 = ?own_v6, vtep_mac = %own_mac, device = %opts.device,
         queues = dp.workers.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
     );
 
@@ -1126,8 +1147,8 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     // one. The device gets the new address and VtepMAC (workers restarted
                     // with them), the old address goes, the peer that now holds the old
                     // subnet gets its route like any peer, and subnet.env says the new one.
-                    let new_cidr = own_v4(&new)?;
-                    warn!(old = %own_cidr, new = %new_cidr, "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
+                    let new_cidr = own_v4(&new, &netconf)?;
+                    warn!(old = ?own_cidr, new = ?new_cidr, old_v6 = ?own_v6, new_v6 = ?own_v6_of(&new, &netconf), "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
                     let queues = dp.workers.take_ios();
                     let previous = dp.fdb.load_full();
                     let (ndp, _) = start_dataplane(&nl, &opts, &netconf, &underlay, &new, Some(&previous), queues)
@@ -1136,7 +1157,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     observed.attach(ndp.fdb.clone(), ndp.workers.stats());
                     health.set_queues(ndp.workers.stats());
                     dp = ndp;
-                    if let Err(e) = nl.remove_other_ipv4_addresses(dp.link_index, new_cidr.network()).await {
+                    if let Err(e) = nl.remove_other_ipv4_addresses(dp.link_index, new_cidr.map(|c| c.network())).await {
                         warn!(error = %e, "cannot remove the old subnet's address from the device");
                     }
                     // The peer set was checked while the device still had the old subnet's
@@ -1151,7 +1172,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     own_mac = new.own_vtep_mac();
                     own_v6 = own_v6_of(&new, &netconf);
                     state = new;
-                    subnet_env(&netconf, Some(own_cidr), own_v6, mtu, &opts)?
+                    subnet_env(&netconf, own_cidr, own_v6, mtu, &opts)?
                         .write_atomic(&opts.subnet_file)
                         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
                     drop(netfilter.take());
@@ -1160,7 +1181,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                         t.abort();
                         blackhole_task = Some(tokio::spawn(blackhole::keep(nl.clone(), own_cidr, own_v6, opts.iptables_resync)));
                     }
-                    observed.set_own(own_node(&opts, &netconf, &underlay, Some(own_cidr), own_mac, own_v6, mtu));
+                    observed.set_own(own_node(&opts, &netconf, &underlay, own_cidr, own_mac, own_v6, mtu));
                     log_peer_set(&state, &mut reported_skips);
                     observed.set_skipped(&state);
                     last_error.clear();

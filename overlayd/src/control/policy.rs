@@ -13,12 +13,13 @@ use crate::sys::netlink::Netlink;
 /// The policy for this node. A netlink failure leaves the address lists empty (the Network
 /// rules still hold) rather than stopping the node; the caller logs it. With IPv6 on, the
 /// IPv6 Network is checked too, the IPv6 VTEP address counts as this node's, and the IPv6
-/// subnets of the underlay interface are underlay subnets like the IPv4 ones.
+/// subnets of the underlay interface are underlay subnets like the IPv4 ones. IPv6-only
+/// (`network` and `underlay_ip` `None`): the IPv6 side alone.
 pub async fn peer_policy(
     nl: &Netlink,
     network: Option<Ipv4Network>,
     network_v6: Option<Ipv6Network>,
-    underlay_ip: Ipv4Addr,
+    underlay_ip: Option<Ipv4Addr>,
     underlay_ip6: Option<Ipv6Addr>,
     allow_link_local_vtep: bool,
 ) -> (PeerPolicy, Option<String>) {
@@ -26,7 +27,9 @@ pub async fn peer_policy(
         allow_link_local_vtep,
         network,
         network_v6,
-        own_addresses: std::iter::once(IpAddr::V4(underlay_ip))
+        own_addresses: underlay_ip
+            .map(IpAddr::V4)
+            .into_iter()
             .chain(underlay_ip6.map(IpAddr::V6))
             .collect(),
         underlay_subnets: Vec::new(),
@@ -36,7 +39,7 @@ pub async fn peer_policy(
             let underlay: Vec<u32> = addrs
                 .iter()
                 .filter(|(_, a)| {
-                    a.ip() == IpAddr::V4(underlay_ip)
+                    Some(a.ip()) == underlay_ip.map(IpAddr::V4)
                         || Some(a.ip()) == underlay_ip6.map(IpAddr::V6)
                 })
                 .map(|(i, _)| *i)

@@ -13,6 +13,14 @@
 //! `--public-ip` / `--public-ipv6`, when given, are the addresses announced and sent from,
 //! whatever interface was chosen.
 //!
+//! IPv6-only (`EnableIPv4: false`, flanneld's ipv6 stack): no IPv4 address is looked for or
+//! needed. Without the selectors the interface is the one holding `--public-ipv6`, else the
+//! one of the IPv6 default route; `--iface` takes a name or an IPv6 address (an IPv4 one is a
+//! miss), `--iface-regex` is matched against the IPv6 addresses, then the names, and
+//! `--iface-can-reach` takes an address of either family; the VTEP address is then the
+//! interface's first usable IPv6 one, as flanneld's (which ignores the route's source
+//! address there too). `--public-ip` is refused: there is no IPv4 VTEP.
+//!
 //! The IPv6 address is the interface's first usable one in Flannel's order (pkg/ip
 //! GetInterfaceIP6Addrs): not deprecated, global before anything else, configured by hand
 //! before autoconfigured, stable before temporary. Unlike flanneld, which falls back to a
@@ -33,7 +41,8 @@ use crate::sys::netlink::{Addr6, Link, Netlink};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
     pub iface: String,
-    pub ip: Ipv4Addr,
+    /// The IPv4 VTEP address (`public-ip`); `None` in an IPv6-only cluster.
+    pub ip: Option<Ipv4Addr>,
     /// The IPv6 VTEP address (`public-ipv6`) when IPv6 is enabled: inner IPv6 travels over
     /// outer IPv6 from and to it.
     pub ip6: Option<Ipv6Addr>,
@@ -62,11 +71,13 @@ pub struct Snapshot {
 }
 
 /// What the interface flags ask for (flanneld's opts.iface, ifaceRegex, ifaceCanReach), and
-/// whether an IPv6 address is needed too (EnableIPv6: flanneld's dual stack).
+/// which families need an address (flanneld's ip stack: EnableIPv4 and EnableIPv6; at least
+/// one is on, as net-conf.json requires).
 #[derive(Debug, Clone, Default)]
 pub struct Selectors<'a> {
     pub iface: &'a [String],
     pub iface_regex: &'a [String],
+    pub ipv4: bool,
     pub ipv6: bool,
 }
 
@@ -121,16 +132,16 @@ fn with_v6(c: Choice, i: &Iface, ipv6: bool) -> Result<Choice, String> {
 }
 
 /// An interface chosen by its name (`--iface NAME`, a `--iface-regex` matching a name): its
-/// first IPv4 address, and with IPv6 on its first usable IPv6 one. `None` when it has no IPv4
-/// address (the caller says how it was chosen).
-fn by_name(i: &Iface, ipv6: bool) -> Option<Result<Choice, String>> {
-    let addr = *i.v4.first()?;
+/// first IPv4 address (with IPv4 on), and with IPv6 on its first usable IPv6 one. `None` when
+/// IPv4 is on and it has no IPv4 address (the caller says how it was chosen).
+fn by_name(i: &Iface, sel: &Selectors<'_>) -> Option<Result<Choice, String>> {
+    let addr = if sel.ipv4 { Some(*i.v4.first()?) } else { None };
     let c = Choice {
         index: i.link.index,
-        addr: Some(addr),
+        addr,
         addr6: None,
     };
-    Some(with_v6(c, i, ipv6))
+    Some(with_v6(c, i, sel.ipv6))
 }
 
 /// Tries `--iface` then `--iface-regex` against `snap`; `Ok(None)` when nothing matched (the
@@ -144,6 +155,9 @@ pub fn select(
     for want in sel.iface {
         let found = if let Ok(ip) = want.parse::<IpAddr>() {
             match ip {
+                IpAddr::V4(_) if !sel.ipv4 => Err(
+                    "an IPv4 address, but EnableIPv4 is false in net-conf.json (an IPv6-only cluster): give the interface's name or its IPv6 address".into(),
+                ),
                 IpAddr::V4(ip) => match snap.ifaces.iter().find(|i| i.v4.contains(&ip)) {
                     Some(i) => with_v6(
                         Choice {
@@ -161,6 +175,11 @@ pub fn select(
                 }
                 IpAddr::V6(ip) => {
                     match snap.ifaces.iter().find(|i| i.v6.iter().any(|a| a.ip == ip)) {
+                        Some(i) if !sel.ipv4 => Ok(Choice {
+                            index: i.link.index,
+                            addr: None,
+                            addr6: Some(ip),
+                        }),
                         Some(i) => match i.v4.first() {
                             Some(v4) => Ok(Choice {
                                 index: i.link.index,
@@ -175,7 +194,7 @@ pub fn select(
             }
         } else {
             match snap.ifaces.iter().find(|i| i.link.name == *want) {
-                Some(i) => by_name(i, sel.ipv6)
+                Some(i) => by_name(i, sel)
                     .unwrap_or_else(|| Err("the interface has no IPv4 address".into())),
                 None => Err("no such interface".into()),
             }
@@ -189,8 +208,18 @@ pub fn select(
         let re = regex::Regex::new(pattern)
             .with_context(|| format!("--iface-regex {pattern:?} is not a valid regex"))?;
         // Flannel checks every interface's addresses first (with IPv6: an address of each
-        // family on the same interface), then the names.
+        // family on the same interface; IPv6-only: the IPv6 addresses), then the names.
         let by_addr = snap.ifaces.iter().find_map(|i| {
+            if !sel.ipv4 {
+                let a6 = usable_v6(&i.v6)
+                    .into_iter()
+                    .find(|a| re.is_match(&a.to_string()))?;
+                return Some(Choice {
+                    index: i.link.index,
+                    addr: None,
+                    addr6: Some(a6),
+                });
+            }
             let a = i.v4.iter().find(|a| re.is_match(&a.to_string()))?;
             let a6 = if sel.ipv6 {
                 Some(
@@ -211,7 +240,7 @@ pub fn select(
             return Ok(by_addr);
         }
         let found = match snap.ifaces.iter().find(|i| re.is_match(&i.link.name)) {
-            Some(i) => by_name(i, sel.ipv6).unwrap_or_else(|| {
+            Some(i) => by_name(i, sel).unwrap_or_else(|| {
                 Err(format!(
                     "matched {}, which has no IPv4 address",
                     i.link.name
@@ -219,7 +248,11 @@ pub fn select(
             }),
             None => Err(format!(
                 "matches no interface name or {} address",
-                if sel.ipv6 { "IPv4+IPv6" } else { "IPv4" }
+                match (sel.ipv4, sel.ipv6) {
+                    (true, true) => "IPv4+IPv6",
+                    (true, false) => "IPv4",
+                    (false, _) => "IPv6",
+                }
             )),
         };
         match found {
@@ -245,9 +278,19 @@ async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
     Ok(Snapshot { ifaces })
 }
 
-/// Finds the underlay as flanneld does (see the module documentation); `ipv6` when
-/// EnableIPv6 is true (an IPv6 VTEP address is then required too).
-pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<Underlay> {
+/// Finds the underlay as flanneld does (see the module documentation); `ipv4` / `ipv6` when
+/// EnableIPv4 / EnableIPv6 is true (a VTEP address of that family is then required).
+pub async fn find_underlay(
+    nl: &Netlink,
+    opts: &Options,
+    ipv4: bool,
+    ipv6: bool,
+) -> Result<Underlay> {
+    if let (false, Some(ip)) = (ipv4, opts.public_ip) {
+        bail!(
+            "--public-ip {ip} is an IPv4 address, but EnableIPv4 is false in net-conf.json (an IPv6-only cluster has no IPv4 VTEP): drop --public-ip and pass --public-ipv6 if the IPv6 address needs setting"
+        );
+    }
     let explicit =
         !opts.iface.is_empty() || !opts.iface_regex.is_empty() || opts.iface_can_reach.is_some();
     let snap = snapshot(nl).await?;
@@ -255,7 +298,11 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<U
         snap.ifaces
             .iter()
             .map(|i| {
-                let mut a: Vec<String> = i.v4.iter().map(ToString::to_string).collect();
+                let mut a: Vec<String> = if ipv4 {
+                    i.v4.iter().map(ToString::to_string).collect()
+                } else {
+                    Vec::new()
+                };
                 if ipv6 {
                     a.extend(i.v6.iter().map(|a| a.ip.to_string()));
                 }
@@ -269,21 +316,31 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<U
         let sel = Selectors {
             iface: &opts.iface,
             iface_regex: &opts.iface_regex,
+            ipv4,
             ipv6,
         };
         let mut choice = select(&sel, &snap, &mut misses)?;
         if choice.is_none() {
-            if let Some(dst) = opts.iface_can_reach {
-                match nl.route_get(dst).await? {
+            match opts.iface_can_reach {
+                Some(dst @ IpAddr::V6(_)) if ipv4 => misses.push(format!(
+                    "--iface-can-reach {dst}: give an IPv4 address (EnableIPv4 is true): the interface found for it carries the IPv6 underlay too, or select it with --iface"
+                )),
+                Some(dst) => match nl.route_get(dst).await? {
+                    // IPv6-only: the interface's first IPv6 address, not the route's source
+                    // (flanneld's LookupExtIface does the same).
                     Some((index, src)) => {
                         choice = Some(Choice {
                             index,
-                            addr: src,
+                            addr: match src {
+                                Some(IpAddr::V4(a)) if ipv4 => Some(a),
+                                _ => None,
+                            },
                             addr6: None,
                         });
                     }
                     None => misses.push(format!("--iface-can-reach {dst}: no route to it")),
-                }
+                },
+                None => {}
             }
         }
         match choice {
@@ -304,6 +361,9 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<U
                     "--public-ipv6 {ip} is not assigned to any interface here: pass --iface too"
                 )
             })?,
+            (None, None) if !ipv4 => nl.default_route_link_v6().await?.context(
+                "no IPv6 default route to pick the underlay interface from (EnableIPv4 is false: an IPv6-only node): pass --iface or --public-ipv6",
+            )?,
             (None, None) => {
                 let v4 = nl
                     .default_route_link()
@@ -343,18 +403,20 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<U
     if link.mtu == 0 {
         bail!("failed to determine the MTU of interface {}", link.name);
     }
-    let ip = match (opts.public_ip, choice.addr) {
-        (Some(ip), _) | (None, Some(ip)) => ip,
-        (None, None) => *nl
-            .ipv4_addresses(choice.index)
-            .await?
-            .first()
-            .with_context(|| {
-                format!(
-                    "interface {} has no IPv4 address: pass --public-ip",
-                    link.name
-                )
-            })?,
+    let ip = match (ipv4, opts.public_ip, choice.addr) {
+        (false, _, _) => None,
+        (true, Some(ip), _) | (true, None, Some(ip)) => Some(ip),
+        (true, None, None) => Some(
+            *nl.ipv4_addresses(choice.index)
+                .await?
+                .first()
+                .with_context(|| {
+                    format!(
+                        "interface {} has no IPv4 address: pass --public-ip (or set EnableIPv4 to false for an IPv6-only cluster)",
+                        link.name
+                    )
+                })?,
+        ),
     };
     let ip6 = if ipv6 {
         let found = choice.addr6.or_else(|| {
@@ -371,7 +433,8 @@ pub async fn find_underlay(nl: &Netlink, opts: &Options, ipv6: bool) -> Result<U
                 .flat_map(|i| i.v6.iter().map(|a| a.ip.to_string()))
                 .collect();
             format!(
-                "EnableIPv6 is true, but underlay interface {} has no usable IPv6 address (global unicast, not deprecated; it has [{}]): add one, or pass --public-ipv6",
+                "EnableIPv6 is true{}, but underlay interface {} has no usable IPv6 address (global unicast, not deprecated; it has [{}]): add one, or pass --public-ipv6",
+                if ipv4 { "" } else { " and EnableIPv4 false" },
                 link.name,
                 have.join(" ")
             )
@@ -459,6 +522,7 @@ mod tests {
             &Selectors {
                 iface: &iface,
                 iface_regex: &iface_regex,
+                ipv4: true,
                 ipv6,
             },
             &snap(),
@@ -547,6 +611,71 @@ mod tests {
         );
     }
 
+    fn pick_v6_only(iface: &[&str], regex: &[&str]) -> (Option<Choice>, Vec<String>) {
+        let iface: Vec<String> = iface.iter().map(|s| (*s).to_string()).collect();
+        let iface_regex: Vec<String> = regex.iter().map(|s| (*s).to_string()).collect();
+        let mut misses = Vec::new();
+        let c = select(
+            &Selectors {
+                iface: &iface,
+                iface_regex: &iface_regex,
+                ipv4: false,
+                ipv6: true,
+            },
+            &snap(),
+            &mut misses,
+        )
+        .unwrap();
+        (c, misses)
+    }
+
+    fn only6(index: u32, addr6: &str) -> Option<Choice> {
+        Some(Choice {
+            index,
+            addr: None,
+            addr6: Some(addr6.parse().unwrap()),
+        })
+    }
+
+    /// flanneld's ipv6 stack: no IPv4 address looked for, an interface without one is fine.
+    #[test]
+    fn ipv6_only_selection_needs_no_ipv4() {
+        // ens5 has only IPv6: by name and by address.
+        assert_eq!(pick_v6_only(&["ens5"], &[]).0, only6(4, "fd00:5::1"));
+        assert_eq!(pick_v6_only(&["fd00:5::1"], &[]).0, only6(4, "fd00:5::1"));
+        // A name gives the first usable IPv6 address in Flannel's order.
+        assert_eq!(pick_v6_only(&["eth0"], &[]).0, only6(2, "fd00:18::1"));
+        assert_eq!(
+            pick_v6_only(&["2001:db8::99"], &[]).0,
+            only6(2, "2001:db8::99")
+        );
+        // An IPv4 address is a miss that says why; so is an interface without usable IPv6.
+        let (c, misses) = pick_v6_only(&["198.18.0.1", "eth1", "eth2", "ens5"], &[]);
+        assert_eq!(c, only6(4, "fd00:5::1"));
+        assert_eq!(misses.len(), 3, "{misses:?}");
+        assert!(misses[0].contains("EnableIPv4 is false"), "{misses:?}");
+        assert!(
+            misses[1].contains("eth1 has no global IPv6 address"),
+            "{misses:?}"
+        );
+        assert!(
+            misses[2].contains("eth2 has no global IPv6 address"),
+            "{misses:?}"
+        );
+        // Regex: IPv6 addresses first (never link-local or deprecated), then names.
+        assert_eq!(pick_v6_only(&[], &["^fd00:5:"]).0, only6(4, "fd00:5::1"));
+        assert_eq!(pick_v6_only(&[], &["^2001:"]).0, only6(2, "2001:db8::1"));
+        assert_eq!(pick_v6_only(&[], &["^ens"]).0, only6(4, "fd00:5::1"));
+        // An IPv4 pattern matches no IPv6 address: only a name could match.
+        let (c, misses) = pick_v6_only(&[], &["^10\\.0\\.", "^fe80"]);
+        assert_eq!(c, None);
+        assert!(
+            misses[0].contains("no interface name or IPv6 address"),
+            "{misses:?}"
+        );
+        assert_eq!(misses.len(), 2, "{misses:?}");
+    }
+
     fn pick(iface: &[&str], regex: &[&str]) -> (Option<Choice>, Vec<String>) {
         let iface: Vec<String> = iface.iter().map(|s| (*s).to_string()).collect();
         let iface_regex: Vec<String> = regex.iter().map(|s| (*s).to_string()).collect();
@@ -555,6 +684,7 @@ mod tests {
             &Selectors {
                 iface: &iface,
                 iface_regex: &iface_regex,
+                ipv4: true,
                 ipv6: false,
             },
             &snap(),
@@ -608,6 +738,7 @@ mod tests {
             &Selectors {
                 iface: &[],
                 iface_regex: &iface_regex,
+                ipv4: true,
                 ipv6: false,
             },
             &snap(),

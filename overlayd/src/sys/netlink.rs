@@ -338,7 +338,7 @@ impl Netlink {
         index: u32,
         mac: MacAddr,
         mtu: u32,
-        addr: Ipv4Addr,
+        addr: Option<Ipv4Addr>,
     ) -> Result<(), NetlinkError> {
         self.handle
             .link()
@@ -351,13 +351,15 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("set mac {mac} mtu {mtu} on link #{index}")))?;
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(addr), 32)
-            .replace()
-            .execute()
-            .await
-            .map_err(req(format!("add address {addr}/32 to link #{index}")))?;
+        if let Some(addr) = addr {
+            self.handle
+                .address()
+                .add(index, IpAddr::V4(addr), 32)
+                .replace()
+                .execute()
+                .await
+                .map_err(req(format!("add address {addr}/32 to link #{index}")))?;
+        }
         self.set_up(index).await
     }
 
@@ -373,14 +375,15 @@ impl Netlink {
 
     /// Makes an adopted link's MAC, MTU, address and state what `configure_link` sets, changing
     /// only what differs: a running link is not touched at all, so adopting it disturbs no
-    /// packet (setting even the same MAC sends NETDEV_CHANGEADDR to every listener).
+    /// packet (setting even the same MAC sends NETDEV_CHANGEADDR to every listener). Without
+    /// `addr` (IPv6-only) every IPv4 address is removed (a dual-stack run's /32).
     /// Returns what had to be changed.
     pub async fn ensure_link_config(
         &self,
         link: &Link,
         mac: MacAddr,
         mtu: u32,
-        addr: Ipv4Addr,
+        addr: Option<Ipv4Addr>,
     ) -> Result<Vec<&'static str>, NetlinkError> {
         let mut changed = Vec::new();
         if link.mac != Some(mac) || link.mtu != mtu {
@@ -400,6 +403,16 @@ impl Netlink {
                 )))?;
             changed.push("mac/mtu");
         }
+        let Some(addr) = addr else {
+            if self.remove_other_ipv4_addresses(link.index, None).await? > 0 {
+                changed.push("address");
+            }
+            if !link.up {
+                self.set_up(link.index).await?;
+                changed.push("up");
+            }
+            return Ok(changed);
+        };
         if !self.ipv4_addresses(link.index).await?.contains(&addr) {
             self.handle
                 .address()
@@ -574,11 +587,11 @@ impl Netlink {
     }
 
     /// Removes every IPv4 address of link `index` except `keep` (a device whose pod subnet
-    /// changed keeps no address of the old one).
+    /// changed keeps no address of the old one; an IPv6-only device, `keep` `None`, none).
     pub async fn remove_other_ipv4_addresses(
         &self,
         index: u32,
-        keep: Ipv4Addr,
+        keep: Option<Ipv4Addr>,
     ) -> Result<usize, NetlinkError> {
         let mut s = self
             .handle
@@ -593,7 +606,7 @@ impl Netlink {
                 | AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
             });
-            if v4.is_some_and(|ip| ip != keep) {
+            if v4.is_some_and(|ip| Some(ip) != keep) {
                 stale.push((v4, m));
             }
         }
@@ -668,11 +681,16 @@ impl Netlink {
     /// `None` when it has no route (ENETUNREACH, EHOSTUNREACH).
     pub async fn route_get(
         &self,
-        dst: Ipv4Addr,
-    ) -> Result<Option<(u32, Option<Ipv4Addr>)>, NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .build();
+        dst: IpAddr,
+    ) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError> {
+        let msg = match dst {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
         let mut s = self.handle.route().get(msg).execute();
         match s.try_next().await {
             Ok(Some(m)) => {
@@ -681,7 +699,12 @@ impl Netlink {
                 for a in &m.attributes {
                     match a {
                         RouteAttribute::Oif(i) => oif = Some(*i),
-                        RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => src = Some(*ip),
+                        RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => {
+                            src = Some(IpAddr::V4(*ip));
+                        }
+                        RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => {
+                            src = Some(IpAddr::V6(*ip));
+                        }
                         _ => {}
                     }
                 }

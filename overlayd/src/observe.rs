@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -53,7 +53,8 @@ struct Dataplane {
 #[derive(Default)]
 pub struct Observed {
     pub health: Arc<Health>,
-    own: OnceLock<OwnNode>,
+    /// This node's identity; replaced when its lease moves (etcd: a new subnet).
+    own: Mutex<Option<OwnNode>>,
     dataplane: Mutex<Dataplane>,
     /// Node-source states applied to the FDB and the kernel.
     pub syncs: AtomicU64,
@@ -80,7 +81,7 @@ pub struct Observed {
 impl std::fmt::Debug for Observed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Observed")
-            .field("own", &self.own.get())
+            .field("own", &self.own)
             .finish_non_exhaustive()
     }
 }
@@ -100,9 +101,9 @@ impl Observed {
         }
     }
 
-    /// Records this node's identity (first call wins; it cannot change without a restart).
+    /// Records this node's identity: at start, and again when its lease moves.
     pub fn set_own(&self, own: OwnNode) {
-        let _ = self.own.set(own);
+        *self.own.lock().unwrap_or_else(PoisonError::into_inner) = Some(own);
     }
 
     /// Points the view at a (new) dataplane; the previous workers' counters are kept as totals.
@@ -207,7 +208,11 @@ impl Observed {
             .clone();
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            own: self.own.get().cloned(),
+            own: self
+                .own
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             ready: self.health.ready(),
             not_ready: self.health.missing().into_iter().collect(),
             syncs: self.syncs.load(Ordering::Relaxed),
@@ -591,6 +596,30 @@ mod tests {
             row,
             ["b", "fd00:10:244:2::/64", "fd00:18::2", "02:00:00:00:06:02"]
         );
+    }
+
+    /// A lease move (etcd: the subnet was taken, a new one leased) changes what status shows
+    /// of this node.
+    #[test]
+    fn the_own_node_follows_a_lease_move() {
+        let obs = Observed::new(Arc::new(Health::default()));
+        assert!(obs.status().own.is_none());
+        let own = |n: u8| OwnNode {
+            node: "a".into(),
+            ipv4: Some(PeerStatusV4 {
+                pod_cidr: format!("10.244.{n}.0/24").parse().unwrap(),
+                vtep_ip: Ipv4Addr::new(198, 18, 0, 1),
+                vtep_mac: MacAddr([0x0a, 0x58, 10, 244, n, 0]),
+            }),
+            device: "ovl.1".into(),
+            vni: 1,
+            port: 8472,
+            mtu: 1450,
+            ipv6: None,
+        };
+        obs.set_own(own(1));
+        obs.set_own(own(7));
+        assert_eq!(obs.status().own, Some(own(7)));
     }
 
     #[test]

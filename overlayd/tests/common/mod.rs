@@ -130,9 +130,10 @@ impl Lab {
     }
 
     /// As [`Lab::new_with_env`] for a test that may run beside other such tests of its binary
-    /// (at most `--test-threads` at once; never beside a lab from [`Lab::new`]): for tests
-    /// that mostly wait and measure no throughput or short deadlines that a busy machine
-    /// could miss. Labs never share names, addresses or files.
+    /// (at most `--test-threads` at once; never beside an exclusive lab from [`Lab::new`] or
+    /// [`Lab::new_with_env`]): for tests that mostly wait, and measure no throughput and no
+    /// deadline short enough for a busy machine to miss. Labs never share names, addresses
+    /// or files.
     pub fn new_shared(test: &str, nodes: usize, pods: usize, env: &[(&str, &str)]) -> Option<Lab> {
         Self::build(test, nodes, pods, env, true)
     }

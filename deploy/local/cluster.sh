@@ -344,14 +344,27 @@ attach() {
   ip -n "$n" addr add "198.18.0.$i/24" dev eth1
 }
 
+# PREFIX's namespaces: PREFIX then a non-digit (sw, n1, p1-1, x, r, ...), so that `down o12`
+# leaves the namespaces of a lab o123 running beside it alone.
+own_namespaces() { ip netns list | awk '{print $1}' | grep "^${1}[^0-9]" || true; }
+
 down() {
-  local P=$1
-  for ns in $(ip netns list | awk '{print $1}' | grep "^${P}" || true); do
+  local P=$1 termed=""
+  for ns in $(own_namespaces "$P"); do
     # Stop anything still running inside (overlayd, iperf3) before deleting the namespace.
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+      kill -TERM "$pid" 2>/dev/null && termed="$termed $pid"
+    done
   done
-  sleep 0.2
-  for ns in $(ip netns list | awk '{print $1}' | grep "^${P}" || true); do
+  # Up to 0.2 s for them to exit (no wait when nothing ran), then SIGKILL what is left.
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    local alive=""
+    for pid in $termed; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done
+    termed=$alive
+    [ -z "$termed" ] && break
+    sleep 0.02
+  done
+  for ns in $(own_namespaces "$P"); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
     ip netns del "$ns" 2>/dev/null || true
   done

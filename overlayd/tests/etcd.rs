@@ -541,7 +541,8 @@ fn readyz(lab: &Lab, i: usize) -> (u16, String) {
 /// Three overlayd nodes and a kernel-vxlan Flannel node on a 3-member etcd: distinct leases,
 /// pods reach each other both ways, a deleted lease takes its routes within 1 s, the leader
 /// killed and then the whole cluster stopped for 30 s under iperf3 load interrupt nothing,
-/// /readyz says why, and the leases survive (renewals retried).
+/// /readyz says why, and the leases survive (renewals retried). Alone on the machine (an
+/// exclusive lab): its 1 s deadline and iperf3 load are not shared with another test.
 #[test]
 fn etcd_cluster_overlayd_and_flanneld_nodes() {
     let Some(mut lab) = Lab::new("etcd_cluster_overlayd_and_flanneld_nodes", 4, 1) else {
@@ -722,7 +723,7 @@ fn etcd_cluster_overlayd_and_flanneld_nodes() {
 /// route or address of the old one behind.
 #[test]
 fn etcd_lease_lost_and_taken() {
-    let Some(mut lab) = Lab::new("etcd_lease_lost_and_taken", 2, 1) else {
+    let Some(mut lab) = Lab::new_shared("etcd_lease_lost_and_taken", 2, 1, &[]) else {
         return;
     };
     let etcd = Etcd::start(&lab, 1, None);
@@ -893,12 +894,13 @@ fn etcd_lease_lost_and_taken() {
 }
 
 /// TLS with client certificates and user/password auth: overlayd takes a lease, and keeps it
-/// through renewals that fail (the user loses write permission) and are retried; a wrong
-/// password is refused with a message on /readyz. Then 20 nodes race for the 15 subnets of a
-/// /20 with SubnetLen 24 through the same lease code: no subnet is ever shared.
+/// through renewals that fail (the user loses write permission) and are retried. While it
+/// waits for its first renewal, a wrong password is refused with a message on /readyz, and
+/// 20 nodes race for the 15 subnets of a /20 with SubnetLen 24 through the same lease code:
+/// no subnet is ever shared. Runs beside the other shared etcd tests.
 #[test]
 fn etcd_tls_auth_renewal_and_race() {
-    let Some(mut lab) = Lab::new("etcd_tls_auth_renewal_and_race", 2, 0) else {
+    let Some(mut lab) = Lab::new_shared("etcd_tls_auth_renewal_and_race", 2, 0, &[]) else {
         return;
     };
     let certs = Certs::make(&lab.dir.join("pki"), &["198.18.0.251".to_string()]);
@@ -943,6 +945,19 @@ fn etcd_tls_auth_renewal_and_race() {
         "--etcd-password".into(),
         "nope".into(),
     ]);
+    args.extend([
+        "--etcd-username".into(),
+        "flannel".into(),
+        "--etcd-password".into(),
+        "flannelpw".into(),
+    ]);
+    // A 20 s lease: renewals every 13 s leave 6 s to retry a failed one before it runs out
+    // (8 s left 2.7 s, which a loaded CI machine's slow etcd requests used up).
+    start_etcd_node_ttl(&mut lab, 1, &args, "20");
+    let sn = subnet_of(&lab, 1);
+    // The wrong password and the race below run while node 1 waits for its first renewal
+    // (13 s after the lease was taken); neither touches its lease.
+    lab.daemon_env.clear();
     let source: Vec<&std::ffi::OsStr> = wrong.iter().map(std::ffi::OsStr::new).collect();
     lab.spawn(2, &source, &[]);
     assert!(
@@ -955,72 +970,6 @@ fn etcd_tls_auth_renewal_and_race() {
         lab.log(2)
     );
     assert!(lab.stop(2));
-
-    args.extend([
-        "--etcd-username".into(),
-        "flannel".into(),
-        "--etcd-password".into(),
-        "flannelpw".into(),
-    ]);
-    // A 20 s lease: renewals every 13 s leave 6 s to retry a failed one before it runs out
-    // (8 s left 2.7 s, which a loaded CI machine's slow etcd requests used up).
-    start_etcd_node_ttl(&mut lab, 1, &args, "20");
-    let sn = subnet_of(&lab, 1);
-    let renewed = |lab: &Lab| lab.log(1).matches("lease renewed").count();
-    assert!(
-        wait_until(Duration::from_secs(20), || renewed(&lab) >= 1),
-        "no renewal:\n{}",
-        lab.log(1)
-    );
-    // Take write permission away right after a renewal; the next one fails and is retried.
-    etcd.try_block_on(
-        etcd.endpoints(),
-        Some(("root", "rootpw")),
-        |mut c| async move {
-            c.role_revoke_permission(
-                "flannel",
-                PREFIX,
-                Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
-            )
-            .await?;
-            c.role_grant_permission("flannel", Permission::read(PREFIX).with_prefix())
-                .await?;
-            Ok::<_, etcd_client::Error>(())
-        },
-    )
-    .expect("root reachable")
-    .expect("revoke write");
-    assert!(
-        wait_until(Duration::from_secs(20), || lab
-            .log(1)
-            .contains("cannot renew the lease")),
-        "renewal did not fail:\n{}",
-        lab.log(1)
-    );
-    let before = renewed(&lab);
-    etcd.try_block_on(
-        etcd.endpoints(),
-        Some(("root", "rootpw")),
-        |mut c| async move {
-            c.role_grant_permission("flannel", Permission::read_write(PREFIX).with_prefix())
-                .await?;
-            Ok::<_, etcd_client::Error>(())
-        },
-    )
-    .expect("root reachable")
-    .expect("grant write");
-    assert!(
-        wait_until(Duration::from_secs(10), || renewed(&lab) > before),
-        "renewal not retried:\n{}",
-        lab.log(1)
-    );
-    assert_eq!(subnet_of(&lab, 1), sn, "lease not kept");
-    assert!(!lab.log(1).contains("revoked or expired"), "{}", lab.log(1));
-    assert!(
-        wait_until(Duration::from_secs(5), || readyz(&lab, 1).0 == 200),
-        "{:?}",
-        readyz(&lab, 1)
-    );
 
     // 20 racers, 15 subnets (SubnetMin 10.5.1.0 .. SubnetMax 10.5.15.0), TLS + auth.
     let cfg = fdb_sync::etcd::EtcdConfig {
@@ -1111,6 +1060,64 @@ fn etcd_tls_auth_renewal_and_race() {
         won.len(),
         lost.len()
     );
+
+    let renewed = |lab: &Lab| lab.log(1).matches("lease renewed").count();
+    // Seen as it happens: the next renewal when one already passed during the above.
+    let next = renewed(&lab) + 1;
+    assert!(
+        wait_until(Duration::from_secs(20), || renewed(&lab) >= next),
+        "no renewal:\n{}",
+        lab.log(1)
+    );
+    // Take write permission away right after a renewal; the next one fails and is retried.
+    etcd.try_block_on(
+        etcd.endpoints(),
+        Some(("root", "rootpw")),
+        |mut c| async move {
+            c.role_revoke_permission(
+                "flannel",
+                PREFIX,
+                Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
+            )
+            .await?;
+            c.role_grant_permission("flannel", Permission::read(PREFIX).with_prefix())
+                .await?;
+            Ok::<_, etcd_client::Error>(())
+        },
+    )
+    .expect("root reachable")
+    .expect("revoke write");
+    assert!(
+        wait_until(Duration::from_secs(20), || lab
+            .log(1)
+            .contains("cannot renew the lease")),
+        "renewal did not fail:\n{}",
+        lab.log(1)
+    );
+    let before = renewed(&lab);
+    etcd.try_block_on(
+        etcd.endpoints(),
+        Some(("root", "rootpw")),
+        |mut c| async move {
+            c.role_grant_permission("flannel", Permission::read_write(PREFIX).with_prefix())
+                .await?;
+            Ok::<_, etcd_client::Error>(())
+        },
+    )
+    .expect("root reachable")
+    .expect("grant write");
+    assert!(
+        wait_until(Duration::from_secs(10), || renewed(&lab) > before),
+        "renewal not retried:\n{}",
+        lab.log(1)
+    );
+    assert_eq!(subnet_of(&lab, 1), sn, "lease not kept");
+    assert!(!lab.log(1).contains("revoked or expired"), "{}", lab.log(1));
+    assert!(
+        wait_until(Duration::from_secs(5), || readyz(&lab, 1).0 == 200),
+        "{:?}",
+        readyz(&lab, 1)
+    );
 }
 
 /// flanneld's dual-stack lease value as its vxlan backend writes it (newSubnetAttrs,
@@ -1129,7 +1136,7 @@ fn etcd_dual_stack_leases() {
     use fdb_sync::etcd::{
         Allocation, EtcdConfig, LeaseEntry, LeaseSubnets, Me, Registry, SubnetRange,
     };
-    let Some(lab) = Lab::new("etcd_dual_stack_leases", 0, 0) else {
+    let Some(lab) = Lab::new_shared("etcd_dual_stack_leases", 0, 0, &[]) else {
         return;
     };
     let etcd = Etcd::start(&lab, 1, None);
@@ -1432,7 +1439,7 @@ fn pod_addr6(lab: &Lab, i: usize, j: usize) -> String {
 /// subnet.env, and their pods reach each other over IPv6 and IPv4.
 #[test]
 fn etcd_dual_stack_daemons() {
-    let Some(mut lab) = Lab::new_with_env("etcd_dual_stack_daemons", 2, 1, &[("DUALSTACK", "1")])
+    let Some(mut lab) = Lab::new_shared("etcd_dual_stack_daemons", 2, 1, &[("DUALSTACK", "1")])
     else {
         return;
     };

@@ -163,10 +163,11 @@ fn assert_hostile_skipped(lab: &Lab) {
 
 #[test]
 fn hostile_peers_in_the_nodes_file_are_skipped_and_never_reach_the_kernel() {
-    let Some(mut lab) = Lab::new(
+    let Some(mut lab) = Lab::new_shared(
         "hostile_peers_in_the_nodes_file_are_skipped_and_never_reach_the_kernel",
         2,
         1,
+        &[],
     ) else {
         return;
     };
@@ -202,10 +203,11 @@ fn hostile_peers_in_the_nodes_file_are_skipped_and_never_reach_the_kernel() {
 
 #[test]
 fn hostile_peers_from_the_kubernetes_source_are_skipped_and_never_reach_the_kernel() {
-    let Some(mut lab) = Lab::new(
+    let Some(mut lab) = Lab::new_shared(
         "hostile_peers_from_the_kubernetes_source_are_skipped_and_never_reach_the_kernel",
         2,
         1,
+        &[],
     ) else {
         return;
     };
@@ -238,8 +240,12 @@ fn hostile_peers_from_the_kubernetes_source_are_skipped_and_never_reach_the_kern
 /// and starts serving as soon as the Node is fixed (no crash loop).
 #[test]
 fn own_pod_cidr_outside_the_network_waits_and_recovers() {
-    let Some(mut lab) = Lab::new("own_pod_cidr_outside_the_network_waits_and_recovers", 2, 1)
-    else {
+    let Some(mut lab) = Lab::new_shared(
+        "own_pod_cidr_outside_the_network_waits_and_recovers",
+        2,
+        1,
+        &[],
+    ) else {
         return;
     };
     lab.write_nodes_file(&nodelist(&[

@@ -95,7 +95,7 @@ fn lacks_peer(lab: &Lab, on: usize, peer: usize) -> bool {
 /// node's route and neighbour vanish, a node that moves to a new IP is followed.
 #[test]
 fn kube_nodes_join_leave_and_move() {
-    let Some(mut lab) = Lab::new("kube_nodes_join_leave_and_move", 3, 1) else {
+    let Some(mut lab) = Lab::new_shared("kube_nodes_join_leave_and_move", 3, 1, &[]) else {
         return;
     };
     let (server, kc) = fake_server_in_switch(&lab);
@@ -219,7 +219,7 @@ fn kube_nodes_join_leave_and_move() {
 /// an API server restart keeps the state and traffic, and updates resume afterwards.
 #[test]
 fn kube_readiness_and_api_server_restart() {
-    let Some(mut lab) = Lab::new("kube_readiness_and_api_server_restart", 3, 1) else {
+    let Some(mut lab) = Lab::new_shared("kube_readiness_and_api_server_restart", 3, 1, &[]) else {
         return;
     };
     let (mut server, kc) = fake_server_in_switch(&lab);
@@ -435,7 +435,8 @@ fn kube_flannel_args_against_kernel_vxlan_on_vni_4096() {
 /// (Flannel's rule: no '/' in it, so "/" is appended), and nothing under the default one.
 #[test]
 fn kube_annotation_prefix_is_read_and_written() {
-    let Some(mut lab) = Lab::new("kube_annotation_prefix_is_read_and_written", 2, 1) else {
+    let Some(mut lab) = Lab::new_shared("kube_annotation_prefix_is_read_and_written", 2, 1, &[])
+    else {
         return;
     };
     let (server, kc) = fake_server_in_switch(&lab);
@@ -486,7 +487,7 @@ fn kube_annotation_prefix_is_read_and_written() {
 /// IPv6 route and neighbour.
 #[test]
 fn kube_dual_stack_annotations_are_written_and_read() {
-    let Some(mut lab) = Lab::new_with_env(
+    let Some(mut lab) = Lab::new_shared(
         "kube_dual_stack_annotations_are_written_and_read",
         2,
         1,

@@ -87,7 +87,7 @@ fn interop_with_kernel_vxlan_flannel_node() {
 /// source port in 49152..65535, DF set, flags 0x08, VNI 1, inner frame to the peer's VtepMAC.
 #[test]
 fn capture_shows_vxlan_on_the_wire() {
-    let Some(mut lab) = Lab::new("capture_shows_vxlan_on_the_wire", 2, 1) else {
+    let Some(mut lab) = Lab::new_shared("capture_shows_vxlan_on_the_wire", 2, 1, &[]) else {
         return;
     };
     lab.start(1);
@@ -303,7 +303,7 @@ fn restart_keeps_vtep_mac_and_traffic_resumes() {
 /// create it (another kind, or a TAP without overlayd's mark): refused, nothing touched.
 #[test]
 fn refuses_existing_device_with_clear_error() {
-    let Some(lab) = Lab::new("refuses_existing_device_with_clear_error", 1, 0) else {
+    let Some(lab) = Lab::new_shared("refuses_existing_device_with_clear_error", 1, 0, &[]) else {
         return;
     };
     let n1 = lab.node(1);
@@ -454,7 +454,7 @@ fn offloaded_segments_on_the_wire_are_valid() {
 /// tried.
 #[test]
 fn underlay_selection_flags() {
-    let Some(mut lab) = Lab::new("underlay_selection_flags", 1, 0) else {
+    let Some(mut lab) = Lab::new_shared("underlay_selection_flags", 1, 0, &[]) else {
         return;
     };
     let n1 = lab.node(1);
@@ -533,7 +533,7 @@ fn underlay_selection_flags() {
 /// `--iptables-resync` period when someone deletes it, as flanneld does.
 #[test]
 fn blackhole_route_for_own_pod_cidr() {
-    let Some(mut lab) = Lab::new("blackhole_route_for_own_pod_cidr", 1, 0) else {
+    let Some(mut lab) = Lab::new_shared("blackhole_route_for_own_pod_cidr", 1, 0, &[]) else {
         return;
     };
     lab.start_with(1, &["-ip-blackhole-route", "--iptables-resync=1"]);
@@ -569,7 +569,7 @@ fn blackhole_route_for_own_pod_cidr() {
 /// kernel default, so frames merged on receive are not segmented again on their way in.
 #[test]
 fn cni_caps_the_pod_interface_tso_size() {
-    let Some(mut lab) = Lab::new("cni_caps_the_pod_interface_tso_size", 1, 1) else {
+    let Some(mut lab) = Lab::new_shared("cni_caps_the_pod_interface_tso_size", 1, 1, &[]) else {
         return;
     };
     // A kernel node writes subnet.env (FLANNEL_MTU=1450) and wires its pod with overlayd-cni.

@@ -6,13 +6,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/local/cluster.sh");
 pub const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
 
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Labs of one test binary run one at a time, except those built with [`Lab::new_shared`],
+/// which run beside each other (never beside an exclusive one).
+static SERIAL: RwLock<()> = RwLock::new(());
+
+/// What a lab holds of [`SERIAL`] while it lives.
+enum Turn {
+    Exclusive(RwLockWriteGuard<'static, ()>),
+    Shared(RwLockReadGuard<'static, ()>),
+}
 
 /// The overlayd-cni binary the pods are wired with: the static build that deploy/Dockerfile
 /// ships, made by deploy/build-cni-static.sh (same profile as these tests) on first use.
@@ -102,7 +110,7 @@ pub struct Lab {
     /// Per node: how many overlapping starts happened (names the current log file).
     generation: Vec<usize>,
     wired: Vec<bool>,
-    _serial: MutexGuard<'static, ()>,
+    _turn: Turn,
 }
 
 impl Lab {
@@ -118,12 +126,41 @@ impl Lab {
         pods: usize,
         env: &[(&str, &str)],
     ) -> Option<Lab> {
+        Self::build(test, nodes, pods, env, false)
+    }
+
+    /// As [`Lab::new_with_env`] for a test that may run beside other such tests of its binary
+    /// (at most `--test-threads` at once; never beside an exclusive lab from [`Lab::new`] or
+    /// [`Lab::new_with_env`]): for tests that mostly wait, and measure no throughput and no
+    /// deadline short enough for a busy machine to miss. Labs never share names, addresses
+    /// or files.
+    pub fn new_shared(test: &str, nodes: usize, pods: usize, env: &[(&str, &str)]) -> Option<Lab> {
+        Self::build(test, nodes, pods, env, true)
+    }
+
+    fn build(
+        test: &str,
+        nodes: usize,
+        pods: usize,
+        env: &[(&str, &str)],
+        shared: bool,
+    ) -> Option<Lab> {
         if !privileged(test) {
             return None;
         }
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = if shared {
+            Turn::Shared(
+                SERIAL
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        } else {
+            Turn::Exclusive(
+                SERIAL
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        };
         let prefix = format!(
             "o{}{}",
             std::process::id() % 1000,
@@ -141,7 +178,7 @@ impl Lab {
             retired: (0..=nodes).map(|_| None).collect(),
             generation: vec![0; nodes + 1],
             wired: vec![false; nodes + 1],
-            _serial: serial,
+            _turn: turn,
         };
         let out = run(Command::new("bash")
             .args([
@@ -498,18 +535,59 @@ impl Lab {
         secs: u32,
         extra: &[&str],
     ) -> Child {
-        let out = self.exec(server, &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
+        self.iperf_start_port(client, server, server_ip, 5201, secs, extra)
+    }
+
+    /// Starts a one-shot iperf3 server in `server` on TCP `port` and waits until it listens.
+    pub fn iperf_server(&self, server: &str, port: u16) {
+        let port = port.to_string();
+        let out = self.exec(server, &["iperf3", "-s", "-1", "-D", "-p", &port]);
         assert!(
             out.status.success(),
             "iperf3 server: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        std::thread::sleep(Duration::from_millis(300));
+        // `-D` returns once it forked; the daemon binds right after.
+        let filter = format!("sport = :{port}");
+        let listening = wait_until(Duration::from_secs(10), || {
+            let out = self.exec(server, &["ss", "-H", "-l", "-t", "-n", &filter]);
+            !out.stdout.trim_ascii().is_empty()
+        });
+        assert!(
+            listening,
+            "iperf3 server in {server} not listening on port {port}"
+        );
+    }
+
+    /// As [`Lab::iperf_start`] with the server on TCP `port`.
+    pub fn iperf_start_port(
+        &self,
+        client: &str,
+        server: &str,
+        server_ip: &str,
+        port: u16,
+        secs: u32,
+        extra: &[&str],
+    ) -> Child {
+        self.iperf_server(server, port);
+        Self::iperf_client(client, server_ip, port, secs, extra)
+    }
+
+    /// Starts, in the background, an iperf3 TCP client in `client` to `server_ip:port` for
+    /// `secs` seconds (1 s intervals, JSON on stdout); collect it with `iperf_json`.
+    pub fn iperf_client(
+        client: &str,
+        server_ip: &str,
+        port: u16,
+        secs: u32,
+        extra: &[&str],
+    ) -> Child {
         let limit = (secs + 30).to_string();
         Command::new("ip")
             .args([
-                "netns", "exec", client, "timeout", &limit, "iperf3", "-c", server_ip, "-p", "5201",
+                "netns", "exec", client, "timeout", &limit, "iperf3", "-c", server_ip, "-p",
             ])
+            .arg(port.to_string())
             .args(["-t", &secs.to_string(), "-i", "1", "-J"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -529,6 +607,14 @@ impl Lab {
         })
     }
 
+    /// Received bits/s of an iperf3 TCP report.
+    fn iperf_bps(v: &serde_json::Value) -> f64 {
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .or_else(|| v["end"]["sum"]["bits_per_second"].as_f64());
+        bps.unwrap_or_else(|| panic!("iperf3 failed: {}", v["error"]))
+    }
+
     /// Runs iperf3 TCP from `client` to a server started in `server`; returns received bits/s.
     pub fn iperf(
         &self,
@@ -538,11 +624,42 @@ impl Lab {
         secs: u32,
         extra: &[&str],
     ) -> f64 {
-        let v = Self::iperf_json(self.iperf_start(client, server, server_ip, secs, extra));
-        let bps = v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .or_else(|| v["end"]["sum"]["bits_per_second"].as_f64());
-        bps.unwrap_or_else(|| panic!("iperf3 failed: {}", v["error"]))
+        Self::iperf_bps(&Self::iperf_json(
+            self.iperf_start(client, server, server_ip, secs, extra),
+        ))
+    }
+
+    /// Runs the iperf3 TCP transfers `runs` (client namespace, server namespace, server IP,
+    /// extra client arguments) at the same time for `secs` seconds, each to its own server
+    /// (a server namespace serving several gets one port per transfer); returns the received
+    /// bits/s of each, in the order of `runs`.
+    pub fn iperf_concurrent(
+        &self,
+        runs: &[(String, String, String, &[&str])],
+        secs: u32,
+    ) -> Vec<f64> {
+        let ports: Vec<u16> = runs
+            .iter()
+            .enumerate()
+            .map(|(k, (_, server, _, _))| {
+                let before = runs[..k].iter().filter(|r| r.1 == *server).count();
+                5201 + u16::try_from(before).unwrap()
+            })
+            .collect();
+        for ((_, server, _, _), port) in runs.iter().zip(&ports) {
+            self.iperf_server(server, *port);
+        }
+        let clients: Vec<Child> = runs
+            .iter()
+            .zip(&ports)
+            .map(|((client, _, ip, extra), port)| {
+                Self::iperf_client(client, ip, *port, secs, extra)
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| Self::iperf_bps(&Self::iperf_json(c)))
+            .collect()
     }
 
     pub fn routes(&self, i: usize) -> String {

@@ -57,6 +57,10 @@ RMTU=${RMTU:-$UMTU}
 REMOTE_NODES=${REMOTE_NODES:-}
 DUALSTACK=${DUALSTACK:-}
 IPV6ONLY=${IPV6ONLY:-}
+if [ -n "$IPV6ONLY" ] && [ -n "$DUALSTACK$REMOTE_NODES" ]; then
+  echo "cluster.sh: IPV6ONLY=1 cannot be combined with DUALSTACK or REMOTE_NODES (an IPv6-only cluster has one IPv6 underlay subnet)" >&2
+  exit 2
+fi
 
 is_remote() { case " $REMOTE_NODES " in *" $1 "*) return 0 ;; esac; return 1; }
 node_ip() { if is_remote "$1"; then echo "198.19.0.$1"; else echo "198.18.0.$1"; fi; }

@@ -5,6 +5,7 @@
 //! Nothing here is on the packet path: workers never see `Observed`; readers load the same
 //! atomics the workers write, at scrape time only.
 
+use std::fmt::Display;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -406,27 +407,28 @@ pub struct PeerStatusV6 {
     pub vtep_mac: MacAddr,
 }
 
+/// A side's podCIDR, VTEP address and VtepMAC as text (the status table, the info metrics).
+fn texts(pod_cidr: &dyn Display, vtep_ip: &dyn Display, vtep_mac: &MacAddr) -> [String; 3] {
+    [
+        pod_cidr.to_string(),
+        vtep_ip.to_string(),
+        vtep_mac.to_string(),
+    ]
+}
+
 impl PeerStatusV4 {
-    /// podCIDR, VTEP address and VtepMAC as text (the status table, the info metrics).
+    /// podCIDR, VTEP address and VtepMAC as text.
     #[must_use]
     pub fn texts(&self) -> [String; 3] {
-        [
-            self.pod_cidr.to_string(),
-            self.vtep_ip.to_string(),
-            self.vtep_mac.to_string(),
-        ]
+        texts(&self.pod_cidr, &self.vtep_ip, &self.vtep_mac)
     }
 }
 
 impl PeerStatusV6 {
-    /// podCIDR, VTEP address and VtepMAC as text (the status table, the info metrics).
+    /// podCIDR, VTEP address and VtepMAC as text.
     #[must_use]
     pub fn texts(&self) -> [String; 3] {
-        [
-            self.pod_cidr.to_string(),
-            self.vtep_ip.to_string(),
-            self.vtep_mac.to_string(),
-        ]
+        texts(&self.pod_cidr, &self.vtep_ip, &self.vtep_mac)
     }
 }
 

@@ -323,7 +323,7 @@ pub fn open_queue(
 ) -> Result<QueueIo> {
     if ip.is_none() && ip6.is_none() {
         bail!(
-            "queue {id}: no underlay address of either family to send VXLAN from; give the node an IPv4 or IPv6 address on the underlay interface (or pass --iface/--public-ip)"
+            "queue {id}: no underlay address of either family to send VXLAN from; give the node an IPv4 or IPv6 address on the underlay interface (or pass --iface, --public-ip or --public-ipv6)"
         );
     }
     let mut io = QueueIo {
@@ -459,8 +459,11 @@ pub(crate) fn adapt(
                 continue;
             };
             let bound = io.pool(v6).first().and_then(|s| s.local_addr().ok());
-            if !has_rx(io, v6) || bound.map(|a| a.ip()) != Some(want) {
+            if !has_rx(io, v6) {
                 info!(queue = id, ip = %want, "opening underlay sockets the previous overlayd did not hand over");
+                open_family(io, id, want, port)?;
+            } else if bound.map(|a| a.ip()) != Some(want) {
+                info!(queue = id, ip = %want, was = ?bound.map(|a| a.ip()), "binding new source-port sockets: the underlay address differs from the previous overlayd's");
                 open_family(io, id, want, port)?;
             }
         }

@@ -323,7 +323,8 @@ pub async fn find_underlay(
         if choice.is_none() {
             match opts.iface_can_reach {
                 Some(dst @ IpAddr::V6(_)) if ipv4 => misses.push(format!(
-                    "--iface-can-reach {dst}: give an IPv4 address (EnableIPv4 is true): the interface found for it carries the IPv6 underlay too, or select it with --iface"
+                    "--iface-can-reach {dst}: give an IPv4 address (EnableIPv4 is true){}, or select the interface with --iface (or set EnableIPv4 to false for an IPv6-only cluster)",
+                    if ipv6 { ": the interface found for it carries the IPv6 underlay too" } else { "" }
                 )),
                 Some(dst) => match nl.route_get(dst).await? {
                     // IPv6-only: the interface's first IPv6 address, not the route's source

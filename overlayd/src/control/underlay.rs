@@ -516,21 +516,7 @@ mod tests {
     }
 
     fn pick6(iface: &[&str], regex: &[&str], ipv6: bool) -> (Option<Choice>, Vec<String>) {
-        let iface: Vec<String> = iface.iter().map(|s| (*s).to_string()).collect();
-        let iface_regex: Vec<String> = regex.iter().map(|s| (*s).to_string()).collect();
-        let mut misses = Vec::new();
-        let c = select(
-            &Selectors {
-                iface: &iface,
-                iface_regex: &iface_regex,
-                ipv4: true,
-                ipv6,
-            },
-            &snap(),
-            &mut misses,
-        )
-        .unwrap();
-        (c, misses)
+        pick_for(iface, regex, true, ipv6)
     }
 
     fn choice6(index: u32, addr: &str, addr6: &str) -> Option<Choice> {
@@ -613,21 +599,7 @@ mod tests {
     }
 
     fn pick_v6_only(iface: &[&str], regex: &[&str]) -> (Option<Choice>, Vec<String>) {
-        let iface: Vec<String> = iface.iter().map(|s| (*s).to_string()).collect();
-        let iface_regex: Vec<String> = regex.iter().map(|s| (*s).to_string()).collect();
-        let mut misses = Vec::new();
-        let c = select(
-            &Selectors {
-                iface: &iface,
-                iface_regex: &iface_regex,
-                ipv4: false,
-                ipv6: true,
-            },
-            &snap(),
-            &mut misses,
-        )
-        .unwrap();
-        (c, misses)
+        pick_for(iface, regex, false, true)
     }
 
     fn only6(index: u32, addr6: &str) -> Option<Choice> {
@@ -678,6 +650,16 @@ mod tests {
     }
 
     fn pick(iface: &[&str], regex: &[&str]) -> (Option<Choice>, Vec<String>) {
+        pick_for(iface, regex, true, false)
+    }
+
+    /// `select` over `snap()` with these flags and families.
+    fn pick_for(
+        iface: &[&str],
+        regex: &[&str],
+        ipv4: bool,
+        ipv6: bool,
+    ) -> (Option<Choice>, Vec<String>) {
         let iface: Vec<String> = iface.iter().map(|s| (*s).to_string()).collect();
         let iface_regex: Vec<String> = regex.iter().map(|s| (*s).to_string()).collect();
         let mut misses = Vec::new();
@@ -685,8 +667,8 @@ mod tests {
             &Selectors {
                 iface: &iface,
                 iface_regex: &iface_regex,
-                ipv4: true,
-                ipv6: false,
+                ipv4,
+                ipv6,
             },
             &snap(),
             &mut misses,

@@ -623,6 +623,16 @@ fn kube_ipv6_only_annotations_are_written_as_flanneld_writes_them() {
                 ANN_PUBLIC_IP_OVERWRITE.to_string(),
                 "198.18.0.9".to_string(),
             );
+        } else {
+            // IPv4-only keys Flannel does not read without EnableIPv4: broken values make
+            // node2 neither an unreadable peer for node1 nor unable to start itself.
+            for (k, v) in [
+                (ANN_PUBLIC_IP, "not-an-ip"),
+                (ANN_PUBLIC_IP_OVERWRITE, "300.1.1.1"),
+                (ANN_BACKEND_DATA, "{broken"),
+            ] {
+                annotations.insert(k.to_string(), v.to_string());
+            }
         }
         server.apply(&Node {
             metadata: ObjectMeta {
@@ -671,11 +681,21 @@ fn kube_ipv6_only_annotations_are_written_as_flanneld_writes_them() {
             format!(r#"{{"VNI":1,"VtepMAC":"0a:58:02:44:00:0{i}"}}"#)
         );
         assert_eq!(ann[ANN_PUBLIC_IPV6], format!("fd00:18::{i}"));
-        assert!(
-            !ann.contains_key(ANN_BACKEND_DATA) && !ann.contains_key(ANN_PUBLIC_IP),
-            "node{i}: {ann:?}"
-        );
+        if i == 1 {
+            assert!(
+                !ann.contains_key(ANN_BACKEND_DATA) && !ann.contains_key(ANN_PUBLIC_IP),
+                "node{i}: {ann:?}"
+            );
+        } else {
+            // Left as they were, as flanneld leaves them.
+            assert_eq!(
+                (ann[ANN_PUBLIC_IP].as_str(), ann[ANN_BACKEND_DATA].as_str()),
+                ("not-an-ip", "{broken")
+            );
+        }
     }
+    let st = lab.status_json(1);
+    assert_eq!(st["peers"][0]["ipv6"]["vtepIP"], "fd00:18::2", "{st}");
     let pod6 = |i: usize| format!("fd00:10:244:{i}::2");
     for (a, b) in [(1, 2), (2, 1)] {
         assert!(
@@ -686,3 +706,4 @@ fn kube_ipv6_only_annotations_are_written_as_flanneld_writes_them() {
     }
     assert!(lab.stop(1) && lab.stop(2));
 }
+

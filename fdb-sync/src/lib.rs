@@ -15,7 +15,7 @@ pub mod nodes_file;
 
 pub use model::{
     derive_vtep_mac, ClusterState, IpFamily, MacAddr, ModelError, NodeView, Peer, PeerFilter,
-    PeerPolicy, PeerV4, PeerV6, SkipReason, Skipped,
+    PeerPolicy, PeerV4, PeerV6, SkipReason, Skipped, StoredPublicIp,
 };
 pub use nodes_file::{parse_node_list, NodesFileError};
 

@@ -23,6 +23,40 @@ pub const ANN_PUBLIC_IPV6: &str = "flannel.alpha.coreos.com/public-ipv6";
 pub const ANN_PUBLIC_IP_OVERWRITE: &str = "flannel.alpha.coreos.com/public-ip-overwrite";
 pub const ANN_PUBLIC_IPV6_OVERWRITE: &str = "flannel.alpha.coreos.com/public-ipv6-overwrite";
 pub const ANN_KUBE_SUBNET_MANAGER: &str = "flannel.alpha.coreos.com/kube-subnet-manager";
+/// Set by an operator on a Node: the public IPv4 address of the flanneld on that node,
+/// replacing its `--public-ip` (flanneld's main.go, `GetStoredPublicIP`).
+pub const ANN_NODE_PUBLIC_IP: &str = "flannel.alpha.coreos.com/node-public-ip";
+/// As [`ANN_NODE_PUBLIC_IP`] for `--public-ipv6`.
+pub const ANN_NODE_PUBLIC_IPV6: &str = "flannel.alpha.coreos.com/node-public-ipv6";
+
+/// The `node-public-ip` and `node-public-ipv6` annotations of this node's own Node, as
+/// flanneld's `GetStoredPublicIP` reads them once at start: each `(key as on the Node, value)`
+/// when set to a non-empty string. The values are not checked here; the daemon uses them in
+/// place of `--public-ip` / `--public-ipv6` and names the key when one is not an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredPublicIp {
+    pub v4: Option<(String, String)>,
+    pub v6: Option<(String, String)>,
+}
+
+impl StoredPublicIp {
+    /// Reads them from `node`, whose annotation keys start with `prefix` (Flannel's
+    /// `--kube-annotation-prefix` as built, ending in `/` or `-`).
+    #[must_use]
+    pub fn of_node(node: &Node, prefix: &str) -> Self {
+        let get = |model_key: &str| {
+            let key = model_key
+                .strip_prefix(ANNOTATION_PREFIX)
+                .map_or_else(|| model_key.to_string(), |rest| format!("{prefix}{rest}"));
+            let value = node.metadata.annotations.as_ref()?.get(&key)?;
+            (!value.is_empty()).then(|| (key, value.clone()))
+        };
+        StoredPublicIp {
+            v4: get(ANN_NODE_PUBLIC_IP),
+            v6: get(ANN_NODE_PUBLIC_IPV6),
+        }
+    }
+}
 
 /// An Ethernet address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1479,6 +1513,36 @@ mod tests {
             .to_string()
             .contains("not-an-ip"));
         assert_eq!(v.unreadable(false, true), None);
+    }
+
+    /// flanneld's annotations.go keys, under the default and a custom prefix; empty is unset.
+    #[test]
+    fn stored_public_ip_keys_are_flannels() {
+        let n = node(
+            "a",
+            Some("10.244.1.0/24"),
+            "198.18.0.1",
+            &[
+                ("flannel.alpha.coreos.com/node-public-ip", "198.18.0.101"),
+                ("flannel.alpha.coreos.com/node-public-ipv6", ""),
+                ("example.com/node-public-ipv6", "fd00::1"),
+            ],
+        );
+        let s = StoredPublicIp::of_node(&n, ANNOTATION_PREFIX);
+        assert_eq!(
+            s.v4,
+            Some((ANN_NODE_PUBLIC_IP.to_string(), "198.18.0.101".to_string()))
+        );
+        assert_eq!(s.v6, None);
+        let s = StoredPublicIp::of_node(&n, "example.com/");
+        assert_eq!(s.v4, None);
+        assert_eq!(
+            s.v6,
+            Some((
+                "example.com/node-public-ipv6".to_string(),
+                "fd00::1".to_string()
+            ))
+        );
     }
 
     /// Flannel's nodeToLease reads `public-ip` and `backend-data` only with EnableIPv4, and

@@ -443,6 +443,7 @@ fn view_of(key: &str, sn: &LeaseSubnets, attrs: &LeaseAttrs) -> Result<NodeView,
         vtep_mac_v6,
         vtep_mac_v6_annotated: vtep_mac_v6.is_some(),
         bad_v6_data,
+        bad_family_data: Vec::new(),
         backend_type: Some(attrs.backend_type.clone()),
     })
 }

@@ -339,6 +339,24 @@ fn short(e: &kube::Error) -> String {
 /// Watches Nodes and sends the full state after every change (and, while this node or its
 /// podCIDR is missing, why not). Publishes this node's annotations once `announce` holds a
 /// value. Returns when the receiver of `tx` is gone.
+/// flanneld's `GetStoredPublicIP`: GETs this node's Node once and returns its `node-public-ip`
+/// and `node-public-ipv6` annotations (under the annotation prefix). An error says why the
+/// Node could not be read; flanneld then logs it and goes on without them.
+pub async fn stored_public_ip(
+    client: Client,
+    node_name: &str,
+) -> Result<crate::model::StoredPublicIp, String> {
+    let api: Api<Node> = Api::all(client);
+    let node = api
+        .get(node_name)
+        .await
+        .map_err(|e| format!("GET nodes/{node_name}: {e}"))?;
+    Ok(crate::model::StoredPublicIp::of_node(
+        &node,
+        annotation_prefix(),
+    ))
+}
+
 pub async fn run(
     client: Client,
     node_name: String,

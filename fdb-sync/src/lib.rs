@@ -14,8 +14,8 @@ pub mod model;
 pub mod nodes_file;
 
 pub use model::{
-    derive_vtep_mac, ClusterState, MacAddr, ModelError, NodeView, Peer, PeerFilter, PeerPolicy,
-    PeerV4, PeerV6, SkipReason, Skipped,
+    derive_vtep_mac, ClusterState, IpFamily, MacAddr, ModelError, NodeView, Peer, PeerFilter,
+    PeerPolicy, PeerV4, PeerV6, SkipReason, Skipped, StoredPublicIp,
 };
 pub use nodes_file::{parse_node_list, NodesFileError};
 

@@ -23,6 +23,40 @@ pub const ANN_PUBLIC_IPV6: &str = "flannel.alpha.coreos.com/public-ipv6";
 pub const ANN_PUBLIC_IP_OVERWRITE: &str = "flannel.alpha.coreos.com/public-ip-overwrite";
 pub const ANN_PUBLIC_IPV6_OVERWRITE: &str = "flannel.alpha.coreos.com/public-ipv6-overwrite";
 pub const ANN_KUBE_SUBNET_MANAGER: &str = "flannel.alpha.coreos.com/kube-subnet-manager";
+/// Set by an operator on a Node: the public IPv4 address of the flanneld on that node,
+/// replacing its `--public-ip` (flanneld's main.go, `GetStoredPublicIP`).
+pub const ANN_NODE_PUBLIC_IP: &str = "flannel.alpha.coreos.com/node-public-ip";
+/// As [`ANN_NODE_PUBLIC_IP`] for `--public-ipv6`.
+pub const ANN_NODE_PUBLIC_IPV6: &str = "flannel.alpha.coreos.com/node-public-ipv6";
+
+/// The `node-public-ip` and `node-public-ipv6` annotations of this node's own Node, as
+/// flanneld's `GetStoredPublicIP` reads them once at start: each `(key as on the Node, value)`
+/// when set to a non-empty string. The values are not checked here; the daemon uses them in
+/// place of `--public-ip` / `--public-ipv6` and names the key when one is not an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredPublicIp {
+    pub v4: Option<(String, String)>,
+    pub v6: Option<(String, String)>,
+}
+
+impl StoredPublicIp {
+    /// Reads them from `node`, whose annotation keys start with `prefix` (Flannel's
+    /// `--kube-annotation-prefix` as built, ending in `/` or `-`).
+    #[must_use]
+    pub fn of_node(node: &Node, prefix: &str) -> Self {
+        let get = |model_key: &str| {
+            let key = model_key
+                .strip_prefix(ANNOTATION_PREFIX)
+                .map_or_else(|| model_key.to_string(), |rest| format!("{prefix}{rest}"));
+            let value = node.metadata.annotations.as_ref()?.get(&key)?;
+            (!value.is_empty()).then(|| (key, value.clone()))
+        };
+        StoredPublicIp {
+            v4: get(ANN_NODE_PUBLIC_IP),
+            v6: get(ANN_NODE_PUBLIC_IPV6),
+        }
+    }
+}
 
 /// An Ethernet address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +107,7 @@ impl FromStr for MacAddr {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
     #[error("invalid MAC address {0:?}: expected six hex pairs like 0a:58:0a:f4:01:00")]
     BadMac(String),
@@ -200,7 +234,20 @@ pub struct NodeView {
     /// `EnableIPv6`, so a bad one makes the node unreadable only then (see
     /// `ClusterState::validated`), never in an IPv4-only cluster.
     pub bad_v6_data: Option<String>,
+    /// Bad values of the annotations Flannel reads for one family only (`public-ip`,
+    /// `public-ip-overwrite`, `backend-data` for IPv4; `public-ipv6`, `public-ipv6-overwrite`
+    /// for IPv6), in the order read: each makes the node unreadable only while its family is
+    /// enabled (see [`NodeView::unreadable`]), as Flannel's `nodeToLease` reads those keys only
+    /// for an enabled family. The bad value is left out of the view.
+    pub bad_family_data: Vec<(IpFamily, ModelError)>,
     pub backend_type: Option<String>,
+}
+
+/// An address family, for data that matters only while that family is enabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    V4,
+    V6,
 }
 
 impl NodeView {
@@ -272,13 +319,18 @@ impl NodeView {
         };
         let mut public_ip = None;
         let mut public_ip_v6 = None;
-        for key in [
-            ANN_PUBLIC_IP_OVERWRITE,
-            ANN_PUBLIC_IP,
-            ANN_PUBLIC_IPV6_OVERWRITE,
-            ANN_PUBLIC_IPV6,
+        let mut bad_family_data = Vec::new();
+        for (key, family) in [
+            (ANN_PUBLIC_IP_OVERWRITE, IpFamily::V4),
+            (ANN_PUBLIC_IP, IpFamily::V4),
+            (ANN_PUBLIC_IPV6_OVERWRITE, IpFamily::V6),
+            (ANN_PUBLIC_IPV6, IpFamily::V6),
         ] {
-            match parse_ip(key)? {
+            let parsed = parse_ip(key).unwrap_or_else(|e| {
+                bad_family_data.push((family, e));
+                None
+            });
+            match parsed {
                 Some(IpAddr::V4(a)) => {
                     public_ip.get_or_insert(a);
                 }
@@ -326,7 +378,10 @@ impl NodeView {
             }
             Ok(Some(mac))
         };
-        let annotated = read_mac(ANN_BACKEND_DATA)?;
+        let annotated = read_mac(ANN_BACKEND_DATA).unwrap_or_else(|e| {
+            bad_family_data.push((IpFamily::V4, e));
+            None
+        });
         let vtep_mac_annotated = annotated.is_some();
         let vtep_mac = annotated.or_else(|| pod_cidr.map(derive_vtep_mac));
         let (annotated_v6, bad_v6_data) = match read_mac(ANN_BACKEND_V6_DATA) {
@@ -356,8 +411,22 @@ impl NodeView {
             vtep_mac_v6,
             vtep_mac_v6_annotated,
             bad_v6_data,
+            bad_family_data,
             backend_type: ann.get(ANN_BACKEND_TYPE).cloned(),
         })
+    }
+
+    /// Why this node cannot be read with these families enabled: the first bad value of an
+    /// annotation Flannel reads for an enabled family (`bad_family_data`), if any.
+    #[must_use]
+    pub fn unreadable(&self, v4: bool, v6: bool) -> Option<&ModelError> {
+        self.bad_family_data
+            .iter()
+            .find(|(f, _)| match f {
+                IpFamily::V4 => v4,
+                IpFamily::V6 => v6,
+            })
+            .map(|(_, e)| e)
     }
 }
 
@@ -847,13 +916,14 @@ pub struct ClusterState {
     /// Sorted by name; unique pod CIDRs, VTEP addresses, VTEP MACs and names.
     pub peers: Vec<Peer>,
     pub skipped: Vec<Skipped>,
-    /// The other nodes that were readable, passed the filter and have a podCIDR, MAC and
-    /// public IP, sorted by name: the input of the peer decision, kept so that
-    /// [`ClusterState::validated`] can decide again with this node's [`PeerPolicy`] (a bad
-    /// node must not keep out a good one it overlaps).
+    /// The other nodes that could be read, sorted by name: the input of the peer decision,
+    /// kept so that [`ClusterState::validated`] can decide again with this node's
+    /// [`PeerPolicy`] (a bad node must not keep out a good one it overlaps; whether data of
+    /// one family makes a node unreadable depends on the families enabled).
     candidates: Vec<NodeView>,
-    /// Nodes skipped before the decision (unreadable, filtered, incomplete).
+    /// Nodes skipped before the decision (unreadable whatever the families).
     early_skips: Vec<Skipped>,
+    filter: PeerFilter,
 }
 
 impl ClusterState {
@@ -905,7 +975,7 @@ impl ClusterState {
     pub fn from_views(
         own: NodeView,
         mut views: Vec<NodeView>,
-        mut early_skips: Vec<Skipped>,
+        early_skips: Vec<Skipped>,
         filter: PeerFilter,
     ) -> Result<Self, ModelError> {
         // Which families are enabled is the policy's (see `validated`); a node without any
@@ -916,42 +986,16 @@ impl ClusterState {
             });
         }
 
+        // The filter, and whether the node has every enabled family, are decided with the
+        // policy (`decide`): a node with bad data of a disabled family must pass the filter.
         views.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut candidates = Vec::with_capacity(views.len());
-        for v in views {
-            let mut skip = |kind: SkipReason, reason: String| {
-                early_skips.push(Skipped {
-                    node: v.name.clone(),
-                    reason,
-                    kind,
-                });
-            };
-            match (filter, v.backend_type.as_deref()) {
-                (_, Some("vxlan")) | (PeerFilter::AllowUnannotated, None) => {}
-                (_, Some(other)) => {
-                    skip(
-                        SkipReason::BackendType,
-                        format!("backend-type is {other:?}, not \"vxlan\""),
-                    );
-                    continue;
-                }
-                (PeerFilter::RequireVxlanAnnotation, None) => {
-                    skip(
-                        SkipReason::NoBackendAnnotation,
-                        "no backend-type annotation yet (Flannel not running there)".into(),
-                    );
-                    continue;
-                }
-            }
-            // Whether the node has every enabled family is decided with the policy (`decide`).
-            candidates.push(v);
-        }
         let mut state = ClusterState {
             own,
             peers: Vec::new(),
             skipped: Vec::new(),
-            candidates,
+            candidates: views,
             early_skips,
+            filter,
         };
         state.decide(None);
         Ok(state)
@@ -962,6 +1006,12 @@ impl ClusterState {
     /// remain (a node skipped for overlapping a now-invalid one comes back). An own node whose
     /// podCIDR breaks the rules is an error: nothing can be programmed for it.
     pub fn validated(&self, policy: &PeerPolicy) -> Result<Self, ModelError> {
+        if let Some(e) = self
+            .own
+            .unreadable(policy.network.is_some(), policy.network_v6.is_some())
+        {
+            return Err(e.clone());
+        }
         policy.check_own(&self.own)?;
         let mut s = self.clone();
         s.decide(Some(policy));
@@ -1023,6 +1073,26 @@ impl ClusterState {
                 }
             }
             let verdict = (|| -> Check {
+                // As before the filter when every bad value made a node unreadable: a node
+                // with bad data of an enabled family is unreadable, whatever its backend-type.
+                if let Some(e) = v.unreadable(v4, v6) {
+                    return fail(SkipReason::Unreadable, e.to_string());
+                }
+                match (self.filter, v.backend_type.as_deref()) {
+                    (_, Some("vxlan")) | (PeerFilter::AllowUnannotated, None) => {}
+                    (_, Some(other)) => {
+                        return fail(
+                            SkipReason::BackendType,
+                            format!("backend-type is {other:?}, not \"vxlan\""),
+                        );
+                    }
+                    (PeerFilter::RequireVxlanAnnotation, None) => {
+                        return fail(
+                            SkipReason::NoBackendAnnotation,
+                            "no backend-type annotation yet (Flannel not running there)".into(),
+                        );
+                    }
+                }
                 if v4 && (v.pod_cidr.is_none() || v.vtep_mac.is_none()) {
                     return fail(SkipReason::NoPodCidr, "no IPv4 podCIDR".into());
                 }
@@ -1425,18 +1495,214 @@ mod tests {
             "1.1.1.1",
             &[(ANN_BACKEND_DATA, r#"{"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#)],
         );
-        let e = NodeView::from_node(&n).unwrap_err().to_string();
+        // IPv4-only annotations: unreadable while IPv4 is enabled.
+        let v = NodeView::from_node(&n).unwrap();
+        let e = v.unreadable(true, false).unwrap().to_string();
         assert!(e.contains("backend-data") && e.contains("unicast"), "{e}");
+        assert_eq!(v.unreadable(false, true), None);
         let n = node(
             "z",
             Some("10.244.1.0/24"),
             "1.1.1.1",
             &[(ANN_PUBLIC_IP, "not-an-ip")],
         );
-        assert!(NodeView::from_node(&n)
-            .unwrap_err()
+        let v = NodeView::from_node(&n).unwrap();
+        assert!(v
+            .unreadable(true, true)
+            .unwrap()
             .to_string()
             .contains("not-an-ip"));
+        assert_eq!(v.unreadable(false, true), None);
+    }
+
+    /// flanneld's annotations.go keys, under the default and a custom prefix; empty is unset.
+    #[test]
+    fn stored_public_ip_keys_are_flannels() {
+        let n = node(
+            "a",
+            Some("10.244.1.0/24"),
+            "198.18.0.1",
+            &[
+                ("flannel.alpha.coreos.com/node-public-ip", "198.18.0.101"),
+                ("flannel.alpha.coreos.com/node-public-ipv6", ""),
+                ("example.com/node-public-ipv6", "fd00::1"),
+            ],
+        );
+        let s = StoredPublicIp::of_node(&n, ANNOTATION_PREFIX);
+        assert_eq!(
+            s.v4,
+            Some((ANN_NODE_PUBLIC_IP.to_string(), "198.18.0.101".to_string()))
+        );
+        assert_eq!(s.v6, None);
+        let s = StoredPublicIp::of_node(&n, "example.com/");
+        assert_eq!(s.v4, None);
+        assert_eq!(
+            s.v6,
+            Some((
+                "example.com/node-public-ipv6".to_string(),
+                "fd00::1".to_string()
+            ))
+        );
+    }
+
+    /// Flannel's nodeToLease reads `public-ip` and `backend-data` only with EnableIPv4, and
+    /// `public-ipv6` only with EnableIPv6 (`public-ip-overwrite` is copied into `public-ip`
+    /// by Flannel, so it counts as IPv4 data): a bad value there makes a peer unreadable, and
+    /// the own node an error, only while its family is enabled.
+    #[test]
+    fn bad_data_of_a_disabled_family_is_ignored() {
+        let bd = |m: &str| format!(r#"{{"VNI":1,"VtepMAC":"{m}"}}"#);
+        let v6_node = |name: &str, i: u8, extra: &[(&str, &str)]| {
+            let mut ann = vec![
+                (ANN_BACKEND_TYPE, "vxlan".to_string()),
+                (ANN_BACKEND_V6_DATA, bd(&format!("02:00:00:00:06:0{i}"))),
+            ];
+            ann.extend(extra.iter().map(|(k, v)| (*k, (*v).to_string())));
+            let ann: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            node(
+                name,
+                Some(&format!("fd00:10:244:{i}::/64")),
+                &format!("fd00:18::{i}"),
+                &ann,
+            )
+        };
+        let bad_v4: [(&str, &str); 3] = [
+            (ANN_PUBLIC_IP, "not-an-ip"),
+            (ANN_PUBLIC_IP_OVERWRITE, "300.1.1.1"),
+            (ANN_BACKEND_DATA, "{broken"),
+        ];
+        let v6_only = PeerPolicy::ipv6_only("fd00:10:244::/56".parse().unwrap());
+        // IPv6-only: each bad IPv4 annotation alone (and all three) leaves a good peer, and an
+        // own node that serves.
+        let mut cases: Vec<Vec<(&str, &str)>> = bad_v4.iter().map(|kv| vec![*kv]).collect();
+        cases.push(bad_v4.to_vec());
+        for extra in &cases {
+            let nodes = vec![v6_node("a", 1, &[]), v6_node("b", 2, extra)];
+            let s = ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation)
+                .unwrap()
+                .validated(&v6_only)
+                .unwrap();
+            assert_eq!(s.skipped, vec![], "{extra:?}");
+            let b = &s.peers[0];
+            assert_eq!(b.v4, None);
+            let p6 = b.v6.unwrap();
+            assert_eq!(p6.vtep_ip, "fd00:18::2".parse::<Ipv6Addr>().unwrap());
+            assert_eq!(p6.vtep_mac.to_string(), "02:00:00:00:06:02");
+
+            let nodes = vec![v6_node("a", 1, extra), v6_node("b", 2, &[])];
+            let s = ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation)
+                .unwrap()
+                .validated(&v6_only)
+                .unwrap_or_else(|e| panic!("own node with {extra:?}: {e}"));
+            assert_eq!(s.peers.len(), 1, "{extra:?}");
+            assert_eq!(
+                s.own_vtep_mac(),
+                derive_vtep_mac_v6("fd00:10:244:1::/64".parse().unwrap())
+            );
+        }
+        // IPv6-only with a non-vxlan backend-type and bad IPv4 data: skipped for its
+        // backend-type, as any node with that backend-type.
+        let mut other = v6_node("c", 3, &bad_v4);
+        other
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(ANN_BACKEND_TYPE.into(), "host-gw".into());
+        let nodes = vec![v6_node("a", 1, &[]), other];
+        let s = ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation)
+            .unwrap()
+            .validated(&v6_only)
+            .unwrap();
+        assert_eq!(kind_of(&s, "c"), Some(SkipReason::BackendType));
+
+        // IPv4 on: unchanged. Each bad IPv4 annotation makes a peer unreadable (naming key and
+        // value, whatever its backend-type) and the own node an error.
+        let v4_node = |name: &str, i: u8, extra: &[(&str, &str)]| {
+            let mut ann = vec![(ANN_BACKEND_TYPE, "vxlan")];
+            ann.extend_from_slice(extra);
+            node(
+                name,
+                Some(&format!("10.244.{i}.0/24")),
+                &format!("198.18.0.{i}"),
+                &ann,
+            )
+        };
+        for (key, value) in bad_v4 {
+            for backend in ["vxlan", "host-gw"] {
+                let mut b = v4_node("b", 2, &[(key, value)]);
+                b.metadata
+                    .annotations
+                    .as_mut()
+                    .unwrap()
+                    .insert(ANN_BACKEND_TYPE.into(), backend.into());
+                let nodes = vec![v4_node("a", 1, &[]), b];
+                let raw = ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation)
+                    .unwrap();
+                for s in [raw.clone(), raw.validated(&policy()).unwrap()] {
+                    assert_eq!(s.peers, vec![]);
+                    assert_eq!(kind_of(&s, "b"), Some(SkipReason::Unreadable));
+                    let why = &s.skipped[0].reason;
+                    assert!(
+                        why.contains("node b") && why.contains(key) && why.contains(value),
+                        "{why}"
+                    );
+                }
+            }
+            let nodes = vec![v4_node("a", 1, &[(key, value)]), v4_node("b", 2, &[])];
+            let e = ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation)
+                .unwrap()
+                .validated(&policy())
+                .unwrap_err();
+            assert!(
+                matches!(&e, ModelError::BadAnnotation { node, key: k, value: v, .. }
+                    if node == "a" && *k == key && v == value),
+                "{e}"
+            );
+        }
+
+        // The reverse: bad public-ipv6(-overwrite) or backend-v6-data is no matter without
+        // EnableIPv6, for a peer and for the own node; with it, the peer is unreadable and
+        // the own node (public-ipv6) an error.
+        let bad_v6: [(&str, &str); 3] = [
+            (ANN_PUBLIC_IPV6, "fd00::zz"),
+            (ANN_PUBLIC_IPV6_OVERWRITE, "10.0.0.1x"),
+            (ANN_BACKEND_V6_DATA, "{broken"),
+        ];
+        let dual = PeerPolicy {
+            network_v6: Some("fd00:10:244::/56".parse().unwrap()),
+            ..policy()
+        };
+        let dual_node = |name: &str, i: u8, extra: &[(&str, &str)]| {
+            let mut n = v4_node(name, i, extra);
+            n.spec.as_mut().unwrap().pod_cidrs = Some(vec![
+                format!("10.244.{i}.0/24"),
+                format!("fd00:10:244:{i}::/64"),
+            ]);
+            n
+        };
+        for (key, value) in bad_v6 {
+            let nodes = vec![dual_node("a", 1, &[]), dual_node("b", 2, &[(key, value)])];
+            let raw =
+                ClusterState::from_nodes(&nodes, "a", PeerFilter::RequireVxlanAnnotation).unwrap();
+            let s = raw.validated(&policy()).unwrap();
+            assert_eq!(s.peers.len(), 1, "{key}: {:?}", s.skipped);
+            let own_nodes = vec![dual_node("a", 1, &[(key, value)]), dual_node("b", 2, &[])];
+            let own_raw =
+                ClusterState::from_nodes(&own_nodes, "a", PeerFilter::RequireVxlanAnnotation)
+                    .unwrap();
+            let s = own_raw
+                .validated(&policy())
+                .unwrap_or_else(|e| panic!("own node with {key}: {e}"));
+            assert_eq!(s.peers.len(), 1, "{key}: {:?}", s.skipped);
+            if key != ANN_BACKEND_V6_DATA {
+                let e = own_raw.validated(&dual).unwrap_err().to_string();
+                assert!(e.contains(key) && e.contains(value), "{e}");
+            }
+            let s = raw.validated(&dual).unwrap();
+            assert_eq!(kind_of(&s, "b"), Some(SkipReason::Unreadable), "{key}");
+            assert!(s.skipped[0].reason.contains(key), "{:?}", s.skipped);
+        }
     }
 
     #[test]

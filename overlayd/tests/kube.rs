@@ -11,7 +11,7 @@ use common::{sh_ok, wait_until, Lab};
 use fdb_sync::fake_apiserver::FakeApiServer;
 use fdb_sync::model::{
     ANN_BACKEND_DATA, ANN_BACKEND_TYPE, ANN_BACKEND_V6_DATA, ANN_KUBE_SUBNET_MANAGER,
-    ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_PUBLIC_IP_OVERWRITE,
+    ANN_NODE_PUBLIC_IP, ANN_PUBLIC_IP, ANN_PUBLIC_IPV6, ANN_PUBLIC_IP_OVERWRITE,
 };
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -624,6 +624,16 @@ fn kube_ipv6_only_annotations_are_written_as_flanneld_writes_them() {
                 ANN_PUBLIC_IP_OVERWRITE.to_string(),
                 "198.18.0.9".to_string(),
             );
+        } else {
+            // IPv4-only keys Flannel does not read without EnableIPv4: broken values make
+            // node2 neither an unreadable peer for node1 nor unable to start itself.
+            for (k, v) in [
+                (ANN_PUBLIC_IP, "not-an-ip"),
+                (ANN_PUBLIC_IP_OVERWRITE, "300.1.1.1"),
+                (ANN_BACKEND_DATA, "{broken"),
+            ] {
+                annotations.insert(k.to_string(), v.to_string());
+            }
         }
         server.apply(&Node {
             metadata: ObjectMeta {
@@ -672,16 +682,94 @@ fn kube_ipv6_only_annotations_are_written_as_flanneld_writes_them() {
             format!(r#"{{"VNI":1,"VtepMAC":"0a:58:02:44:00:0{i}"}}"#)
         );
         assert_eq!(ann[ANN_PUBLIC_IPV6], format!("fd00:18::{i}"));
-        assert!(
-            !ann.contains_key(ANN_BACKEND_DATA) && !ann.contains_key(ANN_PUBLIC_IP),
-            "node{i}: {ann:?}"
-        );
+        if i == 1 {
+            assert!(
+                !ann.contains_key(ANN_BACKEND_DATA) && !ann.contains_key(ANN_PUBLIC_IP),
+                "node{i}: {ann:?}"
+            );
+        } else {
+            // Left as they were, as flanneld leaves them.
+            assert_eq!(
+                (ann[ANN_PUBLIC_IP].as_str(), ann[ANN_BACKEND_DATA].as_str()),
+                ("not-an-ip", "{broken")
+            );
+        }
     }
+    let st = lab.status_json(1);
+    assert_eq!(st["peers"][0]["ipv6"]["vtepIP"], "fd00:18::2", "{st}");
     let pod6 = |i: usize| format!("fd00:10:244:{i}::2");
     for (a, b) in [(1, 2), (2, 1)] {
         assert!(
             lab.ping_within(&lab.pod(a, 1), &pod6(b), Duration::from_secs(5)),
             "ping -6 pod {a} -> pod {b}:\n{}",
+            lab.log(a)
+        );
+    }
+    assert!(lab.stop(1) && lab.stop(2));
+}
+
+/// flanneld's GetStoredPublicIP: node1's Node says `node-public-ip: 198.18.0.101` (a second
+/// address on its eth0), which replaces --public-ip: overlayd sends from it and publishes it
+/// as `public-ip`, node2 reaches node1's pods at that VTEP, and node1 logs where it came from.
+#[test]
+fn kube_node_public_ip_annotation_is_the_vtep() {
+    let Some(mut lab) = Lab::new("kube_node_public_ip_annotation_is_the_vtep", 2, 1) else {
+        return;
+    };
+    sh_ok(&[
+        "ip",
+        "-n",
+        &lab.node(1),
+        "addr",
+        "add",
+        "198.18.0.101/24",
+        "dev",
+        "eth0",
+    ]);
+    let (server, kc) = fake_server_in_switch(&lab);
+    let mut n1 = lab_node(1);
+    n1.metadata.annotations = Some(
+        [(ANN_NODE_PUBLIC_IP.to_string(), "198.18.0.101".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    server.apply(&n1);
+    server.apply(&lab_node(2));
+    lab.start_kube(1, &kc, &[]);
+    lab.start_kube(2, &kc, &[]);
+    let public_ip = |i: usize| {
+        server
+            .node(&format!("node{i}"))
+            .and_then(|n| n.metadata.annotations)
+            .and_then(|a| a.get(ANN_PUBLIC_IP).cloned())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || public_ip(1).is_some()
+            && public_ip(2).is_some()),
+        "{}",
+        lab.log(1)
+    );
+    assert_eq!(public_ip(1).as_deref(), Some("198.18.0.101"));
+    assert_eq!(public_ip(2).as_deref(), Some("198.18.0.2"));
+    let log = lab.log(1);
+    assert!(
+        log.contains("public IP taken from this node's annotation")
+            && log.contains("flannel.alpha.coreos.com/node-public-ip"),
+        "{log}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.status_json(2)["peers"][0]
+            ["vtepIP"]
+            == "198.18.0.101"),
+        "{}",
+        lab.status_json(2)
+    );
+    // Both ways: node1's replies must leave from 198.18.0.101, or node2 drops them as
+    // unknown_sender.
+    for (a, b) in [(2, 1), (1, 2)] {
+        assert!(
+            lab.ping_within(&lab.pod(a, 1), &Lab::pod_ip(b, 1), Duration::from_secs(5)),
+            "ping pod {a} -> pod {b}:\n{}",
             lab.log(a)
         );
     }

@@ -199,6 +199,58 @@ pub enum SourceKind {
     },
 }
 
+/// How long the one GET of the own Node for `node-public-ip(v6)` may take before overlayd
+/// goes on with the flags alone.
+const STORED_PUBLIC_IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The own Node's `node-public-ip` / `node-public-ipv6`, read once before the underlay is
+/// chosen: from the API server (flanneld's `GetStoredPublicIP`) or the nodes file; none in
+/// etcd mode (flanneld's LocalManager has none). A Node that cannot be read yet leaves the
+/// flags in charge, as in flanneld (which logs the error and goes on).
+async fn stored_public_ip(source: &SourceKind, node_name: &str) -> fdb_sync::StoredPublicIp {
+    let read = async {
+        match source {
+            SourceKind::Kube {
+                kubeconfig,
+                api_url,
+            } => {
+                let client = fdb_sync::kube::client(kubeconfig.as_deref(), api_url.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                fdb_sync::kube::stored_public_ip(client, node_name).await
+            }
+            // The nodes file's own problems are the source's to report (and wait on).
+            SourceKind::NodesFile(path) => Ok(std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| fdb_sync::parse_node_list(&text).ok())
+                .and_then(|nodes| {
+                    nodes
+                        .iter()
+                        .find(|n| n.metadata.name.as_deref() == Some(node_name))
+                        .map(|own| {
+                            fdb_sync::StoredPublicIp::of_node(
+                                own,
+                                fdb_sync::model::ANNOTATION_PREFIX,
+                            )
+                        })
+                })
+                .unwrap_or_default()),
+            SourceKind::Etcd { .. } => Ok(fdb_sync::StoredPublicIp::default()),
+        }
+    };
+    match tokio::time::timeout(STORED_PUBLIC_IP_TIMEOUT, read).await {
+        Ok(Ok(stored)) => stored,
+        Ok(Err(e)) => {
+            warn!(node = node_name, error = %e, "cannot read this node's node-public-ip/node-public-ipv6 annotations; using --public-ip/--public-ipv6 (as flanneld does)");
+            fdb_sync::StoredPublicIp::default()
+        }
+        Err(_) => {
+            warn!(node = node_name, timeout = ?STORED_PUBLIC_IP_TIMEOUT, "reading this node's node-public-ip/node-public-ipv6 annotations timed out; using --public-ip/--public-ipv6");
+            fdb_sync::StoredPublicIp::default()
+        }
+    }
+}
+
 /// Starts the node source. `announce` carries what this node publishes about itself once its
 /// dataplane is up (sources without a place to publish ignore it).
 async fn spawn_source(
@@ -849,6 +901,16 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     };
     // The underlay comes first: validating peers (and the own podCIDR) needs its addresses.
     // IPv6-only (EnableIPv4 false): no IPv4 address is looked for (flanneld's ipv6 stack).
+    // flanneld's GetStoredPublicIP: the own Node's node-public-ip(v6) replace the flags.
+    let mut opts = opts;
+    let stored = stored_public_ip(&source, &opts.node_name).await;
+    let from_annotations = underlay::apply_stored_public_ip(
+        &mut opts.public_ip,
+        &mut opts.public_ipv6,
+        &stored,
+        netconf.network.is_some(),
+        netconf.network_v6.is_some(),
+    )?;
     let nl = Netlink::connect()?;
     let underlay = find_underlay(
         &nl,
@@ -856,7 +918,17 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
         netconf.network.is_some(),
         netconf.network_v6.is_some(),
     )
-    .await?;
+    .await
+    .with_context(|| {
+        if from_annotations.is_empty() {
+            "choosing the underlay".to_string()
+        } else {
+            format!(
+                "choosing the underlay (this node's {})",
+                from_annotations.join("; ")
+            )
+        }
+    })?;
     let mut policy = current_policy(&nl, &netconf, &underlay, &opts).await;
 
     let (announce, announce_rx) = tokio::sync::watch::channel(None);

@@ -27,6 +27,11 @@
 //! link-local address, overlayd takes global unicast (ULA included) only: a link-local VTEP
 //! has no meaning off its link and peers refuse it by default (`--allow-link-local-vtep`).
 //!
+//! In Kubernetes mode (and with a nodes file, whose Nodes carry annotations too) the own
+//! Node's `node-public-ip` / `node-public-ipv6` annotations, when set, replace `--public-ip` /
+//! `--public-ipv6` before any of this, as flanneld's `GetStoredPublicIP` does
+//! ([`apply_stored_public_ip`]).
+//!
 //! The matching itself is I/O-free ([`select`] over a [`Snapshot`]); only gathering the
 //! snapshot and the route lookups touch netlink.
 
@@ -278,6 +283,61 @@ async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
     Ok(Snapshot { ifaces })
 }
 
+/// Replaces `--public-ip` / `--public-ipv6` (`public_ip`, `public_ipv6`) with the own Node's `node-public-ip` /
+/// `node-public-ipv6` annotations when set, as flanneld's main.go does with
+/// `GetStoredPublicIP` before it looks for the interface. Returns a description of each one
+/// used (for logs and error context). A value that is not an address of its family is an
+/// error naming the annotation (flanneld fails too: LookupExtIface cannot use it); so is
+/// `node-public-ip` with `EnableIPv4: false`, as `--public-ip` is. `node-public-ipv6` without
+/// `EnableIPv6` is ignored, as `--public-ipv6` is.
+pub fn apply_stored_public_ip(
+    public_ip: &mut Option<Ipv4Addr>,
+    public_ipv6: &mut Option<Ipv6Addr>,
+    stored: &fdb_sync::StoredPublicIp,
+    ipv4: bool,
+    ipv6: bool,
+) -> Result<Vec<String>> {
+    let mut used = Vec::new();
+    let parse = |(key, value): &(String, String), flag: &str| -> Result<IpAddr> {
+        value.parse::<IpAddr>().map_err(|e| {
+            anyhow::anyhow!(
+                "this node's Node annotation {key} = {value:?} is not an IP address ({e}); it replaces {flag} (as in flanneld): fix or remove the annotation"
+            )
+        })
+    };
+    if let Some(kv @ (key, value)) = &stored.v4 {
+        match parse(kv, "--public-ip")? {
+            IpAddr::V6(_) => bail!(
+                "this node's Node annotation {key} = {value:?} is an IPv6 address, but it replaces --public-ip (IPv4): put it in the node-public-ipv6 annotation instead"
+            ),
+            IpAddr::V4(_) if !ipv4 => bail!(
+                "this node's Node annotation {key} = {value:?} sets an IPv4 public address, but EnableIPv4 is false in net-conf.json (an IPv6-only cluster has no IPv4 VTEP): remove the annotation"
+            ),
+            IpAddr::V4(a) => {
+                tracing::info!(annotation = %key, address = %a, replaces = ?public_ip, "public IP taken from this node's annotation (in place of --public-ip)");
+                *public_ip = Some(a);
+                used.push(format!("public IP {a} comes from its Node's annotation {key}"));
+            }
+        }
+    }
+    if let Some(kv @ (key, value)) = &stored.v6 {
+        match parse(kv, "--public-ipv6")? {
+            IpAddr::V4(_) => bail!(
+                "this node's Node annotation {key} = {value:?} is an IPv4 address, but it replaces --public-ipv6 (IPv6): put it in the node-public-ip annotation instead"
+            ),
+            IpAddr::V6(a) if !ipv6 => {
+                tracing::info!(annotation = %key, address = %a, "ignoring this node's IPv6 public IP annotation: EnableIPv6 is false");
+            }
+            IpAddr::V6(a) => {
+                tracing::info!(annotation = %key, address = %a, replaces = ?public_ipv6, "public IPv6 taken from this node's annotation (in place of --public-ipv6)");
+                *public_ipv6 = Some(a);
+                used.push(format!("public IPv6 {a} comes from its Node's annotation {key}"));
+            }
+        }
+    }
+    Ok(used)
+}
+
 /// Finds the underlay as flanneld does (see the module documentation); `ipv4` / `ipv6` when
 /// EnableIPv4 / EnableIPv6 is true (a VTEP address of that family is then required).
 pub async fn find_underlay(
@@ -454,6 +514,96 @@ pub async fn find_underlay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// node-public-ip(v6) replace the flags as in flanneld; bad values name the annotation.
+    #[test]
+    fn stored_public_ip_replaces_the_flags() {
+        let kv = |k: &str, v: &str| Some((k.to_string(), v.to_string()));
+        let k4 = "flannel.alpha.coreos.com/node-public-ip";
+        let k6 = "flannel.alpha.coreos.com/node-public-ipv6";
+        let apply = |s: &fdb_sync::StoredPublicIp, ipv4: bool, ipv6: bool| {
+            let (mut p4, mut p6) = (Some(Ipv4Addr::new(192, 0, 2, 1)), None);
+            apply_stored_public_ip(&mut p4, &mut p6, s, ipv4, ipv6).map(|u| (p4, p6, u))
+        };
+        let none = fdb_sync::StoredPublicIp::default();
+        let (p4, p6, used) = apply(&none, true, true).unwrap();
+        assert_eq!(
+            (p4, p6, used.len()),
+            (Some(Ipv4Addr::new(192, 0, 2, 1)), None, 0)
+        );
+
+        let both = fdb_sync::StoredPublicIp {
+            v4: kv(k4, "198.18.0.101"),
+            v6: kv(k6, "fd00:18::101"),
+        };
+        let (p4, p6, used) = apply(&both, true, true).unwrap();
+        assert_eq!(p4, Some(Ipv4Addr::new(198, 18, 0, 101)));
+        assert_eq!(p6, Some("fd00:18::101".parse().unwrap()));
+        assert!(used[0].contains(k4) && used[1].contains(k6), "{used:?}");
+        // Without EnableIPv6 node-public-ipv6 is ignored, as --public-ipv6 is.
+        let (p4, p6, used) = apply(&both, true, false).unwrap();
+        assert_eq!(
+            (p4, p6, used.len()),
+            (Some(Ipv4Addr::new(198, 18, 0, 101)), None, 1)
+        );
+        // IPv6-only: node-public-ip is refused, as --public-ip is.
+        let e = apply(&both, false, true).unwrap_err().to_string();
+        assert!(e.contains(k4) && e.contains("EnableIPv4 is false"), "{e}");
+        let v6_only = fdb_sync::StoredPublicIp {
+            v4: None,
+            v6: kv(k6, "fd00:18::101"),
+        };
+        let (_, p6, _) = apply(&v6_only, false, true).unwrap();
+        assert_eq!(p6, Some("fd00:18::101".parse().unwrap()));
+
+        for (s, key, value, what) in [
+            (
+                fdb_sync::StoredPublicIp {
+                    v4: kv(k4, "10.0.0.300"),
+                    v6: None,
+                },
+                k4,
+                "10.0.0.300",
+                "not an IP address",
+            ),
+            (
+                fdb_sync::StoredPublicIp {
+                    v4: kv(k4, "fd00::1"),
+                    v6: None,
+                },
+                k4,
+                "fd00::1",
+                "is an IPv6 address",
+            ),
+            (
+                fdb_sync::StoredPublicIp {
+                    v4: None,
+                    v6: kv(k6, "eth0"),
+                },
+                k6,
+                "eth0",
+                "not an IP address",
+            ),
+            (
+                fdb_sync::StoredPublicIp {
+                    v4: None,
+                    v6: kv(k6, "10.0.0.1"),
+                },
+                k6,
+                "10.0.0.1",
+                "is an IPv4 address",
+            ),
+        ] {
+            // A bad value is an error whatever the families (flanneld's LookupExtIface fails).
+            for ipv6 in [true, false] {
+                let e = apply(&s, true, ipv6).unwrap_err().to_string();
+                assert!(
+                    e.contains(key) && e.contains(&format!("{value:?}")) && e.contains(what),
+                    "{e}"
+                );
+            }
+        }
+    }
 
     fn link(index: u32, name: &str) -> Link {
         Link {

@@ -1235,17 +1235,26 @@ impl ClusterState {
         self.own.pod_cidr
     }
 
-    /// This node's VtepMAC: annotated, else derived from the IPv4 podCIDR, else (IPv6-only)
-    /// from the IPv6 one.
+    /// This node's VtepMAC (overlayd's device has one for both families): `backend-data`'s;
+    /// else, when only `backend-v6-data` is annotated (what flanneld writes in an IPv6-only
+    /// cluster), that one, so a node migrated from an IPv6-only Flannel keeps its VtepMAC;
+    /// else derived from the IPv4 podCIDR, else (IPv6-only) from the IPv6 one.
     #[must_use]
     pub fn own_vtep_mac(&self) -> MacAddr {
-        self.own
-            .vtep_mac
-            .unwrap_or_else(|| match (self.own.pod_cidr, self.own.pod_cidr_v6) {
+        let annotated = if self.own.vtep_mac_annotated {
+            self.own.vtep_mac
+        } else {
+            self.own
+                .vtep_mac_v6
+                .filter(|_| self.own.vtep_mac_v6_annotated)
+        };
+        annotated.or(self.own.vtep_mac).unwrap_or_else(|| {
+            match (self.own.pod_cidr, self.own.pod_cidr_v6) {
                 (Some(c), _) => derive_vtep_mac(c),
                 (None, Some(c)) => derive_vtep_mac_v6(c),
                 (None, None) => unreachable!("from_views refuses an own node without podCIDR"),
-            })
+            }
+        })
     }
 }
 
@@ -1307,8 +1316,21 @@ mod tests {
             .validated(&policy)
             .unwrap();
         assert_eq!(s.own_pod_cidr(), None);
-        // No IPv4 podCIDR to derive it from: the IPv6 one's index.
-        assert_eq!(s.own_vtep_mac().to_string(), "0a:58:02:44:00:01");
+        // Only backend-v6-data annotated (flanneld's IPv6-only node): its MAC is kept.
+        assert_eq!(s.own_vtep_mac().to_string(), "02:00:00:00:06:01");
+        // Not annotated, and no IPv4 podCIDR to derive it from: the IPv6 one's index.
+        let mut bare = nodes.clone();
+        bare[0] = node(
+            "a-own",
+            Some("fd00:10:244:1::/64"),
+            "fd00:18::1",
+            &[(ANN_BACKEND_TYPE, "vxlan")],
+        );
+        let s0 = ClusterState::from_nodes(&bare, "a-own", PeerFilter::RequireVxlanAnnotation)
+            .unwrap()
+            .validated(&policy)
+            .unwrap();
+        assert_eq!(s0.own_vtep_mac().to_string(), "0a:58:02:44:00:01");
         let names: Vec<_> = s.peers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["b-v6", "c-dual"], "{:?}", s.skipped);
         assert!(s.peers.iter().all(|p| p.v4.is_none() && p.v6.is_some()));
@@ -1595,10 +1617,8 @@ mod tests {
                 .validated(&v6_only)
                 .unwrap_or_else(|e| panic!("own node with {extra:?}: {e}"));
             assert_eq!(s.peers.len(), 1, "{extra:?}");
-            assert_eq!(
-                s.own_vtep_mac(),
-                derive_vtep_mac_v6("fd00:10:244:1::/64".parse().unwrap())
-            );
+            // Its backend-v6-data MAC (the bad IPv4 data gives no MAC of its own).
+            assert_eq!(s.own_vtep_mac().to_string(), "02:00:00:00:06:01");
         }
         // IPv6-only with a non-vxlan backend-type and bad IPv4 data: skipped for its
         // backend-type, as any node with that backend-type.

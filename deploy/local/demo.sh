@@ -10,9 +10,21 @@
 #   DUALSTACK=1 deploy/local/demo.sh  a dual-stack cluster (EnableIPv6, an IPv6 underlay, pods
 #                                  with an IPv6 address too): the ping matrix and iperf3 run
 #                                  over IPv6 as well (combines with ETCD=1)
+#   IPV6ONLY=1 deploy/local/demo.sh   an IPv6-only cluster (EnableIPv4 false, an IPv6-only
+#                                  underlay, pods with only an IPv6 address): the IPv6 ping
+#                                  matrix and an IPv6 iperf3, nothing over IPv4 (combines with
+#                                  ETCD=1: etcd then listens at [fd00:18::fe]:2379)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (network namespaces)" >&2; exit 1; }
+# cluster.sh reads DUALSTACK and IPV6ONLY too.
+export DUALSTACK=${DUALSTACK:-} IPV6ONLY=${IPV6ONLY:-}
+[ "$DUALSTACK" = 0 ] && DUALSTACK=
+[ "$IPV6ONLY" = 0 ] && IPV6ONLY=
+if [ -n "$DUALSTACK" ] && [ -n "$IPV6ONLY" ]; then
+  echo "demo.sh: DUALSTACK=1 and IPV6ONLY=1 exclude each other: set one of them" >&2
+  exit 1
+fi
 bash deploy/local/install-deps.sh
 cargo build --release --quiet -p overlayd -p cni-shim
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
@@ -29,14 +41,12 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-# cluster.sh reads DUALSTACK too.
-export DUALSTACK=${DUALSTACK:-}
-[ "$DUALSTACK" = 0 ] && DUALSTACK=
 bash deploy/local/cluster.sh up "$P" "$DIR" "$NODES" "$PODS"
 source=(--nodes-file "$DIR/nodes.yaml" --net-config-path "$DIR/net-conf.json")
 if [ "${ETCD:-0}" = 1 ]; then
   # etcd in the switch namespace (the nodes' gateway address), killed by `cluster.sh down`.
   EP=http://198.18.0.254:2379
+  [ -n "$IPV6ONLY" ] && EP="http://[fd00:18::fe]:2379"
   ip netns exec "${P}sw" etcd --name demo --data-dir "$DIR/etcd" \
     --listen-client-urls "$EP" --advertise-client-urls "$EP" \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
@@ -44,7 +54,7 @@ if [ "${ETCD:-0}" = 1 ]; then
   # net-conf.json at <prefix>/config, through etcd's v3 JSON gateway (keys and values base64).
   put() { printf '{"key":"%s","value":"%s"}' "$(printf %s "$1" | base64 -w0)" "$(printf %s "$2" | base64 -w0)"; }
   for _ in $(seq 1 100); do
-    ip netns exec "${P}sw" curl -sf -m 1 -X POST "$EP/v3/kv/put" \
+    ip netns exec "${P}sw" curl -gsf -m 1 -X POST "$EP/v3/kv/put" \
       -d "$(put /coreos.com/network/config "$(cat "$DIR/net-conf.json")")" >/dev/null && break
     sleep 0.1
   done
@@ -69,7 +79,11 @@ ip_of() { echo "$(net_of "${1%-*}").$(( ${1#*-} + 1 ))"; }
 # The same for IPv6 (FLANNEL_IPV6_SUBNET=fd00:10:244:X::1/64 -> pod j is fd00:10:244:X::<j+1>).
 net6_of() { sed -n 's/^FLANNEL_IPV6_SUBNET=\(.*\)::1\/64$/\1/p' "$DIR/subnet$1.env"; }
 ip6_of() { echo "$(net6_of "${1%-*}")::$(( ${1#*-} + 1 ))"; }
-echo "3 nodes up: $(for i in $(seq 1 $NODES); do printf 'node%s=%s.0/24 ' "$i" "$(net_of "$i")"; done)"
+if [ -n "$IPV6ONLY" ]; then
+  echo "3 nodes up (IPv6-only): $(for i in $(seq 1 $NODES); do printf 'node%s=%s::/64 ' "$i" "$(net6_of "$i")"; done)"
+else
+  echo "3 nodes up: $(for i in $(seq 1 $NODES); do printf 'node%s=%s.0/24 ' "$i" "$(net_of "$i")"; done)"
+fi
 if [ -n "$DUALSTACK" ]; then
   echo "  IPv6: $(for i in $(seq 1 $NODES); do printf 'node%s=%s::/64 ' "$i" "$(net6_of "$i")"; done)"
 fi
@@ -106,8 +120,8 @@ iperf() {
   echo "iperf3 TCP $($addr 1-1) (node1) -> $($addr 3-1) (node3), 5 s:"
   ip netns exec "${P}p1-1" iperf3 -c "$($addr 3-1)" -t 5 | grep -E "sender|receiver"
 }
-matrix ip_of
-if [ -n "$DUALSTACK" ]; then
+[ -n "$IPV6ONLY" ] || matrix ip_of
+if [ -n "$DUALSTACK$IPV6ONLY" ]; then
   # A freshly wired pod's first IPv6 packet waits up to ~2 s for neighbour discovery of its
   # gateway (cni0), on the pod's own node, before it reaches the overlay: resolve it first,
   # so the matrix's 1 s timeout measures the overlay.
@@ -116,6 +130,6 @@ if [ -n "$DUALSTACK" ]; then
   done
   matrix ip6_of
 fi
-iperf ip_of
-[ -n "$DUALSTACK" ] && iperf ip6_of
+[ -n "$IPV6ONLY" ] || iperf ip_of
+if [ -n "$DUALSTACK$IPV6ONLY" ]; then iperf ip6_of; fi
 exit $fail

@@ -3,7 +3,9 @@
 //! stopped for 30 s under iperf3 load; a kernel-vxlan node whose lease the test writes as
 //! flanneld writes it; leases lost and taken by others; renewal failures; TLS with client
 //! certificates and user/password authentication; 20 nodes racing for 15 subnets; dual-stack
-//! leases (`EnableIPv6`) taken, reused, renewed and read back beside one flanneld wrote.
+//! leases (`EnableIPv6`) taken, reused, renewed and read back beside one flanneld wrote;
+//! dual-stack and IPv6-only (`EnableIPv4: false`, etcd on an IPv6 address) daemons whose pods
+//! ping each other.
 //!
 //! Needs root (namespaces), `etcd`, `openssl`, `iperf3`; skipped without root, failed under CI.
 
@@ -135,21 +137,42 @@ impl Certs {
     }
 }
 
+/// `ip:port` for a URL (`[ip]:port` for IPv6).
+fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 impl Etcd {
     fn start(lab: &Lab, n: usize, tls: Option<Certs>) -> Etcd {
+        let ips = (0..n).map(|k| format!("198.18.0.{}", 251 + k)).collect();
+        Etcd::start_at(lab, ips, tls)
+    }
+
+    /// As [`Etcd::start`] on IPv6 addresses fd00:18::fb.. of the switch, for an IPv6-only
+    /// underlay (cluster.sh IPV6ONLY=1), where the nodes have no IPv4 to reach etcd with.
+    fn start_v6(lab: &Lab, n: usize) -> Etcd {
+        let ips = (0..n).map(|k| format!("fd00:18::{:x}", 251 + k)).collect();
+        Etcd::start_at(lab, ips, None)
+    }
+
+    fn start_at(lab: &Lab, ips: Vec<String>, tls: Option<Certs>) -> Etcd {
         let ns = format!("{}sw", lab.prefix);
-        let ips: Vec<String> = (0..n).map(|k| format!("198.18.0.{}", 251 + k)).collect();
+        let n = ips.len();
         for ip in &ips {
-            sh_ok(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "br0",
-            ]);
+            let (len, extra): (&str, &[&str]) = if ip.contains(':') {
+                // No duplicate address detection: etcd binds it at once.
+                ("64", &["nodad"])
+            } else {
+                ("24", &[])
+            };
+            let addr = format!("{ip}/{len}");
+            let mut args = vec!["ip", "-n", &ns, "addr", "add", &addr, "dev", "br0"];
+            args.extend_from_slice(extra);
+            sh_ok(&args);
         }
         let mut e = Etcd {
             ns,
@@ -184,7 +207,7 @@ impl Etcd {
     fn endpoints(&self) -> Vec<String> {
         self.ips
             .iter()
-            .map(|ip| format!("{}://{ip}:2379", self.scheme()))
+            .map(|ip| format!("{}://{}", self.scheme(), host_port(ip, 2379)))
             .collect()
     }
 
@@ -195,9 +218,10 @@ impl Etcd {
             .ips
             .iter()
             .enumerate()
-            .map(|(j, ip)| format!("m{j}=http://{ip}:2380"))
+            .map(|(j, ip)| format!("m{j}=http://{}", host_port(ip, 2380)))
             .collect();
-        let ip = &self.ips[k];
+        let client_url = format!("{}://{}", self.scheme(), host_port(&self.ips[k], 2379));
+        let peer_url = format!("http://{}", host_port(&self.ips[k], 2380));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -208,19 +232,10 @@ impl Etcd {
             .args(["--name", &format!("m{k}")])
             .arg("--data-dir")
             .arg(self.dir.join(format!("m{k}.data")))
-            .args([
-                "--listen-client-urls",
-                &format!("{}://{ip}:2379", self.scheme()),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("{}://{ip}:2379", self.scheme()),
-            ])
-            .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://{ip}:2380"),
-            ])
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.ns])
@@ -1487,4 +1502,102 @@ fn etcd_dual_stack_daemons() {
             );
         }
     }
+}
+
+/// Two overlayd daemons in etcd mode with `EnableIPv4: false` on an IPv6-only underlay
+/// (cluster.sh IPV6ONLY=1; etcd on the switch's fd00:18::fb): each takes an IPv6-only lease
+/// as flanneld writes one (key `0.0.0.0-0&<v6>-<len>`; PublicIP its zero value, PublicIPv6
+/// the node's underlay address, BackendV6Data with the device's MAC, no BackendData), writes
+/// only the IPv6 pair to subnet.env, and their pods reach each other over IPv6 both ways.
+#[test]
+fn etcd_ipv6_only_daemons() {
+    let started = Instant::now();
+    let Some(mut lab) = Lab::new_with_env("etcd_ipv6_only_daemons", 2, 1, &[("IPV6ONLY", "1")])
+    else {
+        return;
+    };
+    let etcd = Etcd::start_v6(&lab, 1);
+    etcd.put(
+        &format!("{PREFIX}/config"),
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    let args = etcd_args(&etcd);
+    for i in 1..=2 {
+        start_etcd_node(&mut lab, i, &args);
+    }
+    // Keys and values as etcd holds them, byte for byte.
+    let kvs = etcd.block(|mut c| async move {
+        c.get(
+            format!("{PREFIX}/subnets/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key().to_vec()).unwrap(),
+                String::from_utf8(kv.value().to_vec()).unwrap(),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+    });
+    assert_eq!(kvs.len(), 2, "{kvs:#?}");
+    let mut subnets = Vec::new();
+    for i in 1..=2 {
+        // subnet.env: the IPv6 pair only (Flannel's WriteSubnetFile without IPv4).
+        let env = common::read(&lab.subnet_file(i));
+        assert!(
+            env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"),
+            "{env}"
+        );
+        assert!(
+            !env.contains("FLANNEL_NETWORK=") && !env.contains("FLANNEL_SUBNET="),
+            "node {i}: IPv4 in subnet.env: {env}"
+        );
+        let v6 = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+            .unwrap_or_else(|| panic!("no FLANNEL_IPV6_SUBNET in {env}"));
+        // fd00:10:244:X::1/64 -> key fd00:10:244:X::-64, behind flanneld's empty IPv4 part.
+        let net6 = v6.replace("::1/", "::-");
+        assert!(v6.ends_with("::1/64"), "{v6}");
+        let key = format!("{PREFIX}/subnets/0.0.0.0-0&{net6}");
+        // The device's one MAC (overlayd's ovl.1), published as the IPv6 VtepMAC.
+        let link = sh_ok(&[
+            "ip",
+            "-n",
+            &lab.node(i),
+            "-o",
+            "link",
+            "show",
+            "dev",
+            "ovl.1",
+        ]);
+        let mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no MAC in {link}"));
+        // What flanneld's newSubnetAttrs writes without an IPv4 address: PublicIP (ip.IP4,
+        // not omitempty) is its zero value, BackendData (omitempty) is absent.
+        let want = format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:18::{i}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        );
+        assert_eq!(kvs.get(&key), Some(&want), "node {i}: {key} in {kvs:#?}");
+        subnets.push(net6);
+    }
+    assert_ne!(subnets[0], subnets[1], "one IPv6 subnet leased twice");
+    lab.wire(1);
+    lab.wire(2);
+    for (a, b) in [(1, 2), (2, 1)] {
+        let to = pod_addr6(&lab, b, 1);
+        assert!(
+            lab.ping_within(&lab.pod(a, 1), &to, Duration::from_secs(5)),
+            "ping -6 pod of node {a} -> {to} (node {b}):\n{}",
+            lab.log(a)
+        );
+    }
+    eprintln!("etcd IPv6-only daemons: {:?}", started.elapsed());
 }

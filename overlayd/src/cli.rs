@@ -15,7 +15,7 @@
 //! flanneld flag is known. It does no I/O except reading the environment through a closure.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -74,7 +74,7 @@ pub const FLAGS: &[Flag] = &[
     f("iface-regex", Kind::List, true, "", "regex matching the underlay interface's name or address; repeatable, checked after --iface"),
     f("iface-can-reach", Kind::Str, true, "", "use the interface `ip route get <ip>` would use"),
     f("subnet-file", Kind::Str, true, "/run/flannel/subnet.env", "where FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU... are written"),
-    f("public-ip", Kind::Str, true, "", "IPv4 address other nodes reach this one at (default: the interface's first)"),
+    f("public-ip", Kind::Str, true, "", "IPv4 address other nodes reach this one at (default: the interface's first); IPv6 in an IPv6-only cluster"),
     f("public-ipv6", Kind::Str, true, "", "IPv6 address for other nodes (with EnableIPv6)"),
     f("subnet-lease-renew-margin", Kind::Int, true, "60", "etcd mode: renew the 24 h subnet lease this many minutes before it expires, 1..1439"),
     f("ip-masq", Kind::Bool, true, "false", "masquerade traffic from the pod network to outside it"),
@@ -343,7 +343,8 @@ pub struct Config {
     pub iface: Vec<String>,
     pub iface_regex: Vec<String>,
     pub iface_can_reach: Option<IpAddr>,
-    pub public_ip: Option<Ipv4Addr>,
+    /// IPv4, or (an IPv6-only cluster, as flanneld) an IPv6 address.
+    pub public_ip: Option<IpAddr>,
     pub public_ipv6: Option<Ipv6Addr>,
     pub subnet_file: PathBuf,
     pub net_config_path: PathBuf,
@@ -665,8 +666,8 @@ fn build(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, 
         .transpose()?;
     let public_ip = opt_str(given, "public-ip")
         .map(|s| {
-            s.parse::<Ipv4Addr>()
-                .map_err(|e| bad("public-ip", &s, format!("not an IPv4 address: {e}")))
+            s.parse::<IpAddr>()
+                .map_err(|e| bad("public-ip", &s, format!("not an IP address: {e}")))
         })
         .transpose()?;
     let public_ipv6 = opt_str(given, "public-ipv6")

@@ -1046,4 +1046,30 @@ fn ipv6_only_cluster() {
     assert!(!tables.contains("overlayd"), "{tables}");
     assert!(!save("ip6tables-save").contains("OVERLAYD"));
     assert!(!save("iptables-save").contains("OVERLAYD"));
+
+    // flanneld's ipv6 stack takes an IPv6 --public-ip (the interface is found by it, and it is
+    // the IPv6 VTEP): node 2 starts with one and still reaches the kernel node's pod; an IPv4
+    // --public-ip stops it with the reason.
+    assert!(lab.stop(2));
+    lab.start_with(2, &["--public-ip", "fd00:18::2"]);
+    assert!(
+        lab.ping_within(&lab.pod(2, 1), &pod_ip6(3, 1), Duration::from_secs(5)),
+        "ping -6 with an IPv6 --public-ip:\n{}",
+        lab.log(2)
+    );
+    assert!(lab.stop(2));
+    let nodes = lab.nodes_file();
+    lab.spawn(
+        2,
+        &[std::ffi::OsStr::new("--nodes-file"), nodes.as_os_str()],
+        &["--public-ip", "198.18.0.2"],
+    );
+    let exited = wait_until(Duration::from_secs(10), || !lab.is_running(2));
+    let log = lab.log(2);
+    assert!(exited, "overlayd kept running: {log}");
+    assert!(
+        log.contains("--public-ip 198.18.0.2 is an IPv4 address, but EnableIPv4 is false"),
+        "{log}"
+    );
+    lab.stop(2);
 }

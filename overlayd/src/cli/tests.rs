@@ -381,7 +381,7 @@ fn values_are_checked_with_the_flag_named() {
             "--subnet-lease-renew-margin=1440",
             "-subnet-lease-renew-margin",
         ),
-        ("--public-ip=fd00::1", "-public-ip"),
+        ("--public-ip=fd00::1:x", "-public-ip"),
         ("--public-ipv6=10.0.0.1", "-public-ipv6"),
         ("--iface-can-reach=host", "-iface-can-reach"),
         ("--iface-regex=(", "-iface-regex"),
@@ -399,8 +399,12 @@ fn values_are_checked_with_the_flag_named() {
     let c = run(&with_base(&[
         "--subnet-lease-renew-margin=1439",
         "--public-ipv6=fd00::1",
+        "--public-ip=fd00::2",
     ]));
     assert_eq!(c.subnet_lease_renew_margin, Duration::from_secs(1439 * 60));
+    // An IPv6 --public-ip parses (flanneld's ipv6 stack takes one); the family is checked
+    // against EnableIPv4 at startup (underlay::find_underlay).
+    assert_eq!(c.public_ip, Some("fd00::2".parse().unwrap()));
     // The busy-poll budget: the default, --latency-mode's, and an explicit one that wins.
     assert_eq!(
         c.busy_poll,

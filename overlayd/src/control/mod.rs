@@ -70,7 +70,8 @@ pub struct Options {
     /// `--iface-can-reach`: the interface `ip route get` uses for it (an IPv6 address only
     /// in an IPv6-only cluster).
     pub iface_can_reach: Option<std::net::IpAddr>,
-    pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ip`: IPv4, or in an IPv6-only cluster IPv6 (see `underlay::find_underlay`).
+    pub public_ip: Option<std::net::IpAddr>,
     /// `--public-ipv6`: the IPv6 VTEP address announced and sent from (EnableIPv6).
     pub public_ipv6: Option<Ipv6Addr>,
     pub net_config_path: PathBuf,

@@ -287,11 +287,12 @@ async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
 /// `node-public-ipv6` annotations when set, as flanneld's main.go does with
 /// `GetStoredPublicIP` before it looks for the interface. Returns a description of each one
 /// used (for logs and error context). A value that is not an address of its family is an
-/// error naming the annotation (flanneld fails too: LookupExtIface cannot use it); so is
-/// `node-public-ip` with `EnableIPv4: false`, as `--public-ip` is. `node-public-ipv6` without
-/// `EnableIPv6` is ignored, as `--public-ipv6` is.
+/// error naming the annotation (flanneld fails too: LookupExtIface cannot use it); so is an
+/// IPv4 `node-public-ip` with `EnableIPv4: false`, as such a `--public-ip` is (an IPv6 one is
+/// taken, as `--public-ip`, see [`find_underlay`]). `node-public-ipv6` without `EnableIPv6` is
+/// ignored, as `--public-ipv6` is.
 pub fn apply_stored_public_ip(
-    public_ip: &mut Option<Ipv4Addr>,
+    public_ip: &mut Option<IpAddr>,
     public_ipv6: &mut Option<Ipv6Addr>,
     stored: &fdb_sync::StoredPublicIp,
     ipv4: bool,
@@ -307,13 +308,13 @@ pub fn apply_stored_public_ip(
     };
     if let Some(kv @ (key, value)) = &stored.v4 {
         match parse(kv, "--public-ip")? {
-            IpAddr::V6(_) => bail!(
-                "this node's Node annotation {key} = {value:?} is an IPv6 address, but it replaces --public-ip (IPv4): put it in the node-public-ipv6 annotation instead"
+            IpAddr::V6(_) if ipv4 => bail!(
+                "this node's Node annotation {key} = {value:?} is an IPv6 address, but it replaces --public-ip (IPv4, EnableIPv4 is true): put it in the node-public-ipv6 annotation instead"
             ),
             IpAddr::V4(_) if !ipv4 => bail!(
                 "this node's Node annotation {key} = {value:?} sets an IPv4 public address, but EnableIPv4 is false in net-conf.json (an IPv6-only cluster has no IPv4 VTEP): remove the annotation"
             ),
-            IpAddr::V4(a) => {
+            a => {
                 tracing::info!(annotation = %key, address = %a, replaces = ?public_ip, "public IP taken from this node's annotation (in place of --public-ip)");
                 *public_ip = Some(a);
                 used.push(format!("public IP {a} comes from its Node's annotation {key}"));
@@ -346,13 +347,26 @@ pub async fn find_underlay(
     ipv4: bool,
     ipv6: bool,
 ) -> Result<Underlay> {
-    if let (false, Some(ip)) = (ipv4, opts.public_ip) {
-        bail!(
-            "--public-ip {ip} is an IPv4 address, but EnableIPv4 is false in net-conf.json (an IPv6-only cluster has no IPv4 VTEP): drop --public-ip and pass --public-ipv6 if the IPv6 address needs setting"
-        );
-    }
+    // `--public-ip` is the IPv4 VTEP; in an IPv6-only cluster flanneld also takes an IPv6 one
+    // (its ipv6 stack looks the interface up by it, and it is the IPv6 VTEP unless
+    // --public-ipv6 is given; with --iface* flags it is not looked at).
+    let (public_ip, public_ip_as_v6) = match (ipv4, opts.public_ip) {
+        (_, None) => (None, None),
+        (true, Some(IpAddr::V4(a))) => (Some(a), None),
+        (false, Some(IpAddr::V6(a))) => (None, Some(a)),
+        (true, Some(IpAddr::V6(a))) => bail!(
+            "--public-ip {a} is an IPv6 address, but EnableIPv4 is true in net-conf.json: give --public-ip this node's IPv4 address{}",
+            if ipv6 { " and this one to --public-ipv6" } else { " (or set EnableIPv4 to false for an IPv6-only cluster)" }
+        ),
+        (false, Some(IpAddr::V4(a))) => bail!(
+            "--public-ip {a} is an IPv4 address, but EnableIPv4 is false in net-conf.json (an IPv6-only cluster has no IPv4 VTEP): drop --public-ip and pass --public-ipv6 if the IPv6 address needs setting"
+        ),
+    };
     let explicit =
         !opts.iface.is_empty() || !opts.iface_regex.is_empty() || opts.iface_can_reach.is_some();
+    if let (true, Some(a)) = (explicit, public_ip_as_v6) {
+        tracing::warn!(public_ip = %a, "--public-ip is not used with --iface/--iface-regex/--iface-can-reach in an IPv6-only cluster (as in flanneld): pass --public-ipv6 to set the IPv6 VTEP address");
+    }
     let snap = snapshot(nl).await?;
     let describe = || -> String {
         snap.ifaces
@@ -413,7 +427,10 @@ pub async fn find_underlay(
             ),
         }
     } else {
-        let index = match (opts.public_ip, opts.public_ipv6.filter(|_| ipv6)) {
+        let index = match (
+            public_ip.map(IpAddr::V4).or(public_ip_as_v6.map(IpAddr::V6)),
+            opts.public_ipv6.filter(|_| ipv6),
+        ) {
             (Some(ip), _) => nl.link_with_address(ip).await?.with_context(|| {
                 format!("--public-ip {ip} is not assigned to any interface here: pass --iface too")
             })?,
@@ -453,8 +470,8 @@ pub async fn find_underlay(
         };
         Choice {
             index,
-            addr: opts.public_ip,
-            addr6: opts.public_ipv6,
+            addr: public_ip,
+            addr6: opts.public_ipv6.or(public_ip_as_v6),
         }
     };
     let link = nl
@@ -464,7 +481,7 @@ pub async fn find_underlay(
     if link.mtu == 0 {
         bail!("failed to determine the MTU of interface {}", link.name);
     }
-    let ip = match (ipv4, opts.public_ip, choice.addr) {
+    let ip = match (ipv4, public_ip, choice.addr) {
         (false, _, _) => None,
         (true, Some(ip), _) | (true, None, Some(ip)) => Some(ip),
         (true, None, None) => Some(
@@ -522,14 +539,14 @@ mod tests {
         let k4 = "flannel.alpha.coreos.com/node-public-ip";
         let k6 = "flannel.alpha.coreos.com/node-public-ipv6";
         let apply = |s: &fdb_sync::StoredPublicIp, ipv4: bool, ipv6: bool| {
-            let (mut p4, mut p6) = (Some(Ipv4Addr::new(192, 0, 2, 1)), None);
+            let (mut p4, mut p6) = (Some(IpAddr::from([192, 0, 2, 1])), None);
             apply_stored_public_ip(&mut p4, &mut p6, s, ipv4, ipv6).map(|u| (p4, p6, u))
         };
         let none = fdb_sync::StoredPublicIp::default();
         let (p4, p6, used) = apply(&none, true, true).unwrap();
         assert_eq!(
             (p4, p6, used.len()),
-            (Some(Ipv4Addr::new(192, 0, 2, 1)), None, 0)
+            (Some(IpAddr::from([192, 0, 2, 1])), None, 0)
         );
 
         let both = fdb_sync::StoredPublicIp {
@@ -537,16 +554,17 @@ mod tests {
             v6: kv(k6, "fd00:18::101"),
         };
         let (p4, p6, used) = apply(&both, true, true).unwrap();
-        assert_eq!(p4, Some(Ipv4Addr::new(198, 18, 0, 101)));
+        assert_eq!(p4, Some(IpAddr::from([198, 18, 0, 101])));
         assert_eq!(p6, Some("fd00:18::101".parse().unwrap()));
         assert!(used[0].contains(k4) && used[1].contains(k6), "{used:?}");
         // Without EnableIPv6 node-public-ipv6 is ignored, as --public-ipv6 is.
         let (p4, p6, used) = apply(&both, true, false).unwrap();
         assert_eq!(
             (p4, p6, used.len()),
-            (Some(Ipv4Addr::new(198, 18, 0, 101)), None, 1)
+            (Some(IpAddr::from([198, 18, 0, 101])), None, 1)
         );
-        // IPv6-only: node-public-ip is refused, as --public-ip is.
+        // IPv6-only: an IPv4 node-public-ip is refused, as such a --public-ip is; an IPv6 one
+        // replaces --public-ip (flanneld's ipv6 stack takes it).
         let e = apply(&both, false, true).unwrap_err().to_string();
         assert!(e.contains(k4) && e.contains("EnableIPv4 is false"), "{e}");
         let v6_only = fdb_sync::StoredPublicIp {
@@ -555,6 +573,13 @@ mod tests {
         };
         let (_, p6, _) = apply(&v6_only, false, true).unwrap();
         assert_eq!(p6, Some("fd00:18::101".parse().unwrap()));
+        let v6_in_v4_key = fdb_sync::StoredPublicIp {
+            v4: kv(k4, "fd00:18::102"),
+            v6: None,
+        };
+        let (p4, p6, used) = apply(&v6_in_v4_key, false, true).unwrap();
+        assert_eq!((p4, p6), (Some("fd00:18::102".parse().unwrap()), None));
+        assert!(used[0].contains(k4), "{used:?}");
 
         for (s, key, value, what) in [
             (

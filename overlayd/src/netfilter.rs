@@ -978,10 +978,10 @@ pub fn start(
         random_fully = m.rules.v4.is_some() && m.random_fully[0],
         random_fully_v6 = m.rules.v6.is_some() && m.random_fully[1],
         forward = rules.forward,
-        network = ?rules.v4.map(|v| v.network),
-        pod_cidr = ?rules.v4.map(|v| v.pod_cidr),
-        network_v6 = ?rules.v6.map(|v| v.network),
-        pod_cidr_v6 = ?rules.v6.map(|v| v.pod_cidr),
+        network = rules.v4.map(|v| tracing::field::display(v.network)),
+        pod_cidr = rules.v4.map(|v| tracing::field::display(v.pod_cidr)),
+        network_v6 = rules.v6.map(|v| tracing::field::display(v.network)),
+        pod_cidr_v6 = rules.v6.map(|v| tracing::field::display(v.pod_cidr)),
         "netfilter rules installed"
     );
     let (tx, rx) = mpsc::sync_channel(1);

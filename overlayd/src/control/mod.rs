@@ -967,7 +967,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     // Before the device and the VXLAN port: a node migrated from Flannel has its flannel.1.
     flannel_leftovers::take_over(&nl, netconf.vni).await?;
     let mtu = netconf.inner_mtu(underlay.mtu);
-    info!(iface = %underlay.iface, ip = ?underlay.ip, ip6 = ?underlay.ip6, underlay_mtu = underlay.mtu, mtu, "underlay");
+    info!(iface = %underlay.iface, ip = underlay.ip.map(tracing::field::display), ip6 = underlay.ip6.map(tracing::field::display), underlay_mtu = underlay.mtu, mtu, "underlay");
     if mtu + crate::config::VXLAN_OVERHEAD_V4 > underlay.mtu {
         bail!(
             "net-conf Backend.MTU {} (device MTU {mtu}) does not fit the underlay: {} has MTU {} and VXLAN adds {} bytes, \
@@ -1109,7 +1109,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
     ));
     observed.synced();
     info!(
-        node = %opts.node_name, pod_cidr = ?own_cidr, pod_cidr_v6 = ?own_v6, vtep_mac = %own_mac, device = %opts.device,
+        node = %opts.node_name, pod_cidr = own_cidr.map(tracing::field::display), pod_cidr_v6 = own_v6.map(tracing::field::display), vtep_mac = %own_mac, device = %opts.device,
         queues = dp.workers.len(), vni = netconf.vni, port = netconf.port, "overlayd ready"
     );
 
@@ -1224,7 +1224,7 @@ pub async fn run(opts: Options, source: SourceKind, http_addr: SocketAddr) -> Re
                     // with them), the old address goes, the peer that now holds the old
                     // subnet gets its route like any peer, and subnet.env says the new one.
                     let new_cidr = own_v4(&new, &netconf)?;
-                    warn!(old = ?own_cidr, new = ?new_cidr, old_v6 = ?own_v6, new_v6 = ?own_v6_of(&new, &netconf), "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
+                    warn!(old = own_cidr.map(tracing::field::display), new = new_cidr.map(tracing::field::display), old_v6 = own_v6.map(tracing::field::display), new_v6 = own_v6_of(&new, &netconf).map(tracing::field::display), "this node's subnet lease changed; moving the device, routes and subnet.env to the new subnet");
                     let queues = dp.workers.take_ios();
                     let previous = dp.fdb.load_full();
                     let (ndp, _) = start_dataplane(&nl, &opts, &netconf, &underlay, &new, Some(&previous), queues)

@@ -793,6 +793,7 @@ impl Capture {
             std::thread::sleep(Duration::from_millis(300));
             let _ = Command::new("kill")
                 .args(["-INT", &c.id().to_string()])
+                .stderr(std::process::Stdio::null())
                 .status();
             let _ = c.wait();
         }
@@ -839,8 +840,10 @@ impl Drop for ChildGuard {
 /// SIGTERMs `child` and waits (checking every 5 ms, so a stop-and-start measures overlayd,
 /// not this loop); true when it exited 0 within 10 s.
 pub fn terminate(mut child: Child) -> bool {
+    // A child that has exited already (an overlayd that stopped on an error) is fine.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
+        .stderr(std::process::Stdio::null())
         .status();
     let start = Instant::now();
     loop {

@@ -724,6 +724,24 @@ impl Manager {
         }
     }
 
+    /// Runs `clean`, the removal of what an earlier run left in `family`'s tables, and
+    /// returns its error only when `family` is in use: for a family that is off (IPv4 in an
+    /// IPv6-only cluster) the clean-up is best effort, as Flannel's, so a host whose tool for
+    /// that family is broken or missing still gets the rules it needs.
+    fn clean_family(
+        &self,
+        family: Family,
+        clean: impl FnOnce() -> Result<(), NetfilterError>,
+    ) -> Result<(), NetfilterError> {
+        match clean() {
+            Err(e) if self.rules.nets(family).is_none() => {
+                tracing::warn!(family = family.iptables(), error = %e, "cannot check for rules an earlier run left in a family this node does not use; going on without it");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
     /// What a check compares: the state of everything this manager writes.
     fn read(&self) -> Result<String, NetfilterError> {
         let mut s = String::new();
@@ -734,7 +752,12 @@ impl Manager {
                 }
             }
         }
-        for family in Family::ALL {
+        // A family that is off has nothing of ours to watch (its leftovers were removed by
+        // `apply`, best effort).
+        for family in Family::ALL
+            .into_iter()
+            .filter(|f| self.rules.nets(*f).is_some())
+        {
             if let Some(ipt) = self.iptables_of(family) {
                 for l in ipt.ours()? {
                     s.push_str(&l);
@@ -753,8 +776,12 @@ impl Manager {
                 let nft = self.nft.as_deref().ok_or(NetfilterError::NoTool)?;
                 let mut stale = [false; 2];
                 for family in Family::ALL {
-                    stale[family as usize] =
-                        self.rules.nets(family).is_none() && nft_list(nft, family)?.is_some();
+                    if self.rules.nets(family).is_none() {
+                        self.clean_family(family, || {
+                            stale[family as usize] = nft_list(nft, family)?.is_some();
+                            Ok(())
+                        })?;
+                    }
                 }
                 let random_fully = self.random_fully[usize::from(self.rules.v4.is_none())];
                 run(
@@ -768,7 +795,7 @@ impl Manager {
                     if let Some(ipt) = self.iptables_of(family) {
                         let fwd = iptables_fwd_rules(&self.rules, family);
                         let want = (self.rules.forward && !fwd.is_empty()).then_some(&fwd[..]);
-                        ipt.apply(None, want)?;
+                        self.clean_family(family, || ipt.apply(None, want))?;
                     }
                 }
             }
@@ -783,13 +810,19 @@ impl Manager {
                         self.random_fully[family as usize],
                     );
                     let fwd = iptables_fwd_rules(&self.rules, family);
-                    ipt.apply(
-                        (self.rules.masquerade && !masq.is_empty()).then_some(&masq[..]),
-                        (self.rules.forward && !fwd.is_empty()).then_some(&fwd[..]),
-                    )?;
+                    self.clean_family(family, || {
+                        ipt.apply(
+                            (self.rules.masquerade && !masq.is_empty()).then_some(&masq[..]),
+                            (self.rules.forward && !fwd.is_empty()).then_some(&fwd[..]),
+                        )
+                    })?;
                 }
                 if let Some(nft) = &self.nft {
-                    let v4 = nft_list(nft, Family::V4)?.is_some();
+                    let mut v4 = false;
+                    self.clean_family(Family::V4, || {
+                        v4 = nft_list(nft, Family::V4)?.is_some();
+                        Ok(())
+                    })?;
                     let v6 = nft_list(nft, Family::V6)?.is_some();
                     if v4 || v6 {
                         run(

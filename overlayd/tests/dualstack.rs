@@ -1072,4 +1072,51 @@ fn ipv6_only_cluster() {
         "{log}"
     );
     lab.stop(2);
+
+    // A broken IPv4 iptables does not stop an IPv6-only node: IPv4 is off, so removing IPv4
+    // leftovers is best effort (as Flannel's clean-up), with a warning, and the IPv6 rules go
+    // in (iptables backend, --ip-masq).
+    std::fs::write(
+        lab.dir.join("net-conf.json"),
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let bin = lab.dir.join("broken-ipv4-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["iptables", "iptables-save", "iptables-restore"] {
+        let path = bin.join(name);
+        std::fs::write(
+            &path,
+            "#!/bin/sh\necho \"$0: broken on purpose\" >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    lab.daemon_env = vec![(
+        "PATH".into(),
+        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+    )];
+    lab.start_with(1, &["--ip-masq"]);
+    lab.daemon_env.clear();
+    let log = lab.log(1);
+    assert!(
+        log.contains(
+            "cannot check for rules an earlier run left in a family this node does not use"
+        ),
+        "{log}"
+    );
+    assert!(save("ip6tables-save").contains("OVERLAYD"), "{log}");
+    assert!(
+        lab.ping_within(&lab.pod(1, 1), &pod_ip6(3, 1), Duration::from_secs(5)),
+        "ping -6 with a broken IPv4 iptables:\n{log}"
+    );
+    assert!(lab.stop(1));
+    let out = lab.cleanup(1, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!save("ip6tables-save").contains("OVERLAYD"));
 }

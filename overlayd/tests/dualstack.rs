@@ -301,49 +301,8 @@ fn dual_stack_pods_reach_each_other_over_both_families_with_a_kernel_node() {
     }
 
     // The wire: inner IPv6 in outer IPv6 UDP to 8472, VNI 1, from node 1 to node 2 and the
-    // kernel node, and back.
-    let mut cap = Capture::start(
-        &lab.node(1),
-        "eth0",
-        lab.dir.join("dualstack.pcap"),
-        &["udp", "port", "8472"],
-    );
-    for o in [2, 3] {
-        assert!(
-            lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)),
-            "ping6 pod 1 -> {o}"
-        );
-    }
-    // tcpdump hands packets over in blocks (TPACKET_V3, up to 1 s): let the last one close
-    // before it is stopped, or the pings are lost from the file.
-    std::thread::sleep(Duration::from_millis(1500));
-    cap.stop();
-    let text = cap.text("ip6 and udp port 8472");
-    for o in [2, 3] {
-        for (src, dst) in [(1, o), (o, 1)] {
-            let outer = format!("fd00:18::{src}.");
-            let want_outer = text
-                .lines()
-                .any(|l| l.contains(&outer) && l.contains(&format!("> fd00:18::{dst}.8472")));
-            assert!(
-                want_outer,
-                "no outer IPv6 {src} -> {dst}:8472:\n{text}\nall:\n{}",
-                cap.text("")
-            );
-            let inner = format!("{} > {}: ", pod_ip6(src, 1), pod_ip6(dst, 1));
-            assert!(
-                text.lines()
-                    .any(|l| l.contains(&inner) && l.contains("ICMP6, echo")),
-                "no inner {inner}ICMP6 echo:\n{text}"
-            );
-        }
-    }
-    // tcpdump names UDP 8472 OTV (the same header layout as VXLAN): flags I, instance = VNI.
-    assert!(
-        text.contains("flags [I] (0x08), overlay 0, instance 1"),
-        "{text}"
-    );
-    // Inner IPv6 never rides outer IPv4.
+    // kernel node, and back; inner IPv6 never rides outer IPv4.
+    let cap = ipv6_pings_on_the_wire(&lab, "dualstack.pcap");
     assert_eq!(cap.count("ip and udp port 8472 and udp[28:2] = 0x86dd"), 0);
 
     // Path MTU: pods have Flannel's MTU 1450, but inner IPv6 over an IPv6 underlay fits in
@@ -779,6 +738,51 @@ fn dual_stack_peer_with_this_nodes_ipv6_address_as_vtep_is_skipped() {
 /// An IPv6-only lab (cluster.sh with IPV6ONLY=1: no IPv4 on the underlay, IPv6 podCIDRs only,
 /// EnableIPv4 false): nodes 1 and 2 run overlayd, node 3 is a kernel Flannel node with only
 /// flannel-v6.1, annotated as flanneld annotates an IPv6-only node. One pod per node.
+/// Captures UDP 8472 on node 1's underlay while pod 1 on node 1 pings pod 1 on nodes 2 and 3
+/// over IPv6, and checks each ping both ways: outer IPv6 between the nodes' fd00:18::i to port
+/// 8472, the inner ICMPv6 echo between the pods, VXLAN flags I and VNI 1 (tcpdump names UDP
+/// 8472 OTV, VXLAN's layout). Returns the stopped capture for more checks.
+fn ipv6_pings_on_the_wire(lab: &Lab, file: &str) -> Capture {
+    let mut cap = Capture::start(
+        &lab.node(1),
+        "eth0",
+        lab.dir.join(file),
+        &["udp", "port", "8472"],
+    );
+    for o in [2, 3] {
+        assert!(
+            lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)),
+            "ping6 pod 1 -> {o}"
+        );
+    }
+    // tcpdump hands packets over in blocks (TPACKET_V3, up to 1 s): let the last one close
+    // before it is stopped, or the pings are lost from the file.
+    std::thread::sleep(Duration::from_millis(1500));
+    cap.stop();
+    let text = cap.text("ip6 and udp port 8472");
+    for o in [2, 3] {
+        for (src, dst) in [(1, o), (o, 1)] {
+            assert!(
+                text.lines().any(|l| l.contains(&format!("fd00:18::{src}."))
+                    && l.contains(&format!("> fd00:18::{dst}.8472"))),
+                "no outer IPv6 {src} -> {dst}:8472:\n{text}\nall:\n{}",
+                cap.text("")
+            );
+            let inner = format!("{} > {}: ", pod_ip6(src, 1), pod_ip6(dst, 1));
+            assert!(
+                text.lines()
+                    .any(|l| l.contains(&inner) && l.contains("ICMP6, echo")),
+                "no inner {inner}ICMP6 echo:\n{text}"
+            );
+        }
+    }
+    assert!(
+        text.contains("flags [I] (0x08), overlay 0, instance 1"),
+        "{text}"
+    );
+    cap
+}
+
 fn ipv6_only_lab(test: &str) -> Option<Lab> {
     let env = [("IPV6ONLY", "1")];
     let mut lab = Lab::new_with_env(test, 3, 1, &env)?;
@@ -929,42 +933,7 @@ fn ipv6_only_cluster() {
         }
     }
     // The wire: outer IPv6 UDP to 8472 with VNI 1 both ways, nothing over IPv4.
-    let mut cap = Capture::start(
-        &lab.node(1),
-        "eth0",
-        lab.dir.join("ipv6only.pcap"),
-        &["udp", "port", "8472"],
-    );
-    for o in [2, 3] {
-        assert!(
-            lab.ping(&lab.pod(1, 1), &pod_ip6(o, 1)),
-            "ping6 pod 1 -> {o}"
-        );
-    }
-    // tcpdump hands packets over in blocks: let the last one close before it stops.
-    std::thread::sleep(Duration::from_millis(1500));
-    cap.stop();
-    let text = cap.text("ip6 and udp port 8472");
-    for o in [2, 3] {
-        for (src, dst) in [(1, o), (o, 1)] {
-            assert!(
-                text.lines().any(|l| l.contains(&format!("fd00:18::{src}."))
-                    && l.contains(&format!("> fd00:18::{dst}.8472"))),
-                "no outer IPv6 {src} -> {dst}:8472:\n{text}"
-            );
-            let inner = format!("{} > {}: ", pod_ip6(src, 1), pod_ip6(dst, 1));
-            assert!(
-                text.lines()
-                    .any(|l| l.contains(&inner) && l.contains("ICMP6, echo")),
-                "no inner {inner}ICMP6 echo:\n{text}"
-            );
-        }
-    }
-    // tcpdump names UDP 8472 OTV (VXLAN's layout): flags I, instance = VNI.
-    assert!(
-        text.contains("flags [I] (0x08), overlay 0, instance 1"),
-        "{text}"
-    );
+    let cap = ipv6_pings_on_the_wire(&lab, "ipv6only.pcap");
     assert_eq!(cap.count("ip"), 0, "{}", cap.text("ip"));
 
     // iperf3 -6, 2 s each way between the overlayd nodes.

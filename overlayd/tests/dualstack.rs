@@ -15,12 +15,19 @@ const DEV: &str = "ovl.1";
 /// A dual-stack lab: nodes 1 and 2 run overlayd, node 3 is a kernel-vxlan Flannel node with
 /// flannel-v6.1; every node has one pod. `None` when the test must be skipped.
 fn dual_stack_lab(test: &str) -> Option<Lab> {
-    let mut lab = Lab::new_with_env(test, 3, 1, &[("DUALSTACK", "1")])?;
+    lab_with_kernel_node(test, ("DUALSTACK", "1"))
+}
+
+/// Three nodes built by cluster.sh with `mode` in the environment (`DUALSTACK=1` or
+/// `IPV6ONLY=1`): overlayd on nodes 1 and 2, a kernel-vxlan Flannel node 3 (its devices as
+/// flanneld programs them in that mode), one pod each. `None` when the test must be skipped.
+fn lab_with_kernel_node(test: &str, mode: (&str, &str)) -> Option<Lab> {
+    let mut lab = Lab::new_with_env(test, 3, 1, &[mode])?;
     let out = common::run(
         Command::new("bash")
             .args([SCRIPT, "kernel-node", &lab.prefix, "3", "3"])
             .arg(&lab.dir)
-            .env("DUALSTACK", "1"),
+            .env(mode.0, mode.1),
     );
     assert!(
         out.status.success(),
@@ -783,24 +790,10 @@ fn ipv6_pings_on_the_wire(lab: &Lab, file: &str) -> Capture {
     cap
 }
 
+/// The IPv6-only lab (cluster.sh `IPV6ONLY=1`): as [`dual_stack_lab`], the kernel node with
+/// only flannel-v6.1.
 fn ipv6_only_lab(test: &str) -> Option<Lab> {
-    let env = [("IPV6ONLY", "1")];
-    let mut lab = Lab::new_with_env(test, 3, 1, &env)?;
-    let out = common::run(
-        Command::new("bash")
-            .args([SCRIPT, "kernel-node", &lab.prefix, "3", "3"])
-            .arg(&lab.dir)
-            .envs(env),
-    );
-    assert!(
-        out.status.success(),
-        "kernel-node: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    lab.wire(3);
-    lab.start(1);
-    lab.start(2);
-    Some(lab)
+    lab_with_kernel_node(test, ("IPV6ONLY", "1"))
 }
 
 /// IPv6-only (EnableIPv4 false), end to end: two overlayd nodes and a kernel flannel-v6.1

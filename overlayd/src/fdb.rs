@@ -250,7 +250,10 @@ impl Fdb {
     /// The peer to send a frame for `mac` to, and the outer destination: an inner IPv6 frame
     /// (`inner_v6`) to a peer's IPv6 VtepMAC goes to its IPv6 VTEP; every other frame (and an
     /// IPv6 frame to a MAC known only for IPv4, as kernel vxlan would) to the IPv4 VTEP.
-    #[inline]
+    // Measured (criterion per_packet/encap_1450B, 5000 peers): with #[inline] the compiler
+    // stopped inlining this once the table held both sides, 19 -> 46 ns; always: 23-26 ns.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     #[must_use]
     pub fn route(&self, mac: &[u8; 6], inner_v6: bool) -> Option<(&FdbEntry, SocketAddr)> {
         if inner_v6 {

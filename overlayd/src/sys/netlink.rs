@@ -296,6 +296,18 @@ fn parse_neighbour(
     Some((ip?, mac?, m.header.state == NeighbourState::Permanent))
 }
 
+/// The message of `ip route get <ip>`: a lookup of the host route to `ip`.
+fn host_route_query(ip: IpAddr) -> RouteMessage {
+    match ip {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .build(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
@@ -683,14 +695,7 @@ impl Netlink {
         &self,
         dst: IpAddr,
     ) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError> {
-        let msg = match dst {
-            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(a, 32)
-                .build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(a, 128)
-                .build(),
-        };
+        let msg = host_route_query(dst);
         let mut s = self.handle.route().get(msg).execute();
         match s.try_next().await {
             Ok(Some(m)) => {
@@ -1001,14 +1006,7 @@ impl Netlink {
     /// The kernel's route lookup for `ip` (`ip route get <ip>`), as Flannel's
     /// `ip.DirectRouting` does it with netlink.RouteGet.
     pub async fn route_to(&self, ip: IpAddr) -> Result<Option<RouteTo>, NetlinkError> {
-        let msg = match ip {
-            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(a, 32)
-                .build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(a, 128)
-                .build(),
-        };
+        let msg = host_route_query(ip);
         let mut s = self.handle.route().get(msg).execute();
         match s.try_next().await {
             Ok(Some(m)) => {
